@@ -1,0 +1,3 @@
+from blitz.cli import main
+
+raise SystemExit(main())

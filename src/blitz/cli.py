@@ -1,0 +1,221 @@
+"""The ``blitz`` command: parse, call the library, print."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+# options of `blitz train` that override one setting each: flag -> (dotted key, type)
+OVERRIDES = {
+    "data": ("data.source", str),
+    "model": ("model.name", str),
+    "epochs": ("train.epochs", int),
+    "batch_size": ("train.batch_size", int),
+    "lr": ("optim.lr", float),
+    "momentum": ("optim.momentum", float),
+    "optimizer": ("optim.name", str),
+    "loss": ("optim.loss", str),
+    "seed": ("train.seed", int),
+    "device": ("train.device", str),
+    "max_steps": ("train.max_steps", int),
+}
+DEFAULT_PRESET = "seed"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command line: one subcommand per seed step and tool."""
+    parser = argparse.ArgumentParser(
+        prog="blitz", description="Train and test image classifiers (the PyTorch 60 Minute Blitz)."
+    )
+    parser.add_argument("--version", action="version", version=_version())
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_train(sub)
+    p = sub.add_parser("eval", help="test a finished run on its test set (or another --data)")
+    p.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    p.add_argument("--data", metavar="SPEC", help="data to test on (default: the run's own)")
+    p.add_argument("--quiet", action="store_true", help="print only the results")
+    p = sub.add_parser("show", help="write a grid of images with their labels (the seed's look)")
+    p.add_argument("--data", default="auto", metavar="SPEC", help="data source (default: auto)")
+    p.add_argument("--split", choices=["train", "test"], default="train")
+    p.add_argument("--count", type=int, default=8, help="how many images (default: 8)")
+    p.add_argument("--out", type=Path, default=Path("images.png"), metavar="FILE.png")
+    p = sub.add_parser("inspect", help="the seed's walk-through: network, loss, backprop, update")
+    p.add_argument("--model", default="lenet")
+    p.add_argument("--in-channels", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p = sub.add_parser("predict", help="classify image files with a trained run")
+    p.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    p.add_argument("images", type=Path, nargs="+", metavar="IMAGE_OR_DIR")
+    p.add_argument("--top-k", type=int, default=1, help="classes per image (default: 1)")
+    p.add_argument("--csv", type=Path, metavar="FILE", help="also write the predictions as CSV")
+    sub.add_parser("presets", help="list the presets, one line each")
+    sub.add_parser("models", help="list the registered models")
+    return parser
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a classifier, test it, and write a run directory")
+    p.add_argument("--preset", default=DEFAULT_PRESET, help=f"(default: {DEFAULT_PRESET})")
+    p.add_argument("--data", metavar="SPEC", help="auto | cifar10 | mnist | shapes[:N] | PATH")
+    p.add_argument("--model", metavar="NAME", help="a model from `blitz models`")
+    p.add_argument("--epochs", type=int, metavar="N")
+    p.add_argument("--batch-size", type=int, metavar="N")
+    p.add_argument("--lr", type=float, metavar="F", help="learning rate")
+    p.add_argument("--momentum", type=float, metavar="F")
+    p.add_argument("--optimizer", choices=["sgd", "nesterov", "adam", "rmsprop"])
+    p.add_argument("--loss", choices=["cross-entropy", "mse"])
+    p.add_argument("--seed", type=int, metavar="N")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"])
+    p.add_argument("--max-steps", type=int, metavar="N", help="stop after N optimizer steps")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any other setting, e.g. --set optim.weight_decay=5e-4 (repeatable)",
+    )
+    p.add_argument("--out", type=Path, metavar="DIR", help="run directory (default: runs/...)")
+    p.add_argument("--overwrite", action="store_true", help="replace a finished run in --out")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or running losses")
+
+
+def _version() -> str:
+    from blitz import __version__
+
+    return f"blitz {__version__}"
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, object]:
+    from blitz.config import parse_value
+    from blitz.errors import BlitzError
+
+    found = {key: getattr(args, flag) for flag, (key, _) in OVERRIDES.items()}
+    found = {k: v for k, v in found.items() if v is not None}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise BlitzError(f"invalid --set {item!r}: use --set SECTION.KEY=VALUE")
+        found[key.strip()] = parse_value(value.strip())
+    return found
+
+
+def cmd_train(args: argparse.Namespace, started: float) -> None:
+    from blitz.config import build_config
+    from blitz.runs import default_run_dir, prepare_run_dir, train_run
+
+    cfg = build_config(args.preset, _overrides(args))
+    out = args.out or default_run_dir(cfg.preset)
+    prepare_run_dir(out, args.overwrite)
+    log = _logger(args.quiet)
+    metrics = train_run(cfg, out, log, args.quiet, started)
+    print(
+        f"test accuracy {100 * metrics['test_accuracy']:.2f} %"
+        f" | training {metrics['train_seconds']:.1f} s | total {metrics['total_seconds']:.1f} s"
+        f" | run directory: {out}"
+    )
+
+
+def _logger(quiet: bool):
+    """Details go to stderr (hidden by --quiet) so that stdout stays clean for results."""
+    return (lambda message: None) if quiet else (lambda message: print(message, flush=True))
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from blitz.runs import eval_run
+
+    eval_run(args.run_dir, args.data, print if not args.quiet else _results_only())
+
+
+def _results_only():
+    def log(message: str) -> None:
+        if message.startswith("Accuracy"):
+            print(message)
+
+    return log
+
+
+def cmd_show(args: argparse.Namespace) -> None:
+    from blitz.data import load_data
+    from blitz.errors import BlitzError
+    from blitz.report import save_image_grid
+    from blitz.runs import sample_rows
+
+    if args.count < 1:
+        raise BlitzError(f"invalid --count {args.count}: expected an integer >= 1")
+    data = load_data(args.data, log=print)
+    split = getattr(data, args.split)
+    rows = sample_rows(args.count, len(split))
+    names = [data.classes[i] for i in split.labels[rows].tolist()]
+    save_image_grid(split.images[rows], names, args.out)
+    print(" ".join(f"{n:>5s}" for n in names))
+    print(f"wrote {args.out}")
+
+
+def cmd_inspect(args: argparse.Namespace) -> None:
+    from blitz.inspect import walk_through
+
+    walk_through(args.model, args.in_channels, args.seed)
+
+
+def cmd_predict(args: argparse.Namespace) -> None:
+    from blitz.checkpoint import load_checkpoint, model_from_checkpoint
+    from blitz.errors import BlitzError
+    from blitz.predict import collect_images, format_prediction, predict_files, write_csv
+    from blitz.runs import CHECKPOINT
+
+    if args.top_k < 1:
+        raise BlitzError(f"invalid --top-k {args.top_k}: expected an integer >= 1")
+    ckpt = load_checkpoint(args.run_dir / CHECKPOINT)
+    predictions = predict_files(
+        ckpt, model_from_checkpoint(ckpt), collect_images(args.images), args.top_k
+    )
+    for prediction in predictions:
+        print(format_prediction(prediction))
+    if args.csv:
+        write_csv(predictions, args.csv)
+        print(f"wrote {args.csv}")
+
+
+def cmd_presets(args: argparse.Namespace) -> None:
+    from blitz.config import list_presets
+
+    presets = list_presets()
+    width = max(map(len, presets))
+    for name, description in presets.items():
+        print(f"{name:<{width}}  {description}")
+
+
+def cmd_models(args: argparse.Namespace) -> None:
+    from blitz.models import list_models
+
+    print("\n".join(list_models()))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``blitz`` and ``python -m blitz``; returns the exit status."""
+    started = time.perf_counter()
+    args = build_parser().parse_args(argv)
+    from blitz.errors import BlitzError
+
+    commands = {
+        "eval": cmd_eval,
+        "show": cmd_show,
+        "inspect": cmd_inspect,
+        "predict": cmd_predict,
+        "presets": cmd_presets,
+        "models": cmd_models,
+    }
+    try:
+        if args.command == "train":
+            cmd_train(args, started)
+        else:
+            commands[args.command](args)
+    except BlitzError as exc:
+        print(f"blitz: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("blitz: interrupted", file=sys.stderr)
+        return 130
+    return 0

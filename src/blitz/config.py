@@ -1,0 +1,206 @@
+"""Settings: one dataclass tree, TOML presets, command-line overrides, validated once."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+
+from blitz.errors import BlitzError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+OPTIMIZERS = ("sgd", "nesterov", "adam", "rmsprop")
+LOSSES = ("cross-entropy", "mse")
+SCHEDULES = ("constant", "onecycle", "linear")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+def _check(condition: bool, option: str, value: Any, expected: str) -> None:
+    if not condition:
+        raise BlitzError(f"invalid value {value!r} for {option}: expected {expected}")
+
+
+@dataclass
+class DataConfig:
+    """Where images come from and how they are turned into tensors."""
+
+    source: str = "auto"  # auto | cifar10 | mnist | shapes[:N] | PATH (folder or archive)
+    image_size: int = 32
+    mean: tuple[float, ...] = (0.5, 0.5, 0.5)  # the seed's Normalize: [0, 1] -> [-1, 1]
+    std: tuple[float, ...] = (0.5, 0.5, 0.5)
+
+    def __post_init__(self) -> None:
+        self.mean, self.std = tuple(self.mean), tuple(self.std)
+        _check(self.image_size >= 8, "data.image_size", self.image_size, "an integer >= 8")
+        _check(all(s > 0 for s in self.std), "data.std", self.std, "positive numbers")
+        _check(len(self.mean) == len(self.std), "data.mean", self.mean, "as many values as std")
+
+
+@dataclass
+class ModelConfig:
+    """Which network from the registry, and its keyword options."""
+
+    name: str = "lenet"
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        from blitz.models import list_models
+
+        names = list_models()
+        _check(self.name in names, "--model", self.name, "one of " + ", ".join(names))
+
+
+@dataclass
+class OptimConfig:
+    """The update rule, the loss and the learning-rate schedule."""
+
+    name: str = "sgd"
+    lr: float = 0.001
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    loss: str = "cross-entropy"
+    label_smoothing: float = 0.0
+    schedule: str = "constant"
+    warmup: float = 0.0  # fraction of all steps spent warming up (onecycle)
+
+    def __post_init__(self) -> None:
+        _check(self.name in OPTIMIZERS, "--optimizer", self.name, " | ".join(OPTIMIZERS))
+        _check(self.lr > 0, "--lr", self.lr, "a number > 0")
+        _check(0 <= self.momentum < 1, "--momentum", self.momentum, "a number in [0, 1)")
+        _check(self.weight_decay >= 0, "optim.weight_decay", self.weight_decay, "a number >= 0")
+        _check(self.loss in LOSSES, "--loss", self.loss, " | ".join(LOSSES))
+        _check(
+            0 <= self.label_smoothing < 1,
+            "optim.label_smoothing",
+            self.label_smoothing,
+            "a number in [0, 1)",
+        )
+        _check(self.schedule in SCHEDULES, "optim.schedule", self.schedule, " | ".join(SCHEDULES))
+        _check(0 <= self.warmup < 1, "optim.warmup", self.warmup, "a fraction in [0, 1)")
+        if self.name == "nesterov":
+            _check(self.momentum > 0, "--momentum", self.momentum, "> 0 for nesterov")
+
+
+@dataclass
+class TrainConfig:
+    """How long, in what batches, on which device, and how loudly."""
+
+    epochs: int = 2
+    batch_size: int = 4
+    seed: int = 0
+    device: str = "auto"
+    max_steps: int = 0  # 0: no limit; else stop after this many optimizer steps
+    log_every: int = 0  # 0: a progress bar; N: the seed's running-loss line every N steps
+    eval_every_epoch: bool = True
+    eval_batch_size: int = 1000
+
+    def __post_init__(self) -> None:
+        _check(self.epochs >= 1, "--epochs", self.epochs, "an integer >= 1")
+        _check(self.batch_size >= 1, "--batch-size", self.batch_size, "an integer >= 1")
+        _check(self.device in DEVICES, "--device", self.device, " | ".join(DEVICES))
+        _check(self.max_steps >= 0, "--max-steps", self.max_steps, "an integer >= 0")
+        _check(self.log_every >= 0, "train.log_every", self.log_every, "an integer >= 0")
+        _check(self.eval_batch_size >= 1, "train.eval_batch_size", self.eval_batch_size, ">= 1")
+
+
+SECTIONS = {"data": DataConfig, "model": ModelConfig, "optim": OptimConfig, "train": TrainConfig}
+
+
+@dataclass
+class Config:
+    """A whole run's settings; saved with every run and checkpoint."""
+
+    preset: str = "seed"
+    description: str = ""
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (JSON- and checkpoint-safe)."""
+        out = dataclasses.asdict(self)
+        for key in ("mean", "std"):
+            out["data"][key] = list(out["data"][key])
+        return out
+
+
+def config_from_dict(raw: dict[str, Any], preset: str = "custom") -> Config:
+    """Build a validated Config from nested plain data, naming any unknown setting."""
+    raw = dict(raw)
+    sections = {}
+    for name, cls in SECTIONS.items():
+        values = dict(raw.pop(name, {}))
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise BlitzError(
+                f"unknown setting {name}.{unknown[0]} in preset {preset!r}: "
+                f"known {name} settings are " + ", ".join(sorted(known))
+            )
+        sections[name] = cls(**values)
+    unknown = sorted(set(raw) - {"preset", "description"})
+    if unknown:
+        raise BlitzError(f"unknown section {unknown[0]!r} in preset {preset!r}")
+    return Config(
+        preset=raw.get("preset", preset), description=raw.get("description", ""), **sections
+    )
+
+
+def list_presets() -> dict[str, str]:
+    """Preset name -> one-line description, for every bundled TOML preset."""
+    files = sorted(
+        p for p in resources.files("blitz.presets").iterdir() if p.name.endswith(".toml")
+    )
+    return {p.name[:-5]: tomllib.loads(p.read_text())["description"] for p in files}
+
+
+def load_preset(name: str) -> dict[str, Any]:
+    """The raw nested settings of a bundled preset (not yet validated)."""
+    presets = list_presets()
+    if name not in presets:
+        raise BlitzError(f"unknown preset {name!r}: choose one of " + ", ".join(presets))
+    raw = tomllib.loads(resources.files("blitz.presets").joinpath(f"{name}.toml").read_text())
+    raw["preset"] = name
+    return raw
+
+
+def parse_value(text: str) -> Any:
+    """A command-line value as TOML would read it (numbers, booleans, lists), else a string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Set dotted keys (``optim.lr``) in nested raw settings; returns a new dict."""
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in raw.items()}
+    for dotted, value in overrides.items():
+        section, _, key = dotted.partition(".")
+        if section not in SECTIONS or not key:
+            raise BlitzError(
+                f"invalid setting {dotted!r}: use SECTION.KEY with SECTION one of "
+                + ", ".join(SECTIONS)
+            )
+        node = out.setdefault(section, {})
+        *parents, leaf = key.split(".")
+        for parent in parents:  # model.options.width
+            node = node.setdefault(parent, {})
+        node[leaf] = value
+    return out
+
+
+def build_config(preset: str, overrides: dict[str, Any] | None = None) -> Config:
+    """A preset with overrides applied, validated."""
+    raw = apply_overrides(load_preset(preset), overrides or {})
+    try:
+        return config_from_dict(raw, preset)
+    except TypeError as exc:  # a value of the wrong type, e.g. a string for a number
+        raise BlitzError(f"invalid setting in preset {preset!r}: {exc}") from None

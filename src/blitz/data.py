@@ -1,0 +1,395 @@
+"""Data sources decoded once into uint8 tensors (cached on disk), and batches sliced from them."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import pickle
+import socket
+import tarfile
+import zipfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from blitz import shapes
+from blitz.errors import BlitzError
+
+CACHE_FORMAT = 1  # bump when the decoded layout changes, so old caches are rebuilt
+CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
+DOWNLOAD_TIMEOUT = 15  # seconds without an answer before a download gives up
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
+ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".zip")
+SPLITS = {"train": "train", "test": "test", "val": "test"}
+Log = Callable[[str], None]
+
+
+@dataclass
+class Split:
+    """Images (N, C, H, W) uint8 and labels (N,) int64."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass
+class ImageData:
+    """A decoded dataset: class names and the train and test splits."""
+
+    name: str
+    classes: list[str]
+    train: Split
+    test: Split
+
+    @property
+    def channels(self) -> int:
+        return self.train.images.shape[1]
+
+
+def cache_dir() -> Path:
+    """Where downloads and decoded tensors live: ``$BLITZ_DATA`` or ``~/.cache/blitz``."""
+    return Path(os.environ.get("BLITZ_DATA") or Path.home() / ".cache" / "blitz")
+
+
+def load_data(source: str, image_size: int = 32, log: Log = print) -> ImageData:
+    """Resolve a ``--data`` spec (auto, cifar10, mnist, shapes[:N], PATH) to decoded tensors."""
+    if source == "auto":
+        return _load_auto(image_size, log)
+    if source == "cifar10":
+        return load_path(_download_cifar10(), image_size, log, name="cifar10")
+    if source == "mnist":
+        return _load_mnist(image_size, log)
+    if source == "shapes" or source.startswith("shapes:"):
+        return _load_shapes(source, image_size)
+    return load_path(Path(source).expanduser(), image_size, log)
+
+
+def _load_auto(image_size: int, log: Log) -> ImageData:
+    try:
+        return load_data("cifar10", image_size, log)
+    except BlitzError as exc:
+        log(
+            f"CIFAR-10 is not in the cache and could not be downloaded ({exc}). "
+            "Training on the generated 'shapes' dataset instead, so that this command works "
+            "offline. To use CIFAR-10, put cifar-10-python.tar.gz in "
+            f"{cache_dir() / 'cifar10'} or pass --data PATH (an image folder or archive)."
+        )
+        return load_data("shapes", image_size, log)
+
+
+def _load_shapes(source: str, image_size: int) -> ImageData:
+    count = source.partition(":")[2] or "10000"
+    if not count.isdigit() or int(count) < 10:
+        raise BlitzError(f"invalid data spec {source!r}: use shapes or shapes:N with N >= 10")
+    train = Split(*shapes.make_shapes(int(count), seed=0))
+    test = Split(*shapes.make_shapes(max(int(count) // 5, 10), seed=1))
+    data = ImageData("shapes", list(shapes.CLASSES), train, test)
+    return _resize_data(data, image_size)
+
+
+@contextmanager
+def _socket_timeout(seconds: float) -> Iterator[None]:
+    old = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(seconds)
+    try:
+        yield
+    finally:
+        socket.setdefaulttimeout(old)
+
+
+def _download_cifar10() -> Path:
+    """The official CIFAR-10 archive in the cache, downloaded (and checked) on first use."""
+    from torchvision.datasets.utils import check_integrity, download_url
+
+    root = cache_dir() / "cifar10"
+    archive = root / "cifar-10-python.tar.gz"
+    if archive.exists():  # checked when it was downloaded; re-hashing 170 MB costs a second
+        return archive
+    try:
+        with _socket_timeout(DOWNLOAD_TIMEOUT):
+            download_url(CIFAR10_URL, str(root), archive.name, CIFAR10_MD5)
+    except (OSError, RuntimeError) as exc:
+        raise BlitzError(f"downloading {CIFAR10_URL} failed: {exc}") from None
+    if not check_integrity(str(archive), CIFAR10_MD5):
+        raise BlitzError(f"downloaded {archive} is corrupt (MD5 mismatch); delete it and retry")
+    return archive
+
+
+def _load_mnist(image_size: int, log: Log) -> ImageData:
+    from torchvision.datasets import MNIST
+
+    root = cache_dir() / "mnist"
+    try:
+        with _socket_timeout(DOWNLOAD_TIMEOUT):
+            sets = [MNIST(str(root), train=train, download=True) for train in (True, False)]
+    except (OSError, RuntimeError) as exc:
+        raise BlitzError(f"MNIST could not be loaded or downloaded into {root}: {exc}") from None
+    train, test = (Split(s.data.unsqueeze(1), s.targets.long()) for s in sets)
+    data = ImageData("mnist", [str(d) for d in range(10)], train, test)
+    return _resize_data(data, image_size, log)  # the seed's LeNet wants 32x32
+
+
+def _resize_data(data: ImageData, size: int, log: Log | None = None) -> ImageData:
+    from torchvision.transforms.v2.functional import resize
+
+    if data.train.images.shape[-1] == size and data.train.images.shape[-2] == size:
+        return data
+    if log:
+        log(f"resizing {data.name} images to {size}x{size}")
+    for split in (data.train, data.test):
+        split.images = resize(split.images, [size, size], antialias=True)
+    return data
+
+
+# --- paths: image folders, archives of them, and the official CIFAR-10 python archive ---
+
+
+def load_path(path: Path, image_size: int, log: Log, name: str | None = None) -> ImageData:
+    """Decode a folder or archive once; later calls read the cached tensors."""
+    if not path.exists():
+        raise BlitzError(
+            f"data path {str(path)!r} does not exist: pass an image folder with train/ and test/, "
+            "an archive of one (.tar, .tar.gz, .tgz, .zip), or one of auto, cifar10, mnist, shapes"
+        )
+    if path.is_file() and not path.name.lower().endswith(ARCHIVE_SUFFIXES):
+        raise BlitzError(
+            f"{path} is not a folder or an archive: expected one of " + ", ".join(ARCHIVE_SUFFIXES)
+        )
+    name = name or path.name.split(".")[0]
+    cached = cache_dir() / "decoded" / f"{name}-{_fingerprint(path, image_size)}.pt"
+    if cached.exists():
+        return _read_cache(cached, name)
+    data = _decode_path(path, image_size, log, name)
+    _write_cache(data, cached)
+    return data
+
+
+def _fingerprint(path: Path, image_size: int) -> str:
+    """A key that changes whenever the source's files (names, sizes, times) change."""
+    digest = hashlib.sha1(f"{CACHE_FORMAT}|{image_size}|{path.resolve()}".encode())
+    files = sorted(path.rglob("*")) if path.is_dir() else [path]
+    for file in files:
+        stat = file.stat()
+        digest.update(f"|{file}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()[:16]
+
+
+def _read_cache(file: Path, name: str) -> ImageData:
+    raw = torch.load(file, weights_only=True)
+    return ImageData(name, raw["classes"], Split(*raw["train"]), Split(*raw["test"]))
+
+
+def _write_cache(data: ImageData, file: Path) -> None:
+    file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = file.with_suffix(f".tmp{os.getpid()}")
+    payload = {
+        "classes": data.classes,
+        "train": (data.train.images, data.train.labels),
+        "test": (data.test.images, data.test.labels),
+    }
+    torch.save(payload, tmp)
+    os.replace(tmp, file)  # readers never see a half-written cache
+
+
+def _decode_path(path: Path, image_size: int, log: Log, name: str) -> ImageData:
+    files = dict(_read_files(path, _is_wanted))
+    if any(Path(f).name == "data_batch_1" for f in files):
+        data = _cifar_from_pickles(files, name)
+        return _resize_data(data, image_size, log)
+    log(f"decoding {path} (once; later runs read the cache)")
+    return _image_folder(files, path, image_size, log, name)
+
+
+def _is_wanted(name: str) -> bool:
+    base = Path(name).name
+    return Path(name).suffix.lower() in IMAGE_EXTENSIONS or base in _CIFAR_FILES
+
+
+def _check_member(name: str, archive: Path) -> str:
+    if name.startswith("/") or ".." in Path(name).parts:
+        raise BlitzError(f"refusing archive {archive}: member {name!r} points outside the archive")
+    return name
+
+
+def _read_files(path: Path, wanted: Callable[[str], bool]) -> Iterator[tuple[str, bytes]]:
+    """(relative POSIX name, bytes) for each wanted file of a folder or archive, in one pass."""
+    if path.is_dir():
+        for file in sorted(path.rglob("*")):
+            rel = file.relative_to(path).as_posix()
+            if file.is_file() and wanted(rel):
+                yield rel, file.read_bytes()
+    elif path.name.lower().endswith(".zip"):
+        with zipfile.ZipFile(path) as zf:
+            for info in zf.infolist():
+                if not info.is_dir() and wanted(_check_member(info.filename, path)):
+                    yield info.filename, zf.read(info)
+    else:
+        try:
+            with tarfile.open(path) as tar:
+                for member in tar:
+                    if member.isfile() and wanted(_check_member(member.name, path)):
+                        yield member.name, tar.extractfile(member).read()
+        except (tarfile.TarError, EOFError, OSError) as exc:
+            raise BlitzError(f"cannot read archive {path}: {exc}") from None
+
+
+# --- the official CIFAR-10 python format ---
+
+_CIFAR_FILES = {f"data_batch_{i}" for i in range(1, 6)} | {"test_batch", "batches.meta"}
+_NUMPY_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+}
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """Reads CIFAR's pickled dicts of arrays and refuses anything that could run code."""
+
+    def find_class(self, module: str, name: str) -> object:
+        if (module, name) in _NUMPY_GLOBALS:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a data file")
+
+
+def _unpickle(data: bytes) -> dict:
+    return _ArrayUnpickler(io.BytesIO(data), encoding="latin1").load()
+
+
+def _cifar_from_pickles(files: dict[str, bytes], name: str) -> ImageData:
+    by_base = {Path(k).name: v for k, v in files.items()}
+    missing = sorted(_CIFAR_FILES - set(by_base))
+    if missing:
+        raise BlitzError(f"CIFAR-10 archive is incomplete: missing {', '.join(missing)}")
+
+    def split(bases: list[str]) -> Split:
+        batches = [_unpickle(by_base[b]) for b in bases]
+        images = np.concatenate([b["data"] for b in batches]).reshape(-1, 3, 32, 32)
+        labels = np.concatenate([b["labels"] for b in batches])
+        return Split(torch.from_numpy(images.copy()), torch.from_numpy(labels).long())
+
+    classes = list(_unpickle(by_base["batches.meta"])["label_names"])
+    train = split([f"data_batch_{i}" for i in range(1, 6)])
+    return ImageData(name, classes, train, split(["test_batch"]))
+
+
+# --- image folders: [top/]train|test|val/<class>/<image> ---
+
+
+def _split_and_class(name: str) -> tuple[str, str] | None:
+    parts = name.split("/")
+    if len(parts) >= 4 and parts[0] not in SPLITS and parts[1] in SPLITS:
+        parts = parts[1:]  # one top-level folder around the tree
+    if len(parts) == 3 and parts[0] in SPLITS:
+        return SPLITS[parts[0]], parts[1]
+    return None
+
+
+def _image_folder(
+    files: dict[str, bytes], path: Path, image_size: int, log: Log, name: str
+) -> ImageData:
+    groups: dict[str, dict[str, list[str]]] = {"train": {}, "test": {}}
+    for file in sorted(files):
+        where = _split_and_class(file)
+        if where:
+            groups[where[0]].setdefault(where[1], []).append(file)
+    if not groups["train"]:
+        raise BlitzError(
+            f"{path} has no train/<class>/<image> files: an image-folder dataset needs "
+            "train/ and test/ (or val/) folders, each with one folder of images per class"
+        )
+    if not groups["test"]:
+        raise BlitzError(f"{path} has train/ but no test/ or val/ folder of images per class")
+    classes = sorted(groups["train"])
+    if sorted(groups["test"]) != classes:
+        extra = sorted(set(groups["test"]) ^ set(classes))
+        raise BlitzError(
+            f"{path}: train/ and test/ hold different classes (only in one: {', '.join(extra)})"
+        )
+    resized = [0]
+    splits = [
+        _decode_split(groups[s], classes, files, image_size, resized) for s in ("train", "test")
+    ]
+    if resized[0]:
+        log(f"resized {resized[0]} images to {image_size}x{image_size}")
+    return ImageData(name, classes, *splits)
+
+
+def _decode_split(
+    group: dict[str, list[str]],
+    classes: list[str],
+    files: dict[str, bytes],
+    size: int,
+    resized: list[int],
+) -> Split:
+    names = [(f, i) for i, c in enumerate(classes) for f in group[c]]
+    images = np.empty((len(names), size, size, 3), dtype=np.uint8)
+    for row, (file, _) in enumerate(names):
+        images[row] = decode_image(files[file], file, size, resized)
+    labels = torch.tensor([label for _, label in names], dtype=torch.long)
+    return Split(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), labels)
+
+
+def decode_image(
+    data: bytes, name: str, size: int, resized: list[int] | None = None, mode: str = "RGB"
+) -> np.ndarray:
+    """One image file as (size, size, channels) uint8, converted and resized as needed."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img = img.convert(mode)
+            if img.size != (size, size):
+                img = img.resize((size, size), Image.BILINEAR)
+                if resized is not None:
+                    resized[0] += 1
+            return np.asarray(img).reshape(size, size, -1)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise BlitzError(f"cannot decode image {name}: {exc}") from None
+
+
+# --- batches ---
+
+
+def batches(
+    split: Split, batch_size: int, generator: torch.Generator | None = None
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Mini-batches sliced from the split's tensors; shuffled when a generator is given."""
+    n = len(split)
+    if generator is None:
+        for start in range(0, n, batch_size):
+            yield split.images[start : start + batch_size], split.labels[start : start + batch_size]
+        return
+    order = torch.randperm(n, generator=generator).to(split.labels.device)
+    for start in range(0, n, batch_size):
+        rows = order[start : start + batch_size]
+        yield split.images[rows], split.labels[rows]
+
+
+def normalize(
+    images: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]
+) -> torch.Tensor:
+    """uint8 (B, C, H, W) -> float ``(x / 255 - mean) / std`` per channel (the seed's Normalize)."""
+    channels = images.shape[1]
+    mean_t = _per_channel(mean, channels, images.device)
+    std_t = _per_channel(std, channels, images.device)
+    return (images.float() / 255 - mean_t) / std_t
+
+
+def _per_channel(values: tuple[float, ...], channels: int, device: torch.device) -> torch.Tensor:
+    if len(values) != channels:
+        if len(set(values)) != 1:
+            raise BlitzError(
+                f"normalisation {values} has {len(values)} values for {channels}-channel images"
+            )
+        values = values[:1] * channels
+    return torch.tensor(values, device=device).view(1, channels, 1, 1)

@@ -1,0 +1,5 @@
+"""The one exception type for mistakes a user can make: the CLI prints it without a traceback."""
+
+
+class BlitzError(Exception):
+    """A problem the user can fix; the message names the thing and what to do instead."""

@@ -1,0 +1,111 @@
+"""Predictions, the confusion matrix, and accuracies as views of it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from blitz.data import Split, normalize
+
+
+@torch.inference_mode()
+def predict_logits(
+    model: nn.Module,
+    images: torch.Tensor,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    batch_size: int = 1000,
+) -> torch.Tensor:
+    """Logits (N, K) for uint8 images (N, C, H, W), computed in batches on the model's device."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    outputs = [
+        model(normalize(images[i : i + batch_size].to(device), mean, std)).float()
+        for i in range(0, len(images), batch_size)
+    ]
+    model.train(was_training)
+    return torch.cat(outputs)
+
+
+def confusion_matrix(
+    labels: torch.Tensor, predicted: torch.Tensor, num_classes: int
+) -> torch.Tensor:
+    """(K, K) int64 counts: row = true class, column = predicted class."""
+    flat = labels.to(torch.int64) * num_classes + predicted.to(torch.int64)
+    return torch.bincount(flat, minlength=num_classes**2).view(num_classes, num_classes).cpu()
+
+
+def accuracy(matrix: torch.Tensor) -> float:
+    """Fraction of all samples on the diagonal."""
+    return int(matrix.diag().sum()) / max(int(matrix.sum()), 1)
+
+
+def per_class_accuracy(matrix: torch.Tensor) -> list[float]:
+    """Recall per true class (row); 0 for a class with no samples."""
+    return (matrix.diag().double() / matrix.sum(1).clamp(min=1).double()).tolist()
+
+
+@dataclass
+class Evaluation:
+    """What testing a model on a split found."""
+
+    matrix: torch.Tensor  # (K, K) confusion matrix
+    predicted: torch.Tensor  # (N,) predicted class per sample
+    logits: torch.Tensor  # (N, K)
+
+    @property
+    def accuracy(self) -> float:
+        return accuracy(self.matrix)
+
+
+def evaluate(
+    model: nn.Module,
+    split: Split,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    num_classes: int,
+    batch_size: int = 1000,
+) -> Evaluation:
+    """Test a model on every image of a split."""
+    logits = predict_logits(model, split.images, mean, std, batch_size)
+    predicted = logits.argmax(1)
+    matrix = confusion_matrix(split.labels.to(predicted.device), predicted, num_classes)
+    return Evaluation(matrix, predicted.cpu(), logits.cpu())
+
+
+def format_accuracy(matrix: torch.Tensor) -> str:
+    """The seed's headline sentence, with two decimals."""
+    total = int(matrix.sum())
+    return f"Accuracy of the network on the {total} test images: {100 * accuracy(matrix):.2f} %"
+
+
+def format_per_class(matrix: torch.Tensor, classes: list[str]) -> str:
+    """A per-class table: correct, total, accuracy."""
+    width = max(8, *(len(c) for c in classes))
+    lines = [f"{'class':<{width}}  correct  total  accuracy"]
+    for name, correct, total in zip(classes, matrix.diag().tolist(), matrix.sum(1).tolist()):
+        share = 100 * correct / max(total, 1)
+        lines.append(f"{name:<{width}}  {correct:7d}  {total:5d}  {share:6.1f} %")
+    return "\n".join(lines)
+
+
+def format_confusion(matrix: torch.Tensor, classes: list[str]) -> str:
+    """The confusion matrix as text (rows: truth, columns: prediction), short class names."""
+    short = [c[:6] for c in classes]
+    width = max(6, len(str(int(matrix.max()))) if matrix.numel() else 1)
+    head = " " * 8 + " ".join(f"{s:>{width}}" for s in short)
+    rows = [
+        f"{s:<8}" + " ".join(f"{v:>{width}d}" for v in row)
+        for s, row in zip(short, matrix.tolist())
+    ]
+    return "\n".join(["confusion matrix (rows: truth, columns: predicted)", head, *rows])
+
+
+def format_samples(labels: list[int], predicted: list[int], classes: list[str]) -> str:
+    """The seed's look at the first test images: ground truth vs predicted class names."""
+    truth = " ".join(f"{classes[i]:>5s}" for i in labels)
+    guess = " ".join(f"{classes[i]:>5s}" for i in predicted)
+    return f"GroundTruth:  {truth}\nPredicted:    {guess}"

@@ -1,0 +1,147 @@
+"""A run from start to finish: data, model, training, testing, and the run directory it leaves."""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from blitz import __version__
+from blitz.checkpoint import (
+    config_from_checkpoint,
+    load_checkpoint,
+    model_from_checkpoint,
+    save_checkpoint,
+)
+from blitz.config import Config
+from blitz.data import ImageData, load_data
+from blitz.engine import Log, resolve_device, train
+from blitz.errors import BlitzError
+from blitz.evaluate import (
+    Evaluation,
+    evaluate,
+    format_accuracy,
+    format_confusion,
+    format_per_class,
+    format_samples,
+    per_class_accuracy,
+)
+from blitz.models import create_model
+from blitz.report import save_image_grid
+
+CHECKPOINT = "model.pt"
+SAMPLES = 8  # images in the grids (the seed shows 4)
+
+
+def default_run_dir(preset: str) -> Path:
+    """``runs/<timestamp>-<preset>``."""
+    return Path("runs") / f"{datetime.now():%Y%m%d-%H%M%S}-{preset}"
+
+
+def prepare_run_dir(out: Path, overwrite: bool) -> None:
+    """Create the run directory; refuse to clobber a finished run unless asked."""
+    if (out / "metrics.json").exists() and not overwrite:
+        raise BlitzError(
+            f"{out} already holds a finished run: choose another --out or pass --overwrite"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def write_json(path: Path, payload: Any) -> None:
+    """Pretty JSON, written via a temporary file so a crash leaves the old file or the new one."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2) + "\n")
+    tmp.replace(path)
+
+
+def train_run(cfg: Config, out: Path, log: Log, quiet: bool, started: float) -> dict[str, Any]:
+    """Load data, train, test, and write config, checkpoint, pictures and metrics into ``out``."""
+    device = resolve_device(cfg.train.device)
+    data = load_data(cfg.data.source, cfg.data.image_size, log)
+    write_json(out / "config.json", cfg.to_dict())
+    log(
+        f"data: {data.name} ({len(data.train)} train, {len(data.test)} test images, "
+        f"{len(data.classes)} classes); model: {cfg.model.name}; device: {device}"
+    )
+    _show_training_images(data, out, log)
+    torch.manual_seed(cfg.train.seed)  # the weights' initialisation depends on the seed alone
+    model = create_model(cfg.model.name, len(data.classes), data.channels, **cfg.model.options)
+    model = model.to(device)
+    state = train(cfg, data, model, device, log, quiet)
+    result = _test(cfg, model, data, out, log)
+    save_checkpoint(out / CHECKPOINT, model, cfg, data.classes)
+    metrics = {
+        "test_accuracy": round(result.accuracy, 6),
+        "per_class_accuracy": {
+            c: round(a, 6) for c, a in zip(data.classes, per_class_accuracy(result.matrix))
+        },
+        "classes": data.classes,
+        "confusion_matrix": result.matrix.tolist(),
+        "train_seconds": round(state.train_seconds, 3),
+        "total_seconds": round(time.perf_counter() - started, 3),
+        "epochs": state.epoch,
+        "steps": state.step,
+        "seed": cfg.train.seed,
+        "device": str(device),
+        "preset": cfg.preset,
+        "data": data.name,
+        "model": cfg.model.name,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "versions": {
+            "blitz": __version__,
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+        },
+        "history": state.history,
+    }
+    write_json(out / "metrics.json", metrics)  # last: its presence marks the run finished
+    return metrics
+
+
+def sample_rows(count: int, total: int) -> torch.Tensor:
+    """A fixed random choice of rows (folders are sorted by class: the first rows are one class)."""
+    return torch.randperm(total, generator=torch.Generator().manual_seed(0))[:count]
+
+
+def _show_training_images(data: ImageData, out: Path, log: Log) -> None:
+    """The seed's first look at the data: a grid of training images and their labels."""
+    rows = sample_rows(SAMPLES, len(data.train))
+    names = [data.classes[i] for i in data.train.labels[rows].tolist()]
+    save_image_grid(data.train.images[rows], names, out / "train_images.png")
+    log(" ".join(f"{n:>5s}" for n in names))
+
+
+def _test(cfg: Config, model: torch.nn.Module, data: ImageData, out: Path, log: Log) -> Evaluation:
+    """Test on the whole test split, print the seed's views, and save the predictions grid."""
+    result = evaluate(
+        model, data.test, cfg.data.mean, cfg.data.std, len(data.classes), cfg.train.eval_batch_size
+    )
+    rows = sample_rows(SAMPLES, len(data.test))
+    truth = data.test.labels[rows].tolist()
+    guess = result.predicted[rows].tolist()
+    captions = [f"{data.classes[t]}\n→ {data.classes[p]}" for t, p in zip(truth, guess)]
+    save_image_grid(data.test.images[rows], captions, out / "test_predictions.png")
+    log(format_samples(truth, guess, data.classes))
+    log(format_accuracy(result.matrix))
+    log(format_per_class(result.matrix, data.classes))
+    log(format_confusion(result.matrix, data.classes))
+    return result
+
+
+def eval_run(run_dir: Path, source: str | None, log: Log) -> Evaluation:
+    """Test a finished run's checkpoint, on its own data or on ``source``."""
+    ckpt = load_checkpoint(run_dir / CHECKPOINT)
+    cfg = config_from_checkpoint(ckpt)
+    data = load_data(source or cfg.data.source, ckpt["image_size"], log)
+    if data.classes != ckpt["classes"]:
+        raise BlitzError(
+            f"{data.name} has classes {data.classes}, but the run in {run_dir} was trained on "
+            f"{ckpt['classes']}: evaluate it on data with the same classes"
+        )
+    model = model_from_checkpoint(ckpt).to(resolve_device(cfg.train.device))
+    return _test(cfg, model, data, run_dir, log)

@@ -1,0 +1,99 @@
+"""Fixtures: an isolated cache, and small datasets in every format blitz reads, made here."""
+
+from __future__ import annotations
+
+import io
+import pickle
+import tarfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+CLASSES = ["apple", "banana", "cherry"]
+
+
+@pytest.fixture(autouse=True)
+def cache(tmp_path, monkeypatch) -> Path:
+    """Every test gets its own empty BLITZ_DATA cache."""
+    root = tmp_path / "cache"
+    monkeypatch.setenv("BLITZ_DATA", str(root))
+    return root
+
+
+def png_bytes(color, size=32, mode="RGB") -> bytes:
+    buf = io.BytesIO()
+    Image.new(mode, (size, size), color).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def folder_files(per_class: int = 4, test_split: str = "test", size: int = 32) -> dict[str, bytes]:
+    """Relative path -> bytes of a tiny image-folder dataset: one solid colour per class."""
+    colors = [(200, 30, 30), (30, 200, 30), (30, 30, 200)]
+    files = {}
+    for split in ("train", test_split):
+        for c, (name, color) in enumerate(zip(CLASSES, colors)):
+            for i in range(per_class):
+                shade = tuple(max(0, v - 10 * i) for v in color)
+                files[f"{split}/{name}/{c}_{i}.png"] = png_bytes(shade, size)
+    return files
+
+
+def write_folder(root: Path, files: dict[str, bytes]) -> Path:
+    for rel, data in files.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    return root
+
+
+def write_tar(path: Path, files: dict[str, bytes]) -> Path:
+    with tarfile.open(path, "w:gz" if path.name.endswith("gz") else "w") as tar:
+        for rel, data in files.items():
+            info = tarfile.TarInfo(rel)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def write_zip(path: Path, files: dict[str, bytes]) -> Path:
+    with zipfile.ZipFile(path, "w") as zf:
+        for rel, data in files.items():
+            zf.writestr(rel, data)
+    return path
+
+
+def cifar_archive(path: Path, per_batch: int = 20) -> Path:
+    """A cifar-10-python.tar.gz in the official layout (pickled dicts of numpy arrays), tiny."""
+    rng = np.random.default_rng(0)
+    files = {}
+    names = ["data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5"]
+    for name in [*names, "test_batch"]:
+        batch = {
+            "data": rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8),
+            "labels": [i % 10 for i in range(per_batch)],
+        }
+        files[f"cifar-10-batches-py/{name}"] = pickle.dumps(batch)
+    meta = {
+        "label_names": [
+            "airplane",
+            "automobile",
+            "bird",
+            "cat",
+            "deer",
+            "dog",
+            "frog",
+            "horse",
+            "ship",
+            "truck",
+        ]
+    }
+    files["cifar-10-batches-py/batches.meta"] = pickle.dumps(meta)
+    return write_tar(path, files)
+
+
+@pytest.fixture
+def image_folder(tmp_path) -> Path:
+    return write_folder(tmp_path / "fruit", folder_files())

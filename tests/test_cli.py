@@ -1,0 +1,194 @@
+"""The command line end to end, in subprocesses, asserting on what a user sees."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import folder_files, write_folder
+
+
+def blitz(*args, cache=None, check=True):
+    env = {**os.environ, "BLITZ_DATA": str(cache)} if cache else None
+    result = subprocess.run(
+        [sys.executable, "-m", "blitz", *map(str, args)], capture_output=True, text=True, env=env
+    )
+    if check:
+        assert result.returncode == 0, result.stderr
+    return result
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """One short training run on generated data, shared by the tests that read it."""
+    root = tmp_path_factory.mktemp("cli")
+    out = root / "run"
+    result = blitz(
+        "train",
+        "--data",
+        "shapes:500",
+        "--batch-size",
+        "16",
+        "--lr",
+        "0.01",
+        "--epochs",
+        "2",
+        "--out",
+        out,
+        cache=root / "cache",
+    )
+    return out, result
+
+
+def test_train_writes_a_complete_run_directory(run_dir):
+    out, result = run_dir
+    assert "Accuracy of the network on the 100 test images" in result.stdout
+    assert "GroundTruth:" in result.stdout and "Predicted:" in result.stdout
+    assert "confusion matrix" in result.stdout and "[1,  2000]" not in result.stdout
+    for name in (
+        "config.json",
+        "metrics.json",
+        "model.pt",
+        "train_images.png",
+        "test_predictions.png",
+    ):
+        assert (out / name).is_file(), name
+    metrics = json.loads((out / "metrics.json").read_text())
+    keys = {
+        "test_accuracy",
+        "per_class_accuracy",
+        "classes",
+        "confusion_matrix",
+        "train_seconds",
+        "total_seconds",
+        "epochs",
+        "steps",
+        "seed",
+        "device",
+        "preset",
+        "history",
+    }
+    assert keys <= set(metrics)
+    assert metrics["steps"] == 2 * 32 and metrics["epochs"] == 2 and len(metrics["history"]) == 2
+    assert sum(map(sum, metrics["confusion_matrix"])) == 100
+    config = json.loads((out / "config.json").read_text())
+    assert config["train"]["batch_size"] == 16 and config["data"]["source"] == "shapes:500"
+
+
+def test_eval_reproduces_the_training_accuracy(run_dir):
+    out, _ = run_dir
+    metrics = json.loads((out / "metrics.json").read_text())
+    result = blitz("eval", out)
+    assert f"{100 * metrics['test_accuracy']:.2f} %" in result.stdout
+
+
+def test_predict_prints_and_writes_csv(run_dir, tmp_path):
+    out, _ = run_dir
+    images = write_folder(
+        tmp_path / "mine",
+        {
+            "a.png": folder_files(size=50)["train/apple/0_0.png"],
+            "sub/b.png": folder_files()["test/banana/1_0.png"],
+        },
+    )
+    result = blitz("predict", out, images, "--top-k", "3", "--csv", tmp_path / "p.csv")
+    assert result.stdout.count(" %") == 6
+    rows = list(csv.DictReader((tmp_path / "p.csv").read_text().splitlines()))
+    assert len(rows) == 2 and set(rows[0]) == {
+        "path",
+        "class_1",
+        "prob_1",
+        "class_2",
+        "prob_2",
+        "class_3",
+        "prob_3",
+    }
+    assert float(rows[0]["prob_1"]) >= float(rows[0]["prob_2"])
+
+
+def test_show_writes_the_seed_grid(tmp_path):
+    folder = write_folder(tmp_path / "fruit", folder_files())
+    result = blitz(
+        "show",
+        "--data",
+        folder,
+        "--count",
+        "4",
+        "--out",
+        tmp_path / "g.png",
+        cache=tmp_path / "cache",
+    )
+    assert (tmp_path / "g.png").stat().st_size > 1000
+    assert len(result.stdout.splitlines()[-2].split()) == 4
+
+
+def test_inspect_and_listings():
+    assert "conv1.bias.grad after backward" in blitz("inspect").stdout
+    assert "seed" in blitz("presets").stdout
+    assert "lenet" in blitz("models").stdout
+
+
+def test_train_on_an_image_folder_archive_and_refuse_to_clobber(tmp_path):
+    from conftest import write_tar
+
+    archive = write_tar(tmp_path / "fruit.tar.gz", folder_files())
+    out = tmp_path / "run"
+    result = blitz(
+        "train",
+        "--data",
+        archive,
+        "--max-steps",
+        "5",
+        "--out",
+        out,
+        "--quiet",
+        cache=tmp_path / "cache",
+    )
+    assert "test accuracy" in result.stdout and "banana" not in result.stdout  # --quiet
+    again = blitz(
+        "train",
+        "--data",
+        archive,
+        "--max-steps",
+        "5",
+        "--out",
+        out,
+        check=False,
+        cache=tmp_path / "cache",
+    )
+    assert again.returncode == 2 and "--overwrite" in again.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["train", "--preset", "nope"], "unknown preset 'nope'"),
+        (["train", "--model", "nope", "--data", "shapes:50"], "--model"),
+        (["train", "--data", "/no/such/dir"], "/no/such/dir' does not exist"),
+        (["train", "--lr", "-1"], "invalid value -1.0 for --lr"),
+        (["train", "--batch-size", "0"], "--batch-size"),
+        (["train", "--set", "optim.lrr=1"], "unknown setting optim.lrr"),
+        (["eval", "/no/such/run"], "no checkpoint"),
+        (["predict", "/no/such/run", "x.png"], "no checkpoint"),
+    ],
+)
+def test_user_errors_are_one_clear_line(tmp_path, args, message):
+    result = blitz(*args, check=False, cache=tmp_path / "cache")
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_folder_without_train_is_a_clear_error(tmp_path):
+    folder = write_folder(tmp_path / "flat", {"cat/1.png": folder_files()["train/apple/0_0.png"]})
+    result = blitz("train", "--data", folder, check=False, cache=tmp_path / "cache")
+    assert result.returncode == 2 and "needs train/ and test/" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_typo_in_an_option_is_rejected_by_argparse():
+    result = blitz("train", "--epocs", "3", check=False)
+    assert result.returncode == 2 and "unrecognized arguments" in result.stderr

@@ -1,0 +1,192 @@
+import functools
+import hashlib
+import http.server
+import struct
+import threading
+import time
+
+import pytest
+import torch
+
+from blitz import data as data_module
+from blitz.data import batches, load_data, normalize
+from blitz.errors import BlitzError
+from blitz.shapes import CLASSES, make_shapes
+from conftest import CLASSES as FRUIT
+from conftest import cifar_archive, folder_files, write_folder, write_tar, write_zip
+
+
+def test_shapes_are_deterministic_balanced_and_varied():
+    a_images, a_labels = make_shapes(200, seed=3)
+    b_images, b_labels = make_shapes(200, seed=3)
+    assert torch.equal(a_images, b_images) and torch.equal(a_labels, b_labels)
+    assert a_images.shape == (200, 3, 32, 32) and a_images.dtype == torch.uint8
+    assert torch.bincount(a_labels).tolist() == [20] * len(CLASSES)
+    assert not torch.equal(make_shapes(200, seed=4)[0], a_images)
+    assert a_images.float().std() > 30  # colour, position and noise vary
+
+
+def test_shapes_spec_sets_the_train_size():
+    data = load_data("shapes:100")
+    assert (len(data.train), len(data.test), data.classes) == (100, 20, list(CLASSES))
+
+
+@pytest.mark.parametrize("layout", ["dir", "tar.gz", "tgz", "tar", "zip", "nested-tar", "val-dir"])
+def test_image_folder_in_every_layout(tmp_path, layout):
+    files = folder_files(test_split="val" if layout == "val-dir" else "test")
+    if layout.endswith("dir"):
+        path = write_folder(tmp_path / "fruit", files)
+    elif layout == "zip":
+        path = write_zip(tmp_path / "fruit.zip", files)
+    elif layout == "nested-tar":
+        path = write_tar(tmp_path / "fruit.tar.gz", {f"fruit/{k}": v for k, v in files.items()})
+    else:
+        path = write_tar(tmp_path / f"fruit.{layout}", files)
+    data = load_data(str(path))
+    assert data.classes == FRUIT
+    assert data.train.images.shape == (12, 3, 32, 32) and len(data.test) == 12
+    assert data.train.labels.tolist() == [0] * 4 + [1] * 4 + [2] * 4
+    red = data.train.images[0, :, 0, 0].tolist()
+    assert red == [200, 30, 30]
+
+
+def test_decoded_cache_is_reused_and_refreshed_when_the_source_changes(image_folder, cache):
+    first = load_data(str(image_folder))
+    cached = list((cache / "decoded").glob("*.pt"))
+    assert len(cached) == 1
+    logs = []
+    second = load_data(str(image_folder), log=logs.append)
+    assert torch.equal(first.train.images, second.train.images) and not logs  # no decoding
+    (image_folder / "train" / "apple" / "extra.png").write_bytes(
+        (image_folder / "train" / "apple" / "0_0.png").read_bytes()
+    )
+    third = load_data(str(image_folder))
+    assert len(third.train) == 13
+    assert len(list((cache / "decoded").glob("*.pt"))) == 2
+
+
+def test_images_of_other_sizes_and_modes_are_converted(tmp_path):
+    files = folder_files(size=40)
+    files["train/apple/gray.png"] = __import__("conftest").png_bytes(128, 20, mode="L")
+    path = write_folder(tmp_path / "odd", files)
+    logs = []
+    data = load_data(str(path), log=logs.append)
+    assert data.train.images.shape[1:] == (3, 32, 32)
+    assert any("resized 25 images" in line for line in logs)
+
+
+def test_official_cifar10_archive_as_a_path(tmp_path):
+    data = load_data(str(cifar_archive(tmp_path / "cifar-10-python.tar.gz")))
+    assert data.classes[0] == "airplane" and len(data.classes) == 10
+    assert data.train.images.shape == (100, 3, 32, 32) and len(data.test) == 20
+
+
+@pytest.fixture
+def http_root(tmp_path):
+    """A web server on the loopback interface, serving a folder (no outside network needed)."""
+    root = tmp_path / "www"
+    root.mkdir()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield root, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_cifar10_download_uses_the_official_archive(http_root, monkeypatch, cache):
+    root, url = http_root
+    archive = cifar_archive(root / "cifar-10-python.tar.gz")
+    monkeypatch.setattr(data_module, "CIFAR10_URL", f"{url}/cifar-10-python.tar.gz")
+    monkeypatch.setattr(data_module, "CIFAR10_MD5", hashlib.md5(archive.read_bytes()).hexdigest())
+    data = load_data("cifar10")
+    assert len(data.train) == 100
+    assert (cache / "cifar10" / "cifar-10-python.tar.gz").exists()
+    assert len(load_data("auto").train) == 100  # auto now finds it in the cache
+
+
+def test_download_without_network_fails_fast_and_auto_falls_back(monkeypatch):
+    monkeypatch.setattr(data_module, "CIFAR10_URL", "http://127.0.0.1:9/cifar-10-python.tar.gz")
+    started = time.perf_counter()
+    with pytest.raises(BlitzError, match="downloading"):
+        load_data("cifar10")
+    assert time.perf_counter() - started < 15
+    logs = []
+    data = load_data("auto", log=logs.append)
+    assert data.name == "shapes"
+    assert "Training on the generated 'shapes' dataset" in logs[0]
+
+
+def _idx(path, magic, array):
+    path.write_bytes(
+        struct.pack(">I", magic)
+        + b"".join(struct.pack(">I", d) for d in array.shape)
+        + array.numpy().tobytes()
+    )
+
+
+def test_mnist_is_one_channel_resized_to_32(cache):
+    raw = cache / "mnist" / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for prefix, n in (("train", 30), ("t10k", 10)):
+        _idx(
+            raw / f"{prefix}-images-idx3-ubyte",
+            2051,
+            torch.randint(0, 256, (n, 28, 28), dtype=torch.uint8),
+        )
+        _idx(raw / f"{prefix}-labels-idx1-ubyte", 2049, torch.arange(n, dtype=torch.uint8) % 10)
+    data = load_data("mnist")
+    assert data.train.images.shape == (30, 1, 32, 32) and data.channels == 1
+    assert data.classes == [str(d) for d in range(10)]
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda p: p / "missing", "does not exist"),
+        (lambda p: write_folder(p / "flat", {"a/b.png": b"x"}), "no train/<class>/<image>"),
+        (
+            lambda p: write_folder(
+                p / "notest", {k: v for k, v in folder_files().items() if k.startswith("train")}
+            ),
+            "no test/ or val/",
+        ),
+        (
+            lambda p: write_folder(
+                p / "mismatch",
+                {**folder_files(), "test/durian/x.png": folder_files()["test/apple/0_0.png"]},
+            ),
+            "different classes.*durian",
+        ),
+        (
+            lambda p: write_folder(p / "corrupt", {**folder_files(), "train/apple/bad.png": b"no"}),
+            "cannot decode image train/apple/bad.png",
+        ),
+        (
+            lambda p: (p / "notes.txt").write_text("hi") and p / "notes.txt",
+            "not a folder or an archive",
+        ),
+        (
+            lambda p: write_tar(p / "evil.tar", {"../escape/train/a/x.png": b"x"}),
+            "outside the archive",
+        ),
+    ],
+)
+def test_bad_sources_name_the_problem(tmp_path, make, message):
+    with pytest.raises(BlitzError, match=message):
+        load_data(str(make(tmp_path)))
+
+
+def test_batches_cover_the_split_once_in_shuffled_order():
+    split = load_data("shapes:100").train
+    seen = torch.cat([labels for _, labels in batches(split, 32, torch.Generator().manual_seed(0))])
+    assert sorted(seen.tolist()) == sorted(split.labels.tolist())
+    assert seen.tolist() != split.labels.tolist()
+    ordered = torch.cat([labels for _, labels in batches(split, 32)])
+    assert ordered.tolist() == split.labels.tolist()
+
+
+def test_normalize_maps_bytes_to_minus_one_one_like_the_seed():
+    images = torch.tensor([0, 255, 51], dtype=torch.uint8).view(1, 3, 1, 1)
+    out = normalize(images, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)).flatten().tolist()
+    assert out == pytest.approx([-1.0, 1.0, 51 / 255 * 2 - 1])
