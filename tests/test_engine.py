@@ -55,7 +55,7 @@ def test_training_on_shapes_learns(optimizer):
     model = create_model("lenet", 10, 3)
     state = train(cfg, data, model, torch.device("cpu"), log=lambda m: None, quiet=True)
     assert state.step == 6 * 63 and len(state.history) == 6
-    result = evaluate(model, data.test, cfg.data.mean, cfg.data.std, 10)
+    result = evaluate(model, data.test, cfg, 10)
     assert result.accuracy > 0.5  # chance is 0.1
     assert result.accuracy == pytest.approx(state.history[-1]["test_accuracy"], abs=1e-6)
     assert state.history[-1]["train_loss"] < state.history[0]["train_loss"]

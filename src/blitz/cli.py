@@ -7,6 +7,8 @@ import sys
 import time
 from pathlib import Path
 
+from blitz.config import DEVICES, LOSSES, OPTIMIZERS  # light: no torch import
+
 # options of `blitz train` that override one setting each: flag -> (dotted key, type)
 OVERRIDES = {
     "data": ("data.source", str),
@@ -64,10 +66,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, metavar="N")
     p.add_argument("--lr", type=float, metavar="F", help="learning rate")
     p.add_argument("--momentum", type=float, metavar="F")
-    p.add_argument("--optimizer", choices=["sgd", "nesterov", "adam", "rmsprop"])
-    p.add_argument("--loss", choices=["cross-entropy", "mse"])
+    p.add_argument("--optimizer", choices=OPTIMIZERS)
+    p.add_argument("--loss", choices=LOSSES)
     p.add_argument("--seed", type=int, metavar="N")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"])
+    p.add_argument("--device", choices=DEVICES)
     p.add_argument("--max-steps", type=int, metavar="N", help="stop after N optimizer steps")
     p.add_argument(
         "--set",

@@ -15,9 +15,12 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-OPTIMIZERS = ("sgd", "nesterov", "adam", "rmsprop")
+OPTIMIZERS = ("sgd", "nesterov", "adam", "rmsprop", "muon")
 LOSSES = ("cross-entropy", "mse")
 SCHEDULES = ("constant", "onecycle", "linear")
+FLIPS = ("none", "random", "alternate")
+TTAS = ("none", "flip", "flip-translate")
+PRECISIONS = ("fp32", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
@@ -34,9 +37,15 @@ class DataConfig:
     image_size: int = 32
     mean: tuple[float, ...] = (0.5, 0.5, 0.5)  # the seed's Normalize: [0, 1] -> [-1, 1]
     std: tuple[float, ...] = (0.5, 0.5, 0.5)
+    flip: str = "none"  # training augmentation: none | random | alternate (airbench's)
+    translate: int = 0  # shift by up to this many pixels (reflect padding)
+    cutout: int = 0  # blank a square of this side
 
     def __post_init__(self) -> None:
         self.mean, self.std = tuple(self.mean), tuple(self.std)
+        _check(self.flip in FLIPS, "data.flip", self.flip, " | ".join(FLIPS))
+        _check(self.translate >= 0, "data.translate", self.translate, "an integer >= 0")
+        _check(self.cutout >= 0, "data.cutout", self.cutout, "an integer >= 0")
         _check(self.image_size >= 8, "data.image_size", self.image_size, "an integer >= 8")
         _check(all(s > 0 for s in self.std), "data.std", self.std, "positive numbers")
         _check(len(self.mean) == len(self.std), "data.mean", self.mean, "as many values as std")
@@ -66,8 +75,13 @@ class OptimConfig:
     weight_decay: float = 0.0
     loss: str = "cross-entropy"
     label_smoothing: float = 0.0
+    reduction: str = "mean"  # "sum": per-sample learning rates, which scale with the batch size
     schedule: str = "constant"
     warmup: float = 0.0  # fraction of all steps spent warming up (onecycle)
+    ema: float = 0.0  # decay of an exponential moving average of the weights; 0: off
+    head_lr: float = 0.0  # learning rate of the classifier layer; 0: the same as lr
+    muon_lr: float = 0.02  # with name = "muon": torch.optim.Muon for conv filters, SGD-Nesterov
+    muon_momentum: float = 0.95  # (lr, momentum, weight_decay) for everything else
 
     def __post_init__(self) -> None:
         _check(self.name in OPTIMIZERS, "--optimizer", self.name, " | ".join(OPTIMIZERS))
@@ -75,6 +89,7 @@ class OptimConfig:
         _check(0 <= self.momentum < 1, "--momentum", self.momentum, "a number in [0, 1)")
         _check(self.weight_decay >= 0, "optim.weight_decay", self.weight_decay, "a number >= 0")
         _check(self.loss in LOSSES, "--loss", self.loss, " | ".join(LOSSES))
+        _check(self.reduction in ("mean", "sum"), "optim.reduction", self.reduction, "mean | sum")
         _check(
             0 <= self.label_smoothing < 1,
             "optim.label_smoothing",
@@ -83,7 +98,11 @@ class OptimConfig:
         )
         _check(self.schedule in SCHEDULES, "optim.schedule", self.schedule, " | ".join(SCHEDULES))
         _check(0 <= self.warmup < 1, "optim.warmup", self.warmup, "a fraction in [0, 1)")
-        if self.name == "nesterov":
+        _check(0 <= self.ema < 1, "optim.ema", self.ema, "a decay in [0, 1)")
+        _check(self.head_lr >= 0, "optim.head_lr", self.head_lr, "a number >= 0")
+        _check(self.muon_lr > 0, "optim.muon_lr", self.muon_lr, "a number > 0")
+        _check(0 <= self.muon_momentum < 1, "optim.muon_momentum", self.muon_momentum, "in [0, 1)")
+        if self.name in ("nesterov", "muon"):
             _check(self.momentum > 0, "--momentum", self.momentum, "> 0 for nesterov")
 
 
@@ -99,6 +118,10 @@ class TrainConfig:
     log_every: int = 0  # 0: a progress bar; N: the seed's running-loss line every N steps
     eval_every_epoch: bool = True
     eval_batch_size: int = 1000
+    tta: str = "none"  # test-time augmentation: none | flip | flip-translate
+    channels_last: bool = False  # memory format of images and weights (faster convs on some CPUs)
+    precision: str = "fp32"  # autocast dtype for forward passes: fp32 | bf16 | fp16
+    compile: bool = False  # torch.compile the model (warmed up and timed apart from training)
 
     def __post_init__(self) -> None:
         _check(self.epochs >= 1, "--epochs", self.epochs, "an integer >= 1")
@@ -107,6 +130,8 @@ class TrainConfig:
         _check(self.max_steps >= 0, "--max-steps", self.max_steps, "an integer >= 0")
         _check(self.log_every >= 0, "train.log_every", self.log_every, "an integer >= 0")
         _check(self.eval_batch_size >= 1, "train.eval_batch_size", self.eval_batch_size, ">= 1")
+        _check(self.tta in TTAS, "train.tta", self.tta, " | ".join(TTAS))
+        _check(self.precision in PRECISIONS, "train.precision", self.precision, "fp32|bf16|fp16")
 
 
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "optim": OptimConfig, "train": TrainConfig}

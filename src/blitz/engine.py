@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import math
+import platform
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -10,12 +12,15 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
+from blitz import augment
 from blitz.config import Config, OptimConfig
-from blitz.data import ImageData, batches, normalize
+from blitz.data import ImageData, Split, normalize
 from blitz.errors import BlitzError
 from blitz.evaluate import evaluate
+from blitz.optim import build_optimizers, lr_factor, unflatten_filters
 
 Log = Callable[[str], None]
 
@@ -38,46 +43,26 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def device_name(device: torch.device) -> str:
+    """The accelerator's marketing name (e.g. 'NVIDIA H200'), or the CPU's architecture."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{device.type} ({platform.machine()}, {torch.get_num_threads()} threads)"
+
+
 def synchronize(device: torch.device) -> None:
     """Wait for queued device work, so that timings are honest (a no-op on CPU)."""
     getattr(torch, device.type).synchronize()
 
 
-def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
-    """The update rule named in the config (the seed names SGD, Nesterov-SGD, Adam, RMSProp)."""
-    params = model.parameters()
-    if cfg.name in ("sgd", "nesterov"):
-        return torch.optim.SGD(
-            params,
-            lr=cfg.lr,
-            momentum=cfg.momentum,
-            nesterov=cfg.name == "nesterov",
-            weight_decay=cfg.weight_decay,
-        )
-    if cfg.name == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return torch.optim.RMSprop(
-        params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
-    )
-
-
-def lr_factor(step: int, total: int, cfg: OptimConfig) -> float:
-    """Multiplier of the base learning rate at ``step`` of ``total``: a pure function."""
-    progress = step / max(total, 1)
-    if cfg.schedule == "constant":
-        return 1.0
-    if cfg.schedule == "linear":
-        return max(0.0, 1 - progress)
-    if progress < cfg.warmup:  # onecycle: linear warm-up, then linear decay to zero
-        return progress / cfg.warmup
-    return max(0.0, (1 - progress) / (1 - cfg.warmup))
-
-
 def compute_loss(logits: torch.Tensor, labels: torch.Tensor, cfg: OptimConfig) -> torch.Tensor:
     """Cross-entropy (the seed's classifier) or MSE against one-hot targets."""
     if cfg.loss == "mse":
-        return F.mse_loss(logits, F.one_hot(labels, logits.shape[1]).to(logits.dtype))
-    return F.cross_entropy(logits, labels, label_smoothing=cfg.label_smoothing)
+        target = F.one_hot(labels, logits.shape[1]).to(logits.dtype)
+        return F.mse_loss(logits, target, reduction=cfg.reduction)
+    return F.cross_entropy(
+        logits, labels, label_smoothing=cfg.label_smoothing, reduction=cfg.reduction
+    )
 
 
 @dataclass
@@ -87,7 +72,30 @@ class TrainState:
     step: int = 0
     epoch: int = 0
     train_seconds: float = 0.0
+    compile_seconds: float = 0.0
     history: list[dict] = field(default_factory=list)
+
+
+@dataclass
+class Loop:
+    """What a training run holds while it runs."""
+
+    cfg: Config
+    model: nn.Module
+    net: nn.Module  # what runs forward passes: the model, or its torch.compile'd wrapper
+    optimizers: list[torch.optim.Optimizer]
+    split: Split  # the training images, on the training device
+    order_gen: torch.Generator  # the data order (CPU, so it is the same on every device)
+    augment_gen: torch.Generator  # augmentation draws, on the training device
+    total: int  # planned optimizer steps: the schedule's horizon
+    ema: AveragedModel | None
+    log: Log
+    quiet: bool
+    state: TrainState = field(default_factory=TrainState)
+
+    @property
+    def eval_model(self) -> nn.Module:
+        return self.ema.module if self.ema else self.net
 
 
 def planned_steps(cfg: Config, train_size: int) -> int:
@@ -96,82 +104,176 @@ def planned_steps(cfg: Config, train_size: int) -> int:
     return min(steps, cfg.train.max_steps) if cfg.train.max_steps else steps
 
 
+def autocast(cfg: Config, device: torch.device):
+    """Mixed precision for forward passes, the same code on every device."""
+    dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.train.precision]
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+
+
+def build_loop(
+    cfg: Config, data: ImageData, model: nn.Module, device: torch.device, log: Log, quiet: bool
+) -> Loop:
+    """Set up optimizers, generators and EMA for training ``model`` on ``data.train``."""
+    seed = cfg.train.seed
+    ema = None
+    if cfg.optim.ema:
+        avg = get_ema_multi_avg_fn(cfg.optim.ema)
+        ema = AveragedModel(model, multi_avg_fn=avg, use_buffers=True)
+    return Loop(
+        cfg=cfg,
+        model=model,
+        net=torch.compile(model) if cfg.train.compile else model,
+        optimizers=build_optimizers(model, cfg.optim),
+        split=Split(data.train.images.to(device), data.train.labels.to(device)),
+        order_gen=torch.Generator().manual_seed(seed),
+        augment_gen=torch.Generator(device=device).manual_seed(seed + 1),
+        total=planned_steps(cfg, len(data.train)),
+        ema=ema,
+        log=log,
+        quiet=quiet,
+    )
+
+
 def train(
     cfg: Config, data: ImageData, model: nn.Module, device: torch.device, log: Log, quiet: bool
 ) -> TrainState:
-    """Train ``model`` on ``data.train``; evaluate on ``data.test`` after epochs if asked."""
-    generator = torch.Generator().manual_seed(cfg.train.seed)  # the data order
-    optimizer = build_optimizer(model, cfg.optim)
-    train_split = type(data.train)(data.train.images.to(device), data.train.labels.to(device))
-    total = planned_steps(cfg, len(train_split))
-    state = TrainState()
-    while state.epoch < cfg.train.epochs and state.step < total:
+    """Train ``model`` on ``data.train`` (ending with the EMA weights, if any); test per epoch."""
+    loop = build_loop(cfg, data, model, device, log, quiet)
+    state = loop.state
+    if cfg.train.compile:
+        state.compile_seconds = warm_up(loop, data, device)
+    started = time.perf_counter()
+    _prepare_model(loop, device)
+    state.train_seconds += time.perf_counter() - started  # data-dependent init counts as training
+    while state.epoch < cfg.train.epochs and state.step < loop.total:
         started = time.perf_counter()
-        loss = _train_epoch(cfg, model, optimizer, train_split, generator, state, total, log, quiet)
+        loss = _train_epoch(loop, device)
         synchronize(device)
         seconds = time.perf_counter() - started
         state.train_seconds += seconds
         state.epoch += 1
         record = {"epoch": state.epoch, "train_loss": loss, "seconds": round(seconds, 3)}
         if cfg.train.eval_every_epoch:
-            record["test_accuracy"] = _test_accuracy(cfg, model, data)
+            record["test_accuracy"] = _test_accuracy(cfg, loop.eval_model, data)
         state.history.append(record)
+    if loop.ema:
+        model.load_state_dict(loop.ema.module.state_dict())
+    unflatten_filters(model)
     if cfg.train.log_every:
         log("Finished Training")
     return state
 
 
+def _prepare_model(loop: Loop, device: torch.device) -> None:
+    """Data-dependent initialisation (airbench's whitening layer), from up to 5000 images."""
+    prepare = getattr(loop.model, "prepare", None)
+    if prepare:
+        cfg = loop.cfg.data
+        prepare(normalize(loop.split.images[:5000], cfg.mean, cfg.std))
+        synchronize(device)
+
+
+def warm_up(loop: Loop, data: ImageData, device: torch.device) -> float:
+    """Compile (train and eval graphs) on a few steps, then restore every state: returns the
+    seconds it took, which are reported apart from the training time."""
+    started = time.perf_counter()
+    saved = _snapshot(loop)
+    _prepare_model(loop, device)
+    for rows in torch.arange(len(loop.split), device=device).split(loop.cfg.train.batch_size)[:2]:
+        _step(loop, rows)
+    _test_accuracy(loop.cfg, loop.net, data)
+    _restore(loop, saved)
+    synchronize(device)
+    return time.perf_counter() - started
+
+
+def _snapshot(loop: Loop) -> dict:
+    return {
+        "model": copy.deepcopy(loop.model.state_dict()),
+        "optimizers": [copy.deepcopy(o.state_dict()) for o in loop.optimizers],
+        "order": loop.order_gen.get_state(),
+        "augment": loop.augment_gen.get_state(),
+        "step": loop.state.step,
+    }
+
+
+def _restore(loop: Loop, saved: dict) -> None:
+    loop.model.load_state_dict(saved["model"])
+    for optimizer, state in zip(loop.optimizers, saved["optimizers"]):
+        optimizer.load_state_dict(state)
+    loop.order_gen.set_state(saved["order"])
+    loop.augment_gen.set_state(saved["augment"])
+    loop.state.step = saved["step"]
+
+
 def _test_accuracy(cfg: Config, model: nn.Module, data: ImageData) -> float:
-    result = evaluate(
-        model, data.test, cfg.data.mean, cfg.data.std, len(data.classes), cfg.train.eval_batch_size
-    )
+    result = evaluate(model, data.test, cfg, len(data.classes))
     return round(result.accuracy, 6)
 
 
-def _train_epoch(
-    cfg: Config,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    split,
-    generator: torch.Generator,
-    state: TrainState,
-    total: int,
-    log: Log,
-    quiet: bool,
-) -> float:
+def prepare_batch(loop: Loop, images: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """Normalise and augment a uint8 training batch, all in tensor ops on its device."""
+    cfg, gen = loop.cfg.data, loop.augment_gen
+    x = normalize(images, cfg.mean, cfg.std)
+    if cfg.flip == "random":
+        x = augment.flip(x, gen)
+    elif cfg.flip == "alternate":
+        x = augment.alternating_flip(x, rows, loop.state.epoch)
+    if cfg.translate:
+        x = augment.translate(x, cfg.translate, gen)
+    if cfg.cutout:
+        x = augment.cutout(x, cfg.cutout, gen)
+    if loop.cfg.train.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
+def _train_epoch(loop: Loop, device: torch.device) -> float:
     """One pass over the shuffled training split; returns the epoch's mean loss."""
-    model.train()
-    steps_in_epoch = min(math.ceil(len(split) / cfg.train.batch_size), total - state.step)
+    cfg, state, split = loop.cfg, loop.state, loop.split
+    loop.model.train()
+    order = torch.randperm(len(split), generator=loop.order_gen).to(device)
+    steps = min(math.ceil(len(split) / cfg.train.batch_size), loop.total - state.step)
     bar = tqdm(
-        total=steps_in_epoch,
+        total=steps,
         desc=f"epoch {state.epoch + 1}/{cfg.train.epochs}",
         unit="step",
-        disable=quiet or bool(cfg.train.log_every),
+        disable=loop.quiet or bool(cfg.train.log_every),
         leave=False,
     )
-    epoch_loss = torch.zeros((), device=split.labels.device)
-    running = torch.zeros((), device=split.labels.device)
-    for i, (images, labels) in enumerate(batches(split, cfg.train.batch_size, generator)):
-        if i == steps_in_epoch:
-            break
-        for group in optimizer.param_groups:
-            group["lr"] = cfg.optim.lr * lr_factor(state.step, total, cfg.optim)
-        optimizer.zero_grad(set_to_none=True)
-        loss = compute_loss(
-            model(normalize(images, cfg.data.mean, cfg.data.std)), labels, cfg.optim
-        )
-        loss.backward()
-        optimizer.step()
-        state.step += 1
-        loss = loss.detach()
+    epoch_loss = torch.zeros((), device=device)
+    running = torch.zeros((), device=device)
+    for i, rows in enumerate(order.split(cfg.train.batch_size)[:steps]):
+        with autocast(cfg, device):
+            loss = _step(loop, rows)
         epoch_loss += loss
         running += loss
         if cfg.train.log_every and (i + 1) % cfg.train.log_every == 0:
             # the seed's line: '[%d, %5d] loss: %.3f'
-            log(f"[{state.epoch + 1}, {i + 1:5d}] loss: {running.item() / cfg.train.log_every:.3f}")
+            mean = running.item() / cfg.train.log_every
+            loop.log(f"[{state.epoch + 1}, {i + 1:5d}] loss: {mean:.3f}")
             running.zero_()
         bar.update()
         if (i + 1) % 50 == 0 and not bar.disable:  # .item() syncs the device: only now and then
             bar.set_postfix(loss=f"{loss.item():.3f}")
     bar.close()
-    return round(epoch_loss.item() / max(steps_in_epoch, 1), 6)
+    return round(epoch_loss.item() / max(steps, 1), 6)
+
+
+def _step(loop: Loop, rows: torch.Tensor) -> torch.Tensor:
+    """One optimizer step on the batch ``rows``; returns the (detached) loss."""
+    cfg = loop.cfg
+    factor = lr_factor(loop.state.step, loop.total, cfg.optim)
+    for optimizer in loop.optimizers:
+        for group in optimizer.param_groups:
+            group["lr"] = group["base_lr"] * factor
+    images = prepare_batch(loop, loop.split.images[rows], rows)
+    loss = compute_loss(loop.net(images).float(), loop.split.labels[rows], cfg.optim)
+    loss.backward()
+    for optimizer in loop.optimizers:
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    if loop.ema:
+        loop.ema.update_parameters(loop.model)
+    loop.state.step += 1
+    return loss.detach() / (len(rows) if cfg.optim.reduction == "sum" else 1)  # per sample

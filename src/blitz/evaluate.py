@@ -5,9 +5,33 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from blitz.config import Config
 from blitz.data import Split, normalize
+
+
+def _shift(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+    """Translate a batch by (dy, dx) pixels, filling from a reflection of the edge."""
+    pad = max(abs(dy), abs(dx))
+    padded = F.pad(x, (pad, pad, pad, pad), mode="reflect")
+    h, w = x.shape[-2:]
+    return padded[..., pad - dy : pad - dy + h, pad - dx : pad - dx + w]
+
+
+def _mirrored(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return 0.5 * (model(x) + model(x.flip(-1)))
+
+
+def tta_logits(model: nn.Module, x: torch.Tensor, tta: str) -> torch.Tensor:
+    """Logits averaged over test-time views: none, a mirror, or mirrors of 1-pixel shifts too."""
+    if tta == "none":
+        return model(x)
+    if tta == "flip":
+        return _mirrored(model, x)
+    shifted = _mirrored(model, _shift(x, -1, -1)) + _mirrored(model, _shift(x, 1, 1))
+    return 0.5 * _mirrored(model, x) + 0.25 * shifted  # airbench's weighting
 
 
 @torch.inference_mode()
@@ -17,15 +41,18 @@ def predict_logits(
     mean: tuple[float, ...],
     std: tuple[float, ...],
     batch_size: int = 1000,
+    tta: str = "none",
+    channels_last: bool = False,
 ) -> torch.Tensor:
     """Logits (N, K) for uint8 images (N, C, H, W), computed in batches on the model's device."""
     device = next(model.parameters()).device
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
     was_training = model.training
     model.eval()
-    outputs = [
-        model(normalize(images[i : i + batch_size].to(device), mean, std)).float()
-        for i in range(0, len(images), batch_size)
-    ]
+    outputs = []
+    for i in range(0, len(images), batch_size):
+        x = normalize(images[i : i + batch_size].to(device), mean, std)
+        outputs.append(tta_logits(model, x.contiguous(memory_format=memory_format), tta).float())
     model.train(was_training)
     return torch.cat(outputs)
 
@@ -61,16 +88,18 @@ class Evaluation:
         return accuracy(self.matrix)
 
 
-def evaluate(
-    model: nn.Module,
-    split: Split,
-    mean: tuple[float, ...],
-    std: tuple[float, ...],
-    num_classes: int,
-    batch_size: int = 1000,
-) -> Evaluation:
-    """Test a model on every image of a split."""
-    logits = predict_logits(model, split.images, mean, std, batch_size)
+def evaluate(model: nn.Module, split: Split, cfg: Config, num_classes: int) -> Evaluation:
+    """Test a model on every image of a split, with the run's normalisation and TTA."""
+    train = cfg.train
+    logits = predict_logits(
+        model,
+        split.images,
+        cfg.data.mean,
+        cfg.data.std,
+        train.eval_batch_size,
+        train.tta,
+        train.channels_last,
+    )
     predicted = logits.argmax(1)
     matrix = confusion_matrix(split.labels.to(predicted.device), predicted, num_classes)
     return Evaluation(matrix, predicted.cpu(), logits.cpu())

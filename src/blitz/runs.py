@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 import time
 from datetime import datetime
@@ -19,8 +20,8 @@ from blitz.checkpoint import (
     save_checkpoint,
 )
 from blitz.config import Config
-from blitz.data import ImageData, load_data
-from blitz.engine import Log, resolve_device, train
+from blitz.data import ImageData, cache_dir, load_data
+from blitz.engine import Log, device_name, resolve_device, train
 from blitz.errors import BlitzError
 from blitz.evaluate import (
     Evaluation,
@@ -71,9 +72,14 @@ def train_run(cfg: Config, out: Path, log: Log, quiet: bool, started: float) -> 
     _show_training_images(data, out, log)
     torch.manual_seed(cfg.train.seed)  # the weights' initialisation depends on the seed alone
     model = create_model(cfg.model.name, len(data.classes), data.channels, **cfg.model.options)
-    model = model.to(device)
+    model = model.to(device, memory_format=_memory_format(cfg))
+    if cfg.train.compile:  # compiled kernels persist beside the data, for the next process
+        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir() / "compile"))
     state = train(cfg, data, model, device, log, quiet)
-    result = _test(cfg, model, data, out, log)
+    started_eval = time.perf_counter()
+    result = evaluate(model, data.test, cfg, len(data.classes))  # returns CPU tensors: synced
+    eval_seconds = time.perf_counter() - started_eval
+    _show_results(result, data, out, log)
     save_checkpoint(out / CHECKPOINT, model, cfg, data.classes)
     metrics = {
         "test_accuracy": round(result.accuracy, 6),
@@ -83,11 +89,14 @@ def train_run(cfg: Config, out: Path, log: Log, quiet: bool, started: float) -> 
         "classes": data.classes,
         "confusion_matrix": result.matrix.tolist(),
         "train_seconds": round(state.train_seconds, 3),
+        "eval_seconds": round(eval_seconds, 3),
+        "compile_seconds": round(state.compile_seconds, 3),
         "total_seconds": round(time.perf_counter() - started, 3),
         "epochs": state.epoch,
         "steps": state.step,
         "seed": cfg.train.seed,
         "device": str(device),
+        "device_name": device_name(device),
         "preset": cfg.preset,
         "data": data.name,
         "model": cfg.model.name,
@@ -103,6 +112,10 @@ def train_run(cfg: Config, out: Path, log: Log, quiet: bool, started: float) -> 
     return metrics
 
 
+def _memory_format(cfg: Config) -> torch.memory_format:
+    return torch.channels_last if cfg.train.channels_last else torch.contiguous_format
+
+
 def sample_rows(count: int, total: int) -> torch.Tensor:
     """A fixed random choice of rows (folders are sorted by class: the first rows are one class)."""
     return torch.randperm(total, generator=torch.Generator().manual_seed(0))[:count]
@@ -116,11 +129,8 @@ def _show_training_images(data: ImageData, out: Path, log: Log) -> None:
     log(" ".join(f"{n:>5s}" for n in names))
 
 
-def _test(cfg: Config, model: torch.nn.Module, data: ImageData, out: Path, log: Log) -> Evaluation:
-    """Test on the whole test split, print the seed's views, and save the predictions grid."""
-    result = evaluate(
-        model, data.test, cfg.data.mean, cfg.data.std, len(data.classes), cfg.train.eval_batch_size
-    )
+def _show_results(result: Evaluation, data: ImageData, out: Path, log: Log) -> None:
+    """Print the seed's views of a test (samples, accuracy, per class) and save the grid."""
     rows = sample_rows(SAMPLES, len(data.test))
     truth = data.test.labels[rows].tolist()
     guess = result.predicted[rows].tolist()
@@ -130,7 +140,6 @@ def _test(cfg: Config, model: torch.nn.Module, data: ImageData, out: Path, log: 
     log(format_accuracy(result.matrix))
     log(format_per_class(result.matrix, data.classes))
     log(format_confusion(result.matrix, data.classes))
-    return result
 
 
 def eval_run(run_dir: Path, source: str | None, log: Log) -> Evaluation:
@@ -143,5 +152,8 @@ def eval_run(run_dir: Path, source: str | None, log: Log) -> Evaluation:
             f"{data.name} has classes {data.classes}, but the run in {run_dir} was trained on "
             f"{ckpt['classes']}: evaluate it on data with the same classes"
         )
-    model = model_from_checkpoint(ckpt).to(resolve_device(cfg.train.device))
-    return _test(cfg, model, data, run_dir, log)
+    device = resolve_device(cfg.train.device)
+    model = model_from_checkpoint(ckpt).to(device, memory_format=_memory_format(cfg))
+    result = evaluate(model, data.test, cfg, len(data.classes))
+    _show_results(result, data, run_dir, log)
+    return result

@@ -35,4 +35,4 @@ def create_model(
 
 
 # Explicit imports register each family (no star-import magic).
-from blitz.models import lenet  # noqa: E402,F401
+from blitz.models import airbench, convnet, lenet  # noqa: E402,F401

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# The fast-gpu benchmark, one prepared run: decode the archive once, train fast-gpu for SEEDS seeds
+# (one fresh process each: the first compiles cold, the rest reuse the compile cache), then print
+# and save the table. Only blitz's own code runs.
+#
+#   bench/gpu.sh ARCHIVE [SEEDS=10] [OUT_DIR=$OUT or bench/results]
+set -euo pipefail
+archive=$(realpath "${1:?usage: bench/gpu.sh ARCHIVE [SEEDS] [OUT_DIR]}")
+seeds=${2:-10}
+out=$(realpath -m "${3:-${OUT:-bench/results}}")
+cd "$(dirname "$0")/.."
+export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+export BLITZ_DATA="${BLITZ_DATA:-$PWD/.cache/blitz}"
+mkdir -p "$out/runs"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+python3 -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__)"
+# untimed: decode the archive into the cache, as a user's first command would
+python3 -m blitz show --data "$archive" --count 8 --out "$out/train_images.png"
+for seed in $(seq 0 $((seeds - 1))); do
+  python3 -m blitz train --preset fast-gpu --data "$archive" --seed "$seed" \
+    --out "$out/runs/seed$seed" --overwrite --quiet
+done
+python3 bench/gpu.py "$out"/runs/seed* --json "$out/gpu.json" | tee "$out/gpu.md"

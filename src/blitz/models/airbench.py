@@ -1,0 +1,91 @@
+"""A network in the style of airbench (Jordan, arXiv 2404.00498), written from the paper's ideas.
+
+A frozen patch-whitening first layer initialised from the training images, three conv groups with
+identity (Dirac) initialisation, batch norm with a frozen scale, and a max-pooled linear head.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from blitz.models import register_model
+
+
+class BatchNorm(nn.BatchNorm2d):
+    """Batch norm with a frozen scale (only the shift learns) and fast-moving statistics."""
+
+    def __init__(self, channels: int):
+        super().__init__(channels, eps=1e-12, momentum=0.4)
+        self.weight.requires_grad = False
+
+
+class Conv(nn.Conv2d):
+    """3x3 conv, no bias, initialised as the identity on its first input channels (Dirac)."""
+
+    def __init__(self, c_in: int, c_out: int):
+        super().__init__(c_in, c_out, kernel_size=3, padding="same", bias=False)
+
+    def reset_parameters(self) -> None:
+        super().reset_parameters()
+        torch.nn.init.dirac_(self.weight.data[: self.in_channels])
+
+
+class ConvGroup(nn.Sequential):
+    """conv -> max-pool -> BN -> GELU -> conv -> BN -> GELU."""
+
+    def __init__(self, c_in: int, c_out: int):
+        super().__init__(
+            Conv(c_in, c_out),
+            nn.MaxPool2d(2),
+            BatchNorm(c_out),
+            nn.GELU(),
+            Conv(c_out, c_out),
+            BatchNorm(c_out),
+            nn.GELU(),
+        )
+
+
+class AirbenchNet(nn.Module):
+    """whiten (2x2 patches) -> GELU -> 3 conv groups -> max-pool -> linear / temperature."""
+
+    def __init__(self, num_classes: int, in_channels: int, widths=(64, 256, 256)):
+        super().__init__()
+        patch = 2
+        whiten_width = 2 * in_channels * patch * patch  # each eigenvector and its negative
+        self.whiten = nn.Conv2d(in_channels, whiten_width, patch, padding=0, bias=True)
+        self.whiten.weight.requires_grad = False  # set from the data by prepare()
+        groups, prev = [], whiten_width
+        for width in widths:
+            groups.append(ConvGroup(prev, width))
+            prev = width
+        self.layers = nn.Sequential(nn.GELU(), *groups, nn.AdaptiveMaxPool2d(1))
+        self.head = nn.Linear(prev, num_classes, bias=False)
+        with torch.no_grad():
+            self.head.weight /= self.head.weight.std()  # unit-scale logits at the start
+
+    @torch.no_grad()
+    def prepare(self, images: torch.Tensor, eps: float = 5e-4) -> None:
+        """Whitening: the first layer's filters become the eigenvectors of the covariance of
+        2x2 patches of (normalised) training images, scaled by 1/sqrt(eigenvalue)."""
+        c, (h, w) = images.shape[1], self.whiten.weight.shape[2:]
+        patches = images.float().unfold(2, h, 1).unfold(3, w, 1)  # (N, C, H', W', h, w)
+        patches = patches.permute(0, 2, 3, 1, 4, 5).reshape(-1, c * h * w)
+        covariance = patches.T @ patches / len(patches)
+        eigenvalues, eigenvectors = torch.linalg.eigh(covariance)
+        scaled = eigenvectors.T.reshape(-1, c, h, w) / torch.sqrt(eigenvalues + eps).view(
+            -1, 1, 1, 1
+        )
+        self.whiten.weight.copy_(torch.cat((scaled, -scaled)).to(self.whiten.weight))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.whiten(x)  # (B, 24, 31, 31)
+        x = self.layers(x).flatten(1)  # (B, widths[-1])
+        # airbench divides the logits by the width: a temperature that suits label smoothing
+        return self.head(x) / x.shape[1]
+
+
+@register_model
+def airbench(num_classes: int = 10, in_channels: int = 3, widths=(64, 256, 256)) -> nn.Module:
+    """airbench-style net (needs ``prepare(images)`` before training: the engine calls it)."""
+    return AirbenchNet(num_classes, in_channels, tuple(widths))

@@ -1,0 +1,119 @@
+"""Update rules and learning-rate schedules: torch.optim's, with Muon for conv filters."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from blitz.config import OptimConfig
+
+
+def param_groups(params: list[nn.Parameter], cfg: OptimConfig, head: set[int]) -> list[dict]:
+    """Decay weight matrices and filters only (decaying norms and biases hurts small nets);
+    the classifier may have its own learning rate."""
+    head_lr = cfg.head_lr or cfg.lr
+    # lr x weight_decay (the shrinkage per step) is the same for the head as for the body
+    head_decay = cfg.weight_decay * cfg.lr / head_lr
+    groups = [
+        {"params": [p for p in params if id(p) in head], "lr": head_lr, "weight_decay": head_decay},
+        {"params": [p for p in params if p.ndim >= 2 and id(p) not in head]},
+        {"params": [p for p in params if p.ndim < 2 and id(p) not in head], "weight_decay": 0.0},
+    ]
+    for group in groups:
+        group["base_lr"] = group.get("lr", cfg.lr)
+    return [g for g in groups if g["params"]]
+
+
+def _head_params(model: nn.Module) -> set[int]:
+    last = [m for m in model.modules() if isinstance(m, nn.Linear)][-1:]
+    return {id(p) for m in last for p in m.parameters()}
+
+
+def flatten_filters(model: nn.Module) -> list[nn.Parameter]:
+    """Reparametrise every trainable conv filter as a 2-D matrix (out, in*k*k), as
+    torch.optim.Muon requires; returns those matrices."""
+    for conv in [m for m in model.modules() if isinstance(m, nn.Conv2d)]:
+        if conv.weight.requires_grad:
+            parametrize.register_parametrization(conv, "weight", _Unflatten(conv.weight.shape))
+    return [
+        p for n, p in model.named_parameters() if n.endswith("parametrizations.weight.original")
+    ]
+
+
+def unflatten_filters(model: nn.Module) -> None:
+    """Back to plain conv weights, so checkpoints load into a plain model."""
+    for conv in [m for m in model.modules() if parametrize.is_parametrized(m, "weight")]:
+        parametrize.remove_parametrizations(conv, "weight", leave_parametrized=True)
+
+
+class _Unflatten(nn.Module):
+    def __init__(self, shape: torch.Size):
+        super().__init__()
+        self.shape = shape
+
+    def forward(self, flat: torch.Tensor) -> torch.Tensor:
+        return flat.view(self.shape)
+
+    def right_inverse(self, weight: torch.Tensor) -> torch.Tensor:
+        return weight.reshape(len(weight), -1)
+
+
+def _renormalize_filters(optimizer: torch.optim.Optimizer, *_) -> None:
+    # As airbench does: Muon's updates have a fixed size, so fixing each filter bank's norm
+    # keeps the effective step size constant (batch norm makes the scale irrelevant otherwise).
+    with torch.no_grad():
+        for p in optimizer.param_groups[0]["params"]:
+            p.mul_(len(p) ** 0.5 / p.norm())
+
+
+def build_optimizers(model: nn.Module, cfg: OptimConfig) -> list[torch.optim.Optimizer]:
+    """The update rules named in the config: SGD, Nesterov-SGD, Adam, RMSProp (the seed's), or
+    Muon for conv filters with SGD-Nesterov for the rest."""
+    optimizers = []
+    if cfg.name == "muon":
+        muon = torch.optim.Muon(
+            flatten_filters(model),
+            lr=cfg.muon_lr,
+            momentum=cfg.muon_momentum,
+            weight_decay=0.0,
+            ns_steps=3,  # airbench: three Newton-Schulz iterations are enough, and faster
+        )
+        muon.param_groups[0]["base_lr"] = cfg.muon_lr
+        muon.register_step_pre_hook(_renormalize_filters)
+        optimizers.append(muon)
+    taken = {id(p) for o in optimizers for g in o.param_groups for p in g["params"]}
+    params = [p for p in model.parameters() if p.requires_grad and id(p) not in taken]
+    groups = param_groups(params, cfg, _head_params(model))
+    if cfg.name in ("sgd", "nesterov", "muon"):
+        nesterov = cfg.name != "sgd"
+        optimizers.append(
+            torch.optim.SGD(
+                groups,
+                lr=cfg.lr,
+                momentum=cfg.momentum,
+                nesterov=nesterov,
+                weight_decay=cfg.weight_decay,
+            )
+        )
+    elif cfg.name == "adam":
+        optimizers.append(torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay))
+    else:
+        optimizers.append(
+            torch.optim.RMSprop(
+                groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+            )
+        )
+    return optimizers
+
+
+def lr_factor(step: int, total: int, cfg: OptimConfig) -> float:
+    """Multiplier of the base learning rate at ``step`` of ``total``: a pure function."""
+    progress = step / max(total, 1)
+    if cfg.schedule == "constant":
+        return 1.0
+    if cfg.schedule == "linear":
+        return max(0.0, 1 - progress)
+    if progress < cfg.warmup:  # onecycle: linear warm-up, then linear decay to zero
+        return progress / cfg.warmup
+    return max(0.0, (1 - progress) / (1 - cfg.warmup))

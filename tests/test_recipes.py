@@ -1,0 +1,84 @@
+"""The recipes of the fast presets: optimizers, schedules, EMA, TTA, whitening, every preset."""
+
+import pytest
+import torch
+
+from blitz.config import build_config, list_presets
+from blitz.data import load_data
+from blitz.engine import train
+from blitz.evaluate import _shift, evaluate
+from blitz.models import create_model
+from blitz.optim import build_optimizers, flatten_filters, unflatten_filters
+
+CPU = torch.device("cpu")
+
+
+@pytest.mark.parametrize("preset", sorted(list_presets()))
+def test_every_preset_trains_a_few_steps_on_shapes(preset):
+    quick = {"train.max_steps": 3, "train.batch_size": 32, "train.log_every": 0}
+    cfg = build_config(preset, {**quick, "train.compile": False})
+    data = load_data("shapes:100")
+    torch.manual_seed(0)
+    model = create_model(cfg.model.name, 10, 3, **cfg.model.options)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    state = train(cfg, data, model, CPU, lambda m: None, quiet=True)
+    assert state.step == 3
+    changed = [k for k, v in model.state_dict().items() if not torch.equal(v, before[k])]
+    assert changed, "training changed no weight"
+    assert 0 <= evaluate(model, data.test, cfg, 10).accuracy <= 1
+
+
+def test_weight_decay_spares_norms_and_biases_and_head_has_its_own_rate():
+    cfg = build_config("seed", {"optim.weight_decay": 0.1, "optim.head_lr": 0.5})
+    model = create_model("convnet", 10, 3)
+    (sgd,) = build_optimizers(model, cfg.optim)
+    head, weights, others = sgd.param_groups
+    assert {id(p) for p in head["params"]} == {id(p) for p in model.head.parameters()}
+    assert head["lr"] == 0.5 and head["weight_decay"] == pytest.approx(0.1 * 0.001 / 0.5)
+    assert all(p.ndim == 4 for p in weights["params"]) and weights["weight_decay"] == 0.1
+    assert all(p.ndim == 1 for p in others["params"]) and others["weight_decay"] == 0.0
+
+
+def test_muon_takes_the_conv_filters_as_matrices_and_gives_them_back():
+    model = create_model("airbench", 10, 3, widths=[8, 16, 16])
+    plain = {k: v.clone() for k, v in model.state_dict().items()}
+    muon, sgd = build_optimizers(model, build_config("fast-gpu").optim)
+    assert isinstance(muon, torch.optim.Muon) and isinstance(sgd, torch.optim.SGD)
+    assert all(p.ndim == 2 for p in muon.param_groups[0]["params"])
+    assert len(muon.param_groups[0]["params"]) == 6  # whitening is frozen: not among them
+    out = model.eval()(torch.randn(2, 3, 32, 32))  # eval: batch-norm statistics stay put
+    assert out.shape == (2, 10)
+    unflatten_filters(model)
+    assert set(model.state_dict()) == set(plain)
+    assert all(torch.equal(v, plain[k]) for k, v in model.state_dict().items())
+    assert [p.shape for p in flatten_filters(create_model("lenet"))] == [(6, 75), (16, 150)]
+
+
+def test_whitening_layer_decorrelates_patches():
+    torch.manual_seed(0)
+    model = create_model("airbench", 10, 3, widths=[8, 8, 8])
+    mixing = torch.tensor([[1.0, 0.8, 0.2], [0.0, 1.0, 0.5], [0.0, 0.0, 1.0]])
+    images = torch.einsum("dc,nchw->ndhw", mixing, torch.randn(64, 3, 16, 16))
+    model.prepare(images)
+    with torch.no_grad():
+        out = torch.nn.functional.conv2d(images, model.whiten.weight)  # (N, 24, 15, 15)
+    half = out[:, :12].permute(0, 2, 3, 1).reshape(-1, 12)
+    covariance = half.T @ half / len(half)
+    assert torch.allclose(covariance, torch.eye(12), atol=0.05)
+
+
+def test_tta_shift_moves_pixels_by_one():
+    x = torch.arange(16.0).view(1, 1, 4, 4)
+    assert torch.equal(_shift(x, 1, 1)[0, 0, 1:, 1:], x[0, 0, :3, :3])
+    assert torch.equal(_shift(x, -1, -1)[0, 0, :3, :3], x[0, 0, 1:, 1:])
+
+
+def test_ema_weights_end_up_in_the_model():
+    cfg = build_config(
+        "seed",
+        {"optim.ema": 0.9, "train.batch_size": 16, "train.max_steps": 5, "train.log_every": 0},
+    )
+    torch.manual_seed(0)
+    model = create_model("convnet", 10, 3, widths=[8, 8])
+    train(cfg, load_data("shapes:100"), model, CPU, lambda m: None, quiet=True)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
