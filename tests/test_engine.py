@@ -53,7 +53,7 @@ def test_training_on_shapes_learns(optimizer):
     data = load_data("shapes:2000")
     torch.manual_seed(0)
     model = create_model("lenet", 10, 3)
-    state = train(cfg, data, model, torch.device("cpu"), log=lambda m: None, quiet=True)
+    state = train(cfg, data, model, torch.device("cpu"), log=lambda m: None, quiet=True).state
     assert state.step == 6 * 63 and len(state.history) == 6
     result = evaluate(model, data.test, cfg, 10)
     assert result.accuracy > 0.5  # chance is 0.1

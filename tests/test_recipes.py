@@ -21,7 +21,7 @@ def test_every_preset_trains_a_few_steps_on_shapes(preset):
     torch.manual_seed(0)
     model = create_model(cfg.model.name, 10, 3, **cfg.model.options)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    state = train(cfg, data, model, CPU, lambda m: None, quiet=True)
+    state = train(cfg, data, model, CPU, lambda m: None, quiet=True).state
     assert state.step == 3
     changed = [k for k, v in model.state_dict().items() if not torch.equal(v, before[k])]
     assert changed, "training changed no weight"

@@ -81,6 +81,13 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, metavar="DIR", help="run directory (default: runs/...)")
     p.add_argument("--overwrite", action="store_true", help="replace a finished run in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bars or running losses")
+    p.add_argument(
+        "--devices",
+        type=int,
+        default=1,
+        metavar="N",
+        help="train in N processes on this machine (DDP through torchrun; one per GPU)",
+    )
 
 
 def _version() -> str:
@@ -103,20 +110,41 @@ def _overrides(args: argparse.Namespace) -> dict[str, object]:
     return found
 
 
-def cmd_train(args: argparse.Namespace, started: float) -> None:
+def cmd_train(args: argparse.Namespace, started: float, argv: list[str]) -> None:
     from blitz.config import build_config
+    from blitz.distributed import finish, launch, launched_by_torchrun
     from blitz.runs import default_run_dir, prepare_run_dir, train_run
 
     cfg = build_config(args.preset, _overrides(args))
     out = args.out or default_run_dir(cfg.preset)
+    if args.devices > 1 and not launched_by_torchrun():
+        prepare_run_dir(out, args.overwrite)
+        launch(args.devices, _without_devices(argv) + ["--out", str(out), "--overwrite"])
+        return
     prepare_run_dir(out, args.overwrite)
     log = _logger(args.quiet)
     metrics = train_run(cfg, out, log, args.quiet, started)
+    finish()
+    if "train_seconds" not in metrics:  # not the first process: it prints nothing
+        return
     print(
         f"test accuracy {100 * metrics['test_accuracy']:.2f} %"
         f" | training {metrics['train_seconds']:.1f} s | total {metrics['total_seconds']:.1f} s"
         f" | run directory: {out}"
     )
+
+
+def _without_devices(argv: list[str]) -> list[str]:
+    """The train command line minus --devices (and --out, which the caller sets)."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in ("--devices", "--out"):
+            skip = True
+        elif not arg.startswith(("--devices=", "--out=")):
+            out.append(arg)
+    return out
 
 
 def _logger(quiet: bool):
@@ -198,6 +226,7 @@ def cmd_models(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``blitz`` and ``python -m blitz``; returns the exit status."""
     started = time.perf_counter()
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
     from blitz.errors import BlitzError
 
@@ -211,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     try:
         if args.command == "train":
-            cmd_train(args, started)
+            cmd_train(args, started, argv)
         else:
             commands[args.command](args)
     except BlitzError as exc:

@@ -122,6 +122,7 @@ class TrainConfig:
     channels_last: bool = False  # memory format of images and weights (faster convs on some CPUs)
     precision: str = "fp32"  # autocast dtype for forward passes: fp32 | bf16 | fp16
     compile: bool = False  # torch.compile the model (warmed up and timed apart from training)
+    sync_bn: bool = False  # under torchrun: batch-norm statistics over the global batch
 
     def __post_init__(self) -> None:
         _check(self.epochs >= 1, "--epochs", self.epochs, "an integer >= 1")

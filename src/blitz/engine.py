@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import math
-import platform
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,41 +17,12 @@ from tqdm import tqdm
 from blitz import augment
 from blitz.config import Config, OptimConfig
 from blitz.data import ImageData, Split, normalize
-from blitz.errors import BlitzError
+from blitz.devices import autocast, synchronize
+from blitz.distributed import SINGLE, World, mean_over_ranks, shard, wrap
 from blitz.evaluate import evaluate
 from blitz.optim import build_optimizers, lr_factor, unflatten_filters
 
 Log = Callable[[str], None]
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA, then MPS, then CPU; an explicit device must exist."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    available = {
-        "cpu": True,
-        "cuda": torch.cuda.is_available(),
-        "mps": torch.backends.mps.is_available(),
-    }
-    if not available[name]:
-        raise BlitzError(f"--device {name} is not available on this machine: use auto or cpu")
-    return torch.device(name)
-
-
-def device_name(device: torch.device) -> str:
-    """The accelerator's marketing name (e.g. 'NVIDIA H200'), or the CPU's architecture."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"{device.type} ({platform.machine()}, {torch.get_num_threads()} threads)"
-
-
-def synchronize(device: torch.device) -> None:
-    """Wait for queued device work, so that timings are honest (a no-op on CPU)."""
-    getattr(torch, device.type).synchronize()
 
 
 def compute_loss(logits: torch.Tensor, labels: torch.Tensor, cfg: OptimConfig) -> torch.Tensor:
@@ -82,7 +52,9 @@ class Loop:
 
     cfg: Config
     model: nn.Module
-    net: nn.Module  # what runs forward passes: the model, or its torch.compile'd wrapper
+    net: nn.Module  # what trains: the model, wrapped in DDP and/or torch.compile as configured
+    eval_net: nn.Module  # what tests: the model (or its EMA), compiled if configured
+    world: World
     optimizers: list[torch.optim.Optimizer]
     split: Split  # the training images, on the training device
     order_gen: torch.Generator  # the data order (CPU, so it is the same on every device)
@@ -93,10 +65,6 @@ class Loop:
     quiet: bool
     state: TrainState = field(default_factory=TrainState)
 
-    @property
-    def eval_model(self) -> nn.Module:
-        return self.ema.module if self.ema else self.net
-
 
 def planned_steps(cfg: Config, train_size: int) -> int:
     """Optimizer steps the run will take (the schedule's horizon)."""
@@ -104,29 +72,33 @@ def planned_steps(cfg: Config, train_size: int) -> int:
     return min(steps, cfg.train.max_steps) if cfg.train.max_steps else steps
 
 
-def autocast(cfg: Config, device: torch.device):
-    """Mixed precision for forward passes, the same code on every device."""
-    dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.train.precision]
-    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
-
-
 def build_loop(
-    cfg: Config, data: ImageData, model: nn.Module, device: torch.device, log: Log, quiet: bool
+    cfg: Config,
+    data: ImageData,
+    model: nn.Module,
+    device: torch.device,
+    log: Log,
+    quiet: bool,
+    world: World = SINGLE,
 ) -> Loop:
     """Set up optimizers, generators and EMA for training ``model`` on ``data.train``."""
-    seed = cfg.train.seed
+    seed, compiled = cfg.train.seed, cfg.train.compile
     ema = None
     if cfg.optim.ema:
         avg = get_ema_multi_avg_fn(cfg.optim.ema)
         ema = AveragedModel(model, multi_avg_fn=avg, use_buffers=True)
+    net = wrap(model, world, device, cfg.train.sync_bn)
+    tested = ema.module if ema else model
     return Loop(
         cfg=cfg,
         model=model,
-        net=torch.compile(model) if cfg.train.compile else model,
+        net=torch.compile(net) if compiled else net,
+        eval_net=torch.compile(tested) if compiled else tested,
+        world=world,
         optimizers=build_optimizers(model, cfg.optim),
         split=Split(data.train.images.to(device), data.train.labels.to(device)),
-        order_gen=torch.Generator().manual_seed(seed),
-        augment_gen=torch.Generator(device=device).manual_seed(seed + 1),
+        order_gen=torch.Generator().manual_seed(seed),  # the same order on every rank
+        augment_gen=torch.Generator(device=device).manual_seed(seed + 1 + world.rank),
         total=planned_steps(cfg, len(data.train)),
         ema=ema,
         log=log,
@@ -135,10 +107,18 @@ def build_loop(
 
 
 def train(
-    cfg: Config, data: ImageData, model: nn.Module, device: torch.device, log: Log, quiet: bool
-) -> TrainState:
-    """Train ``model`` on ``data.train`` (ending with the EMA weights, if any); test per epoch."""
-    loop = build_loop(cfg, data, model, device, log, quiet)
+    cfg: Config,
+    data: ImageData,
+    model: nn.Module,
+    device: torch.device,
+    log: Log,
+    quiet: bool,
+    world: World = SINGLE,
+) -> Loop:
+    """Train ``model`` on ``data.train`` (ending with the EMA weights, if any); test per epoch.
+
+    Returns the loop: its ``state`` says what happened, its ``eval_net`` tests the result."""
+    loop = build_loop(cfg, data, model, device, log, quiet, world)
     state = loop.state
     if cfg.train.compile:
         state.compile_seconds = warm_up(loop, data, device)
@@ -154,14 +134,14 @@ def train(
         state.epoch += 1
         record = {"epoch": state.epoch, "train_loss": loss, "seconds": round(seconds, 3)}
         if cfg.train.eval_every_epoch:
-            record["test_accuracy"] = _test_accuracy(cfg, loop.eval_model, data)
+            record["test_accuracy"] = _test_accuracy(loop, data)
         state.history.append(record)
     if loop.ema:
         model.load_state_dict(loop.ema.module.state_dict())
     unflatten_filters(model)
     if cfg.train.log_every:
         log("Finished Training")
-    return state
+    return loop
 
 
 def _prepare_model(loop: Loop, device: torch.device) -> None:
@@ -181,7 +161,7 @@ def warm_up(loop: Loop, data: ImageData, device: torch.device) -> float:
     _prepare_model(loop, device)
     for rows in torch.arange(len(loop.split), device=device).split(loop.cfg.train.batch_size)[:2]:
         _step(loop, rows)
-    _test_accuracy(loop.cfg, loop.net, data)
+    _test_accuracy(loop, data)
     _restore(loop, saved)
     synchronize(device)
     return time.perf_counter() - started
@@ -206,8 +186,8 @@ def _restore(loop: Loop, saved: dict) -> None:
     loop.state.step = saved["step"]
 
 
-def _test_accuracy(cfg: Config, model: nn.Module, data: ImageData) -> float:
-    result = evaluate(model, data.test, cfg, len(data.classes))
+def _test_accuracy(loop: Loop, data: ImageData) -> float:
+    result = evaluate(loop.eval_net, data.test, loop.cfg, len(data.classes), loop.world)
     return round(result.accuracy, 6)
 
 
@@ -244,8 +224,8 @@ def _train_epoch(loop: Loop, device: torch.device) -> float:
     epoch_loss = torch.zeros((), device=device)
     running = torch.zeros((), device=device)
     for i, rows in enumerate(order.split(cfg.train.batch_size)[:steps]):
-        with autocast(cfg, device):
-            loss = _step(loop, rows)
+        with autocast(cfg.train.precision, device):
+            loss = _step(loop, shard(rows, loop.world))
         epoch_loss += loss
         running += loss
         if cfg.train.log_every and (i + 1) % cfg.train.log_every == 0:
@@ -257,7 +237,7 @@ def _train_epoch(loop: Loop, device: torch.device) -> float:
         if (i + 1) % 50 == 0 and not bar.disable:  # .item() syncs the device: only now and then
             bar.set_postfix(loss=f"{loss.item():.3f}")
     bar.close()
-    return round(epoch_loss.item() / max(steps, 1), 6)
+    return round(mean_over_ranks(epoch_loss, loop.world).item() / max(steps, 1), 6)
 
 
 def _step(loop: Loop, rows: torch.Tensor) -> torch.Tensor:
@@ -269,7 +249,9 @@ def _step(loop: Loop, rows: torch.Tensor) -> torch.Tensor:
             group["lr"] = group["base_lr"] * factor
     images = prepare_batch(loop, loop.split.images[rows], rows)
     loss = compute_loss(loop.net(images).float(), loop.split.labels[rows], cfg.optim)
-    loss.backward()
+    # DDP averages gradients over ranks: right for a mean loss, a world too small for a sum
+    scale = loop.world.size if cfg.optim.reduction == "sum" else 1
+    (loss * scale).backward()
     for optimizer in loop.optimizers:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

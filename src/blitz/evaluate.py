@@ -10,6 +10,8 @@ from torch import nn
 
 from blitz.config import Config
 from blitz.data import Split, normalize
+from blitz.devices import autocast
+from blitz.distributed import SINGLE, World, gather_rows, shard
 
 
 def _shift(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
@@ -88,18 +90,25 @@ class Evaluation:
         return accuracy(self.matrix)
 
 
-def evaluate(model: nn.Module, split: Split, cfg: Config, num_classes: int) -> Evaluation:
-    """Test a model on every image of a split, with the run's normalisation and TTA."""
+def evaluate(
+    model: nn.Module, split: Split, cfg: Config, num_classes: int, world: World = SINGLE
+) -> Evaluation:
+    """Test a model on every image of a split, with the run's normalisation and TTA; under
+    torchrun each process tests its share and all of them get every result."""
     train = cfg.train
-    logits = predict_logits(
-        model,
-        split.images,
-        cfg.data.mean,
-        cfg.data.std,
-        train.eval_batch_size,
-        train.tta,
-        train.channels_last,
-    )
+    images = shard(torch.arange(len(split)), world)
+    device = next(model.parameters()).device
+    with autocast(train.precision, device):
+        local = predict_logits(
+            model,
+            split.images[images],
+            cfg.data.mean,
+            cfg.data.std,
+            train.eval_batch_size,
+            train.tta,
+            train.channels_last,
+        )
+    logits = gather_rows(local, world)
     predicted = logits.argmax(1)
     matrix = confusion_matrix(split.labels.to(predicted.device), predicted, num_classes)
     return Evaluation(matrix, predicted.cpu(), logits.cpu())

@@ -21,7 +21,9 @@ from blitz.checkpoint import (
 )
 from blitz.config import Config
 from blitz.data import ImageData, cache_dir, load_data
-from blitz.engine import Log, device_name, resolve_device, train
+from blitz.devices import device_name, resolve_device
+from blitz.distributed import World, barrier, init_world, local_device
+from blitz.engine import Log, train
 from blitz.errors import BlitzError
 from blitz.evaluate import (
     Evaluation,
@@ -61,24 +63,34 @@ def write_json(path: Path, payload: Any) -> None:
 
 
 def train_run(cfg: Config, out: Path, log: Log, quiet: bool, started: float) -> dict[str, Any]:
-    """Load data, train, test, and write config, checkpoint, pictures and metrics into ``out``."""
-    device = resolve_device(cfg.train.device)
-    data = load_data(cfg.data.source, cfg.data.image_size, log)
-    write_json(out / "config.json", cfg.to_dict())
+    """Load data, train, test, and write config, checkpoint, pictures and metrics into ``out``.
+
+    Under torchrun every process trains; only the first prints and writes."""
+    world = init_world(resolve_device(cfg.train.device))
+    device = local_device(resolve_device(cfg.train.device), world)
+    if not world.is_main:
+        log, quiet = (lambda message: None), True
+    data = _load_data_once(cfg, log, world)
+    if world.is_main:
+        write_json(out / "config.json", cfg.to_dict())
+        _show_training_images(data, out, log)
     log(
         f"data: {data.name} ({len(data.train)} train, {len(data.test)} test images, "
         f"{len(data.classes)} classes); model: {cfg.model.name}; device: {device}"
+        + (f" x {world.size} processes" if world.size > 1 else "")
     )
-    _show_training_images(data, out, log)
     torch.manual_seed(cfg.train.seed)  # the weights' initialisation depends on the seed alone
     model = create_model(cfg.model.name, len(data.classes), data.channels, **cfg.model.options)
     model = model.to(device, memory_format=_memory_format(cfg))
     if cfg.train.compile:  # compiled kernels persist beside the data, for the next process
         os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir() / "compile"))
-    state = train(cfg, data, model, device, log, quiet)
+    loop = train(cfg, data, model, device, log, quiet, world)
+    state = loop.state
     started_eval = time.perf_counter()
-    result = evaluate(model, data.test, cfg, len(data.classes))  # returns CPU tensors: synced
+    result = evaluate(loop.eval_net, data.test, cfg, len(data.classes), world)  # CPU: synced
     eval_seconds = time.perf_counter() - started_eval
+    if not world.is_main:
+        return {"test_accuracy": result.accuracy}
     _show_results(result, data, out, log)
     save_checkpoint(out / CHECKPOINT, model, cfg, data.classes)
     metrics = {
@@ -97,6 +109,7 @@ def train_run(cfg: Config, out: Path, log: Log, quiet: bool, started: float) -> 
         "seed": cfg.train.seed,
         "device": str(device),
         "device_name": device_name(device),
+        "processes": world.size,
         "preset": cfg.preset,
         "data": data.name,
         "model": cfg.model.name,
@@ -110,6 +123,16 @@ def train_run(cfg: Config, out: Path, log: Log, quiet: bool, started: float) -> 
     }
     write_json(out / "metrics.json", metrics)  # last: its presence marks the run finished
     return metrics
+
+
+def _load_data_once(cfg: Config, log: Log, world: World) -> ImageData:
+    """The first process decodes (and caches); the others wait, then read the cache."""
+    if not world.is_main:
+        barrier(world)
+    data = load_data(cfg.data.source, cfg.data.image_size, log)
+    if world.is_main:
+        barrier(world)
+    return data
 
 
 def _memory_format(cfg: Config) -> torch.memory_format:

@@ -1,0 +1,102 @@
+"""torchrun and DistributedDataParallel: one code path, whether 1 process or many."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place among the training processes (a world of one without torchrun)."""
+
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+SINGLE = World()  # the world of a plain process (frozen, so a safe default argument)
+
+
+def launched_by_torchrun() -> bool:
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def init_world(device: torch.device) -> World:
+    """Join torchrun's process group (NCCL on CUDA, gloo on CPU), or stay a world of one."""
+    if not launched_by_torchrun() or int(os.environ["WORLD_SIZE"]) == 1:
+        return World()
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return World(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def local_device(device: torch.device, world: World) -> torch.device:
+    """Each process on a machine takes its own GPU."""
+    if device.type == "cuda" and world.size > 1:
+        torch.cuda.set_device(world.local_rank)
+        return torch.device("cuda", world.local_rank)
+    return device
+
+
+def shard(rows: torch.Tensor, world: World) -> torch.Tensor:
+    """This rank's part of a global batch (ranks take disjoint, nearly equal parts)."""
+    return rows.tensor_split(world.size)[world.rank] if world.size > 1 else rows
+
+
+def wrap(model: nn.Module, world: World, device: torch.device, sync_bn: bool) -> nn.Module:
+    """DistributedDataParallel around the model when there are several processes."""
+    if world.size == 1:
+        return model
+    if sync_bn:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    ids = [device.index] if device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+
+def mean_over_ranks(value: torch.Tensor, world: World) -> torch.Tensor:
+    """The average of a tensor over all processes."""
+    if world.size > 1:
+        value = value.clone()
+        dist.all_reduce(value)
+        value /= world.size
+    return value
+
+
+def gather_rows(local: torch.Tensor, world: World) -> torch.Tensor:
+    """Concatenate each rank's rows (in rank order) on every rank."""
+    if world.size == 1:
+        return local
+    parts: list = [None] * world.size
+    dist.all_gather_object(parts, local.cpu())
+    return torch.cat(parts)
+
+
+def finish() -> None:
+    """Leave the process group, if this process joined one."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier(world: World) -> None:
+    if world.size > 1:
+        dist.barrier()
+
+
+def launch(devices: int, argv: list[str]) -> int:
+    """Run ``blitz <argv>`` in ``devices`` processes through torch's own launcher (torchrun)."""
+    from torch.distributed.run import get_args_parser, run
+
+    args = get_args_parser().parse_args(
+        ["--standalone", f"--nproc-per-node={devices}", "-m", "blitz", *argv]
+    )
+    run(args)
+    return 0
