@@ -99,6 +99,7 @@ class TrainConfig:
     log_every: int = 0  # 0: a progress bar; N: the seed's running-loss line every N steps
     eval_every_epoch: bool = True
     eval_batch_size: int = 1000
+    tensorboard: bool = False  # also write TensorBoard event files into the run directory
 
     def __post_init__(self) -> None:
         _check(self.epochs >= 1, "--epochs", self.epochs, "an integer >= 1")

@@ -10,12 +10,12 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
 from blitz.config import Config, OptimConfig
 from blitz.data import ImageData, batches, normalize
 from blitz.errors import BlitzError
 from blitz.evaluate import evaluate
+from blitz.progress import Progress
 
 Log = Callable[[str], None]
 
@@ -97,25 +97,35 @@ def planned_steps(cfg: Config, train_size: int) -> int:
 
 
 def train(
-    cfg: Config, data: ImageData, model: nn.Module, device: torch.device, log: Log, quiet: bool
+    cfg: Config,
+    data: ImageData,
+    model: nn.Module,
+    device: torch.device,
+    log: Log,
+    quiet: bool,
+    progress: Progress | None = None,
 ) -> TrainState:
     """Train ``model`` on ``data.train``; evaluate on ``data.test`` after epochs if asked."""
     generator = torch.Generator().manual_seed(cfg.train.seed)  # the data order
     optimizer = build_optimizer(model, cfg.optim)
     train_split = type(data.train)(data.train.images.to(device), data.train.labels.to(device))
     total = planned_steps(cfg, len(train_split))
+    progress = progress or Progress(cfg, log, quiet)
     state = TrainState()
     while state.epoch < cfg.train.epochs and state.step < total:
         started = time.perf_counter()
-        loss = _train_epoch(cfg, model, optimizer, train_split, generator, state, total, log, quiet)
+        loss = _train_epoch(cfg, model, optimizer, train_split, generator, state, total, progress)
         synchronize(device)
         seconds = time.perf_counter() - started
         state.train_seconds += seconds
         state.epoch += 1
         record = {"epoch": state.epoch, "train_loss": loss, "seconds": round(seconds, 3)}
+        record["lr"] = optimizer.param_groups[0]["lr"]  # at the epoch's last step
         if cfg.train.eval_every_epoch:
             record["test_accuracy"] = _test_accuracy(cfg, model, data)
         state.history.append(record)
+        progress.end_epoch(record)
+    progress.close()
     if cfg.train.log_every:
         log("Finished Training")
     return state
@@ -136,42 +146,24 @@ def _train_epoch(
     generator: torch.Generator,
     state: TrainState,
     total: int,
-    log: Log,
-    quiet: bool,
+    progress: Progress,
 ) -> float:
     """One pass over the shuffled training split; returns the epoch's mean loss."""
     model.train()
     steps_in_epoch = min(math.ceil(len(split) / cfg.train.batch_size), total - state.step)
-    bar = tqdm(
-        total=steps_in_epoch,
-        desc=f"epoch {state.epoch + 1}/{cfg.train.epochs}",
-        unit="step",
-        disable=quiet or bool(cfg.train.log_every),
-        leave=False,
-    )
+    progress.start_epoch(state.epoch, steps_in_epoch)
     epoch_loss = torch.zeros((), device=split.labels.device)
-    running = torch.zeros((), device=split.labels.device)
     for i, (images, labels) in enumerate(batches(split, cfg.train.batch_size, generator)):
         if i == steps_in_epoch:
             break
         for group in optimizer.param_groups:
             group["lr"] = cfg.optim.lr * lr_factor(state.step, total, cfg.optim)
         optimizer.zero_grad(set_to_none=True)
-        loss = compute_loss(
-            model(normalize(images, cfg.data.mean, cfg.data.std)), labels, cfg.optim
-        )
+        logits = model(normalize(images, cfg.data.mean, cfg.data.std))
+        loss = compute_loss(logits, labels, cfg.optim)
         loss.backward()
         optimizer.step()
         state.step += 1
-        loss = loss.detach()
-        epoch_loss += loss
-        running += loss
-        if cfg.train.log_every and (i + 1) % cfg.train.log_every == 0:
-            # the seed's line: '[%d, %5d] loss: %.3f'
-            log(f"[{state.epoch + 1}, {i + 1:5d}] loss: {running.item() / cfg.train.log_every:.3f}")
-            running.zero_()
-        bar.update()
-        if (i + 1) % 50 == 0 and not bar.disable:  # .item() syncs the device: only now and then
-            bar.set_postfix(loss=f"{loss.item():.3f}")
-    bar.close()
+        epoch_loss += loss.detach()
+        progress.step(state.step, loss.detach(), logits.detach(), labels, optimizer)
     return round(epoch_loss.item() / max(steps_in_epoch, 1), 6)

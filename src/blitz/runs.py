@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from blitz import __version__
 from blitz.checkpoint import (
@@ -32,7 +33,9 @@ from blitz.evaluate import (
     per_class_accuracy,
 )
 from blitz.models import create_model
-from blitz.report import save_image_grid
+from blitz.plots import save_image_grid
+from blitz.progress import Progress
+from blitz.report import REPORT, write_report
 
 CHECKPOINT = "model.pt"
 SAMPLES = 8  # images in the grids (the seed shows 4)
@@ -72,7 +75,7 @@ def train_run(cfg: Config, out: Path, log: Log, quiet: bool, started: float) -> 
     torch.manual_seed(cfg.train.seed)  # the weights' initialisation depends on the seed alone
     model = create_model(cfg.model.name, len(data.classes), data.channels, **cfg.model.options)
     model = model.to(device)
-    state = train(cfg, data, model, device, log, quiet)
+    state = train(cfg, data, model, device, log, quiet, Progress(cfg, log, quiet, out))
     result = _test(cfg, model, data, out, log)
     save_checkpoint(out / CHECKPOINT, model, cfg, data.classes)
     metrics = {
@@ -99,6 +102,8 @@ def train_run(cfg: Config, out: Path, log: Log, quiet: bool, started: float) -> 
         },
         "history": state.history,
     }
+    write_report(out, metrics, data.test, result.logits)
+    log(f"report: {out / REPORT}")
     write_json(out / "metrics.json", metrics)  # last: its presence marks the run finished
     return metrics
 
@@ -135,6 +140,11 @@ def _test(cfg: Config, model: torch.nn.Module, data: ImageData, out: Path, log: 
 
 def eval_run(run_dir: Path, source: str | None, log: Log) -> Evaluation:
     """Test a finished run's checkpoint, on its own data or on ``source``."""
+    cfg, model, data = _load_run(run_dir, source, log)
+    return _test(cfg, model, data, run_dir, log)
+
+
+def _load_run(run_dir: Path, source: str | None, log: Log) -> tuple[Config, nn.Module, ImageData]:
     ckpt = load_checkpoint(run_dir / CHECKPOINT)
     cfg = config_from_checkpoint(ckpt)
     data = load_data(source or cfg.data.source, ckpt["image_size"], log)
@@ -143,5 +153,16 @@ def eval_run(run_dir: Path, source: str | None, log: Log) -> Evaluation:
             f"{data.name} has classes {data.classes}, but the run in {run_dir} was trained on "
             f"{ckpt['classes']}: evaluate it on data with the same classes"
         )
-    model = model_from_checkpoint(ckpt).to(resolve_device(cfg.train.device))
-    return _test(cfg, model, data, run_dir, log)
+    return cfg, model_from_checkpoint(ckpt).to(resolve_device(cfg.train.device)), data
+
+
+def rebuild_report(run_dir: Path, log: Log) -> Path:
+    """Write ``report.html`` again from model.pt, metrics.json and the run's data."""
+    metrics_file = run_dir / "metrics.json"
+    if not metrics_file.is_file():
+        raise BlitzError(f"no metrics.json in {run_dir}: pass a finished run directory")
+    cfg, model, data = _load_run(run_dir, None, log)
+    result = evaluate(
+        model, data.test, cfg.data.mean, cfg.data.std, len(data.classes), cfg.train.eval_batch_size
+    )
+    return write_report(run_dir, json.loads(metrics_file.read_text()), data.test, result.logits)
