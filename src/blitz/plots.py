@@ -12,6 +12,7 @@ matplotlib.use("Agg")  # files only: no display needed
 
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 from torchvision.utils import make_grid  # noqa: E402
 
 PAD = 2
@@ -83,9 +84,9 @@ def overlay_png(runs: dict[str, tuple[list[dict], list[dict]]]) -> bytes:
     lr_ax.set(title="learning rate", ylabel="lr")
     lr_ax.set_ylim(bottom=0)  # a constant rate otherwise gets a zoomed axis of equal ticks
     acc_ax.set(title="test accuracy per epoch", xlabel="epoch", ylabel="accuracy (%)")
+    acc_ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole
     if not any("test_accuracy" in h for history, _ in runs.values() for h in history):
         _empty(acc_ax, "not measured per epoch\n(--set train.eval_every_epoch=true)")
-    acc_ax.xaxis.get_major_locator().set_params(integer=True)
     for ax in (loss_ax, lr_ax, acc_ax):
         ax.grid(alpha=0.3)
     if len(runs) > 1:
