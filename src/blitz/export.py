@@ -90,7 +90,8 @@ def _export_onnx(wrapper: nn.Module, example: torch.Tensor, out: Path) -> None:
 def run_export(fmt: str, path: Path, images: torch.Tensor) -> torch.Tensor:
     """Logits from an exported file, with its own runtime (onnxruntime or torch.jit)."""
     if fmt == "torchscript":
-        with torch.inference_mode():
+        with torch.inference_mode(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated, still works
             return torch.jit.load(str(path))(images)
     session = _onnx_session(path)
     return torch.from_numpy(session.run(None, {"images": images.numpy()})[0])
