@@ -4,12 +4,14 @@ import base64
 import csv
 import json
 import re
+import sys
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from blitz.config import build_config
+from blitz.errors import BlitzError
 from blitz.evaluate import confused_pairs, worst_errors
 from blitz.plots import confusion_png, per_class_png
 from blitz.progress import CSV_FIELDS, INTERVAL, Progress, read_metrics_csv
@@ -140,3 +142,18 @@ def test_comparison_page_shows_differences(runs, tmp_path):
     assert "optim.lr" in page and "train.eval_every_epoch" in page
     assert "train.batch_size" not in page  # equal in both: not a difference
     assert len(_images(page)) == 1
+
+
+def test_tensorboard_writes_events_or_says_what_to_install(tmp_path, monkeypatch):
+    cfg = build_config("seed", {"train.tensorboard": True})
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as if not installed
+    with pytest.raises(BlitzError, match="pip install tensorboard"):
+        Progress(cfg, log=lambda m: None, quiet=True, out=tmp_path)
+    monkeypatch.undo()
+    pytest.importorskip("tensorboard", reason="the tensorboard extra is not installed")
+    progress = Progress(cfg, log=lambda m: None, quiet=True, out=tmp_path)
+    progress.start_epoch(0, 1)
+    progress.step(1, torch.tensor(1.0), torch.eye(2), torch.tensor([0, 1]), _Optimizer())
+    progress.end_epoch({"epoch": 1, "train_loss": 1.0, "seconds": 1.0, "lr": 0.1})
+    progress.close()
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))

@@ -84,11 +84,11 @@ def overlay_png(runs: dict[str, tuple[list[dict], list[dict]]]) -> bytes:
     lr_ax.set(title="learning rate", ylabel="lr")
     lr_ax.set_ylim(bottom=0)  # a constant rate otherwise gets a zoomed axis of equal ticks
     acc_ax.set(title="test accuracy per epoch", xlabel="epoch", ylabel="accuracy (%)")
-    acc_ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole
+    for ax in (loss_ax, lr_ax, acc_ax):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps and epochs are whole
+        ax.grid(alpha=0.3)
     if not any("test_accuracy" in h for history, _ in runs.values() for h in history):
         _empty(acc_ax, "not measured per epoch\n(--set train.eval_every_epoch=true)")
-    for ax in (loss_ax, lr_ax, acc_ax):
-        ax.grid(alpha=0.3)
     if len(runs) > 1:
         loss_ax.legend(fontsize=8)
     fig.tight_layout()

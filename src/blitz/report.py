@@ -14,7 +14,14 @@ import torch
 
 from blitz.data import Split
 from blitz.evaluate import confused_pairs, worst_errors
-from blitz.plots import confusion_png, curves_png, image_grid_png, overlay_png, per_class_png
+from blitz.plots import (
+    NUMBERS_UP_TO,
+    confusion_png,
+    curves_png,
+    image_grid_png,
+    overlay_png,
+    per_class_png,
+)
 from blitz.progress import METRICS_CSV, read_metrics_csv
 
 REPORT = "report.html"
@@ -102,10 +109,11 @@ def _results_section(metrics: dict[str, Any]) -> str:
     classes = metrics["classes"]
     matrix = torch.tensor(metrics["confusion_matrix"])
     per_class = [metrics["per_class_accuracy"][c] for c in classes]
-    scroll = " class='scroll'" if len(classes) > 20 else ""
+    # many classes: figures at full size in scrolling boxes, rather than shrunk unreadable
+    box = "<div class='scroll'>" if len(classes) > NUMBERS_UP_TO else "<div>"
     body = (
-        f"<div class='row'><div>{_img(per_class_png(classes, per_class), 'per-class accuracy')}"
-        f"</div><div{scroll}>{_img(confusion_png(matrix, classes), 'confusion matrix')}</div>"
+        f"<div class='row'>{box}{_img(per_class_png(classes, per_class), 'per-class accuracy')}"
+        f"</div>{box}{_img(confusion_png(matrix, classes), 'confusion matrix')}</div>"
         f"</div><h3>Most-confused pairs</h3>{_pairs_table(matrix, classes)}"
     )
     return _section("Results on the test set", body)
@@ -156,8 +164,8 @@ def _files_section(run_dir: Path) -> str:
 def write_comparison(run_dirs: list[Path], out: Path) -> Path:
     """A page comparing runs: metrics side by side, config differences, curves overlaid."""
     names = [d.name for d in run_dirs]
-    if len(set(names)) < len(names):  # runs/a/run and runs/b/run: tell them apart
-        names = [str(d) for d in run_dirs]
+    if len(set(names)) < len(names):  # runs/a/run and runs/b/run (or a run twice): number them
+        names = [f"{i}. {d}" for i, d in enumerate(run_dirs, 1)]
     metrics = {n: _read_json(d / "metrics.json") for n, d in zip(names, run_dirs)}
     configs = {n: _flatten(_read_json(d / "config.json")) for n, d in zip(names, run_dirs)}
     curves = {
