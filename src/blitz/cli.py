@@ -105,7 +105,7 @@ def _add_report_tools(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", metavar="NAME", help="a model from `blitz models`")
     p.add_argument("--batch-size", type=int, metavar="N")
     p.add_argument("--optimizer", choices=["sgd", "nesterov", "adam", "rmsprop"])
-    p.add_argument("--steps", type=int, default=100, help="steps of the sweep (default: 100)")
+    p.add_argument("--steps", type=int, default=300, help="steps of the sweep (default: 300)")
     p.add_argument("--out", type=Path, default=Path("lr_find.png"), metavar="FILE.png")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p = sub.add_parser("export", help="write a run's model as ONNX or TorchScript, checked")

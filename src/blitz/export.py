@@ -46,6 +46,7 @@ def export_model(ckpt: dict[str, Any], model: nn.Module, fmt: str, out: Path) ->
     with warnings.catch_warnings():  # both exporters warn that newer ones exist; they work here
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)  # constants: what we want
         if fmt == "onnx":
             _export_onnx(wrapper, example, out)
         else:

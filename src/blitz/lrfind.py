@@ -33,7 +33,7 @@ def lr_find(
     train: Split,
     classes: int,
     device: torch.device,
-    steps: int = 100,
+    steps: int = 300,
     start: float = 1e-6,
     end: float = 10.0,
     quiet: bool = False,
@@ -44,8 +44,11 @@ def lr_find(
     model = model.to(device).train()
     optimizer = build_optimizer(model, cfg.optim)
     lrs, raw = [], []
+    # disable=None: a bar on a terminal only, not in logs
     data = _endless(Split(train.images.to(device), train.labels.to(device)), cfg)
-    for i in tqdm(range(steps), desc="lr-find", unit="step", disable=quiet, leave=False):
+    for i in tqdm(
+        range(steps), desc="lr-find", unit="step", disable=True if quiet else None, leave=False
+    ):
         lr = start * (end / start) ** (i / max(steps - 1, 1))
         for group in optimizer.param_groups:
             group["lr"] = lr

@@ -85,7 +85,7 @@ def overlay_png(runs: dict[str, tuple[list[dict], list[dict]]]) -> bytes:
     lr_ax.set_ylim(bottom=0)  # a constant rate otherwise gets a zoomed axis of equal ticks
     acc_ax.set(title="test accuracy per epoch", xlabel="epoch", ylabel="accuracy (%)")
     for ax in (loss_ax, lr_ax, acc_ax):
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps and epochs are whole
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=6, integer=True))  # whole steps, epochs
         ax.grid(alpha=0.3)
     if not any("test_accuracy" in h for history, _ in runs.values() for h in history):
         _empty(acc_ax, "not measured per epoch\n(--set train.eval_every_epoch=true)")
@@ -156,8 +156,11 @@ def lr_find_png(lrs: list[float], losses: list[float], suggestion: float) -> byt
     ax.plot(lrs, losses)
     ax.axvline(suggestion, color="tab:red", linestyle="--", label=f"suggested lr {suggestion:.2g}")
     ax.set(xscale="log", xlabel="learning rate", ylabel="smoothed training loss")
+    low = min(losses)  # the diverging tail would otherwise flatten the interesting part
+    margin = 0.02 * abs(low) + 3 * (losses[0] - low)
+    ax.set_ylim(low - 0.02 * abs(low), losses[0] + margin)
     ax.set_title("learning-rate range test")
     ax.legend()
-    ax.grid(alpha=0.3, which="both")
+    ax.grid(alpha=0.3)
     fig.tight_layout()
     return figure_png(fig)

@@ -157,6 +157,10 @@ class Progress:
         record["train_accuracy"] = round(epoch["accuracy"], 6)
         images_per_s = epoch["images"] / max(record["seconds"], 1e-9)  # the loop's time alone
         if self.bar is not None:
+            if "test_accuracy" in record:
+                self.bar.set_postfix_str(
+                    f"{self.bar.postfix}, test={100 * record['test_accuracy']:.1f}%"
+                )
             self.bar.close()
             self.bar = None
         if self.board and "test_accuracy" in record:
