@@ -63,16 +63,19 @@ def curves_png(history: list[dict], steps: list[dict], title: str = "") -> bytes
     return overlay_png({title: (history, steps)})
 
 
-def overlay_png(runs: dict[str, tuple[list[dict], list[dict]]]) -> bytes:
-    """The same three panels with one line per run (run name -> (history, metrics.csv rows))."""
+def overlay_png(
+    runs: dict[str, tuple[list[dict], list[dict]]], x: str = "step", x_label: str = "optimizer step"
+) -> bytes:
+    """The same three panels with one line per run (run name -> (history, metrics.csv rows));
+    ``x`` names the rows' column for the horizontal axis."""
     fig, (loss_ax, lr_ax, acc_ax) = plt.subplots(1, 3, figsize=(13, 3.6))
     for name, (history, steps) in runs.items():
         label = name or None
         if steps:
-            loss_ax.plot([r["step"] for r in steps], [r["loss"] for r in steps], label=label)
-            lr_ax.plot([r["step"] for r in steps], [r["lr"] for r in steps], label=label)
-            loss_ax.set_xlabel("optimizer step")
-            lr_ax.set_xlabel("optimizer step")
+            loss_ax.plot([r[x] for r in steps], [r["loss"] for r in steps], label=label)
+            lr_ax.plot([r[x] for r in steps], [r["lr"] for r in steps], label=label)
+            loss_ax.set_xlabel(x_label)
+            lr_ax.set_xlabel(x_label)
         else:  # an older run without metrics.csv: the per-epoch history only
             loss_ax.plot(_epochs(history), [h["train_loss"] for h in history], "o-", label=label)
             lr_ax.plot(_epochs(history), [h.get("lr", math.nan) for h in history], "o-")

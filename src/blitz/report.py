@@ -169,16 +169,23 @@ def write_comparison(run_dirs: list[Path], out: Path) -> Path:
     metrics = {n: _read_json(d / "metrics.json") for n, d in zip(names, run_dirs)}
     configs = {n: _flatten(_read_json(d / "config.json")) for n, d in zip(names, run_dirs)}
     curves = {
-        n: (metrics[n]["history"], read_metrics_csv(d / METRICS_CSV))
+        n: (metrics[n]["history"], _in_epochs(read_metrics_csv(d / METRICS_CSV), metrics[n]))
         for n, d in zip(names, run_dirs)
     }
     sections = [
         _section("Metrics", _side_by_side(metrics)),
         _section("Settings that differ", _config_diff(configs)),
-        _section("Curves", _img(overlay_png(curves), "curves overlaid")),
+        _section("Curves", _img(overlay_png(curves, "epochs", "epoch"), "curves overlaid")),
     ]
     out.write_text(_page("blitz: comparison of runs", html.escape(", ".join(names)), sections))
     return out
+
+
+def _in_epochs(rows: list[dict], metrics: dict[str, Any]) -> list[dict]:
+    """Rows with an ``epochs`` column (steps / steps per epoch): runs with other batch sizes
+    take other numbers of steps, so only epochs line their curves up."""
+    per_epoch = metrics["steps"] / max(metrics["epochs"], 1)
+    return [{**row, "epochs": row["step"] / per_epoch} for row in rows]
 
 
 def _side_by_side(metrics: dict[str, dict[str, Any]]) -> str:
@@ -192,6 +199,11 @@ def _side_by_side(metrics: dict[str, dict[str, Any]]) -> str:
         "device": lambda m: m["device"],
     }
     rows = [(key, *(get(m) for m in metrics.values())) for key, get in keys.items()]
+    classes = {tuple(m["classes"]) for m in metrics.values()}
+    if len(classes) == 1 and len(next(iter(classes))) <= NUMBERS_UP_TO:  # same classes, few
+        for c in next(iter(classes)):
+            share = [f"{100 * m['per_class_accuracy'][c]:.1f} %" for m in metrics.values()]
+            rows.append((f"accuracy: {c}", *share))
     return _table(rows, ("", *metrics))
 
 

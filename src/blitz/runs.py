@@ -35,7 +35,7 @@ from blitz.evaluate import (
 from blitz.models import create_model
 from blitz.plots import save_image_grid
 from blitz.progress import Progress
-from blitz.report import REPORT, write_report
+from blitz.report import write_report
 
 CHECKPOINT = "model.pt"
 SAMPLES = 8  # images in the grids (the seed shows 4)
@@ -102,9 +102,8 @@ def train_run(cfg: Config, out: Path, log: Log, quiet: bool, started: float) -> 
         },
         "history": state.history,
     }
-    write_report(out, metrics, data.test, result.logits)
-    log(f"report: {out / REPORT}")
-    write_json(out / "metrics.json", metrics)  # last: its presence marks the run finished
+    write_json(out / "metrics.json", metrics)  # its presence marks the run finished
+    log(f"report: {write_report(out, metrics, data.test, result.logits)}")
     return metrics
 
 
