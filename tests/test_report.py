@@ -11,11 +11,11 @@ import torch
 import torch.nn.functional as F
 
 from blitz.config import build_config
+from blitz.data import Split
 from blitz.errors import BlitzError
-from blitz.evaluate import confused_pairs, worst_errors
-from blitz.plots import confusion_png, per_class_png
+from blitz.evaluate import confused_pairs, confusion_matrix, per_class_accuracy, worst_errors
 from blitz.progress import CSV_FIELDS, INTERVAL, Progress, read_metrics_csv
-from blitz.report import write_comparison
+from blitz.report import write_comparison, write_report
 from blitz.runs import rebuild_report, train_run
 
 
@@ -75,11 +75,21 @@ def test_metrics_csv_rows_are_interval_means(tmp_path):
     assert record["train_accuracy"] == pytest.approx(sum(correct) / (4 * steps), abs=1e-6)
 
 
-def test_plots_at_100_classes():
+def test_report_at_100_classes_scrolls_instead_of_shrinking(tmp_path):
     classes = [f"class{i:02d}" for i in range(100)]
-    matrix = torch.randint(0, 20, (100, 100))
-    assert confusion_png(matrix, classes)[:4] == b"\x89PNG"
-    assert per_class_png(classes, [i / 100 for i in range(100)])[:4] == b"\x89PNG"
+    labels = torch.arange(300) % 100
+    logits = torch.randn(300, 100, generator=torch.Generator().manual_seed(0))
+    matrix = confusion_matrix(labels, logits.argmax(1), 100)
+    metrics = {
+        "test_accuracy": 0.01, "classes": classes, "confusion_matrix": matrix.tolist(),
+        "per_class_accuracy": dict(zip(classes, per_class_accuracy(matrix))),
+        "train_seconds": 1.0, "total_seconds": 2.0, "epochs": 1, "steps": 3, "seed": 0,
+        "device": "cpu", "preset": "seed", "data": "fake", "model": "lenet",
+        "history": [{"epoch": 1, "train_loss": 4.6, "lr": 0.1, "seconds": 1.0}],
+    }  # fmt: skip
+    images = torch.zeros(300, 3, 32, 32, dtype=torch.uint8)
+    page = write_report(tmp_path, metrics, Split(images, labels), logits).read_text()
+    assert page.count("<div class='scroll'>") == 2 and len(_images(page)) == 4
 
 
 def _train(out, **overrides):
