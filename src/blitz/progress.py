@@ -151,7 +151,8 @@ class Progress:
             )
 
     def end_epoch(self, record: dict[str, Any]) -> None:
-        """Close the epoch's interval and print its line (unless a bar showed it)."""
+        """Close the epoch's interval, add its ``train_accuracy`` to ``record`` (the history
+        keeps it), and print its line (unless a bar showed it)."""
         self._flush(self.last_step, record["lr"])
         epoch = self.epoch_meter.read()
         record["train_accuracy"] = round(epoch["accuracy"], 6)
