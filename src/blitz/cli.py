@@ -22,6 +22,7 @@ OVERRIDES = {
     "seed": ("train.seed", int),
     "device": ("train.device", str),
     "max_steps": ("train.max_steps", int),
+    "tensorboard": ("train.tensorboard", bool),
 }
 DEFAULT_PRESET = "seed"
 
@@ -52,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", type=Path, nargs="+", metavar="IMAGE_OR_DIR")
     p.add_argument("--top-k", type=int, default=1, help="classes per image (default: 1)")
     p.add_argument("--csv", type=Path, metavar="FILE", help="also write the predictions as CSV")
+    _add_report_tools(sub)
     sub.add_parser("presets", help="list the presets, one line each")
     sub.add_parser("models", help="list the registered models")
     return parser
@@ -78,6 +80,12 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         metavar="KEY=VALUE",
         help="any other setting, e.g. --set optim.weight_decay=5e-4 (repeatable)",
     )
+    p.add_argument(
+        "--tensorboard",
+        action="store_const",
+        const=True,
+        help="also write TensorBoard event files (needs the tensorboard package)",
+    )
     p.add_argument("--out", type=Path, metavar="DIR", help="run directory (default: runs/...)")
     p.add_argument("--overwrite", action="store_true", help="replace a finished run in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bars or running losses")
@@ -90,6 +98,31 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     )
 
 
+def _add_report_tools(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("report", help="rebuild a run's report.html, or compare several runs")
+    p.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path("compare.html"),
+        metavar="FILE",
+        help="the comparison page, with two or more runs (default: compare.html)",
+    )
+    p = sub.add_parser("lr-find", help="learning-rate range test: loss against lr, a suggestion")
+    p.add_argument("--preset", default=DEFAULT_PRESET, help=f"(default: {DEFAULT_PRESET})")
+    p.add_argument("--data", metavar="SPEC", help="auto | cifar10 | mnist | shapes[:N] | PATH")
+    p.add_argument("--model", metavar="NAME", help="a model from `blitz models`")
+    p.add_argument("--batch-size", type=int, metavar="N")
+    p.add_argument("--optimizer", choices=["sgd", "nesterov", "adam", "rmsprop"])
+    p.add_argument("--steps", type=int, default=300, help="steps of the sweep (default: 300)")
+    p.add_argument("--out", type=Path, default=Path("lr_find.png"), metavar="FILE.png")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p = sub.add_parser("export", help="write a run's model as ONNX or TorchScript, checked")
+    p.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    p.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
+    p.add_argument("--out", type=Path, metavar="FILE", help="default: RUN_DIR/model.<format>")
+
+
 def _version() -> str:
     from blitz import __version__
 
@@ -100,9 +133,10 @@ def _overrides(args: argparse.Namespace) -> dict[str, object]:
     from blitz.config import parse_value
     from blitz.errors import BlitzError
 
-    found = {key: getattr(args, flag) for flag, (key, _) in OVERRIDES.items()}
+    # getattr with a default: commands other than train take only some of these options
+    found = {key: getattr(args, flag, None) for flag, (key, _) in OVERRIDES.items()}
     found = {k: v for k, v in found.items() if v is not None}
-    for item in args.set:
+    for item in getattr(args, "set", []):
         key, sep, value = item.partition("=")
         if not sep:
             raise BlitzError(f"invalid --set {item!r}: use --set SECTION.KEY=VALUE")
@@ -169,7 +203,7 @@ def _results_only():
 def cmd_show(args: argparse.Namespace) -> None:
     from blitz.data import load_data
     from blitz.errors import BlitzError
-    from blitz.report import save_image_grid
+    from blitz.plots import save_image_grid
     from blitz.runs import sample_rows
 
     if args.count < 1:
@@ -208,6 +242,52 @@ def cmd_predict(args: argparse.Namespace) -> None:
         print(f"wrote {args.csv}")
 
 
+def cmd_report(args: argparse.Namespace) -> None:
+    from blitz.report import write_comparison
+    from blitz.runs import rebuild_report
+
+    if len(args.run_dirs) == 1:
+        print(f"wrote {rebuild_report(args.run_dirs[0], log=print)}")
+    else:
+        print(f"wrote {write_comparison(args.run_dirs, args.out)}")
+
+
+def cmd_lr_find(args: argparse.Namespace) -> None:
+    from blitz.config import build_config
+    from blitz.data import load_data
+    from blitz.devices import resolve_device
+    from blitz.errors import BlitzError
+    from blitz.lrfind import lr_find
+    from blitz.plots import lr_find_png
+
+    if args.steps < 5:
+        raise BlitzError(f"invalid --steps {args.steps}: expected an integer >= 5")
+    cfg = build_config(args.preset, _overrides(args))
+    data = load_data(cfg.data.source, cfg.data.image_size, print)
+    device = resolve_device(cfg.train.device)
+    sweep = lr_find(cfg, data.train, len(data.classes), device, args.steps, quiet=args.quiet)
+    args.out.write_bytes(lr_find_png(sweep.lrs, sweep.losses, sweep.suggestion))
+    print(f"wrote {args.out} ({len(sweep.lrs)} steps, up to lr {sweep.lrs[-1]:.2g})")
+    print(
+        f"suggested learning rate: {sweep.suggestion:.2g} (blitz train --lr {sweep.suggestion:.2g})"
+    )
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from blitz.checkpoint import load_checkpoint, model_from_checkpoint
+    from blitz.export import default_path, export_model
+    from blitz.runs import CHECKPOINT
+
+    ckpt = load_checkpoint(args.run_dir / CHECKPOINT)
+    out = args.out or default_path(args.run_dir, args.format)
+    diff = export_model(ckpt, model_from_checkpoint(ckpt), args.format, out)
+    print(
+        f"wrote {out}: input uint8 images (N, {ckpt['in_channels']}, {ckpt['image_size']}, "
+        f"{ckpt['image_size']}) in 0-255, output logits (N, {len(ckpt['classes'])})"
+    )
+    print(f"checked against PyTorch on random images: max abs difference {diff:.2e}")
+
+
 def cmd_presets(args: argparse.Namespace) -> None:
     from blitz.config import list_presets
 
@@ -235,6 +315,9 @@ def main(argv: list[str] | None = None) -> int:
         "show": cmd_show,
         "inspect": cmd_inspect,
         "predict": cmd_predict,
+        "report": cmd_report,
+        "lr-find": cmd_lr_find,
+        "export": cmd_export,
         "presets": cmd_presets,
         "models": cmd_models,
     }

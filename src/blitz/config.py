@@ -123,6 +123,7 @@ class TrainConfig:
     precision: str = "fp32"  # autocast dtype for forward passes: fp32 | bf16 | fp16
     compile: bool = False  # torch.compile the model (warmed up and timed apart from training)
     sync_bn: bool = False  # under torchrun: batch-norm statistics over the global batch
+    tensorboard: bool = False  # also write TensorBoard event files into the run directory
 
     def __post_init__(self) -> None:
         _check(self.epochs >= 1, "--epochs", self.epochs, "an integer >= 1")

@@ -12,7 +12,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-from tqdm import tqdm
 
 from blitz import augment
 from blitz.config import Config, OptimConfig
@@ -21,6 +20,7 @@ from blitz.devices import autocast, synchronize
 from blitz.distributed import SINGLE, World, mean_over_ranks, shard, wrap
 from blitz.evaluate import evaluate
 from blitz.optim import build_optimizers, lr_factor, unflatten_filters
+from blitz.progress import Progress
 
 Log = Callable[[str], None]
 
@@ -114,6 +114,7 @@ def train(
     log: Log,
     quiet: bool,
     world: World = SINGLE,
+    progress: Progress | None = None,
 ) -> Loop:
     """Train ``model`` on ``data.train`` (ending with the EMA weights, if any); test per epoch.
 
@@ -125,17 +126,21 @@ def train(
     started = time.perf_counter()
     _prepare_model(loop, device)
     state.train_seconds += time.perf_counter() - started  # data-dependent init counts as training
+    progress = progress or Progress(cfg, log, quiet)
     while state.epoch < cfg.train.epochs and state.step < loop.total:
         started = time.perf_counter()
-        loss = _train_epoch(loop, device)
+        loss = _train_epoch(loop, device, progress)
         synchronize(device)
         seconds = time.perf_counter() - started
         state.train_seconds += seconds
         state.epoch += 1
         record = {"epoch": state.epoch, "train_loss": loss, "seconds": round(seconds, 3)}
+        record["lr"] = loop.optimizers[-1].param_groups[0]["lr"]  # at the epoch's last step
         if cfg.train.eval_every_epoch:
             record["test_accuracy"] = _test_accuracy(loop, data)
         state.history.append(record)
+        progress.end_epoch(record)
+    progress.close()
     if loop.ema:
         model.load_state_dict(loop.ema.module.state_dict())
     unflatten_filters(model)
@@ -160,7 +165,8 @@ def warm_up(loop: Loop, data: ImageData, device: torch.device) -> float:
     saved = _snapshot(loop)
     _prepare_model(loop, device)
     for rows in torch.arange(len(loop.split), device=device).split(loop.cfg.train.batch_size)[:2]:
-        _step(loop, rows)
+        with autocast(loop.cfg.train.precision, device):
+            _step(loop, rows)
     _test_accuracy(loop, data)
     _restore(loop, saved)
     synchronize(device)
@@ -208,47 +214,34 @@ def prepare_batch(loop: Loop, images: torch.Tensor, rows: torch.Tensor) -> torch
     return x
 
 
-def _train_epoch(loop: Loop, device: torch.device) -> float:
+def _train_epoch(loop: Loop, device: torch.device, progress: Progress) -> float:
     """One pass over the shuffled training split; returns the epoch's mean loss."""
     cfg, state, split = loop.cfg, loop.state, loop.split
     loop.model.train()
     order = torch.randperm(len(split), generator=loop.order_gen).to(device)
     steps = min(math.ceil(len(split) / cfg.train.batch_size), loop.total - state.step)
-    bar = tqdm(
-        total=steps,
-        desc=f"epoch {state.epoch + 1}/{cfg.train.epochs}",
-        unit="step",
-        disable=loop.quiet or bool(cfg.train.log_every),
-        leave=False,
-    )
+    progress.start_epoch(state.epoch, steps)
     epoch_loss = torch.zeros((), device=device)
-    running = torch.zeros((), device=device)
-    for i, rows in enumerate(order.split(cfg.train.batch_size)[:steps]):
+    for rows in order.split(cfg.train.batch_size)[:steps]:
+        local = shard(rows, loop.world)
         with autocast(cfg.train.precision, device):
-            loss = _step(loop, shard(rows, loop.world))
+            loss, logits = _step(loop, local)
         epoch_loss += loss
-        running += loss
-        if cfg.train.log_every and (i + 1) % cfg.train.log_every == 0:
-            # the seed's line: '[%d, %5d] loss: %.3f'
-            mean = running.item() / cfg.train.log_every
-            loop.log(f"[{state.epoch + 1}, {i + 1:5d}] loss: {mean:.3f}")
-            running.zero_()
-        bar.update()
-        if (i + 1) % 50 == 0 and not bar.disable:  # .item() syncs the device: only now and then
-            bar.set_postfix(loss=f"{loss.item():.3f}")
-    bar.close()
+        progress.step(state.step, loss, logits, loop.split.labels[local], loop.optimizers[-1])
     return round(mean_over_ranks(epoch_loss, loop.world).item() / max(steps, 1), 6)
 
 
-def _step(loop: Loop, rows: torch.Tensor) -> torch.Tensor:
-    """One optimizer step on the batch ``rows``; returns the (detached) loss."""
+def _step(loop: Loop, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimizer step on the batch ``rows``; returns the loss per sample and the logits
+    (both detached)."""
     cfg = loop.cfg
     factor = lr_factor(loop.state.step, loop.total, cfg.optim)
     for optimizer in loop.optimizers:
         for group in optimizer.param_groups:
             group["lr"] = group["base_lr"] * factor
     images = prepare_batch(loop, loop.split.images[rows], rows)
-    loss = compute_loss(loop.net(images).float(), loop.split.labels[rows], cfg.optim)
+    logits = loop.net(images).float()
+    loss = compute_loss(logits, loop.split.labels[rows], cfg.optim)
     # DDP averages gradients over ranks: right for a mean loss, a world too small for a sum
     scale = loop.world.size if cfg.optim.reduction == "sum" else 1
     (loss * scale).backward()
@@ -258,4 +251,5 @@ def _step(loop: Loop, rows: torch.Tensor) -> torch.Tensor:
     if loop.ema:
         loop.ema.update_parameters(loop.model)
     loop.state.step += 1
-    return loss.detach() / (len(rows) if cfg.optim.reduction == "sum" else 1)  # per sample
+    per_sample = loss.detach() / (len(rows) if cfg.optim.reduction == "sum" else 1)
+    return per_sample, logits.detach()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -147,3 +148,21 @@ def format_samples(labels: list[int], predicted: list[int], classes: list[str]) 
     truth = " ".join(f"{classes[i]:>5s}" for i in labels)
     guess = " ".join(f"{classes[i]:>5s}" for i in predicted)
     return f"GroundTruth:  {truth}\nPredicted:    {guess}"
+
+
+def worst_errors(logits: torch.Tensor, labels: torch.Tensor, count: int) -> torch.Tensor:
+    """Indices of up to ``count`` misclassified samples, highest loss (surest mistake) first."""
+    losses = F.cross_entropy(logits.float(), labels, reduction="none")
+    wrong = logits.argmax(1) != labels
+    order = losses.masked_fill(~wrong, -math.inf).argsort(descending=True, stable=True)
+    return order[: min(count, int(wrong.sum()))]
+
+
+def confused_pairs(matrix: torch.Tensor, count: int) -> list[tuple[int, int, int]]:
+    """The ``count`` largest off-diagonal cells as (true class, predicted class, images)."""
+    k = matrix.shape[0]
+    off = matrix.clone()
+    off.fill_diagonal_(0)
+    values, cells = off.flatten().sort(descending=True, stable=True)
+    pairs = [(c // k, c % k, v) for v, c in zip(values.tolist(), cells.tolist()) if v > 0]
+    return pairs[:count]

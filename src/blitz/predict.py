@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from blitz.data import IMAGE_EXTENSIONS, decode_image
 from blitz.errors import BlitzError
@@ -43,6 +44,7 @@ def predict_files(
     size, classes = ckpt["image_size"], ckpt["classes"]
     k = min(top_k, len(classes))
     results: list[Prediction] = []
+    bar = tqdm(total=len(files), desc="predict", unit="image", disable=None)  # None: tty only
     for start in range(0, len(files), batch_size):
         chunk = files[start : start + batch_size]
         arrays = [decode_image(f.read_bytes(), str(f), size, mode=mode) for f in chunk]
@@ -51,6 +53,8 @@ def predict_files(
         top = probs.topk(k, dim=1)
         for f, p, i in zip(chunk, top.values.tolist(), top.indices.tolist()):
             results.append((f, [(classes[c], prob) for c, prob in zip(i, p)]))
+        bar.update(len(chunk))
+    bar.close()
     return results
 
 

@@ -1,38 +1,262 @@
-"""Pictures of a run: the seed's image grids with labels."""
+"""The report pages: ``report.html`` for one run and a comparison of several, each a single
+self-contained file (images embedded as base64 PNG, no scripts or fonts from the network)."""
 
 from __future__ import annotations
 
+import base64
+import html
+import json
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
-import matplotlib
+import torch
 
-matplotlib.use("Agg")  # files only: no display needed
+from blitz.data import Split
+from blitz.evaluate import confused_pairs, worst_errors
+from blitz.plots import (
+    NUMBERS_UP_TO,
+    confusion_png,
+    curves_png,
+    image_grid_png,
+    overlay_png,
+    per_class_png,
+)
+from blitz.progress import METRICS_CSV, read_metrics_csv
 
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-from torchvision.utils import make_grid  # noqa: E402
+REPORT = "report.html"
+WORST = 24  # images in the gallery of worst errors
+PAIRS = 10  # rows in the table of most-confused pairs
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 1200px; color: #222;
+       padding: 0 1rem; background: #fafafa; }
+h1 { margin-bottom: 0.2rem; } .sub { color: #666; margin-top: 0; }
+section { background: white; border: 1px solid #ddd; border-radius: 6px; padding: 1rem 1.5rem;
+          margin: 1rem 0; }
+h2 { margin-top: 0; font-size: 1.2rem; }
+table { border-collapse: collapse; } td, th { padding: 0.25rem 0.8rem; text-align: left;
+  border-bottom: 1px solid #eee; } th { background: #f3f3f3; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+img { max-width: 100%; } .scroll { overflow: auto; max-height: 900px; }
+.scroll img { max-width: none; } .row { display: flex; gap: 1.5rem; flex-wrap: wrap; }
+.row > div { flex: 1 1 420px; } .same { color: #999; } .diff { background: #fff6d6; }
+.note { color: #666; font-size: 0.9rem; }
+"""
+# Lets a headless browser prove that every embedded image decoded: it writes each image's
+# natural width into the page, which `chromium --dump-dom` then shows (see tests/test_browser.py).
+CHECK_SCRIPT = """<pre id="image-check" hidden></pre>
+<script>window.addEventListener("load", () => {
+  document.getElementById("image-check").textContent =
+    JSON.stringify(Array.from(document.images, (i) => i.naturalWidth));
+});</script>"""
 
-PAD = 2
+
+def write_report(run_dir: Path, metrics: dict[str, Any], test: Split, logits: torch.Tensor) -> Path:
+    """``RUN_DIR/report.html`` from the run's metrics, its files and its test predictions."""
+    config = _read_json(run_dir / "config.json")
+    title = f"blitz run {run_dir.name}"
+    sections = [
+        _section("Summary", _table(_summary_rows(metrics, config))),
+        _section("Training curves", _img(_curves(run_dir, metrics), "training curves")),
+        _results_section(metrics),
+        _errors_section(metrics, test, logits),
+        _files_section(run_dir),
+    ]
+    path = run_dir / REPORT
+    path.write_text(_page(title, _subtitle(metrics), sections))
+    return path
 
 
-def save_image_grid(
-    images: torch.Tensor, captions: list[str], path: Path, per_row: int = 8
-) -> None:
-    """Rows of ``make_grid`` over uint8 images (N, C, H, W), each image captioned, as a PNG."""
-    per_row = min(per_row, len(images))
-    rows = -(-len(images) // per_row)
-    fig, axes = plt.subplots(rows, 1, figsize=(per_row * 1.3, rows * 1.55), squeeze=False)
-    for r, ax in enumerate(axes[:, 0]):
-        chunk = images[r * per_row : (r + 1) * per_row].cpu()
-        grid = make_grid(chunk, nrow=per_row, padding=PAD, pad_value=255)
-        ax.imshow(grid.permute(1, 2, 0).squeeze(-1).numpy(), cmap="gray", interpolation="nearest")
-        cell = images.shape[3] + PAD
-        ax.set_xticks([PAD / 2 + cell * (i + 0.5) for i in range(len(chunk))])
-        ax.set_xticklabels(captions[r * per_row : (r + 1) * per_row], fontsize=8)
-        ax.set_yticks([])
-        ax.tick_params(length=0)
-        for spine in ax.spines.values():
-            spine.set_visible(False)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100, bbox_inches="tight")
-    plt.close(fig)
+def _curves(run_dir: Path, metrics: dict[str, Any]) -> bytes:
+    return curves_png(metrics["history"], read_metrics_csv(run_dir / METRICS_CSV))
+
+
+def _subtitle(metrics: dict[str, Any]) -> str:
+    return (
+        f"{metrics['model']} on {metrics['data']}: test accuracy "
+        f"<b>{100 * metrics['test_accuracy']:.2f} %</b> after {metrics['epochs']} epochs"
+    )
+
+
+def _summary_rows(metrics: dict[str, Any], config: dict[str, Any]) -> list[tuple[str, str]]:
+    optim, train = config.get("optim", {}), config.get("train", {})
+    versions = ", ".join(f"{k} {v}" for k, v in metrics.get("versions", {}).items())
+    return [
+        ("preset", metrics["preset"]),
+        ("data", f"{metrics['data']} ({len(metrics['classes'])} classes)"),
+        ("model", f"{metrics['model']} ({metrics.get('parameters', 0):,} parameters)"),
+        (
+            "optimizer",
+            f"{optim.get('name')} lr {optim.get('lr')} ({optim.get('schedule')}), "
+            f"momentum {optim.get('momentum')}, weight decay {optim.get('weight_decay')}",
+        ),
+        (
+            "batch size, epochs, steps",
+            f"{train.get('batch_size')}, {metrics['epochs']}, {metrics['steps']}",
+        ),
+        ("device, seed", f"{metrics['device']}, {metrics['seed']}"),
+        ("test accuracy", f"{100 * metrics['test_accuracy']:.2f} %"),
+        (
+            "time",
+            f"training {metrics['train_seconds']:.1f} s, total {metrics['total_seconds']:.1f} s",
+        ),
+        ("versions", versions),
+        ("report written", f"{datetime.now():%Y-%m-%d %H:%M}"),
+    ]
+
+
+def _results_section(metrics: dict[str, Any]) -> str:
+    classes = metrics["classes"]
+    matrix = torch.tensor(metrics["confusion_matrix"])
+    per_class = [metrics["per_class_accuracy"][c] for c in classes]
+    # many classes: figures at full size in scrolling boxes, rather than shrunk unreadable
+    box = "<div class='scroll'>" if len(classes) > NUMBERS_UP_TO else "<div>"
+    body = (
+        f"<div class='row'>{box}{_img(per_class_png(classes, per_class), 'per-class accuracy')}"
+        f"</div>{box}{_img(confusion_png(matrix, classes), 'confusion matrix')}</div>"
+        f"</div><h3>Most-confused pairs</h3>{_pairs_table(matrix, classes)}"
+    )
+    return _section("Results on the test set", body)
+
+
+def _pairs_table(matrix: torch.Tensor, classes: list[str]) -> str:
+    totals = matrix.sum(1).tolist()
+    rows = [
+        (classes[t], classes[p], count, f"{100 * count / max(totals[t], 1):.1f} %")
+        for t, p, count in confused_pairs(matrix, PAIRS)
+    ]
+    head = ("true class", "predicted as", "images", "share of the true class")
+    return _table(rows, head) if rows else "<p>No confusions: every test image is right.</p>"
+
+
+def _errors_section(metrics: dict[str, Any], test: Split, logits: torch.Tensor) -> str:
+    classes = metrics["classes"]
+    rows = worst_errors(logits, test.labels, WORST)
+    if not len(rows):
+        return _section("Worst errors", "<p>No errors on the test set.</p>")
+    confidence, predicted = logits[rows].float().softmax(1).max(1)
+    captions = [
+        f"{classes[t]}\n→ {classes[p]} {100 * c:.0f}%"
+        for t, p, c in zip(test.labels[rows].tolist(), predicted.tolist(), confidence.tolist())
+    ]
+    note = (
+        "<p class='note'>Misclassified test images with the highest loss: truth, then "
+        "prediction and its confidence.</p>"
+    )
+    return _section(
+        "Worst errors", note + _img(image_grid_png(test.images[rows], captions), "worst errors")
+    )
+
+
+def _files_section(run_dir: Path) -> str:
+    """The pictures the run already wrote: the seed's test grid and a few training images."""
+    parts = [
+        f"<h3>{html.escape(caption)}</h3>{_img(path.read_bytes(), caption)}"
+        for name, caption in (
+            ("test_predictions.png", "Test images: truth → prediction (the seed's look)"),
+            ("train_images.png", "Training images"),
+        )
+        if (path := run_dir / name).is_file()
+    ]
+    return _section("Images", "".join(parts)) if parts else ""
+
+
+def write_comparison(run_dirs: list[Path], out: Path) -> Path:
+    """A page comparing runs: metrics side by side, config differences, curves overlaid."""
+    names = [d.name for d in run_dirs]
+    if len(set(names)) < len(names):  # runs/a/run and runs/b/run (or a run twice): number them
+        names = [f"{i}. {d}" for i, d in enumerate(run_dirs, 1)]
+    metrics = {n: _read_json(d / "metrics.json") for n, d in zip(names, run_dirs)}
+    configs = {n: _flatten(_read_json(d / "config.json")) for n, d in zip(names, run_dirs)}
+    curves = {
+        n: (metrics[n]["history"], _in_epochs(read_metrics_csv(d / METRICS_CSV), metrics[n]))
+        for n, d in zip(names, run_dirs)
+    }
+    sections = [
+        _section("Metrics", _side_by_side(metrics)),
+        _section("Settings that differ", _config_diff(configs)),
+        _section("Curves", _img(overlay_png(curves, "epochs", "epoch"), "curves overlaid")),
+    ]
+    out.write_text(_page("blitz: comparison of runs", html.escape(", ".join(names)), sections))
+    return out
+
+
+def _in_epochs(rows: list[dict], metrics: dict[str, Any]) -> list[dict]:
+    """Rows with an ``epochs`` column (steps / steps per epoch): runs with other batch sizes
+    take other numbers of steps, so only epochs line their curves up."""
+    per_epoch = metrics["steps"] / max(metrics["epochs"], 1)
+    return [{**row, "epochs": row["step"] / per_epoch} for row in rows]
+
+
+def _side_by_side(metrics: dict[str, dict[str, Any]]) -> str:
+    keys = {
+        "test accuracy": lambda m: f"{100 * m['test_accuracy']:.2f} %",
+        "model": lambda m: f"{m['model']} ({m.get('parameters', 0):,} parameters)",
+        "data": lambda m: m["data"],
+        "preset": lambda m: m["preset"],
+        "epochs / steps": lambda m: f"{m['epochs']} / {m['steps']}",
+        "training time": lambda m: f"{m['train_seconds']:.1f} s",
+        "device": lambda m: m["device"],
+    }
+    rows = [(key, *(get(m) for m in metrics.values())) for key, get in keys.items()]
+    classes = {tuple(m["classes"]) for m in metrics.values()}
+    if len(classes) == 1 and len(next(iter(classes))) <= NUMBERS_UP_TO:  # same classes, few
+        for c in next(iter(classes)):
+            share = [f"{100 * m['per_class_accuracy'][c]:.1f} %" for m in metrics.values()]
+            rows.append((f"accuracy: {c}", *share))
+    return _table(rows, ("", *metrics))
+
+
+def _config_diff(configs: dict[str, dict[str, Any]]) -> str:
+    keys = sorted(set().union(*configs.values()))
+    rows = [
+        (key, *(json.dumps(c.get(key, "—")) for c in configs.values()))
+        for key in keys
+        if len({json.dumps(c.get(key)) for c in configs.values()}) > 1
+    ]
+    return _table(rows, ("setting", *configs)) if rows else "<p>The settings are identical.</p>"
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"optim": {"lr": 0.1}}`` -> ``{"optim.lr": 0.1}``."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _img(png: bytes, alt: str) -> str:
+    data = base64.b64encode(png).decode("ascii")
+    return f"<img alt='{html.escape(alt)}' src='data:image/png;base64,{data}'>"
+
+
+def _section(title: str, body: str) -> str:
+    return f"<section><h2>{html.escape(title)}</h2>{body}</section>"
+
+
+def _table(rows: list[tuple], head: tuple | None = None) -> str:
+    def cell(value: Any, tag: str = "td") -> str:
+        kind = " class='num'" if isinstance(value, int | float) else ""
+        return f"<{tag}{kind}>{html.escape(str(value))}</{tag}>"
+
+    header = "<tr>" + "".join(cell(h, "th") for h in head) + "</tr>" if head else ""
+    body = "".join("<tr>" + "".join(map(cell, row)) + "</tr>" for row in rows)
+    return f"<table>{header}{body}</table>"
+
+
+def _page(title: str, subtitle: str, sections: list[str]) -> str:
+    return (
+        f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
+        f"<title>{html.escape(title)}</title><style>{STYLE}</style></head><body>"
+        f"<h1>{html.escape(title)}</h1><p class='sub'>{subtitle}</p>"
+        + "".join(sections)
+        + CHECK_SCRIPT
+        + "</body></html>\n"
+    )

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from blitz import __version__
 from blitz.checkpoint import (
@@ -35,7 +36,9 @@ from blitz.evaluate import (
     per_class_accuracy,
 )
 from blitz.models import create_model
-from blitz.report import save_image_grid
+from blitz.plots import save_image_grid
+from blitz.progress import Progress
+from blitz.report import write_report
 
 CHECKPOINT = "model.pt"
 SAMPLES = 8  # images in the grids (the seed shows 4)
@@ -84,7 +87,8 @@ def train_run(cfg: Config, out: Path, log: Log, quiet: bool, started: float) -> 
     model = model.to(device, memory_format=_memory_format(cfg))
     if cfg.train.compile:  # compiled kernels persist beside the data, for the next process
         os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir() / "compile"))
-    loop = train(cfg, data, model, device, log, quiet, world)
+    progress = Progress(cfg, log, quiet, out if world.is_main else None)
+    loop = train(cfg, data, model, device, log, quiet, world, progress)
     state = loop.state
     started_eval = time.perf_counter()
     result = evaluate(loop.eval_net, data.test, cfg, len(data.classes), world)  # CPU: synced
@@ -121,7 +125,8 @@ def train_run(cfg: Config, out: Path, log: Log, quiet: bool, started: float) -> 
         },
         "history": state.history,
     }
-    write_json(out / "metrics.json", metrics)  # last: its presence marks the run finished
+    write_json(out / "metrics.json", metrics)  # its presence marks the run finished
+    log(f"report: {write_report(out, metrics, data.test, result.logits)}")
     return metrics
 
 
@@ -167,6 +172,13 @@ def _show_results(result: Evaluation, data: ImageData, out: Path, log: Log) -> N
 
 def eval_run(run_dir: Path, source: str | None, log: Log) -> Evaluation:
     """Test a finished run's checkpoint, on its own data or on ``source``."""
+    cfg, model, data = _load_run(run_dir, source, log)
+    result = evaluate(model, data.test, cfg, len(data.classes))
+    _show_results(result, data, run_dir, log)
+    return result
+
+
+def _load_run(run_dir: Path, source: str | None, log: Log) -> tuple[Config, nn.Module, ImageData]:
     ckpt = load_checkpoint(run_dir / CHECKPOINT)
     cfg = config_from_checkpoint(ckpt)
     data = load_data(source or cfg.data.source, ckpt["image_size"], log)
@@ -176,7 +188,14 @@ def eval_run(run_dir: Path, source: str | None, log: Log) -> Evaluation:
             f"{ckpt['classes']}: evaluate it on data with the same classes"
         )
     device = resolve_device(cfg.train.device)
-    model = model_from_checkpoint(ckpt).to(device, memory_format=_memory_format(cfg))
+    return cfg, model_from_checkpoint(ckpt).to(device, memory_format=_memory_format(cfg)), data
+
+
+def rebuild_report(run_dir: Path, log: Log) -> Path:
+    """Write ``report.html`` again from model.pt, metrics.json and the run's data."""
+    metrics_file = run_dir / "metrics.json"
+    if not metrics_file.is_file():
+        raise BlitzError(f"no metrics.json in {run_dir}: pass a finished run directory")
+    cfg, model, data = _load_run(run_dir, None, log)
     result = evaluate(model, data.test, cfg, len(data.classes))
-    _show_results(result, data, run_dir, log)
-    return result
+    return write_report(run_dir, json.loads(metrics_file.read_text()), data.test, result.logits)

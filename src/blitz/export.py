@@ -1,0 +1,115 @@
+"""Export a trained run for use outside blitz: ONNX or TorchScript, normalisation included,
+checked against PyTorch on random images before it is called done."""
+
+from __future__ import annotations
+
+import inspect
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from blitz.data import normalize
+from blitz.errors import BlitzError
+
+FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
+TOLERANCE = 1e-4  # max abs difference of logits between the export and PyTorch
+CHECK_BATCH = 5  # differs from the traced batch of 2, so a fixed batch size would show
+
+
+class Deployable(nn.Module):
+    """The model with the seed's Normalize inside. Input: uint8 images (N, C, H, W), values
+    0-255, RGB (or grey for 1 channel), at the run's image size. Output: logits (N, classes)."""
+
+    def __init__(self, model: nn.Module, mean: list[float], std: list[float]) -> None:
+        super().__init__()
+        self.model, self.mean, self.std = model.eval(), tuple(mean), tuple(std)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model(normalize(images, self.mean, self.std))  # (N, classes)
+
+
+def default_path(run_dir: Path, fmt: str) -> Path:
+    """``RUN_DIR/model.onnx`` or ``RUN_DIR/model.torchscript.pt``."""
+    return run_dir / f"model{FORMATS[fmt]}"
+
+
+def export_model(ckpt: dict[str, Any], model: nn.Module, fmt: str, out: Path) -> float:
+    """Write the export to ``out``; returns its max abs difference to PyTorch (fails above
+    ``TOLERANCE``)."""
+    if fmt == "onnx":
+        _require_onnx()  # before the export, which needs the onnx package too
+    wrapper = Deployable(model.cpu(), ckpt["mean"], ckpt["std"])
+    example = random_images(ckpt, 2, seed=0)
+    with warnings.catch_warnings():  # both exporters warn that newer ones exist; they work here
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)  # constants: what we want
+        if fmt == "onnx":
+            _export_onnx(wrapper, example, out)
+        else:
+            torch.jit.trace(wrapper, example).save(str(out))
+    images = random_images(ckpt, CHECK_BATCH, seed=1)
+    with torch.inference_mode():
+        expected = wrapper(images)
+    got = run_export(fmt, out, images)
+    diff = (got - expected).abs().max().item()
+    if diff > TOLERANCE:
+        raise BlitzError(
+            f"the {fmt} export in {out} differs from PyTorch by {diff:.2e} (> {TOLERANCE}): "
+            "try the other --format, or report this with the model name"
+        )
+    return diff
+
+
+def random_images(ckpt: dict[str, Any], count: int, seed: int) -> torch.Tensor:
+    """uint8 (count, C, S, S) noise in the run's input shape."""
+    shape = (count, ckpt["in_channels"], ckpt["image_size"], ckpt["image_size"])
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, shape, generator=generator, dtype=torch.uint8)
+
+
+def _export_onnx(wrapper: nn.Module, example: torch.Tensor, out: Path) -> None:
+    # The TorchScript-based exporter (dynamo=False) needs no onnxscript and exists from torch
+    # 2.4 to 2.14 at least; older versions have no `dynamo` argument and use it anyway.
+    legacy = (
+        {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
+    )
+    torch.onnx.export(
+        wrapper,
+        (example,),
+        str(out),
+        input_names=["images"],
+        output_names=["logits"],
+        dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
+        **legacy,
+    )
+
+
+def run_export(fmt: str, path: Path, images: torch.Tensor) -> torch.Tensor:
+    """Logits from an exported file, with its own runtime (onnxruntime or torch.jit)."""
+    if fmt == "torchscript":
+        with torch.inference_mode(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated, still works
+            return torch.jit.load(str(path))(images)
+    session = _onnx_session(path)
+    return torch.from_numpy(session.run(None, {"images": images.numpy()})[0])
+
+
+def _onnx_session(path: Path):
+    import onnxruntime
+
+    return onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def _require_onnx() -> None:
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        raise BlitzError(
+            "--format onnx needs onnx and onnxruntime: pip install 'blitz[export]' "
+            "(or use --format torchscript)"
+        ) from None

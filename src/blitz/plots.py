@@ -1,0 +1,169 @@
+"""Figures of a run, as PNG files or bytes: image grids, curves, per-class bars, confusion."""
+
+from __future__ import annotations
+
+import io
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: no display needed
+
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+from torchvision.utils import make_grid  # noqa: E402
+
+PAD = 2
+NUMBERS_UP_TO = 20  # classes up to which the confusion matrix prints its counts in the cells
+
+
+def figure_png(fig: plt.Figure) -> bytes:
+    """The figure as PNG bytes; closes it (pyplot keeps every open figure alive otherwise)."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def image_grid_png(images: torch.Tensor, captions: list[str], per_row: int = 8) -> bytes:
+    """Rows of ``make_grid`` over uint8 images (N, C, H, W), each image captioned."""
+    per_row = min(per_row, len(images))
+    rows = -(-len(images) // per_row)
+    lines = max(c.count("\n") + 1 for c in captions)
+    fig, axes = plt.subplots(
+        rows, 1, figsize=(per_row * 1.3, rows * (1.2 + 0.18 * lines)), squeeze=False
+    )
+    for r, ax in enumerate(axes[:, 0]):
+        chunk = images[r * per_row : (r + 1) * per_row].cpu()
+        grid = make_grid(chunk, nrow=per_row, padding=PAD, pad_value=255)
+        ax.imshow(grid.permute(1, 2, 0).squeeze(-1).numpy(), cmap="gray", interpolation="nearest")
+        cell = images.shape[3] + PAD
+        ax.set_xticks([PAD / 2 + cell * (i + 0.5) for i in range(len(chunk))])
+        ax.set_xticklabels(captions[r * per_row : (r + 1) * per_row], fontsize=8)
+        ax.set_yticks([])
+        ax.tick_params(length=0)
+        for spine in ax.spines.values():
+            spine.set_visible(False)
+    fig.tight_layout()
+    return figure_png(fig)
+
+
+def save_image_grid(
+    images: torch.Tensor, captions: list[str], path: Path, per_row: int = 8
+) -> None:
+    """The seed's grid of images with labels, written as a PNG file."""
+    path.write_bytes(image_grid_png(images, captions, per_row))
+
+
+def curves_png(history: list[dict], steps: list[dict], title: str = "") -> bytes:
+    """Training loss, learning rate and test accuracy: per step interval where logged, and
+    per epoch from the history."""
+    return overlay_png({title: (history, steps)})
+
+
+def overlay_png(
+    runs: dict[str, tuple[list[dict], list[dict]]], x: str = "step", x_label: str = "optimizer step"
+) -> bytes:
+    """The same three panels with one line per run (run name -> (history, metrics.csv rows));
+    ``x`` names the rows' column for the horizontal axis."""
+    fig, (loss_ax, lr_ax, acc_ax) = plt.subplots(1, 3, figsize=(13, 3.6))
+    for name, (history, steps) in runs.items():
+        label = name or None
+        if steps:
+            loss_ax.plot([r[x] for r in steps], [r["loss"] for r in steps], label=label)
+            lr_ax.plot([r[x] for r in steps], [r["lr"] for r in steps], label=label)
+            loss_ax.set_xlabel(x_label)
+            lr_ax.set_xlabel(x_label)
+        else:  # an older run without metrics.csv: the per-epoch history only
+            loss_ax.plot(_epochs(history), [h["train_loss"] for h in history], "o-", label=label)
+            lr_ax.plot(_epochs(history), [h.get("lr", math.nan) for h in history], "o-")
+            loss_ax.set_xlabel("epoch")
+            lr_ax.set_xlabel("epoch")
+        tested = [h for h in history if "test_accuracy" in h]
+        acc_ax.plot(_epochs(tested), [100 * h["test_accuracy"] for h in tested], "o-", label=label)
+    loss_ax.set(title="training loss", ylabel="loss")
+    lr_ax.set(title="learning rate", ylabel="lr")
+    lr_ax.set_ylim(bottom=0)  # a constant rate otherwise gets a zoomed axis of equal ticks
+    acc_ax.set(title="test accuracy per epoch", xlabel="epoch", ylabel="accuracy (%)")
+    for ax in (loss_ax, lr_ax, acc_ax):
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=6, integer=True))  # whole steps, epochs
+        ax.grid(alpha=0.3)
+    if not any("test_accuracy" in h for history, _ in runs.values() for h in history):
+        _empty(acc_ax, "not measured per epoch\n(--set train.eval_every_epoch=true)")
+    if len(runs) > 1:
+        loss_ax.legend(fontsize=8)
+    fig.tight_layout()
+    return figure_png(fig)
+
+
+def _empty(ax: plt.Axes, message: str) -> None:
+    ax.text(0.5, 0.5, message, ha="center", va="center", transform=ax.transAxes, color="gray")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _epochs(history: list[dict]) -> list[int]:
+    return [h["epoch"] for h in history]
+
+
+def per_class_png(classes: list[str], accuracies: list[float]) -> bytes:
+    """Horizontal bars of per-class accuracy, worst class at the top."""
+    order = sorted(range(len(classes)), key=lambda i: accuracies[i])
+    height = max(2.5, 0.28 * len(classes) + 1)
+    fig, ax = plt.subplots(figsize=(6.5, height))
+    values = [100 * accuracies[i] for i in order]
+    bars = ax.barh(range(len(order)), values, color="#4c72b0")
+    ax.set_yticks(range(len(order)), [classes[i] for i in order], fontsize=_font(len(classes)))
+    ax.invert_yaxis()
+    ax.set(xlim=(0, 108), xlabel="accuracy (%)", title="accuracy per class (worst first)")
+    if len(classes) <= NUMBERS_UP_TO:
+        ax.bar_label(bars, fmt="%.1f", padding=2, fontsize=8)
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    return figure_png(fig)
+
+
+def confusion_png(matrix: torch.Tensor, classes: list[str]) -> bytes:
+    """Heat map of the confusion matrix (rows: truth), counts in the cells for few classes."""
+    k = len(classes)
+    side = max(5.0, 0.45 * k) if k <= NUMBERS_UP_TO else 0.2 * k + 2
+    fig, ax = plt.subplots(figsize=(side + 1.5, side))
+    image = ax.imshow(matrix.numpy(), cmap="Blues")
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="images")
+    font = _font(k)
+    ax.set_xticks(range(k), classes, rotation=90, fontsize=font)
+    ax.set_yticks(range(k), classes, fontsize=font)
+    ax.set(xlabel="predicted class", ylabel="true class", title="confusion matrix")
+    if k <= NUMBERS_UP_TO:
+        threshold = matrix.max().item() / 2
+        for (i, j), count in zip(_cells(k), matrix.flatten().tolist()):
+            color = "white" if count > threshold else "black"
+            ax.text(j, i, str(count), ha="center", va="center", fontsize=8, color=color)
+    fig.tight_layout()
+    return figure_png(fig)
+
+
+def _cells(k: int) -> list[tuple[int, int]]:
+    return [(i, j) for i in range(k) for j in range(k)]
+
+
+def _font(classes: int) -> float:
+    return 9 if classes <= NUMBERS_UP_TO else 6
+
+
+def lr_find_png(lrs: list[float], losses: list[float], suggestion: float) -> bytes:
+    """Smoothed loss against the learning rate (log scale), the suggested value marked."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(lrs, losses)
+    ax.axvline(suggestion, color="tab:red", linestyle="--", label=f"suggested lr {suggestion:.2g}")
+    ax.set(xscale="log", xlabel="learning rate", ylabel="smoothed training loss")
+    low = min(losses)  # the diverging tail would otherwise flatten the interesting part
+    margin = 0.02 * abs(low) + 3 * (losses[0] - low)
+    ax.set_ylim(low - 0.02 * abs(low), losses[0] + margin)
+    ax.set_title("learning-rate range test")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return figure_png(fig)

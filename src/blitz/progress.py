@@ -1,0 +1,185 @@
+"""What the training loop reports as it goes: bars or lines, the seed's running loss,
+``metrics.csv`` and TensorBoard. The loop calls ``step`` once per optimizer step."""
+
+from __future__ import annotations
+
+import csv
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from blitz.config import Config
+from blitz.errors import BlitzError
+
+Log = Callable[[str], None]
+CSV_FIELDS = ("step", "epoch", "loss", "accuracy", "lr", "images_per_s")
+INTERVAL = 50  # steps per metrics.csv row and bar update: .item() syncs the device, so not always
+METRICS_CSV = "metrics.csv"
+
+
+class Meter:
+    """Sums of loss, correct predictions and images over an interval, kept on the device."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.loss: Any = 0.0
+        self.correct: Any = 0
+        self.images = 0
+        self.steps = 0
+        self.started = time.perf_counter()
+
+    def add(self, loss: Any, correct: Any, images: int) -> None:
+        self.loss = self.loss + loss
+        self.correct = self.correct + correct
+        self.images += images
+        self.steps += 1
+
+    def read(self) -> dict[str, float]:
+        """Mean loss, accuracy and images/s since the last read; then start a new interval."""
+        seconds = max(time.perf_counter() - self.started, 1e-9)
+        out = {
+            "loss": float(self.loss) / max(self.steps, 1),
+            "accuracy": float(self.correct) / max(self.images, 1),
+            "images_per_s": self.images / seconds,
+            "images": self.images,
+        }
+        self.reset()
+        return out
+
+
+class CsvLog:
+    """``metrics.csv``: one row per interval, flushed so another tool can follow it live."""
+
+    def __init__(self, path: Path) -> None:
+        self.file = open(path, "w", newline="")  # noqa: SIM115 - closed by close()
+        self.writer = csv.DictWriter(self.file, fieldnames=CSV_FIELDS)
+        self.writer.writeheader()
+
+    def write(self, row: dict[str, float]) -> None:
+        self.writer.writerow({k: _fmt(row[k]) for k in CSV_FIELDS})
+        self.file.flush()
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def _fmt(value: float) -> str:
+    return str(value) if isinstance(value, int) else f"{value:.6g}"
+
+
+def read_metrics_csv(path: Path) -> list[dict[str, float]]:
+    """The rows of a ``metrics.csv`` as numbers (empty if the file is missing)."""
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def open_tensorboard(folder: Path):
+    """A ``SummaryWriter``, or a clear error when the optional package is missing."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise BlitzError(
+            "--tensorboard needs the tensorboard package: pip install tensorboard "
+            "(or leave out --tensorboard)"
+        ) from None
+    return SummaryWriter(str(folder))
+
+
+class Progress:
+    """Observer of the loop: a tqdm bar on a terminal, else one line per epoch (or the seed's
+    running-loss lines); rows for metrics.csv and TensorBoard when given a run directory."""
+
+    def __init__(self, cfg: Config, log: Log, quiet: bool, out: Path | None = None) -> None:
+        self.cfg, self.log, self.quiet = cfg, log, quiet
+        self.seed_lines = cfg.train.log_every
+        self.use_bar = not quiet and not self.seed_lines and sys.stderr.isatty()
+        self.csv = CsvLog(out / METRICS_CSV) if out else None
+        self.board = (
+            open_tensorboard(out / "tensorboard") if out and cfg.train.tensorboard else None
+        )
+        self.interval, self.epoch_meter, self.running = Meter(), Meter(), Meter()
+        self.bar: tqdm | None = None
+        self.last_step = 0
+
+    def start_epoch(self, epoch: int, steps: int) -> None:
+        self.epoch, self.in_epoch = epoch, 0
+        for meter in (self.interval, self.epoch_meter, self.running):
+            meter.reset()
+        if self.use_bar:
+            desc = f"epoch {epoch + 1}/{self.cfg.train.epochs}"
+            self.bar = tqdm(total=steps, desc=desc, unit="step", dynamic_ncols=True)
+
+    def step(self, step: int, loss, logits, labels, optimizer) -> None:
+        """Count one optimizer step; sync the device only at interval ends."""
+        self.in_epoch += 1
+        self.last_step = step
+        correct = (logits.argmax(1) == labels).sum()
+        for meter in (self.interval, self.epoch_meter, self.running):
+            meter.add(loss, correct, len(labels))
+        if self.seed_lines and self.in_epoch % self.seed_lines == 0:
+            # the seed's line: '[%d, %5d] loss: %.3f'
+            line = f"[{self.epoch + 1}, {self.in_epoch:5d}] loss: {self.running.read()['loss']:.3f}"
+            self.log(line)
+        if self.bar is not None:
+            self.bar.update()
+        if step % INTERVAL == 0:
+            self._flush(step, optimizer.param_groups[0]["lr"])
+
+    def _flush(self, step: int, lr: float) -> None:
+        if not self.interval.steps:
+            return
+        row = {"step": step, "epoch": self.epoch + 1, "lr": lr, **self.interval.read()}
+        del row["images"]
+        if self.csv:
+            self.csv.write(row)
+        if self.board:
+            for key in ("loss", "accuracy", "lr", "images_per_s"):
+                self.board.add_scalar(f"train/{key}", row[key], step)
+        if self.bar is not None:
+            self.bar.set_postfix(
+                loss=f"{row['loss']:.3f}",
+                acc=f"{100 * row['accuracy']:.1f}%",
+                img_s=f"{row['images_per_s']:.0f}",
+            )
+
+    def end_epoch(self, record: dict[str, Any]) -> None:
+        """Close the epoch's interval, add its ``train_accuracy`` to ``record`` (the history
+        keeps it), and print its line (unless a bar showed it)."""
+        self._flush(self.last_step, record["lr"])
+        epoch = self.epoch_meter.read()
+        record["train_accuracy"] = round(epoch["accuracy"], 6)
+        images_per_s = epoch["images"] / max(record["seconds"], 1e-9)  # the loop's time alone
+        if self.bar is not None:
+            if "test_accuracy" in record:
+                self.bar.set_postfix_str(
+                    f"{self.bar.postfix}, test={100 * record['test_accuracy']:.1f}%"
+                )
+            self.bar.close()
+            self.bar = None
+        if self.board and "test_accuracy" in record:
+            self.board.add_scalar("test/accuracy", record["test_accuracy"], self.last_step)
+        if not (self.quiet or self.use_bar):
+            self.log(format_epoch(record, self.cfg.train.epochs, images_per_s))
+
+    def close(self) -> None:
+        for sink in (self.csv, self.board):
+            if sink:
+                sink.close()
+
+
+def format_epoch(record: dict[str, Any], epochs: int, images_per_s: float) -> str:
+    """``epoch 1/3: loss 1.812, train accuracy 33.1 %, test accuracy 41.2 %, ...``."""
+    parts = [f"loss {record['train_loss']:.3f}"]
+    parts.append(f"train accuracy {100 * record['train_accuracy']:.1f} %")
+    if "test_accuracy" in record:
+        parts.append(f"test accuracy {100 * record['test_accuracy']:.1f} %")
+    parts += [f"lr {record['lr']:.3g}", f"{images_per_s:.0f} images/s", f"{record['seconds']} s"]
+    return f"epoch {record['epoch']}/{epochs}: " + ", ".join(parts)

@@ -1,0 +1,169 @@
+"""Report building blocks against naive reference code, and the pages a run writes."""
+
+import base64
+import csv
+import json
+import re
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from blitz.config import build_config
+from blitz.data import Split
+from blitz.errors import BlitzError
+from blitz.evaluate import confused_pairs, confusion_matrix, per_class_accuracy, worst_errors
+from blitz.progress import CSV_FIELDS, INTERVAL, Progress, read_metrics_csv
+from blitz.report import write_comparison, write_report
+from blitz.runs import rebuild_report, train_run
+
+
+def test_worst_errors_match_a_naive_sort():
+    torch.manual_seed(0)
+    logits, labels = torch.randn(300, 7) * 3, torch.randint(0, 7, (300,))
+    naive = []
+    for i in range(300):
+        if int(logits[i].argmax()) != int(labels[i]):
+            naive.append((-F.cross_entropy(logits[i : i + 1], labels[i : i + 1]).item(), i))
+    expected = [i for _, i in sorted(naive)[:20]]
+    assert worst_errors(logits, labels, 20).tolist() == expected
+    assert len(worst_errors(logits, labels, 10_000)) == len(naive)  # only the wrong ones
+
+
+def test_worst_errors_of_a_perfect_model_are_none():
+    labels = torch.tensor([0, 1, 2])
+    assert len(worst_errors(F.one_hot(labels, 3).float(), labels, 5)) == 0
+
+
+def test_confused_pairs_match_a_naive_scan():
+    torch.manual_seed(1)
+    matrix = torch.randint(0, 50, (6, 6))
+    cells = [(-int(matrix[t, p]), t * 6 + p, t, p) for t in range(6) for p in range(6) if t != p]
+    expected = [(t, p, -v) for v, _, t, p in sorted(cells)[:8]]
+    assert confused_pairs(matrix, 8) == expected
+    assert confused_pairs(torch.eye(4, dtype=torch.int64) * 9, 3) == []
+
+
+class _Optimizer:
+    param_groups = [{"lr": 0.1}]
+
+
+def test_metrics_csv_rows_are_interval_means(tmp_path):
+    cfg = build_config("seed", {"train.log_every": 0})
+    progress = Progress(cfg, log=lambda m: None, quiet=True, out=tmp_path)
+    steps, losses, correct = 2 * INTERVAL + 20, [], []
+    progress.start_epoch(0, steps)
+    for step in range(1, steps + 1):
+        loss = torch.tensor(float(step % 7))
+        logits, labels = torch.eye(4)[[0, 1, 2, 3]], torch.tensor([0, 1, step % 4, 0])
+        losses.append(loss.item())
+        correct.append(int((logits.argmax(1) == labels).sum()))
+        progress.step(step, loss, logits, labels, _Optimizer())
+    record = {"epoch": 1, "train_loss": 0.0, "seconds": 1.0, "lr": 0.1}
+    progress.end_epoch(record)
+    progress.close()
+    rows = read_metrics_csv(tmp_path / "metrics.csv")
+    with open(tmp_path / "metrics.csv") as f:
+        assert tuple(next(csv.reader(f))) == CSV_FIELDS
+    bounds = [(0, INTERVAL), (INTERVAL, 2 * INTERVAL), (2 * INTERVAL, steps)]
+    assert [r["step"] for r in rows] == [b for _, b in bounds]
+    for row, (a, b) in zip(rows, bounds):
+        assert row["loss"] == pytest.approx(sum(losses[a:b]) / (b - a), rel=1e-5)
+        assert row["accuracy"] == pytest.approx(sum(correct[a:b]) / (4 * (b - a)), rel=1e-5)
+        assert row["lr"] == 0.1 and row["epoch"] == 1 and row["images_per_s"] > 0
+    assert record["train_accuracy"] == pytest.approx(sum(correct) / (4 * steps), abs=1e-6)
+
+
+def test_report_at_100_classes_scrolls_instead_of_shrinking(tmp_path):
+    classes = [f"class{i:02d}" for i in range(100)]
+    labels = torch.arange(300) % 100
+    logits = torch.randn(300, 100, generator=torch.Generator().manual_seed(0))
+    matrix = confusion_matrix(labels, logits.argmax(1), 100)
+    metrics = {
+        "test_accuracy": 0.01, "classes": classes, "confusion_matrix": matrix.tolist(),
+        "per_class_accuracy": dict(zip(classes, per_class_accuracy(matrix))),
+        "train_seconds": 1.0, "total_seconds": 2.0, "epochs": 1, "steps": 3, "seed": 0,
+        "device": "cpu", "preset": "seed", "data": "fake", "model": "lenet",
+        "history": [{"epoch": 1, "train_loss": 4.6, "lr": 0.1, "seconds": 1.0}],
+    }  # fmt: skip
+    images = torch.zeros(300, 3, 32, 32, dtype=torch.uint8)
+    page = write_report(tmp_path, metrics, Split(images, labels), logits).read_text()
+    assert page.count("<div class='scroll'>") == 2 and len(_images(page)) == 4
+
+
+def _train(out, **overrides):
+    settings = {"data.source": "shapes:200", "train.batch_size": 16, "train.epochs": 2}
+    settings.update({"train.log_every": 0, "optim.lr": 0.01, **overrides})
+    cfg = build_config("seed", settings)
+    out.mkdir()
+    return train_run(cfg, out, log=lambda m: None, quiet=True, started=0.0)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("report")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("BLITZ_DATA", str(root / "cache"))
+        _train(root / "a")
+        _train(root / "b", **{"optim.lr": 0.05, "train.eval_every_epoch": True})
+    return root
+
+
+def _images(page: str) -> list[bytes]:
+    return [
+        base64.b64decode(m) for m in re.findall(r"data:image/png;base64,([A-Za-z0-9+/=]+)", page)
+    ]
+
+
+def test_train_writes_a_self_contained_report(runs):
+    page = (runs / "a" / "report.html").read_text()
+    for heading in (
+        "Summary",
+        "Training curves",
+        "Results on the test set",
+        "Most-confused pairs",
+        "Worst errors",
+        "Training images",
+        "62,006 parameters",
+    ):
+        assert heading in page, heading
+    images = _images(page)
+    assert len(images) == 6 and all(png[:4] == b"\x89PNG" for png in images)
+    assert "http://" not in page and "https://" not in page and "<link" not in page
+    metrics = json.loads((runs / "a" / "metrics.json").read_text())
+    assert all("lr" in h and "train_accuracy" in h for h in metrics["history"])
+    assert [r["step"] for r in read_metrics_csv(runs / "a" / "metrics.csv")] == [
+        13,
+        26,
+    ]  # 200 images, batches of 16
+
+
+def test_report_is_rebuilt_from_the_run_directory(runs, monkeypatch):
+    monkeypatch.setenv("BLITZ_DATA", str(runs / "cache"))
+    path = runs / "a" / "report.html"
+    path.unlink()
+    assert rebuild_report(runs / "a", log=lambda m: None) == path
+    assert len(_images(path.read_text())) == 6
+
+
+def test_comparison_page_shows_differences(runs, tmp_path):
+    page = write_comparison([runs / "a", runs / "b"], tmp_path / "c.html").read_text()
+    assert "optim.lr" in page and "train.eval_every_epoch" in page
+    assert "train.batch_size" not in page  # equal in both: not a difference
+    assert len(_images(page)) == 1
+
+
+def test_tensorboard_writes_events_or_says_what_to_install(tmp_path, monkeypatch):
+    cfg = build_config("seed", {"train.tensorboard": True})
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as if not installed
+    with pytest.raises(BlitzError, match="pip install tensorboard"):
+        Progress(cfg, log=lambda m: None, quiet=True, out=tmp_path)
+    monkeypatch.undo()
+    pytest.importorskip("tensorboard", reason="the tensorboard extra is not installed")
+    progress = Progress(cfg, log=lambda m: None, quiet=True, out=tmp_path)
+    progress.start_epoch(0, 1)
+    progress.step(1, torch.tensor(1.0), torch.eye(2), torch.tensor([0, 1]), _Optimizer())
+    progress.end_epoch({"epoch": 1, "train_loss": 1.0, "seconds": 1.0, "lr": 0.1})
+    progress.close()
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))

@@ -1,0 +1,156 @@
+"""The report, export and lr-find commands end to end, and the report in a real browser."""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from blitz.checkpoint import load_checkpoint, model_from_checkpoint
+from blitz.data import normalize
+from blitz.export import random_images, run_export
+from blitz.lrfind import has_diverged, smooth, suggest
+from conftest import folder_files, write_folder
+
+
+def blitz(*args, cache, check=True):
+    env = {**os.environ, "BLITZ_DATA": str(cache)}
+    result = subprocess.run(
+        [sys.executable, "-m", "blitz", *map(str, args)], capture_output=True, text=True, env=env
+    )
+    if check:
+        assert result.returncode == 0, result.stderr
+    return result
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A short run on generated data, shared by the tests here."""
+    root = tmp_path_factory.mktemp("tools")
+    args = ["--data", "shapes:200", "--batch-size", "16", "--lr", "0.02", "--epochs", "2"]
+    result = blitz(
+        "train",
+        *args,
+        "--set",
+        "train.eval_every_epoch=true",
+        "--out",
+        root / "run",
+        cache=root / "cache",
+    )
+    return root, result
+
+
+def test_train_prints_one_line_per_epoch_when_not_a_terminal(run):
+    _, result = run
+    lines = [line for line in result.stdout.splitlines() if line.startswith("epoch ")]
+    assert len(lines) == 2 and lines[0].startswith("epoch 1/2: loss ")
+    assert "test accuracy" in lines[0] and "images/s" in lines[0]
+
+
+def test_report_command_rebuilds_and_compares(run, tmp_path):
+    root, _ = run
+    (root / "run" / "report.html").unlink()
+    result = blitz("report", root / "run", cache=root / "cache")
+    assert "report.html" in result.stdout and (root / "run" / "report.html").is_file()
+    out = tmp_path / "cmp.html"
+    blitz("report", root / "run", root / "run", "--out", out, cache=root / "cache")
+    assert "Settings" in out.read_text() and "identical" in out.read_text()
+    missing = blitz("report", tmp_path, cache=root / "cache", check=False)
+    assert missing.returncode == 2 and "metrics.json" in missing.stderr
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_export_round_trip(run, tmp_path, fmt):
+    if fmt == "onnx":
+        pytest.importorskip("onnxruntime", reason="the export extra is not installed")
+    root, _ = run
+    out = tmp_path / f"model.{fmt}"
+    result = blitz("export", root / "run", "--format", fmt, "--out", out, cache=root / "cache")
+    assert "max abs difference" in result.stdout and "uint8" in result.stdout
+    ckpt = load_checkpoint(root / "run" / "model.pt")
+    model = model_from_checkpoint(ckpt)
+    images = random_images(ckpt, 7, seed=3)  # another batch size than at export time
+    with torch.inference_mode():
+        expected = model(normalize(images, ckpt["mean"], ckpt["std"]))
+    got = run_export(fmt, out, images)
+    assert got.shape == (7, 10)
+    np.testing.assert_allclose(got.numpy(), expected.numpy(), atol=1e-4)
+
+
+def test_export_of_a_missing_run_is_a_clear_error(tmp_path):
+    result = blitz("export", tmp_path / "nope", cache=tmp_path, check=False)
+    assert result.returncode == 2 and "no checkpoint" in result.stderr
+
+
+def test_smoothing_and_stop_rule_match_naive_code():
+    losses = [2.0, 1.5, 1.2, 1.0, 5.0]
+    beta, avg, naive = 0.9, 0.0, []
+    for i, loss in enumerate(losses):
+        avg = beta * avg + (1 - beta) * loss
+        naive.append(avg / (1 - beta ** (i + 1)))
+    assert smooth(losses, beta) == pytest.approx(naive)
+    assert smooth([3.0])[0] == pytest.approx(3.0)  # bias-corrected: no pull towards zero
+    assert has_diverged([1.0, 0.5, 2.5]) and not has_diverged([1.0, 0.5, 1.5])
+    assert has_diverged([1.0, float("nan")])
+    assert suggest([0.1, 1.0, 10.0], [2.0, 1.0, float("inf")]) == pytest.approx(0.1)
+
+
+def test_lr_find_writes_a_plot_and_suggests_a_rate(tmp_path):
+    out = tmp_path / "lr.png"
+    result = blitz(
+        "lr-find",
+        "--data",
+        "shapes:200",
+        "--batch-size",
+        "16",
+        "--steps",
+        "60",
+        "--out",
+        out,
+        cache=tmp_path / "cache",
+    )
+    rate = float(re.search(r"suggested learning rate: (\S+)", result.stdout).group(1))
+    assert 1e-7 < rate < 10 and out.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_predict_handles_many_images_in_batches(run, tmp_path):
+    root, _ = run
+    files = folder_files(per_class=100)  # 600 images, more than one batch of 256
+    folder = write_folder(tmp_path / "many", files)
+    result = blitz(
+        "predict", root / "run", folder, "--csv", tmp_path / "p.csv", cache=root / "cache"
+    )
+    assert result.stdout.count(" %") == len(files)
+    assert len((tmp_path / "p.csv").read_text().splitlines()) == len(files) + 1
+
+
+BROWSER = shutil.which("chromium") or shutil.which("chromium-browser")
+HEADLESS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--no-first-run",
+]  # fmt: skip
+
+
+@pytest.mark.skipif(
+    not BROWSER and not os.environ.get("BLITZ_REQUIRE_BROWSER"),
+    reason="chromium is not installed (apt-get install chromium); .ci/run installs it",
+)
+def test_report_renders_in_a_real_browser(run, tmp_path):
+    assert BROWSER, "BLITZ_REQUIRE_BROWSER is set but no chromium is on PATH"
+    root, _ = run
+    page = (root / "run" / "report.html").resolve().as_uri()
+    base = [BROWSER, *HEADLESS, f"--user-data-dir={tmp_path / 'profile'}"]
+    dom = subprocess.run([*base, "--dump-dom", page], capture_output=True, text=True, timeout=120)
+    found = re.search(r'<pre id="image-check"[^>]*>(.*?)</pre>', dom.stdout)
+    assert found, dom.stderr[-2000:]
+    widths = json.loads(found.group(1))
+    assert len(widths) == 6 and all(w > 100 for w in widths)  # every image decoded
+    shot = tmp_path / "shot.png"
+    subprocess.run([*base, "--window-size=1280,2400", f"--screenshot={shot}", page],
+                   capture_output=True, timeout=120)  # fmt: skip
+    assert shot.read_bytes()[:4] == b"\x89PNG" and shot.stat().st_size > 50_000
