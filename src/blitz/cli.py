@@ -24,7 +24,7 @@ OVERRIDES = {
     "max_steps": ("train.max_steps", int),
     "tensorboard": ("train.tensorboard", bool),
 }
-DEFAULT_PRESET = "seed"
+DEFAULT_PRESET = "fast-cpu"
 
 
 def build_parser() -> argparse.ArgumentParser:
