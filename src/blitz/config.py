@@ -34,6 +34,7 @@ class DataConfig:
     image_size: int = 32
     mean: tuple[float, ...] = (0.5, 0.5, 0.5)  # the seed's Normalize: [0, 1] -> [-1, 1]
     std: tuple[float, ...] = (0.5, 0.5, 0.5)
+    skip_bad_images: bool = False  # False: a corrupt image stops decoding, naming every bad file
 
     def __post_init__(self) -> None:
         self.mean, self.std = tuple(self.mean), tuple(self.std)
@@ -99,6 +100,9 @@ class TrainConfig:
     log_every: int = 0  # 0: a progress bar; N: the seed's running-loss line every N steps
     eval_every_epoch: bool = True
     eval_batch_size: int = 1000
+    checkpoint_every: int = 0  # also checkpoint every N steps (0: at epoch ends only)
+    checkpoint_minutes: float = 10.0  # also checkpoint when this long has passed (0: never)
+    deterministic: bool = True  # deterministic kernels: a resumed run matches one left alone
 
     def __post_init__(self) -> None:
         _check(self.epochs >= 1, "--epochs", self.epochs, "an integer >= 1")
@@ -107,6 +111,18 @@ class TrainConfig:
         _check(self.max_steps >= 0, "--max-steps", self.max_steps, "an integer >= 0")
         _check(self.log_every >= 0, "train.log_every", self.log_every, "an integer >= 0")
         _check(self.eval_batch_size >= 1, "train.eval_batch_size", self.eval_batch_size, ">= 1")
+        _check(
+            self.checkpoint_every >= 0,
+            "--checkpoint-every",
+            self.checkpoint_every,
+            "an integer >= 0",
+        )
+        _check(
+            self.checkpoint_minutes >= 0,
+            "train.checkpoint_minutes",
+            self.checkpoint_minutes,
+            "a number >= 0",
+        )
 
 
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "optim": OptimConfig, "train": TrainConfig}

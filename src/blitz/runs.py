@@ -20,7 +20,7 @@ from blitz.checkpoint import (
 )
 from blitz.config import Config
 from blitz.data import ImageData, load_data
-from blitz.engine import Log, resolve_device, train
+from blitz.engine import Log, NonFiniteLoss, TrainState, planned_steps, resolve_device, train
 from blitz.errors import BlitzError
 from blitz.evaluate import (
     Evaluation,
@@ -33,6 +33,8 @@ from blitz.evaluate import (
 )
 from blitz.models import create_model
 from blitz.report import save_image_grid
+from blitz.resume import BEST, LAST, Checkpointer, make_reproducible
+from blitz.signals import stop_on_signals
 
 CHECKPOINT = "model.pt"
 SAMPLES = 8  # images in the grids (the seed shows 4)
@@ -44,12 +46,35 @@ def default_run_dir(preset: str) -> Path:
 
 
 def prepare_run_dir(out: Path, overwrite: bool) -> None:
-    """Create the run directory; refuse to clobber a finished run unless asked."""
-    if (out / "metrics.json").exists() and not overwrite:
-        raise BlitzError(
-            f"{out} already holds a finished run: choose another --out or pass --overwrite"
-        )
+    """Create the run directory; refuse to clobber a finished or resumable run unless asked."""
+    if not overwrite:
+        if (out / "metrics.json").exists():
+            raise BlitzError(
+                f"{out} already holds a finished run: choose another --out or pass --overwrite"
+            )
+        if (out / LAST).exists():
+            raise BlitzError(
+                f"{out} holds an unfinished run: continue it with blitz train --resume {out}, "
+                "or pass --overwrite to start again"
+            )
+    for name in ("metrics.json", CHECKPOINT, LAST, BEST):  # the old run's results go first
+        (out / name).unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
+
+
+def resume_checkpoint(run_dir: Path) -> dict[str, Any]:
+    """The newest complete checkpoint of an unfinished run (what --resume continues from)."""
+    if (run_dir / "metrics.json").exists():
+        raise BlitzError(f"{run_dir} holds a finished run: there is nothing to resume")
+    if not (run_dir / LAST).exists():
+        raise BlitzError(
+            f"no checkpoint to resume in {run_dir}: the run stopped before its first checkpoint "
+            f"(or this is not a run directory); start it again with --out {run_dir} --overwrite"
+        )
+    ckpt = load_checkpoint(run_dir / LAST)
+    if "training" not in ckpt:
+        raise BlitzError(f"{run_dir / LAST} holds weights only, not a training state to resume")
+    return ckpt
 
 
 def write_json(path: Path, payload: Any) -> None:
@@ -59,10 +84,23 @@ def write_json(path: Path, payload: Any) -> None:
     tmp.replace(path)
 
 
-def train_run(cfg: Config, out: Path, log: Log, quiet: bool, started: float) -> dict[str, Any]:
-    """Load data, train, test, and write config, checkpoint, pictures and metrics into ``out``."""
+def train_run(
+    cfg: Config,
+    out: Path,
+    log: Log,
+    quiet: bool,
+    started: float,
+    resume: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Load data, train, test, and write config, checkpoint, pictures and metrics into ``out``.
+
+    With ``resume`` (a checkpoint from ``resume_checkpoint``), continue that run where it stopped.
+    """
+    make_reproducible(cfg)
     device = resolve_device(cfg.train.device)
-    data = load_data(cfg.data.source, cfg.data.image_size, log)
+    data = load_data(cfg.data.source, cfg.data.image_size, log, cfg.data.skip_bad_images)
+    if resume is not None:
+        check_classes(data, resume, out)
     write_json(out / "config.json", cfg.to_dict())
     log(
         f"data: {data.name} ({len(data.train)} train, {len(data.test)} test images, "
@@ -72,10 +110,43 @@ def train_run(cfg: Config, out: Path, log: Log, quiet: bool, started: float) -> 
     torch.manual_seed(cfg.train.seed)  # the weights' initialisation depends on the seed alone
     model = create_model(cfg.model.name, len(data.classes), data.channels, **cfg.model.options)
     model = model.to(device)
-    state = train(cfg, data, model, device, log, quiet)
+    state = _train_with_checkpoints(cfg, data, model, device, out, log, quiet, resume)
     result = _test(cfg, model, data, out, log)
     save_checkpoint(out / CHECKPOINT, model, cfg, data.classes)
-    metrics = {
+    metrics = _metrics(cfg, data, model, result, state, device, started)
+    write_json(out / "metrics.json", metrics)  # last: its presence marks the run finished
+    return metrics
+
+
+def _train_with_checkpoints(
+    cfg: Config,
+    data: ImageData,
+    model: torch.nn.Module,
+    device: torch.device,
+    out: Path,
+    log: Log,
+    quiet: bool,
+    resume: dict[str, Any] | None,
+) -> TrainState:
+    total = planned_steps(cfg, len(data.train))
+    with stop_on_signals() as stop:
+        hooks = Checkpointer(out, cfg, model, data.classes, total, stop, resume)
+        try:
+            return train(cfg, data, model, device, log, quiet, hooks)
+        except NonFiniteLoss as exc:
+            raise BlitzError(f"{exc}; {hooks.describe_kept()}") from None
+
+
+def _metrics(
+    cfg: Config,
+    data: ImageData,
+    model: torch.nn.Module,
+    result: Evaluation,
+    state: TrainState,
+    device: torch.device,
+    started: float,
+) -> dict[str, Any]:
+    return {
         "test_accuracy": round(result.accuracy, 6),
         "per_class_accuracy": {
             c: round(a, 6) for c, a in zip(data.classes, per_class_accuracy(result.matrix))
@@ -99,8 +170,15 @@ def train_run(cfg: Config, out: Path, log: Log, quiet: bool, started: float) -> 
         },
         "history": state.history,
     }
-    write_json(out / "metrics.json", metrics)  # last: its presence marks the run finished
-    return metrics
+
+
+def check_classes(data: ImageData, ckpt: dict[str, Any], run_dir: Path) -> None:
+    """A checkpoint only fits data with the classes it was trained on, in the same order."""
+    if data.classes != ckpt["classes"]:
+        raise BlitzError(
+            f"{data.name} has classes {data.classes}, but the run in {run_dir} was trained on "
+            f"{ckpt['classes']}: use data with the same classes"
+        )
 
 
 def sample_rows(count: int, total: int) -> torch.Tensor:
@@ -137,11 +215,7 @@ def eval_run(run_dir: Path, source: str | None, log: Log) -> Evaluation:
     """Test a finished run's checkpoint, on its own data or on ``source``."""
     ckpt = load_checkpoint(run_dir / CHECKPOINT)
     cfg = config_from_checkpoint(ckpt)
-    data = load_data(source or cfg.data.source, ckpt["image_size"], log)
-    if data.classes != ckpt["classes"]:
-        raise BlitzError(
-            f"{data.name} has classes {data.classes}, but the run in {run_dir} was trained on "
-            f"{ckpt['classes']}: evaluate it on data with the same classes"
-        )
+    data = load_data(source or cfg.data.source, ckpt["image_size"], log, cfg.data.skip_bad_images)
+    check_classes(data, ckpt, run_dir)
     model = model_from_checkpoint(ckpt).to(resolve_device(cfg.train.device))
     return _test(cfg, model, data, run_dir, log)
