@@ -105,7 +105,9 @@ FAULTS = {
     },
     "SIGKILL while writing checkpoint 3": ["writing", 3, signal.SIGKILL, 1],
     "SIGTERM at step 12": ["step", 12, signal.SIGTERM, 1],
+    "Ctrl-C twice at step 14": ["step", 14, signal.SIGINT, 2],
 }
+EXIT = {signal.SIGKILL: -signal.SIGKILL, signal.SIGTERM: 128 + signal.SIGTERM, signal.SIGINT: 130}
 
 
 @pytest.fixture(scope="module")
@@ -143,9 +145,8 @@ def runs(tmp_path_factory):
 def test_stopped_and_resumed_run_ends_bitwise_identical(runs, fault):
     reference, faulty = runs
     run = faulty[fault]
-    signum = FAULTS[fault][2]
     status, err = run["stopped"]
-    assert status == (-signal.SIGKILL if signum == signal.SIGKILL else 128 + signum), err
+    assert status == EXIT[FAULTS[fault][2]], err
     assert not run["finished_early"]  # a stopped run does not look finished
     assert 0 < run["step"] < STEPS
     assert run["resumed"][0] == 0, run["resumed"][1]
@@ -158,6 +159,12 @@ def test_sigterm_saves_and_says_how_to_resume(runs):
     assert f"blitz train --resume {run['out']}" in run["stopped"][1]
     assert "Traceback" not in run["stopped"][1]
     assert run["step"] == 12
+
+
+def test_a_second_ctrl_c_exits_at_once_keeping_the_last_checkpoint(runs):
+    run = runs[1]["Ctrl-C twice at step 14"]
+    assert "blitz: interrupted" in run["stopped"][1] and "Traceback" not in run["stopped"][1]
+    assert run["step"] == 10  # the periodic one: no checkpoint was written on the way out
 
 
 def small_config(tmp_path, **overrides):

@@ -377,7 +377,7 @@ def _group_by_split_and_class(
     for other in others:  # a folder, or a file in a class folder, where no image was found
         where = _split_and_class(other)
         if where and where[1] not in groups[where[0]]:
-            folder = other.rsplit("/", 2 if other.endswith("/") else 1)[0]
+            folder = other.rstrip("/") if other.endswith("/") else other.rsplit("/", 1)[0]
             raise BlitzError(
                 f"class folder {folder} in {path} has no images: add images "
                 f"({', '.join(sorted(IMAGE_EXTENSIONS))}) or remove the folder"
