@@ -107,6 +107,8 @@ class TrainState:
     def load_dict(self, saved: dict, device: torch.device) -> None:
         """Take over a state written by ``to_dict``; tensors move to ``device``."""
         for f in fields(self):
+            if f.name not in saved:  # a field added since the checkpoint: keep its default
+                continue
             value = saved[f.name]
             if f.name == "order":
                 self.order.set_state(value)
@@ -185,8 +187,9 @@ def check_finite(state: TrainState, cfg: Config, total: int) -> None:
         return
     lr = cfg.optim.lr * lr_factor(bad - 1, total, cfg.optim)  # the rate that step used
     raise NonFiniteLoss(
-        f"the loss became NaN or infinite at step {bad} (learning rate {lr:.3g}), so training "
-        f"stopped there: lower the learning rate (e.g. --lr {cfg.optim.lr / 10:.3g})"
+        f"the loss became NaN or infinite at step {bad} (learning rate {lr:.3g}): training "
+        "stopped, and no weights from that step on were saved. Lower the learning rate "
+        f"(e.g. --lr {cfg.optim.lr / 10:.3g})"
     )
 
 

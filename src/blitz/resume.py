@@ -15,6 +15,7 @@ from torch import nn
 from blitz.checkpoint import capture_rng, load_state, restore_rng, save_checkpoint
 from blitz.config import Config
 from blitz.engine import TrainHooks, TrainState, check_finite
+from blitz.errors import BlitzError
 from blitz.signals import StopFlag, StopRequested
 
 LAST = "last.pt"  # the newest checkpoint: what --resume continues from
@@ -57,20 +58,18 @@ class Checkpointer(TrainHooks):
         training = self.resume["training"]
         load_state(self.model, self.resume["state_dict"], f"the {self.cfg.model.name} model")
         for name, obj in stateful.items():
+            if name not in training["state_dicts"]:
+                raise BlitzError(
+                    f"the checkpoint in {self.out} has no saved {name} state (an older blitz "
+                    "wrote it), so it cannot be resumed exactly: start the run again"
+                )
             load_state(obj, training["state_dicts"][name], f"the {name}")
         state.load_dict(training["train_state"], self.device)
         restore_rng(training["rng"], self.device)  # last: building the model drew numbers
         self.saved_step = state.step
 
     def after_step(self, state: TrainState) -> None:
-        if self.stop.signum:
-            self.save(state)
-            name = signal.Signals(self.stop.signum).name
-            raise StopRequested(
-                f"stopped by {name} after step {state.step}; checkpoint saved in "
-                f"{self.out / LAST}. Continue with: blitz train --resume {self.out}",
-                self.stop.signum,
-            )
+        self._stop_if_asked(state)
         every, minutes = self.cfg.train.checkpoint_every, self.cfg.train.checkpoint_minutes
         due_steps = every and state.step % every == 0
         due_time = minutes and time.monotonic() - self.saved_at >= 60 * minutes
@@ -83,6 +82,18 @@ class Checkpointer(TrainHooks):
         if best:
             state.best_accuracy = accuracy
         self.save(state, best)
+        self._stop_if_asked(state)
+
+    def _stop_if_asked(self, state: TrainState) -> None:
+        if not self.stop.signum:
+            return
+        self.save(state)
+        name = signal.Signals(self.stop.signum).name
+        raise StopRequested(
+            f"stopped by {name} after step {state.step}; checkpoint saved in "
+            f"{self.out / LAST}. Continue with: blitz train --resume {self.out}",
+            self.stop.signum,
+        )
 
     def save(self, state: TrainState, best: bool = False) -> None:
         """Write ``last.pt`` (and ``best.pt``), unless the weights went non-finite."""
