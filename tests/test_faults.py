@@ -12,7 +12,7 @@ import sys
 import pytest
 import torch
 
-from blitz import cli, engine
+from blitz import cli, engine, resume
 from blitz.checkpoint import load_checkpoint
 from blitz.config import build_config
 from blitz.errors import BlitzError
@@ -281,3 +281,21 @@ def test_resume_and_eval_refuse_a_checkpoint_for_other_classes_or_model(tmp_path
     torch.save(ckpt, out / "model.pt")
     status, err = blitz_in_process(capsys, "eval", out)
     assert status == 2 and "does not fit" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(("minutes", "saved_at"), [(0, [3]), (1, [1, 2, 3, 3])])
+def test_checkpoints_by_the_clock(tmp_path, monkeypatch, minutes, saved_at):
+    ticks = iter(range(0, 10**6, 100))  # a clock that moves 100 s each time it is read
+    monkeypatch.setattr(resume.time, "monotonic", lambda: next(ticks))
+    steps, real_save = [], resume.save_checkpoint
+
+    def record(path, *args, training):
+        steps.append(training["train_state"]["step"])
+        real_save(path, *args, training=training)
+
+    monkeypatch.setattr(resume, "save_checkpoint", record)
+    overrides = {"train.max_steps": 3, "train.checkpoint_every": 0}
+    quiet_run(
+        small_config(tmp_path, **overrides, **{"train.checkpoint_minutes": minutes}), tmp_path / "r"
+    )
+    assert steps == saved_at

@@ -90,6 +90,7 @@ class TrainState:
     epoch: int = 0
     batch: int = 0  # batches done in the current epoch: a resumed epoch skips them
     train_seconds: float = 0.0
+    epoch_seconds: float = 0.0  # time in the current epoch so far, before a restart too
     history: list[dict] = field(default_factory=list)
     best_accuracy: float = -1.0  # the best per-epoch test accuracy so far (for best.pt)
     order: torch.Generator = field(default_factory=torch.Generator)  # shuffles the data
@@ -158,12 +159,9 @@ def train(
     state = new_state(cfg, device)
     hooks.start(state, {"optimizer": optimizer})
     while state.epoch < cfg.train.epochs and state.step < total:
-        started = time.perf_counter()
         steps = _train_epoch(cfg, model, optimizer, train_split, state, total, log, quiet, hooks)
-        synchronize(device)
-        seconds = time.perf_counter() - started
-        state.train_seconds += seconds
-        _finish_epoch(cfg, model, data, state, steps, seconds)
+        state.train_seconds += state.epoch_seconds
+        _finish_epoch(cfg, model, data, state, steps)
         hooks.after_epoch(state)
     if cfg.train.log_every:
         log("Finished Training")
@@ -201,7 +199,7 @@ def _note_non_finite(state: TrainState, loss: torch.Tensor) -> None:
 
 
 def _finish_epoch(
-    cfg: Config, model: nn.Module, data: ImageData, state: TrainState, steps: int, seconds: float
+    cfg: Config, model: nn.Module, data: ImageData, state: TrainState, steps: int
 ) -> None:
     check_finite(state, cfg, planned_steps(cfg, len(data.train)))
     state.epoch += 1
@@ -209,7 +207,8 @@ def _finish_epoch(
     loss = round(state.epoch_loss.item() / max(steps, 1), 6)
     state.epoch_loss.zero_()
     state.running_loss.zero_()
-    record = {"epoch": state.epoch, "train_loss": loss, "seconds": round(seconds, 3)}
+    record = {"epoch": state.epoch, "train_loss": loss, "seconds": round(state.epoch_seconds, 3)}
+    state.epoch_seconds = 0.0
     if cfg.train.eval_every_epoch:
         record["test_accuracy"] = _test_accuracy(cfg, model, data)
     state.history.append(record)
@@ -255,6 +254,7 @@ def _train_epoch(
         disable=quiet or bool(cfg.train.log_every),
         leave=False,
     )
+    clock = time.perf_counter()
     for images, labels in _epoch_batches(cfg, split, state):
         if state.batch == steps_in_epoch:
             break
@@ -280,6 +280,15 @@ def _train_epoch(
         bar.update()
         if state.batch % 50 == 0 and not bar.disable:  # .item() syncs the device: now and then
             bar.set_postfix(loss=f"{loss.item():.3f}")
+        clock = _tick(state, clock)  # a checkpoint saves the time spent so far
         hooks.after_step(state)
+    synchronize(split.labels.device)  # so that the epoch's time is honest
+    _tick(state, clock)
     bar.close()
     return steps_in_epoch
+
+
+def _tick(state: TrainState, since: float) -> float:
+    now = time.perf_counter()
+    state.epoch_seconds += now - since
+    return now
