@@ -43,19 +43,19 @@ STEPS = 39
 # checkpoint, with the temporary file complete but not yet renamed (KIND writing).
 HARNESS = """
 import os, sys
-from blitz import checkpoint, cli, engine
+from blitz import cli, engine
 kind, at, signum, count = sys.argv[1], *map(int, sys.argv[2:5])
 calls = [0]
-def fault(original):
+def fault(original, counts=lambda *args: True):
     def wrapper(*args, **kwargs):
-        calls[0] += 1
+        calls[0] += counts(*args)
         if calls[0] == at:
             for _ in range(count):
                 os.kill(os.getpid(), signum)
         return original(*args, **kwargs)
     return wrapper
-if kind == "writing":
-    checkpoint.os.replace = fault(os.replace)
+if kind == "writing":  # os.replace also renames config.json: count checkpoints only
+    os.replace = fault(os.replace, lambda src, dst: str(dst).endswith("last.pt"))
 else:
     engine.compute_loss = fault(engine.compute_loss)
 sys.exit(cli.main(sys.argv[5:]))
@@ -126,6 +126,7 @@ def runs(tmp_path_factory):
         for n, o in outs.items()
     }
     early = {n: (o / "metrics.json").exists() for n, o in outs.items()}
+    half_written = {n: (o / "last.pt.tmp").exists() for n, o in outs.items()}
     resumed = wait_all(
         [start_blitz(["train", "--resume", o, "--quiet"], cache) for o in outs.values()]
     )
@@ -135,6 +136,7 @@ def runs(tmp_path_factory):
             "stopped": stopped[i + 1],
             "step": steps[name],
             "finished_early": early[name],
+            "half_written": half_written[name],
             "resumed": resumed[i],
         }
         for i, name in enumerate(FAULTS)
@@ -152,6 +154,11 @@ def test_stopped_and_resumed_run_ends_bitwise_identical(runs, fault):
     assert run["resumed"][0] == 0, run["resumed"][1]
     assert_same_run(reference, run["out"])
     assert not list(run["out"].glob("*.tmp"))
+
+
+def test_a_half_written_checkpoint_is_ignored(runs):
+    run = runs[1]["SIGKILL while writing checkpoint 3"]
+    assert run["half_written"] and run["step"] == 10  # checkpoint 2 was used, then replaced
 
 
 def test_sigterm_saves_and_says_how_to_resume(runs):
