@@ -101,6 +101,8 @@ def train_run(
     data = load_data(cfg.data.source, cfg.data.image_size, log, cfg.data.skip_bad_images)
     if resume is not None:
         check_classes(data, resume, out)
+        saved = resume["training"]["train_state"]
+        log(f"resuming {out} after step {saved['step']} (epoch {saved['epoch'] + 1})")
     write_json(out / "config.json", cfg.to_dict())
     log(
         f"data: {data.name} ({len(data.train)} train, {len(data.test)} test images, "
