@@ -28,6 +28,8 @@ def run_dir(tmp_path_factory):
     out = root / "run"
     result = blitz(
         "train",
+        "--preset",
+        "seed",
         "--data",
         "shapes:500",
         "--batch-size",

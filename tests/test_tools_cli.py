@@ -32,7 +32,8 @@ def blitz(*args, cache, check=True):
 def run(tmp_path_factory):
     """A short run on generated data, shared by the tests here."""
     root = tmp_path_factory.mktemp("tools")
-    args = ["--data", "shapes:200", "--batch-size", "16", "--lr", "0.02", "--epochs", "2"]
+    args = ["--preset", "seed", "--data", "shapes:200", "--batch-size", "16", "--lr", "0.02"]
+    args += ["--epochs", "2"]
     result = blitz(
         "train",
         *args,

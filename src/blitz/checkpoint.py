@@ -1,11 +1,14 @@
-"""Checkpoints: weights and what is needed to use them (model, classes, normalisation, config)."""
+"""Checkpoints: weights and what is needed to use them (model, classes, normalisation, config),
+plus, for resuming, the optimizer, the loop's state and every random number generator."""
 
 from __future__ import annotations
 
 import os
+import random
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -29,11 +32,19 @@ def save_checkpoint(path: Path, model: nn.Module, cfg: Config, classes: list[str
         **extra,
     }
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save(payload, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)  # the previous checkpoint stays whole until this instant
+    except OSError as exc:  # disk full, quota, permissions: the old file is untouched
+        tmp.unlink(missing_ok=True)
+        kept = "the previous checkpoint is intact" if path.exists() else "no checkpoint was kept"
+        raise BlitzError(
+            f"could not write checkpoint {path}: {exc.strerror or exc}; {kept}. "
+            "Free some space (or fix the permissions) and run again"
+        ) from None
 
 
 def _in_channels(model: nn.Module) -> int:
@@ -56,10 +67,49 @@ def model_from_checkpoint(ckpt: dict[str, Any]) -> nn.Module:
     model = create_model(
         ckpt["model"], len(ckpt["classes"]), ckpt["in_channels"], **ckpt["model_options"]
     )
-    model.load_state_dict(ckpt["state_dict"])
+    load_state(model, ckpt["state_dict"], f"the weights of a {ckpt['model']!r} model")
     return model.eval()
+
+
+def load_state(target: Any, state: dict[str, Any], what: str) -> None:
+    """``target.load_state_dict(state)``, with a mismatch reported as a BlitzError."""
+    try:
+        target.load_state_dict(state)
+    except (RuntimeError, KeyError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise BlitzError(
+            f"the checkpoint does not fit {what} ({first}): it was written by another model "
+            "or for other classes; use the run directory that goes with this model and data"
+        ) from None
 
 
 def config_from_checkpoint(ckpt: dict[str, Any]) -> Config:
     """The run's settings, as saved."""
     return config_from_dict(ckpt["config"], ckpt["config"].get("preset", "custom"))
+
+
+# --- random number generators: all of them, so that a resumed run draws what it would have ---
+
+
+def capture_rng(device: torch.device) -> dict[str, Any]:
+    """The state of Python's, NumPy's, torch's CPU and the device's generators (plain data)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    states = {
+        "python": random.getstate(),
+        "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss),
+        "torch": torch.get_rng_state(),
+    }
+    if device.type != "cpu":  # torch.cuda and torch.mps share this interface
+        states[device.type] = getattr(torch, device.type).get_rng_state()
+    return states
+
+
+def restore_rng(states: dict[str, Any], device: torch.device) -> None:
+    """Put every generator back where ``capture_rng`` found it."""
+    version, internal, gauss = states["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, cached = states["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(states["torch"])
+    if device.type in states:  # a checkpoint from another device type keeps its CPU streams
+        getattr(torch, device.type).set_rng_state(states[device.type])

@@ -23,6 +23,8 @@ OVERRIDES = {
     "device": ("train.device", str),
     "max_steps": ("train.max_steps", int),
     "tensorboard": ("train.tensorboard", bool),
+    "checkpoint_every": ("train.checkpoint_every", int),
+    "skip_bad_images": ("data.skip_bad_images", bool),
 }
 DEFAULT_PRESET = "fast-cpu"
 
@@ -61,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a classifier, test it, and write a run directory")
-    p.add_argument("--preset", default=DEFAULT_PRESET, help=f"(default: {DEFAULT_PRESET})")
+    p.add_argument("--preset", help=f"(default: {DEFAULT_PRESET})")
     p.add_argument("--data", metavar="SPEC", help="auto | cifar10 | mnist | shapes[:N] | PATH")
     p.add_argument("--model", metavar="NAME", help="a model from `blitz models`")
     p.add_argument("--epochs", type=int, metavar="N")
@@ -73,6 +75,18 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, metavar="N")
     p.add_argument("--device", choices=DEVICES)
     p.add_argument("--max-steps", type=int, metavar="N", help="stop after N optimizer steps")
+    p.add_argument(
+        "--checkpoint-every",
+        type=int,
+        metavar="N",
+        help="save a checkpoint every N steps too (default: at epoch ends and every 10 minutes)",
+    )
+    p.add_argument(
+        "--skip-bad-images",
+        action="store_const",
+        const=True,
+        help="leave out images that cannot be decoded (default: stop and name them)",
+    )
     p.add_argument(
         "--set",
         action="append",
@@ -88,6 +102,12 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--out", type=Path, metavar="DIR", help="run directory (default: runs/...)")
     p.add_argument("--overwrite", action="store_true", help="replace a finished run in --out")
+    p.add_argument(
+        "--resume",
+        type=Path,
+        metavar="RUN_DIR",
+        help="continue a stopped run from its newest checkpoint, with its saved settings",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars or running losses")
     p.add_argument(
         "--devices",
@@ -145,19 +165,33 @@ def _overrides(args: argparse.Namespace) -> dict[str, object]:
 
 
 def cmd_train(args: argparse.Namespace, started: float, argv: list[str]) -> None:
+    from blitz.checkpoint import config_from_checkpoint
     from blitz.config import build_config
     from blitz.distributed import finish, launch, launched_by_torchrun
-    from blitz.runs import default_run_dir, prepare_run_dir, train_run
+    from blitz.runs import (
+        default_run_dir,
+        elastic_resume,
+        prepare_run_dir,
+        resume_checkpoint,
+        train_run,
+    )
 
-    cfg = build_config(args.preset, _overrides(args))
-    out = args.out or default_run_dir(cfg.preset)
-    if args.devices > 1 and not launched_by_torchrun():
-        prepare_run_dir(out, args.overwrite)
-        launch(args.devices, _without_devices(argv) + ["--out", str(out), "--overwrite"])
-        return
-    prepare_run_dir(out, args.overwrite)
     log = _logger(args.quiet)
-    metrics = train_run(cfg, out, log, args.quiet, started)
+    if args.resume:
+        _refuse_settings_with_resume(args)
+        out, resume = args.resume, resume_checkpoint(args.resume)
+        cfg = config_from_checkpoint(resume)
+    else:
+        cfg = build_config(args.preset or DEFAULT_PRESET, _overrides(args))
+        out = args.out or default_run_dir(cfg.preset)
+        resume = elastic_resume(out)  # a worker group restarted by torchrun carries on
+        if resume is None:
+            prepare_run_dir(out, args.overwrite)
+    if args.devices > 1 and not launched_by_torchrun():
+        pinned = [] if args.resume else ["--out", str(out), "--overwrite"]
+        launch(args.devices, _without_devices(argv) + pinned)
+        return
+    metrics = train_run(cfg, out, log, args.quiet, started, resume)
     finish()
     if "train_seconds" not in metrics:  # not the first process: it prints nothing
         return
@@ -179,6 +213,20 @@ def _without_devices(argv: list[str]) -> list[str]:
         elif not arg.startswith(("--devices=", "--out=")):
             out.append(arg)
     return out
+
+
+def _refuse_settings_with_resume(args: argparse.Namespace) -> None:
+    """A resumed run must replay the same settings: a changed one would break that silently."""
+    from blitz.errors import BlitzError
+
+    given = [f"--{flag.replace('_', '-')}" for flag in OVERRIDES if getattr(args, flag) is not None]
+    given += [f"--{name}" for name in ("preset", "set", "out", "overwrite") if getattr(args, name)]
+    if given:
+        raise BlitzError(
+            f"--resume continues {args.resume} with the settings saved in it: drop "
+            + ", ".join(given)
+            + " (to change settings, start a new run)"
+        )
 
 
 def _logger(quiet: bool):
@@ -309,6 +357,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
     from blitz.errors import BlitzError
+    from blitz.signals import StopRequested
 
     commands = {
         "eval": cmd_eval,
@@ -329,6 +378,9 @@ def main(argv: list[str] | None = None) -> int:
     except BlitzError as exc:
         print(f"blitz: error: {exc}", file=sys.stderr)
         return 2
+    except StopRequested as exc:  # a checkpoint was saved; the message says how to resume
+        print(f"blitz: {exc}", file=sys.stderr)
+        return 128 + exc.signum
     except KeyboardInterrupt:
         print("blitz: interrupted", file=sys.stderr)
         return 130

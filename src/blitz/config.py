@@ -40,6 +40,7 @@ class DataConfig:
     flip: str = "none"  # training augmentation: none | random | alternate (airbench's)
     translate: int = 0  # shift by up to this many pixels (reflect padding)
     cutout: int = 0  # blank a square of this side
+    skip_bad_images: bool = False  # False: a corrupt image stops decoding, naming every bad file
 
     def __post_init__(self) -> None:
         self.mean, self.std = tuple(self.mean), tuple(self.std)
@@ -124,6 +125,9 @@ class TrainConfig:
     compile: bool = False  # torch.compile the model (warmed up and timed apart from training)
     sync_bn: bool = False  # under torchrun: batch-norm statistics over the global batch
     tensorboard: bool = False  # also write TensorBoard event files into the run directory
+    checkpoint_every: int = 0  # also checkpoint every N steps (0: at epoch ends only)
+    checkpoint_minutes: float = 10.0  # also checkpoint when this long has passed (0: never)
+    deterministic: bool = True  # deterministic kernels: a resumed run matches one left alone
 
     def __post_init__(self) -> None:
         _check(self.epochs >= 1, "--epochs", self.epochs, "an integer >= 1")
@@ -134,6 +138,18 @@ class TrainConfig:
         _check(self.eval_batch_size >= 1, "train.eval_batch_size", self.eval_batch_size, ">= 1")
         _check(self.tta in TTAS, "train.tta", self.tta, " | ".join(TTAS))
         _check(self.precision in PRECISIONS, "train.precision", self.precision, "fp32|bf16|fp16")
+        _check(
+            self.checkpoint_every >= 0,
+            "--checkpoint-every",
+            self.checkpoint_every,
+            "an integer >= 0",
+        )
+        _check(
+            self.checkpoint_minutes >= 0,
+            "train.checkpoint_minutes",
+            self.checkpoint_minutes,
+            "a number >= 0",
+        )
 
 
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "optim": OptimConfig, "train": TrainConfig}

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import os
 import pickle
 import socket
 import tarfile
+import warnings
 import zipfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -16,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from blitz import shapes
 from blitz.errors import BlitzError
@@ -61,8 +63,13 @@ def cache_dir() -> Path:
     return Path(os.environ.get("BLITZ_DATA") or Path.home() / ".cache" / "blitz")
 
 
-def load_data(source: str, image_size: int = 32, log: Log = print) -> ImageData:
-    """Resolve a ``--data`` spec (auto, cifar10, mnist, shapes[:N], PATH) to decoded tensors."""
+def load_data(
+    source: str, image_size: int = 32, log: Log = print, skip_bad: bool = False
+) -> ImageData:
+    """Resolve a ``--data`` spec (auto, cifar10, mnist, shapes[:N], PATH) to decoded tensors.
+
+    ``skip_bad``: leave out (and count) images that cannot be decoded instead of stopping.
+    """
     if source == "auto":
         return _load_auto(image_size, log)
     if source == "cifar10":
@@ -71,7 +78,7 @@ def load_data(source: str, image_size: int = 32, log: Log = print) -> ImageData:
         return _load_mnist(image_size, log)
     if source == "shapes" or source.startswith("shapes:"):
         return _load_shapes(source, image_size)
-    return load_path(Path(source).expanduser(), image_size, log)
+    return load_path(Path(source).expanduser(), image_size, log, skip_bad=skip_bad)
 
 
 def _load_auto(image_size: int, log: Log) -> ImageData:
@@ -154,7 +161,9 @@ def _resize_data(data: ImageData, size: int, log: Log | None = None) -> ImageDat
 # --- paths: image folders, archives of them, and the official CIFAR-10 python archive ---
 
 
-def load_path(path: Path, image_size: int, log: Log, name: str | None = None) -> ImageData:
+def load_path(
+    path: Path, image_size: int, log: Log, name: str | None = None, skip_bad: bool = False
+) -> ImageData:
     """Decode a folder or archive once; later calls read the cached tensors."""
     if not path.exists():
         raise BlitzError(
@@ -166,17 +175,18 @@ def load_path(path: Path, image_size: int, log: Log, name: str | None = None) ->
             f"{path} is not a folder or an archive: expected one of " + ", ".join(ARCHIVE_SUFFIXES)
         )
     name = name or path.name.split(".")[0]
-    cached = cache_dir() / "decoded" / f"{name}-{_fingerprint(path, image_size)}.pt"
+    key = _fingerprint(path, f"{image_size}|{skip_bad}")
+    cached = cache_dir() / "decoded" / f"{name}-{key}.pt"
     if cached.exists():
         return _read_cache(cached, name)
-    data = _decode_path(path, image_size, log, name)
+    data = _decode_path(path, image_size, log, name, skip_bad)
     _write_cache(data, cached)
     return data
 
 
-def _fingerprint(path: Path, image_size: int) -> str:
-    """A key that changes whenever the source's files (names, sizes, times) change."""
-    digest = hashlib.sha1(f"{CACHE_FORMAT}|{image_size}|{path.resolve()}".encode())
+def _fingerprint(path: Path, options: str) -> str:
+    """A key that changes whenever the source's files (names, sizes, times) or options change."""
+    digest = hashlib.sha1(f"{CACHE_FORMAT}|{options}|{path.resolve()}".encode())
     files = sorted(path.rglob("*")) if path.is_dir() else [path]
     for file in files:
         stat = file.stat()
@@ -201,13 +211,22 @@ def _write_cache(data: ImageData, file: Path) -> None:
     os.replace(tmp, file)  # readers never see a half-written cache
 
 
-def _decode_path(path: Path, image_size: int, log: Log, name: str) -> ImageData:
-    files = dict(_read_files(path, _is_wanted))
+def _decode_path(path: Path, image_size: int, log: Log, name: str, skip_bad: bool) -> ImageData:
+    others: list[str] = []
+    files = dict(_read_files(path, _is_wanted, others))
     if any(Path(f).name == "data_batch_1" for f in files):
         data = _cifar_from_pickles(files, name)
         return _resize_data(data, image_size, log)
     log(f"decoding {path} (once; later runs read the cache)")
-    return _image_folder(files, path, image_size, log, name)
+    _note_other_files(others, log)
+    return _image_folder(files, others, path, image_size, skip_bad, log, name)
+
+
+def _note_other_files(others: list[str], log: Log) -> None:
+    """Say once how many files were not images (notes, thumbnails' databases, ...)."""
+    skipped = [n for n in others if not n.endswith("/")]
+    if skipped:
+        log(f"ignored {len(skipped)} files that are not images (e.g. {skipped[0]})")
 
 
 def _is_wanted(name: str) -> bool:
@@ -221,26 +240,46 @@ def _check_member(name: str, archive: Path) -> str:
     return name
 
 
-def _read_files(path: Path, wanted: Callable[[str], bool]) -> Iterator[tuple[str, bytes]]:
-    """(relative POSIX name, bytes) for each wanted file of a folder or archive, in one pass."""
+def _read_files(
+    path: Path, wanted: Callable[[str], bool], others: list[str]
+) -> Iterator[tuple[str, bytes]]:
+    """(relative POSIX name, bytes) for each wanted file of a folder or archive, in one pass.
+
+    The names of the other files, and of folders (ending in "/"), are appended to ``others``.
+    Nothing is extracted to disk: archive members are read into memory only.
+    """
+    for name, is_dir, read in _members(path):
+        if not is_dir and wanted(name):
+            yield name, read()
+        else:
+            others.append(name.rstrip("/") + "/" if is_dir else name)
+
+
+def _members(path: Path) -> Iterator[tuple[str, bool, Callable[[], bytes]]]:
     if path.is_dir():
         for file in sorted(path.rglob("*")):
-            rel = file.relative_to(path).as_posix()
-            if file.is_file() and wanted(rel):
-                yield rel, file.read_bytes()
+            yield file.relative_to(path).as_posix(), file.is_dir(), file.read_bytes
     elif path.name.lower().endswith(".zip"):
-        with zipfile.ZipFile(path) as zf:
-            for info in zf.infolist():
-                if not info.is_dir() and wanted(_check_member(info.filename, path)):
-                    yield info.filename, zf.read(info)
+        try:
+            with zipfile.ZipFile(path) as zf:
+                for info in zf.infolist():
+                    name = _check_member(info.filename, path)
+                    yield name, info.is_dir(), functools.partial(zf.read, info)
+        except (zipfile.BadZipFile, EOFError, OSError) as exc:
+            raise BlitzError(f"cannot read archive {path}: {exc}") from None
     else:
         try:
             with tarfile.open(path) as tar:
                 for member in tar:
-                    if member.isfile() and wanted(_check_member(member.name, path)):
-                        yield member.name, tar.extractfile(member).read()
+                    if member.isfile() or member.isdir():  # links and devices are never followed
+                        name = _check_member(member.name, path)
+                        yield name, member.isdir(), functools.partial(_read_member, tar, member)
         except (tarfile.TarError, EOFError, OSError) as exc:
             raise BlitzError(f"cannot read archive {path}: {exc}") from None
+
+
+def _read_member(tar: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
+    return tar.extractfile(member).read()
 
 
 # --- the official CIFAR-10 python format ---
@@ -297,8 +336,32 @@ def _split_and_class(name: str) -> tuple[str, str] | None:
 
 
 def _image_folder(
-    files: dict[str, bytes], path: Path, image_size: int, log: Log, name: str
+    files: dict[str, bytes],
+    others: list[str],
+    path: Path,
+    image_size: int,
+    skip_bad: bool,
+    log: Log,
+    name: str,
 ) -> ImageData:
+    groups = _group_by_split_and_class(files, others, path)
+    classes = sorted(groups["train"])
+    notes = {"resized": 0, "bad": []}
+    splits = [
+        _decode_split(groups[s], classes, files, image_size, notes) for s in ("train", "test")
+    ]
+    _report_bad_images(notes["bad"], skip_bad, log)
+    if notes["resized"]:
+        log(f"resized {notes['resized']} images to {image_size}x{image_size}")
+    if skip_bad:  # skipping may have emptied a class
+        splits = [_drop_failed(split) for split in splits]
+        _check_not_empty(splits, classes, path)
+    return ImageData(name, classes, *splits)
+
+
+def _group_by_split_and_class(
+    files: dict[str, bytes], others: list[str], path: Path
+) -> dict[str, dict[str, list[str]]]:
     groups: dict[str, dict[str, list[str]]] = {"train": {}, "test": {}}
     for file in sorted(files):
         where = _split_and_class(file)
@@ -311,19 +374,50 @@ def _image_folder(
         )
     if not groups["test"]:
         raise BlitzError(f"{path} has train/ but no test/ or val/ folder of images per class")
+    for other in others:  # a folder, or a file in a class folder, where no image was found
+        where = _split_and_class(other)
+        if where and where[1] not in groups[where[0]]:
+            folder = other.rstrip("/") if other.endswith("/") else other.rsplit("/", 1)[0]
+            raise BlitzError(
+                f"class folder {folder} in {path} has no images: add images "
+                f"({', '.join(sorted(IMAGE_EXTENSIONS))}) or remove the folder"
+            )
     classes = sorted(groups["train"])
     if sorted(groups["test"]) != classes:
         extra = sorted(set(groups["test"]) ^ set(classes))
         raise BlitzError(
             f"{path}: train/ and test/ hold different classes (only in one: {', '.join(extra)})"
         )
-    resized = [0]
-    splits = [
-        _decode_split(groups[s], classes, files, image_size, resized) for s in ("train", "test")
-    ]
-    if resized[0]:
-        log(f"resized {resized[0]} images to {image_size}x{image_size}")
-    return ImageData(name, classes, *splits)
+    return groups
+
+
+def _report_bad_images(bad: list[tuple[str, str]], skip_bad: bool, log: Log) -> None:
+    if not bad:
+        return
+    listed = "; ".join(f"{name} ({reason})" for name, reason in bad[:10])
+    more = f"; and {len(bad) - 10} more" if len(bad) > 10 else ""
+    if skip_bad:
+        log(f"skipped {len(bad)} images that cannot be decoded: {listed}{more}")
+        return
+    raise BlitzError(
+        f"cannot decode image{'s' if len(bad) > 1 else ''} {listed}{more}. "
+        "Replace or delete them, or pass --skip-bad-images to train without them"
+    )
+
+
+def _drop_failed(split: Split) -> Split:
+    keep = split.labels >= 0  # _decode_split marks an undecodable image with label -1
+    return Split(split.images[keep], split.labels[keep])
+
+
+def _check_not_empty(splits: list[Split], classes: list[str], path: Path) -> None:
+    for split_name, split in zip(("train", "test"), splits):
+        counts = torch.bincount(split.labels, minlength=len(classes)).tolist()
+        empty = [c for c, n in zip(classes, counts) if n == 0]
+        if empty:
+            raise BlitzError(
+                f"{path}: after skipping bad images, {split_name}/{empty[0]} has no images left"
+            )
 
 
 def _decode_split(
@@ -331,14 +425,32 @@ def _decode_split(
     classes: list[str],
     files: dict[str, bytes],
     size: int,
-    resized: list[int],
+    notes: dict,
 ) -> Split:
     names = [(f, i) for i, c in enumerate(classes) for f in group[c]]
-    images = np.empty((len(names), size, size, 3), dtype=np.uint8)
-    for row, (file, _) in enumerate(names):
-        images[row] = decode_image(files[file], file, size, resized)
+    images = np.zeros((len(names), size, size, 3), dtype=np.uint8)
     labels = torch.tensor([label for _, label in names], dtype=torch.long)
+    resized = [0]
+    for row, (file, _) in enumerate(names):
+        try:
+            images[row] = decode_image(files[file], file, size, resized)
+        except BadImage as exc:
+            notes["bad"].append((file, exc.reason))
+            labels[row] = -1
+    notes["resized"] += resized[0]
     return Split(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), labels)
+
+
+class BadImage(BlitzError):
+    """An image file that cannot be decoded (corrupt, truncated, too large to be safe)."""
+
+    def __init__(self, name: str, reason: str):
+        super().__init__(f"cannot decode image {name}: {reason}")
+        self.reason = reason
+
+
+# 16-bit grey images: PIL's convert() would clip them to 255 (white); scale them down instead
+_WIDE_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N"}
 
 
 def decode_image(
@@ -346,15 +458,29 @@ def decode_image(
 ) -> np.ndarray:
     """One image file as (size, size, channels) uint8, converted and resized as needed."""
     try:
-        with Image.open(io.BytesIO(data)) as img:
-            img = img.convert(mode)
-            if img.size != (size, size):
-                img = img.resize((size, size), Image.BILINEAR)
-                if resized is not None:
-                    resized[0] += 1
-            return np.asarray(img).reshape(size, size, -1)
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise BlitzError(f"cannot decode image {name}: {exc}") from None
+        with warnings.catch_warnings():
+            # a file that decodes to a huge image is refused, not decoded (a decompression bomb)
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as img:
+                img = _to_8bit(img).convert(mode)
+                if img.size != (size, size):
+                    img = img.resize((size, size), Image.BILINEAR)
+                    if resized is not None:
+                        resized[0] += 1
+                return np.asarray(img).reshape(size, size, -1)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise BadImage(name, f"refused as a possible decompression bomb: {exc}") from None
+    except UnidentifiedImageError:  # its message names a BytesIO, not the file
+        raise BadImage(name, "not a readable image: corrupt, truncated or not an image") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise BadImage(name, str(exc)) from None
+
+
+def _to_8bit(img: Image.Image) -> Image.Image:
+    if img.mode not in _WIDE_MODES:
+        return img
+    wide = np.asarray(img, dtype=np.float64)
+    return Image.fromarray(np.clip(np.round(wide / 257), 0, 255).astype(np.uint8), "L")
 
 
 # --- batches ---

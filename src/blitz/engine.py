@@ -6,7 +6,8 @@ import copy
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +19,7 @@ from blitz.config import Config, OptimConfig
 from blitz.data import ImageData, Split, normalize
 from blitz.devices import autocast, synchronize
 from blitz.distributed import SINGLE, World, mean_over_ranks, shard, wrap
+from blitz.errors import BlitzError
 from blitz.evaluate import evaluate
 from blitz.optim import build_optimizers, lr_factor, unflatten_filters
 from blitz.progress import Progress
@@ -37,13 +39,70 @@ def compute_loss(logits: torch.Tensor, labels: torch.Tensor, cfg: OptimConfig) -
 
 @dataclass
 class TrainState:
-    """Everything the loop advances: counters and the per-epoch history."""
+    """All that must survive a restart besides weights and optimizers (checkpointed whole)."""
 
     step: int = 0
     epoch: int = 0
+    batch: int = 0  # batches done in the current epoch: a resumed epoch skips them
     train_seconds: float = 0.0
+    epoch_seconds: float = 0.0  # time in the current epoch so far, before a restart too
     compile_seconds: float = 0.0
     history: list[dict] = field(default_factory=list)
+    best_accuracy: float = -1.0  # the best per-epoch test accuracy so far (for best.pt)
+    order: torch.Generator = field(default_factory=torch.Generator)  # shuffles the data (CPU)
+    augment: torch.Generator = field(default_factory=torch.Generator)  # on the training device
+    epoch_order: torch.Tensor | None = None  # `order`'s state before this epoch's shuffle
+    epoch_loss: torch.Tensor = field(default_factory=lambda: torch.zeros(()))  # sums, on device
+    epoch_correct: torch.Tensor = field(default_factory=lambda: torch.zeros(()))
+    bad_step: torch.Tensor = field(default_factory=lambda: torch.tensor(-1))  # first non-finite
+
+    def to_dict(self) -> dict:
+        """Plain data and CPU tensors (checkpoint-safe; loads with ``weights_only=True``)."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["order"], out["augment"] = self.order.get_state(), self.augment.get_state()
+        return {k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in out.items()}
+
+    def load_dict(self, saved: dict, device: torch.device) -> None:
+        """Take over a state written by ``to_dict``; tensors move to ``device``."""
+        for f in fields(self):
+            if f.name not in saved:  # a field added since the checkpoint: keep its default
+                continue
+            value = saved[f.name]
+            if f.name in ("order", "augment"):
+                getattr(self, f.name).set_state(value)
+            elif isinstance(value, torch.Tensor) and f.name != "epoch_order":
+                setattr(self, f.name, value.to(device))
+            else:
+                setattr(self, f.name, value)
+
+
+def new_state(cfg: Config, device: torch.device, world: World) -> TrainState:
+    """The state of a run before its first step: counters at zero, sums on ``device``."""
+    seed = cfg.train.seed
+    return TrainState(
+        order=torch.Generator().manual_seed(seed),  # the same order on every rank
+        augment=torch.Generator(device=device).manual_seed(seed + 1 + world.rank),
+        epoch_loss=torch.zeros((), device=device),
+        epoch_correct=torch.zeros((), device=device),
+        bad_step=torch.tensor(-1, device=device),
+    )
+
+
+class TrainHooks:
+    """Called by the loop at its restart points; the default does nothing (see blitz.resume)."""
+
+    def start(self, state: TrainState, stateful: dict[str, Any]) -> None:
+        """Before the first step: a resumed run restores ``state`` and ``stateful`` here."""
+
+    def after_step(self, state: TrainState) -> None:
+        """After each optimizer step: may save a checkpoint, or stop the run."""
+
+    def after_epoch(self, state: TrainState) -> None:
+        """After an epoch's history record is appended."""
+
+
+class NonFiniteLoss(BlitzError):
+    """The loss became NaN or infinite: the weights after that step are garbage."""
 
 
 @dataclass
@@ -57,13 +116,17 @@ class Loop:
     world: World
     optimizers: list[torch.optim.Optimizer]
     split: Split  # the training images, on the training device
-    order_gen: torch.Generator  # the data order (CPU, so it is the same on every device)
-    augment_gen: torch.Generator  # augmentation draws, on the training device
     total: int  # planned optimizer steps: the schedule's horizon
     ema: AveragedModel | None
-    log: Log
-    quiet: bool
-    state: TrainState = field(default_factory=TrainState)
+    state: TrainState
+    progress: Progress
+    hooks: TrainHooks
+
+    @property
+    def stateful(self) -> dict[str, Any]:
+        """What a checkpoint saves besides the weights and the TrainState."""
+        named = {f"optimizer{i}": o for i, o in enumerate(self.optimizers)}
+        return {**named, "ema": self.ema} if self.ema else named
 
 
 def planned_steps(cfg: Config, train_size: int) -> int:
@@ -77,12 +140,12 @@ def build_loop(
     data: ImageData,
     model: nn.Module,
     device: torch.device,
-    log: Log,
-    quiet: bool,
+    progress: Progress,
+    hooks: TrainHooks,
     world: World = SINGLE,
 ) -> Loop:
-    """Set up optimizers, generators and EMA for training ``model`` on ``data.train``."""
-    seed, compiled = cfg.train.seed, cfg.train.compile
+    """Set up optimizers, state and EMA for training ``model`` on ``data.train``."""
+    compiled = cfg.train.compile
     ema = None
     if cfg.optim.ema:
         avg = get_ema_multi_avg_fn(cfg.optim.ema)
@@ -97,12 +160,11 @@ def build_loop(
         world=world,
         optimizers=build_optimizers(model, cfg.optim),
         split=Split(data.train.images.to(device), data.train.labels.to(device)),
-        order_gen=torch.Generator().manual_seed(seed),  # the same order on every rank
-        augment_gen=torch.Generator(device=device).manual_seed(seed + 1 + world.rank),
         total=planned_steps(cfg, len(data.train)),
         ema=ema,
-        log=log,
-        quiet=quiet,
+        state=new_state(cfg, device, world),
+        progress=progress,
+        hooks=hooks,
     )
 
 
@@ -115,31 +177,25 @@ def train(
     quiet: bool,
     world: World = SINGLE,
     progress: Progress | None = None,
+    hooks: TrainHooks | None = None,
 ) -> Loop:
     """Train ``model`` on ``data.train`` (ending with the EMA weights, if any); test per epoch.
 
     Returns the loop: its ``state`` says what happened, its ``eval_net`` tests the result."""
-    loop = build_loop(cfg, data, model, device, log, quiet, world)
+    progress = progress or Progress(cfg, log, quiet)
+    loop = build_loop(cfg, data, model, device, progress, hooks or TrainHooks(), world)
     state = loop.state
     if cfg.train.compile:
         state.compile_seconds = warm_up(loop, data, device)
     started = time.perf_counter()
     _prepare_model(loop, device)
     state.train_seconds += time.perf_counter() - started  # data-dependent init counts as training
-    progress = progress or Progress(cfg, log, quiet)
+    loop.hooks.start(state, loop.stateful)  # a resumed run takes over its saved state here
     while state.epoch < cfg.train.epochs and state.step < loop.total:
-        started = time.perf_counter()
-        loss = _train_epoch(loop, device, progress)
-        synchronize(device)
-        seconds = time.perf_counter() - started
-        state.train_seconds += seconds
-        state.epoch += 1
-        record = {"epoch": state.epoch, "train_loss": loss, "seconds": round(seconds, 3)}
-        record["lr"] = loop.optimizers[-1].param_groups[0]["lr"]  # at the epoch's last step
-        if cfg.train.eval_every_epoch:
-            record["test_accuracy"] = _test_accuracy(loop, data)
-        state.history.append(record)
-        progress.end_epoch(record)
+        steps = _train_epoch(loop, device)
+        state.train_seconds += state.epoch_seconds
+        _finish_epoch(loop, data, steps)
+        loop.hooks.after_epoch(state)
     progress.close()
     if loop.ema:
         model.load_state_dict(loop.ema.module.state_dict())
@@ -147,6 +203,50 @@ def train(
     if cfg.train.log_every:
         log("Finished Training")
     return loop
+
+
+def check_finite(state: TrainState, cfg: Config, total: int) -> None:
+    """Raise NonFiniteLoss if any loss so far was NaN or infinite (one device sync)."""
+    bad = int(state.bad_step.item())
+    if bad < 0:
+        return
+    lr = cfg.optim.lr * lr_factor(bad - 1, total, cfg.optim)  # the rate that step used
+    raise NonFiniteLoss(
+        f"the loss became NaN or infinite at step {bad} (learning rate {lr:.3g}): training "
+        "stopped, and no weights from that step on were saved. Lower the learning rate "
+        f"(e.g. --lr {cfg.optim.lr / 10:.3g})"
+    )
+
+
+def _note_non_finite(state: TrainState, loss: torch.Tensor) -> None:
+    # Checking each loss with .item() would sync the device every step; instead remember the
+    # first bad step on the device, and look at it only where we sync anyway (checkpoints, epochs).
+    first = (state.bad_step < 0) & ~torch.isfinite(loss)
+    state.bad_step = torch.where(first, state.step, state.bad_step)
+
+
+def _finish_epoch(loop: Loop, data: ImageData, steps: int) -> None:
+    """Close an epoch: check the loss, count it, test if asked, record it in the history."""
+    cfg, state, world = loop.cfg, loop.state, loop.world
+    check_finite(state, cfg, loop.total)
+    state.epoch += 1
+    images = min(steps * cfg.train.batch_size, len(loop.split))
+    loss = mean_over_ranks(state.epoch_loss, world).item() / max(steps, 1)
+    correct = mean_over_ranks(state.epoch_correct, world).item() * world.size
+    state.epoch_loss.zero_()
+    state.epoch_correct.zero_()
+    record = {
+        "epoch": state.epoch,
+        "train_loss": round(loss, 6),
+        "train_accuracy": round(correct / max(images, 1), 6),
+        "seconds": round(state.epoch_seconds, 3),
+        "lr": loop.optimizers[-1].param_groups[0]["lr"],  # at the epoch's last step
+    }
+    state.batch, state.epoch_seconds = 0, 0.0
+    if cfg.train.eval_every_epoch:
+        record["test_accuracy"] = _test_accuracy(loop, data)
+    state.history.append(record)
+    loop.progress.end_epoch(record)
 
 
 def _prepare_model(loop: Loop, device: torch.device) -> None:
@@ -177,9 +277,7 @@ def _snapshot(loop: Loop) -> dict:
     return {
         "model": copy.deepcopy(loop.model.state_dict()),
         "optimizers": [copy.deepcopy(o.state_dict()) for o in loop.optimizers],
-        "order": loop.order_gen.get_state(),
-        "augment": loop.augment_gen.get_state(),
-        "step": loop.state.step,
+        "state": copy.deepcopy(loop.state.to_dict()),
     }
 
 
@@ -187,9 +285,7 @@ def _restore(loop: Loop, saved: dict) -> None:
     loop.model.load_state_dict(saved["model"])
     for optimizer, state in zip(loop.optimizers, saved["optimizers"]):
         optimizer.load_state_dict(state)
-    loop.order_gen.set_state(saved["order"])
-    loop.augment_gen.set_state(saved["augment"])
-    loop.state.step = saved["step"]
+    loop.state.load_dict(saved["state"], loop.split.labels.device)
 
 
 def _test_accuracy(loop: Loop, data: ImageData) -> float:
@@ -199,7 +295,7 @@ def _test_accuracy(loop: Loop, data: ImageData) -> float:
 
 def prepare_batch(loop: Loop, images: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     """Normalise and augment a uint8 training batch, all in tensor ops on its device."""
-    cfg, gen = loop.cfg.data, loop.augment_gen
+    cfg, gen = loop.cfg.data, loop.state.augment
     x = normalize(images, cfg.mean, cfg.std)
     if cfg.flip == "random":
         x = augment.flip(x, gen)
@@ -214,21 +310,47 @@ def prepare_batch(loop: Loop, images: torch.Tensor, rows: torch.Tensor) -> torch
     return x
 
 
-def _train_epoch(loop: Loop, device: torch.device, progress: Progress) -> float:
-    """One pass over the shuffled training split; returns the epoch's mean loss."""
-    cfg, state, split = loop.cfg, loop.state, loop.split
+def _epoch_order(loop: Loop, device: torch.device) -> torch.Tensor:
+    """This epoch's shuffle; a resumed epoch replays it from the state saved at its start."""
+    state = loop.state
+    if state.batch == 0:
+        state.epoch_order = state.order.get_state()
+    else:
+        state.order.set_state(state.epoch_order)
+    return torch.randperm(len(loop.split), generator=state.order).to(device)
+
+
+def _train_epoch(loop: Loop, device: torch.device) -> int:
+    """One pass over the shuffled training split (or the rest of one); returns its step count."""
+    cfg, state = loop.cfg, loop.state
     loop.model.train()
-    order = torch.randperm(len(split), generator=loop.order_gen).to(device)
-    steps = min(math.ceil(len(split) / cfg.train.batch_size), loop.total - state.step)
-    progress.start_epoch(state.epoch, steps)
-    epoch_loss = torch.zeros((), device=device)
-    for rows in order.split(cfg.train.batch_size)[:steps]:
+    # a resumed epoch counts the batches it did before the restart
+    steps = min(
+        math.ceil(len(loop.split) / cfg.train.batch_size), loop.total - state.step + state.batch
+    )
+    loop.progress.start_epoch(state.epoch, steps, state.batch)
+    clock = time.perf_counter()
+    for rows in _epoch_order(loop, device).split(cfg.train.batch_size)[state.batch : steps]:
         local = shard(rows, loop.world)
+        labels = loop.split.labels[local]
         with autocast(cfg.train.precision, device):
             loss, logits = _step(loop, local)
-        epoch_loss += loss
-        progress.step(state.step, loss, logits, loop.split.labels[local], loop.optimizers[-1])
-    return round(mean_over_ranks(epoch_loss, loop.world).item() / max(steps, 1), 6)
+        state.batch += 1
+        _note_non_finite(state, loss)
+        state.epoch_loss += loss
+        state.epoch_correct += (logits.argmax(1) == labels).sum()
+        loop.progress.step(state.step, loss, logits, labels, loop.optimizers[-1])
+        clock = _tick(state, clock)  # a checkpoint saves the time spent so far
+        loop.hooks.after_step(state)
+    synchronize(device)  # so that the epoch's time is honest
+    _tick(state, clock)
+    return steps
+
+
+def _tick(state: TrainState, since: float) -> float:
+    now = time.perf_counter()
+    state.epoch_seconds += now - since
+    return now
 
 
 def _step(loop: Loop, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

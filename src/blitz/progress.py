@@ -109,13 +109,14 @@ class Progress:
         self.bar: tqdm | None = None
         self.last_step = 0
 
-    def start_epoch(self, epoch: int, steps: int) -> None:
-        self.epoch, self.in_epoch = epoch, 0
+    def start_epoch(self, epoch: int, steps: int, done: int = 0) -> None:
+        """A new epoch of ``steps`` steps, ``done`` of them already (in a resumed run)."""
+        self.epoch, self.in_epoch = epoch, done
         for meter in (self.interval, self.epoch_meter, self.running):
             meter.reset()
         if self.use_bar:
             desc = f"epoch {epoch + 1}/{self.cfg.train.epochs}"
-            self.bar = tqdm(total=steps, desc=desc, unit="step", dynamic_ncols=True)
+            self.bar = tqdm(total=steps, initial=done, desc=desc, unit="step", dynamic_ncols=True)
 
     def step(self, step: int, loss, logits, labels, optimizer) -> None:
         """Count one optimizer step; sync the device only at interval ends."""
@@ -155,7 +156,7 @@ class Progress:
         keeps it), and print its line (unless a bar showed it)."""
         self._flush(self.last_step, record["lr"])
         epoch = self.epoch_meter.read()
-        record["train_accuracy"] = round(epoch["accuracy"], 6)
+        record.setdefault("train_accuracy", round(epoch["accuracy"], 6))
         images_per_s = epoch["images"] / max(record["seconds"], 1e-9)  # the loop's time alone
         if self.bar is not None:
             if "test_accuracy" in record:

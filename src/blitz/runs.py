@@ -24,7 +24,7 @@ from blitz.config import Config
 from blitz.data import ImageData, cache_dir, load_data
 from blitz.devices import device_name, resolve_device
 from blitz.distributed import World, barrier, init_world, local_device
-from blitz.engine import Log, train
+from blitz.engine import Log, Loop, NonFiniteLoss, planned_steps, train
 from blitz.errors import BlitzError
 from blitz.evaluate import (
     Evaluation,
@@ -39,6 +39,8 @@ from blitz.models import create_model
 from blitz.plots import save_image_grid
 from blitz.progress import Progress
 from blitz.report import write_report
+from blitz.resume import BEST, LAST, Checkpointer, make_reproducible
+from blitz.signals import stop_on_signals
 
 CHECKPOINT = "model.pt"
 SAMPLES = 8  # images in the grids (the seed shows 4)
@@ -50,12 +52,43 @@ def default_run_dir(preset: str) -> Path:
 
 
 def prepare_run_dir(out: Path, overwrite: bool) -> None:
-    """Create the run directory; refuse to clobber a finished run unless asked."""
-    if (out / "metrics.json").exists() and not overwrite:
-        raise BlitzError(
-            f"{out} already holds a finished run: choose another --out or pass --overwrite"
-        )
+    """Create the run directory; refuse to clobber a finished or resumable run unless asked."""
+    if not overwrite:
+        if (out / "metrics.json").exists():
+            raise BlitzError(
+                f"{out} already holds a finished run: choose another --out or pass --overwrite"
+            )
+        if (out / LAST).exists():
+            raise BlitzError(
+                f"{out} holds an unfinished run: continue it with blitz train --resume {out}, "
+                "or pass --overwrite to start again"
+            )
+    for name in ("metrics.json", CHECKPOINT, LAST, BEST):  # the old run's results go first
+        (out / name).unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
+
+
+def resume_checkpoint(run_dir: Path) -> dict[str, Any]:
+    """The newest complete checkpoint of an unfinished run (what --resume continues from)."""
+    if (run_dir / "metrics.json").exists():
+        raise BlitzError(f"{run_dir} holds a finished run: there is nothing to resume")
+    if not (run_dir / LAST).exists():
+        raise BlitzError(
+            f"no checkpoint to resume in {run_dir}: the run stopped before its first checkpoint "
+            f"(or this is not a run directory); start it again with --out {run_dir} --overwrite"
+        )
+    ckpt = load_checkpoint(run_dir / LAST)
+    if "training" not in ckpt:
+        raise BlitzError(f"{run_dir / LAST} holds weights only, not a training state to resume")
+    return ckpt
+
+
+def elastic_resume(out: Path) -> dict[str, Any] | None:
+    """The checkpoint to carry on from when torchrun restarted the worker group after a
+    failure (``--max-restarts``); None for a fresh start."""
+    if int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) == 0 or not (out / LAST).exists():
+        return None
+    return resume_checkpoint(out)
 
 
 def write_json(path: Path, payload: Any) -> None:
@@ -65,15 +98,28 @@ def write_json(path: Path, payload: Any) -> None:
     tmp.replace(path)
 
 
-def train_run(cfg: Config, out: Path, log: Log, quiet: bool, started: float) -> dict[str, Any]:
+def train_run(
+    cfg: Config,
+    out: Path,
+    log: Log,
+    quiet: bool,
+    started: float,
+    resume: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Load data, train, test, and write config, checkpoint, pictures and metrics into ``out``.
 
+    With ``resume`` (a checkpoint from ``resume_checkpoint``), continue that run where it stopped.
     Under torchrun every process trains; only the first prints and writes."""
+    make_reproducible(cfg)
     world = init_world(resolve_device(cfg.train.device))
     device = local_device(resolve_device(cfg.train.device), world)
     if not world.is_main:
         log, quiet = (lambda message: None), True
     data = _load_data_once(cfg, log, world)
+    if resume is not None:
+        check_classes(data, resume, out)
+        saved = resume["training"]["train_state"]
+        log(f"resuming {out} after step {saved['step']} (epoch {saved['epoch'] + 1})")
     if world.is_main:
         write_json(out / "config.json", cfg.to_dict())
         _show_training_images(data, out, log)
@@ -87,8 +133,7 @@ def train_run(cfg: Config, out: Path, log: Log, quiet: bool, started: float) -> 
     model = model.to(device, memory_format=_memory_format(cfg))
     if cfg.train.compile:  # compiled kernels persist beside the data, for the next process
         os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir() / "compile"))
-    progress = Progress(cfg, log, quiet, out if world.is_main else None)
-    loop = train(cfg, data, model, device, log, quiet, world, progress)
+    loop = _train_with_checkpoints(cfg, data, model, device, out, log, quiet, world, resume)
     state = loop.state
     started_eval = time.perf_counter()
     result = evaluate(loop.eval_net, data.test, cfg, len(data.classes), world)  # CPU: synced
@@ -130,11 +175,41 @@ def train_run(cfg: Config, out: Path, log: Log, quiet: bool, started: float) -> 
     return metrics
 
 
+def _train_with_checkpoints(
+    cfg: Config,
+    data: ImageData,
+    model: torch.nn.Module,
+    device: torch.device,
+    out: Path,
+    log: Log,
+    quiet: bool,
+    world: World,
+    resume: dict[str, Any] | None,
+) -> Loop:
+    total = planned_steps(cfg, len(data.train))
+    progress = Progress(cfg, log, quiet, out if world.is_main else None)
+    with stop_on_signals() as stop:
+        hooks = Checkpointer(out, cfg, model, data.classes, total, stop, resume, world.is_main)
+        try:
+            return train(cfg, data, model, device, log, quiet, world, progress, hooks)
+        except NonFiniteLoss as exc:
+            raise BlitzError(f"{exc}; {hooks.describe_kept()}") from None
+
+
+def check_classes(data: ImageData, ckpt: dict[str, Any], run_dir: Path) -> None:
+    """A checkpoint only fits data with the classes it was trained on, in the same order."""
+    if data.classes != ckpt["classes"]:
+        raise BlitzError(
+            f"{data.name} has classes {data.classes}, but the run in {run_dir} was trained on "
+            f"{ckpt['classes']}: use data with the same classes"
+        )
+
+
 def _load_data_once(cfg: Config, log: Log, world: World) -> ImageData:
     """The first process decodes (and caches); the others wait, then read the cache."""
     if not world.is_main:
         barrier(world)
-    data = load_data(cfg.data.source, cfg.data.image_size, log)
+    data = load_data(cfg.data.source, cfg.data.image_size, log, cfg.data.skip_bad_images)
     if world.is_main:
         barrier(world)
     return data
@@ -181,12 +256,8 @@ def eval_run(run_dir: Path, source: str | None, log: Log) -> Evaluation:
 def _load_run(run_dir: Path, source: str | None, log: Log) -> tuple[Config, nn.Module, ImageData]:
     ckpt = load_checkpoint(run_dir / CHECKPOINT)
     cfg = config_from_checkpoint(ckpt)
-    data = load_data(source or cfg.data.source, ckpt["image_size"], log)
-    if data.classes != ckpt["classes"]:
-        raise BlitzError(
-            f"{data.name} has classes {data.classes}, but the run in {run_dir} was trained on "
-            f"{ckpt['classes']}: evaluate it on data with the same classes"
-        )
+    data = load_data(source or cfg.data.source, ckpt["image_size"], log, cfg.data.skip_bad_images)
+    check_classes(data, ckpt, run_dir)
     device = resolve_device(cfg.train.device)
     return cfg, model_from_checkpoint(ckpt).to(device, memory_format=_memory_format(cfg)), data
 

@@ -1,0 +1,117 @@
+"""Checkpoints during training (periodic, per epoch, best), resuming from them exactly, and
+stopping cleanly on a signal. The loop calls these through ``engine.TrainHooks``."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from blitz.checkpoint import capture_rng, load_state, restore_rng, save_checkpoint
+from blitz.config import Config
+from blitz.engine import TrainHooks, TrainState, check_finite
+from blitz.errors import BlitzError
+from blitz.signals import StopFlag, StopRequested
+
+LAST = "last.pt"  # the newest checkpoint: what --resume continues from
+BEST = "best.pt"  # the epoch with the best test accuracy (when evaluated per epoch)
+
+
+def make_reproducible(cfg: Config) -> None:
+    """Ask torch for deterministic kernels, so that a resumed run matches one left alone."""
+    if cfg.train.deterministic:
+        # cuBLAS is deterministic only with a fixed workspace, set before its first use
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        # warn_only: an op without a deterministic kernel (some on MPS) warns instead of failing
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+class Checkpointer(TrainHooks):
+    """Saves ``last.pt`` every N steps, every M minutes, at epoch ends and on a stop signal."""
+
+    def __init__(
+        self,
+        out: Path,
+        cfg: Config,
+        model: nn.Module,
+        classes: list[str],
+        total: int,
+        stop: StopFlag,
+        resume: dict[str, Any] | None = None,
+        writes: bool = True,  # under torchrun only the first process writes
+    ):
+        self.out, self.cfg, self.model, self.classes = out, cfg, model, classes
+        self.total, self.stop, self.resume, self.writes = total, stop, resume, writes
+        self.device = next(model.parameters()).device
+        self.stateful: dict[str, Any] = {}
+        self.saved_step: int | None = None  # step of the newest checkpoint on disk
+        self.saved_at = time.monotonic()
+
+    def start(self, state: TrainState, stateful: dict[str, Any]) -> None:
+        self.stateful = stateful
+        if self.resume is None:
+            return
+        training = self.resume["training"]
+        load_state(self.model, self.resume["state_dict"], f"the {self.cfg.model.name} model")
+        for name, obj in stateful.items():
+            if name not in training["state_dicts"]:
+                raise BlitzError(
+                    f"the checkpoint in {self.out} has no saved {name} state (an older blitz "
+                    "wrote it), so it cannot be resumed exactly: start the run again"
+                )
+            load_state(obj, training["state_dicts"][name], f"the {name}")
+        state.load_dict(training["train_state"], self.device)
+        restore_rng(training["rng"], self.device)  # last: building the model drew numbers
+        self.saved_step = state.step
+
+    def after_step(self, state: TrainState) -> None:
+        self._stop_if_asked(state)
+        every, minutes = self.cfg.train.checkpoint_every, self.cfg.train.checkpoint_minutes
+        due_steps = every and state.step % every == 0
+        due_time = minutes and time.monotonic() - self.saved_at >= 60 * minutes
+        if due_steps or due_time:
+            self.save(state)
+
+    def after_epoch(self, state: TrainState) -> None:
+        accuracy = state.history[-1].get("test_accuracy")
+        best = accuracy is not None and accuracy > state.best_accuracy
+        if best:
+            state.best_accuracy = accuracy
+        self.save(state, best)
+        self._stop_if_asked(state)
+
+    def _stop_if_asked(self, state: TrainState) -> None:
+        if not self.stop.signum:
+            return
+        self.save(state)
+        name = signal.Signals(self.stop.signum).name
+        raise StopRequested(
+            f"stopped by {name} after step {state.step}; checkpoint saved in "
+            f"{self.out / LAST}. Continue with: blitz train --resume {self.out}",
+            self.stop.signum,
+        )
+
+    def save(self, state: TrainState, best: bool = False) -> None:
+        """Write ``last.pt`` (and ``best.pt``), unless the weights went non-finite."""
+        check_finite(state, self.cfg, self.total)  # never replace a good checkpoint by garbage
+        if not self.writes:
+            return
+        training = {
+            "train_state": state.to_dict(),
+            "state_dicts": {name: obj.state_dict() for name, obj in self.stateful.items()},
+            "rng": capture_rng(self.device),
+        }
+        for name in (LAST, BEST) if best else (LAST,):
+            save_checkpoint(self.out / name, self.model, self.cfg, self.classes, training=training)
+        self.saved_step, self.saved_at = state.step, time.monotonic()
+
+    def describe_kept(self) -> str:
+        """Where the last good checkpoint is, for error messages."""
+        if self.saved_step is None:
+            return "no checkpoint had been written yet"
+        return f"the last good checkpoint (step {self.saved_step}) is kept in {self.out / LAST}"
