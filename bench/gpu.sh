@@ -4,6 +4,9 @@
 # and save the table. Only blitz's own code runs.
 #
 #   bench/gpu.sh ARCHIVE [SEEDS=10] [OUT_DIR=$OUT or bench/results]
+#
+# BENCH_EXTRA adds options to each `blitz train`, e.g. a dry run of the script on a CPU:
+#   BENCH_EXTRA="--device cpu --max-steps 2 --set train.compile=false" bench/gpu.sh DATA 2
 set -euo pipefail
 archive=$(realpath "${1:?usage: bench/gpu.sh ARCHIVE [SEEDS] [OUT_DIR]}")
 seeds=${2:-10}
@@ -18,6 +21,6 @@ python3 -c "import torch, torchvision; print('torch', torch.__version__, 'torchv
 python3 -m blitz show --data "$archive" --count 8 --out "$out/train_images.png"
 for seed in $(seq 0 $((seeds - 1))); do
   python3 -m blitz train --preset fast-gpu --data "$archive" --seed "$seed" \
-    --out "$out/runs/seed$seed" --overwrite --quiet
+    --out "$out/runs/seed$seed" --overwrite --quiet ${BENCH_EXTRA:-}
 done
 python3 bench/gpu.py "$out"/runs/seed* --json "$out/gpu.json" | tee "$out/gpu.md"

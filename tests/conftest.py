@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import io
+import os
 import pickle
+import subprocess
+import sys
 import tarfile
 import zipfile
 from pathlib import Path
@@ -13,6 +16,17 @@ import pytest
 from PIL import Image
 
 CLASSES = ["apple", "banana", "cherry"]
+
+
+def run_blitz(*args, cache=None, check=True) -> subprocess.CompletedProcess:
+    """``python -m blitz ARGS`` in a subprocess, as a user runs it; optionally its own cache."""
+    env = {**os.environ, "BLITZ_DATA": str(cache)} if cache else None
+    result = subprocess.run(
+        [sys.executable, "-m", "blitz", *map(str, args)], capture_output=True, text=True, env=env
+    )
+    if check:
+        assert result.returncode == 0, result.stderr
+    return result
 
 
 @pytest.fixture(autouse=True)

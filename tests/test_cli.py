@@ -2,23 +2,12 @@
 
 import csv
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
-from conftest import folder_files, write_folder
+from conftest import folder_files, run_blitz, write_folder
 
-
-def blitz(*args, cache=None, check=True):
-    env = {**os.environ, "BLITZ_DATA": str(cache)} if cache else None
-    result = subprocess.run(
-        [sys.executable, "-m", "blitz", *map(str, args)], capture_output=True, text=True, env=env
-    )
-    if check:
-        assert result.returncode == 0, result.stderr
-    return result
+blitz = run_blitz
 
 
 @pytest.fixture(scope="module")
@@ -137,30 +126,11 @@ def test_train_on_an_image_folder_archive_and_refuse_to_clobber(tmp_path):
     from conftest import write_tar
 
     archive = write_tar(tmp_path / "fruit.tar.gz", folder_files())
-    out = tmp_path / "run"
-    result = blitz(
-        "train",
-        "--data",
-        archive,
-        "--max-steps",
-        "5",
-        "--out",
-        out,
-        "--quiet",
-        cache=tmp_path / "cache",
-    )
+    out, cache = tmp_path / "run", tmp_path / "cache"
+    args = ["train", "--data", archive, "--max-steps", "5", "--out", out]
+    result = blitz(*args, "--quiet", cache=cache)
     assert "test accuracy" in result.stdout and "banana" not in result.stdout  # --quiet
-    again = blitz(
-        "train",
-        "--data",
-        archive,
-        "--max-steps",
-        "5",
-        "--out",
-        out,
-        check=False,
-        cache=tmp_path / "cache",
-    )
+    again = blitz(*args, check=False, cache=cache)
     assert again.returncode == 2 and "--overwrite" in again.stderr
 
 

@@ -5,7 +5,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -15,17 +14,9 @@ from blitz.checkpoint import load_checkpoint, model_from_checkpoint
 from blitz.data import normalize
 from blitz.export import random_images, run_export
 from blitz.lrfind import has_diverged, smooth, suggest
-from conftest import folder_files, write_folder
+from conftest import folder_files, run_blitz, write_folder
 
-
-def blitz(*args, cache, check=True):
-    env = {**os.environ, "BLITZ_DATA": str(cache)}
-    result = subprocess.run(
-        [sys.executable, "-m", "blitz", *map(str, args)], capture_output=True, text=True, env=env
-    )
-    if check:
-        assert result.returncode == 0, result.stderr
-    return result
+blitz = run_blitz
 
 
 @pytest.fixture(scope="module")

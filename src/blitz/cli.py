@@ -230,7 +230,7 @@ def _refuse_settings_with_resume(args: argparse.Namespace) -> None:
 
 
 def _logger(quiet: bool):
-    """Details go to stderr (hidden by --quiet) so that stdout stays clean for results."""
+    """Details (data, losses, tables) are printed unless --quiet; the final line always is."""
     return (lambda message: None) if quiet else (lambda message: print(message, flush=True))
 
 

@@ -186,11 +186,12 @@ def load_path(
 
 def _fingerprint(path: Path, options: str) -> str:
     """A key that changes whenever the source's files (names, sizes, times) or options change."""
-    digest = hashlib.sha1(f"{CACHE_FORMAT}|{options}|{path.resolve()}".encode())
+    path = path.resolve()  # ./data and /abs/data are the same source
+    digest = hashlib.sha1(f"{CACHE_FORMAT}|{options}|{path}".encode())
     files = sorted(path.rglob("*")) if path.is_dir() else [path]
     for file in files:
         stat = file.stat()
-        digest.update(f"|{file}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+        digest.update(f"|{file.relative_to(path)}|{stat.st_size}|{stat.st_mtime_ns}".encode())
     return digest.hexdigest()[:16]
 
 
