@@ -103,7 +103,7 @@ def main() -> None:
                     preset,
                     spread(train),
                     mean_std([m["test_accuracy"] for m in runs]),
-                    f"{seed_seconds / median:.0f}x",
+                    f"{seed_seconds / median:.1f}x",
                     spread([m["total_seconds"] for m in runs]),
                 ]
             )

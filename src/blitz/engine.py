@@ -112,7 +112,7 @@ class Loop:
     cfg: Config
     model: nn.Module
     net: nn.Module  # what trains: the model, wrapped in DDP and/or torch.compile as configured
-    eval_net: nn.Module  # what tests: the model (or its EMA), compiled if configured
+    eval_net: nn.Module  # what tests: the model (or its EMA)
     world: World
     optimizers: list[torch.optim.Optimizer]
     split: Split  # the training images, on the training device
@@ -156,7 +156,9 @@ def build_loop(
         cfg=cfg,
         model=model,
         net=torch.compile(net) if compiled else net,
-        eval_net=torch.compile(tested) if compiled else tested,
+        # testing stays eager: the filters' 2-D parametrisation is removed before the final test,
+        # which would make a compiled copy compile again inside the timed evaluation
+        eval_net=tested,
         world=world,
         optimizers=build_optimizers(model, cfg.optim),
         split=Split(data.train.images.to(device), data.train.labels.to(device)),
