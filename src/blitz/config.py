@@ -20,7 +20,7 @@ LOSSES = ("cross-entropy", "mse")
 SCHEDULES = ("constant", "onecycle", "linear")
 FLIPS = ("none", "random", "alternate")
 TTAS = ("none", "flip", "flip-translate")
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
@@ -121,7 +121,7 @@ class TrainConfig:
     eval_batch_size: int = 1000
     tta: str = "none"  # test-time augmentation: none | flip | flip-translate
     channels_last: bool = False  # memory format of images and weights (faster convs on some CPUs)
-    precision: str = "fp32"  # autocast dtype for forward passes: fp32 | bf16 | fp16
+    precision: str = "fp32"  # autocast for forward passes: fp32 | bf16 | fp16 | auto (bf16 if fast)
     compile: bool = False  # torch.compile the model (warmed up and timed apart from training)
     sync_bn: bool = False  # under torchrun: batch-norm statistics over the global batch
     tensorboard: bool = False  # also write TensorBoard event files into the run directory
@@ -137,7 +137,8 @@ class TrainConfig:
         _check(self.log_every >= 0, "train.log_every", self.log_every, "an integer >= 0")
         _check(self.eval_batch_size >= 1, "train.eval_batch_size", self.eval_batch_size, ">= 1")
         _check(self.tta in TTAS, "train.tta", self.tta, " | ".join(TTAS))
-        _check(self.precision in PRECISIONS, "train.precision", self.precision, "fp32|bf16|fp16")
+        precisions = " | ".join(PRECISIONS)
+        _check(self.precision in PRECISIONS, "train.precision", self.precision, precisions)
         _check(
             self.checkpoint_every >= 0,
             "--checkpoint-every",

@@ -39,7 +39,18 @@ def synchronize(device: torch.device) -> None:
     getattr(torch, device.type).synchronize()
 
 
+def fast_bf16(device: torch.device) -> bool:
+    """Whether bf16 is faster than fp32 here: on GPUs, and on CPUs with AMX or AVX512-BF16."""
+    if device.type != "cpu":
+        return device.type == "cuda"
+    probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")  # private: may be missing
+    return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
+
+
 def autocast(precision: str, device: torch.device) -> torch.autocast:
-    """Mixed precision for forward passes, the same code on every device."""
+    """Mixed precision for forward passes, the same code on every device; ``auto`` picks bf16
+    where it is fast (see ``fast_bf16``) and fp32 elsewhere (emulated bf16 is slow)."""
+    if precision == "auto":
+        precision = "bf16" if fast_bf16(device) else "fp32"
     dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
     return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
