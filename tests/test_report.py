@@ -59,7 +59,7 @@ def test_metrics_csv_rows_are_interval_means(tmp_path):
         logits, labels = torch.eye(4)[[0, 1, 2, 3]], torch.tensor([0, 1, step % 4, 0])
         losses.append(loss.item())
         correct.append(int((logits.argmax(1) == labels).sum()))
-        progress.step(step, loss, logits, labels, _Optimizer())
+        progress.step(step, loss, (logits.argmax(1) == labels).sum(), len(labels), _Optimizer())
     record = {"epoch": 1, "train_loss": 0.0, "seconds": 1.0, "lr": 0.1}
     progress.end_epoch(record)
     progress.close()
@@ -163,7 +163,7 @@ def test_tensorboard_writes_events_or_says_what_to_install(tmp_path, monkeypatch
     pytest.importorskip("tensorboard", reason="the tensorboard extra is not installed")
     progress = Progress(cfg, log=lambda m: None, quiet=True, out=tmp_path)
     progress.start_epoch(0, 1)
-    progress.step(1, torch.tensor(1.0), torch.eye(2), torch.tensor([0, 1]), _Optimizer())
+    progress.step(1, torch.tensor(1.0), torch.tensor(2), 2, _Optimizer())
     progress.end_epoch({"epoch": 1, "train_loss": 1.0, "seconds": 1.0, "lr": 0.1})
     progress.close()
     assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))

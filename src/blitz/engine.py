@@ -340,8 +340,9 @@ def _train_epoch(loop: Loop, device: torch.device) -> int:
         state.batch += 1
         _note_non_finite(state, loss)
         state.epoch_loss += loss
-        state.epoch_correct += (logits.argmax(1) == labels).sum()
-        loop.progress.step(state.step, loss, logits, labels, loop.optimizers[-1])
+        correct = (logits.argmax(1) == labels).sum()
+        state.epoch_correct += correct
+        loop.progress.step(state.step, loss, correct, len(labels), loop.optimizers[-1])
         clock = _tick(state, clock)  # a checkpoint saves the time spent so far
         loop.hooks.after_step(state)
     synchronize(device)  # so that the epoch's time is honest

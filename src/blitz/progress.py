@@ -118,13 +118,13 @@ class Progress:
             desc = f"epoch {epoch + 1}/{self.cfg.train.epochs}"
             self.bar = tqdm(total=steps, initial=done, desc=desc, unit="step", dynamic_ncols=True)
 
-    def step(self, step: int, loss, logits, labels, optimizer) -> None:
-        """Count one optimizer step; sync the device only at interval ends."""
+    def step(self, step: int, loss, correct, images: int, optimizer) -> None:
+        """Count one optimizer step (its loss, correct predictions and batch size, tensors left
+        on the device); sync the device only at interval ends."""
         self.in_epoch += 1
         self.last_step = step
-        correct = (logits.argmax(1) == labels).sum()
         for meter in (self.interval, self.epoch_meter, self.running):
-            meter.add(loss, correct, len(labels))
+            meter.add(loss, correct, images)
         if self.seed_lines and self.in_epoch % self.seed_lines == 0:
             # the seed's line: '[%d, %5d] loss: %.3f'
             line = f"[{self.epoch + 1}, {self.in_epoch:5d}] loss: {self.running.read()['loss']:.3f}"
