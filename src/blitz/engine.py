@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -16,15 +15,13 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from blitz import augment
 from blitz.config import Config, OptimConfig
-from blitz.data import ImageData, Split, normalize
+from blitz.data import ImageData, Log, Split, normalize
 from blitz.devices import autocast, synchronize
 from blitz.distributed import SINGLE, World, mean_over_ranks, shard, wrap
 from blitz.errors import BlitzError
 from blitz.evaluate import evaluate
 from blitz.optim import build_optimizers, lr_factor, unflatten_filters
 from blitz.progress import Progress
-
-Log = Callable[[str], None]
 
 
 def compute_loss(logits: torch.Tensor, labels: torch.Tensor, cfg: OptimConfig) -> torch.Tensor:

@@ -6,16 +6,15 @@ from __future__ import annotations
 import csv
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
 from blitz.config import Config
+from blitz.data import Log
 from blitz.errors import BlitzError
 
-Log = Callable[[str], None]
 CSV_FIELDS = ("step", "epoch", "loss", "accuracy", "lr", "images_per_s")
 INTERVAL = 50  # steps per metrics.csv row and bar update: .item() syncs the device, so not always
 METRICS_CSV = "metrics.csv"
