@@ -9,7 +9,6 @@ import os
 import pickle
 import socket
 import tarfile
-import warnings
 import zipfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -18,16 +17,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 
 from blitz import shapes
 from blitz.errors import BlitzError
+from blitz.images import IMAGE_EXTENSIONS, BadImage, decode_image
 
 CACHE_FORMAT = 1  # bump when the decoded layout changes, so old caches are rebuilt
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
 DOWNLOAD_TIMEOUT = 15  # seconds without an answer before a download gives up
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".zip")
 SPLITS = {"train": "train", "test": "test", "val": "test"}
 Log = Callable[[str], None]
@@ -440,48 +438,6 @@ def _decode_split(
             labels[row] = -1
     notes["resized"] += resized[0]
     return Split(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), labels)
-
-
-class BadImage(BlitzError):
-    """An image file that cannot be decoded (corrupt, truncated, too large to be safe)."""
-
-    def __init__(self, name: str, reason: str):
-        super().__init__(f"cannot decode image {name}: {reason}")
-        self.reason = reason
-
-
-# 16-bit grey images: PIL's convert() would clip them to 255 (white); scale them down instead
-_WIDE_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N"}
-
-
-def decode_image(
-    data: bytes, name: str, size: int, resized: list[int] | None = None, mode: str = "RGB"
-) -> np.ndarray:
-    """One image file as (size, size, channels) uint8, converted and resized as needed."""
-    try:
-        with warnings.catch_warnings():
-            # a file that decodes to a huge image is refused, not decoded (a decompression bomb)
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as img:
-                img = _to_8bit(img).convert(mode)
-                if img.size != (size, size):
-                    img = img.resize((size, size), Image.BILINEAR)
-                    if resized is not None:
-                        resized[0] += 1
-                return np.asarray(img).reshape(size, size, -1)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise BadImage(name, f"refused as a possible decompression bomb: {exc}") from None
-    except UnidentifiedImageError:  # its message names a BytesIO, not the file
-        raise BadImage(name, "not a readable image: corrupt, truncated or not an image") from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise BadImage(name, str(exc)) from None
-
-
-def _to_8bit(img: Image.Image) -> Image.Image:
-    if img.mode not in _WIDE_MODES:
-        return img
-    wide = np.asarray(img, dtype=np.float64)
-    return Image.fromarray(np.clip(np.round(wide / 257), 0, 255).astype(np.uint8), "L")
 
 
 # --- batches ---

@@ -10,9 +10,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from blitz.data import IMAGE_EXTENSIONS, decode_image
 from blitz.errors import BlitzError
 from blitz.evaluate import predict_logits
+from blitz.images import IMAGE_EXTENSIONS, decode_image
 
 Prediction = tuple[Path, list[tuple[str, float]]]
 
