@@ -111,3 +111,17 @@ def cifar_archive(path: Path, per_batch: int = 20) -> Path:
 @pytest.fixture
 def image_folder(tmp_path) -> Path:
     return write_folder(tmp_path / "fruit", folder_files())
+
+
+def shapes_folder(root: Path, count: int = 120) -> Path:
+    """The generated shapes as an image folder of PNGs (train: ``count``, test: a third)."""
+    from blitz.shapes import CLASSES as SHAPES
+    from blitz.shapes import make_shapes
+
+    for split, n, seed in (("train", count, 0), ("test", count // 3, 1)):
+        images, labels = make_shapes(n, seed=seed)
+        for row, (image, label) in enumerate(zip(images, labels.tolist())):
+            path = root / split / SHAPES[label] / f"{row:05d}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(image.permute(1, 2, 0).numpy()).save(path)
+    return root

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from blitz.config import DataConfig
 from blitz.data import load_data
 from blitz.errors import BlitzError
 from conftest import folder_files, png_bytes, write_folder, write_tar, write_zip
@@ -25,9 +26,9 @@ def image_bytes(array, mode=None, fmt="PNG", palette=None) -> bytes:
     return buf.getvalue()
 
 
-def load(path, **kwargs):
+def load(path, **settings):
     logs = []
-    return load_data(str(path), log=logs.append, **kwargs), logs
+    return load_data(DataConfig(source=str(path), **settings), log=logs.append), logs
 
 
 @pytest.mark.parametrize("content", [None, "notes.txt"])
@@ -63,7 +64,7 @@ def test_corrupt_and_truncated_images_are_all_named(tmp_path):
 
 
 def test_skip_bad_images_skips_and_counts_them(tmp_path):
-    data, logs = load(write_folder(tmp_path / "fruit", bad_files()), skip_bad=True)
+    data, logs = load(write_folder(tmp_path / "fruit", bad_files()), skip_bad_images=True)
     assert (len(data.train), len(data.test)) == (11, 12)
     assert data.train.labels.tolist() == [0] * 3 + [1] * 4 + [2] * 4
     assert any(line.startswith("skipped 2 images that cannot be decoded") for line in logs)
@@ -72,7 +73,7 @@ def test_skip_bad_images_skips_and_counts_them(tmp_path):
 def test_skipping_every_image_of_a_class_is_an_error(tmp_path):
     files = {k: (b"x" if k.startswith("test/apple") else v) for k, v in folder_files().items()}
     with pytest.raises(BlitzError, match="test/apple has no images left"):
-        load(write_folder(tmp_path / "fruit", files), skip_bad=True)
+        load(write_folder(tmp_path / "fruit", files), skip_bad_images=True)
 
 
 @pytest.mark.parametrize("side", [40, 50])  # over the limit (PIL warns), over twice it (errors)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from blitz import data as data_module
-from blitz.data import batches, load_data, normalize
+from blitz.data import load_data, normalize
 from blitz.errors import BlitzError
 from blitz.shapes import CLASSES, make_shapes
 from conftest import CLASSES as FRUIT
@@ -175,15 +175,6 @@ def test_mnist_is_one_channel_resized_to_32(cache):
 def test_bad_sources_name_the_problem(tmp_path, make, message):
     with pytest.raises(BlitzError, match=message):
         load_data(str(make(tmp_path)))
-
-
-def test_batches_cover_the_split_once_in_shuffled_order():
-    split = load_data("shapes:100").train
-    seen = torch.cat([labels for _, labels in batches(split, 32, torch.Generator().manual_seed(0))])
-    assert sorted(seen.tolist()) == sorted(split.labels.tolist())
-    assert seen.tolist() != split.labels.tolist()
-    ordered = torch.cat([labels for _, labels in batches(split, 32)])
-    assert ordered.tolist() == split.labels.tolist()
 
 
 def test_normalize_maps_bytes_to_minus_one_one_like_the_seed():

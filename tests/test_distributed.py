@@ -8,7 +8,9 @@ import sys
 import pytest
 import torch
 
-from blitz.distributed import SINGLE, World, shard
+from blitz.distributed import SINGLE, World, check_batch_size, epoch_batches, shard
+from blitz.errors import BlitzError
+from conftest import shapes_folder
 
 
 def test_shards_are_disjoint_and_cover_the_batch():
@@ -18,8 +20,32 @@ def test_shards_are_disjoint_and_cover_the_batch():
     assert torch.equal(shard(rows, SINGLE), rows)
 
 
-def train(out, cache, *extra):
-    cmd = [sys.executable, "-m", "blitz", "train", "--preset", "seed", "--data", "shapes:200"]
+def test_epoch_order_is_a_shuffle_of_seed_and_epoch_alone():
+    first = torch.cat(epoch_batches(100, 32, 0, 0, SINGLE))
+    assert sorted(first.tolist()) == list(range(100)) and first.tolist() != list(range(100))
+    assert torch.equal(first, torch.cat(epoch_batches(100, 32, 0, 0, SINGLE)))
+    assert not torch.equal(first, torch.cat(epoch_batches(100, 32, 0, 1, SINGLE)))
+    assert not torch.equal(first, torch.cat(epoch_batches(100, 32, 1, 0, SINGLE)))
+    assert [len(b) for b in epoch_batches(100, 32, 0, 0, SINGLE)] == [32, 32, 32, 4]
+
+
+def test_ranks_batches_make_the_global_batches():
+    one = epoch_batches(100, 20, 5, 3, SINGLE)
+    ranks = [epoch_batches(100, 20, 5, 3, World(r, 4, r)) for r in range(4)]
+    for step, rows in enumerate(one):
+        parts = [batches[step] for batches in ranks]
+        assert all(len(p) == 5 for p in parts)
+        assert sorted(torch.cat(parts).tolist()) == sorted(rows.tolist())
+
+
+def test_global_batch_must_split_evenly():
+    check_batch_size(64, World(0, 4, 0))
+    with pytest.raises(BlitzError, match="multiple of 3"):
+        check_batch_size(64, World(0, 3, 0))
+
+
+def train(out, cache, *extra, data="shapes:200"):
+    cmd = [sys.executable, "-m", "blitz", "train", "--preset", "seed", "--data", str(data)]
     cmd += ["--batch-size", "20"]
     # SGD: Adam would amplify the last-bit differences of summing gradients in another order
     cmd += ["--epochs", "2", "--lr", "0.01", "--out", str(out), "--quiet"]
@@ -46,3 +72,17 @@ def test_two_processes_train_like_one(tmp_path):
     )
     losses = [h["train_loss"] for h in one["history"]]
     assert losses[1] < losses[0]  # it learned something, so the comparison means something
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch built without distributed")
+def test_two_streaming_processes_train_like_one_in_memory(tmp_path):
+    """DistributedSampler's shards, read by each process's DataLoader workers, make the same
+    global batches as one process slicing tensors."""
+    folder = shapes_folder(tmp_path / "shapes", 120)
+    one, weights_one = train(tmp_path / "one", tmp_path / "cache", data=folder)
+    stream = ("--devices", "2", "--max-memory", "0", "--workers", "1")
+    two, weights_two = train(tmp_path / "two", tmp_path / "cache", *stream, data=folder)
+    assert two["data_storage"] == "streamed from disk" and two["processes"] == 2
+    for name, tensor in weights_one.items():
+        assert torch.allclose(tensor, weights_two[name], atol=1e-5), name
+    assert one["confusion_matrix"] == two["confusion_matrix"]

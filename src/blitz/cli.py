@@ -25,6 +25,9 @@ OVERRIDES = {
     "tensorboard": ("train.tensorboard", bool),
     "checkpoint_every": ("train.checkpoint_every", int),
     "skip_bad_images": ("data.skip_bad_images", bool),
+    "image_size": ("data.image_size", int),
+    "max_memory": ("data.max_memory", str),
+    "workers": ("data.workers", str),
 }
 DEFAULT_PRESET = "fast-cpu"
 
@@ -80,6 +83,23 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         type=int,
         metavar="N",
         help="save a checkpoint every N steps too (default: at epoch ends and every 10 minutes)",
+    )
+    p.add_argument(
+        "--image-size",
+        type=int,
+        metavar="N",
+        help="resize images to N x N pixels (default: the preset's, 32)",
+    )
+    p.add_argument(
+        "--max-memory",
+        metavar="SIZE",
+        help="image folders bigger than this, decoded, stream from disk: auto (a quarter of "
+        "this machine's memory), a size such as 8GB, or 0 to always stream",
+    )
+    p.add_argument(
+        "--workers",
+        metavar="N",
+        help="processes decoding streamed images: auto (one per core, up to 8) or N",
     )
     p.add_argument(
         "--skip-bad-images",
@@ -256,11 +276,11 @@ def cmd_show(args: argparse.Namespace) -> None:
 
     if args.count < 1:
         raise BlitzError(f"invalid --count {args.count}: expected an integer >= 1")
-    data = load_data(args.data, log=print)
+    data = load_data(args.data)
     split = getattr(data, args.split)
     rows = sample_rows(args.count, len(split))
     names = [data.classes[i] for i in split.labels[rows].tolist()]
-    save_image_grid(split.images[rows], names, args.out)
+    save_image_grid(split.images_at(rows), names, args.out)
     print(" ".join(f"{n:>5s}" for n in names))
     print(f"wrote {args.out}")
 
@@ -311,7 +331,7 @@ def cmd_lr_find(args: argparse.Namespace) -> None:
     if args.steps < 5:
         raise BlitzError(f"invalid --steps {args.steps}: expected an integer >= 5")
     cfg = build_config(args.preset, _overrides(args))
-    data = load_data(cfg.data.source, cfg.data.image_size, print)
+    data = load_data(cfg.data)
     device = resolve_device(cfg.train.device)
     sweep = lr_find(cfg, data.train, len(data.classes), device, args.steps, quiet=args.quiet)
     args.out.write_bytes(lr_find_png(sweep.lrs, sweep.losses, sweep.suggestion))

@@ -29,6 +29,25 @@ def _check(condition: bool, option: str, value: Any, expected: str) -> None:
         raise BlitzError(f"invalid value {value!r} for {option}: expected {expected}")
 
 
+SIZE_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+
+
+def parse_size(text: str) -> int | None:
+    """Bytes in a size such as 8GB, 1.5G, 500MB or 0 (binary units); None for "auto"."""
+    if text == "auto":
+        return None
+    number = text.upper().removesuffix("IB").removesuffix("B")
+    unit = number[-1:] if number[-1:] in SIZE_UNITS else ""
+    try:
+        value = float(number.removesuffix(unit)) if number else -1
+    except ValueError:
+        value = -1
+    _check(
+        0 <= value < float("inf"), "--max-memory", text, "auto, or a size such as 8GB, 500MB or 0"
+    )
+    return int(value * SIZE_UNITS[unit])
+
+
 @dataclass
 class DataConfig:
     """Where images come from and how they are turned into tensors."""
@@ -41,6 +60,10 @@ class DataConfig:
     translate: int = 0  # shift by up to this many pixels (reflect padding)
     cutout: int = 0  # blank a square of this side
     skip_bad_images: bool = False  # False: a corrupt image stops decoding, naming every bad file
+    # image folders whose decoded size passes this stream from disk: auto (a quarter of this
+    # machine's memory) | a size such as 8GB or 500MB | 0 (always stream)
+    max_memory: str = "auto"
+    workers: int | str = "auto"  # DataLoader processes when streaming: auto | N (0: in-process)
 
     def __post_init__(self) -> None:
         self.mean, self.std = tuple(self.mean), tuple(self.std)
@@ -50,6 +73,12 @@ class DataConfig:
         _check(self.image_size >= 8, "data.image_size", self.image_size, "an integer >= 8")
         _check(all(s > 0 for s in self.std), "data.std", self.std, "positive numbers")
         _check(len(self.mean) == len(self.std), "data.mean", self.mean, "as many values as std")
+        self.max_memory = str(self.max_memory)
+        parse_size(self.max_memory)
+        if isinstance(self.workers, str) and self.workers.isdigit():  # from the command line
+            self.workers = int(self.workers)
+        workers_ok = self.workers == "auto" or (type(self.workers) is int and self.workers >= 0)
+        _check(workers_ok, "--workers", self.workers, "auto or an integer >= 0")
 
 
 @dataclass

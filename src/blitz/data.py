@@ -2,38 +2,44 @@
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import io
 import os
 import pickle
 import socket
-import tarfile
-import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from blitz import shapes
+from blitz.config import DataConfig
 from blitz.errors import BlitzError
-from blitz.images import IMAGE_EXTENSIONS, BadImage, decode_image
+from blitz.folders import (
+    CIFAR_FILES,
+    Layout,
+    check_path,
+    find_layout,
+    list_files,
+    note_other_files,
+    read_files,
+)
+from blitz.images import BadImage, decode_image
+from blitz.stream import Batch, StreamSplit, extract, format_size, memory_budget, worker_count
 
 CACHE_FORMAT = 1  # bump when the decoded layout changes, so old caches are rebuilt
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
 DOWNLOAD_TIMEOUT = 15  # seconds without an answer before a download gives up
-ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".zip")
-SPLITS = {"train": "train", "test": "test", "val": "test"}
 Log = Callable[[str], None]
 
 
 @dataclass
 class Split:
-    """Images (N, C, H, W) uint8 and labels (N,) int64."""
+    """Images (N, C, H, W) uint8 and labels (N,) int64, held in memory (on any device)."""
 
     images: torch.Tensor
     labels: torch.Tensor
@@ -41,19 +47,48 @@ class Split:
     def __len__(self) -> int:
         return len(self.labels)
 
+    @property
+    def channels(self) -> int:
+        return self.images.shape[1]
+
+    def to(self, device: torch.device) -> Split:
+        return Split(self.images.to(device), self.labels.to(device))
+
+    def load(self, batches: Sequence[torch.Tensor], device: torch.device) -> Iterator[Batch]:
+        """(rows, uint8 images, labels) on ``device`` for each batch of row indices."""
+        if not batches:
+            return
+        # the rows move in one copy: one per batch would make a GPU wait for each
+        moved = torch.cat(list(batches)).to(self.labels.device).split([len(b) for b in batches])
+        for rows in moved:
+            yield rows.to(device), self.images[rows].to(device), self.labels[rows].to(device)
+
+    def images_at(self, rows: torch.Tensor) -> torch.Tensor:
+        return self.images[rows.to(self.images.device)]
+
+
+AnySplit = Split | StreamSplit  # the images of a split, in memory or streamed from disk
+
 
 @dataclass
 class ImageData:
-    """A decoded dataset: class names and the train and test splits."""
+    """A dataset: class names and the train and test splits, in memory or streamed from disk."""
 
     name: str
     classes: list[str]
-    train: Split
-    test: Split
+    train: AnySplit
+    test: AnySplit
 
     @property
     def channels(self) -> int:
-        return self.train.images.shape[1]
+        return self.train.channels
+
+    def storage(self) -> str:
+        """Where the images live while training: "in memory, 184 MB" or "streamed from disk"."""
+        if isinstance(self.train, StreamSplit):
+            return "streamed from disk"
+        size = sum(s.images.numel() * s.images.element_size() for s in (self.train, self.test))
+        return f"in memory, {format_size(size)}"
 
 
 def cache_dir() -> Path:
@@ -61,27 +96,25 @@ def cache_dir() -> Path:
     return Path(os.environ.get("BLITZ_DATA") or Path.home() / ".cache" / "blitz")
 
 
-def load_data(
-    source: str, image_size: int = 32, log: Log = print, skip_bad: bool = False
-) -> ImageData:
-    """Resolve a ``--data`` spec (auto, cifar10, mnist, shapes[:N], PATH) to decoded tensors.
-
-    ``skip_bad``: leave out (and count) images that cannot be decoded instead of stopping.
-    """
+def load_data(cfg: DataConfig | str, log: Log = print) -> ImageData:
+    """Resolve ``data.source`` (auto, cifar10, mnist, shapes[:N], PATH) to a dataset; a string
+    is a source with the other data settings at their defaults."""
+    cfg = DataConfig(source=cfg) if isinstance(cfg, str) else cfg
+    source, image_size = cfg.source, cfg.image_size
     if source == "auto":
-        return _load_auto(image_size, log)
+        return _load_auto(cfg, log)
     if source == "cifar10":
-        return load_path(_download_cifar10(), image_size, log, name="cifar10")
+        return load_path(_download_cifar10(), cfg, log, name="cifar10")
     if source == "mnist":
         return _load_mnist(image_size, log)
     if source == "shapes" or source.startswith("shapes:"):
         return _load_shapes(source, image_size)
-    return load_path(Path(source).expanduser(), image_size, log, skip_bad=skip_bad)
+    return load_path(Path(source).expanduser(), cfg, log)
 
 
-def _load_auto(image_size: int, log: Log) -> ImageData:
+def _load_auto(cfg: DataConfig, log: Log) -> ImageData:
     try:
-        return load_data("cifar10", image_size, log)
+        return load_data(replace(cfg, source="cifar10"), log)
     except BlitzError as exc:
         log(
             f"CIFAR-10 is not in the cache and could not be downloaded ({exc}). "
@@ -89,7 +122,7 @@ def _load_auto(image_size: int, log: Log) -> ImageData:
             "offline. To use CIFAR-10, put cifar-10-python.tar.gz in "
             f"{cache_dir() / 'cifar10'} or pass --data PATH (an image folder or archive)."
         )
-        return load_data("shapes", image_size, log)
+        return load_data(replace(cfg, source="shapes"), log)
 
 
 def _load_shapes(source: str, image_size: int) -> ImageData:
@@ -159,27 +192,49 @@ def _resize_data(data: ImageData, size: int, log: Log | None = None) -> ImageDat
 # --- paths: image folders, archives of them, and the official CIFAR-10 python archive ---
 
 
-def load_path(
-    path: Path, image_size: int, log: Log, name: str | None = None, skip_bad: bool = False
-) -> ImageData:
-    """Decode a folder or archive once; later calls read the cached tensors."""
-    if not path.exists():
-        raise BlitzError(
-            f"data path {str(path)!r} does not exist: pass an image folder with train/ and test/, "
-            "an archive of one (.tar, .tar.gz, .tgz, .zip), or one of auto, cifar10, mnist, shapes"
-        )
-    if path.is_file() and not path.name.lower().endswith(ARCHIVE_SUFFIXES):
-        raise BlitzError(
-            f"{path} is not a folder or an archive: expected one of " + ", ".join(ARCHIVE_SUFFIXES)
-        )
+def load_path(path: Path, cfg: DataConfig, log: Log, name: str | None = None) -> ImageData:
+    """Decode a folder or archive once into tensors (later calls read the cached tensors), or
+    stream it from disk when its decoded images would not fit ``data.max_memory``."""
+    check_path(path)
     name = name or path.name.split(".")[0]
-    key = _fingerprint(path, f"{image_size}|{skip_bad}")
+    key = _fingerprint(path, f"{cfg.image_size}|{cfg.skip_bad_images}")
     cached = cache_dir() / "decoded" / f"{name}-{key}.pt"
-    if cached.exists():
+    budget = memory_budget(cfg.max_memory)
+    if cached.exists() and cached.stat().st_size <= budget:
         return _read_cache(cached, name)
-    data = _decode_path(path, image_size, log, name, skip_bad)
+    names, others = list_files(path)
+    if any(Path(n).name == "data_batch_1" for n in names):  # CIFAR-10's python archive
+        data = _cifar_from_pickles(read_files(path, set(names)), name)
+        data = _resize_data(data, cfg.image_size, log)
+    else:
+        layout = find_layout(names, others, path)
+        decoded = layout.count * 3 * cfg.image_size**2
+        if decoded > budget:
+            log(
+                f"{path}: {layout.count} images take {format_size(decoded)} decoded, more than "
+                f"--max-memory ({format_size(budget)}): streaming them from disk"
+            )
+            return _stream(path, layout, cfg, log, name)
+        log(f"decoding {path} (once; later runs read the cache)")
+        note_other_files(others, log)
+        data = _image_folder(path, layout, cfg, log, name)
     _write_cache(data, cached)
     return data
+
+
+def _stream(path: Path, layout: Layout, cfg: DataConfig, log: Log, name: str) -> ImageData:
+    """The splits as files on disk (an archive is extracted into the cache first)."""
+    root, workers = path, worker_count(cfg.workers)
+    log(f"decoding in {workers} DataLoader worker processes (--workers) as batches are needed")
+    if path.is_file():
+        root = extract(path, cache_dir() / "extracted" / f"{name}-{_fingerprint(path, '')}", log)
+    splits = []
+    for pairs in (layout.train, layout.test):
+        labels = torch.tensor([label for _, label in pairs], dtype=torch.long)
+        split = StreamSplit(root, [f for f, _ in pairs], labels, cfg.image_size, workers)
+        splits.append(split.without_bad(log) if cfg.skip_bad_images else split)
+    _check_not_empty(splits, layout.classes, path)
+    return ImageData(name, layout.classes, *splits)
 
 
 def _fingerprint(path: Path, options: str) -> str:
@@ -210,80 +265,8 @@ def _write_cache(data: ImageData, file: Path) -> None:
     os.replace(tmp, file)  # readers never see a half-written cache
 
 
-def _decode_path(path: Path, image_size: int, log: Log, name: str, skip_bad: bool) -> ImageData:
-    others: list[str] = []
-    files = dict(_read_files(path, _is_wanted, others))
-    if any(Path(f).name == "data_batch_1" for f in files):
-        data = _cifar_from_pickles(files, name)
-        return _resize_data(data, image_size, log)
-    log(f"decoding {path} (once; later runs read the cache)")
-    _note_other_files(others, log)
-    return _image_folder(files, others, path, image_size, skip_bad, log, name)
-
-
-def _note_other_files(others: list[str], log: Log) -> None:
-    """Say once how many files were not images (notes, thumbnails' databases, ...)."""
-    skipped = [n for n in others if not n.endswith("/")]
-    if skipped:
-        log(f"ignored {len(skipped)} files that are not images (e.g. {skipped[0]})")
-
-
-def _is_wanted(name: str) -> bool:
-    base = Path(name).name
-    return Path(name).suffix.lower() in IMAGE_EXTENSIONS or base in _CIFAR_FILES
-
-
-def _check_member(name: str, archive: Path) -> str:
-    if name.startswith("/") or ".." in Path(name).parts:
-        raise BlitzError(f"refusing archive {archive}: member {name!r} points outside the archive")
-    return name
-
-
-def _read_files(
-    path: Path, wanted: Callable[[str], bool], others: list[str]
-) -> Iterator[tuple[str, bytes]]:
-    """(relative POSIX name, bytes) for each wanted file of a folder or archive, in one pass.
-
-    The names of the other files, and of folders (ending in "/"), are appended to ``others``.
-    Nothing is extracted to disk: archive members are read into memory only.
-    """
-    for name, is_dir, read in _members(path):
-        if not is_dir and wanted(name):
-            yield name, read()
-        else:
-            others.append(name.rstrip("/") + "/" if is_dir else name)
-
-
-def _members(path: Path) -> Iterator[tuple[str, bool, Callable[[], bytes]]]:
-    if path.is_dir():
-        for file in sorted(path.rglob("*")):
-            yield file.relative_to(path).as_posix(), file.is_dir(), file.read_bytes
-    elif path.name.lower().endswith(".zip"):
-        try:
-            with zipfile.ZipFile(path) as zf:
-                for info in zf.infolist():
-                    name = _check_member(info.filename, path)
-                    yield name, info.is_dir(), functools.partial(zf.read, info)
-        except (zipfile.BadZipFile, EOFError, OSError) as exc:
-            raise BlitzError(f"cannot read archive {path}: {exc}") from None
-    else:
-        try:
-            with tarfile.open(path) as tar:
-                for member in tar:
-                    if member.isfile() or member.isdir():  # links and devices are never followed
-                        name = _check_member(member.name, path)
-                        yield name, member.isdir(), functools.partial(_read_member, tar, member)
-        except (tarfile.TarError, EOFError, OSError) as exc:
-            raise BlitzError(f"cannot read archive {path}: {exc}") from None
-
-
-def _read_member(tar: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
-    return tar.extractfile(member).read()
-
-
 # --- the official CIFAR-10 python format ---
 
-_CIFAR_FILES = {f"data_batch_{i}" for i in range(1, 6)} | {"test_batch", "batches.meta"}
 _NUMPY_GLOBALS = {
     ("numpy.core.multiarray", "_reconstruct"),
     ("numpy._core.multiarray", "_reconstruct"),
@@ -307,7 +290,7 @@ def _unpickle(data: bytes) -> dict:
 
 def _cifar_from_pickles(files: dict[str, bytes], name: str) -> ImageData:
     by_base = {Path(k).name: v for k, v in files.items()}
-    missing = sorted(_CIFAR_FILES - set(by_base))
+    missing = sorted(CIFAR_FILES - set(by_base))
     if missing:
         raise BlitzError(f"CIFAR-10 archive is incomplete: missing {', '.join(missing)}")
 
@@ -325,69 +308,18 @@ def _cifar_from_pickles(files: dict[str, bytes], name: str) -> ImageData:
 # --- image folders: [top/]train|test|val/<class>/<image> ---
 
 
-def _split_and_class(name: str) -> tuple[str, str] | None:
-    parts = name.split("/")
-    if len(parts) >= 4 and parts[0] not in SPLITS and parts[1] in SPLITS:
-        parts = parts[1:]  # one top-level folder around the tree
-    if len(parts) == 3 and parts[0] in SPLITS:
-        return SPLITS[parts[0]], parts[1]
-    return None
-
-
-def _image_folder(
-    files: dict[str, bytes],
-    others: list[str],
-    path: Path,
-    image_size: int,
-    skip_bad: bool,
-    log: Log,
-    name: str,
-) -> ImageData:
-    groups = _group_by_split_and_class(files, others, path)
-    classes = sorted(groups["train"])
+def _image_folder(path: Path, layout: Layout, cfg: DataConfig, log: Log, name: str) -> ImageData:
+    files = read_files(path, {file for file, _ in layout.train + layout.test})
     notes = {"resized": 0, "bad": []}
-    splits = [
-        _decode_split(groups[s], classes, files, image_size, notes) for s in ("train", "test")
-    ]
-    _report_bad_images(notes["bad"], skip_bad, log)
+    size = cfg.image_size
+    splits = [_decode_split(pairs, files, size, notes) for pairs in (layout.train, layout.test)]
+    _report_bad_images(notes["bad"], cfg.skip_bad_images, log)
     if notes["resized"]:
-        log(f"resized {notes['resized']} images to {image_size}x{image_size}")
-    if skip_bad:  # skipping may have emptied a class
+        log(f"resized {notes['resized']} images to {size}x{size}")
+    if cfg.skip_bad_images:  # skipping may have emptied a class
         splits = [_drop_failed(split) for split in splits]
-        _check_not_empty(splits, classes, path)
-    return ImageData(name, classes, *splits)
-
-
-def _group_by_split_and_class(
-    files: dict[str, bytes], others: list[str], path: Path
-) -> dict[str, dict[str, list[str]]]:
-    groups: dict[str, dict[str, list[str]]] = {"train": {}, "test": {}}
-    for file in sorted(files):
-        where = _split_and_class(file)
-        if where:
-            groups[where[0]].setdefault(where[1], []).append(file)
-    if not groups["train"]:
-        raise BlitzError(
-            f"{path} has no train/<class>/<image> files: an image-folder dataset needs "
-            "train/ and test/ (or val/) folders, each with one folder of images per class"
-        )
-    if not groups["test"]:
-        raise BlitzError(f"{path} has train/ but no test/ or val/ folder of images per class")
-    for other in others:  # a folder, or a file in a class folder, where no image was found
-        where = _split_and_class(other)
-        if where and where[1] not in groups[where[0]]:
-            folder = other.rstrip("/") if other.endswith("/") else other.rsplit("/", 1)[0]
-            raise BlitzError(
-                f"class folder {folder} in {path} has no images: add images "
-                f"({', '.join(sorted(IMAGE_EXTENSIONS))}) or remove the folder"
-            )
-    classes = sorted(groups["train"])
-    if sorted(groups["test"]) != classes:
-        extra = sorted(set(groups["test"]) ^ set(classes))
-        raise BlitzError(
-            f"{path}: train/ and test/ hold different classes (only in one: {', '.join(extra)})"
-        )
-    return groups
+        _check_not_empty(splits, layout.classes, path)
+    return ImageData(name, layout.classes, *splits)
 
 
 def _report_bad_images(bad: list[tuple[str, str]], skip_bad: bool, log: Log) -> None:
@@ -420,17 +352,12 @@ def _check_not_empty(splits: list[Split], classes: list[str], path: Path) -> Non
 
 
 def _decode_split(
-    group: dict[str, list[str]],
-    classes: list[str],
-    files: dict[str, bytes],
-    size: int,
-    notes: dict,
+    pairs: list[tuple[str, int]], files: dict[str, bytes], size: int, notes: dict
 ) -> Split:
-    names = [(f, i) for i, c in enumerate(classes) for f in group[c]]
-    images = np.zeros((len(names), size, size, 3), dtype=np.uint8)
-    labels = torch.tensor([label for _, label in names], dtype=torch.long)
+    images = np.zeros((len(pairs), size, size, 3), dtype=np.uint8)
+    labels = torch.tensor([label for _, label in pairs], dtype=torch.long)
     resized = [0]
-    for row, (file, _) in enumerate(names):
+    for row, (file, _) in enumerate(pairs):
         try:
             images[row] = decode_image(files[file], file, size, resized)
         except BadImage as exc:
@@ -438,24 +365,6 @@ def _decode_split(
             labels[row] = -1
     notes["resized"] += resized[0]
     return Split(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), labels)
-
-
-# --- batches ---
-
-
-def batches(
-    split: Split, batch_size: int, generator: torch.Generator | None = None
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Mini-batches sliced from the split's tensors; shuffled when a generator is given."""
-    n = len(split)
-    if generator is None:
-        for start in range(0, n, batch_size):
-            yield split.images[start : start + batch_size], split.labels[start : start + batch_size]
-        return
-    order = torch.randperm(n, generator=generator).to(split.labels.device)
-    for start in range(0, n, batch_size):
-        rows = order[start : start + batch_size]
-        yield split.images[rows], split.labels[rows]
 
 
 def normalize(

@@ -8,6 +8,9 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.utils.data import DistributedSampler
+
+from blitz.errors import BlitzError
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,25 @@ def local_device(device: torch.device, world: World) -> torch.device:
 def shard(rows: torch.Tensor, world: World) -> torch.Tensor:
     """This rank's part of a global batch (ranks take disjoint, nearly equal parts)."""
     return rows.tensor_split(world.size)[world.rank] if world.size > 1 else rows
+
+
+def epoch_batches(size: int, batch_size: int, seed: int, epoch: int, world: World) -> list:
+    """This rank's batches of row indices for one epoch: a shuffle that depends on (seed, epoch)
+    alone, dealt out by ``DistributedSampler``; together the ranks' k-th batches make the k-th
+    global batch of ``batch_size`` rows, whatever the world size."""
+    sampler = DistributedSampler(range(size), world.size, world.rank, shuffle=True, seed=seed)
+    sampler.set_epoch(epoch)
+    rows = torch.tensor(list(sampler), dtype=torch.long)
+    return list(rows.split(batch_size // world.size))
+
+
+def check_batch_size(batch_size: int, world: World) -> None:
+    """The global batch is split evenly over the processes."""
+    if batch_size % world.size:
+        raise BlitzError(
+            f"--batch-size {batch_size} cannot be split evenly over {world.size} processes: "
+            f"use a multiple of {world.size}"
+        )
 
 
 def wrap(model: nn.Module, world: World, device: torch.device, sync_bn: bool) -> nn.Module:

@@ -15,9 +15,9 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from blitz import augment
 from blitz.config import Config, OptimConfig
-from blitz.data import ImageData, Log, Split, normalize
+from blitz.data import AnySplit, ImageData, Log, normalize
 from blitz.devices import autocast, synchronize
-from blitz.distributed import SINGLE, World, mean_over_ranks, shard, wrap
+from blitz.distributed import SINGLE, World, epoch_batches, mean_over_ranks, wrap
 from blitz.errors import BlitzError
 from blitz.evaluate import evaluate
 from blitz.optim import build_optimizers, lr_factor, unflatten_filters
@@ -46,9 +46,7 @@ class TrainState:
     compile_seconds: float = 0.0
     history: list[dict] = field(default_factory=list)
     best_accuracy: float = -1.0  # the best per-epoch test accuracy so far (for best.pt)
-    order: torch.Generator = field(default_factory=torch.Generator)  # shuffles the data (CPU)
     augment: torch.Generator = field(default_factory=torch.Generator)  # on the training device
-    epoch_order: torch.Tensor | None = None  # `order`'s state before this epoch's shuffle
     epoch_loss: torch.Tensor = field(default_factory=lambda: torch.zeros(()))  # sums, on device
     epoch_correct: torch.Tensor = field(default_factory=lambda: torch.zeros(()))
     bad_step: torch.Tensor = field(default_factory=lambda: torch.tensor(-1))  # first non-finite
@@ -56,7 +54,7 @@ class TrainState:
     def to_dict(self) -> dict:
         """Plain data and CPU tensors (checkpoint-safe; loads with ``weights_only=True``)."""
         out = {f.name: getattr(self, f.name) for f in fields(self)}
-        out["order"], out["augment"] = self.order.get_state(), self.augment.get_state()
+        out["augment"] = self.augment.get_state()
         return {k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in out.items()}
 
     def load_dict(self, saved: dict, device: torch.device) -> None:
@@ -65,9 +63,9 @@ class TrainState:
             if f.name not in saved:  # a field added since the checkpoint: keep its default
                 continue
             value = saved[f.name]
-            if f.name in ("order", "augment"):
-                getattr(self, f.name).set_state(value)
-            elif isinstance(value, torch.Tensor) and f.name != "epoch_order":
+            if f.name == "augment":
+                self.augment.set_state(value)
+            elif isinstance(value, torch.Tensor):
                 setattr(self, f.name, value.to(device))
             else:
                 setattr(self, f.name, value)
@@ -75,10 +73,8 @@ class TrainState:
 
 def new_state(cfg: Config, device: torch.device, world: World) -> TrainState:
     """The state of a run before its first step: counters at zero, sums on ``device``."""
-    seed = cfg.train.seed
     return TrainState(
-        order=torch.Generator().manual_seed(seed),  # the same order on every rank
-        augment=torch.Generator(device=device).manual_seed(seed + 1 + world.rank),
+        augment=torch.Generator(device=device).manual_seed(cfg.train.seed + 1 + world.rank),
         epoch_loss=torch.zeros((), device=device),
         epoch_correct=torch.zeros((), device=device),
         bad_step=torch.tensor(-1, device=device),
@@ -112,7 +108,7 @@ class Loop:
     eval_net: nn.Module  # what tests: the model (or its EMA)
     world: World
     optimizers: list[torch.optim.Optimizer]
-    split: Split  # the training images, on the training device
+    split: AnySplit  # the training images (on the training device, or streamed)
     total: int  # planned optimizer steps: the schedule's horizon
     ema: AveragedModel | None
     state: TrainState
@@ -158,7 +154,7 @@ def build_loop(
         eval_net=tested,
         world=world,
         optimizers=build_optimizers(model, cfg.optim),
-        split=Split(data.train.images.to(device), data.train.labels.to(device)),
+        split=data.train.to(device),
         total=planned_steps(cfg, len(data.train)),
         ema=ema,
         state=new_state(cfg, device, world),
@@ -253,7 +249,8 @@ def _prepare_model(loop: Loop, device: torch.device) -> None:
     prepare = getattr(loop.model, "prepare", None)
     if prepare:
         cfg = loop.cfg.data
-        prepare(normalize(loop.split.images[:5000], cfg.mean, cfg.std))
+        images = loop.split.images_at(torch.arange(min(5000, len(loop.split))))
+        prepare(normalize(images.to(device), cfg.mean, cfg.std))
         synchronize(device)
 
 
@@ -263,9 +260,9 @@ def warm_up(loop: Loop, data: ImageData, device: torch.device) -> float:
     started = time.perf_counter()
     saved = _snapshot(loop)
     _prepare_model(loop, device)
-    for rows in torch.arange(len(loop.split), device=device).split(loop.cfg.train.batch_size)[:2]:
+    for batch in loop.split.load(_epoch_batches(loop)[:2], device):  # the shapes training uses
         with autocast(loop.cfg.train.precision, device):
-            _step(loop, rows)
+            _step(loop, *batch)
     _test_accuracy(loop, data)
     _restore(loop, saved)
     synchronize(device)
@@ -309,31 +306,27 @@ def prepare_batch(loop: Loop, images: torch.Tensor, rows: torch.Tensor) -> torch
     return x
 
 
-def _epoch_order(loop: Loop, device: torch.device) -> torch.Tensor:
-    """This epoch's shuffle; a resumed epoch replays it from the state saved at its start."""
-    state = loop.state
-    if state.batch == 0:
-        state.epoch_order = state.order.get_state()
-    else:
-        state.order.set_state(state.epoch_order)
-    return torch.randperm(len(loop.split), generator=state.order).to(device)
+def _epoch_batches(loop: Loop) -> list[torch.Tensor]:
+    """This rank's batches of the current epoch (a function of the seed and the epoch alone, so a
+    resumed epoch replays the same order)."""
+    train = loop.cfg.train
+    return epoch_batches(
+        len(loop.split), train.batch_size, train.seed, loop.state.epoch, loop.world
+    )
 
 
 def _train_epoch(loop: Loop, device: torch.device) -> int:
     """One pass over the shuffled training split (or the rest of one); returns its step count."""
     cfg, state = loop.cfg, loop.state
     loop.model.train()
+    batches = _epoch_batches(loop)
     # a resumed epoch counts the batches it did before the restart
-    steps = min(
-        math.ceil(len(loop.split) / cfg.train.batch_size), loop.total - state.step + state.batch
-    )
+    steps = min(len(batches), loop.total - state.step + state.batch)
     loop.progress.start_epoch(state.epoch, steps, state.batch)
     clock = time.perf_counter()
-    for rows in _epoch_order(loop, device).split(cfg.train.batch_size)[state.batch : steps]:
-        local = shard(rows, loop.world)
-        labels = loop.split.labels[local]
+    for rows, images, labels in loop.split.load(batches[state.batch : steps], device):
         with autocast(cfg.train.precision, device):
-            loss, logits = _step(loop, local)
+            loss, logits = _step(loop, rows, images, labels)
         state.batch += 1
         _note_non_finite(state, loss)
         state.epoch_loss += loss
@@ -353,17 +346,18 @@ def _tick(state: TrainState, since: float) -> float:
     return now
 
 
-def _step(loop: Loop, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """One optimizer step on the batch ``rows``; returns the loss per sample and the logits
-    (both detached)."""
+def _step(
+    loop: Loop, rows: torch.Tensor, images: torch.Tensor, labels: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimizer step on a batch (uint8 ``images`` of the split's ``rows``); returns the loss
+    per sample and the logits (both detached)."""
     cfg = loop.cfg
     factor = lr_factor(loop.state.step, loop.total, cfg.optim)
     for optimizer in loop.optimizers:
         for group in optimizer.param_groups:
             group["lr"] = group["base_lr"] * factor
-    images = prepare_batch(loop, loop.split.images[rows], rows)
-    logits = loop.net(images).float()
-    loss = compute_loss(logits, loop.split.labels[rows], cfg.optim)
+    logits = loop.net(prepare_batch(loop, images, rows)).float()
+    loss = compute_loss(logits, labels, cfg.optim)
     # DDP averages gradients over ranks: right for a mean loss, a world too small for a sum
     scale = loop.world.size if cfg.optim.reduction == "sum" else 1
     (loss * scale).backward()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
@@ -10,9 +11,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from blitz.config import Config
-from blitz.data import Split, normalize
+from blitz.data import AnySplit, normalize
 from blitz.devices import autocast
-from blitz.distributed import SINGLE, World, gather_rows, shard
+from blitz.distributed import SINGLE, gather_rows, shard
 
 
 def _shift(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
@@ -40,24 +41,23 @@ def tta_logits(model: nn.Module, x: torch.Tensor, tta: str) -> torch.Tensor:
 @torch.inference_mode()
 def predict_logits(
     model: nn.Module,
-    images: torch.Tensor,
+    batches: Iterable[torch.Tensor],
     mean: tuple[float, ...],
     std: tuple[float, ...],
-    batch_size: int = 1000,
     tta: str = "none",
     channels_last: bool = False,
 ) -> torch.Tensor:
-    """Logits (N, K) for uint8 images (N, C, H, W), computed in batches on the model's device."""
+    """Logits (N, K) for batches of uint8 images (B, C, H, W), on the model's device."""
     device = next(model.parameters()).device
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     was_training = model.training
     model.eval()
     outputs = []
-    for i in range(0, len(images), batch_size):
-        x = normalize(images[i : i + batch_size].to(device), mean, std)
+    for images in batches:
+        x = normalize(images.to(device), mean, std)
         outputs.append(tta_logits(model, x.contiguous(memory_format=memory_format), tta).float())
     model.train(was_training)
-    return torch.cat(outputs)
+    return torch.cat(outputs) if outputs else torch.empty(0)  # (0,): a rank with no rows
 
 
 def confusion_matrix(
@@ -92,22 +92,17 @@ class Evaluation:
 
 
 def evaluate(
-    model: nn.Module, split: Split, cfg: Config, num_classes: int, world: World = SINGLE
+    model: nn.Module, split: AnySplit, cfg: Config, num_classes: int, world=SINGLE
 ) -> Evaluation:
     """Test a model on every image of a split, with the run's normalisation and TTA; under
     torchrun each process tests its share and all of them get every result."""
     train = cfg.train
-    images = shard(torch.arange(len(split)), world)
+    rows = shard(torch.arange(len(split)), world).split(train.eval_batch_size)
     device = next(model.parameters()).device
+    images = (images for _, images, _ in split.load(rows, device))
     with autocast(train.precision, device):
         local = predict_logits(
-            model,
-            split.images[images],
-            cfg.data.mean,
-            cfg.data.std,
-            train.eval_batch_size,
-            train.tta,
-            train.channels_last,
+            model, images, cfg.data.mean, cfg.data.std, train.tta, train.channels_last
         )
     logits = gather_rows(local, world)
     predicted = logits.argmax(1)

@@ -37,7 +37,7 @@ def decode_image(
                     img = img.resize((size, size), Image.BILINEAR)
                     if resized is not None:
                         resized[0] += 1
-                return np.asarray(img).reshape(size, size, -1)
+                return np.array(img).reshape(size, size, -1)  # writable: torch wants that
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise BadImage(name, f"refused as a possible decompression bomb: {exc}") from None
     except UnidentifiedImageError:  # its message names a BytesIO, not the file

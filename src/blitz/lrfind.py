@@ -3,6 +3,7 @@ the smoothed loss, stop when it diverges, and suggest a rate below the loss's mi
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -11,7 +12,8 @@ import torch
 from tqdm import tqdm
 
 from blitz.config import Config
-from blitz.data import Split, batches, normalize
+from blitz.data import AnySplit, normalize
+from blitz.distributed import SINGLE, epoch_batches
 from blitz.engine import compute_loss
 from blitz.models import create_model
 from blitz.optim import build_optimizers
@@ -31,7 +33,7 @@ class Sweep:
 
 def lr_find(
     cfg: Config,
-    train: Split,
+    train: AnySplit,
     classes: int,
     device: torch.device,
     steps: int = 300,
@@ -41,17 +43,17 @@ def lr_find(
 ) -> Sweep:
     """Sweep the learning rate from ``start`` to ``end`` over ``steps`` steps of a fresh model."""
     torch.manual_seed(cfg.train.seed)
-    model = create_model(cfg.model.name, classes, train.images.shape[1], **cfg.model.options)
+    model = create_model(cfg.model.name, classes, train.channels, **cfg.model.options)
     model = model.to(device).train()
     optimizers = build_optimizers(model, cfg.optim)
     lrs, raw = [], []
     # disable=None: a bar on a terminal only, not in logs
-    data = _endless(Split(train.images.to(device), train.labels.to(device)), cfg)
+    data = _endless(train.to(device), cfg, device)
     for i in tqdm(
         range(steps), desc="lr-find", unit="step", disable=True if quiet else None, leave=False
     ):
         lr = start * (end / start) ** (i / max(steps - 1, 1))
-        images, labels = next(data)
+        _, images, labels = next(data)
         loss = compute_loss(
             model(normalize(images, cfg.data.mean, cfg.data.std)), labels, cfg.optim
         )
@@ -69,10 +71,12 @@ def lr_find(
     return Sweep(lrs, smoothed, suggest(lrs, smoothed))
 
 
-def _endless(split: Split, cfg: Config) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    generator = torch.Generator().manual_seed(cfg.train.seed)
-    while True:
-        yield from batches(split, cfg.train.batch_size, generator)
+def _endless(
+    split: AnySplit, cfg: Config, device: torch.device
+) -> Iterator[tuple[torch.Tensor, ...]]:
+    size, seed = cfg.train.batch_size, cfg.train.seed
+    for epoch in itertools.count():
+        yield from split.load(epoch_batches(len(split), size, seed, epoch, SINGLE), device)
 
 
 def smooth(losses: list[float], beta: float = SMOOTHING) -> list[float]:
@@ -91,6 +95,10 @@ def has_diverged(smoothed: list[float]) -> bool:
 
 
 def suggest(lrs: list[float], smoothed: list[float]) -> float:
-    """A tenth of the rate at the smoothed loss's minimum: still on the steep, stable slope."""
-    finite = [(loss, lr) for loss, lr in zip(smoothed, lrs) if math.isfinite(loss)]
+    """A tenth of the rate at the smoothed loss's minimum: still on the steep, stable slope.
+
+    The first tenth of the sweep is left out: its average holds too few batches to be trusted
+    (fastai's range test skips its start the same way)."""
+    skip = len(lrs) // 10
+    finite = [(loss, lr) for loss, lr in zip(smoothed[skip:], lrs[skip:]) if math.isfinite(loss)]
     return min(finite)[1] / 10

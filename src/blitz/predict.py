@@ -49,7 +49,7 @@ def predict_files(
         chunk = files[start : start + batch_size]
         arrays = [decode_image(f.read_bytes(), str(f), size, mode=mode) for f in chunk]
         images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
-        probs = predict_logits(model, images, ckpt["mean"], ckpt["std"]).softmax(1)
+        probs = predict_logits(model, [images], ckpt["mean"], ckpt["std"]).softmax(1)
         top = probs.topk(k, dim=1)
         for f, p, i in zip(chunk, top.values.tolist(), top.indices.tolist()):
             results.append((f, [(classes[c], prob) for c, prob in zip(i, p)]))

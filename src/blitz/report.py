@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from blitz.data import Split
+from blitz.data import AnySplit
 from blitz.evaluate import confused_pairs, worst_errors
 from blitz.plots import (
     NUMBERS_UP_TO,
@@ -51,7 +51,9 @@ CHECK_SCRIPT = """<pre id="image-check" hidden></pre>
 });</script>"""
 
 
-def write_report(run_dir: Path, metrics: dict[str, Any], test: Split, logits: torch.Tensor) -> Path:
+def write_report(
+    run_dir: Path, metrics: dict[str, Any], test: AnySplit, logits: torch.Tensor
+) -> Path:
     """``RUN_DIR/report.html`` from the run's metrics, its files and its test predictions."""
     config = _read_json(run_dir / "config.json")
     title = f"blitz run {run_dir.name}"
@@ -129,7 +131,7 @@ def _pairs_table(matrix: torch.Tensor, classes: list[str]) -> str:
     return _table(rows, head) if rows else "<p>No confusions: every test image is right.</p>"
 
 
-def _errors_section(metrics: dict[str, Any], test: Split, logits: torch.Tensor) -> str:
+def _errors_section(metrics: dict[str, Any], test: AnySplit, logits: torch.Tensor) -> str:
     classes = metrics["classes"]
     rows = worst_errors(logits, test.labels, WORST)
     if not len(rows):
@@ -144,7 +146,7 @@ def _errors_section(metrics: dict[str, Any], test: Split, logits: torch.Tensor) 
         "prediction and its confidence.</p>"
     )
     return _section(
-        "Worst errors", note + _img(image_grid_png(test.images[rows], captions), "worst errors")
+        "Worst errors", note + _img(image_grid_png(test.images_at(rows), captions), "worst errors")
     )
 
 

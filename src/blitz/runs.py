@@ -6,6 +6,7 @@ import json
 import os
 import platform
 import time
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from blitz.checkpoint import (
 from blitz.config import Config
 from blitz.data import ImageData, cache_dir, load_data
 from blitz.devices import device_name, resolve_device
-from blitz.distributed import World, barrier, init_world, local_device
+from blitz.distributed import World, barrier, check_batch_size, init_world, local_device
 from blitz.engine import Log, Loop, NonFiniteLoss, planned_steps, train
 from blitz.errors import BlitzError
 from blitz.evaluate import (
@@ -112,6 +113,7 @@ def train_run(
     Under torchrun every process trains; only the first prints and writes."""
     make_reproducible(cfg)
     world = init_world(resolve_device(cfg.train.device))
+    check_batch_size(cfg.train.batch_size, world)
     device = local_device(resolve_device(cfg.train.device), world)
     if not world.is_main:
         log, quiet = (lambda message: None), True
@@ -125,8 +127,8 @@ def train_run(
         _show_training_images(data, out, log)
     log(
         f"data: {data.name} ({len(data.train)} train, {len(data.test)} test images, "
-        f"{len(data.classes)} classes); model: {cfg.model.name}; device: {device}"
-        + (f" x {world.size} processes" if world.size > 1 else "")
+        f"{len(data.classes)} classes, {data.storage()}); model: {cfg.model.name}; "
+        f"device: {device}" + (f" x {world.size} processes" if world.size > 1 else "")
     )
     torch.manual_seed(cfg.train.seed)  # the weights' initialisation depends on the seed alone
     model = create_model(cfg.model.name, len(data.classes), data.channels, **cfg.model.options)
@@ -161,6 +163,7 @@ def train_run(
         "processes": world.size,
         "preset": cfg.preset,
         "data": data.name,
+        "data_storage": data.storage(),
         "model": cfg.model.name,
         "parameters": sum(p.numel() for p in model.parameters()),
         "versions": {
@@ -209,7 +212,7 @@ def _load_data_once(cfg: Config, log: Log, world: World) -> ImageData:
     """The first process decodes (and caches); the others wait, then read the cache."""
     if not world.is_main:
         barrier(world)
-    data = load_data(cfg.data.source, cfg.data.image_size, log, cfg.data.skip_bad_images)
+    data = load_data(cfg.data, log)
     if world.is_main:
         barrier(world)
     return data
@@ -228,7 +231,7 @@ def _show_training_images(data: ImageData, out: Path, log: Log) -> None:
     """The seed's first look at the data: a grid of training images and their labels."""
     rows = sample_rows(SAMPLES, len(data.train))
     names = [data.classes[i] for i in data.train.labels[rows].tolist()]
-    save_image_grid(data.train.images[rows], names, out / "train_images.png")
+    save_image_grid(data.train.images_at(rows), names, out / "train_images.png")
     log(" ".join(f"{n:>5s}" for n in names))
 
 
@@ -238,7 +241,7 @@ def _show_results(result: Evaluation, data: ImageData, out: Path, log: Log) -> N
     truth = data.test.labels[rows].tolist()
     guess = result.predicted[rows].tolist()
     captions = [f"{data.classes[t]}\n→ {data.classes[p]}" for t, p in zip(truth, guess)]
-    save_image_grid(data.test.images[rows], captions, out / "test_predictions.png")
+    save_image_grid(data.test.images_at(rows), captions, out / "test_predictions.png")
     log(format_samples(truth, guess, data.classes))
     log(format_accuracy(result.matrix))
     log(format_per_class(result.matrix, data.classes))
@@ -256,7 +259,7 @@ def eval_run(run_dir: Path, source: str | None, log: Log) -> Evaluation:
 def _load_run(run_dir: Path, source: str | None, log: Log) -> tuple[Config, nn.Module, ImageData]:
     ckpt = load_checkpoint(run_dir / CHECKPOINT)
     cfg = config_from_checkpoint(ckpt)
-    data = load_data(source or cfg.data.source, ckpt["image_size"], log, cfg.data.skip_bad_images)
+    data = load_data(replace(cfg.data, source=source or cfg.data.source), log)
     check_classes(data, ckpt, run_dir)
     device = resolve_device(cfg.train.device)
     return cfg, model_from_checkpoint(ckpt).to(device, memory_format=_memory_format(cfg)), data

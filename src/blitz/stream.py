@@ -1,0 +1,177 @@
+"""Data bigger than memory: image files decoded batch by batch in DataLoader worker processes."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tarfile
+import zipfile
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from blitz.config import parse_size
+from blitz.errors import BlitzError
+from blitz.images import BadImage, decode_image
+
+AUTO_SHARE = 4  # max_memory "auto": a quarter of the machine's memory (decoding needs more)
+MAX_WORKERS = 8
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # rows, uint8 images, labels
+
+
+def memory_budget(max_memory: str) -> int:
+    """Bytes of decoded images that may be held in memory (``data.max_memory``)."""
+    size = parse_size(max_memory)
+    return physical_memory() // AUTO_SHARE if size is None else size
+
+
+def physical_memory() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # no sysconf (Windows): assume a small machine
+        return 8 * 2**30
+
+
+def format_size(size: int) -> str:
+    """Bytes in the largest binary unit that keeps a number >= 1 (``184 MB``)."""
+    for unit in ("TB", "GB", "MB", "KB"):
+        scale = 2 ** (10 * ("KMGT".index(unit[0]) + 1))
+        if size >= scale:
+            return f"{size / scale:.3g} {unit}"
+    return f"{size} B"
+
+
+def worker_count(workers: int | str) -> int:
+    """``data.workers``: auto = one per CPU core this process may use (shared among the
+    processes of a torchrun job on this machine), at most 8."""
+    if workers != "auto":
+        return int(workers)
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(MAX_WORKERS, (cores or 1) // local))
+
+
+class _Files(Dataset):
+    """Image files by row: (uint8 (3, size, size), "" or what was wrong with the file)."""
+
+    def __init__(self, root: Path, names: Sequence[str], size: int):
+        self.root, self.names, self.size = root, names, size
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __getitem__(self, row: int) -> tuple[torch.Tensor, str]:
+        name = self.names[row]
+        try:
+            image = decode_image((self.root / name).read_bytes(), name, self.size)
+        except BadImage as exc:
+            return torch.zeros(3, self.size, self.size, dtype=torch.uint8), f"{name} ({exc.reason})"
+        except OSError as exc:  # deleted or unreadable since the listing
+            return torch.zeros(3, self.size, self.size, dtype=torch.uint8), f"{name} ({exc})"
+        return torch.from_numpy(image).permute(2, 0, 1), ""
+
+
+@dataclass
+class StreamSplit:
+    """A split of image files under ``root``, read and decoded per batch (same interface as
+    ``data.Split``: ``labels``, ``load``, ``images_at``)."""
+
+    root: Path
+    names: list[str]  # relative to root, one per row
+    labels: torch.Tensor  # (N,) int64
+    size: int  # images are resized to size x size
+    workers: int
+
+    channels = 3  # image folders decode to RGB
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def to(self, device: torch.device) -> StreamSplit:
+        """Streamed images go to the device batch by batch: the split itself stays on disk."""
+        return self
+
+    def load(self, batches: Sequence[torch.Tensor], device: torch.device) -> Iterator[Batch]:
+        """(rows, uint8 images, labels) on ``device`` for each batch of row indices."""
+        for rows, images, bad in self._decoded(batches, device):
+            if any(bad):
+                raise BlitzError(
+                    f"cannot decode image {next(b for b in bad if b)}. Replace or delete it, or "
+                    "pass --skip-bad-images (streamed data is then checked once before training)"
+                )
+            yield (
+                rows.to(device),
+                images.to(device, non_blocking=True),
+                self.labels[rows].to(device),
+            )
+
+    def images_at(self, rows: torch.Tensor) -> torch.Tensor:
+        """uint8 images (N, 3, size, size) of the given rows, on the CPU."""
+        cpu = torch.device("cpu")
+        return torch.cat([images for _, images, _ in self.load(rows.split(256), cpu)])
+
+    def without_bad(self, log: Callable[[str], None], quiet: bool = False) -> StreamSplit:
+        """This split less the files that cannot be decoded (read once, in the workers)."""
+        cpu, bad_rows, reasons = torch.device("cpu"), [], []
+        batches = torch.arange(len(self)).split(256)
+        checked = tqdm(batches, desc="checking images", unit="batch", disable=quiet, leave=False)
+        for rows, _, bad in self._decoded(checked, cpu):
+            for row, reason in zip(rows.tolist(), bad):
+                if reason:
+                    bad_rows.append(row)
+                    reasons.append(reason)
+        if not bad_rows:
+            return self
+        log(f"skipped {len(bad_rows)} images that cannot be decoded: {'; '.join(reasons[:10])}")
+        keep = torch.ones(len(self), dtype=torch.bool)
+        keep[bad_rows] = False
+        names = [n for n, k in zip(self.names, keep.tolist()) if k]
+        return replace(self, names=names, labels=self.labels[keep])
+
+    def _decoded(
+        self, batches: Iterable[torch.Tensor], device: torch.device
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[str]]]:
+        batches = list(batches)
+        loader = DataLoader(
+            _Files(self.root, self.names, self.size),
+            batch_sampler=[rows.tolist() for rows in batches],
+            num_workers=self.workers,
+            pin_memory=device.type == "cuda",
+        )
+        for rows, (images, bad) in zip(batches, _guarded(loader)):
+            yield rows, images, bad
+
+
+def _guarded(loader: DataLoader) -> Iterator:
+    """The loader's batches; a worker that died or raised becomes one clear error."""
+    try:
+        yield from loader
+    except Exception as exc:
+        if "DataLoader worker" not in str(exc):
+            raise
+        raise BlitzError(
+            f"a data-loading worker process failed ({str(exc).strip()}). A worker killed by a "
+            "signal usually means the machine ran out of memory: use fewer --workers or a "
+            "smaller --batch-size"
+        ) from None
+
+
+def extract(archive: Path, into: Path, log: Callable[[str], None]) -> Path:
+    """Unpack an archive once into the cache, so its images can be read one at a time."""
+    if into.is_dir():
+        return into
+    log(f"extracting {archive} to {into} (once) to stream its images from disk")
+    tmp = into.with_name(into.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    if archive.name.lower().endswith(".zip"):
+        with zipfile.ZipFile(archive) as zf:
+            zf.extractall(tmp)  # zipfile drops absolute paths and ".." from member names
+    else:
+        with tarfile.open(archive) as tar:
+            tar.extractall(tmp, filter="data")  # no links out, no devices, no absolute paths
+    os.replace(tmp, into)  # a half-extracted archive is never mistaken for a whole one
+    return into
