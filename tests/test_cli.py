@@ -143,6 +143,13 @@ def test_train_on_an_image_folder_archive_and_refuse_to_clobber(tmp_path):
         (["train", "--lr", "-1"], "invalid value -1.0 for --lr"),
         (["train", "--batch-size", "0"], "--batch-size"),
         (["train", "--set", "optim.lrr=1"], "unknown setting optim.lrr"),
+        (["train", "--max-memory", "lots"], "invalid value 'lots' for --max-memory"),
+        (["train", "--workers", "-2"], "invalid value '-2' for --workers"),
+        (
+            ["train", "--preset", "seed", "--data", "shapes:50", "--image-size", "64"],
+            "model 'lenet' cannot take 64x64 images",
+        ),
+        (["train", "--devices", "3", "--batch-size", "64"], "multiple of 3"),
         (["eval", "/no/such/run"], "no checkpoint"),
         (["predict", "/no/such/run", "x.png"], "no checkpoint"),
     ],

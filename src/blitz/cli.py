@@ -187,7 +187,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, object]:
 def cmd_train(args: argparse.Namespace, started: float, argv: list[str]) -> None:
     from blitz.checkpoint import config_from_checkpoint
     from blitz.config import build_config
-    from blitz.distributed import finish, launch, launched_by_torchrun
+    from blitz.distributed import World, check_batch_size, finish, launch, launched_by_torchrun
     from blitz.runs import (
         default_run_dir,
         elastic_resume,
@@ -208,6 +208,7 @@ def cmd_train(args: argparse.Namespace, started: float, argv: list[str]) -> None
         if resume is None:
             prepare_run_dir(out, args.overwrite)
     if args.devices > 1 and not launched_by_torchrun():
+        check_batch_size(cfg.train.batch_size, World(size=args.devices))
         pinned = [] if args.resume else ["--out", str(out), "--overwrite"]
         launch(args.devices, _without_devices(argv) + pinned)
         return

@@ -113,12 +113,19 @@ def barrier(world: World) -> None:
         dist.barrier()
 
 
-def launch(devices: int, argv: list[str]) -> int:
+def launch(devices: int, argv: list[str]) -> None:
     """Run ``blitz <argv>`` in ``devices`` processes through torch's own launcher (torchrun)."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import get_args_parser, run
 
     args = get_args_parser().parse_args(
         ["--standalone", f"--nproc-per-node={devices}", "-m", "blitz", *argv]
     )
-    run(args)
-    return 0
+    try:
+        run(args)
+    except ChildFailedError as exc:  # its summary is a page long; the process said why above
+        rank, failure = exc.get_first_failure()
+        raise BlitzError(
+            f"training process {rank} of {devices} failed (exit code {failure.exitcode}): "
+            "its message is above"
+        ) from None

@@ -36,7 +36,7 @@ from blitz.evaluate import (
     format_samples,
     per_class_accuracy,
 )
-from blitz.models import create_model
+from blitz.models import check_input_size, create_model
 from blitz.plots import save_image_grid
 from blitz.progress import Progress
 from blitz.report import write_report
@@ -133,6 +133,7 @@ def train_run(
     torch.manual_seed(cfg.train.seed)  # the weights' initialisation depends on the seed alone
     model = create_model(cfg.model.name, len(data.classes), data.channels, **cfg.model.options)
     model = model.to(device, memory_format=_memory_format(cfg))
+    check_input_size(model, cfg.model.name, data.channels, cfg.data.image_size)
     if cfg.train.compile:  # compiled kernels persist beside the data, for the next process
         os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir() / "compile"))
     loop = _train_with_checkpoints(cfg, data, model, device, out, log, quiet, world, resume)
@@ -209,13 +210,15 @@ def check_classes(data: ImageData, ckpt: dict[str, Any], run_dir: Path) -> None:
 
 
 def _load_data_once(cfg: Config, log: Log, world: World) -> ImageData:
-    """The first process decodes (and caches); the others wait, then read the cache."""
+    """The first process decodes (and caches); the others wait, then read the cache, or meet
+    the same error as the first one (rather than a broken barrier)."""
     if not world.is_main:
         barrier(world)
-    data = load_data(cfg.data, log)
-    if world.is_main:
+        return load_data(cfg.data, log)
+    try:
+        return load_data(cfg.data, log)
+    finally:
         barrier(world)
-    return data
 
 
 def _memory_format(cfg: Config) -> torch.memory_format:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import torch
 from torch import nn
 
 from blitz.errors import BlitzError
@@ -32,6 +33,24 @@ def create_model(
         return _REGISTRY[name](num_classes=num_classes, in_channels=in_channels, **options)
     except TypeError as exc:
         raise BlitzError(f"invalid options {options} for model {name!r}: {exc}") from None
+
+
+def check_input_size(model: nn.Module, name: str, channels: int, size: int) -> None:
+    """Fail early, and clearly, if the model cannot take images of this size (LeNet's linear
+    layers are sized for the seed's 32 x 32)."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(2, channels, size, size, device=device))
+    except RuntimeError as exc:
+        raise BlitzError(
+            f"model {name!r} cannot take {size}x{size} images ({str(exc).splitlines()[0]}): "
+            "use the image size it is built for (--image-size 32 for lenet) or a model that "
+            "pools globally (convnet, airbench)"
+        ) from None
+    finally:
+        model.train(was_training)
 
 
 # Explicit imports register each family (no star-import magic).
