@@ -44,9 +44,8 @@ def test_global_batch_must_split_evenly():
         check_batch_size(64, World(0, 3, 0))
 
 
-def train(out, cache, *extra, data="shapes:200"):
-    cmd = [sys.executable, "-m", "blitz", "train", "--preset", "seed", "--data", str(data)]
-    cmd += ["--batch-size", "20"]
+def train(out, cache, *extra, data="shapes:200", launcher=(sys.executable, "-m", "blitz")):
+    cmd = [*launcher, "train", "--preset", "seed", "--data", str(data), "--batch-size", "20"]
     # SGD: Adam would amplify the last-bit differences of summing gradients in another order
     cmd += ["--epochs", "2", "--lr", "0.01", "--out", str(out), "--quiet"]
     cmd += extra
@@ -86,3 +85,43 @@ def test_two_streaming_processes_train_like_one_in_memory(tmp_path):
     for name, tensor in weights_one.items():
         assert torch.allclose(tensor, weights_two[name], atol=1e-5), name
     assert one["confusion_matrix"] == two["confusion_matrix"]
+
+
+# A worker for torchrun that notes each step of rank 1 in $STEPS_LOG ("attempt step") and kills
+# itself at the start of step 13 of the first attempt, as a crashed machine would; torchrun
+# --max-restarts then restarts the whole group.
+DYING_WORKER = """
+import os, signal, sys
+from blitz import cli, engine
+step = engine._step
+def dying_step(loop, *args):
+    attempt = os.environ["TORCHELASTIC_RESTART_COUNT"]
+    if loop.world.rank == 1:
+        with open(os.environ["STEPS_LOG"], "a") as log:
+            log.write(f"{attempt} {loop.state.step}\\n")
+        if attempt == "0" and loop.state.step == 12:
+            os.kill(os.getpid(), signal.SIGKILL)
+    return step(loop, *args)
+engine._step = dying_step
+raise SystemExit(cli.main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch built without distributed")
+def test_torchrun_restarts_a_killed_worker_from_the_last_checkpoint(tmp_path, monkeypatch):
+    worker, steps_log = tmp_path / "worker.py", tmp_path / "steps.log"
+    worker.write_text(DYING_WORKER)
+    monkeypatch.setenv("STEPS_LOG", str(steps_log))
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    torchrun += ["--nproc-per-node", "2", "--max-restarts", "1", str(worker)]
+    elastic, weights_elastic = train(
+        tmp_path / "elastic", tmp_path / "cache", "--checkpoint-every", "5", launcher=torchrun
+    )
+    steps = [tuple(map(int, line.split())) for line in steps_log.read_text().splitlines()]
+    assert steps[12] == (0, 12)  # killed there
+    assert steps[13:] == [(1, s) for s in range(10, 20)]  # restarted from the step-10 checkpoint
+    alone, weights_alone = train(tmp_path / "alone", tmp_path / "cache", "--devices", "2")
+    assert elastic["steps"] == alone["steps"] == 20 and elastic["processes"] == 2
+    for name, tensor in weights_alone.items():
+        assert torch.allclose(tensor, weights_elastic[name], atol=1e-6), name
+    assert elastic["confusion_matrix"] == alone["confusion_matrix"]

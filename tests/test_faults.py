@@ -16,6 +16,7 @@ from blitz import cli, engine, resume
 from blitz.checkpoint import load_checkpoint
 from blitz.config import build_config
 from blitz.errors import BlitzError
+from blitz.progress import METRICS_CSV, read_metrics_csv
 from blitz.runs import prepare_run_dir, train_run
 from conftest import folder_files, png_bytes, write_folder
 
@@ -157,6 +158,10 @@ def test_stopped_and_resumed_run_ends_bitwise_identical(runs, fault):
     assert run["resumed"][0] == 0, run["resumed"][1]
     assert_same_run(reference, run["out"])
     assert not list(run["out"].glob("*.tmp"))
+    # metrics.csv keeps the rows before the restart and has each step once
+    steps = [row["step"] for row in read_metrics_csv(run["out"] / METRICS_CSV)]
+    assert steps == [row["step"] for row in read_metrics_csv(reference / METRICS_CSV)]
+    assert len(steps) >= 3
 
 
 def test_a_half_written_checkpoint_is_ignored(runs):

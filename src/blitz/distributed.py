@@ -38,8 +38,18 @@ def init_world(device: torch.device) -> World:
     if not launched_by_torchrun() or int(os.environ["WORLD_SIZE"]) == 1:
         return World()
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        _join_group("nccl" if device.type == "cuda" else "gloo")
     return World(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def _join_group(backend: str) -> None:
+    # After torchrun restarts a failed group (--max-restarts), its store still holds the
+    # addresses the dead processes published; a key prefix per attempt keeps the new group
+    # from dialling them (gloo then times out in connectFullMesh).
+    store, rank, size = next(dist.rendezvous("env://"))
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    prefixed = dist.PrefixStore(f"blitz/attempt{attempt}", store)
+    dist.init_process_group(backend, store=prefixed, rank=rank, world_size=size)
 
 
 def local_device(device: torch.device, world: World) -> torch.device:

@@ -53,12 +53,17 @@ class Meter:
 
 
 class CsvLog:
-    """``metrics.csv``: one row per interval, flushed so another tool can follow it live."""
+    """``metrics.csv``: one row per interval, flushed so another tool can follow it live.
 
-    def __init__(self, path: Path) -> None:
+    A resumed run keeps the rows up to the step it resumes from (later ones are redone)."""
+
+    def __init__(self, path: Path, resumed_step: int = 0) -> None:
+        kept = [r for r in read_metrics_csv(path) if r["step"] <= resumed_step]
         self.file = open(path, "w", newline="")  # noqa: SIM115 - closed by close()
         self.writer = csv.DictWriter(self.file, fieldnames=CSV_FIELDS)
         self.writer.writeheader()
+        for row in kept:
+            self.write(row)
 
     def write(self, row: dict[str, float]) -> None:
         self.writer.writerow({k: _fmt(row[k]) for k in CSV_FIELDS})
@@ -96,11 +101,13 @@ class Progress:
     """Observer of the loop: a tqdm bar on a terminal, else one line per epoch (or the seed's
     running-loss lines); rows for metrics.csv and TensorBoard when given a run directory."""
 
-    def __init__(self, cfg: Config, log: Log, quiet: bool, out: Path | None = None) -> None:
+    def __init__(
+        self, cfg: Config, log: Log, quiet: bool, out: Path | None = None, resumed_step: int = 0
+    ) -> None:
         self.cfg, self.log, self.quiet = cfg, log, quiet
         self.seed_lines = cfg.train.log_every
         self.use_bar = not quiet and not self.seed_lines and sys.stderr.isatty()
-        self.csv = CsvLog(out / METRICS_CSV) if out else None
+        self.csv = CsvLog(out / METRICS_CSV, resumed_step) if out else None
         self.board = (
             open_tensorboard(out / "tensorboard") if out and cfg.train.tensorboard else None
         )

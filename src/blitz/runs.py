@@ -191,7 +191,8 @@ def _train_with_checkpoints(
     resume: dict[str, Any] | None,
 ) -> Loop:
     total = planned_steps(cfg, len(data.train))
-    progress = Progress(cfg, log, quiet, out if world.is_main else None)
+    resumed_step = resume["training"]["train_state"]["step"] if resume else 0
+    progress = Progress(cfg, log, quiet, out if world.is_main else None, resumed_step)
     with stop_on_signals() as stop:
         hooks = Checkpointer(out, cfg, model, data.classes, total, stop, resume, world.is_main)
         try:
