@@ -1,4 +1,5 @@
-"""Data sources decoded once into uint8 tensors (cached on disk), and batches sliced from them."""
+"""Data sources, decoded once into uint8 tensors (cached on disk) when they fit the memory
+budget, else streamed from disk (blitz.stream); splits hand out batches either way."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from blitz.folders import (
     check_path,
     find_layout,
     list_files,
-    note_other_files,
+    other_files_note,
     read_files,
 )
 from blitz.images import BadImage, decode_image
@@ -208,6 +209,8 @@ def load_path(path: Path, cfg: DataConfig, log: Log, name: str | None = None) ->
         data = _resize_data(data, cfg.image_size, log)
     else:
         layout = find_layout(names, others, path)
+        if note := other_files_note(others):
+            log(note)
         decoded = layout.count * 3 * cfg.image_size**2
         if decoded > budget:
             log(
@@ -216,7 +219,6 @@ def load_path(path: Path, cfg: DataConfig, log: Log, name: str | None = None) ->
             )
             return _stream(path, layout, cfg, log, name)
         log(f"decoding {path} (once; later runs read the cache)")
-        note_other_files(others, log)
         data = _image_folder(path, layout, cfg, log, name)
     _write_cache(data, cached)
     return data
@@ -227,12 +229,19 @@ def _stream(path: Path, layout: Layout, cfg: DataConfig, log: Log, name: str) ->
     root, workers = path, worker_count(cfg.workers)
     log(f"decoding in {workers} DataLoader worker processes (--workers) as batches are needed")
     if path.is_file():
-        root = extract(path, cache_dir() / "extracted" / f"{name}-{_fingerprint(path, '')}", log)
-    splits = []
+        root = cache_dir() / "extracted" / f"{name}-{_fingerprint(path, '')}"
+        if not root.is_dir():
+            log(f"extracting {path} to {root} (once) to stream its images from disk")
+        extract(path, root)
+    splits, bad = [], []
     for pairs in (layout.train, layout.test):
         labels = torch.tensor([label for _, label in pairs], dtype=torch.long)
         split = StreamSplit(root, [f for f, _ in pairs], labels, cfg.image_size, workers)
-        splits.append(split.without_bad(log) if cfg.skip_bad_images else split)
+        if cfg.skip_bad_images:
+            split, skipped = split.without_bad()
+            bad += skipped
+        splits.append(split)
+    _report_bad_images(bad, skip_bad=True, log=log)
     _check_not_empty(splits, layout.classes, path)
     return ImageData(name, layout.classes, *splits)
 

@@ -16,7 +16,6 @@ from blitz.images import IMAGE_EXTENSIONS
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".zip")
 SPLITS = {"train": "train", "test": "test", "val": "test"}
 CIFAR_FILES = {f"data_batch_{i}" for i in range(1, 6)} | {"test_batch", "batches.meta"}
-Log = Callable[[str], None]
 
 
 @dataclass
@@ -76,11 +75,12 @@ def find_layout(names: list[str], others: list[str], path: Path) -> Layout:
     return Layout(classes, pairs("train"), pairs("test"))
 
 
-def note_other_files(others: list[str], log: Log) -> None:
-    """Say once how many files were not images (notes, thumbnails' databases, ...)."""
+def other_files_note(others: list[str]) -> str | None:
+    """One line on the files that are not images (notes, thumbnails' databases, ...), if any."""
     skipped = [n for n in others if not n.endswith("/")]
     if skipped:
-        log(f"ignored {len(skipped)} files that are not images (e.g. {skipped[0]})")
+        return f"ignored {len(skipped)} files that are not images (e.g. {skipped[0]})"
+    return None
 
 
 def _is_wanted(name: str) -> bool:

@@ -6,7 +6,7 @@ import os
 import shutil
 import tarfile
 import zipfile
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -56,7 +56,7 @@ def worker_count(workers: int | str) -> int:
 
 
 class _Files(Dataset):
-    """Image files by row: (uint8 (3, size, size), "" or what was wrong with the file)."""
+    """Image files by row: (uint8 (3, size, size), "" or what is wrong with the file)."""
 
     def __init__(self, root: Path, names: Sequence[str], size: int):
         self.root, self.names, self.size = root, names, size
@@ -68,11 +68,13 @@ class _Files(Dataset):
         name = self.names[row]
         try:
             image = decode_image((self.root / name).read_bytes(), name, self.size)
+            return torch.from_numpy(image).permute(2, 0, 1), ""
         except BadImage as exc:
-            return torch.zeros(3, self.size, self.size, dtype=torch.uint8), f"{name} ({exc.reason})"
+            reason = exc.reason
         except OSError as exc:  # deleted or unreadable since the listing
-            return torch.zeros(3, self.size, self.size, dtype=torch.uint8), f"{name} ({exc})"
-        return torch.from_numpy(image).permute(2, 0, 1), ""
+            reason = str(exc)
+        # the batch still needs an image here; the loop stops, or the file was checked out
+        return torch.zeros(3, self.size, self.size, dtype=torch.uint8), reason
 
 
 @dataclass
@@ -97,10 +99,11 @@ class StreamSplit:
 
     def load(self, batches: Sequence[torch.Tensor], device: torch.device) -> Iterator[Batch]:
         """(rows, uint8 images, labels) on ``device`` for each batch of row indices."""
-        for rows, images, bad in self._decoded(batches, device):
-            if any(bad):
+        for rows, images, reasons in self._decoded(batches, device):
+            bad = [(self.names[row], why) for row, why in zip(rows.tolist(), reasons) if why]
+            if bad:
                 raise BlitzError(
-                    f"cannot decode image {next(b for b in bad if b)}. Replace or delete it, or "
+                    f"cannot decode image {bad[0][0]} ({bad[0][1]}). Replace or delete it, or "
                     "pass --skip-bad-images (streamed data is then checked once before training)"
                 )
             yield (
@@ -114,23 +117,21 @@ class StreamSplit:
         cpu = torch.device("cpu")
         return torch.cat([images for _, images, _ in self.load(rows.split(256), cpu)])
 
-    def without_bad(self, log: Callable[[str], None], quiet: bool = False) -> StreamSplit:
-        """This split less the files that cannot be decoded (read once, in the workers)."""
-        cpu, bad_rows, reasons = torch.device("cpu"), [], []
+    def without_bad(self) -> tuple[StreamSplit, list[tuple[str, str]]]:
+        """This split less the files that cannot be decoded (each read once, in the workers),
+        and (name, reason) for each of those."""
         batches = torch.arange(len(self)).split(256)
-        checked = tqdm(batches, desc="checking images", unit="batch", disable=quiet, leave=False)
-        for rows, _, bad in self._decoded(checked, cpu):
-            for row, reason in zip(rows.tolist(), bad):
-                if reason:
-                    bad_rows.append(row)
-                    reasons.append(reason)
-        if not bad_rows:
-            return self
-        log(f"skipped {len(bad_rows)} images that cannot be decoded: {'; '.join(reasons[:10])}")
+        decoded = self._decoded(batches, torch.device("cpu"))
         keep = torch.ones(len(self), dtype=torch.bool)
-        keep[bad_rows] = False
-        names = [n for n, k in zip(self.names, keep.tolist()) if k]
-        return replace(self, names=names, labels=self.labels[keep])
+        bad = []
+        # disable=None: a bar on a terminal only
+        for rows, _, reasons in tqdm(decoded, "checking images", len(batches), disable=None):
+            for row, why in zip(rows.tolist(), reasons):
+                if why:
+                    keep[row] = False
+                    bad.append((self.names[row], why))
+        names = [name for name, kept in zip(self.names, keep.tolist()) if kept]
+        return replace(self, names=names, labels=self.labels[keep]), bad
 
     def _decoded(
         self, batches: Iterable[torch.Tensor], device: torch.device
@@ -160,18 +161,21 @@ def _guarded(loader: DataLoader) -> Iterator:
         ) from None
 
 
-def extract(archive: Path, into: Path, log: Callable[[str], None]) -> Path:
-    """Unpack an archive once into the cache, so its images can be read one at a time."""
+def extract(archive: Path, into: Path) -> None:
+    """Unpack an archive into ``into`` (unless done before), so its images can be read one at
+    a time."""
     if into.is_dir():
-        return into
-    log(f"extracting {archive} to {into} (once) to stream its images from disk")
+        return
     tmp = into.with_name(into.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    if archive.name.lower().endswith(".zip"):
-        with zipfile.ZipFile(archive) as zf:
-            zf.extractall(tmp)  # zipfile drops absolute paths and ".." from member names
-    else:
-        with tarfile.open(archive) as tar:
-            tar.extractall(tmp, filter="data")  # no links out, no devices, no absolute paths
+    try:
+        if archive.name.lower().endswith(".zip"):
+            with zipfile.ZipFile(archive) as zf:
+                zf.extractall(tmp)  # zipfile drops absolute paths and ".." from member names
+        else:
+            with tarfile.open(archive) as tar:
+                tar.extractall(tmp, filter="data")  # no links out, no devices, no absolute paths
+    except (OSError, tarfile.TarError, zipfile.BadZipFile) as exc:  # a full disk, say
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise BlitzError(f"cannot extract {archive} into {into.parent}: {exc}") from None
     os.replace(tmp, into)  # a half-extracted archive is never mistaken for a whole one
-    return into
