@@ -3,16 +3,22 @@
     python bench/cpu.py --data PATH [--seeds 3] [--presets fast-cpu cpu-30s cpu-5min]
                         [--seed-steps 2000] [--json FILE]
 
+A preset may carry options of `blitz train`, quoted: `--presets fast-cpu "fast-cpu --max-memory 0"`
+compares the in-memory and the streamed path, `"fast-cpu --devices 2"` one process and two.
+
 The seed's recipe (torchvision DataLoader with per-image ToTensor + Normalize, batch 4, 2 workers,
 LeNet, SGD lr 0.001 momentum 0.9) runs only its first --seed-steps mini-batches: its time for the
 full 2 x 12,500 steps is extrapolated from them, and the table says so. Each preset then trains in
-its own `blitz train` process per seed, on the decoded cache (warmed first, untimed).
+its own `blitz train` process per seed, after an untimed one-step run that warms the caches
+(decoded tensors, an extracted archive for streaming).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -59,10 +65,12 @@ def seed_recipe_seconds(data_spec: str, steps: int) -> tuple[float, int]:
     return (time.perf_counter() - started) / steps, 2 * len(loader)
 
 
-def run_preset(preset: str, seed: int, data_spec: str, out: Path) -> Path:
-    run_dir = out / f"{preset}-seed{seed}"
+def run_preset(recipe: str, seed: int, data_spec: str, out: Path) -> Path:
+    """One `blitz train` process for ``recipe`` ("PRESET [OPTIONS]"); its run directory."""
+    preset, *options = shlex.split(recipe)
+    run_dir = out / (re.sub(r"[^\w.-]+", "_", recipe) + f"-seed{seed}")
     cmd = [sys.executable, "-m", "blitz", "train", "--preset", preset, "--data", data_spec]
-    cmd += ["--seed", str(seed), "--out", str(run_dir), "--overwrite", "--quiet"]
+    cmd += [*options, "--seed", str(seed), "--out", str(run_dir), "--overwrite", "--quiet"]
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     return run_dir
 
@@ -93,6 +101,7 @@ def main() -> None:
     results = {"seed_recipe": {"seconds_per_step": per_step, "extrapolated_seconds": seed_seconds}}
     with tempfile.TemporaryDirectory() as tmp:
         for preset in args.presets:
+            run_preset(f"{preset} --max-steps 1", 0, args.data, Path(tmp))  # warm every cache
             runs = read_metrics(
                 [run_preset(preset, s, args.data, Path(tmp)) for s in range(args.seeds)]
             )
