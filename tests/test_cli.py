@@ -168,6 +168,7 @@ def test_folder_without_train_is_a_clear_error(tmp_path):
     assert "Traceback" not in result.stderr
 
 
-def test_typo_in_an_option_is_rejected_by_argparse():
+def test_typo_in_an_option_is_rejected_with_the_closest_option():
     result = blitz("train", "--epocs", "3", check=False)
-    assert result.returncode == 2 and "unrecognized arguments" in result.stderr
+    assert result.returncode == 2 and "unrecognized arguments: --epocs" in result.stderr
+    assert "did you mean --epochs?" in result.stderr

@@ -27,6 +27,16 @@ def test_overrides_and_round_trip():
     assert again == cfg
 
 
+def test_another_model_does_not_inherit_the_presets_model_options():
+    assert build_config("fast-cpu").model.options == {"widths": [8, 16, 32]}
+    assert build_config("fast-cpu", {"model.name": "lenet"}).model.options == {}
+    assert build_config("fast-cpu", {"model.name": "convnet"}).model.options == {
+        "widths": [8, 16, 32]
+    }
+    mine = {"model.name": "convnet", "model.options.widths": [4, 4, 4]}
+    assert build_config("seed", mine).model.options == {"widths": [4, 4, 4]}
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import sys
 import time
 from pathlib import Path
@@ -372,11 +373,28 @@ def cmd_models(args: argparse.Namespace) -> None:
     print("\n".join(list_models()))
 
 
+def _reject(unknown: list[str], parser: argparse.ArgumentParser, command: str) -> None:
+    """Exit with argparse's message, naming the closest option for each mistyped one."""
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    subparser = commands.choices[command]
+    options = list(subparser._option_string_actions)
+    hints = [
+        f"{arg} (did you mean {close[0]}?)"
+        if (close := difflib.get_close_matches(arg, options, 1))
+        else arg
+        for arg in unknown
+    ]
+    subparser.error(f"unrecognized arguments: {' '.join(hints)}")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``blitz`` and ``python -m blitz``; returns the exit status."""
     started = time.perf_counter()
     argv = sys.argv[1:] if argv is None else argv
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        _reject(unknown, parser, args.command)
     from blitz.errors import BlitzError
     from blitz.signals import StopRequested
 

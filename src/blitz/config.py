@@ -271,8 +271,13 @@ def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str,
 
 
 def build_config(preset: str, overrides: dict[str, Any] | None = None) -> Config:
-    """A preset with overrides applied, validated."""
-    raw = apply_overrides(load_preset(preset), overrides or {})
+    """A preset with overrides applied, validated. A preset's model options are for its own
+    model: another ``model.name`` starts from that model's defaults."""
+    overrides, raw = overrides or {}, load_preset(preset)
+    model = raw.get("model", {})
+    if overrides.get("model.name", model.get("name")) != model.get("name"):
+        raw["model"] = {k: v for k, v in model.items() if k != "options"}
+    raw = apply_overrides(raw, overrides)
     try:
         return config_from_dict(raw, preset)
     except TypeError as exc:  # a value of the wrong type, e.g. a string for a number

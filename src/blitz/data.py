@@ -227,7 +227,10 @@ def load_path(path: Path, cfg: DataConfig, log: Log, name: str | None = None) ->
 def _stream(path: Path, layout: Layout, cfg: DataConfig, log: Log, name: str) -> ImageData:
     """The splits as files on disk (an archive is extracted into the cache first)."""
     root, workers = path, worker_count(cfg.workers)
-    log(f"decoding in {workers} DataLoader worker processes (--workers) as batches are needed")
+    where = {0: "this process", 1: "1 DataLoader worker"}.get(
+        workers, f"{workers} DataLoader workers"
+    )
+    log(f"decoding in {where} (--workers) as batches are needed")
     if path.is_file():
         root = cache_dir() / "extracted" / f"{name}-{_fingerprint(path, '')}"
         if not root.is_dir():

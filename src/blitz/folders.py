@@ -78,9 +78,11 @@ def find_layout(names: list[str], others: list[str], path: Path) -> Layout:
 def other_files_note(others: list[str]) -> str | None:
     """One line on the files that are not images (notes, thumbnails' databases, ...), if any."""
     skipped = [n for n in others if not n.endswith("/")]
-    if skipped:
-        return f"ignored {len(skipped)} files that are not images (e.g. {skipped[0]})"
-    return None
+    if not skipped:
+        return None
+    if len(skipped) == 1:
+        return f"ignored 1 file that is not an image ({skipped[0]})"
+    return f"ignored {len(skipped)} files that are not images (e.g. {skipped[0]})"
 
 
 def _is_wanted(name: str) -> bool:
