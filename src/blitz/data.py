@@ -31,7 +31,7 @@ from blitz.folders import (
 from blitz.images import BadImage, decode_image
 from blitz.stream import Batch, StreamSplit, extract, format_size, memory_budget, worker_count
 
-CACHE_FORMAT = 1  # bump when the decoded layout changes, so old caches are rebuilt
+CACHE_FORMAT = 2  # bump when decoding or its layout changes, so old caches are rebuilt
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
 DOWNLOAD_TIMEOUT = 15  # seconds without an answer before a download gives up

@@ -32,6 +32,8 @@ def decode_image(
             # a file that decodes to a huge image is refused, not decoded (a decompression bomb)
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as img:
+                # a JPEG much larger than size decodes at 1/2, 1/4 or 1/8 scale (still >= size)
+                img.draft(mode, (size, size))
                 img = _to_8bit(img).convert(mode)
                 if img.size != (size, size):
                     img = img.resize((size, size), Image.BILINEAR)
