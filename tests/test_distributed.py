@@ -66,6 +66,8 @@ def test_two_processes_train_like_one(tmp_path):
         assert torch.allclose(tensor, weights_two[name], atol=1e-5), name
     assert one["confusion_matrix"] == two["confusion_matrix"]
     assert one["test_accuracy"] == two["test_accuracy"]
+    grid = "test_predictions.png"  # each image's gathered prediction, in its caption
+    assert (tmp_path / "one" / grid).read_bytes() == (tmp_path / "two" / grid).read_bytes()
     assert [h["train_loss"] for h in one["history"]] == pytest.approx(
         [h["train_loss"] for h in two["history"]], abs=1e-5
     )

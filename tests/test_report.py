@@ -13,7 +13,13 @@ import torch.nn.functional as F
 from blitz.config import build_config
 from blitz.data import Split
 from blitz.errors import BlitzError
-from blitz.evaluate import confused_pairs, confusion_matrix, per_class_accuracy, worst_errors
+from blitz.evaluate import (
+    confused_pairs,
+    confusion_matrix,
+    per_class_accuracy,
+    score,
+    worst_errors,
+)
 from blitz.progress import CSV_FIELDS, INTERVAL, Progress, read_metrics_csv
 from blitz.report import write_comparison, write_report
 from blitz.runs import rebuild_report, train_run
@@ -27,13 +33,14 @@ def test_worst_errors_match_a_naive_sort():
         if int(logits[i].argmax()) != int(labels[i]):
             naive.append((-F.cross_entropy(logits[i : i + 1], labels[i : i + 1]).item(), i))
     expected = [i for _, i in sorted(naive)[:20]]
-    assert worst_errors(logits, labels, 20).tolist() == expected
-    assert len(worst_errors(logits, labels, 10_000)) == len(naive)  # only the wrong ones
+    result = score(logits, labels, 7)
+    assert worst_errors(result, labels, 20).tolist() == expected
+    assert len(worst_errors(result, labels, 10_000)) == len(naive)  # only the wrong ones
 
 
 def test_worst_errors_of_a_perfect_model_are_none():
     labels = torch.tensor([0, 1, 2])
-    assert len(worst_errors(F.one_hot(labels, 3).float(), labels, 5)) == 0
+    assert len(worst_errors(score(F.one_hot(labels, 3).float(), labels, 3), labels, 5)) == 0
 
 
 def test_confused_pairs_match_a_naive_scan():
@@ -88,7 +95,8 @@ def test_report_at_100_classes_scrolls_instead_of_shrinking(tmp_path):
         "history": [{"epoch": 1, "train_loss": 4.6, "lr": 0.1, "seconds": 1.0}],
     }  # fmt: skip
     images = torch.zeros(300, 3, 32, 32, dtype=torch.uint8)
-    page = write_report(tmp_path, metrics, Split(images, labels), logits).read_text()
+    result = score(logits, labels, 100)
+    page = write_report(tmp_path, metrics, Split(images, labels), result).read_text()
     assert page.count("<div class='scroll'>") == 2 and len(_images(page)) == 4
 
 

@@ -94,12 +94,11 @@ def wrap(model: nn.Module, world: World, device: torch.device, sync_bn: bool) ->
     return nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
 
-def mean_over_ranks(value: torch.Tensor, world: World) -> torch.Tensor:
-    """The average of a tensor over all processes."""
+def sum_over_ranks(value: torch.Tensor, world: World) -> torch.Tensor:
+    """The sum of a tensor over all processes (on the device the backend works on)."""
     if world.size > 1:
         value = value.clone()
         dist.all_reduce(value)
-        value /= world.size
     return value
 
 

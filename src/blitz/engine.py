@@ -17,7 +17,7 @@ from blitz import augment
 from blitz.config import Config, OptimConfig
 from blitz.data import AnySplit, ImageData, Log, normalize
 from blitz.devices import autocast, synchronize
-from blitz.distributed import SINGLE, World, epoch_batches, mean_over_ranks, wrap
+from blitz.distributed import SINGLE, World, epoch_batches, sum_over_ranks, wrap
 from blitz.errors import BlitzError
 from blitz.evaluate import evaluate
 from blitz.optim import build_optimizers, lr_factor, unflatten_filters
@@ -226,8 +226,8 @@ def _finish_epoch(loop: Loop, data: ImageData, steps: int) -> None:
     check_finite(state, cfg, loop.total)
     state.epoch += 1
     images = min(steps * cfg.train.batch_size, len(loop.split))
-    loss = mean_over_ranks(state.epoch_loss, world).item() / max(steps, 1)
-    correct = mean_over_ranks(state.epoch_correct, world).item() * world.size
+    loss = sum_over_ranks(state.epoch_loss, world).item() / world.size / max(steps, 1)
+    correct = sum_over_ranks(state.epoch_correct, world).item()
     state.epoch_loss.zero_()
     state.epoch_correct.zero_()
     record = {

@@ -13,7 +13,7 @@ from torch import nn
 from blitz.config import Config
 from blitz.data import AnySplit, normalize
 from blitz.devices import autocast
-from blitz.distributed import SINGLE, gather_rows, shard
+from blitz.distributed import SINGLE, gather_rows, shard, sum_over_ranks
 
 
 def _shift(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
@@ -65,7 +65,7 @@ def confusion_matrix(
 ) -> torch.Tensor:
     """(K, K) int64 counts: row = true class, column = predicted class."""
     flat = labels.to(torch.int64) * num_classes + predicted.to(torch.int64)
-    return torch.bincount(flat, minlength=num_classes**2).view(num_classes, num_classes).cpu()
+    return torch.bincount(flat, minlength=num_classes**2).view(num_classes, num_classes)
 
 
 def accuracy(matrix: torch.Tensor) -> float:
@@ -80,34 +80,46 @@ def per_class_accuracy(matrix: torch.Tensor) -> list[float]:
 
 @dataclass
 class Evaluation:
-    """What testing a model on a split found."""
+    """What testing a model on a split found: the confusion matrix, and per test image its
+    prediction, the prediction's probability and the loss (the logits are not kept)."""
 
     matrix: torch.Tensor  # (K, K) confusion matrix
-    predicted: torch.Tensor  # (N,) predicted class per sample
-    logits: torch.Tensor  # (N, K)
+    predicted: torch.Tensor  # (N,) int64
+    confidence: torch.Tensor  # (N,) softmax probability of the predicted class
+    loss: torch.Tensor  # (N,) cross-entropy against the true class
 
     @property
     def accuracy(self) -> float:
         return accuracy(self.matrix)
 
 
+def score(logits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> Evaluation:
+    """The evaluation of logits (N, K) against labels (N,)."""
+    logits, labels = logits.reshape(-1, num_classes).float(), labels.to(logits.device)
+    confidence, predicted = logits.softmax(1).max(1)
+    loss = F.cross_entropy(logits, labels, reduction="none")
+    return Evaluation(confusion_matrix(labels, predicted, num_classes), predicted, confidence, loss)
+
+
 def evaluate(
     model: nn.Module, split: AnySplit, cfg: Config, num_classes: int, world=SINGLE
 ) -> Evaluation:
-    """Test a model on every image of a split, with the run's normalisation and TTA; under
-    torchrun each process tests its share and all of them get every result."""
+    """Test a model on every image of a split, with the run's normalisation and TTA. Under
+    torchrun each process tests its share: the confusion matrices are summed, and every
+    process gets every image's prediction (three numbers an image, not its logits)."""
     train = cfg.train
-    rows = shard(torch.arange(len(split)), world).split(train.eval_batch_size)
+    rows = shard(torch.arange(len(split)), world)
     device = next(model.parameters()).device
-    images = (images for _, images, _ in split.load(rows, device))
+    images = (images for _, images, _ in split.load(rows.split(train.eval_batch_size), device))
     with autocast(train.precision, device):
-        local = predict_logits(
+        logits = predict_logits(
             model, images, cfg.data.mean, cfg.data.std, train.tta, train.channels_last
         )
-    logits = gather_rows(local, world)
-    predicted = logits.argmax(1)
-    matrix = confusion_matrix(split.labels.to(predicted.device), predicted, num_classes)
-    return Evaluation(matrix, predicted.cpu(), logits.cpu())
+    mine = score(logits, split.labels[rows], num_classes)  # (0, K) logits: a process with no rows
+    matrix = sum_over_ranks(mine.matrix, world).cpu()
+    per_image = torch.stack([mine.predicted.double(), mine.confidence, mine.loss], 1)
+    every = gather_rows(per_image, world).cpu()  # (N, 3): class numbers are exact in float64
+    return Evaluation(matrix, every[:, 0].long(), every[:, 1].float(), every[:, 2].float())
 
 
 def format_accuracy(matrix: torch.Tensor) -> str:
@@ -145,11 +157,10 @@ def format_samples(labels: list[int], predicted: list[int], classes: list[str]) 
     return f"GroundTruth:  {truth}\nPredicted:    {guess}"
 
 
-def worst_errors(logits: torch.Tensor, labels: torch.Tensor, count: int) -> torch.Tensor:
+def worst_errors(result: Evaluation, labels: torch.Tensor, count: int) -> torch.Tensor:
     """Indices of up to ``count`` misclassified samples, highest loss (surest mistake) first."""
-    losses = F.cross_entropy(logits.float(), labels, reduction="none")
-    wrong = logits.argmax(1) != labels
-    order = losses.masked_fill(~wrong, -math.inf).argsort(descending=True, stable=True)
+    wrong = result.predicted != labels
+    order = result.loss.masked_fill(~wrong, -math.inf).argsort(descending=True, stable=True)
     return order[: min(count, int(wrong.sum()))]
 
 

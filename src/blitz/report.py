@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from blitz.data import AnySplit
-from blitz.evaluate import confused_pairs, worst_errors
+from blitz.evaluate import Evaluation, confused_pairs, worst_errors
 from blitz.plots import (
     NUMBERS_UP_TO,
     confusion_png,
@@ -52,7 +52,7 @@ CHECK_SCRIPT = """<pre id="image-check" hidden></pre>
 
 
 def write_report(
-    run_dir: Path, metrics: dict[str, Any], test: AnySplit, logits: torch.Tensor
+    run_dir: Path, metrics: dict[str, Any], test: AnySplit, result: Evaluation
 ) -> Path:
     """``RUN_DIR/report.html`` from the run's metrics, its files and its test predictions."""
     config = _read_json(run_dir / "config.json")
@@ -61,7 +61,7 @@ def write_report(
         _section("Summary", _table(_summary_rows(metrics, config))),
         _section("Training curves", _img(_curves(run_dir, metrics), "training curves")),
         _results_section(metrics),
-        _errors_section(metrics, test, logits),
+        _errors_section(metrics, test, result),
         _files_section(run_dir),
     ]
     path = run_dir / REPORT
@@ -131,15 +131,15 @@ def _pairs_table(matrix: torch.Tensor, classes: list[str]) -> str:
     return _table(rows, head) if rows else "<p>No confusions: every test image is right.</p>"
 
 
-def _errors_section(metrics: dict[str, Any], test: AnySplit, logits: torch.Tensor) -> str:
+def _errors_section(metrics: dict[str, Any], test: AnySplit, result: Evaluation) -> str:
     classes = metrics["classes"]
-    rows = worst_errors(logits, test.labels, WORST)
+    rows = worst_errors(result, test.labels, WORST)
     if not len(rows):
         return _section("Worst errors", "<p>No errors on the test set.</p>")
-    confidence, predicted = logits[rows].float().softmax(1).max(1)
+    truth, predicted = test.labels[rows].tolist(), result.predicted[rows].tolist()
     captions = [
         f"{classes[t]}\n→ {classes[p]} {100 * c:.0f}%"
-        for t, p, c in zip(test.labels[rows].tolist(), predicted.tolist(), confidence.tolist())
+        for t, p, c in zip(truth, predicted, result.confidence[rows].tolist())
     ]
     note = (
         "<p class='note'>Misclassified test images with the highest loss: truth, then "

@@ -175,7 +175,7 @@ def train_run(
         "history": state.history,
     }
     write_json(out / "metrics.json", metrics)  # its presence marks the run finished
-    log(f"report: {write_report(out, metrics, data.test, result.logits)}")
+    log(f"report: {write_report(out, metrics, data.test, result)}")
     return metrics
 
 
@@ -276,4 +276,4 @@ def rebuild_report(run_dir: Path, log: Log) -> Path:
         raise BlitzError(f"no metrics.json in {run_dir}: pass a finished run directory")
     cfg, model, data = _load_run(run_dir, None, log)
     result = evaluate(model, data.test, cfg, len(data.classes))
-    return write_report(run_dir, json.loads(metrics_file.read_text()), data.test, result.logits)
+    return write_report(run_dir, json.loads(metrics_file.read_text()), data.test, result)
