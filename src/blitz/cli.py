@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import os
 import sys
 import time
 from pathlib import Path
@@ -418,7 +419,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"blitz: error: {exc}", file=sys.stderr)
         return 2
     except StopRequested as exc:  # a checkpoint was saved; the message says how to resume
-        print(f"blitz: {exc}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # under torchrun: the process that saved it
+            print(f"blitz: {exc}", file=sys.stderr)
         return 128 + exc.signum
     except KeyboardInterrupt:
         print("blitz: interrupted", file=sys.stderr)

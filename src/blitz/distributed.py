@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from dataclasses import dataclass
 
 import torch
@@ -11,6 +12,7 @@ from torch import nn
 from torch.utils.data import DistributedSampler
 
 from blitz.errors import BlitzError
+from blitz.signals import StopRequested
 
 
 @dataclass(frozen=True)
@@ -124,6 +126,7 @@ def barrier(world: World) -> None:
 
 def launch(devices: int, argv: list[str]) -> None:
     """Run ``blitz <argv>`` in ``devices`` processes through torch's own launcher (torchrun)."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import get_args_parser, run
 
@@ -138,3 +141,7 @@ def launch(devices: int, argv: list[str]) -> None:
             f"training process {rank} of {devices} failed (exit code {failure.exitcode}): "
             "its message is above"
         ) from None
+    except SignalException as exc:  # Ctrl-C or a kill: torchrun passed it on to the processes
+        name = signal.Signals(exc.sigval).name
+        message = f"the {devices} training processes stopped on {name}"
+        raise StopRequested(message, exc.sigval) from None
