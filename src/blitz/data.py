@@ -23,13 +23,17 @@ from blitz.folders import (
     CIFAR_FILES,
     Layout,
     check_path,
+    extract,
     find_layout,
+    iter_files,
     list_files,
+    members,
     other_files_note,
     read_files,
 )
 from blitz.images import BadImage, decode_image
-from blitz.stream import Batch, StreamSplit, extract, format_size, memory_budget, worker_count
+from blitz.locks import locked
+from blitz.stream import Batch, StreamSplit, format_size, memory_budget, worker_count
 
 CACHE_FORMAT = 2  # bump when decoding or its layout changes, so old caches are rebuilt
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
@@ -233,9 +237,10 @@ def _stream(path: Path, layout: Layout, cfg: DataConfig, log: Log, name: str) ->
     log(f"decoding in {where} (--workers) as batches are needed")
     if path.is_file():
         root = cache_dir() / "extracted" / f"{name}-{_fingerprint(path, '')}"
-        if not root.is_dir():
-            log(f"extracting {path} to {root} (once) to stream its images from disk")
-        extract(path, root)
+        with locked(root.with_name(root.name + ".lock")):  # a second run waits, then reads it
+            if not root.is_dir():
+                log(f"extracting {path} to {root} (once) to stream its images from disk")
+                extract(path, root, {file for file, _ in layout.train + layout.test})
     splits, bad = [], []
     for pairs in (layout.train, layout.test):
         labels = torch.tensor([label for _, label in pairs], dtype=torch.long)
@@ -252,11 +257,13 @@ def _stream(path: Path, layout: Layout, cfg: DataConfig, log: Log, name: str) ->
 def _fingerprint(path: Path, options: str) -> str:
     """A key that changes whenever the source's files (names, sizes, times) or options change."""
     path = path.resolve()  # ./data and /abs/data are the same source
-    digest = hashlib.sha1(f"{CACHE_FORMAT}|{options}|{path}".encode())
-    files = sorted(path.rglob("*")) if path.is_dir() else [path]
-    for file in files:
-        stat = file.stat()
-        digest.update(f"|{file.relative_to(path)}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+    digest = hashlib.sha1(f"{CACHE_FORMAT}|{options}|".encode() + os.fsencode(path))
+    if path.is_dir():
+        for m in members(path):
+            digest.update(b"|" + os.fsencode(m.name) + f"|{m.kind}|{m.size}|{m.mtime_ns}".encode())
+    else:
+        stat = path.stat()
+        digest.update(f"|{stat.st_size}|{stat.st_mtime_ns}".encode())
     return digest.hexdigest()[:16]
 
 
@@ -321,13 +328,11 @@ def _cifar_from_pickles(files: dict[str, bytes], name: str) -> ImageData:
 
 
 def _image_folder(path: Path, layout: Layout, cfg: DataConfig, log: Log, name: str) -> ImageData:
-    files = read_files(path, {file for file, _ in layout.train + layout.test})
     notes = {"resized": 0, "bad": []}
-    size = cfg.image_size
-    splits = [_decode_split(pairs, files, size, notes) for pairs in (layout.train, layout.test)]
+    splits = _decode_splits([layout.train, layout.test], path, cfg.image_size, notes)
     _report_bad_images(notes["bad"], cfg.skip_bad_images, log)
     if notes["resized"]:
-        log(f"resized {notes['resized']} images to {size}x{size}")
+        log(f"resized {notes['resized']} images to {cfg.image_size}x{cfg.image_size}")
     if cfg.skip_bad_images:  # skipping may have emptied a class
         splits = [_drop_failed(split) for split in splits]
         _check_not_empty(splits, layout.classes, path)
@@ -363,20 +368,35 @@ def _check_not_empty(splits: list[Split], classes: list[str], path: Path) -> Non
             )
 
 
-def _decode_split(
-    pairs: list[tuple[str, int]], files: dict[str, bytes], size: int, notes: dict
-) -> Split:
-    images = np.zeros((len(pairs), size, size, 3), dtype=np.uint8)
-    labels = torch.tensor([label for _, label in pairs], dtype=torch.long)
-    resized = [0]
-    for row, (file, _) in enumerate(pairs):
+def _decode_splits(
+    splits: list[list[tuple[str, int]]], path: Path, size: int, notes: dict
+) -> list[Split]:
+    """Decode each split's (file, label) pairs in one pass over the folder or archive; each file
+    is decoded as it is read, so the files' bytes are never all in memory at once."""
+    images = [np.zeros((len(pairs), size, size, 3), dtype=np.uint8) for pairs in splits]
+    labels = [torch.tensor([label for _, label in pairs], dtype=torch.long) for pairs in splits]
+    where = {
+        file: (s, row) for s, pairs in enumerate(splits) for row, (file, _) in enumerate(pairs)
+    }
+    resized, bad = [0], {}
+    for file, data in iter_files(path, set(where)):
+        s, row = where.pop(file)
         try:
-            images[row] = decode_image(files[file], file, size, resized)
+            if isinstance(data, BadImage):
+                raise data
+            images[s][row] = decode_image(data, file, size, resized)
         except BadImage as exc:
-            notes["bad"].append((file, exc.reason))
-            labels[row] = -1
+            bad[s, row] = (file, exc.reason)
+    for file, (s, row) in where.items():  # gone since the listing
+        bad[s, row] = (file, "disappeared while it was being read")
+    for s, row in bad:
+        labels[s][row] = -1
+    notes["bad"] += [bad[key] for key in sorted(bad)]  # in split and row order
     notes["resized"] += resized[0]
-    return Split(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), labels)
+    return [
+        Split(torch.from_numpy(x).permute(0, 3, 1, 2).contiguous(), y)
+        for x, y in zip(images, labels)
+    ]
 
 
 def normalize(

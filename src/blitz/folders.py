@@ -4,18 +4,35 @@
 from __future__ import annotations
 
 import functools
+import os
+import shutil
+import stat
 import tarfile
 import zipfile
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO, Literal, NamedTuple
 
 from blitz.errors import BlitzError
-from blitz.images import IMAGE_EXTENSIONS
+from blitz.images import IMAGE_EXTENSIONS, BadImage
 
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".zip")
 SPLITS = {"train": "train", "test": "test", "val": "test"}
 CIFAR_FILES = {f"data_batch_{i}" for i in range(1, 6)} | {"test_batch", "batches.meta"}
+MAX_FILE_BYTES = 256 * 2**20  # no image (or CIFAR batch) comes near; a larger member is a bomb
+DISK_MARGIN = 2**30  # an extraction leaves at least this much of the disk free
+
+
+class Member(NamedTuple):
+    """An entry of a folder or archive: its checked relative name, what it is, and its size."""
+
+    name: str  # relative POSIX path, never absolute, never through ".."
+    kind: Literal["file", "dir", "other"]  # other: a link, device, pipe or unreadable entry
+    size: int
+    open: Callable[[], IO[bytes]]
+    mtime_ns: int = 0  # files of a folder: when they last changed (the decode cache's key)
 
 
 @dataclass
@@ -47,21 +64,89 @@ def check_path(path: Path) -> None:
 
 def list_files(path: Path) -> tuple[list[str], list[str]]:
     """Relative POSIX names of the images (and CIFAR batch files) of a folder or archive, and
-    of everything else (folders end in "/"), without reading any file."""
+    of everything else (folders end in "/"; links, devices and pipes are "everything else"),
+    without reading any file."""
     wanted: list[str] = []
     others: list[str] = []
-    for name, is_dir, _ in _members(path):
-        if not is_dir and _is_wanted(name):
-            wanted.append(name)
+    for member in members(path):
+        if member.kind == "file" and _is_wanted(member.name):
+            wanted.append(member.name)
         else:
-            others.append(name.rstrip("/") + "/" if is_dir else name)
+            others.append(member.name + "/" if member.kind == "dir" else member.name)
     return wanted, others
 
 
+def iter_files(path: Path, names: set[str]) -> Iterator[tuple[str, bytes | BadImage]]:
+    """(name, bytes) of the named regular files, in one pass over the folder or archive; a file
+    that cannot be read comes as (name, BadImage) so the caller can name or skip it. Nothing is
+    written to disk, and no file over ``MAX_FILE_BYTES`` is read."""
+    for member in members(path):
+        if member.kind == "file" and member.name in names:
+            try:
+                yield member.name, read_member(member)
+            except BadImage as exc:
+                yield member.name, exc
+
+
 def read_files(path: Path, names: set[str]) -> dict[str, bytes]:
-    """The bytes of the named files, in one pass over the folder or archive (nothing is
-    extracted to disk: archive members are read into memory only)."""
-    return {name: read() for name, is_dir, read in _members(path) if name in names and not is_dir}
+    """The bytes of the named files (all of them, or a BlitzError naming the first bad one)."""
+    out = {}
+    for name, data in iter_files(path, names):
+        if isinstance(data, BadImage):
+            raise data
+        out[name] = data
+    return out
+
+
+def read_member(member: Member) -> bytes:
+    """A member's bytes, refusing one larger than ``MAX_FILE_BYTES`` (a bomb, or not an image),
+    and naming one that cannot be read (encrypted, unknown compression, bad checksum, ...)."""
+    too_big = f"larger than {MAX_FILE_BYTES // 2**20} MB, more than any image should be"
+    if member.size > MAX_FILE_BYTES:
+        raise BadImage(member.name, too_big)
+    try:
+        with member.open() as f:
+            data = f.read(MAX_FILE_BYTES + 1)  # a size header may lie: count what comes
+    except (OSError, RuntimeError, NotImplementedError, zipfile.BadZipFile, tarfile.TarError,
+            EOFError, zlib.error) as exc:  # fmt: skip
+        raise BadImage(member.name, f"cannot be read: {exc}") from None
+    if len(data) > MAX_FILE_BYTES:
+        raise BadImage(member.name, too_big)
+    return data
+
+
+def extract(archive: Path, into: Path, names: set[str]) -> None:
+    """Copy the named regular files of an archive into the folder ``into`` (made here, whole or
+    not at all). Paths are built from the checked member names; no link, device or other
+    special file is ever created, and the interpreter's extraction filters are not relied on."""
+    listed = {m.name: m for m in members(archive) if m.kind == "file" and m.name in names}
+    total = sum(m.size for m in listed.values())
+    into.parent.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(into.parent).free
+    if total > free - DISK_MARGIN:
+        raise BlitzError(
+            f"extracting {archive} needs {total / 2**30:.2f} GB, but {into.parent} has "
+            f"{free / 2**30:.2f} GB free: free some space or set BLITZ_DATA to a larger disk"
+        )
+    tmp = into.with_name(into.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        for member in members(archive):  # one pass: reading a .tar.gz out of order re-reads it
+            if member.kind == "file" and listed.pop(member.name, None):
+                _write_new(tmp.joinpath(*member.name.split("/")), member)
+    except (OSError, BlitzError) as exc:  # a full disk, a bad member
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise BlitzError(f"cannot extract {archive} into {into.parent}: {exc}") from None
+    os.replace(tmp, into)  # a half-extracted archive is never mistaken for a whole one
+
+
+def _write_new(target: Path, member: Member) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    data = read_member(member)
+    # O_EXCL | O_NOFOLLOW: only a new regular file, never through a link (there are none here)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+    with os.fdopen(os.open(target, flags, 0o644), "wb") as f:
+        f.write(data)
 
 
 def find_layout(names: list[str], others: list[str], path: Path) -> Layout:
@@ -90,36 +175,85 @@ def _is_wanted(name: str) -> bool:
 
 
 def _check_member(name: str, archive: Path) -> str:
-    if name.startswith("/") or ".." in Path(name).parts:
+    if name.startswith("/") or ".." in name.split("/"):
         raise BlitzError(f"refusing archive {archive}: member {name!r} points outside the archive")
-    return name
+    return name.rstrip("/")
 
 
-def _members(path: Path) -> Iterator[tuple[str, bool, Callable[[], bytes]]]:
+def members(path: Path) -> Iterator[Member]:
+    """The entries of a folder (links to files and folders followed, each folder once) or of
+    an archive (links never followed), sorted by name."""
     if path.is_dir():
-        for file in sorted(path.rglob("*")):
-            yield file.relative_to(path).as_posix(), file.is_dir(), file.read_bytes
+        yield from sorted(_folder_members(path), key=lambda m: m.name)
     elif path.name.lower().endswith(".zip"):
-        try:
-            with zipfile.ZipFile(path) as zf:
-                for info in zf.infolist():
-                    name = _check_member(info.filename, path)
-                    yield name, info.is_dir(), functools.partial(zf.read, info)
-        except (zipfile.BadZipFile, EOFError, OSError) as exc:
-            raise BlitzError(f"cannot read archive {path}: {exc}") from None
+        yield from _zip_members(path)
     else:
-        try:
-            with tarfile.open(path) as tar:
-                for member in tar:
-                    if member.isfile() or member.isdir():  # links and devices are never followed
-                        name = _check_member(member.name, path)
-                        yield name, member.isdir(), functools.partial(_read_member, tar, member)
-        except (tarfile.TarError, EOFError, OSError) as exc:
-            raise BlitzError(f"cannot read archive {path}: {exc}") from None
+        yield from _tar_members(path)
 
 
-def _read_member(tar: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
-    return tar.extractfile(member).read()
+def _folder_members(root: Path) -> Iterator[Member]:
+    seen: set[tuple[int, int]] = set()
+    for folder, dirs, files in os.walk(root, followlinks=True):
+        here = os.stat(folder)
+        rel = Path(folder).relative_to(root).as_posix()
+        if (here.st_dev, here.st_ino) in seen:  # a link loop, or a folder linked twice
+            dirs.clear()
+            yield Member(rel, "other", 0, _no_open)
+            continue
+        seen.add((here.st_dev, here.st_ino))
+        if rel != ".":
+            yield Member(rel, "dir", 0, _no_open)
+        prefix = "" if rel == "." else rel + "/"
+        for name in files:
+            yield _folder_file(Path(folder) / name, prefix + name)
+
+
+def _folder_file(file: Path, name: str) -> Member:
+    try:
+        info = file.stat()  # follows a link; a dangling one or a loop raises
+    except OSError:
+        return Member(name, "other", 0, _no_open)
+    if not stat.S_ISREG(info.st_mode):  # a pipe would hang a read, a device never end one
+        return Member(name, "other", 0, _no_open)
+    opener = functools.partial(_open_regular, file)
+    return Member(name, "file", info.st_size, opener, info.st_mtime_ns)
+
+
+def _open_regular(file: Path) -> IO[bytes]:
+    # O_NONBLOCK: if a pipe was put in the file's place since the listing, opening it does
+    # not wait for a writer; fstat then refuses it
+    fd = os.open(file, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(f"{file} is not a regular file")
+    return os.fdopen(fd, "rb")
+
+
+def _no_open() -> IO[bytes]:
+    raise OSError("not a regular file")
+
+
+def _zip_members(path: Path) -> Iterator[Member]:
+    try:
+        with zipfile.ZipFile(path) as zf:
+            for info in zf.infolist():
+                name = _check_member(info.filename, path)
+                kind = "dir" if info.is_dir() else "file"
+                yield Member(name, kind, info.file_size, functools.partial(zf.open, info))
+    except (zipfile.BadZipFile, EOFError, OSError) as exc:
+        raise BlitzError(f"cannot read archive {path}: {exc}") from None
+
+
+def _tar_members(path: Path) -> Iterator[Member]:
+    try:
+        with tarfile.open(path) as tar:
+            for member in tar:
+                name = _check_member(member.name, path)
+                # links (hard or symbolic), devices and pipes are listed, never followed
+                kind = "file" if member.isfile() else "dir" if member.isdir() else "other"
+                yield Member(name, kind, member.size, functools.partial(tar.extractfile, member))
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
+        raise BlitzError(f"cannot read archive {path}: {exc}") from None
 
 
 def _split_and_class(name: str) -> tuple[str, str] | None:

@@ -4,6 +4,7 @@ self-contained file (images embedded as base64 PNG, no scripts or fonts from the
 from __future__ import annotations
 
 import base64
+import hashlib
 import html
 import json
 from datetime import datetime
@@ -44,11 +45,18 @@ img { max-width: 100%; } .scroll { overflow: auto; max-height: 900px; }
 """
 # Lets a headless browser prove that every embedded image decoded: it writes each image's
 # natural width into the page, which `chromium --dump-dom` then shows (see tests/test_browser.py).
-CHECK_SCRIPT = """<pre id="image-check" hidden></pre>
-<script>window.addEventListener("load", () => {
+CHECK_JS = """window.addEventListener("load", () => {
   document.getElementById("image-check").textContent =
     JSON.stringify(Array.from(document.images, (i) => i.naturalWidth));
-});</script>"""
+});"""
+CHECK_SCRIPT = f'<pre id="image-check" hidden></pre><script>{CHECK_JS}</script>'
+# Defence in depth: should a string ever reach the page unescaped, the browser still runs no
+# script but the check above, loads nothing from anywhere, and submits nothing.
+_JS_HASH = base64.b64encode(hashlib.sha256(CHECK_JS.encode()).digest()).decode()
+CSP = (
+    "default-src 'none'; img-src data:; style-src 'unsafe-inline'; "
+    f"script-src 'sha256-{_JS_HASH}'; form-action 'none'; base-uri 'none'"
+)
 
 
 def write_report(
@@ -74,10 +82,10 @@ def _curves(run_dir: Path, metrics: dict[str, Any]) -> bytes:
 
 
 def _subtitle(metrics: dict[str, Any]) -> str:
-    return (
-        f"{metrics['model']} on {metrics['data']}: test accuracy "
-        f"<b>{100 * metrics['test_accuracy']:.2f} %</b> after {metrics['epochs']} epochs"
-    )
+    # names come from files and folders: every piece is escaped, like every other string
+    head = html.escape(f"{metrics['model']} on {metrics['data']}: test accuracy ")
+    tail = html.escape(f" after {metrics['epochs']} epochs")
+    return f"{head}<b>{100 * metrics['test_accuracy']:.2f} %</b>{tail}"
 
 
 def _summary_rows(metrics: dict[str, Any], config: dict[str, Any]) -> list[tuple[str, str]]:
@@ -256,6 +264,7 @@ def _table(rows: list[tuple], head: tuple | None = None) -> str:
 def _page(title: str, subtitle: str, sections: list[str]) -> str:
     return (
         f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
+        f"<meta http-equiv='Content-Security-Policy' content=\"{CSP}\">"
         f"<title>{html.escape(title)}</title><style>{STYLE}</style></head><body>"
         f"<h1>{html.escape(title)}</h1><p class='sub'>{subtitle}</p>"
         + "".join(sections)

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
-import tarfile
-import zipfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -159,23 +156,3 @@ def _guarded(loader: DataLoader) -> Iterator:
             "signal usually means the machine ran out of memory: use fewer --workers or a "
             "smaller --batch-size"
         ) from None
-
-
-def extract(archive: Path, into: Path) -> None:
-    """Unpack an archive into ``into`` (unless done before), so its images can be read one at
-    a time."""
-    if into.is_dir():
-        return
-    tmp = into.with_name(into.name + f".tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        if archive.name.lower().endswith(".zip"):
-            with zipfile.ZipFile(archive) as zf:
-                zf.extractall(tmp)  # zipfile drops absolute paths and ".." from member names
-        else:
-            with tarfile.open(archive) as tar:
-                tar.extractall(tmp, filter="data")  # no links out, no devices, no absolute paths
-    except (OSError, tarfile.TarError, zipfile.BadZipFile) as exc:  # a full disk, say
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise BlitzError(f"cannot extract {archive} into {into.parent}: {exc}") from None
-    os.replace(tmp, into)  # a half-extracted archive is never mistaken for a whole one

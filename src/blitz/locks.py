@@ -1,0 +1,33 @@
+"""Advisory file locks for what two blitz processes could write at once (a run directory, the
+first extraction of an archive): the second waits, or is told who holds the lock."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from blitz.errors import BlitzError
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: no advisory locks; blitz then does not lock
+    fcntl = None
+
+
+@contextmanager
+def locked(path: Path, wait: bool = True, busy: str = "") -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (created if missing) while inside. With
+    ``wait=False``, a lock held by another process is a BlitzError saying ``busy``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            except BlockingIOError:
+                raise BlitzError(busy or f"{path} is locked by another process") from None
+        yield  # the lock goes with the descriptor: a killed process never leaves it held
+    finally:
+        os.close(fd)
