@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
 import sys
+import types
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Any
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 from blitz.errors import BlitzError
 
@@ -15,18 +18,171 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-OPTIMIZERS = ("sgd", "nesterov", "adam", "rmsprop", "muon")
-LOSSES = ("cross-entropy", "mse")
-SCHEDULES = ("constant", "onecycle", "linear")
-FLIPS = ("none", "random", "alternate")
-TTAS = ("none", "flip", "flip-translate")
-PRECISIONS = ("fp32", "bf16", "fp16", "auto")
-DEVICES = ("auto", "cpu", "cuda", "mps")
+# The choices of each setting live in its annotation; the tuples are for the command line.
+Optimizer = Literal["sgd", "nesterov", "adam", "rmsprop", "muon"]
+Loss = Literal["cross-entropy", "mse"]
+Reduction = Literal["mean", "sum"]
+Schedule = Literal["constant", "onecycle", "linear"]
+Flip = Literal["none", "random", "alternate"]
+Tta = Literal["none", "flip", "flip-translate"]
+Precision = Literal["fp32", "bf16", "fp16", "auto"]
+Device = Literal["auto", "cpu", "cuda", "mps"]
+OPTIMIZERS = get_args(Optimizer)
+LOSSES = get_args(Loss)
+REDUCTIONS = get_args(Reduction)
+SCHEDULES = get_args(Schedule)
+FLIPS = get_args(Flip)
+TTAS = get_args(Tta)
+PRECISIONS = get_args(Precision)
+DEVICES = get_args(Device)
+
+# Far beyond any real run, and low enough that a typo fails here rather than deep in torch.
+MAX_SEED = 2**63 - 1  # the engine seeds generators with seed + 1 + rank: it must stay < 2**64
+MAX_IMAGE_SIZE = 4096
+MAX_BATCH_SIZE = 2**20
+MAX_EPOCHS = 10**6
+
+# Settings that `blitz train` also takes as a flag (cli.OVERRIDES, inverted): errors name both.
+FLAGS = {
+    "data.source": "--data",
+    "data.image_size": "--image-size",
+    "data.skip_bad_images": "--skip-bad-images",
+    "data.max_memory": "--max-memory",
+    "data.workers": "--workers",
+    "model.name": "--model",
+    "optim.name": "--optimizer",
+    "optim.lr": "--lr",
+    "optim.momentum": "--momentum",
+    "optim.loss": "--loss",
+    "train.epochs": "--epochs",
+    "train.batch_size": "--batch-size",
+    "train.seed": "--seed",
+    "train.device": "--device",
+    "train.max_steps": "--max-steps",
+    "train.tensorboard": "--tensorboard",
+    "train.checkpoint_every": "--checkpoint-every",
+}
 
 
-def _check(condition: bool, option: str, value: Any, expected: str) -> None:
+def option_name(key: str) -> str:
+    """How a user types the setting ``key`` (``optim.lr``): ``--lr (optim.lr)``, or the key."""
+    return f"{FLAGS[key]} ({key})" if key in FLAGS else key
+
+
+def _invalid(key: str, value: Any, expected: str) -> BlitzError:
+    return BlitzError(f"invalid value {value!r} for {option_name(key)}: expected {expected}")
+
+
+def check_value(condition: bool, key: str, value: Any, expected: str) -> None:
+    """A BlitzError naming the setting ``key`` and what it expects, unless ``condition``."""
     if not condition:
-        raise BlitzError(f"invalid value {value!r} for {option}: expected {expected}")
+        raise _invalid(key, value, expected)
+
+
+def check_range(key: str, value: float, low: float, high: float = math.inf) -> None:
+    """A BlitzError naming the setting ``key`` unless ``low <= value <= high``."""
+    kind = "an integer" if isinstance(value, int) else "a number"
+    expected = f"{kind} >= {low}" if high == math.inf else f"{kind} in [{low}, {high}]"
+    check_value(low <= value <= high, key, value, expected)
+
+
+def _check_fraction(key: str, value: float, what: str = "a number") -> None:
+    check_value(0 <= value < 1, key, value, f"{what} in [0, 1)")
+
+
+# --- Types, checked against the dataclass annotations ------------------------------------------
+
+UNIONS = (Union, types.UnionType)
+WORDS = {  # a scalar annotation -> (one, a list of them), in messages
+    int: ("an integer", "integers"),
+    float: ("a finite number", "numbers"),
+    str: ("a string", "strings"),
+    bool: ("true or false", "booleans"),
+}
+
+
+class _Mismatch(Exception):
+    """A value that does not fit its annotation (the caller names the setting)."""
+
+
+def _is_number(value: Any) -> bool:
+    # bool is an int to Python, but true is no number of epochs; 10**400 is no float either
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
+def _convert(value: Any, hint: Any) -> Any:
+    """``value`` as the annotation ``hint`` wants it (a float for an int, a tuple for a list)."""
+    origin, args = get_origin(hint), get_args(hint)
+    if origin in UNIONS:
+        return _first_fit(value, args)
+    if origin is tuple and isinstance(value, (list, tuple)):  # tuple[float, ...]
+        return tuple(_convert(item, args[0]) for item in value)
+    if not _fits(value, hint, origin, args):
+        raise _Mismatch
+    return float(value) if hint is float else value
+
+
+def _fits(value: Any, hint: Any, origin: Any, args: tuple[Any, ...]) -> bool:
+    if origin is Literal:
+        return any(type(value) is type(choice) and value == choice for choice in args)
+    if origin is dict:
+        return isinstance(value, dict)
+    if hint is float:
+        return _is_number(value)
+    if hint is int:  # a batch size of 64.0 or an epoch count of 2.5 is refused, not rounded
+        return _is_number(value) and isinstance(value, int)
+    return origin is None and (hint is Any or isinstance(value, hint))  # str, bool, a section
+
+
+def _first_fit(value: Any, hints: tuple[Any, ...]) -> Any:
+    for hint in hints:
+        try:
+            return _convert(value, hint)
+        except _Mismatch:
+            pass
+    raise _Mismatch
+
+
+def _describe(hint: Any) -> str:
+    """What a setting of this annotation expects, in a user's words."""
+    origin, args = get_origin(hint), get_args(hint)
+    if origin is Literal:
+        return " | ".join(map(str, args))
+    if origin in UNIONS:
+        return " or ".join(map(_describe, args))
+    if origin is tuple:
+        return f"a list of {WORDS[args[0]][1]}"
+    if origin is dict or dataclasses.is_dataclass(hint):
+        return "a table of settings"
+    return WORDS[hint][0]
+
+
+@functools.cache
+def _annotations(cls: type) -> dict[str, Any]:
+    # `from __future__ import annotations` leaves strings: resolve them once per section
+    hints = get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def check_type(key: str, value: Any, hint: Any) -> Any:
+    """``value`` as the annotation ``hint`` wants it (a float for an int, a tuple for a list),
+    or a BlitzError naming the setting ``key`` and what it expects."""
+    try:
+        return _convert(value, hint)
+    except _Mismatch:
+        raise _invalid(key, value, _describe(hint)) from None
+
+
+def check_types(settings: Any, section: str = "") -> None:
+    """Check every field of a settings dataclass against its annotation, normalising in place."""
+    for name, hint in _annotations(type(settings)).items():
+        key = f"{section}.{name}" if section else name
+        setattr(settings, name, check_type(key, getattr(settings, name), hint))
 
 
 SIZE_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
@@ -42,9 +198,8 @@ def parse_size(text: str) -> int | None:
         value = float(number.removesuffix(unit)) if number else -1
     except ValueError:
         value = -1
-    _check(
-        0 <= value < float("inf"), "--max-memory", text, "auto, or a size such as 8GB, 500MB or 0"
-    )
+    expected = "auto, or a size such as 8GB, 500MB or 0"
+    check_value(0 <= value < float("inf"), "data.max_memory", text, expected)
     return int(value * SIZE_UNITS[unit])
 
 
@@ -56,29 +211,32 @@ class DataConfig:
     image_size: int = 32
     mean: tuple[float, ...] = (0.5, 0.5, 0.5)  # the seed's Normalize: [0, 1] -> [-1, 1]
     std: tuple[float, ...] = (0.5, 0.5, 0.5)
-    flip: str = "none"  # training augmentation: none | random | alternate (airbench's)
+    flip: Flip = "none"  # training augmentation ("alternate": airbench's, by epoch parity)
     translate: int = 0  # shift by up to this many pixels (reflect padding)
     cutout: int = 0  # blank a square of this side
     skip_bad_images: bool = False  # False: a corrupt image stops decoding, naming every bad file
     # image folders whose decoded size passes this stream from disk: auto (a quarter of this
-    # machine's memory) | a size such as 8GB or 500MB | 0 (always stream)
-    max_memory: str = "auto"
-    workers: int | str = "auto"  # DataLoader processes when streaming: auto | N (0: in-process)
+    # machine's memory) | a size such as 8GB or 500MB | 0 (always stream); kept as a string
+    max_memory: int | str = "auto"
+    # DataLoader processes when streaming: auto | N (0: in-process)
+    workers: int | Literal["auto"] = "auto"
 
     def __post_init__(self) -> None:
-        self.mean, self.std = tuple(self.mean), tuple(self.std)
-        _check(self.flip in FLIPS, "data.flip", self.flip, " | ".join(FLIPS))
-        _check(self.translate >= 0, "data.translate", self.translate, "an integer >= 0")
-        _check(self.cutout >= 0, "data.cutout", self.cutout, "an integer >= 0")
-        _check(self.image_size >= 8, "data.image_size", self.image_size, "an integer >= 8")
-        _check(all(s > 0 for s in self.std), "data.std", self.std, "positive numbers")
-        _check(len(self.mean) == len(self.std), "data.mean", self.mean, "as many values as std")
-        self.max_memory = str(self.max_memory)
-        parse_size(self.max_memory)
         if isinstance(self.workers, str) and self.workers.isdigit():  # from the command line
             self.workers = int(self.workers)
-        workers_ok = self.workers == "auto" or (type(self.workers) is int and self.workers >= 0)
-        _check(workers_ok, "--workers", self.workers, "auto or an integer >= 0")
+        check_types(self, "data")
+        check_range("data.image_size", self.image_size, 8, MAX_IMAGE_SIZE)
+        # reflect padding needs a pad below the image's side; a cutout cannot be larger than it
+        check_range("data.translate", self.translate, 0, self.image_size // 2)
+        check_range("data.cutout", self.cutout, 0, self.image_size)
+        positive = bool(self.std) and all(s > 0 for s in self.std)
+        check_value(positive, "data.std", list(self.std), "a non-empty list of numbers > 0")
+        same = len(self.mean) == len(self.std)
+        check_value(same, "data.mean", list(self.mean), "as many values as data.std")
+        self.max_memory = str(self.max_memory)
+        parse_size(self.max_memory)
+        if self.workers != "auto":
+            check_range("data.workers", self.workers, 0)
 
 
 @dataclass
@@ -89,24 +247,26 @@ class ModelConfig:
     options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        from blitz.models import list_models
+        from blitz.models import check_options, list_models
 
+        check_types(self, "model")
         names = list_models()
-        _check(self.name in names, "--model", self.name, "one of " + ", ".join(names))
+        check_value(self.name in names, "model.name", self.name, "one of " + ", ".join(names))
+        check_options(self.name, self.options)  # types here; ranges when the model is built
 
 
 @dataclass
 class OptimConfig:
     """The update rule, the loss and the learning-rate schedule."""
 
-    name: str = "sgd"
+    name: Optimizer = "sgd"
     lr: float = 0.001
     momentum: float = 0.9
     weight_decay: float = 0.0
-    loss: str = "cross-entropy"
+    loss: Loss = "cross-entropy"
     label_smoothing: float = 0.0
-    reduction: str = "mean"  # "sum": per-sample learning rates, which scale with the batch size
-    schedule: str = "constant"
+    reduction: Reduction = "mean"  # "sum": per-sample learning rates, scaling with the batch
+    schedule: Schedule = "constant"
     warmup: float = 0.0  # fraction of all steps spent warming up (onecycle)
     ema: float = 0.0  # decay of an exponential moving average of the weights; 0: off
     head_lr: float = 0.0  # learning rate of the classifier layer; 0: the same as lr
@@ -114,26 +274,19 @@ class OptimConfig:
     muon_momentum: float = 0.95  # (lr, momentum, weight_decay) for everything else
 
     def __post_init__(self) -> None:
-        _check(self.name in OPTIMIZERS, "--optimizer", self.name, " | ".join(OPTIMIZERS))
-        _check(self.lr > 0, "--lr", self.lr, "a number > 0")
-        _check(0 <= self.momentum < 1, "--momentum", self.momentum, "a number in [0, 1)")
-        _check(self.weight_decay >= 0, "optim.weight_decay", self.weight_decay, "a number >= 0")
-        _check(self.loss in LOSSES, "--loss", self.loss, " | ".join(LOSSES))
-        _check(self.reduction in ("mean", "sum"), "optim.reduction", self.reduction, "mean | sum")
-        _check(
-            0 <= self.label_smoothing < 1,
-            "optim.label_smoothing",
-            self.label_smoothing,
-            "a number in [0, 1)",
-        )
-        _check(self.schedule in SCHEDULES, "optim.schedule", self.schedule, " | ".join(SCHEDULES))
-        _check(0 <= self.warmup < 1, "optim.warmup", self.warmup, "a fraction in [0, 1)")
-        _check(0 <= self.ema < 1, "optim.ema", self.ema, "a decay in [0, 1)")
-        _check(self.head_lr >= 0, "optim.head_lr", self.head_lr, "a number >= 0")
-        _check(self.muon_lr > 0, "optim.muon_lr", self.muon_lr, "a number > 0")
-        _check(0 <= self.muon_momentum < 1, "optim.muon_momentum", self.muon_momentum, "in [0, 1)")
+        check_types(self, "optim")
+        check_value(self.lr > 0, "optim.lr", self.lr, "a number > 0")
+        _check_fraction("optim.momentum", self.momentum)
+        check_range("optim.weight_decay", self.weight_decay, 0)
+        _check_fraction("optim.label_smoothing", self.label_smoothing)
+        _check_fraction("optim.warmup", self.warmup, "a fraction")
+        _check_fraction("optim.ema", self.ema, "a decay")
+        check_range("optim.head_lr", self.head_lr, 0)
+        check_value(self.muon_lr > 0, "optim.muon_lr", self.muon_lr, "a number > 0")
+        _check_fraction("optim.muon_momentum", self.muon_momentum)
         if self.name in ("nesterov", "muon"):
-            _check(self.momentum > 0, "--momentum", self.momentum, "> 0 for nesterov")
+            expected = f"a number > 0 with optim.name {self.name}"
+            check_value(self.momentum > 0, "optim.momentum", self.momentum, expected)
 
 
 @dataclass
@@ -143,14 +296,14 @@ class TrainConfig:
     epochs: int = 2
     batch_size: int = 4
     seed: int = 0
-    device: str = "auto"
+    device: Device = "auto"
     max_steps: int = 0  # 0: no limit; else stop after this many optimizer steps
     log_every: int = 0  # 0: a progress bar; N: the seed's running-loss line every N steps
     eval_every_epoch: bool = True
     eval_batch_size: int = 1000
-    tta: str = "none"  # test-time augmentation: none | flip | flip-translate
+    tta: Tta = "none"  # test-time augmentation
     channels_last: bool = False  # memory format of images and weights (faster convs on some CPUs)
-    precision: str = "fp32"  # autocast for forward passes: fp32 | bf16 | fp16 | auto (bf16 if fast)
+    precision: Precision = "fp32"  # autocast for forward passes ("auto": bf16 if fast)
     compile: bool = False  # torch.compile the model (warmed up and timed apart from training)
     sync_bn: bool = False  # under torchrun: batch-norm statistics over the global batch
     tensorboard: bool = False  # also write TensorBoard event files into the run directory
@@ -159,27 +312,15 @@ class TrainConfig:
     deterministic: bool = True  # deterministic kernels: a resumed run matches one left alone
 
     def __post_init__(self) -> None:
-        _check(self.epochs >= 1, "--epochs", self.epochs, "an integer >= 1")
-        _check(self.batch_size >= 1, "--batch-size", self.batch_size, "an integer >= 1")
-        _check(self.device in DEVICES, "--device", self.device, " | ".join(DEVICES))
-        _check(self.max_steps >= 0, "--max-steps", self.max_steps, "an integer >= 0")
-        _check(self.log_every >= 0, "train.log_every", self.log_every, "an integer >= 0")
-        _check(self.eval_batch_size >= 1, "train.eval_batch_size", self.eval_batch_size, ">= 1")
-        _check(self.tta in TTAS, "train.tta", self.tta, " | ".join(TTAS))
-        precisions = " | ".join(PRECISIONS)
-        _check(self.precision in PRECISIONS, "train.precision", self.precision, precisions)
-        _check(
-            self.checkpoint_every >= 0,
-            "--checkpoint-every",
-            self.checkpoint_every,
-            "an integer >= 0",
-        )
-        _check(
-            self.checkpoint_minutes >= 0,
-            "train.checkpoint_minutes",
-            self.checkpoint_minutes,
-            "a number >= 0",
-        )
+        check_types(self, "train")
+        check_range("train.epochs", self.epochs, 1, MAX_EPOCHS)
+        check_range("train.batch_size", self.batch_size, 1, MAX_BATCH_SIZE)
+        check_range("train.eval_batch_size", self.eval_batch_size, 1, MAX_BATCH_SIZE)
+        check_range("train.seed", self.seed, 0, MAX_SEED)
+        check_range("train.max_steps", self.max_steps, 0)
+        check_range("train.log_every", self.log_every, 0)
+        check_range("train.checkpoint_every", self.checkpoint_every, 0)
+        check_range("train.checkpoint_minutes", self.checkpoint_minutes, 0)
 
 
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "optim": OptimConfig, "train": TrainConfig}
@@ -196,6 +337,9 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
+    def __post_init__(self) -> None:
+        check_types(self)
+
     def to_dict(self) -> dict[str, Any]:
         """Plain data (JSON- and checkpoint-safe)."""
         out = dataclasses.asdict(self)
@@ -209,7 +353,8 @@ def config_from_dict(raw: dict[str, Any], preset: str = "custom") -> Config:
     raw = dict(raw)
     sections = {}
     for name, cls in SECTIONS.items():
-        values = dict(raw.pop(name, {}))
+        values = raw.pop(name, {})
+        check_value(isinstance(values, dict), name, values, f"a table of {name} settings")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
@@ -266,6 +411,8 @@ def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str,
         *parents, leaf = key.split(".")
         for parent in parents:  # model.options.width
             node = node.setdefault(parent, {})
+            if not isinstance(node, dict):  # train.epochs.x: epochs holds no settings
+                raise BlitzError(f"invalid setting {dotted!r}: {parent} is not a table")
         node[leaf] = value
     return out
 
@@ -278,7 +425,4 @@ def build_config(preset: str, overrides: dict[str, Any] | None = None) -> Config
     if overrides.get("model.name", model.get("name")) != model.get("name"):
         raw["model"] = {k: v for k, v in model.items() if k != "options"}
     raw = apply_overrides(raw, overrides)
-    try:
-        return config_from_dict(raw, preset)
-    except TypeError as exc:  # a value of the wrong type, e.g. a string for a number
-        raise BlitzError(f"invalid setting in preset {preset!r}: {exc}") from None
+    return config_from_dict(raw, preset)

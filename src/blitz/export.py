@@ -4,6 +4,8 @@ checked against PyTorch on random images before it is called done."""
 from __future__ import annotations
 
 import inspect
+import math
+import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -25,7 +27,13 @@ class Deployable(nn.Module):
 
     def __init__(self, model: nn.Module, mean: list[float], std: list[float]) -> None:
         super().__init__()
-        self.model, self.mean, self.std = model.eval(), tuple(mean), tuple(std)
+        self.model, self.mean, self.std = model, tuple(mean), tuple(std)
+        self.eval()
+
+    def train(self, mode: bool = True) -> Deployable:
+        # Inference only, whatever is asked: torch.onnx.export switches to eval and back with
+        # train(), and back to training would make batch norm use the batch's statistics.
+        return super().train(False)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.model(normalize(images, self.mean, self.std))  # (N, classes)
@@ -38,30 +46,66 @@ def default_path(run_dir: Path, fmt: str) -> Path:
 
 def export_model(ckpt: dict[str, Any], model: nn.Module, fmt: str, out: Path) -> float:
     """Write the export to ``out``; returns its max abs difference to PyTorch (fails above
-    ``TOLERANCE``)."""
+    ``TOLERANCE``, or if either gives a NaN or infinite logit)."""
+    check_output_file(out, f"the {fmt} export")
     if fmt == "onnx":
         _require_onnx()  # before the export, which needs the onnx package too
     wrapper = Deployable(model.cpu(), ckpt["mean"], ckpt["std"])
-    example = random_images(ckpt, 2, seed=0)
+    images = random_images(ckpt, CHECK_BATCH, seed=1)
+    with torch.inference_mode():  # the reference, before any exporter touches the model
+        expected = wrapper(images)
+    _write_export(wrapper, random_images(ckpt, 2, seed=0), fmt, out)
+    return _check_export(fmt, out, run_export(fmt, out, images), expected)
+
+
+def _write_export(wrapper: nn.Module, example: torch.Tensor, fmt: str, out: Path) -> None:
     with warnings.catch_warnings():  # both exporters warn that newer ones exist; they work here
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", FutureWarning)
         warnings.simplefilter("ignore", torch.jit.TracerWarning)  # constants: what we want
-        if fmt == "onnx":
-            _export_onnx(wrapper, example, out)
-        else:
-            torch.jit.trace(wrapper, example).save(str(out))
-    images = random_images(ckpt, CHECK_BATCH, seed=1)
-    with torch.inference_mode():
-        expected = wrapper(images)
-    got = run_export(fmt, out, images)
-    diff = (got - expected).abs().max().item()
-    if diff > TOLERANCE:
+        try:
+            if fmt == "onnx":
+                _export_onnx(wrapper, example, out)
+            else:
+                torch.jit.trace(wrapper, example).save(str(out))
+        except OSError as exc:  # a full disk, or the folder changed since the check
+            raise BlitzError(f"cannot write {out}: {exc.strerror or exc}") from None
+
+
+def _check_export(fmt: str, out: Path, got: torch.Tensor, expected: torch.Tensor) -> float:
+    if not expected.isfinite().all():
         raise BlitzError(
-            f"the {fmt} export in {out} differs from PyTorch by {diff:.2e} (> {TOLERANCE}): "
-            "try the other --format, or report this with the model name"
+            f"the model gives NaN or infinite logits on random images, so the {fmt} export in "
+            f"{out} cannot be checked: its weights are broken (a run that diverged?); export "
+            "a run that trained to a finite loss"
         )
-    return diff
+    if got.shape != expected.shape:
+        how = f"in shape: logits {tuple(got.shape)} instead of {tuple(expected.shape)}"
+    else:
+        diff = (got - expected).abs().max().item()
+        if diff <= TOLERANCE:  # False for NaN, as it should be
+            return diff
+        finite = math.isfinite(diff)
+        how = f"by {diff:.2e} (> {TOLERANCE})" if finite else "with NaN or infinite logits"
+    raise BlitzError(
+        f"the {fmt} export in {out} differs from PyTorch {how}: "
+        "try the other --format, or report this with the model name"
+    )
+
+
+def check_output_file(path: Path, what: str) -> None:
+    """Fail before any work if ``path`` cannot be written: a folder, or in a missing or
+    read-only folder."""
+    folder = path.parent
+    if path.is_dir():
+        problem = "that is a folder; name a file in it instead"
+    elif not folder.is_dir():
+        problem = f"folder {folder} does not exist; create it first or choose another path"
+    elif not os.access(path if path.exists() else folder, os.W_OK):
+        problem = "permission denied; choose another path"
+    else:
+        return
+    raise BlitzError(f"cannot write {what} to {path}: {problem}")
 
 
 def random_images(ckpt: dict[str, Any], count: int, seed: int) -> torch.Tensor:

@@ -6,12 +6,13 @@ import io
 import warnings
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from blitz.errors import BlitzError
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
 # 16-bit grey images: PIL's convert() would clip them to 255 (white); scale them down instead
+# (float images, mode "F", have their own scaling: see _scale_float)
 _WIDE_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N"}
 
 
@@ -26,7 +27,8 @@ class BadImage(BlitzError):
 def decode_image(
     data: bytes, name: str, size: int, resized: list[int] | None = None, mode: str = "RGB"
 ) -> np.ndarray:
-    """One image file as (size, size, channels) uint8, converted and resized as needed."""
+    """One image file as (size, size, channels) uint8: turned upright as its EXIF orientation
+    says, converted and resized as needed."""
     try:
         with warnings.catch_warnings():
             # a file that decodes to a huge image is refused, not decoded (a decompression bomb)
@@ -34,6 +36,7 @@ def decode_image(
             with Image.open(io.BytesIO(data)) as img:
                 # a JPEG much larger than size decodes at 1/2, 1/4 or 1/8 scale (still >= size)
                 img.draft(mode, (size, size))
+                _upright(img)
                 img = _to_8bit(img).convert(mode)
                 if img.size != (size, size):
                     img = img.resize((size, size), Image.BILINEAR)
@@ -48,8 +51,32 @@ def decode_image(
         raise BadImage(name, str(exc)) from None
 
 
+def _upright(img: Image.Image) -> None:
+    """Turn a photo the way its EXIF orientation says (cameras store it sideways and say so)."""
+    with warnings.catch_warnings():
+        # a corrupt EXIF block only loses its orientation: the photo itself is still good
+        warnings.simplefilter("ignore", UserWarning)
+        ImageOps.exif_transpose(img, in_place=True)  # in place: no copy of an upright image
+
+
 def _to_8bit(img: Image.Image) -> Image.Image:
-    if img.mode not in _WIDE_MODES:
-        return img
-    wide = np.asarray(img, dtype=np.float64)
-    return Image.fromarray(np.clip(np.round(wide / 257), 0, 255).astype(np.uint8), "L")
+    if img.mode == "F":
+        return _grey(_scale_float(np.asarray(img, dtype=np.float64)))
+    if img.mode in _WIDE_MODES:
+        return _grey(np.asarray(img, dtype=np.float64) / 257)
+    return img
+
+
+def _scale_float(values: np.ndarray) -> np.ndarray:
+    # PIL's convert() would clip floats to 0-255, so the usual [0, 1] float image came out
+    # black. Values all within [0, 1] are that convention (scikit-image, OpenCV, most float
+    # TIFF writers) and are scaled by 255; any other image is taken as 0-255 already (what
+    # tools that save 8-bit data as float write), and clipped. NaN is black.
+    finite = values[np.isfinite(values)]
+    if finite.size and finite.min() >= 0 and finite.max() <= 1:
+        values = values * 255
+    return np.nan_to_num(values, nan=0.0)  # infinities become the largest floats: clipped
+
+
+def _grey(values: np.ndarray) -> Image.Image:
+    return Image.fromarray(np.clip(np.round(values), 0, 255).astype(np.uint8), "L")

@@ -2,18 +2,27 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
+from typing import Any, get_type_hints
 
 import torch
 from torch import nn
 
+from blitz.config import check_range, check_type, check_value
 from blitz.errors import BlitzError
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+BUILT_IN = ("num_classes", "in_channels")  # every factory's arguments, not options
+# Channels in any layer: more is a typo, and would exhaust memory before any clearer error.
+MAX_CHANNELS = 4096
 
 
 def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-    """Register a factory ``fn(num_classes, in_channels, **options)`` under its name."""
+    """Register a factory ``fn(num_classes, in_channels, **options)`` under its name.
+
+    Options are the factory's other keyword arguments: their annotations are checked (as the
+    settings' are) before it runs, and it checks their ranges with ``check_range``."""
     _REGISTRY[fn.__name__.replace("_", "-")] = fn
     return fn
 
@@ -23,16 +32,60 @@ def list_models() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def _factory(name: str) -> Callable[..., nn.Module]:
+    if name not in _REGISTRY:
+        raise BlitzError(f"unknown model {name!r}: choose one of " + ", ".join(list_models()))
+    return _REGISTRY[name]
+
+
+def model_options(name: str) -> list[str] | None:
+    """The options the model ``name`` takes (its factory's keyword arguments); None: any."""
+    params = inspect.signature(_factory(name)).parameters.values()
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return None
+    return [p.name for p in params if p.name not in BUILT_IN]
+
+
+def check_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
+    """The options, converted to their annotations; a BlitzError names any unknown option (and
+    lists those the model takes) or any value of the wrong type."""
+    accepted = model_options(name)
+    unknown = [key for key in options if accepted is not None and key not in accepted]
+    if unknown:
+        takes = "takes " + ", ".join(accepted) if accepted else "takes no options"
+        raise BlitzError(
+            f"unknown option {unknown[0]!r} (model.options.{unknown[0]}) for model {name!r}: "
+            f"{name} {takes}"
+        )
+    hints = get_type_hints(_factory(name))
+    return {
+        key: check_type(f"model.options.{key}", value, hints.get(key, Any))
+        for key, value in options.items()
+    }
+
+
+def check_widths(widths: tuple[int, ...]) -> None:
+    """Channels of each stage: at least one stage, each in [1, MAX_CHANNELS]."""
+    check_value(
+        len(widths) > 0, "model.options.widths", list(widths), "a non-empty list of integers"
+    )
+    for width in widths:
+        check_range("model.options.widths", width, 1, MAX_CHANNELS)
+
+
+def check_channels(value: object, key: str) -> None:
+    """A model's input channels: an integer in [1, MAX_CHANNELS] (``key`` names the option)."""
+    check_range(key, check_type(key, value, int), 1, MAX_CHANNELS)
+
+
 def create_model(
     name: str, num_classes: int = 10, in_channels: int = 3, **options: object
 ) -> nn.Module:
-    """Build a registered model; unknown names or options give a clear BlitzError."""
-    if name not in _REGISTRY:
-        raise BlitzError(f"unknown model {name!r}: choose one of " + ", ".join(list_models()))
-    try:
-        return _REGISTRY[name](num_classes=num_classes, in_channels=in_channels, **options)
-    except TypeError as exc:
-        raise BlitzError(f"invalid options {options} for model {name!r}: {exc}") from None
+    """Build a registered model; unknown names, options or bad values give a clear BlitzError."""
+    factory, options = _factory(name), check_options(name, options)
+    check_range("num_classes", check_type("num_classes", num_classes, int), 1)
+    check_channels(in_channels, "in_channels")
+    return factory(num_classes=num_classes, in_channels=in_channels, **options)
 
 
 def check_input_size(model: nn.Module, name: str, channels: int, size: int) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from blitz.models import register_model
+from blitz.models import check_widths, register_model
 
 
 class BatchNorm(nn.BatchNorm2d):
@@ -49,7 +49,7 @@ class ConvGroup(nn.Sequential):
 class AirbenchNet(nn.Module):
     """whiten (2x2 patches) -> GELU -> 3 conv groups -> max-pool -> linear / temperature."""
 
-    def __init__(self, num_classes: int, in_channels: int, widths=(64, 256, 256)):
+    def __init__(self, num_classes: int, in_channels: int, widths: tuple[int, ...]):
         super().__init__()
         patch = 2
         whiten_width = 2 * in_channels * patch * patch  # each eigenvector and its negative
@@ -86,6 +86,10 @@ class AirbenchNet(nn.Module):
 
 
 @register_model
-def airbench(num_classes: int = 10, in_channels: int = 3, widths=(64, 256, 256)) -> nn.Module:
-    """airbench-style net (needs ``prepare(images)`` before training: the engine calls it)."""
+def airbench(
+    num_classes: int = 10, in_channels: int = 3, widths: tuple[int, ...] = (64, 256, 256)
+) -> nn.Module:
+    """airbench-style net (needs ``prepare(images)`` before training: the engine calls it);
+    ``widths``: channels of each conv group."""
+    check_widths(widths)
     return AirbenchNet(num_classes, in_channels, tuple(widths))

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from torch import nn
 
-from blitz.models import register_model
+from blitz.config import check_range
+from blitz.models import MAX_CHANNELS, check_widths, register_model
+
+MAX_DEPTH = 64  # convs per stage: far past where a plain (residual-free) stack trains well
 
 
 def conv_bn(c_in: int, c_out: int) -> list[nn.Module]:
@@ -35,10 +40,10 @@ class ConvNet(nn.Module):
         self,
         num_classes: int,
         in_channels: int,
-        widths: tuple[int, ...] = (32, 64, 128),
-        depth: int = 1,
-        stem: int = 0,
-        pool: str = "max",
+        widths: tuple[int, ...],
+        depth: int,
+        stem: int,
+        pool: str,
     ):
         super().__init__()
         stem_layers = conv_bn(in_channels, stem) if stem else []
@@ -56,6 +61,18 @@ class ConvNet(nn.Module):
 
 
 @register_model
-def convnet(num_classes: int = 10, in_channels: int = 3, **options) -> nn.Module:
-    """Small BN conv net; options ``widths`` (one per halving), ``depth``, ``stem``, ``pool``."""
-    return ConvNet(num_classes, in_channels, **options)
+def convnet(
+    num_classes: int = 10,
+    in_channels: int = 3,
+    widths: tuple[int, ...] = (32, 64, 128),
+    depth: int = 1,
+    stem: int = 0,
+    pool: Literal["max", "stride"] = "max",
+) -> nn.Module:
+    """Small BN conv net: ``widths`` (channels, one stage per halving), ``depth`` (convs per
+    stage), ``stem`` (channels of a first full-resolution conv; 0: none), ``pool`` (max | stride).
+    """
+    check_widths(widths)
+    check_range("model.options.depth", depth, 1, MAX_DEPTH)
+    check_range("model.options.stem", stem, 0, MAX_CHANNELS)
+    return ConvNet(num_classes, in_channels, tuple(widths), depth, stem, pool)
