@@ -34,8 +34,8 @@ def seed_recipe_seconds(data_spec: str, steps: int) -> tuple[float, int]:
     import torchvision.transforms as T
     from torch.utils.data import DataLoader, Dataset
 
-    from blitz.data import load_data
     from blitz.models import create_model
+    from blitz.sources import load_data
 
     class SeedDataset(Dataset):  # what torchvision.datasets.CIFAR10 hands the seed: PIL images
         def __init__(self, split):

@@ -22,7 +22,7 @@ import torch
 from summary import markdown_table, spread, write_json
 
 from blitz.config import DataConfig
-from blitz.data import load_data
+from blitz.sources import load_data
 
 
 def images_per_second(split, rows: torch.Tensor) -> float:

@@ -1,19 +1,25 @@
-"""Bad input the user can hand blitz: each is a clear error naming the file, or is converted or
-skipped with one line saying so. (Missing paths, flat folders, no test/, different classes, one
-corrupt image, a plain file and '..' in a tar are in test_data.py; bad options in test_cli.py.)"""
+"""Bad input the user can hand blitz, and a damaged, unwritable or full cache: each is a clear
+error naming the file, or is converted or skipped with one line saying so. (Missing paths, flat
+folders, no test/, different classes, one corrupt image, a plain file and '..' in a tar are in
+test_data.py; bad options in test_cli.py.)"""
 
+import errno
 import io
 import os
+import shutil
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
+from blitz import folders
 from blitz.config import DataConfig
-from blitz.data import load_data
 from blitz.errors import BlitzError
+from blitz.sources import load_data
 from conftest import folder_files, png_bytes, write_folder, write_tar, write_zip
 
 
@@ -128,3 +134,86 @@ def test_a_bad_image_fails_the_cli_cleanly_and_leaves_no_finished_run(tmp_path):
     result = subprocess.run(list(map(str, command)), capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr
     assert (out / "metrics.json").exists()
+
+
+# --- the cache, $BLITZ_DATA: damaged, unwritable or full, it never stops a run with a traceback
+
+
+def decoded_files(cache):
+    return sorted((cache / "decoded").glob("*.pt"))
+
+
+@pytest.mark.parametrize("damage", ["truncated", "random bytes", "empty"])
+def test_a_damaged_decode_cache_is_said_deleted_and_rebuilt(image_folder, cache, damage):
+    first, _ = load(image_folder)
+    [cached] = decoded_files(cache)
+    raw = cached.read_bytes()
+    bad = {"truncated": raw[: len(raw) // 2], "random bytes": os.urandom(4096), "empty": b""}
+    cached.write_bytes(bad[damage])
+    second, logs = load(image_folder)
+    assert [line for line in logs if line.startswith("the decoded cache")] == [
+        f"the decoded cache {cached} is damaged (cut short or overwritten): rebuilding it"
+    ]
+    assert torch.equal(first.train.images, second.train.images)
+    assert decoded_files(cache) == [cached] and cached.read_bytes() != bad[damage]
+    third, logs = load(image_folder)
+    assert not logs and torch.equal(first.test.images, third.test.images)
+
+
+def fail_with(code):
+    def fail(*args, **kwargs):
+        raise OSError(code, os.strerror(code))
+
+    return fail
+
+
+@pytest.mark.parametrize("problem", ["a regular file", errno.EACCES, errno.EROFS, errno.ENOSPC])
+def test_a_decode_cache_that_cannot_be_written_is_said_and_the_run_goes_on(
+    image_folder, cache, monkeypatch, problem
+):
+    if problem == "a regular file":
+        cache.write_text("not a folder")
+    else:  # a read-only folder or file system, a full disk (root may write anywhere: simulated)
+        monkeypatch.setattr(torch, "save", fail_with(problem))
+    data, logs = load(image_folder)
+    assert len(data.train) == 12
+    [line] = [line for line in logs if "decoded cache" in line]
+    assert line.startswith("could not write the decoded cache") and "going on without it" in line
+    assert cache.is_file() or not list((cache / "decoded").iterdir())  # no half-written file
+
+
+def test_downloads_into_a_cache_that_is_a_file_are_one_clear_error(cache):
+    cache.write_text("not a folder")
+    for source in ("cifar10", "mnist"):
+        with pytest.raises(BlitzError, match=f"cannot write to {cache}/{source} .*BLITZ_DATA"):
+            load(source)
+    data, logs = load("auto")
+    assert data.name == "shapes" and "cannot write to" in logs[0]
+
+
+def test_an_archive_cannot_be_extracted_into_a_cache_that_is_a_file(tmp_path, cache):
+    cache.write_text("not a folder")
+    archive = write_tar(tmp_path / "fruit.tar", folder_files())
+    with pytest.raises(BlitzError, match=f"cannot write to {cache}/extracted .*BLITZ_DATA"):
+        load(archive, max_memory="0")
+
+
+@pytest.mark.parametrize("full", ["before", "while writing"])
+def test_extracting_onto_a_full_disk_is_one_clear_error(tmp_path, cache, monkeypatch, full):
+    if full == "before":
+        monkeypatch.setattr(shutil, "disk_usage", lambda path: SimpleNamespace(free=0))
+        message = "free some space or set BLITZ_DATA"
+    else:
+        monkeypatch.setattr(folders, "_write_new", fail_with(errno.ENOSPC))
+        message = "cannot extract .*No space left on device"
+    archive = write_tar(tmp_path / "fruit.tar", folder_files())
+    with pytest.raises(BlitzError, match=message):
+        load(archive, max_memory="0")
+    left = [p.name for p in (cache / "extracted").iterdir()]
+    assert len(left) == 1 and left[0].endswith(".lock")  # nothing half-extracted
+
+
+@pytest.mark.parametrize("count", ["9", "200001", "99999999999999", "x", "-5"])
+def test_shapes_refuses_a_count_it_cannot_draw(count):
+    with pytest.raises(BlitzError, match=f"shapes:{count}.*from 10 to 200,000"):
+        load(f"shapes:{count}")

@@ -8,12 +8,47 @@ import time
 import pytest
 import torch
 
-from blitz import data as data_module
-from blitz.data import load_data, normalize
+from blitz import sources
+from blitz.data import ImageData, Split
 from blitz.errors import BlitzError
-from blitz.shapes import CLASSES, make_shapes
+from blitz.preprocess import normalize
+from blitz.sources import PATH, cifar10, find_source, list_sources, load_data, register_source
+from blitz.sources.shapes import CLASSES, make_shapes
 from conftest import CLASSES as FRUIT
 from conftest import cifar_archive, folder_files, write_folder, write_tar, write_zip
+
+
+def test_every_source_is_registered_by_name():
+    assert list_sources() == ["auto", "cifar10", "mnist", "shapes"]
+
+
+@pytest.mark.parametrize(
+    ("spec", "source", "arg"),
+    [
+        ("shapes", "shapes", ""),
+        ("shapes:50", "shapes", "50"),
+        ("cifar10", "cifar10", ""),
+        ("cifar10:x", PATH, "cifar10:x"),  # cifar10 takes no argument: a path with a colon
+        ("PATH", PATH, "PATH"),  # a folder may be called anything
+        ("~/photos:2024", PATH, "~/photos:2024"),
+    ],
+)
+def test_a_spec_is_a_name_a_name_with_an_argument_or_else_a_path(spec, source, arg):
+    assert find_source(spec) == (sources._REGISTRY[source], arg)
+
+
+def test_a_new_source_is_one_registered_function(monkeypatch):
+    monkeypatch.setattr(sources, "_REGISTRY", dict(sources._REGISTRY))  # undone after the test
+
+    @register_source("solid", takes_arg=True)
+    def load_solid(arg, cfg, log):
+        images = torch.full((int(arg), 3, cfg.image_size, cfg.image_size), 7, dtype=torch.uint8)
+        split = Split(images, torch.arange(int(arg)) % 2)
+        return ImageData("solid", ["dark", "light"], split, split)
+
+    assert "solid" in list_sources()
+    data = load_data("solid:6")
+    assert (data.name, len(data.train), data.storage()) == ("solid", 6, "in memory, 36 KB")
 
 
 def test_shapes_are_deterministic_balanced_and_varied():
@@ -97,8 +132,8 @@ def http_root(tmp_path):
 def test_cifar10_download_uses_the_official_archive(http_root, monkeypatch, cache):
     root, url = http_root
     archive = cifar_archive(root / "cifar-10-python.tar.gz")
-    monkeypatch.setattr(data_module, "CIFAR10_URL", f"{url}/cifar-10-python.tar.gz")
-    monkeypatch.setattr(data_module, "CIFAR10_MD5", hashlib.md5(archive.read_bytes()).hexdigest())
+    monkeypatch.setattr(cifar10, "CIFAR10_URL", f"{url}/cifar-10-python.tar.gz")
+    monkeypatch.setattr(cifar10, "CIFAR10_MD5", hashlib.md5(archive.read_bytes()).hexdigest())
     data = load_data("cifar10")
     assert len(data.train) == 100
     assert (cache / "cifar10" / "cifar-10-python.tar.gz").exists()
@@ -106,7 +141,7 @@ def test_cifar10_download_uses_the_official_archive(http_root, monkeypatch, cach
 
 
 def test_download_without_network_fails_fast_and_auto_falls_back(monkeypatch):
-    monkeypatch.setattr(data_module, "CIFAR10_URL", "http://127.0.0.1:9/cifar-10-python.tar.gz")
+    monkeypatch.setattr(cifar10, "CIFAR10_URL", "http://127.0.0.1:9/cifar-10-python.tar.gz")
     started = time.perf_counter()
     with pytest.raises(BlitzError, match="downloading"):
         load_data("cifar10")

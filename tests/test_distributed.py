@@ -8,6 +8,7 @@ import sys
 import pytest
 import torch
 
+from blitz.checkpoint import load_checkpoint
 from blitz.distributed import SINGLE, World, check_batch_size, epoch_batches, shard
 from blitz.errors import BlitzError
 from conftest import shapes_folder
@@ -52,9 +53,9 @@ def train(out, cache, *extra, data="shapes:200", launcher=(sys.executable, "-m",
     env = {**os.environ, "BLITZ_DATA": str(cache), "OMP_NUM_THREADS": "1"}
     result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stderr
-    return json.loads((out / "metrics.json").read_text()), torch.load(
-        out / "model.pt", weights_only=True
-    )["state_dict"]
+    return json.loads((out / "metrics.json").read_text()), load_checkpoint(
+        out / "model.pt"
+    ).state_dict
 
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch built without distributed")

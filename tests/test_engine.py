@@ -1,11 +1,31 @@
+import copy
+import math
+
 import pytest
 import torch
 
 from blitz.config import build_config
-from blitz.data import load_data
-from blitz.engine import compute_loss, lr_factor, planned_steps, train
+from blitz.context import RunContext, silent
+from blitz.engine import (
+    TrainHooks,
+    build_loop,
+    compute_loss,
+    lr_factor,
+    planned_steps,
+    train,
+    train_step,
+    warm_up,
+)
 from blitz.evaluate import evaluate
 from blitz.models import create_model
+from blitz.progress import Progress
+from blitz.sources import load_data
+
+CPU = torch.device("cpu")
+
+
+def quiet_run(cfg) -> RunContext:
+    return RunContext(cfg, CPU, log=silent, quiet=True)
 
 
 def test_schedules_are_pure_functions_of_the_step():
@@ -53,7 +73,7 @@ def test_training_on_shapes_learns(optimizer):
     data = load_data("shapes:2000")
     torch.manual_seed(0)
     model = create_model("lenet", 10, 3)
-    state = train(cfg, data, model, torch.device("cpu"), log=lambda m: None, quiet=True).state
+    state = train(quiet_run(cfg), data, model).state
     assert state.step == 6 * 63 and len(state.history) == 6
     result = evaluate(model, data.test, cfg, 10)
     assert result.accuracy > 0.5  # chance is 0.1
@@ -64,8 +84,119 @@ def test_training_on_shapes_learns(optimizer):
 def test_seed_format_running_loss_lines():
     cfg = build_config("seed", {"train.max_steps": 50, "train.log_every": 20})
     lines = []
-    train(
-        cfg, load_data("shapes:400"), create_model("lenet"), torch.device("cpu"), lines.append, True
-    )
+    ctx = RunContext(cfg, CPU, log=lines.append, quiet=True)
+    train(ctx, load_data("shapes:400"), create_model("lenet"))
     assert lines[0].startswith("[1,    20] loss: ") and lines[1].startswith("[1,    40] loss: ")
     assert lines[-1] == "Finished Training"
+
+
+def small_convnet(overrides: dict):
+    """A seed config for a tiny convnet, and that net (the same initial weights every call)."""
+    cfg = build_config(
+        "seed", {"model.name": "convnet", "model.options.widths": [8, 16], **overrides}
+    )
+    torch.manual_seed(0)
+    return cfg, create_model("convnet", 10, 3, widths=[8, 16])
+
+
+def loop_for(cfg, model, data):
+    return build_loop(quiet_run(cfg), data, model, Progress(cfg, silent, True), TrainHooks())
+
+
+FP16 = {"train.precision": "fp16", "optim.lr": 0.05, "train.batch_size": 32}
+
+
+def test_fp16_trains_through_a_loss_scaler_that_checkpoints_keep():
+    cfg, model = small_convnet({**FP16, "train.epochs": 3, "train.eval_every_epoch": False})
+    loop = train(quiet_run(cfg), load_data("shapes:256"), model)
+    losses = [record["train_loss"] for record in loop.state.history]
+    assert all(map(math.isfinite, losses)) and losses[-1] < losses[0] - 0.2
+    scale = loop.stateful["scaler"].state_dict()["scale"]  # what a checkpoint records
+    assert 1 <= scale <= 2**16 and math.log2(scale).is_integer()
+    fp32, model = small_convnet({})
+    assert "scaler" not in loop_for(fp32, model, load_data("shapes:64")).stateful
+
+
+def first_gradient(cfg, model) -> tuple[torch.Tensor, torch.Tensor]:
+    """The head's gradient as the backward pass sees it, and the head's weight after the step."""
+    data = load_data("shapes:64")
+    loop = loop_for(cfg, model, data)
+    seen = []
+    model.head.weight.register_hook(seen.append)
+    rows = torch.arange(32)
+    train_step(loop, rows, data.train.images[rows], data.train.labels[rows], 1.0)
+    return seen[0], model.head.weight.detach()
+
+
+def test_fp16_gradients_are_scaled_up_in_backward_and_unscaled_for_the_step():
+    fp16, model16 = small_convnet(FP16)
+    fp32, model32 = small_convnet({**FP16, "train.precision": "fp32"})
+    grad16, weight16 = first_gradient(fp16, model16)
+    grad32, weight32 = first_gradient(fp32, model32)
+    # the loss was multiplied by 2**16 (fp16's small gradients would underflow otherwise) ...
+    assert torch.allclose(grad16 / 2**16, grad32, rtol=0.05, atol=1e-4)
+    # ... and the optimizer stepped with the true gradient: the same update as in fp32
+    assert torch.allclose(weight16, weight32, atol=1e-3)
+
+
+class Snapshot(TrainHooks):
+    """Keeps (or restores) what a checkpoint holds at a step: weights, stateful, TrainState."""
+
+    def __init__(self, model, at=None, saved=None):
+        self.model, self.at, self.saved = model, at, saved
+
+    def start(self, state, stateful):
+        self.stateful = stateful
+        if self.saved:
+            self.model.load_state_dict(self.saved["model"])
+            for name, obj in stateful.items():
+                obj.load_state_dict(self.saved[name])
+            state.load_dict(self.saved["state"], CPU)
+
+    def after_step(self, state):
+        if state.step == self.at:
+            saved = {name: obj.state_dict() for name, obj in self.stateful.items()}
+            self.saved = copy.deepcopy(
+                {**saved, "model": self.model.state_dict(), "state": state.to_dict()}
+            )
+
+
+def test_an_fp16_run_resumed_from_its_saved_state_ends_bitwise_the_same():
+    cfg, model = small_convnet({**FP16, "train.max_steps": 6, "train.eval_every_epoch": False})
+    data = load_data("shapes:256")
+    whole = Snapshot(model, at=3)
+    train(quiet_run(cfg), data, model, hooks=whole)
+    assert "scaler" in whole.saved  # the loss scale is part of what is resumed
+    _, resumed = small_convnet({})
+    train(quiet_run(cfg), data, resumed, hooks=Snapshot(resumed, saved=whole.saved))
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, resumed.state_dict()[name]), name
+
+
+def test_warm_up_tests_one_batch_and_restores_every_state():
+    cfg, model = small_convnet(
+        {
+            **FP16,
+            "optim.ema": 0.9,
+            "train.max_steps": 1,
+            "train.eval_batch_size": 50,
+            "train.tta": "flip",
+        }
+    )
+    data = load_data("shapes:1000")  # 200 test images: 4 batches of 50
+    loop = loop_for(cfg, model, data)
+    before = copy.deepcopy({"model": model.state_dict(), "ema": loop.ema.state_dict()})
+    seen = {"train": 0, "test": 0}
+
+    def count(kind):
+        return lambda module, args, out: seen.update({kind: seen[kind] + len(args[0])})
+
+    model.register_forward_hook(count("train"))
+    loop.ema.module.register_forward_hook(count("test"))
+    warm_up(loop, data, CPU)
+    assert seen == {"train": 32, "test": 50 * 2}  # max_steps=1: one step; a batch, 2 TTA views
+    after = {"model": model.state_dict(), "ema": loop.ema.state_dict()}
+    for part, tensors in before.items():
+        for name, tensor in tensors.items():
+            assert torch.equal(tensor, after[part][name]), (part, name)
+    assert loop.state.step == 0 and not loop.optimizers[0].state

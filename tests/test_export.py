@@ -9,12 +9,12 @@ import pytest
 import torch
 from torch import nn
 
-from blitz.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from blitz.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from blitz.config import build_config
-from blitz.data import normalize
 from blitz.errors import BlitzError
 from blitz.export import FORMATS, TOLERANCE, export_model, random_images, run_export
 from blitz.models import create_model, list_models
+from blitz.preprocess import normalize
 
 SIZES = {"lenet": 32}  # lenet's linear layers need 32x32; the others take the faster 16
 
@@ -30,14 +30,14 @@ def saved_checkpoint(tmp_path: Path, name: str, broken: bool = False) -> dict:
             model(torch.randn(8, 3, size, size) * 2 + 1)
         if broken:  # the weights of a run that diverged
             next(model.parameters()).fill_(float("nan"))
-    save_checkpoint(tmp_path / "model.pt", model, cfg, ["a", "b", "c"])
+    save_checkpoint(tmp_path / "model.pt", Checkpoint.of(model, cfg, ["a", "b", "c"]))
     return load_checkpoint(tmp_path / "model.pt")
 
 
 def eval_logits(ckpt: dict, images: torch.Tensor) -> torch.Tensor:
-    model = model_from_checkpoint(ckpt).eval()
+    model = ckpt.build_model().eval()
     with torch.no_grad():
-        return model(normalize(images, ckpt["mean"], ckpt["std"]))
+        return model(normalize(images, ckpt.model.mean, ckpt.model.std))
 
 
 def has_batch_norm(model: nn.Module) -> bool:
@@ -52,14 +52,14 @@ def test_the_export_of_every_model_matches_it_in_eval_mode(tmp_path, name, fmt):
         pytest.importorskip("onnxruntime")
     ckpt = saved_checkpoint(tmp_path, name)
     out = tmp_path / f"model{FORMATS[fmt]}"
-    assert export_model(ckpt, model_from_checkpoint(ckpt), fmt, out) <= TOLERANCE
-    images = random_images(ckpt, 3, seed=7)  # not the batch size of the export's example
+    assert export_model(ckpt.model, ckpt.build_model(), fmt, out) <= TOLERANCE
+    images = random_images(ckpt.model, 3, seed=7)  # not the batch size of the export's example
     expected = eval_logits(ckpt, images)
     assert (run_export(fmt, out, images) - expected).abs().max() <= TOLERANCE
-    model = model_from_checkpoint(ckpt)
+    model = ckpt.build_model()
     if has_batch_norm(model):  # so batch statistics would have been caught
         with torch.no_grad():
-            in_train_mode = model.train()(normalize(images, ckpt["mean"], ckpt["std"]))
+            in_train_mode = model.train()(normalize(images, ckpt.model.mean, ckpt.model.std))
         assert (in_train_mode - expected).abs().max() > 100 * TOLERANCE
 
 
@@ -68,13 +68,13 @@ def test_an_export_that_gives_nan_is_refused(tmp_path, monkeypatch):
     nan = torch.full((5, 3), float("nan"))
     monkeypatch.setattr("blitz.export.run_export", lambda *args: nan)
     with pytest.raises(BlitzError, match="NaN or infinite"):
-        export_model(ckpt, model_from_checkpoint(ckpt), "torchscript", tmp_path / "m.pt")
+        export_model(ckpt.model, ckpt.build_model(), "torchscript", tmp_path / "m.pt")
 
 
 def test_a_model_with_nan_weights_is_not_exported_as_checked(tmp_path):
     ckpt = saved_checkpoint(tmp_path, "lenet", broken=True)
     with pytest.raises(BlitzError, match="weights are broken"):
-        export_model(ckpt, model_from_checkpoint(ckpt), "torchscript", tmp_path / "m.pt")
+        export_model(ckpt.model, ckpt.build_model(), "torchscript", tmp_path / "m.pt")
 
 
 @pytest.mark.parametrize("where", ["missing/m.pt", "."])
@@ -82,5 +82,5 @@ def test_an_output_path_that_cannot_be_written_fails_before_the_export(tmp_path,
     ckpt = saved_checkpoint(tmp_path, "lenet")
     out = tmp_path / where
     with pytest.raises(BlitzError, match="does not exist|is a folder"):
-        export_model(ckpt, model_from_checkpoint(ckpt), "torchscript", out)
+        export_model(ckpt.model, ckpt.build_model(), "torchscript", out)
     assert not (tmp_path / "missing").exists()

@@ -16,8 +16,9 @@ from blitz import cli, engine, resume
 from blitz.checkpoint import load_checkpoint
 from blitz.config import build_config
 from blitz.errors import BlitzError
-from blitz.progress import METRICS_CSV, read_metrics_csv
-from blitz.runs import prepare_run_dir, train_run
+from blitz.progress import read_metrics_csv
+from blitz.rundir import RunDir
+from blitz.runs import train_run
 from conftest import folder_files, png_bytes, write_folder
 
 # 200 shapes in batches of 16: 13 steps an epoch, 3 epochs, a checkpoint every 5 steps
@@ -90,7 +91,7 @@ def finished(out):
         del metrics[key]
     for record in metrics["history"]:
         del record["seconds"]
-    return load_checkpoint(out / "model.pt")["state_dict"], metrics
+    return load_checkpoint(out / "model.pt").state_dict, metrics
 
 
 def assert_same_run(a, b):
@@ -126,8 +127,7 @@ def runs(tmp_path_factory):
     )
     assert stopped[0][0] == 0, stopped[0][1]
     steps = {
-        n: load_checkpoint(o / "last.pt")["training"]["train_state"]["step"]
-        for n, o in outs.items()
+        n: load_checkpoint(o / "last.pt").training["train_state"]["step"] for n, o in outs.items()
     }
     early = {n: (o / "metrics.json").exists() for n, o in outs.items()}
     half_written = {n: (o / "last.pt.tmp").exists() for n, o in outs.items()}
@@ -158,10 +158,13 @@ def test_stopped_and_resumed_run_ends_bitwise_identical(runs, fault):
     assert run["resumed"][0] == 0, run["resumed"][1]
     assert_same_run(reference, run["out"])
     assert not list(run["out"].glob("*.tmp"))
-    # metrics.csv keeps the rows before the restart and has each step once
-    steps = [row["step"] for row in read_metrics_csv(run["out"] / METRICS_CSV)]
-    assert steps == [row["step"] for row in read_metrics_csv(reference / METRICS_CSV)]
-    assert len(steps) >= 3
+    # metrics.csv keeps the rows before the restart and has each step once; the row that spans
+    # the restart sums the steps on both sides, as if never stopped (images/s is a new clock's)
+    rows, expected = (read_metrics_csv(d / "metrics.csv") for d in (run["out"], reference))
+    assert [r["step"] for r in rows] == [r["step"] for r in expected] and len(rows) >= 3
+    for row, want in zip(rows, expected):
+        assert row["loss"] == pytest.approx(want["loss"], rel=1e-5), row["step"]
+        assert row["accuracy"] == pytest.approx(want["accuracy"], abs=1e-9), row["step"]
 
 
 def test_a_half_written_checkpoint_is_ignored(runs):
@@ -195,8 +198,8 @@ def small_config(tmp_path, **overrides):
 
 
 def quiet_run(cfg, out):
-    prepare_run_dir(out, overwrite=False)
-    return train_run(cfg, out, log=lambda message: None, quiet=True, started=0.0)
+    RunDir(out).prepare(overwrite=False)
+    return train_run(cfg, RunDir(out), log=lambda message: None, quiet=True, started=0.0)
 
 
 def test_disk_full_keeps_the_previous_checkpoint_and_says_so(tmp_path, monkeypatch):
@@ -213,7 +216,7 @@ def test_disk_full_keeps_the_previous_checkpoint_and_says_so(tmp_path, monkeypat
     out = tmp_path / "run"
     with pytest.raises(BlitzError, match="No space left on device; the previous checkpoint is"):
         quiet_run(small_config(tmp_path), out)
-    assert load_checkpoint(out / "last.pt")["training"]["train_state"]["step"] == 10
+    assert load_checkpoint(out / "last.pt").training["train_state"]["step"] == 10
     assert not list(out.glob("*.tmp")) and not (out / "metrics.json").exists()
 
 
@@ -232,15 +235,15 @@ def test_non_finite_loss_stops_names_step_and_rate_and_keeps_the_good_checkpoint
     with pytest.raises(BlitzError, match=message):
         quiet_run(small_config(tmp_path), out)
     kept = load_checkpoint(out / "last.pt")
-    assert kept["training"]["train_state"]["step"] == 5
-    assert all(torch.isfinite(t).all() for t in kept["state_dict"].values())
+    assert kept.training["train_state"]["step"] == 5
+    assert all(torch.isfinite(t).all() for t in kept.state_dict.values())
     assert not (out / "metrics.json").exists()
 
 
 def test_best_checkpoint_is_the_epoch_with_the_best_accuracy(runs):
     out, _ = runs
     history = finished(out)[1]["history"]
-    best = load_checkpoint(out / "best.pt")["training"]["train_state"]
+    best = load_checkpoint(out / "best.pt").training["train_state"]
     assert best["best_accuracy"] == max(r["test_accuracy"] for r in history)
     assert best["history"][-1]["test_accuracy"] == best["best_accuracy"]
 
@@ -276,8 +279,8 @@ def test_an_unfinished_run_is_not_overwritten_by_accident(tmp_path):
     out.mkdir()
     (out / "last.pt").write_bytes(b"")
     with pytest.raises(BlitzError, match="unfinished run: continue it with blitz train --resume"):
-        prepare_run_dir(out, overwrite=False)
-    prepare_run_dir(out, overwrite=True)
+        RunDir(out).prepare(overwrite=False)
+    RunDir(out).prepare(overwrite=True)
     assert not (out / "last.pt").exists()
 
 
@@ -292,8 +295,8 @@ def test_resume_and_eval_refuse_a_checkpoint_for_other_classes_or_model(tmp_path
     status, err = blitz_in_process(capsys, "train", "--resume", out, "--quiet")
     assert status == 2 and "durian" in err and "same classes" in err
     ckpt = load_checkpoint(out / "model.pt")
-    ckpt["classes"] = [*ckpt["classes"], "durian"]  # 4 classes, weights for 3
-    torch.save(ckpt, out / "model.pt")
+    ckpt.model.classes.append("durian")  # 4 classes, weights for 3
+    torch.save(ckpt.to_dict(), out / "model.pt")
     status, err = blitz_in_process(capsys, "eval", out)
     assert status == 2 and "does not fit" in err and "Traceback" not in err
 
@@ -302,13 +305,14 @@ def test_resume_and_eval_refuse_a_checkpoint_for_other_classes_or_model(tmp_path
 def test_checkpoints_by_the_clock(tmp_path, monkeypatch, minutes, saved_at):
     ticks = iter(range(0, 10**6, 100))  # a clock that moves 100 s each time it is read
     monkeypatch.setattr(resume.time, "monotonic", lambda: next(ticks))
-    steps, real_save = [], resume.save_checkpoint
+    steps, real_save = [], RunDir.save_model
 
-    def record(path, *args, training):
-        steps.append(training["train_state"]["step"])
-        real_save(path, *args, training=training)
+    def record(run_dir, ckpt, name="model"):
+        if ckpt.training is not None:  # a training checkpoint, not the final model.pt
+            steps.append(ckpt.training["train_state"]["step"])
+        real_save(run_dir, ckpt, name)
 
-    monkeypatch.setattr(resume, "save_checkpoint", record)
+    monkeypatch.setattr(RunDir, "save_model", record)
     overrides = {"train.max_steps": 3, "train.checkpoint_every": 0}
     quiet_run(
         small_config(tmp_path, **overrides, **{"train.checkpoint_minutes": minutes}), tmp_path / "r"

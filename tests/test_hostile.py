@@ -12,8 +12,8 @@ import pytest
 
 from blitz import folders
 from blitz.config import DataConfig
-from blitz.data import load_data
 from blitz.errors import BlitzError
+from blitz.sources import load_data
 from conftest import folder_files, run_blitz, write_folder, write_zip
 
 

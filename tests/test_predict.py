@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from blitz.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from blitz.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from blitz.config import build_config
 from blitz.errors import BlitzError
 from blitz.models import create_model
@@ -25,7 +25,7 @@ def run_dir(tmp_path) -> Path:
     """A run directory with an untrained LeNet's checkpoint (model.pt), as blitz train leaves."""
     torch.manual_seed(0)
     cfg = build_config("seed")
-    save_checkpoint(tmp_path / "model.pt", create_model("lenet", 3, 3), cfg, CLASSES)
+    save_checkpoint(tmp_path / "model.pt", Checkpoint.of(create_model("lenet", 3, 3), cfg, CLASSES))
     return tmp_path
 
 
@@ -34,7 +34,7 @@ def predict(run_dir: Path, files: list[Path], top_k: int = 2):
     ckpt = load_checkpoint(run_dir / "model.pt")
     skipped: list[tuple[Path, str]] = []
     on_skip = lambda path, reason: skipped.append((path, reason))  # noqa: E731
-    return predict_files(ckpt, model_from_checkpoint(ckpt), files, top_k, on_skip=on_skip), skipped
+    return predict_files(ckpt.model, ckpt.build_model(), files, top_k, on_skip=on_skip), skipped
 
 
 def hostile_folder(root: Path) -> Path:
@@ -90,11 +90,11 @@ def test_when_no_image_can_be_read_predict_stops_naming_one(run_dir, tmp_path, c
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"nothing")
     ckpt = load_checkpoint(run_dir / "model.pt")
-    model = model_from_checkpoint(ckpt)
+    model = ckpt.build_model()
     with pytest.raises(BlitzError, match="cannot classify .*bad.jpg: not a readable image"):
-        predict_files(ckpt, model, [bad], 1)
+        predict_files(ckpt.model, model, [bad], 1)
     with pytest.raises(BlitzError, match="none of the 2 images .*first, .*bad.jpg: not a"):
-        predict_files(ckpt, model, [bad, tmp_path], 1)
+        predict_files(ckpt.model, model, [bad, tmp_path], 1)
     assert "skipped" in capsys.readouterr().err  # the default on_skip: named on stderr
 
 

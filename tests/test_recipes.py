@@ -1,14 +1,20 @@
 """The recipes of the fast presets: optimizers, schedules, EMA, TTA, whitening, every preset."""
 
+import json
+
 import pytest
 import torch
 
+from blitz import devices
 from blitz.config import build_config, list_presets
-from blitz.data import load_data
+from blitz.context import RunContext, silent
+from blitz.devices import fit_to_device, resolve_precision
 from blitz.engine import train
 from blitz.evaluate import _shift, evaluate
 from blitz.models import create_model
 from blitz.optim import build_optimizers, flatten_filters, unflatten_filters
+from blitz.sources import load_data
+from conftest import run_blitz
 
 CPU = torch.device("cpu")
 
@@ -21,7 +27,7 @@ def test_every_preset_trains_a_few_steps_on_shapes(preset):
     torch.manual_seed(0)
     model = create_model(cfg.model.name, 10, 3, **cfg.model.options)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    state = train(cfg, data, model, CPU, lambda m: None, quiet=True).state
+    state = train(RunContext(cfg, CPU, log=silent, quiet=True), data, model).state
     assert state.step == 3
     changed = [k for k, v in model.state_dict().items() if not torch.equal(v, before[k])]
     assert changed, "training changed no weight"
@@ -80,5 +86,53 @@ def test_ema_weights_end_up_in_the_model():
     )
     torch.manual_seed(0)
     model = create_model("convnet", 10, 3, widths=[8, 8])
-    train(cfg, load_data("shapes:100"), model, CPU, lambda m: None, quiet=True)
+    train(RunContext(cfg, CPU, log=silent, quiet=True), load_data("shapes:100"), model)
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+@pytest.mark.parametrize("fast_bf16", [False, True])
+def test_a_gpu_preset_on_a_cpu_says_so_and_takes_what_the_cpu_has(monkeypatch, fast_bf16):
+    monkeypatch.setattr(devices, "fast_bf16", lambda device: fast_bf16)  # an AVX2 CPU, or AMX
+    lines = []
+    cfg = fit_to_device(build_config("fast-gpu"), CPU, lines.append)
+    assert cfg.train.precision == ("bf16" if fast_bf16 else "fp32")
+    assert cfg.train.compile is False
+    assert len(lines) == 1 and lines[0].startswith("fast-gpu on cpu: ")
+    assert ("train.precision=auto -> fp32" in lines[0]) is not fast_bf16
+    assert "train.compile=auto -> false" in lines[0]
+
+
+def test_a_gpu_preset_on_a_gpu_keeps_its_choices_and_says_nothing():
+    lines = []
+    cfg = fit_to_device(build_config("fast-gpu"), torch.device("cuda"), lines.append)
+    assert (cfg.train.precision, cfg.train.compile, lines) == ("bf16", True, [])
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_an_explicit_half_precision_is_kept_and_warned_about_where_it_is_slow(
+    monkeypatch, precision
+):
+    monkeypatch.setattr(devices, "fast_bf16", lambda device: False)
+    lines = []
+    chosen = build_config("fast-gpu", {"train.precision": precision, "train.compile": True})
+    cfg = fit_to_device(chosen, CPU, lines.append)
+    assert (cfg.train.precision, cfg.train.compile) == (precision, True)
+    assert len(lines) == 1 and lines[0].startswith(f"warning: train.precision={precision} is")
+    monkeypatch.setattr(devices, "fast_bf16", lambda device: True)
+    assert fit_to_device(chosen, CPU, lines.append) == cfg and len(lines) == 1
+
+
+def test_a_cpu_preset_says_nothing_on_a_cpu():
+    lines = []
+    cfg = build_config("fast-cpu")
+    assert fit_to_device(cfg, CPU, lines.append) == cfg and lines == []
+
+
+def test_blitz_train_fits_a_gpu_preset_to_the_cpu_and_records_what_ran(tmp_path):
+    out = tmp_path / "run"
+    small = ["--set", "model.options.widths=[8,8,8]", "--batch-size", "32", "--max-steps", "2"]
+    args = ["train", "--preset", "fast-gpu", "--device", "cpu", "--data", "shapes:100", *small]
+    result = run_blitz(*args, "--out", out)
+    assert result.stdout.count("fast-gpu on cpu: ") == 1
+    saved = json.loads((out / "config.json").read_text())["train"]
+    assert saved["precision"] == resolve_precision("auto", CPU) and saved["compile"] is False

@@ -22,6 +22,7 @@ from blitz.evaluate import (
 )
 from blitz.progress import CSV_FIELDS, INTERVAL, Progress, read_metrics_csv
 from blitz.report import write_comparison, write_report
+from blitz.rundir import Metrics, RunDir
 from blitz.runs import rebuild_report, train_run
 
 
@@ -58,7 +59,7 @@ class _Optimizer:
 
 def test_metrics_csv_rows_are_interval_means(tmp_path):
     cfg = build_config("seed", {"train.log_every": 0})
-    progress = Progress(cfg, log=lambda m: None, quiet=True, out=tmp_path)
+    progress = Progress(cfg, log=lambda m: None, quiet=True, out=RunDir(tmp_path))
     steps, losses, correct = 2 * INTERVAL + 20, [], []
     progress.start_epoch(0, steps)
     for step in range(1, steps + 1):
@@ -82,22 +83,33 @@ def test_metrics_csv_rows_are_interval_means(tmp_path):
     assert record["train_accuracy"] == pytest.approx(sum(correct) / (4 * steps), abs=1e-6)
 
 
+def _many_class_report(tmp_path, k: int) -> str:
+    classes = [f"class{i:04d}" for i in range(k)]
+    labels = torch.arange(3 * k) % k
+    logits = torch.randn(3 * k, k, generator=torch.Generator().manual_seed(0))
+    matrix = confusion_matrix(labels, logits.argmax(1), k)
+    metrics = Metrics(
+        test_accuracy=0.01, classes=classes, confusion_matrix=matrix.tolist(),
+        per_class_accuracy=dict(zip(classes, per_class_accuracy(matrix))),
+        epochs=1, steps=3, model="lenet", data="fake",
+        history=[{"epoch": 1, "train_loss": 4.6, "lr": 0.1, "seconds": 1.0}],
+    )  # fmt: skip
+    images = torch.zeros(3 * k, 3, 32, 32, dtype=torch.uint8)
+    result = score(logits, labels, k)
+    return write_report(RunDir(tmp_path), metrics, Split(images, labels), result).read_text()
+
+
 def test_report_at_100_classes_scrolls_instead_of_shrinking(tmp_path):
-    classes = [f"class{i:02d}" for i in range(100)]
-    labels = torch.arange(300) % 100
-    logits = torch.randn(300, 100, generator=torch.Generator().manual_seed(0))
-    matrix = confusion_matrix(labels, logits.argmax(1), 100)
-    metrics = {
-        "test_accuracy": 0.01, "classes": classes, "confusion_matrix": matrix.tolist(),
-        "per_class_accuracy": dict(zip(classes, per_class_accuracy(matrix))),
-        "train_seconds": 1.0, "total_seconds": 2.0, "epochs": 1, "steps": 3, "seed": 0,
-        "device": "cpu", "preset": "seed", "data": "fake", "model": "lenet",
-        "history": [{"epoch": 1, "train_loss": 4.6, "lr": 0.1, "seconds": 1.0}],
-    }  # fmt: skip
-    images = torch.zeros(300, 3, 32, 32, dtype=torch.uint8)
-    result = score(logits, labels, 100)
-    page = write_report(tmp_path, metrics, Split(images, labels), result).read_text()
+    page = _many_class_report(tmp_path, 100)
     assert page.count("<div class='scroll'>") == 2 and len(_images(page)) == 4
+
+
+def test_report_at_2000_classes_stays_bounded(tmp_path):
+    page = _many_class_report(tmp_path, 2000)
+    figures = _images(page)
+    assert len(figures) == 3  # curves, the 100 worst classes' bars, worst errors: no matrix
+    assert "2000 x 2000 confusion matrix is left out" in page
+    assert max(map(len, figures)) < 2_000_000
 
 
 def _train(out, **overrides):
@@ -105,7 +117,7 @@ def _train(out, **overrides):
     settings.update({"train.log_every": 0, "optim.lr": 0.01, **overrides})
     cfg = build_config("seed", settings)
     out.mkdir()
-    return train_run(cfg, out, log=lambda m: None, quiet=True, started=0.0)
+    return train_run(cfg, RunDir(out), log=lambda m: None, quiet=True, started=0.0)
 
 
 @pytest.fixture(scope="module")
@@ -151,12 +163,13 @@ def test_report_is_rebuilt_from_the_run_directory(runs, monkeypatch):
     monkeypatch.setenv("BLITZ_DATA", str(runs / "cache"))
     path = runs / "a" / "report.html"
     path.unlink()
-    assert rebuild_report(runs / "a", log=lambda m: None) == path
+    assert rebuild_report(RunDir(runs / "a"), log=lambda m: None) == path
     assert len(_images(path.read_text())) == 6
 
 
 def test_comparison_page_shows_differences(runs, tmp_path):
-    page = write_comparison([runs / "a", runs / "b"], tmp_path / "c.html").read_text()
+    page = write_comparison([RunDir(runs / "a"), RunDir(runs / "b")], tmp_path / "c.html")
+    page = page.read_text()
     assert "optim.lr" in page and "train.eval_every_epoch" in page
     assert "train.batch_size" not in page  # equal in both: not a difference
     assert len(_images(page)) == 1
@@ -166,10 +179,10 @@ def test_tensorboard_writes_events_or_says_what_to_install(tmp_path, monkeypatch
     cfg = build_config("seed", {"train.tensorboard": True})
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as if not installed
     with pytest.raises(BlitzError, match="pip install tensorboard"):
-        Progress(cfg, log=lambda m: None, quiet=True, out=tmp_path)
+        Progress(cfg, log=lambda m: None, quiet=True, out=RunDir(tmp_path))
     monkeypatch.undo()
     pytest.importorskip("tensorboard", reason="the tensorboard extra is not installed")
-    progress = Progress(cfg, log=lambda m: None, quiet=True, out=tmp_path)
+    progress = Progress(cfg, log=lambda m: None, quiet=True, out=RunDir(tmp_path))
     progress.start_epoch(0, 1)
     progress.step(1, torch.tensor(1.0), torch.tensor(2), 2, _Optimizer())
     progress.end_epoch({"epoch": 1, "train_loss": 1.0, "seconds": 1.0, "lr": 0.1})

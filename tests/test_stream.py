@@ -11,8 +11,9 @@ import torch
 
 from blitz import stream
 from blitz.config import DataConfig
-from blitz.data import Split, load_data
+from blitz.data import Split
 from blitz.errors import BlitzError
+from blitz.sources import load_data
 from blitz.stream import StreamSplit
 from conftest import folder_files, run_blitz, shapes_folder, write_folder, write_tar
 

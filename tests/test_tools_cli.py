@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from blitz.checkpoint import load_checkpoint, model_from_checkpoint
-from blitz.data import normalize
+from blitz.checkpoint import load_checkpoint
 from blitz.export import random_images, run_export
 from blitz.lrfind import has_diverged, smooth, suggest
+from blitz.preprocess import normalize
 from conftest import folder_files, run_blitz, write_folder
 
 blitz = run_blitz
@@ -65,10 +65,10 @@ def test_export_round_trip(run, tmp_path, fmt):
     result = blitz("export", root / "run", "--format", fmt, "--out", out, cache=root / "cache")
     assert "max abs difference" in result.stdout and "uint8" in result.stdout
     ckpt = load_checkpoint(root / "run" / "model.pt")
-    model = model_from_checkpoint(ckpt)
-    images = random_images(ckpt, 7, seed=3)  # another batch size than at export time
+    model = ckpt.build_model()
+    images = random_images(ckpt.model, 7, seed=3)  # another batch size than at export time
     with torch.inference_mode():
-        expected = model(normalize(images, ckpt["mean"], ckpt["std"]))
+        expected = model(normalize(images, ckpt.model.mean, ckpt.model.std))
     got = run_export(fmt, out, images)
     assert got.shape == (7, 10)
     np.testing.assert_allclose(got.numpy(), expected.numpy(), atol=1e-4)

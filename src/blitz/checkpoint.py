@@ -3,8 +3,11 @@ plus, for resuming, the optimizer, the loop's state and every random number gene
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import os
 import random
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -12,39 +15,178 @@ import numpy as np
 import torch
 from torch import nn
 
-from blitz.config import Config, config_from_dict
+from blitz.config import (
+    MAX_IMAGE_SIZE,
+    Config,
+    check_range,
+    check_types,
+    check_value,
+    config_from_dict,
+)
 from blitz.errors import BlitzError
-from blitz.models import create_model
+from blitz.models import MAX_CHANNELS, create_model
+
+FORMAT = 2  # 1: model facts as top-level keys beside a copy in "config"; still read
 
 
-def save_checkpoint(path: Path, model: nn.Module, cfg: Config, classes: list[str], **extra: Any):
+@dataclass
+class ModelFacts:
+    """What it takes to rebuild the network and feed it images: stored once per checkpoint."""
+
+    name: str
+    options: dict[str, Any]
+    in_channels: int
+    classes: list[str]
+    image_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        check_types(self, "model")
+        check_range("model.in_channels", self.in_channels, 1, MAX_CHANNELS)
+        check_range("model.image_size", self.image_size, 8, MAX_IMAGE_SIZE)
+        check_value(bool(self.classes), "model.classes", self.classes, "at least one class")
+
+    def build(self) -> nn.Module:
+        """The network, with fresh weights."""
+        return create_model(self.name, len(self.classes), self.in_channels, **self.options)
+
+
+@dataclass
+class Checkpoint:
+    """A checkpoint: the model's facts and weights, the run's settings, and (for ``--resume``)
+    the training state: optimizers, the loop's state, every random number generator."""
+
+    model: ModelFacts
+    config: dict[str, Any]  # Config.to_dict()
+    state_dict: dict[str, torch.Tensor]
+    training: dict[str, Any] | None = None  # train_state, state_dicts, rng
+
+    @classmethod
+    def of(cls, model: nn.Module, cfg: Config, classes: list[str], **training: Any) -> Checkpoint:
+        """The checkpoint of ``model`` trained with ``cfg`` on ``classes``."""
+        facts = ModelFacts(
+            cfg.model.name, cfg.model.options, _in_channels(model), list(classes),
+            cfg.data.image_size, cfg.data.mean, cfg.data.std,
+        )  # fmt: skip
+        weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        return cls(facts, cfg.to_dict(), weights, training or None)
+
+    @property
+    def cfg(self) -> Config:
+        """The run's settings, as saved."""
+        return config_from_dict(self.config, self.config.get("preset", "custom"))
+
+    def build_model(self) -> nn.Module:
+        """The network with these weights, in evaluation mode."""
+        model = self.model.build()
+        load_state(model, self.state_dict, f"the weights of a {self.model.name!r} model")
+        return model.eval()
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data and tensors (loads with ``weights_only=True``), with a checksum."""
+        out = {
+            "format": FORMAT,
+            "model": {**dataclasses.asdict(self.model), "mean": list(self.model.mean),
+                      "std": list(self.model.std)},
+            "config": self.config,
+            "state_dict": self.state_dict,
+            "training": self.training,
+        }  # fmt: skip
+        return {**out, "digest": _digest(out)}
+
+    @classmethod
+    def from_dict(cls, raw: Any, path: Path) -> Checkpoint:
+        """Check what a file holds before using it: a foreign or damaged file is a BlitzError."""
+        try:
+            raw = _upgrade(raw)
+            if "digest" in raw and raw["digest"] != _digest(raw):
+                raise _Corrupt("its checksum does not match: the file is damaged")
+            training = raw.get("training")
+            if training is not None and not set(training) >= TRAINING_KEYS:
+                raise _Corrupt(f"its training state lacks {sorted(TRAINING_KEYS - set(training))}")
+            facts = ModelFacts(**raw["model"])
+            return cls(facts, dict(raw["config"]), dict(raw["state_dict"]), training)
+        except (_Corrupt, BlitzError, KeyError, TypeError, AttributeError, ValueError) as exc:
+            why = exc if isinstance(exc, _Corrupt | BlitzError) else f"{type(exc).__name__} {exc}"
+            raise BlitzError(
+                f"{path} is not a usable blitz checkpoint ({why}): pass a run directory "
+                "written by blitz train, or train again"
+            ) from None
+
+
+TRAINING_KEYS = {"train_state", "state_dicts", "rng"}
+
+
+class _Corrupt(Exception):
+    """What makes a checkpoint's content unusable, said in the error."""
+
+
+def _upgrade(raw: Any) -> dict[str, Any]:
+    """A format-1 checkpoint (blitz 0.1 before the typed format) in today's layout."""
+    if not isinstance(raw, dict):
+        raise _Corrupt(f"it holds a {type(raw).__name__}, not a checkpoint")
+    if raw.get("format") == FORMAT:
+        return raw
+    if "format" in raw:
+        raise _Corrupt(f"format {raw['format']!r}: written by a newer blitz?")
+    model = {
+        "name": raw["model"], "options": raw["model_options"],
+        "in_channels": raw["in_channels"], "classes": raw["classes"],
+        "image_size": raw["image_size"], "mean": raw["mean"], "std": raw["std"],
+    }  # fmt: skip
+    return {**raw, "model": model}
+
+
+def _digest(payload: dict[str, Any]) -> str:
+    """SHA-256 of every tensor's bytes and every other value, in a fixed order: a flipped bit
+    anywhere in the weights or the training state changes it."""
+    digest = hashlib.sha256()
+
+    def walk(value: Any) -> None:
+        if isinstance(value, torch.Tensor):
+            flat = value.detach().cpu().contiguous().reshape(-1)
+            digest.update(f"{value.dtype}{tuple(value.shape)}".encode())
+            digest.update(flat.view(torch.uint8).numpy().tobytes())
+        elif isinstance(value, dict):
+            for key in sorted(value, key=repr):
+                digest.update(repr(key).encode())
+                walk(value[key])
+        elif isinstance(value, list | tuple):
+            for item in value:
+                walk(item)
+        else:
+            digest.update(repr(value).encode())
+
+    walk({k: v for k, v in payload.items() if k != "digest"})
+    return digest.hexdigest()
+
+
+def save_checkpoint(path: Path, ckpt: Checkpoint) -> None:
     """Write atomically (temporary file, fsync, rename): a crash never leaves half a checkpoint."""
-    payload = {
-        "model": cfg.model.name,
-        "model_options": cfg.model.options,
-        "in_channels": _in_channels(model),
-        "classes": list(classes),
-        "mean": list(cfg.data.mean),
-        "std": list(cfg.data.std),
-        "image_size": cfg.data.image_size,
-        "config": cfg.to_dict(),
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        **extra,
-    }
     tmp = path.with_name(path.name + ".tmp")
     try:
         with open(tmp, "wb") as f:
-            torch.save(payload, f)
+            torch.save(ckpt.to_dict(), f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)  # the previous checkpoint stays whole until this instant
-    except OSError as exc:  # disk full, quota, permissions: the old file is untouched
+    except (OSError, RuntimeError) as exc:  # disk full: torch.save may say it as RuntimeError
         tmp.unlink(missing_ok=True)
+        if isinstance(exc, RuntimeError) and not _is_write_error(exc):
+            raise
         kept = "the previous checkpoint is intact" if path.exists() else "no checkpoint was kept"
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).strip()
         raise BlitzError(
-            f"could not write checkpoint {path}: {exc.strerror or exc}; {kept}. "
+            f"could not write checkpoint {path}: {why.splitlines()[0]}; {kept}. "
             "Free some space (or fix the permissions) and run again"
         ) from None
+
+
+def _is_write_error(exc: RuntimeError) -> bool:
+    # torch.save's zip writer reports a failed write as "PytorchStreamWriter failed writing
+    # file ..." (a RuntimeError), hiding the OSError of a full disk beneath it
+    return "PytorchStreamWriter" in str(exc) or "file write failed" in str(exc)
 
 
 def _in_channels(model: nn.Module) -> int:
@@ -52,40 +194,28 @@ def _in_channels(model: nn.Module) -> int:
     return first.in_channels if isinstance(first, nn.Conv2d) else first.in_features
 
 
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Read a checkpoint with ``weights_only=True``: no code from the file can run."""
+def load_checkpoint(path: Path) -> Checkpoint:
+    """Read a checkpoint with ``weights_only=True`` (no code from the file can run), checked."""
     if not path.is_file():
         raise BlitzError(f"no checkpoint at {path}: pass a run directory written by blitz train")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        raw = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # any unpickling failure means "not a checkpoint we can trust"
-        raise BlitzError(f"cannot read checkpoint {path}: {exc}") from None
-
-
-def model_from_checkpoint(ckpt: dict[str, Any]) -> nn.Module:
-    """Rebuild the network and load its weights."""
-    model = create_model(
-        ckpt["model"], len(ckpt["classes"]), ckpt["in_channels"], **ckpt["model_options"]
-    )
-    load_state(model, ckpt["state_dict"], f"the weights of a {ckpt['model']!r} model")
-    return model.eval()
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise BlitzError(f"cannot read checkpoint {path}: {first}") from None
+    return Checkpoint.from_dict(raw, path)
 
 
 def load_state(target: Any, state: dict[str, Any], what: str) -> None:
     """``target.load_state_dict(state)``, with a mismatch reported as a BlitzError."""
     try:
         target.load_state_dict(state)
-    except (RuntimeError, KeyError, ValueError) as exc:
+    except (RuntimeError, KeyError, ValueError, TypeError, AttributeError) as exc:
         first = str(exc).strip().splitlines()[0]
         raise BlitzError(
             f"the checkpoint does not fit {what} ({first}): it was written by another model "
             "or for other classes; use the run directory that goes with this model and data"
         ) from None
-
-
-def config_from_checkpoint(ckpt: dict[str, Any]) -> Config:
-    """The run's settings, as saved."""
-    return config_from_dict(ckpt["config"], ckpt["config"].get("preset", "custom"))
 
 
 # --- random number generators: all of them, so that a resumed run draws what it would have ---

@@ -4,43 +4,32 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import functools
 import os
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
-from blitz.config import DEVICES, LOSSES, OPTIMIZERS  # light: no torch import
+from blitz.config import DEVICES, FLAGS, LOSSES, OPTIMIZERS  # light: no torch import
 
-# options of `blitz train` that override one setting each: flag -> (dotted key, type)
-OVERRIDES = {
-    "data": ("data.source", str),
-    "model": ("model.name", str),
-    "epochs": ("train.epochs", int),
-    "batch_size": ("train.batch_size", int),
-    "lr": ("optim.lr", float),
-    "momentum": ("optim.momentum", float),
-    "optimizer": ("optim.name", str),
-    "loss": ("optim.loss", str),
-    "seed": ("train.seed", int),
-    "device": ("train.device", str),
-    "max_steps": ("train.max_steps", int),
-    "tensorboard": ("train.tensorboard", bool),
-    "checkpoint_every": ("train.checkpoint_every", int),
-    "skip_bad_images": ("data.skip_bad_images", bool),
-    "image_size": ("data.image_size", int),
-    "max_memory": ("data.max_memory", str),
-    "workers": ("data.workers", str),
-}
+# options of `blitz train` that override one setting each: argparse dest -> dotted key
+OVERRIDES = {flag[2:].replace("-", "_"): key for key, flag in FLAGS.items()}
 DEFAULT_PRESET = "fast-cpu"
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The whole command line: one subcommand per seed step and tool."""
     parser = argparse.ArgumentParser(
-        prog="blitz", description="Train and test image classifiers (the PyTorch 60 Minute Blitz)."
+        prog="blitz",
+        description="Train and test image classifiers (the PyTorch 60 Minute Blitz).",
+        allow_abbrev=False,  # --epoch is a typo, not --epochs: abbreviations change meaning later
     )
     parser.add_argument("--version", action="version", version=_version())
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    strict = functools.partial(argparse.ArgumentParser, allow_abbrev=False)
+    sub = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", parser_class=strict
+    )
     _add_train(sub)
     p = sub.add_parser("eval", help="test a finished run on its test set (or another --data)")
     p.add_argument("run_dir", type=Path, metavar="RUN_DIR")
@@ -155,7 +144,7 @@ def _add_report_tools(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", metavar="SPEC", help="auto | cifar10 | mnist | shapes[:N] | PATH")
     p.add_argument("--model", metavar="NAME", help="a model from `blitz models`")
     p.add_argument("--batch-size", type=int, metavar="N")
-    p.add_argument("--optimizer", choices=["sgd", "nesterov", "adam", "rmsprop"])
+    p.add_argument("--optimizer", choices=OPTIMIZERS)
     p.add_argument("--steps", type=int, default=300, help="steps of the sweep (default: 300)")
     p.add_argument("--out", type=Path, default=Path("lr_find.png"), metavar="FILE.png")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -176,7 +165,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, object]:
     from blitz.errors import BlitzError
 
     # getattr with a default: commands other than train take only some of these options
-    found = {key: getattr(args, flag, None) for flag, (key, _) in OVERRIDES.items()}
+    found = {key: getattr(args, flag, None) for flag, key in OVERRIDES.items()}
     found = {k: v for k, v in found.items() if v is not None}
     for item in getattr(args, "set", []):
         key, sep, value = item.partition("=")
@@ -187,42 +176,70 @@ def _overrides(args: argparse.Namespace) -> dict[str, object]:
 
 
 def cmd_train(args: argparse.Namespace, started: float, argv: list[str]) -> None:
-    from blitz.checkpoint import config_from_checkpoint
-    from blitz.config import build_config
     from blitz.distributed import World, check_batch_size, finish, launch, launched_by_torchrun
-    from blitz.runs import (
-        default_run_dir,
-        elastic_resume,
-        prepare_run_dir,
-        resume_checkpoint,
-        train_run,
-    )
+    from blitz.errors import BlitzError
+    from blitz.runs import train_run
 
-    log = _logger(args.quiet)
-    if args.resume:
-        _refuse_settings_with_resume(args)
-        out, resume = args.resume, resume_checkpoint(args.resume)
-        cfg = config_from_checkpoint(resume)
-    else:
-        cfg = build_config(args.preset or DEFAULT_PRESET, _overrides(args))
-        out = args.out or default_run_dir(cfg.preset)
-        resume = elastic_resume(out)  # a worker group restarted by torchrun carries on
-        if resume is None:
-            prepare_run_dir(out, args.overwrite)
+    if args.devices < 1:
+        raise BlitzError(f"invalid --devices {args.devices}: expected an integer >= 1")
+    cfg, run_dir, resume = _train_plan(args)
     if args.devices > 1 and not launched_by_torchrun():
         check_batch_size(cfg.train.batch_size, World(size=args.devices))
-        pinned = [] if args.resume else ["--out", str(out), "--overwrite"]
+        if resume is None:
+            run_dir.prepare(args.overwrite)
+        pinned = [] if args.resume else ["--out", str(run_dir), "--overwrite"]
         launch(args.devices, _without_devices(argv) + pinned)
         return
-    metrics = train_run(cfg, out, log, args.quiet, started, resume)
+    with _owning(run_dir):
+        if resume is None and _first_process():
+            run_dir.prepare(args.overwrite)
+        metrics = train_run(cfg, run_dir, _logger(args.quiet), args.quiet, started, resume)
     finish()
-    if "train_seconds" not in metrics:  # not the first process: it prints nothing
+    if metrics is None:  # not the first process: it prints nothing
         return
     print(
-        f"test accuracy {100 * metrics['test_accuracy']:.2f} %"
-        f" | training {metrics['train_seconds']:.1f} s | total {metrics['total_seconds']:.1f} s"
-        f" | run directory: {out}"
+        f"test accuracy {100 * metrics.test_accuracy:.2f} %"
+        f" | training {metrics.train_seconds:.1f} s | total {metrics.total_seconds:.1f} s"
+        f" | run directory: {run_dir}"
     )
+
+
+def _train_plan(args: argparse.Namespace):
+    """The settings, the run directory and the checkpoint to resume from (if any); nothing is
+    written yet."""
+    from blitz.config import build_config
+    from blitz.rundir import RunDir
+    from blitz.runs import elastic_resume
+
+    if args.resume:
+        _refuse_settings_with_resume(args)
+        run_dir = RunDir(args.resume)
+        resume = run_dir.load_resumable()
+        return resume.cfg, run_dir, resume
+    cfg = build_config(args.preset or DEFAULT_PRESET, _overrides(args))
+    run_dir = RunDir(args.out) if args.out else RunDir.default(cfg.preset)
+    return cfg, run_dir, elastic_resume(run_dir)  # torchrun restarted the group: carry on
+
+
+def _first_process() -> bool:
+    return os.environ.get("RANK", "0") == "0"
+
+
+@contextmanager
+def _owning(run_dir):
+    """The first process locks the run directory while it trains; a run refused before it
+    wrote anything leaves no empty folder behind."""
+    from blitz.errors import BlitzError
+
+    if not _first_process():
+        yield
+        return
+    with run_dir.lock():
+        try:
+            yield
+        except BlitzError:
+            run_dir.remove_if_unused()
+            raise
 
 
 def _without_devices(argv: list[str]) -> list[str]:
@@ -258,9 +275,10 @@ def _logger(quiet: bool):
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
+    from blitz.rundir import RunDir
     from blitz.runs import eval_run
 
-    eval_run(args.run_dir, args.data, print if not args.quiet else _results_only())
+    eval_run(RunDir(args.run_dir), args.data, print if not args.quiet else _results_only())
 
 
 def _results_only():
@@ -272,13 +290,15 @@ def _results_only():
 
 
 def cmd_show(args: argparse.Namespace) -> None:
-    from blitz.data import load_data
     from blitz.errors import BlitzError
+    from blitz.outputs import check_output_file
     from blitz.plots import save_image_grid
     from blitz.runs import sample_rows
+    from blitz.sources import load_data
 
     if args.count < 1:
         raise BlitzError(f"invalid --count {args.count}: expected an integer >= 1")
+    check_output_file(args.out, "the image grid")
     data = load_data(args.data)
     split = getattr(data, args.split)
     rows = sample_rows(args.count, len(split))
@@ -295,16 +315,15 @@ def cmd_inspect(args: argparse.Namespace) -> None:
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
-    from blitz.checkpoint import load_checkpoint, model_from_checkpoint
     from blitz.errors import BlitzError
     from blitz.predict import collect_images, format_prediction, predict_files, write_csv
-    from blitz.runs import CHECKPOINT
+    from blitz.rundir import RunDir
 
     if args.top_k < 1:
         raise BlitzError(f"invalid --top-k {args.top_k}: expected an integer >= 1")
-    ckpt = load_checkpoint(args.run_dir / CHECKPOINT)
+    ckpt = RunDir(args.run_dir).load_model()
     predictions = predict_files(
-        ckpt, model_from_checkpoint(ckpt), collect_images(args.images), args.top_k
+        ckpt.model, ckpt.build_model(), collect_images(args.images), args.top_k
     )
     for prediction in predictions:
         print(format_prediction(prediction))
@@ -314,47 +333,51 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> None:
+    from blitz.outputs import check_output_file
     from blitz.report import write_comparison
+    from blitz.rundir import RunDir
     from blitz.runs import rebuild_report
 
+    run_dirs = [RunDir(d) for d in args.run_dirs]
     if len(args.run_dirs) == 1:
-        print(f"wrote {rebuild_report(args.run_dirs[0], log=print)}")
+        print(f"wrote {rebuild_report(run_dirs[0], log=print)}")
     else:
-        print(f"wrote {write_comparison(args.run_dirs, args.out)}")
+        check_output_file(args.out, "the comparison page")
+        print(f"wrote {write_comparison(run_dirs, args.out)}")
 
 
 def cmd_lr_find(args: argparse.Namespace) -> None:
     from blitz.config import build_config
-    from blitz.data import load_data
-    from blitz.devices import resolve_device
     from blitz.errors import BlitzError
-    from blitz.lrfind import lr_find
+    from blitz.lrfind import lr_find, suggested_settings
     from blitz.plots import lr_find_png
+    from blitz.runs import set_up
+    from blitz.sources import load_data
 
     if args.steps < 5:
         raise BlitzError(f"invalid --steps {args.steps}: expected an integer >= 5")
     cfg = build_config(args.preset, _overrides(args))
-    data = load_data(cfg.data)
-    device = resolve_device(cfg.train.device)
-    sweep = lr_find(cfg, data.train, len(data.classes), device, args.steps, quiet=args.quiet)
+    ctx = set_up(cfg, None, print, args.quiet, time.perf_counter())  # as train's, writing nothing
+    sweep = lr_find(ctx, load_data(ctx.cfg.data), args.steps)
     args.out.write_bytes(lr_find_png(sweep.lrs, sweep.losses, sweep.suggestion))
     print(f"wrote {args.out} ({len(sweep.lrs)} steps, up to lr {sweep.lrs[-1]:.2g})")
-    print(
-        f"suggested learning rate: {sweep.suggestion:.2g} (blitz train --lr {sweep.suggestion:.2g})"
-    )
+    settings = suggested_settings(ctx.cfg.optim, sweep.suggestion)
+    others = "".join(f" --set {k}={v:.2g}" for k, v in settings.items() if k != "optim.lr")
+    lr = f"{sweep.suggestion:.2g}"
+    print(f"suggested learning rate: {lr} (blitz train --lr {lr}{others})")
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    from blitz.checkpoint import load_checkpoint, model_from_checkpoint
     from blitz.export import default_path, export_model
-    from blitz.runs import CHECKPOINT
+    from blitz.rundir import RunDir
 
-    ckpt = load_checkpoint(args.run_dir / CHECKPOINT)
+    ckpt = RunDir(args.run_dir).load_model()
     out = args.out or default_path(args.run_dir, args.format)
-    diff = export_model(ckpt, model_from_checkpoint(ckpt), args.format, out)
+    facts = ckpt.model
+    diff = export_model(facts, ckpt.build_model(), args.format, out)
     print(
-        f"wrote {out}: input uint8 images (N, {ckpt['in_channels']}, {ckpt['image_size']}, "
-        f"{ckpt['image_size']}) in 0-255, output logits (N, {len(ckpt['classes'])})"
+        f"wrote {out}: input uint8 images (N, {facts.in_channels}, {facts.image_size}, "
+        f"{facts.image_size}) in 0-255, output logits (N, {len(facts.classes)})"
     )
     print(f"checked against PyTorch on random images: max abs difference {diff:.2e}")
 
@@ -392,6 +415,9 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``blitz`` and ``python -m blitz``; returns the exit status."""
     started = time.perf_counter()
     argv = sys.argv[1:] if argv is None else argv
+    for stream in (sys.stdout, sys.stderr):  # a file name that is not UTF-8 prints as \xNN
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
     if unknown:

@@ -120,8 +120,8 @@ def _convert(value: Any, hint: Any) -> Any:
     origin, args = get_origin(hint), get_args(hint)
     if origin in UNIONS:
         return _first_fit(value, args)
-    if origin is tuple and isinstance(value, (list, tuple)):  # tuple[float, ...]
-        return tuple(_convert(item, args[0]) for item in value)
+    if origin in (tuple, list) and isinstance(value, (list, tuple)):  # tuple[float, ...]
+        return origin(_convert(item, args[0]) for item in value)
     if not _fits(value, hint, origin, args):
         raise _Mismatch
     return float(value) if hint is float else value
@@ -155,7 +155,7 @@ def _describe(hint: Any) -> str:
         return " | ".join(map(str, args))
     if origin in UNIONS:
         return " or ".join(map(_describe, args))
-    if origin is tuple:
+    if origin in (tuple, list):
         return f"a list of {WORDS[args[0]][1]}"
     if origin is dict or dataclasses.is_dataclass(hint):
         return "a table of settings"
@@ -304,7 +304,8 @@ class TrainConfig:
     tta: Tta = "none"  # test-time augmentation
     channels_last: bool = False  # memory format of images and weights (faster convs on some CPUs)
     precision: Precision = "fp32"  # autocast for forward passes ("auto": bf16 if fast)
-    compile: bool = False  # torch.compile the model (warmed up and timed apart from training)
+    # torch.compile the model (warmed up and timed apart from training); "auto": on CUDA only
+    compile: bool | Literal["auto"] = False
     sync_bn: bool = False  # under torchrun: batch-norm statistics over the global batch
     tensorboard: bool = False  # also write TensorBoard event files into the run directory
     checkpoint_every: int = 0  # also checkpoint every N steps (0: at epoch ends only)

@@ -1,12 +1,19 @@
-"""Devices: choosing one, timing on it honestly, and mixed precision; one code path for all."""
+"""Devices: choosing one, timing on it honestly, mixed precision, and fitting the settings a
+preset leaves to the machine; one code path for all."""
 
 from __future__ import annotations
 
 import platform
+from collections.abc import Callable
+from dataclasses import replace
 
 import torch
 
+from blitz.config import Config
 from blitz.errors import BlitzError
+
+AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+NO_FAST_BF16 = "no AMX or AVX512-BF16 on this CPU"
 
 
 def resolve_device(name: str) -> torch.device:
@@ -47,10 +54,47 @@ def fast_bf16(device: torch.device) -> bool:
     return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
 
 
-def autocast(precision: str, device: torch.device) -> torch.autocast:
-    """Mixed precision for forward passes, the same code on every device; ``auto`` picks bf16
-    where it is fast (see ``fast_bf16``) and fp32 elsewhere (emulated bf16 is slow)."""
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto`` is bf16 where it is fast (see ``fast_bf16``) and fp32 elsewhere (emulated bf16
+    is slow); any other precision is kept."""
     if precision == "auto":
-        precision = "bf16" if fast_bf16(device) else "fp32"
-    dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+        return "bf16" if fast_bf16(device) else "fp32"
+    return precision
+
+
+def autocast(precision: str, device: torch.device) -> torch.autocast:
+    """Mixed precision for forward passes, the same code on every device."""
+    dtype = AUTOCAST_DTYPES[resolve_precision(precision, device)]
     return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+
+
+def grad_scaler(precision: str, device: torch.device) -> torch.amp.GradScaler:
+    """fp16 gradients underflow unless the loss is scaled up (and steps whose gradients
+    overflowed are skipped); at other precisions a disabled scaler passes everything through,
+    so the training step is one code path."""
+    fp16 = resolve_precision(precision, device) == "fp16"
+    return torch.amp.GradScaler(device.type, enabled=fp16)
+
+
+def fit_to_device(cfg: Config, device: torch.device, log: Callable[[str], None]) -> Config:
+    """The settings a preset leaves to the machine (``auto``) made concrete for ``device``; one
+    log line says which of them fell short of a GPU's choice, and why. An explicit half
+    precision that this CPU emulates is kept, with a warning."""
+    train = cfg.train
+    precision = resolve_precision(train.precision, device)
+    # torch.compile took 2 minutes on 2 CPU cores and made airbench's CPU step no faster
+    compiles = device.type == "cuda" if train.compile == "auto" else train.compile
+    fallbacks = []
+    if train.precision == "auto" and precision == "fp32":
+        why = NO_FAST_BF16 if device.type == "cpu" else f"bf16 is not fast on {device.type}"
+        fallbacks.append(f"train.precision=auto -> fp32 ({why})")
+    if train.compile == "auto" and not compiles:
+        fallbacks.append("train.compile=auto -> false (compiling pays off on a GPU only)")
+    if fallbacks:
+        log(f"{cfg.preset} on {device.type}: " + "; ".join(fallbacks))
+    if device.type == "cpu" and precision != "fp32" and not fast_bf16(device):
+        log(
+            f"warning: train.precision={precision} is emulated here ({NO_FAST_BF16}), much "
+            "slower than fp32 (which train.precision=auto picks here)"
+        )
+    return replace(cfg, train=replace(train, precision=precision, compile=compiles))

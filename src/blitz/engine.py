@@ -5,7 +5,8 @@ from __future__ import annotations
 import copy
 import math
 import time
-from dataclasses import dataclass, field, fields
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import torch
@@ -15,12 +16,14 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from blitz import augment
 from blitz.config import Config, OptimConfig
-from blitz.data import AnySplit, ImageData, Log, normalize
-from blitz.devices import autocast, synchronize
-from blitz.distributed import SINGLE, World, epoch_batches, sum_over_ranks, wrap
+from blitz.context import RunContext
+from blitz.data import AnySplit, Batch, ImageData, Split
+from blitz.devices import autocast, grad_scaler, synchronize
+from blitz.distributed import World, epoch_batches, sum_over_ranks, wrap
 from blitz.errors import BlitzError
 from blitz.evaluate import evaluate
 from blitz.optim import build_optimizers, lr_factor, unflatten_filters
+from blitz.preprocess import normalize
 from blitz.progress import Progress
 
 
@@ -108,6 +111,7 @@ class Loop:
     eval_net: nn.Module  # what tests: the model (or its EMA)
     world: World
     optimizers: list[torch.optim.Optimizer]
+    scaler: torch.amp.GradScaler  # fp16's loss scale; disabled (a pass-through) otherwise
     split: AnySplit  # the training images (on the training device, or streamed)
     total: int  # planned optimizer steps: the schedule's horizon
     ema: AveragedModel | None
@@ -119,6 +123,8 @@ class Loop:
     def stateful(self) -> dict[str, Any]:
         """What a checkpoint saves besides the weights and the TrainState."""
         named = {f"optimizer{i}": o for i, o in enumerate(self.optimizers)}
+        if self.scaler.is_enabled():  # only then: checkpoints of other precisions stay as they were
+            named["scaler"] = self.scaler
         return {**named, "ema": self.ema} if self.ema else named
 
 
@@ -129,15 +135,10 @@ def planned_steps(cfg: Config, train_size: int) -> int:
 
 
 def build_loop(
-    cfg: Config,
-    data: ImageData,
-    model: nn.Module,
-    device: torch.device,
-    progress: Progress,
-    hooks: TrainHooks,
-    world: World = SINGLE,
+    ctx: RunContext, data: ImageData, model: nn.Module, progress: Progress, hooks: TrainHooks
 ) -> Loop:
     """Set up optimizers, state and EMA for training ``model`` on ``data.train``."""
+    cfg, device, world = ctx.cfg, ctx.device, ctx.world
     compiled = cfg.train.compile
     ema = None
     if cfg.optim.ema:
@@ -154,6 +155,7 @@ def build_loop(
         eval_net=tested,
         world=world,
         optimizers=build_optimizers(model, cfg.optim),
+        scaler=grad_scaler(cfg.train.precision, device),
         split=data.train.to(device),
         total=planned_steps(cfg, len(data.train)),
         ema=ema,
@@ -164,21 +166,18 @@ def build_loop(
 
 
 def train(
-    cfg: Config,
+    ctx: RunContext,
     data: ImageData,
     model: nn.Module,
-    device: torch.device,
-    log: Log,
-    quiet: bool,
-    world: World = SINGLE,
     progress: Progress | None = None,
     hooks: TrainHooks | None = None,
 ) -> Loop:
     """Train ``model`` on ``data.train`` (ending with the EMA weights, if any); test per epoch.
 
     Returns the loop: its ``state`` says what happened, its ``eval_net`` tests the result."""
-    progress = progress or Progress(cfg, log, quiet)
-    loop = build_loop(cfg, data, model, device, progress, hooks or TrainHooks(), world)
+    cfg, device = ctx.cfg, ctx.device
+    progress = progress or Progress(cfg, ctx.log, ctx.quiet)
+    loop = build_loop(ctx, data, model, progress, hooks or TrainHooks())
     state = loop.state
     if cfg.train.compile:
         state.compile_seconds = warm_up(loop, data, device)
@@ -196,7 +195,7 @@ def train(
         model.load_state_dict(loop.ema.module.state_dict())
     unflatten_filters(model)
     if cfg.train.log_every:
-        log("Finished Training")
+        ctx.log("Finished Training")
     return loop
 
 
@@ -255,33 +254,40 @@ def _prepare_model(loop: Loop, device: torch.device) -> None:
 
 
 def warm_up(loop: Loop, data: ImageData, device: torch.device) -> float:
-    """Compile (train and eval graphs) on a few steps, then restore every state: returns the
-    seconds it took, which are reported apart from the training time."""
+    """Compile (train and eval graphs) on a few steps and one test batch, then restore every
+    state: returns the seconds it took, which are reported apart from the training time."""
     started = time.perf_counter()
     saved = _snapshot(loop)
     _prepare_model(loop, device)
-    for batch in loop.split.load(_epoch_batches(loop)[:2], device):  # the shapes training uses
-        with autocast(loop.cfg.train.precision, device):
-            _step(loop, *batch)
-    _test_accuracy(loop, data)
-    _restore(loop, saved)
+    first = _epoch_batches(loop)[: min(2, loop.total)]  # the shapes training uses
+    for batch in loop.split.load(first, device):
+        _step(loop, *batch)
+    _test_accuracy(loop, _one_test_batch(loop, data, device))
+    _restore(loop, saved, device)
     synchronize(device)
     return time.perf_counter() - started
 
 
+def _one_test_batch(loop: Loop, data: ImageData, device: torch.device) -> ImageData:
+    """``data`` with its test split cut to one evaluation batch per process: compiling needs
+    the shapes the test meets, not the whole test set."""
+    size = min(len(data.test), loop.cfg.train.eval_batch_size * loop.world.size)
+    _, images, labels = next(data.test.load([torch.arange(size)], device))
+    return replace(data, test=Split(images, labels))
+
+
 def _snapshot(loop: Loop) -> dict:
-    return {
-        "model": copy.deepcopy(loop.model.state_dict()),
-        "optimizers": [copy.deepcopy(o.state_dict()) for o in loop.optimizers],
-        "state": copy.deepcopy(loop.state.to_dict()),
-    }
+    """Everything a training step changes: weights, optimizers, EMA, loss scale, loop state."""
+    objects = {"model": loop.model, **loop.stateful}
+    states = {name: obj.state_dict() for name, obj in objects.items()}
+    return copy.deepcopy({"objects": states, "state": loop.state.to_dict()})
 
 
-def _restore(loop: Loop, saved: dict) -> None:
-    loop.model.load_state_dict(saved["model"])
-    for optimizer, state in zip(loop.optimizers, saved["optimizers"]):
-        optimizer.load_state_dict(state)
-    loop.state.load_dict(saved["state"], loop.split.labels.device)
+def _restore(loop: Loop, saved: dict, device: torch.device) -> None:
+    objects = {"model": loop.model, **loop.stateful}
+    for name, obj in objects.items():
+        obj.load_state_dict(saved["objects"][name])
+    loop.state.load_dict(saved["state"], device)
 
 
 def _test_accuracy(loop: Loop, data: ImageData) -> float:
@@ -317,7 +323,7 @@ def _epoch_batches(loop: Loop) -> list[torch.Tensor]:
 
 def _train_epoch(loop: Loop, device: torch.device) -> int:
     """One pass over the shuffled training split (or the rest of one); returns its step count."""
-    cfg, state = loop.cfg, loop.state
+    state = loop.state
     loop.model.train()
     batches = _epoch_batches(loop)
     # a resumed epoch counts the batches it did before the restart
@@ -325,8 +331,7 @@ def _train_epoch(loop: Loop, device: torch.device) -> int:
     loop.progress.start_epoch(state.epoch, steps, state.batch)
     clock = time.perf_counter()
     for rows, images, labels in loop.split.load(batches[state.batch : steps], device):
-        with autocast(cfg.train.precision, device):
-            loss, logits = _step(loop, rows, images, labels)
+        loss, logits = _step(loop, rows, images, labels)
         state.batch += 1
         _note_non_finite(state, loss)
         state.epoch_loss += loss
@@ -349,23 +354,53 @@ def _tick(state: TrainState, since: float) -> float:
 def _step(
     loop: Loop, rows: torch.Tensor, images: torch.Tensor, labels: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One optimizer step on a batch (uint8 ``images`` of the split's ``rows``); returns the loss
-    per sample and the logits (both detached)."""
+    """One training step at the schedule's learning rate (see ``train_step``)."""
+    factor = lr_factor(loop.state.step, loop.total, loop.cfg.optim)
+    return train_step(loop, rows, images, labels, factor)
+
+
+def train_step(
+    loop: Loop, rows: torch.Tensor, images: torch.Tensor, labels: torch.Tensor, factor: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimizer step on a batch (uint8 ``images`` of the split's ``rows``), each parameter
+    group at ``factor`` times its base learning rate (the schedule's factor when training,
+    the sweep's in lr-find); returns the loss per sample and the logits (both detached)."""
     cfg = loop.cfg
-    factor = lr_factor(loop.state.step, loop.total, cfg.optim)
     for optimizer in loop.optimizers:
         for group in optimizer.param_groups:
             group["lr"] = group["base_lr"] * factor
-    logits = loop.net(prepare_batch(loop, images, rows)).float()
-    loss = compute_loss(logits, labels, cfg.optim)
+    with autocast(cfg.train.precision, labels.device):  # the forward pass only
+        logits = loop.net(prepare_batch(loop, images, rows)).float()
+        loss = compute_loss(logits, labels, cfg.optim)
     # DDP averages gradients over ranks: right for a mean loss, a world too small for a sum
     scale = loop.world.size if cfg.optim.reduction == "sum" else 1
-    (loss * scale).backward()
+    loop.scaler.scale(loss * scale).backward()
     for optimizer in loop.optimizers:
-        optimizer.step()
+        loop.scaler.step(optimizer)  # skipped when fp16 gradients overflowed (the scale drops)
         optimizer.zero_grad(set_to_none=True)
+    loop.scaler.update()
     if loop.ema:
         loop.ema.update_parameters(loop.model)
     loop.state.step += 1
     per_sample = loss.detach() / (len(rows) if cfg.optim.reduction == "sum" else 1)
     return per_sample, logits.detach()
+
+
+def train_at_factors(
+    loop: Loop, factors: Iterable[float], device: torch.device
+) -> Iterator[torch.Tensor]:
+    """Training without a schedule: the model's data-dependent init, then one ``train_step``
+    per factor on the epochs' batches in order; yields each step's loss per sample (detached,
+    on the device). The learning-rate range test trains this way."""
+    loop.model.train()
+    _prepare_model(loop, device)
+    batches = _endless_batches(loop, device)
+    for factor in factors:
+        loss, _ = train_step(loop, *next(batches), factor)
+        yield loss
+
+
+def _endless_batches(loop: Loop, device: torch.device) -> Iterator[Batch]:
+    while True:
+        yield from loop.split.load(_epoch_batches(loop), device)
+        loop.state.epoch += 1  # the next epoch's order (and alternating flips)

@@ -11,9 +11,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from blitz.config import Config
-from blitz.data import AnySplit, normalize
+from blitz.data import AnySplit
 from blitz.devices import autocast
 from blitz.distributed import SINGLE, gather_rows, shard, sum_over_ranks
+from blitz.preprocess import normalize
 
 
 def _shift(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:

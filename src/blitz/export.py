@@ -5,16 +5,16 @@ from __future__ import annotations
 
 import inspect
 import math
-import os
 import warnings
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 
-from blitz.data import normalize
+from blitz.checkpoint import ModelFacts
 from blitz.errors import BlitzError
+from blitz.outputs import check_output_file
+from blitz.preprocess import normalize
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
 TOLERANCE = 1e-4  # max abs difference of logits between the export and PyTorch
@@ -44,17 +44,17 @@ def default_path(run_dir: Path, fmt: str) -> Path:
     return run_dir / f"model{FORMATS[fmt]}"
 
 
-def export_model(ckpt: dict[str, Any], model: nn.Module, fmt: str, out: Path) -> float:
+def export_model(facts: ModelFacts, model: nn.Module, fmt: str, out: Path) -> float:
     """Write the export to ``out``; returns its max abs difference to PyTorch (fails above
     ``TOLERANCE``, or if either gives a NaN or infinite logit)."""
     check_output_file(out, f"the {fmt} export")
     if fmt == "onnx":
         _require_onnx()  # before the export, which needs the onnx package too
-    wrapper = Deployable(model.cpu(), ckpt["mean"], ckpt["std"])
-    images = random_images(ckpt, CHECK_BATCH, seed=1)
+    wrapper = Deployable(model.cpu(), facts.mean, facts.std)
+    images = random_images(facts, CHECK_BATCH, seed=1)
     with torch.inference_mode():  # the reference, before any exporter touches the model
         expected = wrapper(images)
-    _write_export(wrapper, random_images(ckpt, 2, seed=0), fmt, out)
+    _write_export(wrapper, random_images(facts, 2, seed=0), fmt, out)
     return _check_export(fmt, out, run_export(fmt, out, images), expected)
 
 
@@ -93,24 +93,9 @@ def _check_export(fmt: str, out: Path, got: torch.Tensor, expected: torch.Tensor
     )
 
 
-def check_output_file(path: Path, what: str) -> None:
-    """Fail before any work if ``path`` cannot be written: a folder, or in a missing or
-    read-only folder."""
-    folder = path.parent
-    if path.is_dir():
-        problem = "that is a folder; name a file in it instead"
-    elif not folder.is_dir():
-        problem = f"folder {folder} does not exist; create it first or choose another path"
-    elif not os.access(path if path.exists() else folder, os.W_OK):
-        problem = "permission denied; choose another path"
-    else:
-        return
-    raise BlitzError(f"cannot write {what} to {path}: {problem}")
-
-
-def random_images(ckpt: dict[str, Any], count: int, seed: int) -> torch.Tensor:
+def random_images(facts: ModelFacts, count: int, seed: int) -> torch.Tensor:
     """uint8 (count, C, S, S) noise in the run's input shape."""
-    shape = (count, ckpt["in_channels"], ckpt["image_size"], ckpt["image_size"])
+    shape = (count, facts.in_channels, facts.image_size, facts.image_size)
     generator = torch.Generator().manual_seed(seed)
     return torch.randint(0, 256, shape, generator=generator, dtype=torch.uint8)
 

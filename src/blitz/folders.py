@@ -49,12 +49,12 @@ class Layout:
         return len(self.train) + len(self.test)
 
 
-def check_path(path: Path) -> None:
-    """A data path must be a folder or an archive that exists."""
+def check_path(path: Path, sources: list[str]) -> None:
+    """A data path must be a folder or an archive that exists (``sources``: the other specs)."""
     if not path.exists():
         raise BlitzError(
             f"data path {str(path)!r} does not exist: pass an image folder with train/ and test/, "
-            "an archive of one (.tar, .tar.gz, .tgz, .zip), or one of auto, cifar10, mnist, shapes"
+            f"an archive of one (.tar, .tar.gz, .tgz, .zip), or one of {', '.join(sources)}"
         )
     if path.is_file() and not path.name.lower().endswith(ARCHIVE_SUFFIXES):
         raise BlitzError(

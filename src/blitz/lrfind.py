@@ -1,22 +1,20 @@
-"""The learning-rate range test: raise the rate exponentially for a few hundred steps, watch
-the smoothed loss, stop when it diverges, and suggest a rate below the loss's minimum."""
+"""The learning-rate range test: raise the rate exponentially for a few hundred steps of the
+engine's own training step, watch the smoothed loss, stop when it diverges, and suggest a rate
+below the loss's minimum."""
 
 from __future__ import annotations
 
-import itertools
 import math
-from collections.abc import Iterator
 from dataclasses import dataclass
 
-import torch
 from tqdm import tqdm
 
-from blitz.config import Config
-from blitz.data import AnySplit, normalize
-from blitz.distributed import SINGLE, epoch_batches
-from blitz.engine import compute_loss
-from blitz.models import create_model
-from blitz.optim import build_optimizers
+from blitz.config import OptimConfig
+from blitz.context import RunContext, silent
+from blitz.data import ImageData
+from blitz.engine import TrainHooks, build_loop, train_at_factors
+from blitz.progress import Progress
+from blitz.runs import build_model
 
 SMOOTHING = 0.98  # exponential moving average of the loss (bias-corrected)
 DIVERGED = 4.0  # stop once the smoothed loss exceeds this many times its minimum
@@ -32,51 +30,40 @@ class Sweep:
 
 
 def lr_find(
-    cfg: Config,
-    train: AnySplit,
-    classes: int,
-    device: torch.device,
+    ctx: RunContext,
+    data: ImageData,
     steps: int = 300,
     start: float = 1e-6,
     end: float = 10.0,
-    quiet: bool = False,
 ) -> Sweep:
-    """Sweep the learning rate from ``start`` to ``end`` over ``steps`` steps of a fresh model."""
-    torch.manual_seed(cfg.train.seed)
-    model = create_model(cfg.model.name, classes, train.channels, **cfg.model.options)
-    model = model.to(device).train()
-    optimizers = build_optimizers(model, cfg.optim)
-    lrs, raw = [], []
+    """Sweep ``optim.lr`` from ``start`` to ``end`` over ``steps`` steps of a fresh model,
+    trained as ``blitz train`` trains it (data-dependent init, augmentation, precision, every
+    optimizer); the other groups' rates (the head's, Muon's) move with it in proportion."""
+    cfg = ctx.cfg
+    progress = Progress(cfg, silent, quiet=True)  # unused: the sweep draws its own bar
+    loop = build_loop(ctx, data, build_model(ctx, data), progress, TrainHooks())
+    lrs = [start * (end / start) ** (i / max(steps - 1, 1)) for i in range(steps)]
+    losses = train_at_factors(loop, [lr / cfg.optim.lr for lr in lrs], ctx.device)
+    raw = []
     # disable=None: a bar on a terminal only, not in logs
-    data = _endless(train.to(device), cfg, device)
-    for i in tqdm(
-        range(steps), desc="lr-find", unit="step", disable=True if quiet else None, leave=False
-    ):
-        lr = start * (end / start) ** (i / max(steps - 1, 1))
-        _, images, labels = next(data)
-        loss = compute_loss(
-            model(normalize(images, cfg.data.mean, cfg.data.std)), labels, cfg.optim
-        )
-        loss.backward()
-        for optimizer in optimizers:
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-        lrs.append(lr)
+    for loss in tqdm(losses, "lr-find", steps, leave=False, unit="step", disable=ctx.quiet or None):
         raw.append(loss.item())  # needed every step: the stop rule reads it
         if has_diverged(smooth(raw)):
             break
-    smoothed = smooth(raw)
+    lrs, smoothed = lrs[: len(raw)], smooth(raw)
     return Sweep(lrs, smoothed, suggest(lrs, smoothed))
 
 
-def _endless(
-    split: AnySplit, cfg: Config, device: torch.device
-) -> Iterator[tuple[torch.Tensor, ...]]:
-    size, seed = cfg.train.batch_size, cfg.train.seed
-    for epoch in itertools.count():
-        yield from split.load(epoch_batches(len(split), size, seed, epoch, SINGLE), device)
+def suggested_settings(cfg: OptimConfig, lr: float) -> dict[str, float]:
+    """The settings that train at ``lr`` with the other groups' rates in the sweep's proportion
+    (``--lr`` alone would leave the head's and Muon's rates where they were)."""
+    factor = lr / cfg.lr
+    settings = {"optim.lr": lr}
+    if cfg.head_lr:
+        settings["optim.head_lr"] = cfg.head_lr * factor
+    if cfg.name == "muon":
+        settings["optim.muon_lr"] = cfg.muon_lr * factor
+    return settings
 
 
 def smooth(losses: list[float], beta: float = SMOOTHING) -> list[float]:

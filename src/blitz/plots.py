@@ -15,6 +15,8 @@ import torch  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 from torchvision.utils import make_grid  # noqa: E402
 
+from blitz.outputs import write_atomic  # noqa: E402
+
 PAD = 2
 NUMBERS_UP_TO = 20  # classes up to which the confusion matrix prints its counts in the cells
 
@@ -54,7 +56,7 @@ def save_image_grid(
     images: torch.Tensor, captions: list[str], path: Path, per_row: int = 8
 ) -> None:
     """The seed's grid of images with labels, written as a PNG file."""
-    path.write_bytes(image_grid_png(images, captions, per_row))
+    write_atomic(path, image_grid_png(images, captions, per_row))
 
 
 def curves_png(history: list[dict], steps: list[dict], title: str = "") -> bytes:

@@ -9,17 +9,17 @@ import stat
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
+from blitz.checkpoint import ModelFacts
 from blitz.errors import BlitzError
 from blitz.evaluate import predict_logits
-from blitz.export import check_output_file
 from blitz.folders import Member, _open_regular, read_member
 from blitz.images import IMAGE_EXTENSIONS, BadImage, decode_image
+from blitz.outputs import check_output_file
 
 Prediction = tuple[Path, list[tuple[str, float]]]
 OnSkip = Callable[[Path, str], None]  # (file, why it was skipped)
@@ -62,7 +62,7 @@ def read_image_file(path: Path) -> bytes:
 
 
 def predict_files(
-    ckpt: dict[str, Any],
+    facts: ModelFacts,
     model: torch.nn.Module,
     files: list[Path],
     top_k: int,
@@ -82,9 +82,9 @@ def predict_files(
     with tqdm(total=len(files), desc="predict", unit="image", disable=None) as bar:  # tty only
         for start in range(0, len(files), batch_size):
             chunk = files[start : start + batch_size]
-            good, arrays = _decode_files(chunk, ckpt, skip)
+            good, arrays = _decode_files(chunk, facts, skip)
             if good:
-                results += _classify(ckpt, model, good, arrays, top_k)
+                results += _classify(facts, model, good, arrays, top_k)
             bar.update(len(chunk))
     if not results:
         raise _nothing_classified(len(files), *failed[0])
@@ -100,14 +100,14 @@ def _nothing_classified(count: int, path: Path, reason: str) -> BlitzError:
 
 
 def _decode_files(
-    files: list[Path], ckpt: dict[str, Any], skip: OnSkip
+    files: list[Path], facts: ModelFacts, skip: OnSkip
 ) -> tuple[list[Path], list[np.ndarray]]:
-    mode = "L" if ckpt["in_channels"] == 1 else "RGB"
+    mode = "L" if facts.in_channels == 1 else "RGB"
     good, arrays = [], []
     for f in files:
         try:
             data = read_image_file(f)
-            arrays.append(decode_image(data, printable(str(f)), ckpt["image_size"], mode=mode))
+            arrays.append(decode_image(data, printable(str(f)), facts.image_size, mode=mode))
             good.append(f)
         except BadImage as exc:
             skip(f, exc.reason)
@@ -115,15 +115,15 @@ def _decode_files(
 
 
 def _classify(
-    ckpt: dict[str, Any],
+    facts: ModelFacts,
     model: torch.nn.Module,
     files: list[Path],
     arrays: list[np.ndarray],
     top_k: int,
 ) -> list[Prediction]:
-    classes = ckpt["classes"]
+    classes = facts.classes
     images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
-    probs = predict_logits(model, [images], ckpt["mean"], ckpt["std"]).softmax(1)
+    probs = predict_logits(model, [images], facts.mean, facts.std).softmax(1)
     top = probs.topk(min(top_k, len(classes)), dim=1)
     return [
         (f, [(classes[c], prob) for c, prob in zip(i, p)])

@@ -14,10 +14,10 @@ from tqdm import tqdm
 from blitz.config import Config
 from blitz.data import Log
 from blitz.errors import BlitzError
+from blitz.rundir import RunDir
 
 CSV_FIELDS = ("step", "epoch", "loss", "accuracy", "lr", "images_per_s")
 INTERVAL = 50  # steps per metrics.csv row and bar update: .item() syncs the device, so not always
-METRICS_CSV = "metrics.csv"
 
 
 class Meter:
@@ -32,6 +32,15 @@ class Meter:
         self.images = 0
         self.steps = 0
         self.started = time.perf_counter()
+
+    def state_dict(self) -> dict[str, float]:
+        """The sums so far, as plain numbers (a checkpoint carries them across a restart)."""
+        return {"loss": float(self.loss), "correct": float(self.correct),
+                "images": self.images, "steps": self.steps}  # fmt: skip
+
+    def load_state_dict(self, saved: dict[str, float]) -> None:
+        self.loss, self.correct = saved["loss"], saved["correct"]
+        self.images, self.steps = int(saved["images"]), int(saved["steps"])
 
     def add(self, loss: Any, correct: Any, images: int) -> None:
         self.loss = self.loss + loss
@@ -81,8 +90,16 @@ def read_metrics_csv(path: Path) -> list[dict[str, float]]:
     """The rows of a ``metrics.csv`` as numbers (empty if the file is missing)."""
     if not path.is_file():
         return []
-    with open(path, newline="") as f:
-        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+    with open(path, newline="", encoding="utf-8", errors="replace") as f:
+        return [row for row in map(_numbers, csv.DictReader(f)) if row]
+
+
+def _numbers(row: dict[str, str]) -> dict[str, float] | None:
+    """A row as numbers; a row edited into something else is left out, not a crash."""
+    try:
+        return {k: float(v) for k, v in row.items() if k in CSV_FIELDS}
+    except (TypeError, ValueError):
+        return None
 
 
 def open_tensorboard(folder: Path):
@@ -102,27 +119,38 @@ class Progress:
     running-loss lines); rows for metrics.csv and TensorBoard when given a run directory."""
 
     def __init__(
-        self, cfg: Config, log: Log, quiet: bool, out: Path | None = None, resumed_step: int = 0
+        self, cfg: Config, log: Log, quiet: bool, out: RunDir | None = None, resumed_step: int = 0
     ) -> None:
         self.cfg, self.log, self.quiet = cfg, log, quiet
         self.seed_lines = cfg.train.log_every
         self.use_bar = not quiet and not self.seed_lines and sys.stderr.isatty()
-        self.csv = CsvLog(out / METRICS_CSV, resumed_step) if out else None
-        self.board = (
-            open_tensorboard(out / "tensorboard") if out and cfg.train.tensorboard else None
-        )
+        self.csv = CsvLog(out.csv, resumed_step) if out else None
+        self.board = open_tensorboard(out.tensorboard) if out and cfg.train.tensorboard else None
         self.interval, self.epoch_meter, self.running = Meter(), Meter(), Meter()
         self.bar: tqdm | None = None
         self.last_step = 0
+        self.resumed: dict[str, dict[str, float]] = {}  # meters' sums from a checkpoint
 
     def start_epoch(self, epoch: int, steps: int, done: int = 0) -> None:
         """A new epoch of ``steps`` steps, ``done`` of them already (in a resumed run)."""
         self.epoch, self.in_epoch = epoch, done
         for meter in (self.interval, self.epoch_meter, self.running):
             meter.reset()
+        # a resumed run's first rows sum the steps before the restart too, as if never stopped
+        for name, saved in self.resumed.items():
+            getattr(self, name).load_state_dict(saved)
+        self.resumed = {}
         if self.use_bar:
             desc = f"epoch {epoch + 1}/{self.cfg.train.epochs}"
             self.bar = tqdm(total=steps, initial=done, desc=desc, unit="step", dynamic_ncols=True)
+
+    def state_dict(self) -> dict[str, dict[str, float]]:
+        """What the rows in progress have summed (for checkpoints)."""
+        return {"interval": self.interval.state_dict(), "running": self.running.state_dict()}
+
+    def load_state_dict(self, saved: dict[str, dict[str, float]]) -> None:
+        """Continue the rows of a checkpoint's run (applied when its epoch starts again)."""
+        self.resumed = saved
 
     def step(self, step: int, loss, correct, images: int, optimizer) -> None:
         """Count one optimizer step (its loss, correct predictions and batch size, tensors left

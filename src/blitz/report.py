@@ -14,7 +14,9 @@ from typing import Any
 import torch
 
 from blitz.data import AnySplit
+from blitz.errors import BlitzError
 from blitz.evaluate import Evaluation, confused_pairs, worst_errors
+from blitz.outputs import write_atomic
 from blitz.plots import (
     NUMBERS_UP_TO,
     confusion_png,
@@ -23,10 +25,11 @@ from blitz.plots import (
     overlay_png,
     per_class_png,
 )
-from blitz.progress import METRICS_CSV, read_metrics_csv
+from blitz.progress import read_metrics_csv
+from blitz.rundir import Metrics, RunDir
 
-REPORT = "report.html"
 WORST = 24  # images in the gallery of worst errors
+FIGURE_CLASSES = 100  # classes drawn in the report's figures (more: the worst ones, a table)
 PAIRS = 10  # rows in the table of most-confused pairs
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 1200px; color: #222;
@@ -59,12 +62,10 @@ CSP = (
 )
 
 
-def write_report(
-    run_dir: Path, metrics: dict[str, Any], test: AnySplit, result: Evaluation
-) -> Path:
+def write_report(run_dir: RunDir, metrics: Metrics, test: AnySplit, result: Evaluation) -> Path:
     """``RUN_DIR/report.html`` from the run's metrics, its files and its test predictions."""
-    config = _read_json(run_dir / "config.json")
-    title = f"blitz run {run_dir.name}"
+    config = _read_config(run_dir)
+    title = f"blitz run {run_dir.path.name}"
     sections = [
         _section("Summary", _table(_summary_rows(metrics, config))),
         _section("Training curves", _img(_curves(run_dir, metrics), "training curves")),
@@ -72,29 +73,45 @@ def write_report(
         _errors_section(metrics, test, result),
         _files_section(run_dir),
     ]
-    path = run_dir / REPORT
-    path.write_text(_page(title, _subtitle(metrics), sections))
-    return path
+    write_atomic(run_dir.report, _page(title, _subtitle(metrics), sections).encode())
+    return run_dir.report
 
 
-def _curves(run_dir: Path, metrics: dict[str, Any]) -> bytes:
-    return curves_png(metrics["history"], read_metrics_csv(run_dir / METRICS_CSV))
+def _read_config(run_dir: RunDir) -> dict[str, Any]:
+    """The settings for the summary table: the saved ones, or none if they cannot be read."""
+    try:
+        return run_dir.read_config().to_dict()
+    except BlitzError:
+        return {}
 
 
-def _subtitle(metrics: dict[str, Any]) -> str:
+def _curves(run_dir: RunDir, metrics: Metrics) -> bytes:
+    return curves_png(metrics.history, read_metrics_csv(run_dir.csv))
+
+
+def _subtitle(metrics: Metrics) -> str:
     # names come from files and folders: every piece is escaped, like every other string
-    head = html.escape(f"{metrics['model']} on {metrics['data']}: test accuracy ")
-    tail = html.escape(f" after {metrics['epochs']} epochs")
-    return f"{head}<b>{100 * metrics['test_accuracy']:.2f} %</b>{tail}"
+    head = html.escape(f"{metrics.model} on {metrics.data}: test accuracy ")
+    tail = html.escape(f" after {_duration(metrics)}")
+    return f"{head}<b>{100 * metrics.test_accuracy:.2f} %</b>{tail}"
 
 
-def _summary_rows(metrics: dict[str, Any], config: dict[str, Any]) -> list[tuple[str, str]]:
+def _duration(metrics: Metrics) -> str:
+    """``2 epochs``, or ``300 steps (0.77 epochs)`` for a run stopped within an epoch."""
+    per_epoch = metrics.steps_per_epoch
+    epochs = metrics.steps / per_epoch if per_epoch else metrics.epochs
+    if abs(epochs - round(epochs)) < 1e-9:
+        return f"{round(epochs)} epoch{'s' if round(epochs) != 1 else ''}"
+    return f"{metrics.steps} steps ({epochs:.2f} epochs)"
+
+
+def _summary_rows(metrics: Metrics, config: dict[str, Any]) -> list[tuple[str, str]]:
     optim, train = config.get("optim", {}), config.get("train", {})
-    versions = ", ".join(f"{k} {v}" for k, v in metrics.get("versions", {}).items())
+    versions = ", ".join(f"{k} {v}" for k, v in metrics.versions.items())
     return [
-        ("preset", metrics["preset"]),
-        ("data", f"{metrics['data']} ({len(metrics['classes'])} classes)"),
-        ("model", f"{metrics['model']} ({metrics.get('parameters', 0):,} parameters)"),
+        ("preset", metrics.preset),
+        ("data", f"{metrics.data} ({len(metrics.classes)} classes)"),
+        ("model", f"{metrics.model} ({metrics.parameters:,} parameters)"),
         (
             "optimizer",
             f"{optim.get('name')} lr {optim.get('lr')} ({optim.get('schedule')}), "
@@ -102,31 +119,48 @@ def _summary_rows(metrics: dict[str, Any], config: dict[str, Any]) -> list[tuple
         ),
         (
             "batch size, epochs, steps",
-            f"{train.get('batch_size')}, {metrics['epochs']}, {metrics['steps']}",
+            f"{train.get('batch_size')}, {metrics.epochs}, {metrics.steps}",
         ),
-        ("device, seed", f"{metrics['device']}, {metrics['seed']}"),
-        ("test accuracy", f"{100 * metrics['test_accuracy']:.2f} %"),
+        ("device, seed", f"{metrics.device}, {metrics.seed}"),
+        ("test accuracy", f"{100 * metrics.test_accuracy:.2f} %"),
         (
             "time",
-            f"training {metrics['train_seconds']:.1f} s, total {metrics['total_seconds']:.1f} s",
+            f"training {metrics.train_seconds:.1f} s, total {metrics.total_seconds:.1f} s",
         ),
         ("versions", versions),
         ("report written", f"{datetime.now():%Y-%m-%d %H:%M}"),
     ]
 
 
-def _results_section(metrics: dict[str, Any]) -> str:
-    classes = metrics["classes"]
-    matrix = torch.tensor(metrics["confusion_matrix"])
-    per_class = [metrics["per_class_accuracy"][c] for c in classes]
+def _results_section(metrics: Metrics) -> str:
+    classes = metrics.classes
+    matrix = torch.tensor(metrics.confusion_matrix)
+    accuracies = [metrics.per_class_accuracy.get(c, 0.0) for c in classes]
+    shown = sorted(range(len(classes)), key=lambda i: accuracies[i])[:FIGURE_CLASSES]
+    bars = per_class_png([classes[i] for i in shown], [accuracies[i] for i in shown])
     # many classes: figures at full size in scrolling boxes, rather than shrunk unreadable
     box = "<div class='scroll'>" if len(classes) > NUMBERS_UP_TO else "<div>"
+    figures = f"{box}{_img(bars, 'per-class accuracy')}</div>"
+    if len(classes) <= FIGURE_CLASSES:
+        figures += f"{box}{_img(confusion_png(matrix, classes), 'confusion matrix')}</div>"
     body = (
-        f"<div class='row'>{box}{_img(per_class_png(classes, per_class), 'per-class accuracy')}"
-        f"</div>{box}{_img(confusion_png(matrix, classes), 'confusion matrix')}</div>"
-        f"</div><h3>Most-confused pairs</h3>{_pairs_table(matrix, classes)}"
+        _many_classes_note(len(classes))
+        + f"<div class='row'>{figures}</div>"
+        + f"<h3>Most-confused pairs</h3>{_pairs_table(matrix, classes)}"
     )
     return _section("Results on the test set", body)
+
+
+def _many_classes_note(count: int) -> str:
+    # a figure's pixels grow with the square of the classes: past this many, 2,000 classes
+    # took 23.5 GB to draw. The numbers stay whole in metrics.json.
+    if count <= FIGURE_CLASSES:
+        return ""
+    return (
+        f"<p class='note'>{count} classes: the bars show the {FIGURE_CLASSES} worst, and the "
+        f"{count} x {count} confusion matrix is left out of the page (it is in metrics.json); "
+        "the table below lists the most-confused pairs.</p>"
+    )
 
 
 def _pairs_table(matrix: torch.Tensor, classes: list[str]) -> str:
@@ -139,8 +173,8 @@ def _pairs_table(matrix: torch.Tensor, classes: list[str]) -> str:
     return _table(rows, head) if rows else "<p>No confusions: every test image is right.</p>"
 
 
-def _errors_section(metrics: dict[str, Any], test: AnySplit, result: Evaluation) -> str:
-    classes = metrics["classes"]
+def _errors_section(metrics: Metrics, test: AnySplit, result: Evaluation) -> str:
+    classes = metrics.classes
     rows = worst_errors(result, test.labels, WORST)
     if not len(rows):
         return _section("Worst errors", "<p>No errors on the test set.</p>")
@@ -158,28 +192,28 @@ def _errors_section(metrics: dict[str, Any], test: AnySplit, result: Evaluation)
     )
 
 
-def _files_section(run_dir: Path) -> str:
+def _files_section(run_dir: RunDir) -> str:
     """The pictures the run already wrote: the seed's test grid and a few training images."""
     parts = [
         f"<h3>{html.escape(caption)}</h3>{_img(path.read_bytes(), caption)}"
-        for name, caption in (
-            ("test_predictions.png", "Test images: truth → prediction (the seed's look)"),
-            ("train_images.png", "Training images"),
+        for path, caption in (
+            (run_dir.test_predictions, "Test images: truth → prediction (the seed's look)"),
+            (run_dir.train_images, "Training images"),
         )
-        if (path := run_dir / name).is_file()
+        if path.is_file()
     ]
     return _section("Images", "".join(parts)) if parts else ""
 
 
-def write_comparison(run_dirs: list[Path], out: Path) -> Path:
+def write_comparison(run_dirs: list[RunDir], out: Path) -> Path:
     """A page comparing runs: metrics side by side, config differences, curves overlaid."""
-    names = [d.name for d in run_dirs]
+    names = [d.path.name for d in run_dirs]
     if len(set(names)) < len(names):  # runs/a/run and runs/b/run (or a run twice): number them
         names = [f"{i}. {d}" for i, d in enumerate(run_dirs, 1)]
-    metrics = {n: _read_json(d / "metrics.json") for n, d in zip(names, run_dirs)}
-    configs = {n: _flatten(_read_json(d / "config.json")) for n, d in zip(names, run_dirs)}
+    metrics = {n: d.read_metrics() for n, d in zip(names, run_dirs)}
+    configs = {n: _flatten(_read_config(d)) for n, d in zip(names, run_dirs)}
     curves = {
-        n: (metrics[n]["history"], _in_epochs(read_metrics_csv(d / METRICS_CSV), metrics[n]))
+        n: (metrics[n].history, _in_epochs(read_metrics_csv(d.csv), metrics[n]))
         for n, d in zip(names, run_dirs)
     }
     sections = [
@@ -187,32 +221,33 @@ def write_comparison(run_dirs: list[Path], out: Path) -> Path:
         _section("Settings that differ", _config_diff(configs)),
         _section("Curves", _img(overlay_png(curves, "epochs", "epoch"), "curves overlaid")),
     ]
-    out.write_text(_page("blitz: comparison of runs", html.escape(", ".join(names)), sections))
+    page = _page("blitz: comparison of runs", html.escape(", ".join(names)), sections)
+    write_atomic(out, page.encode())
     return out
 
 
-def _in_epochs(rows: list[dict], metrics: dict[str, Any]) -> list[dict]:
+def _in_epochs(rows: list[dict], metrics: Metrics) -> list[dict]:
     """Rows with an ``epochs`` column (steps / steps per epoch): runs with other batch sizes
     take other numbers of steps, so only epochs line their curves up."""
-    per_epoch = metrics["steps"] / max(metrics["epochs"], 1)
+    per_epoch = metrics.steps_per_epoch or metrics.steps / max(metrics.epochs, 1)
     return [{**row, "epochs": row["step"] / per_epoch} for row in rows]
 
 
-def _side_by_side(metrics: dict[str, dict[str, Any]]) -> str:
+def _side_by_side(metrics: dict[str, Metrics]) -> str:
     keys = {
-        "test accuracy": lambda m: f"{100 * m['test_accuracy']:.2f} %",
-        "model": lambda m: f"{m['model']} ({m.get('parameters', 0):,} parameters)",
-        "data": lambda m: m["data"],
-        "preset": lambda m: m["preset"],
-        "epochs / steps": lambda m: f"{m['epochs']} / {m['steps']}",
-        "training time": lambda m: f"{m['train_seconds']:.1f} s",
-        "device": lambda m: m["device"],
+        "test accuracy": lambda m: f"{100 * m.test_accuracy:.2f} %",
+        "model": lambda m: f"{m.model} ({m.parameters:,} parameters)",
+        "data": lambda m: m.data,
+        "preset": lambda m: m.preset,
+        "epochs / steps": lambda m: f"{m.epochs} / {m.steps}",
+        "training time": lambda m: f"{m.train_seconds:.1f} s",
+        "device": lambda m: m.device,
     }
     rows = [(key, *(get(m) for m in metrics.values())) for key, get in keys.items()]
-    classes = {tuple(m["classes"]) for m in metrics.values()}
+    classes = {tuple(m.classes) for m in metrics.values()}
     if len(classes) == 1 and len(next(iter(classes))) <= NUMBERS_UP_TO:  # same classes, few
         for c in next(iter(classes)):
-            share = [f"{100 * m['per_class_accuracy'][c]:.1f} %" for m in metrics.values()]
+            share = [f"{100 * m.per_class_accuracy[c]:.1f} %" for m in metrics.values()]
             rows.append((f"accuracy: {c}", *share))
     return _table(rows, ("", *metrics))
 
@@ -236,10 +271,6 @@ def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[prefix + key] = value
     return out
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def _img(png: bytes, alt: str) -> str:

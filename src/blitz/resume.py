@@ -6,20 +6,18 @@ from __future__ import annotations
 import os
 import signal
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from blitz.checkpoint import capture_rng, load_state, restore_rng, save_checkpoint
+from blitz.checkpoint import Checkpoint, capture_rng, load_state, restore_rng
 from blitz.config import Config
+from blitz.context import RunContext
 from blitz.engine import TrainHooks, TrainState, check_finite
 from blitz.errors import BlitzError
+from blitz.progress import Progress
 from blitz.signals import StopFlag, StopRequested
-
-LAST = "last.pt"  # the newest checkpoint: what --resume continues from
-BEST = "best.pt"  # the epoch with the best test accuracy (when evaluated per epoch)
 
 
 def make_reproducible(cfg: Config) -> None:
@@ -36,17 +34,18 @@ class Checkpointer(TrainHooks):
 
     def __init__(
         self,
-        out: Path,
-        cfg: Config,
+        ctx: RunContext,
         model: nn.Module,
         classes: list[str],
         total: int,
         stop: StopFlag,
-        resume: dict[str, Any] | None = None,
-        writes: bool = True,  # under torchrun only the first process writes
+        resume: Checkpoint | None = None,
+        progress: Progress | None = None,
     ):
-        self.out, self.cfg, self.model, self.classes = out, cfg, model, classes
-        self.total, self.stop, self.resume, self.writes = total, stop, resume, writes
+        self.run_dir, self.cfg, self.model, self.classes = ctx.dir, ctx.cfg, model, classes
+        self.progress = progress  # its rows in progress are checkpointed too
+        self.writes = ctx.writes is not None  # under torchrun only the first process writes
+        self.total, self.stop, self.resume = total, stop, resume
         self.device = next(model.parameters()).device
         self.stateful: dict[str, Any] = {}
         self.saved_step: int | None = None  # step of the newest checkpoint on disk
@@ -56,16 +55,19 @@ class Checkpointer(TrainHooks):
         self.stateful = stateful
         if self.resume is None:
             return
-        training = self.resume["training"]
-        load_state(self.model, self.resume["state_dict"], f"the {self.cfg.model.name} model")
+        training = self.resume.training
+        load_state(self.model, self.resume.state_dict, f"the {self.cfg.model.name} model")
         for name, obj in stateful.items():
             if name not in training["state_dicts"]:
                 raise BlitzError(
-                    f"the checkpoint in {self.out} has no saved {name} state (an older blitz "
-                    "wrote it), so it cannot be resumed exactly: start the run again"
+                    f"the checkpoint in {self.run_dir} has no saved {name} state (an older blitz "
+                    "wrote it, or other settings), so it cannot be resumed exactly: start the "
+                    "run again"
                 )
             load_state(obj, training["state_dicts"][name], f"the {name}")
         state.load_dict(training["train_state"], self.device)
+        if self.progress and "progress" in training:  # older checkpoints have none
+            self.progress.load_state_dict(training["progress"])
         restore_rng(training["rng"], self.device)  # last: building the model drew numbers
         self.saved_step = state.step
 
@@ -92,7 +94,7 @@ class Checkpointer(TrainHooks):
         name = signal.Signals(self.stop.signum).name
         raise StopRequested(
             f"stopped by {name} after step {state.step}; checkpoint saved in "
-            f"{self.out / LAST}. Continue with: blitz train --resume {self.out}",
+            f"{self.run_dir.last}. Continue with: blitz train --resume {self.run_dir}",
             self.stop.signum,
         )
 
@@ -106,12 +108,15 @@ class Checkpointer(TrainHooks):
             "state_dicts": {name: obj.state_dict() for name, obj in self.stateful.items()},
             "rng": capture_rng(self.device),
         }
-        for name in (LAST, BEST) if best else (LAST,):
-            save_checkpoint(self.out / name, self.model, self.cfg, self.classes, training=training)
+        if self.progress:
+            training["progress"] = self.progress.state_dict()
+        ckpt = Checkpoint.of(self.model, self.cfg, self.classes, **training)
+        for name in ("last", "best") if best else ("last",):
+            self.run_dir.save_model(ckpt, name)
         self.saved_step, self.saved_at = state.step, time.monotonic()
 
     def describe_kept(self) -> str:
         """Where the last good checkpoint is, for error messages."""
         if self.saved_step is None:
             return "no checkpoint had been written yet"
-        return f"the last good checkpoint (step {self.saved_step}) is kept in {self.out / LAST}"
+        return f"the last good checkpoint (step {self.saved_step}) is kept in {self.run_dir.last}"

@@ -11,35 +11,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from blitz.config import parse_size
+from blitz.data import Batch
 from blitz.errors import BlitzError
 from blitz.images import BadImage, decode_image
 
-AUTO_SHARE = 4  # max_memory "auto": a quarter of the machine's memory (decoding needs more)
 MAX_WORKERS = 8
-Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # rows, uint8 images, labels
-
-
-def memory_budget(max_memory: str) -> int:
-    """Bytes of decoded images that may be held in memory (``data.max_memory``)."""
-    size = parse_size(max_memory)
-    return physical_memory() // AUTO_SHARE if size is None else size
-
-
-def physical_memory() -> int:
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, ValueError, OSError):  # no sysconf (Windows): assume a small machine
-        return 8 * 2**30
-
-
-def format_size(size: int) -> str:
-    """Bytes in the largest binary unit that keeps a number >= 1 (``184 MB``)."""
-    for unit in ("TB", "GB", "MB", "KB"):
-        scale = 2 ** (10 * ("KMGT".index(unit[0]) + 1))
-        if size >= scale:
-            return f"{size / scale:.3g} {unit}"
-    return f"{size} B"
 
 
 def worker_count(workers: int | str) -> int:
@@ -76,8 +52,8 @@ class _Files(Dataset):
 
 @dataclass
 class StreamSplit:
-    """A split of image files under ``root``, read and decoded per batch (same interface as
-    ``data.Split``: ``labels``, ``load``, ``images_at``)."""
+    """A split of image files under ``root``, read and decoded per batch (an ``AnySplit``, as
+    ``data.Split`` is)."""
 
     root: Path
     names: list[str]  # relative to root, one per row
@@ -86,6 +62,8 @@ class StreamSplit:
     workers: int
 
     channels = 3  # image folders decode to RGB
+    storage = "streamed from disk"
+    nbytes = 0  # only the batches being loaded are in memory
 
     def __len__(self) -> int:
         return len(self.labels)

@@ -1,8 +1,14 @@
-"""A dataset blitz draws itself: 10 classes of 32x32 RGB patterns, offline and deterministic."""
+"""``shapes`` and ``shapes:N``: a dataset blitz draws itself, 10 classes of 32x32 RGB patterns,
+offline and deterministic; N training images (default 10,000) and N/5 test images."""
 
 from __future__ import annotations
 
 import torch
+
+from blitz.config import DataConfig
+from blitz.data import ImageData, Log, Split, resize_splits
+from blitz.errors import BlitzError
+from blitz.sources import register_source
 
 CLASSES = (
     "circle",
@@ -17,6 +23,9 @@ CLASSES = (
     "dots",
 )
 SIZE = 32
+DEFAULT_COUNT = 10_000
+MIN_COUNT = 10
+MAX_COUNT = 200_000  # drawing peaks near 42 KB per image (measured): over 8 GB at this count
 
 
 def _masks(kind: int, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -75,3 +84,21 @@ def make_shapes(count: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     labels = torch.arange(count) % len(CLASSES)
     labels = labels[torch.randperm(count, generator=gen)]
     return _draw(labels, gen), labels
+
+
+@register_source("shapes", takes_arg=True)
+def load_shapes(count: str, cfg: DataConfig, log: Log) -> ImageData:
+    """``count`` (default 10,000) training images and a fifth as many test images."""
+    n = _check_count(count or str(DEFAULT_COUNT))
+    train = Split(*make_shapes(n, seed=0))
+    test = Split(*make_shapes(max(n // 5, MIN_COUNT), seed=1))
+    return resize_splits(ImageData("shapes", list(CLASSES), train, test), cfg.image_size)
+
+
+def _check_count(count: str) -> int:
+    if not count.isdigit() or not MIN_COUNT <= int(count) <= MAX_COUNT:
+        raise BlitzError(
+            f"invalid data spec 'shapes:{count}': use shapes or shapes:N with N from "
+            f"{MIN_COUNT} to {MAX_COUNT:,} (drawing takes about 40 KB of memory per image)"
+        )
+    return int(count)

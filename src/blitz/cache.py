@@ -1,0 +1,99 @@
+"""The cache, ``$BLITZ_DATA``: downloads, extracted archives, and the decode cache (a dataset's
+uint8 tensors, keyed by its files' names, sizes and times, so a second run starts at once)."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import pickle
+import tempfile
+from pathlib import Path
+
+import torch
+
+from blitz.data import ImageData, Log, Split
+from blitz.errors import BlitzError
+from blitz.folders import members
+
+CACHE_FORMAT = 2  # bump when decoding or its layout changes, so old caches are rebuilt
+# what torch.load raises on a file cut short or overwritten: zip (OSError "invalid argument",
+# RuntimeError), pickle and layout errors
+DAMAGED = (OSError, RuntimeError, EOFError, pickle.UnpicklingError, KeyError, TypeError, ValueError)
+
+
+def cache_dir() -> Path:
+    """Where downloads and decoded tensors live: ``$BLITZ_DATA`` or ``~/.cache/blitz``."""
+    return Path(os.environ.get("BLITZ_DATA") or Path.home() / ".cache" / "blitz")
+
+
+def cache_folder(name: str) -> Path:
+    """``$BLITZ_DATA/name``, made if missing and checked writable before anything is written
+    there: a read-only folder, or a file in the way, is one BlitzError saying what to do."""
+    folder = cache_dir() / name
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as exc:
+        raise unwritable_error(folder, exc) from None
+    return folder
+
+
+def unwritable_error(folder: Path, exc: OSError) -> BlitzError:
+    """The error for a cache folder that cannot be written."""
+    return BlitzError(
+        f"cannot write to {folder} ({exc.strerror or exc}): set BLITZ_DATA to a writable folder "
+        "with free space (it holds downloads and decoded data)"
+    )
+
+
+def fingerprint(path: Path, options: str) -> str:
+    """A key that changes whenever the source's files (names, sizes, times) or options change."""
+    path = path.resolve()  # ./data and /abs/data are the same source
+    digest = hashlib.sha1(f"{CACHE_FORMAT}|{options}|".encode() + os.fsencode(path))
+    if path.is_dir():
+        for m in members(path):
+            digest.update(b"|" + os.fsencode(m.name) + f"|{m.kind}|{m.size}|{m.mtime_ns}".encode())
+    else:
+        stat = path.stat()
+        digest.update(f"|{stat.st_size}|{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()[:16]
+
+
+def decoded_file(name: str, key: str) -> Path:
+    """Where the decode cache keeps a dataset's tensors."""
+    return cache_dir() / "decoded" / f"{name}-{key}.pt"
+
+
+def read_decoded(file: Path, name: str, log: Log) -> ImageData | None:
+    """The cached dataset; None if the file is damaged (it is then deleted, to be rebuilt)."""
+    try:
+        raw = torch.load(file, weights_only=True)
+        return ImageData(name, list(raw["classes"]), Split(*raw["train"]), Split(*raw["test"]))
+    except DAMAGED:
+        log(f"the decoded cache {file} is damaged (cut short or overwritten): rebuilding it")
+    with contextlib.suppress(OSError):  # a read-only cache: writing it again will say so
+        file.unlink()
+    return None
+
+
+def write_decoded(data: ImageData, file: Path, log: Log) -> None:
+    """Save a dataset's tensors; a cache that cannot be written is said, and the run goes on."""
+    tmp = file.with_suffix(f".tmp{os.getpid()}")
+    payload = {
+        "classes": data.classes,
+        "train": (data.train.images, data.train.labels),
+        "test": (data.test.images, data.test.labels),
+    }
+    try:
+        file.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as f:  # a file object: a full disk is an OSError, not torch's own
+            torch.save(payload, f)
+        os.replace(tmp, file)  # readers never see a half-written cache
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        log(
+            f"could not write the decoded cache {file} ({exc.strerror or exc}): going on "
+            "without it (later runs decode again)"
+        )

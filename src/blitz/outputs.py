@@ -1,0 +1,47 @@
+"""Files blitz writes: their paths checked before any work is done, and written whole (a
+crash or a full disk leaves the old file or none, never half of one)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from blitz.errors import BlitzError
+
+
+def check_output_file(path: Path, what: str) -> None:
+    """Fail before any work if ``path`` cannot be written: a folder, or in a missing or
+    read-only folder."""
+    folder = path.parent
+    if path.is_dir():
+        problem = "that is a folder; name a file in it instead"
+    elif not folder.is_dir():
+        problem = f"folder {folder} does not exist; create it first or choose another path"
+    elif not os.access(path if path.exists() else folder, os.W_OK):
+        problem = "permission denied; choose another path"
+    else:
+        return
+    raise BlitzError(f"cannot write {what} to {path}: {problem}")
+
+
+def write_json(path: Path, payload: Any) -> None:
+    """Pretty JSON, written via a temporary file so a crash leaves the old file or the new one."""
+    write_atomic(path, (json.dumps(payload, indent=2) + "\n").encode())
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write a file whole or not at all (temporary file, then rename); a full disk is a clear
+    BlitzError and leaves no temporary file."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise BlitzError(
+            f"cannot write {path}: {exc.strerror or exc}. Free some space (or fix the "
+            "permissions) and run again"
+        ) from None

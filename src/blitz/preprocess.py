@@ -1,0 +1,28 @@
+"""Normalisation: uint8 batches into the float inputs a model takes. Its own small module, so
+that training, evaluation, export and the lr range test need not import the data sources."""
+
+from __future__ import annotations
+
+import torch
+
+from blitz.errors import BlitzError
+
+
+def normalize(
+    images: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]
+) -> torch.Tensor:
+    """uint8 (B, C, H, W) -> float ``(x / 255 - mean) / std`` per channel (the seed's Normalize)."""
+    channels = images.shape[1]
+    mean_t = _per_channel(mean, channels, images.device)
+    std_t = _per_channel(std, channels, images.device)
+    return (images.float() / 255 - mean_t) / std_t
+
+
+def _per_channel(values: tuple[float, ...], channels: int, device: torch.device) -> torch.Tensor:
+    if len(values) != channels:
+        if len(set(values)) != 1:
+            raise BlitzError(
+                f"normalisation {values} has {len(values)} values for {channels}-channel images"
+            )
+        values = values[:1] * channels
+    return torch.tensor(values, device=device).view(1, channels, 1, 1)

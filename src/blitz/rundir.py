@@ -1,0 +1,212 @@
+"""The run directory: the one module that knows its files' names, and typed records of what is
+in them. Everything a run leaves (settings, checkpoints, metrics, report, pictures) is read and
+written through ``RunDir``; a file a stranger put there is checked before it is used."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, fields
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from blitz.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from blitz.config import Config, check_types, config_from_dict
+from blitz.errors import BlitzError
+from blitz.locks import locked
+from blitz.outputs import write_json
+
+METRICS_FORMAT = 1
+
+
+@dataclass
+class Metrics:
+    """``metrics.json``: what a finished run measured. Written last, it marks a run finished."""
+
+    test_accuracy: float
+    classes: list[str]
+    confusion_matrix: list[list[int]]
+    per_class_accuracy: dict[str, float]
+    train_seconds: float = 0.0  # the loop alone, device synchronised
+    eval_seconds: float = 0.0
+    compile_seconds: float = 0.0
+    total_seconds: float = 0.0  # command start to printed accuracy
+    epochs: int = 0
+    steps: int = 0
+    steps_per_epoch: int = 0  # 0 in runs written before it was recorded
+    train_images: int = 0
+    test_images: int = 0
+    seed: int = 0
+    device: str = ""
+    device_name: str = ""
+    processes: int = 1
+    preset: str = ""
+    data: str = ""
+    data_storage: str = ""
+    model: str = ""
+    parameters: int = 0
+    versions: dict[str, str] = field(default_factory=dict)
+    history: list[dict[str, Any]] = field(default_factory=list)  # one record per epoch
+    format: int = METRICS_FORMAT
+
+    def __post_init__(self) -> None:
+        check_types(self, "metrics.json")
+        k = len(self.classes)
+        square = len(self.confusion_matrix) == k and all(len(r) == k for r in self.confusion_matrix)
+        _require(square, f"its confusion matrix is not {k} x {k}, one row per class")
+        _require(
+            all(isinstance(h, dict) and all(_is_number(v) for v in h.values())
+                for h in self.history),
+            "its history is not a list of records of numbers",
+        )  # fmt: skip
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: Any) -> Metrics:
+        """Today's records and older ones (fields added since take their defaults); keys this
+        version does not know are left out."""
+        _require(isinstance(raw, dict), "it holds no JSON object")
+        known = {f.name for f in fields(cls)}
+        try:
+            return cls(**{k: v for k, v in raw.items() if k in known})
+        except TypeError as exc:  # a required field missing
+            raise _Unusable(str(exc).split(")", 1)[-1].strip() or str(exc)) from None
+
+
+class _Unusable(BlitzError):
+    """What makes a run file unusable, said in the error."""
+
+
+def _require(condition: bool, problem: str) -> None:
+    if not condition:
+        raise _Unusable(problem)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+class RunDir:
+    """A run's folder and the files in it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.config = self.path / "config.json"
+        self.metrics = self.path / "metrics.json"
+        self.model = self.path / "model.pt"
+        self.last = self.path / "last.pt"  # the newest training checkpoint: --resume's start
+        self.best = self.path / "best.pt"  # the epoch with the best accuracy
+        self.csv = self.path / "metrics.csv"
+        self.report = self.path / "report.html"
+        self.train_images = self.path / "train_images.png"
+        self.test_predictions = self.path / "test_predictions.png"
+        self.tensorboard = self.path / "tensorboard"
+        self.lock_file = self.path / ".lock"
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    @staticmethod
+    def default(preset: str) -> RunDir:
+        """``runs/<timestamp>-<preset>``."""
+        return RunDir(Path("runs") / f"{datetime.now():%Y%m%d-%H%M%S}-{preset}")
+
+    @property
+    def finished(self) -> bool:
+        return self.metrics.exists()
+
+    def prepare(self, overwrite: bool) -> None:
+        """Create the folder; refuse to clobber a finished or resumable run unless asked."""
+        if not overwrite and self.finished:
+            raise BlitzError(
+                f"{self} already holds a finished run: choose another --out or pass --overwrite"
+            )
+        if not overwrite and self.last.exists():
+            raise BlitzError(
+                f"{self} holds an unfinished run: continue it with blitz train --resume {self}, "
+                "or pass --overwrite to start again"
+            )
+        self._make()
+        for old in (self.metrics, self.model, self.last, self.best):  # the old results go first
+            old.unlink(missing_ok=True)
+
+    def _make(self) -> None:
+        if self.path.exists() and not self.path.is_dir():
+            raise BlitzError(f"--out {self.path} is a file, not a folder: choose another --out")
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise BlitzError(f"cannot create run directory {self}: {exc.strerror or exc}") from None
+
+    @contextmanager
+    def lock(self) -> Iterator[None]:
+        """Only one process writes into a run directory at a time."""
+        self._make()
+        busy = f"another blitz process is writing into {self}: wait for it, or choose another --out"
+        with locked(self.lock_file, wait=False, busy=busy):
+            yield
+
+    def remove_if_unused(self) -> None:
+        """A run refused before it wrote anything leaves no empty folder behind."""
+        self.lock_file.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            self.path.rmdir()  # only if empty
+
+    # --- records ---
+
+    def write_config(self, cfg: Config) -> None:
+        write_json(self.config, cfg.to_dict())
+
+    def read_config(self) -> Config:
+        raw = self._read_json(self.config)
+        if not isinstance(raw, dict):
+            raise BlitzError(f"{self.config} holds no settings: it was not written by blitz")
+        return config_from_dict(raw, raw.get("preset", "custom"))
+
+    def write_metrics(self, metrics: Metrics) -> None:
+        """Written last: its presence marks the run finished."""
+        write_json(self.metrics, metrics.to_dict())
+
+    def read_metrics(self) -> Metrics:
+        if not self.metrics.is_file():
+            raise BlitzError(f"no metrics.json in {self}: pass a finished run directory")
+        try:
+            return Metrics.from_dict(self._read_json(self.metrics))
+        except BlitzError as exc:
+            raise BlitzError(
+                f"{self.metrics} cannot be used ({exc}): it was changed by hand or not written "
+                f"by blitz; run blitz eval {self} to measure the model again"
+            ) from None
+
+    def _read_json(self, path: Path) -> Any:
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise BlitzError(f"cannot read {path}: {exc}") from None
+
+    def save_model(self, ckpt: Checkpoint, name: str = "model") -> None:
+        """``model.pt`` (the final weights), ``last.pt`` or ``best.pt``."""
+        save_checkpoint(getattr(self, name), ckpt)
+
+    def load_model(self) -> Checkpoint:
+        return load_checkpoint(self.model)
+
+    def load_resumable(self) -> Checkpoint:
+        """The newest complete checkpoint of an unfinished run (what --resume continues from)."""
+        if self.finished:
+            raise BlitzError(f"{self} holds a finished run: there is nothing to resume")
+        if not self.last.exists():
+            raise BlitzError(
+                f"no checkpoint to resume in {self}: the run stopped before its first checkpoint "
+                f"(or this is not a run directory); start it again with --out {self} --overwrite"
+            )
+        ckpt = load_checkpoint(self.last)
+        if ckpt.training is None:
+            raise BlitzError(f"{self.last} holds weights only, not a training state to resume")
+        return ckpt

@@ -1,0 +1,60 @@
+"""The data sources: ``@register_source``, ``load_data(cfg or spec, log)``, ``list_sources()``.
+
+A spec (``--data``) names a source: ``NAME``, or ``NAME:ARG`` for a source that takes an
+argument (``shapes:N``); any other spec is a path, for the source registered as ``PATH``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+from blitz.config import DataConfig
+from blitz.data import ImageData, Log
+
+Loader = Callable[[str, DataConfig, Log], ImageData]  # load(argument, settings, log)
+PATH = "PATH"  # the source of every spec that names no other (a folder may be called anything)
+
+
+class Source(NamedTuple):
+    load: Loader
+    takes_arg: bool  # NAME:ARG is this source (otherwise it is a path with a colon)
+
+
+_REGISTRY: dict[str, Source] = {}
+
+
+def register_source(name: str, takes_arg: bool = False) -> Callable[[Loader], Loader]:
+    """Register ``load(arg, cfg, log)`` as the source ``name``. It is given the text after
+    ``NAME:`` ("" for a bare ``NAME``); the ``PATH`` source is given the whole spec."""
+
+    def register(load: Loader) -> Loader:
+        _REGISTRY[name] = Source(load, takes_arg)
+        return load
+
+    return register
+
+
+def list_sources() -> list[str]:
+    """Names of the registered sources, sorted (any other spec is a PATH)."""
+    return sorted(name for name in _REGISTRY if name != PATH)
+
+
+def find_source(spec: str) -> tuple[Source, str]:
+    """The source a spec stands for, and the argument it is given."""
+    name, colon, arg = spec.partition(":")
+    source = _REGISTRY.get(name) if name != PATH else None
+    if source and (source.takes_arg or not colon):
+        return source, arg
+    return _REGISTRY[PATH], spec
+
+
+def load_data(cfg: DataConfig | str, log: Log = print) -> ImageData:
+    """Resolve ``data.source`` (auto, cifar10, mnist, shapes[:N], PATH) to a dataset; a string
+    is a source with the other data settings at their defaults."""
+    cfg = DataConfig(source=cfg) if isinstance(cfg, str) else cfg
+    source, arg = find_source(cfg.source)
+    return source.load(arg, cfg, log)
+
+
+# Explicit imports register each source (no star-import magic).
+from blitz.sources import auto, cifar10, folder, mnist, shapes  # noqa: E402,F401

@@ -1,0 +1,132 @@
+"""The run directory's typed records: today's and older files load; foreign, hand-edited or
+damaged ones are clear errors; one writer at a time; refused runs leave nothing behind."""
+
+import json
+
+import pytest
+import torch
+
+from blitz.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from blitz.config import build_config
+from blitz.errors import BlitzError
+from blitz.models import create_model, list_models
+from blitz.rundir import Metrics, RunDir
+from conftest import folder_files, run_blitz, write_folder
+
+CLASSES = ["apple", "banana", "cherry"]
+
+
+def _checkpoint(name: str = "lenet", **training) -> Checkpoint:
+    cfg = build_config("seed", {"model.name": name})
+    torch.manual_seed(0)
+    return Checkpoint.of(create_model(name, 3, 3), cfg, CLASSES, **training)
+
+
+def format_1(ckpt: Checkpoint) -> dict:
+    """The checkpoint as blitz wrote it before the typed format (model facts at top level)."""
+    facts = ckpt.model
+    return {
+        "model": facts.name, "model_options": facts.options, "in_channels": facts.in_channels,
+        "classes": facts.classes, "mean": list(facts.mean), "std": list(facts.std),
+        "image_size": facts.image_size, "config": ckpt.config, "state_dict": ckpt.state_dict,
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_checkpoints_round_trip_for_every_model(tmp_path, name):
+    ckpt = _checkpoint(name)
+    save_checkpoint(tmp_path / "model.pt", ckpt)
+    loaded = load_checkpoint(tmp_path / "model.pt")
+    assert loaded.model == ckpt.model and loaded.cfg.model.name == name
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(loaded.build_model()(images), ckpt.build_model()(images))
+
+
+def test_a_run_directory_of_the_previous_format_still_loads(tmp_path):
+    ckpt = _checkpoint()
+    torch.save(format_1(ckpt), tmp_path / "model.pt")
+    old_metrics = {"test_accuracy": 0.5, "classes": CLASSES, "per_class_accuracy": {},
+                   "confusion_matrix": [[1, 0, 0], [0, 1, 0], [0, 0, 1]], "epochs": 2,
+                   "steps": 10, "history": [{"epoch": 1, "train_loss": 1.0}]}  # fmt: skip
+    (tmp_path / "metrics.json").write_text(json.dumps(old_metrics))
+    run_dir = RunDir(tmp_path)
+    loaded = run_dir.load_model()
+    assert loaded.model == ckpt.model and loaded.training is None
+    assert run_dir.read_metrics().steps == 10 and run_dir.read_metrics().steps_per_epoch == 0
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        ("not json {", "cannot read"),
+        ("[1, 2]", "no JSON object"),
+        ('{"test_accuracy": "high", "classes": [], "confusion_matrix": [], '
+         '"per_class_accuracy": {}}', "test_accuracy"),
+        ('{"test_accuracy": 0.5, "classes": ["a"], "confusion_matrix": [[1, 2]], '
+         '"per_class_accuracy": {}}', "1 x 1"),
+        ('{"classes": ["a"]}', "test_accuracy"),
+    ],
+)  # fmt: skip
+def test_a_hand_edited_metrics_file_is_a_clear_error(tmp_path, content, problem):
+    (tmp_path / "metrics.json").write_text(content)
+    with pytest.raises(BlitzError, match=problem):
+        RunDir(tmp_path).read_metrics()
+
+
+def _damaged(tmp_path, change, keep_digest: bool = False) -> str:
+    """The error for a checkpoint changed after it was written (its checksum kept, as by a
+    flipped bit, or left out, as in a file made by hand)."""
+    path = tmp_path / "last.pt"
+    raw = _checkpoint(train_state={"step": 3}, state_dicts={}, rng={}).to_dict()
+    change(raw)
+    if not keep_digest:
+        del raw["digest"]
+    torch.save(raw, path)
+    with pytest.raises(BlitzError) as error:
+        load_checkpoint(path)
+    return str(error.value)
+
+
+def _flip_a_weight(raw):
+    next(iter(raw["state_dict"].values())).view(-1)[0] += 1
+
+
+def test_foreign_and_damaged_checkpoints_are_refused(tmp_path):
+    torch.save({"foo": 1}, tmp_path / "model.pt")
+    with pytest.raises(BlitzError, match="not a usable blitz checkpoint"):
+        RunDir(tmp_path).load_model()
+    assert "checksum" in _damaged(tmp_path, _flip_a_weight, keep_digest=True)
+    assert "lacks ['rng']" in _damaged(tmp_path, lambda raw: raw["training"].pop("rng"))
+    size = _damaged(tmp_path, lambda raw: raw["model"].update(image_size=100_000))
+    assert "model.image_size" in size
+
+
+def test_a_held_run_directory_is_refused_to_a_second_writer(tmp_path):
+    out = tmp_path / "run"
+    with RunDir(out).lock():
+        result = run_blitz("train", "--data", "shapes:40", "--max-steps", "1", "--out", out,
+                           cache=tmp_path / "cache", check=False)  # fmt: skip
+    assert result.returncode == 2 and "another blitz process is writing" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_refused_runs_leave_nothing_behind_and_name_a_file_out(tmp_path):
+    missing = run_blitz("train", "--data", tmp_path / "nope", "--out", tmp_path / "run",
+                        cache=tmp_path / "cache", check=False)  # fmt: skip
+    assert missing.returncode == 2 and not (tmp_path / "run").exists()
+    (tmp_path / "afile.txt").write_text("x")
+    result = run_blitz("train", "--out", tmp_path / "afile.txt", cache=tmp_path, check=False)
+    assert result.returncode == 2 and "is a file, not a folder" in result.stderr
+
+
+def test_a_single_class_is_refused(tmp_path):
+    files = {k: v for k, v in folder_files().items() if "/apple/" in k}
+    result = run_blitz("train", "--data", write_folder(tmp_path / "one", files), "--out",
+                       tmp_path / "run", cache=tmp_path / "cache", check=False)  # fmt: skip
+    assert result.returncode == 2 and "a single class (apple)" in result.stderr
+
+
+def test_metrics_refuse_a_history_that_is_not_numbers():
+    with pytest.raises(BlitzError, match="history"):
+        Metrics(0.5, ["a", "b"], [[1, 0], [0, 1]], {}, history=[{"epoch": "one"}])
