@@ -150,8 +150,8 @@ def test_train_on_an_image_folder_archive_and_refuse_to_clobber(tmp_path):
             "model 'lenet' cannot take 64x64 images",
         ),
         (["train", "--devices", "3", "--batch-size", "64"], "multiple of 3"),
-        (["eval", "/no/such/run"], "no checkpoint"),
-        (["predict", "/no/such/run", "x.png"], "no checkpoint"),
+        (["eval", "/no/such/run"], "is not a folder: pass a run directory"),
+        (["predict", "/no/such/run", "x.png"], "is not a folder: pass a run directory"),
     ],
 )
 def test_user_errors_are_one_clear_line(tmp_path, args, message):
@@ -172,3 +172,63 @@ def test_typo_in_an_option_is_rejected_with_the_closest_option():
     result = blitz("train", "--epocs", "3", check=False)
     assert result.returncode == 2 and "unrecognized arguments: --epocs" in result.stderr
     assert "did you mean --epochs?" in result.stderr
+
+
+@pytest.mark.parametrize("args", [["--epoch", "2"], ["--batch", "8"]])
+def test_abbreviated_options_are_refused_not_guessed(args):
+    result = blitz("train", *args, check=False)  # argparse would take --epoch for --epochs
+    assert result.returncode == 2 and f"unrecognized arguments: {args[0]}" in result.stderr
+
+
+@pytest.mark.parametrize("devices", ["0", "-2"])
+def test_devices_below_one_are_refused(devices, tmp_path):
+    result = blitz("train", "--devices", devices, "--out", tmp_path / "r", check=False)
+    assert result.returncode == 2 and "invalid --devices" in result.stderr
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_small_dataset_trains_the_presets_steps_and_says_so(tmp_path):
+    folder = write_folder(tmp_path / "fruit", folder_files())  # 12 images: 1 step an epoch
+    out = tmp_path / "run"
+    result = blitz("train", "--data", folder, "--out", out, "--quiet", cache=tmp_path / "c")
+    assert result.returncode == 0
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["train"]["epochs"] == 300 and saved["data"]["source"] == str(folder)
+    assert json.loads((out / "metrics.json").read_text())["steps"] == 300
+    mine = blitz("train", "--data", folder, "--epochs", "2", "--out", tmp_path / "two",
+                 cache=tmp_path / "c")  # fmt: skip
+    assert json.loads((tmp_path / "two" / "metrics.json").read_text())["steps"] == 2
+    assert "learned nothing useful" in mine.stderr or "100.00 %" in mine.stdout
+
+
+def test_auto_data_is_recorded_as_what_it_turned_out_to_be(tmp_path):
+    out = tmp_path / "run"
+    blitz("train", "--max-steps", "1", "--data", "auto", "--out", out, cache=tmp_path / "c")
+    assert json.loads((out / "config.json").read_text())["data"]["source"] == "shapes"
+
+
+def test_parser_errors_are_one_paragraph():
+    result = blitz("train", "--epochs", "x", check=False)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1
+    assert "blitz train: error: argument --epochs" in result.stderr and "--help" in result.stderr
+
+
+def test_outputs_are_checked_before_the_work(tmp_path):
+    text = tmp_path / "notes.txt"
+    text.write_text("mine")
+    shown = blitz("show", "--data", "shapes:20", "--out", text, check=False)
+    assert shown.returncode == 2 and "must end in .png" in shown.stderr
+    assert text.read_text() == "mine"
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("mine")
+    run = blitz("train", "--data", "shapes:20", "--out", folder, check=False)
+    assert run.returncode == 2 and "not a blitz run (notes.txt" in run.stderr
+
+
+def test_a_model_that_cannot_take_the_images_fails_before_writing_anything(tmp_path):
+    out = tmp_path / "run"
+    result = blitz("train", "--data", "shapes:20", "--model", "lenet", "--image-size", "64",
+                   "--out", out, cache=tmp_path / "c", check=False)  # fmt: skip
+    assert result.returncode == 2 and "cannot take 64x64 images" in result.stderr
+    assert not out.exists()

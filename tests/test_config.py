@@ -47,6 +47,13 @@ def test_another_model_does_not_inherit_the_presets_model_options():
     assert build_config("seed", mine).model.options == {"widths": [4, 4, 4]}
 
 
+def test_explicit_epochs_are_obeyed_whole_not_cut_by_the_presets_step_cap():
+    assert build_config("fast-cpu").train.max_steps == 300
+    assert build_config("fast-cpu", {"train.epochs": 3}).train.max_steps == 0
+    both = {"train.epochs": 3, "train.max_steps": 50}
+    assert build_config("fast-cpu", both).train.max_steps == 50
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [

@@ -149,7 +149,7 @@ def test_download_without_network_fails_fast_and_auto_falls_back(monkeypatch):
     logs = []
     data = load_data("auto", log=logs.append)
     assert data.name == "shapes"
-    assert "Training on the generated 'shapes' dataset" in logs[0]
+    assert "Using the generated 'shapes' dataset" in logs[0]
 
 
 def _idx(path, magic, array):

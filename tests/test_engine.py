@@ -145,8 +145,8 @@ class Snapshot(TrainHooks):
     def __init__(self, model, at=None, saved=None):
         self.model, self.at, self.saved = model, at, saved
 
-    def start(self, state, stateful):
-        self.stateful = stateful
+    def start(self, loop):
+        self.stateful, state, stateful = loop.stateful, loop.state, loop.stateful
         if self.saved:
             self.model.load_state_dict(self.saved["model"])
             for name, obj in stateful.items():

@@ -126,9 +126,7 @@ def runs(tmp_path_factory):
         + [start_blitz([*TRAIN, "--out", outs[n]], cache, harness=h) for n, h in FAULTS.items()]
     )
     assert stopped[0][0] == 0, stopped[0][1]
-    steps = {
-        n: load_checkpoint(o / "last.pt").training["train_state"]["step"] for n, o in outs.items()
-    }
+    steps = {n: load_checkpoint(o / "last.pt").training.step for n, o in outs.items()}
     early = {n: (o / "metrics.json").exists() for n, o in outs.items()}
     half_written = {n: (o / "last.pt.tmp").exists() for n, o in outs.items()}
     resumed = wait_all(
@@ -216,7 +214,7 @@ def test_disk_full_keeps_the_previous_checkpoint_and_says_so(tmp_path, monkeypat
     out = tmp_path / "run"
     with pytest.raises(BlitzError, match="No space left on device; the previous checkpoint is"):
         quiet_run(small_config(tmp_path), out)
-    assert load_checkpoint(out / "last.pt").training["train_state"]["step"] == 10
+    assert load_checkpoint(out / "last.pt").training.step == 10
     assert not list(out.glob("*.tmp")) and not (out / "metrics.json").exists()
 
 
@@ -235,7 +233,7 @@ def test_non_finite_loss_stops_names_step_and_rate_and_keeps_the_good_checkpoint
     with pytest.raises(BlitzError, match=message):
         quiet_run(small_config(tmp_path), out)
     kept = load_checkpoint(out / "last.pt")
-    assert kept.training["train_state"]["step"] == 5
+    assert kept.training.step == 5
     assert all(torch.isfinite(t).all() for t in kept.state_dict.values())
     assert not (out / "metrics.json").exists()
 
@@ -243,7 +241,7 @@ def test_non_finite_loss_stops_names_step_and_rate_and_keeps_the_good_checkpoint
 def test_best_checkpoint_is_the_epoch_with_the_best_accuracy(runs):
     out, _ = runs
     history = finished(out)[1]["history"]
-    best = load_checkpoint(out / "best.pt").training["train_state"]
+    best = load_checkpoint(out / "best.pt").training.train_state
     assert best["best_accuracy"] == max(r["test_accuracy"] for r in history)
     assert best["history"][-1]["test_accuracy"] == best["best_accuracy"]
 
@@ -309,7 +307,7 @@ def test_checkpoints_by_the_clock(tmp_path, monkeypatch, minutes, saved_at):
 
     def record(run_dir, ckpt, name="model"):
         if ckpt.training is not None:  # a training checkpoint, not the final model.pt
-            steps.append(ckpt.training["train_state"]["step"])
+            steps.append(ckpt.training.step)
         real_save(run_dir, ckpt, name)
 
     monkeypatch.setattr(RunDir, "save_model", record)

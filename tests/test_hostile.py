@@ -130,3 +130,14 @@ def test_hostile_names_are_escaped_in_the_report(tmp_path):
     page = (out / "report.html").read_text()
     assert "<img src=x" not in page and "&lt;img src=x onerror=alert(1)&gt;" in page
     assert "Content-Security-Policy" in page and "script-src 'sha256-" in page
+
+
+def test_linked_split_and_class_folders_are_followed(tmp_path):
+    elsewhere = write_folder(tmp_path / "elsewhere", folder_files())
+    root = tmp_path / "fruit"
+    (root / "train").mkdir(parents=True)
+    (root / "test").symlink_to(elsewhere / "test")  # a linked split folder
+    for name in ("apple", "banana", "cherry"):  # linked class folders
+        (root / "train" / name).symlink_to(elsewhere / "train" / name)
+    data = load_data(DataConfig(source=str(root)), log=str)
+    assert (len(data.train), len(data.test)) == (12, 12)

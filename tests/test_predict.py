@@ -127,7 +127,11 @@ def test_the_cli_prints_the_good_names_the_bad_and_writes_the_csv(run_dir, tmp_p
     good.write_bytes(png_bytes((200, 30, 30)))
     os.mkfifo(tmp_path / "pipe.png")
     out = tmp_path / "out.csv"
-    result = run_blitz("predict", run_dir, good, tmp_path / "pipe.png", "--csv", out)
+    result = run_blitz("predict", run_dir, good, tmp_path / "pipe.png", "--csv", out, check=False)
     assert f"{good}: " in result.stdout and "pipe.png" not in result.stdout
     assert "skipped" in result.stderr and "pipe.png: not a regular file" in result.stderr
     assert len(out.read_text().splitlines()) == 2  # the header and good.png
+    assert result.returncode == 1 and "skipped 1 of 2 files" in result.stderr
+    missing = run_blitz("predict", run_dir, good, "--csv", tmp_path / "no" / "x.csv", check=False)
+    assert missing.returncode == 2 and "does not exist" in missing.stderr
+    assert missing.stdout == ""  # refused before any prediction was made

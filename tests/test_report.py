@@ -14,16 +14,20 @@ from blitz.config import build_config
 from blitz.data import Split
 from blitz.errors import BlitzError
 from blitz.evaluate import (
+    CLASS_COLUMNS,
+    class_scores,
+    classification_figures,
     confused_pairs,
     confusion_matrix,
     per_class_accuracy,
     score,
+    summary_figures,
     worst_errors,
 )
 from blitz.progress import CSV_FIELDS, INTERVAL, Progress, read_metrics_csv
 from blitz.report import write_comparison, write_report
 from blitz.rundir import Metrics, RunDir
-from blitz.runs import rebuild_report, train_run
+from blitz.runs import eval_run, rebuild_report, train_run
 
 
 def test_worst_errors_match_a_naive_sort():
@@ -188,3 +192,73 @@ def test_tensorboard_writes_events_or_says_what_to_install(tmp_path, monkeypatch
     progress.end_epoch({"epoch": 1, "train_loss": 1.0, "seconds": 1.0, "lr": 0.1})
     progress.close()
     assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def _section_between(page: str, start: str, end: str) -> str:
+    return page[page.index(start) : page.index(end)]
+
+
+def test_report_table_of_thousands_of_classes_shows_the_100_worst_by_f1(tmp_path):
+    page = _many_class_report(tmp_path, 2000)
+    table = _section_between(page, "<h3>Per class</h3>", "<h3>Most-confused pairs</h3>")
+    assert "The 100 classes of 2000 with the lowest F1" in table
+    shown = re.findall(r"<tr><td>(class\d{4})</td>", table)
+    labels = torch.arange(3 * 2000) % 2000
+    logits = torch.randn(3 * 2000, 2000, generator=torch.Generator().manual_seed(0))
+    f1 = class_scores(confusion_matrix(labels, logits.argmax(1), 2000)).f1.tolist()
+    assert shown == [f"class{i:04d}" for i in sorted(range(2000), key=lambda i: (f1[i], i))[:100]]
+    assert "balanced accuracy" in page and "top-5 accuracy" not in page  # not recorded
+
+
+def test_report_shows_the_summary_figures_and_escapes_class_names(tmp_path):
+    classes = ["<b>bold</b> & co", *(f"c{i}" for i in range(7))]
+    labels = torch.arange(40) % 8
+    logits = torch.randn(40, 8, generator=torch.Generator().manual_seed(3))
+    result = score(logits, labels, 8)
+    figures = classification_figures(result, classes, digits=6)
+    metrics = Metrics(
+        test_accuracy=result.accuracy, classes=classes, confusion_matrix=result.matrix.tolist(),
+        per_class_accuracy={}, history=[{"epoch": 1, "train_loss": 2.0}], **figures,
+    )  # fmt: skip
+    split = Split(torch.zeros(40, 3, 32, 32, dtype=torch.uint8), labels)
+    page = write_report(RunDir(tmp_path), metrics, split, result).read_text()
+    for name, value in summary_figures(result.matrix, figures["top5_accuracy"]):
+        assert f"<td>{name}</td><td>{value}</td>" in page, name
+    assert "<b>bold</b>" not in page and "&lt;b&gt;bold&lt;/b&gt; &amp; co" in page
+    table = _section_between(page, "<h3>Per class</h3>", "<h3>Most-confused pairs</h3>")
+    assert table.count("<tr>") == 1 + 8
+    assert "<th>precision</th><th>recall</th><th>F1</th><th>support</th>" in table
+
+
+def test_a_run_records_shows_and_reports_every_figure(runs, monkeypatch):
+    metrics = json.loads((runs / "a" / "metrics.json").read_text())
+    matrix = torch.tensor(metrics["confusion_matrix"])
+    scores = class_scores(matrix)
+    assert metrics["balanced_accuracy"] == pytest.approx(scores.balanced_accuracy, abs=1e-6)
+    assert metrics["macro_f1"] == pytest.approx(scores.macro_f1, abs=1e-6)
+    assert metrics["weighted_f1"] == pytest.approx(scores.weighted_f1, abs=1e-6)
+    assert metrics["test_accuracy"] <= metrics["top5_accuracy"] <= 1  # 10 classes: there is one
+    for c, record in zip(metrics["classes"], scores.records(metrics["classes"]).values()):
+        assert metrics["per_class"][c] == pytest.approx(record, abs=1e-6)
+    page = (runs / "a" / "report.html").read_text()
+    assert f"<td>top-5 accuracy</td><td>{100 * metrics['top5_accuracy']:.2f} %</td>" in page
+    monkeypatch.setenv("BLITZ_DATA", str(runs / "cache"))
+    lines: list[str] = []
+    eval_run(RunDir(runs / "a"), None, log=lambda m: lines.extend(m.splitlines()))
+    headline = (
+        f"Accuracy of the network on the 40 test images: {100 * metrics['test_accuracy']:.2f} %"
+    )
+    assert headline in lines
+    header = lines.index(next(line for line in lines if line.startswith("class ")))
+    assert lines[header].split()[1:] == list(CLASS_COLUMNS[1:])
+    summary = lines[header + 1 + len(metrics["classes"])]
+    assert summary.startswith("balanced accuracy ")
+    assert f"top-5 accuracy {100 * metrics['top5_accuracy']:.2f} %" in summary
+
+
+def test_class_names_are_drawn_as_they_are_not_as_maths():
+    from blitz.plots import image_grid_png, per_class_png
+
+    names = ["$\\frac{", "a $5 $HOME b"]  # unbalanced maths would fail matplotlib's parser
+    png = image_grid_png(torch.zeros(2, 3, 8, 8, dtype=torch.uint8), names)
+    assert png[:4] == b"\x89PNG" and per_class_png(names, [0.5, 0.25])[:4] == b"\x89PNG"

@@ -6,20 +6,22 @@ import json
 import pytest
 import torch
 
-from blitz.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from blitz.checkpoint import Checkpoint, Training, load_checkpoint, save_checkpoint
 from blitz.config import build_config
 from blitz.errors import BlitzError
+from blitz.evaluate import chance_note
 from blitz.models import create_model, list_models
+from blitz.outputs import write_atomic
 from blitz.rundir import Metrics, RunDir
 from conftest import folder_files, run_blitz, write_folder
 
 CLASSES = ["apple", "banana", "cherry"]
 
 
-def _checkpoint(name: str = "lenet", **training) -> Checkpoint:
+def _checkpoint(name: str = "lenet", training: Training | None = None) -> Checkpoint:
     cfg = build_config("seed", {"model.name": name})
     torch.manual_seed(0)
-    return Checkpoint.of(create_model(name, 3, 3), cfg, CLASSES, **training)
+    return Checkpoint.of(create_model(name, 3, 3), cfg, CLASSES, training)
 
 
 def format_1(ckpt: Checkpoint) -> dict:
@@ -78,7 +80,8 @@ def _damaged(tmp_path, change, keep_digest: bool = False) -> str:
     """The error for a checkpoint changed after it was written (its checksum kept, as by a
     flipped bit, or left out, as in a file made by hand)."""
     path = tmp_path / "last.pt"
-    raw = _checkpoint(train_state={"step": 3}, state_dicts={}, rng={}).to_dict()
+    training = Training(train_state={"step": 3, "epoch": 0}, state_dicts={}, rng={})
+    raw = _checkpoint(training=training).to_dict()
     change(raw)
     if not keep_digest:
         del raw["digest"]
@@ -100,6 +103,8 @@ def test_foreign_and_damaged_checkpoints_are_refused(tmp_path):
     assert "lacks ['rng']" in _damaged(tmp_path, lambda raw: raw["training"].pop("rng"))
     size = _damaged(tmp_path, lambda raw: raw["model"].update(image_size=100_000))
     assert "model.image_size" in size
+    epoch = _damaged(tmp_path, lambda raw: raw["training"]["train_state"].pop("epoch"))
+    assert "training.train_state.epoch" in epoch
 
 
 def test_a_held_run_directory_is_refused_to_a_second_writer(tmp_path):
@@ -130,3 +135,28 @@ def test_a_single_class_is_refused(tmp_path):
 def test_metrics_refuse_a_history_that_is_not_numbers():
     with pytest.raises(BlitzError, match="history"):
         Metrics(0.5, ["a", "b"], [[1, 0], [0, 1]], {}, history=[{"epoch": "one"}])
+
+
+def test_a_full_disk_hidden_in_torch_saves_runtime_error_is_one_clear_error(tmp_path, monkeypatch):
+    def full(obj, f):  # what torch.save's zip writer raises when the disk is full
+        raise RuntimeError("[enforce fail at inline_container.cc] PytorchStreamWriter failed "
+                           "writing file data/0: file write failed")  # fmt: skip
+
+    monkeypatch.setattr(torch, "save", full)
+    with pytest.raises(BlitzError, match="could not write checkpoint .*no checkpoint was kept"):
+        save_checkpoint(tmp_path / "last.pt", _checkpoint())
+    assert list(tmp_path.iterdir()) == []  # no temporary file left
+
+
+def test_files_are_written_whole_or_not_at_all(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(BlitzError, match="cannot write"):
+        write_atomic(tmp_path / "afile" / "report.html", b"<html>")
+    write_atomic(tmp_path / "report.html", b"<html>")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "report.html"]
+
+
+def test_a_run_that_learned_nothing_says_so():
+    guessing = torch.tensor([[5, 0, 0], [5, 0, 0], [5, 0, 0]])
+    assert "learned nothing useful" in chance_note(guessing)
+    assert chance_note(torch.eye(3, dtype=torch.int64) * 5) is None

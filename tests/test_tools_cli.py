@@ -76,7 +76,7 @@ def test_export_round_trip(run, tmp_path, fmt):
 
 def test_export_of_a_missing_run_is_a_clear_error(tmp_path):
     result = blitz("export", tmp_path / "nope", cache=tmp_path, check=False)
-    assert result.returncode == 2 and "no checkpoint" in result.stderr
+    assert result.returncode == 2 and "is not a folder: pass a run directory" in result.stderr
 
 
 def test_smoothing_and_stop_rule_match_naive_code():

@@ -53,6 +53,33 @@ class ModelFacts:
 
 
 @dataclass
+class Training:
+    """What ``--resume`` needs besides the weights: the loop's state (``engine.TrainState``),
+    the optimizers' (EMA's, scaler's) state dicts, every generator, and the rows in progress."""
+
+    train_state: dict[str, Any]
+    state_dicts: dict[str, Any]
+    rng: dict[str, Any]
+    progress: dict[str, Any] | None = None  # None in checkpoints written before it was saved
+
+    def __post_init__(self) -> None:
+        for key in ("step", "epoch"):
+            value = self.train_state.get(key)
+            ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0
+            check_value(ok, f"training.train_state.{key}", value, "an integer >= 0")
+
+    @property
+    def step(self) -> int:
+        """Optimizer steps taken when it was saved."""
+        return self.train_state["step"]
+
+    @property
+    def epoch(self) -> int:
+        """Epochs finished when it was saved."""
+        return self.train_state["epoch"]
+
+
+@dataclass
 class Checkpoint:
     """A checkpoint: the model's facts and weights, the run's settings, and (for ``--resume``)
     the training state: optimizers, the loop's state, every random number generator."""
@@ -60,17 +87,19 @@ class Checkpoint:
     model: ModelFacts
     config: dict[str, Any]  # Config.to_dict()
     state_dict: dict[str, torch.Tensor]
-    training: dict[str, Any] | None = None  # train_state, state_dicts, rng
+    training: Training | None = None
 
     @classmethod
-    def of(cls, model: nn.Module, cfg: Config, classes: list[str], **training: Any) -> Checkpoint:
+    def of(
+        cls, model: nn.Module, cfg: Config, classes: list[str], training: Training | None = None
+    ) -> Checkpoint:
         """The checkpoint of ``model`` trained with ``cfg`` on ``classes``."""
         facts = ModelFacts(
             cfg.model.name, cfg.model.options, _in_channels(model), list(classes),
             cfg.data.image_size, cfg.data.mean, cfg.data.std,
         )  # fmt: skip
         weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-        return cls(facts, cfg.to_dict(), weights, training or None)
+        return cls(facts, cfg.to_dict(), weights, training)
 
     @property
     def cfg(self) -> Config:
@@ -91,7 +120,7 @@ class Checkpoint:
                       "std": list(self.model.std)},
             "config": self.config,
             "state_dict": self.state_dict,
-            "training": self.training,
+            "training": None if self.training is None else dataclasses.asdict(self.training),
         }  # fmt: skip
         return {**out, "digest": _digest(out)}
 
@@ -103,8 +132,11 @@ class Checkpoint:
             if "digest" in raw and raw["digest"] != _digest(raw):
                 raise _Corrupt("its checksum does not match: the file is damaged")
             training = raw.get("training")
-            if training is not None and not set(training) >= TRAINING_KEYS:
-                raise _Corrupt(f"its training state lacks {sorted(TRAINING_KEYS - set(training))}")
+            if training is not None:
+                missing = sorted({"train_state", "state_dicts", "rng"} - set(training))
+                if missing:
+                    raise _Corrupt(f"its training state lacks {missing}")
+                training = Training(**training)
             facts = ModelFacts(**raw["model"])
             return cls(facts, dict(raw["config"]), dict(raw["state_dict"]), training)
         except (_Corrupt, BlitzError, KeyError, TypeError, AttributeError, ValueError) as exc:
@@ -113,9 +145,6 @@ class Checkpoint:
                 f"{path} is not a usable blitz checkpoint ({why}): pass a run directory "
                 "written by blitz train, or train again"
             ) from None
-
-
-TRAINING_KEYS = {"train_state", "state_dicts", "rng"}
 
 
 class _Corrupt(Exception):

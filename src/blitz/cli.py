@@ -10,12 +10,20 @@ import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
+from typing import NoReturn
 
 from blitz.config import DEVICES, FLAGS, LOSSES, OPTIMIZERS  # light: no torch import
 
 # options of `blitz train` that override one setting each: argparse dest -> dotted key
 OVERRIDES = {flag[2:].replace("-", "_"): key for key, flag in FLAGS.items()}
 DEFAULT_PRESET = "fast-cpu"
+
+
+class _Parser(argparse.ArgumentParser):
+    """A command's parser whose errors are one paragraph, like every other blitz error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
         allow_abbrev=False,  # --epoch is a typo, not --epochs: abbreviations change meaning later
     )
     parser.add_argument("--version", action="version", version=_version())
-    strict = functools.partial(argparse.ArgumentParser, allow_abbrev=False)
+    strict = functools.partial(_Parser, allow_abbrev=False)
     sub = parser.add_subparsers(
         dest="command", required=True, metavar="COMMAND", parser_class=strict
     )
@@ -298,7 +306,7 @@ def cmd_show(args: argparse.Namespace) -> None:
 
     if args.count < 1:
         raise BlitzError(f"invalid --count {args.count}: expected an integer >= 1")
-    check_output_file(args.out, "the image grid")
+    check_output_file(args.out, "the image grid", ".png")
     data = load_data(args.data)
     split = getattr(data, args.split)
     rows = sample_rows(args.count, len(split))
@@ -314,22 +322,29 @@ def cmd_inspect(args: argparse.Namespace) -> None:
     walk_through(args.model, args.in_channels, args.seed)
 
 
-def cmd_predict(args: argparse.Namespace) -> None:
+def cmd_predict(args: argparse.Namespace) -> int:
+    """Exit status 1 when some files could not be classified (each is named on stderr)."""
     from blitz.errors import BlitzError
+    from blitz.outputs import check_output_file
     from blitz.predict import collect_images, format_prediction, predict_files, write_csv
     from blitz.rundir import RunDir
 
     if args.top_k < 1:
         raise BlitzError(f"invalid --top-k {args.top_k}: expected an integer >= 1")
+    if args.csv:
+        check_output_file(args.csv, "the CSV")  # before the work, not after it
     ckpt = RunDir(args.run_dir).load_model()
-    predictions = predict_files(
-        ckpt.model, ckpt.build_model(), collect_images(args.images), args.top_k
-    )
+    files = collect_images(args.images)
+    predictions = predict_files(ckpt.model, ckpt.build_model(), files, args.top_k)
     for prediction in predictions:
         print(format_prediction(prediction))
     if args.csv:
         write_csv(predictions, args.csv)
         print(f"wrote {args.csv}")
+    skipped = len(files) - len(predictions)
+    if skipped:
+        print(f"blitz: skipped {skipped} of {len(files)} files (named above)", file=sys.stderr)
+    return 1 if skipped else 0
 
 
 def cmd_report(args: argparse.Namespace) -> None:
@@ -342,7 +357,7 @@ def cmd_report(args: argparse.Namespace) -> None:
     if len(args.run_dirs) == 1:
         print(f"wrote {rebuild_report(run_dirs[0], log=print)}")
     else:
-        check_output_file(args.out, "the comparison page")
+        check_output_file(args.out, "the comparison page", ".html")
         print(f"wrote {write_comparison(run_dirs, args.out)}")
 
 
@@ -350,16 +365,18 @@ def cmd_lr_find(args: argparse.Namespace) -> None:
     from blitz.config import build_config
     from blitz.errors import BlitzError
     from blitz.lrfind import lr_find, suggested_settings
+    from blitz.outputs import check_output_file, write_atomic
     from blitz.plots import lr_find_png
     from blitz.runs import set_up
     from blitz.sources import load_data
 
     if args.steps < 5:
         raise BlitzError(f"invalid --steps {args.steps}: expected an integer >= 5")
+    check_output_file(args.out, "the lr-find plot", ".png")
     cfg = build_config(args.preset, _overrides(args))
     ctx = set_up(cfg, None, print, args.quiet, time.perf_counter())  # as train's, writing nothing
     sweep = lr_find(ctx, load_data(ctx.cfg.data), args.steps)
-    args.out.write_bytes(lr_find_png(sweep.lrs, sweep.losses, sweep.suggestion))
+    write_atomic(args.out, lr_find_png(sweep.lrs, sweep.losses, sweep.suggestion))
     print(f"wrote {args.out} ({len(sweep.lrs)} steps, up to lr {sweep.lrs[-1]:.2g})")
     settings = suggested_settings(ctx.cfg.optim, sweep.suggestion)
     others = "".join(f" --set {k}={v:.2g}" for k, v in settings.items() if k != "optim.lr")
@@ -440,7 +457,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "train":
             cmd_train(args, started, argv)
         else:
-            commands[args.command](args)
+            return commands[args.command](args) or 0
     except BlitzError as exc:
         print(f"blitz: error: {exc}", file=sys.stderr)
         return 2

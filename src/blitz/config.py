@@ -298,6 +298,9 @@ class TrainConfig:
     seed: int = 0
     device: Device = "auto"
     max_steps: int = 0  # 0: no limit; else stop after this many optimizer steps
+    # at least this many steps: a small dataset trains for more epochs, so that a preset's
+    # budget means the same on 200 images as on 50,000 (0: the epochs as set)
+    min_steps: int = 0
     log_every: int = 0  # 0: a progress bar; N: the seed's running-loss line every N steps
     eval_every_epoch: bool = True
     eval_batch_size: int = 1000
@@ -319,6 +322,7 @@ class TrainConfig:
         check_range("train.eval_batch_size", self.eval_batch_size, 1, MAX_BATCH_SIZE)
         check_range("train.seed", self.seed, 0, MAX_SEED)
         check_range("train.max_steps", self.max_steps, 0)
+        check_range("train.min_steps", self.min_steps, 0)
         check_range("train.log_every", self.log_every, 0)
         check_range("train.checkpoint_every", self.checkpoint_every, 0)
         check_range("train.checkpoint_minutes", self.checkpoint_minutes, 0)
@@ -420,10 +424,15 @@ def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str,
 
 def build_config(preset: str, overrides: dict[str, Any] | None = None) -> Config:
     """A preset with overrides applied, validated. A preset's model options are for its own
-    model: another ``model.name`` starts from that model's defaults."""
+    model: another ``model.name`` starts from that model's defaults. Likewise a preset's step
+    cap and floor are for its own epochs: an explicit ``train.epochs`` (without
+    ``train.max_steps`` or ``train.min_steps``) is obeyed whole."""
     overrides, raw = overrides or {}, load_preset(preset)
     model = raw.get("model", {})
     if overrides.get("model.name", model.get("name")) != model.get("name"):
         raw["model"] = {k: v for k, v in model.items() if k != "options"}
+    for bound in ("train.max_steps", "train.min_steps"):
+        if "train.epochs" in overrides and bound not in overrides:
+            raw.get("train", {}).pop(bound.split(".")[1], None)
     raw = apply_overrides(raw, overrides)
     return config_from_dict(raw, preset)

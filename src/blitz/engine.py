@@ -15,6 +15,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from blitz import augment
+from blitz.compiling import compile_recovering
 from blitz.config import Config, OptimConfig
 from blitz.context import RunContext
 from blitz.data import AnySplit, Batch, ImageData, Split
@@ -87,8 +88,8 @@ def new_state(cfg: Config, device: torch.device, world: World) -> TrainState:
 class TrainHooks:
     """Called by the loop at its restart points; the default does nothing (see blitz.resume)."""
 
-    def start(self, state: TrainState, stateful: dict[str, Any]) -> None:
-        """Before the first step: a resumed run restores ``state`` and ``stateful`` here."""
+    def start(self, loop: Loop) -> None:
+        """Before the first step: a resumed run restores the loop's state and ``stateful``."""
 
     def after_step(self, state: TrainState) -> None:
         """After each optimizer step: may save a checkpoint, or stop the run."""
@@ -184,7 +185,7 @@ def train(
     started = time.perf_counter()
     _prepare_model(loop, device)
     state.train_seconds += time.perf_counter() - started  # data-dependent init counts as training
-    loop.hooks.start(state, loop.stateful)  # a resumed run takes over its saved state here
+    loop.hooks.start(loop)  # a resumed run takes over its saved state here
     while state.epoch < cfg.train.epochs and state.step < loop.total:
         steps = _train_epoch(loop, device)
         state.train_seconds += state.epoch_seconds
@@ -255,15 +256,22 @@ def _prepare_model(loop: Loop, device: torch.device) -> None:
 
 def warm_up(loop: Loop, data: ImageData, device: torch.device) -> float:
     """Compile (train and eval graphs) on a few steps and one test batch, then restore every
-    state: returns the seconds it took, which are reported apart from the training time."""
+    state: returns the seconds it took, which are reported apart from the training time. A
+    damaged compile cache is rebuilt once; a compile that still fails is a BlitzError."""
     started = time.perf_counter()
     saved = _snapshot(loop)
-    _prepare_model(loop, device)
-    first = _epoch_batches(loop)[: min(2, loop.total)]  # the shapes training uses
-    for batch in loop.split.load(first, device):
-        _step(loop, *batch)
-    _test_accuracy(loop, _one_test_batch(loop, data, device))
-    _restore(loop, saved, device)
+
+    def compile_once() -> None:
+        try:
+            _prepare_model(loop, device)
+            first = _epoch_batches(loop)[: min(2, loop.total)]  # the shapes training uses
+            for batch in loop.split.load(first, device):
+                _step(loop, *batch)
+            _test_accuracy(loop, _one_test_batch(loop, data, device))
+        finally:  # a failed try leaves no trace for the next one, nor for training
+            _restore(loop, saved, device)
+
+    compile_recovering(compile_once, loop.progress.log)
     synchronize(device)
     return time.perf_counter() - started
 

@@ -1,10 +1,13 @@
-"""Predictions, the confusion matrix, and accuracies as views of it."""
+"""Predictions, the confusion matrix, and the figures that are views of it: accuracy, per-class
+precision, recall, F1 and support, balanced accuracy, macro and weighted F1. Top-5 accuracy
+alone needs more than the matrix: a flag per image, taken from the logits."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -15,6 +18,9 @@ from blitz.data import AnySplit
 from blitz.devices import autocast
 from blitz.distributed import SINGLE, gather_rows, shard, sum_over_ranks
 from blitz.preprocess import normalize
+
+TOP_K = 5  # top-5 accuracy, where there are more classes than that
+CLASS_COLUMNS = ("class", "correct", "total", "accuracy", "precision", "recall", "F1", "support")
 
 
 def _shift(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
@@ -76,7 +82,75 @@ def accuracy(matrix: torch.Tensor) -> float:
 
 def per_class_accuracy(matrix: torch.Tensor) -> list[float]:
     """Recall per true class (row); 0 for a class with no samples."""
-    return (matrix.diag().double() / matrix.sum(1).clamp(min=1).double()).tolist()
+    return _share(matrix.diag(), matrix.sum(1)).tolist()
+
+
+def _share(part: torch.Tensor, whole: torch.Tensor) -> torch.Tensor:
+    """part / whole as float64, 0 where whole is 0 (a count's part is then 0 too)."""
+    return part.double() / whole.clamp(min=1).double()
+
+
+@dataclass
+class ClassScores:
+    """Per-class figures (K,), views of one confusion matrix. Where a ratio has nothing to
+    divide by it is 0, not NaN: a class never predicted has precision 0, a class with no test
+    images recall 0, and F1 is 0 where both are. The averages leave out the classes a figure
+    does not exist for, as scikit-learn does: balanced accuracy averages recall over the
+    classes with test images, macro F1 averages F1 over the classes that are either in the
+    test set or predicted."""
+
+    precision: torch.Tensor  # (K,) float64: right / predicted as the class (column sums)
+    recall: torch.Tensor  # (K,) float64: right / test images of the class (row sums)
+    f1: torch.Tensor  # (K,) float64: harmonic mean of the two
+    support: torch.Tensor  # (K,) int64: test images of the class
+    predicted: torch.Tensor  # (K,) int64: test images predicted as the class
+
+    @property
+    def balanced_accuracy(self) -> float:
+        return _mean(self.recall[self.support > 0])
+
+    @property
+    def macro_f1(self) -> float:
+        return _mean(self.f1[(self.support > 0) | (self.predicted > 0)])
+
+    @property
+    def weighted_f1(self) -> float:
+        return float(_share((self.f1 * self.support).sum(), self.support.sum()))
+
+    def records(self, classes: list[str]) -> dict[str, dict[str, float | int]]:
+        """Class name -> its precision, recall, F1 and support (metrics.json's per_class)."""
+        columns = zip(self.precision.tolist(), self.recall.tolist(), self.f1.tolist())
+        return {
+            name: {"precision": p, "recall": r, "f1": f, "support": n}
+            for name, (p, r, f), n in zip(classes, columns, self.support.tolist())
+        }
+
+
+def _mean(values: torch.Tensor) -> float:
+    """The mean, 0 for no values (a matrix of no images)."""
+    return float(values.mean()) if len(values) else 0.0
+
+
+def class_scores(matrix: torch.Tensor) -> ClassScores:
+    """Precision, recall, F1 and support per class, from a (K, K) confusion matrix."""
+    right, support, predicted = matrix.diag(), matrix.sum(1), matrix.sum(0)
+    return ClassScores(
+        precision=_share(right, predicted),
+        recall=_share(right, support),
+        # 2PR / (P + R) with P = right / predicted, R = right / support, in counts: exact,
+        # and 0 without a division by zero when the class is neither present nor predicted
+        f1=_share(2 * right, support + predicted),
+        support=support,
+        predicted=predicted,
+    )
+
+
+def top_k_hits(logits: torch.Tensor, labels: torch.Tensor, k: int = TOP_K) -> torch.Tensor | None:
+    """(N,) bool: whether each image's true class is among its k highest logits; None with k
+    classes or fewer, where every image would count as a hit."""
+    if logits.shape[1] <= k:
+        return None
+    return (logits.topk(k, 1).indices == labels[:, None]).any(1)
 
 
 @dataclass
@@ -88,10 +162,18 @@ class Evaluation:
     predicted: torch.Tensor  # (N,) int64
     confidence: torch.Tensor  # (N,) softmax probability of the predicted class
     loss: torch.Tensor  # (N,) cross-entropy against the true class
+    top5: torch.Tensor | None = None  # (N,) bool: true class in the 5 highest logits; K > 5 only
 
     @property
     def accuracy(self) -> float:
         return accuracy(self.matrix)
+
+    @property
+    def top5_accuracy(self) -> float | None:
+        """The share of images whose true class is in their top 5; None with 5 classes or fewer."""
+        if self.top5 is None:
+            return None
+        return int(self.top5.sum()) / max(len(self.top5), 1)
 
 
 def score(logits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> Evaluation:
@@ -99,7 +181,8 @@ def score(logits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> Evalu
     logits, labels = logits.reshape(-1, num_classes).float(), labels.to(logits.device)
     confidence, predicted = logits.softmax(1).max(1)
     loss = F.cross_entropy(logits, labels, reduction="none")
-    return Evaluation(confusion_matrix(labels, predicted, num_classes), predicted, confidence, loss)
+    matrix = confusion_matrix(labels, predicted, num_classes)
+    return Evaluation(matrix, predicted, confidence, loss, top_k_hits(logits, labels))
 
 
 def evaluate(
@@ -107,7 +190,8 @@ def evaluate(
 ) -> Evaluation:
     """Test a model on every image of a split, with the run's normalisation and TTA. Under
     torchrun each process tests its share: the confusion matrices are summed, and every
-    process gets every image's prediction (three numbers an image, not its logits)."""
+    process gets every image's prediction (three numbers an image, four with a top-5 flag,
+    not its logits)."""
     train = cfg.train
     rows = shard(torch.arange(len(split)), world)
     device = next(model.parameters()).device
@@ -118,9 +202,29 @@ def evaluate(
         )
     mine = score(logits, split.labels[rows], num_classes)  # (0, K) logits: a process with no rows
     matrix = sum_over_ranks(mine.matrix, world).cpu()
-    per_image = torch.stack([mine.predicted.double(), mine.confidence, mine.loss], 1)
-    every = gather_rows(per_image, world).cpu()  # (N, 3): class numbers are exact in float64
-    return Evaluation(matrix, every[:, 0].long(), every[:, 1].float(), every[:, 2].float())
+    columns = [mine.predicted.double(), mine.confidence, mine.loss]
+    columns += [] if mine.top5 is None else [mine.top5.double()]  # every rank has the same K
+    every = gather_rows(torch.stack(columns, 1), world).cpu()  # class numbers exact in float64
+    top5 = None if mine.top5 is None else every[:, 3].bool()
+    return Evaluation(matrix, every[:, 0].long(), every[:, 1].float(), every[:, 2].float(), top5)
+
+
+def classification_figures(result: Evaluation, classes: list[str], digits: int) -> dict[str, Any]:
+    """What a run records beyond accuracy, rounded to ``digits``: balanced accuracy, macro and
+    weighted F1, top-5 accuracy (None with 5 classes or fewer), and per class its precision,
+    recall, F1 and support."""
+    scores, top5 = class_scores(result.matrix), result.top5_accuracy
+    per_class = scores.records(classes)
+    return {
+        "balanced_accuracy": round(scores.balanced_accuracy, digits),
+        "macro_f1": round(scores.macro_f1, digits),
+        "weighted_f1": round(scores.weighted_f1, digits),
+        "top5_accuracy": None if top5 is None else round(top5, digits),
+        "per_class": {
+            c: {key: round(value, digits) for key, value in record.items()}
+            for c, record in per_class.items()
+        },
+    }
 
 
 def format_accuracy(matrix: torch.Tensor) -> str:
@@ -129,14 +233,52 @@ def format_accuracy(matrix: torch.Tensor) -> str:
     return f"Accuracy of the network on the {total} test images: {100 * accuracy(matrix):.2f} %"
 
 
+def class_rows(
+    matrix: torch.Tensor, classes: list[str], order: list[int] | None = None
+) -> list[tuple[str, ...]]:
+    """The per-class table's rows as text, one per class (in ``order`` if given), under
+    ``CLASS_COLUMNS``: the seed's correct, total and accuracy, then precision, recall, F1 and
+    support as practitioners read them (recall is the accuracy, support the total)."""
+    s = class_scores(matrix)
+    columns = (matrix.diag(), s.support, s.recall, s.precision, s.recall, s.f1, s.support)
+    values = [c.tolist() for c in columns]
+    return [
+        (classes[i], *(_cell(v[i]) for v in values))
+        for i in (range(len(classes)) if order is None else order)
+    ]
+
+
+def _cell(value: float | int) -> str:
+    return f"{100 * value:.1f} %" if isinstance(value, float) else str(value)
+
+
 def format_per_class(matrix: torch.Tensor, classes: list[str]) -> str:
-    """A per-class table: correct, total, accuracy."""
-    width = max(8, *(len(c) for c in classes))
-    lines = [f"{'class':<{width}}  correct  total  accuracy"]
-    for name, correct, total in zip(classes, matrix.diag().tolist(), matrix.sum(1).tolist()):
-        share = 100 * correct / max(total, 1)
-        lines.append(f"{name:<{width}}  {correct:7d}  {total:5d}  {share:6.1f} %")
-    return "\n".join(lines)
+    """A per-class table: correct, total, accuracy, precision, recall, F1, support."""
+    rows = [CLASS_COLUMNS, *class_rows(matrix, classes)]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(CLASS_COLUMNS))]
+    widths[0] = max(widths[0], 8)
+    return "\n".join(
+        f"{row[0]:<{widths[0]}}  " + "  ".join(f"{c:>{w}}" for c, w in zip(row[1:], widths[1:]))
+        for row in rows
+    )
+
+
+def summary_figures(matrix: torch.Tensor, top5_accuracy: float | None) -> list[tuple[str, str]]:
+    """(name, value) for balanced accuracy, macro and weighted F1, and top-5 accuracy where
+    there is one (more than 5 classes)."""
+    s = class_scores(matrix)
+    figures = [
+        ("balanced accuracy", s.balanced_accuracy),
+        ("macro F1", s.macro_f1),
+        ("weighted F1", s.weighted_f1),
+        ("top-5 accuracy", top5_accuracy),
+    ]
+    return [(name, f"{100 * value:.2f} %") for name, value in figures if value is not None]
+
+
+def format_summary(matrix: torch.Tensor, top5_accuracy: float | None) -> str:
+    """One line: balanced accuracy, macro F1, weighted F1 and top-5 accuracy."""
+    return ", ".join(f"{name} {value}" for name, value in summary_figures(matrix, top5_accuracy))
 
 
 def format_confusion(matrix: torch.Tensor, classes: list[str]) -> str:
@@ -173,3 +315,17 @@ def confused_pairs(matrix: torch.Tensor, count: int) -> list[tuple[int, int, int
     values, cells = off.flatten().sort(descending=True, stable=True)
     pairs = [(c // k, c % k, v) for v, c in zip(values.tolist(), cells.tolist()) if v > 0]
     return pairs[:count]
+
+
+def chance_note(matrix: torch.Tensor) -> str | None:
+    """A warning when the accuracy is no better than always answering the largest class."""
+    counts = matrix.sum(1)
+    baseline = int(counts.max()) / max(int(counts.sum()), 1) if counts.numel() else 0.0
+    if accuracy(matrix) > baseline + 0.01:
+        return None
+    return (
+        f"warning: the model learned nothing useful: its accuracy ({100 * accuracy(matrix):.1f} "
+        f"%) is no better than always answering the largest class ({100 * baseline:.1f} %). "
+        "Train longer (--epochs), try another --lr, or check that the images differ between "
+        "classes"
+    )

@@ -139,6 +139,6 @@ def _require_onnx() -> None:
         import onnxruntime  # noqa: F401
     except ImportError:
         raise BlitzError(
-            "--format onnx needs onnx and onnxruntime: pip install 'blitz[export]' "
+            "--format onnx needs onnx and onnxruntime: pip install onnx onnxruntime "
             "(or use --format torchscript)"
         ) from None

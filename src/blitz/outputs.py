@@ -3,6 +3,7 @@ crash or a full disk leaves the old file or none, never half of one)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -11,11 +12,13 @@ from typing import Any
 from blitz.errors import BlitzError
 
 
-def check_output_file(path: Path, what: str) -> None:
-    """Fail before any work if ``path`` cannot be written: a folder, or in a missing or
-    read-only folder."""
+def check_output_file(path: Path, what: str, suffix: str = "") -> None:
+    """Fail before any work if ``path`` cannot be written: a folder, in a missing or read-only
+    folder, or (with ``suffix``) a name of another kind of file, which would be overwritten."""
     folder = path.parent
-    if path.is_dir():
+    if suffix and not path.name.lower().endswith(suffix):
+        problem = f"it must end in {suffix}"
+    elif path.is_dir():
         problem = "that is a folder; name a file in it instead"
     elif not folder.is_dir():
         problem = f"folder {folder} does not exist; create it first or choose another path"
@@ -40,7 +43,8 @@ def write_atomic(path: Path, data: bytes) -> None:
             f.write(data)
         os.replace(tmp, path)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # the folder itself may be what is wrong
+            tmp.unlink(missing_ok=True)
         raise BlitzError(
             f"cannot write {path}: {exc.strerror or exc}. Free some space (or fix the "
             "permissions) and run again"

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import math
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import matplotlib
@@ -21,6 +24,19 @@ PAD = 2
 NUMBERS_UP_TO = 20  # classes up to which the confusion matrix prints its counts in the cells
 
 
+def plain_text(draw: Callable[..., bytes]) -> Callable[..., bytes]:
+    """Draw with names taken as they are: a class called "$5 $HOME" is not maths, and a name in
+    a script the font lacks costs a blank box, not a warning per glyph."""
+
+    @functools.wraps(draw)
+    def drawn(*args, **kwargs) -> bytes:
+        with plt.rc_context({"text.parse_math": False}), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Glyph .* missing from font")
+            return draw(*args, **kwargs)
+
+    return drawn
+
+
 def figure_png(fig: plt.Figure) -> bytes:
     """The figure as PNG bytes; closes it (pyplot keeps every open figure alive otherwise)."""
     buf = io.BytesIO()
@@ -29,6 +45,7 @@ def figure_png(fig: plt.Figure) -> bytes:
     return buf.getvalue()
 
 
+@plain_text
 def image_grid_png(images: torch.Tensor, captions: list[str], per_row: int = 8) -> bytes:
     """Rows of ``make_grid`` over uint8 images (N, C, H, W), each image captioned."""
     per_row = min(per_row, len(images))
@@ -65,6 +82,7 @@ def curves_png(history: list[dict], steps: list[dict], title: str = "") -> bytes
     return overlay_png({title: (history, steps)})
 
 
+@plain_text
 def overlay_png(
     runs: dict[str, tuple[list[dict], list[dict]]], x: str = "step", x_label: str = "optimizer step"
 ) -> bytes:
@@ -110,6 +128,7 @@ def _epochs(history: list[dict]) -> list[int]:
     return [h["epoch"] for h in history]
 
 
+@plain_text
 def per_class_png(classes: list[str], accuracies: list[float]) -> bytes:
     """Horizontal bars of per-class accuracy, worst class at the top."""
     order = sorted(range(len(classes)), key=lambda i: accuracies[i])
@@ -127,6 +146,7 @@ def per_class_png(classes: list[str], accuracies: list[float]) -> bytes:
     return figure_png(fig)
 
 
+@plain_text
 def confusion_png(matrix: torch.Tensor, classes: list[str]) -> bytes:
     """Heat map of the confusion matrix (rows: truth), counts in the cells for few classes."""
     k = len(classes)
@@ -155,6 +175,7 @@ def _font(classes: int) -> float:
     return 9 if classes <= NUMBERS_UP_TO else 6
 
 
+@plain_text
 def lr_find_png(lrs: list[float], losses: list[float], suggestion: float) -> bytes:
     """Smoothed loss against the learning rate (log scale), the suggested value marked."""
     fig, ax = plt.subplots(figsize=(7, 4))

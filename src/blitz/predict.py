@@ -22,6 +22,7 @@ from blitz.images import IMAGE_EXTENSIONS, BadImage, decode_image
 from blitz.outputs import check_output_file
 
 Prediction = tuple[Path, list[tuple[str, float]]]
+BATCH_BYTES = 256 * 2**20  # decoded images per batch: 256 CIFAR images are 0.8 MB, 4096 px 48 MB
 OnSkip = Callable[[Path, str], None]  # (file, why it was skipped)
 
 
@@ -80,6 +81,9 @@ def predict_files(
 
     results: list[Prediction] = []
     with tqdm(total=len(files), desc="predict", unit="image", disable=None) as bar:  # tty only
+        # a batch holds at most BATCH_BYTES of decoded pixels, whatever the checkpoint's size
+        pixels = facts.in_channels * facts.image_size**2
+        batch_size = max(1, min(batch_size, BATCH_BYTES // pixels))
         for start in range(0, len(files), batch_size):
             chunk = files[start : start + batch_size]
             good, arrays = _decode_files(chunk, facts, skip)

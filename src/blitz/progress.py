@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import csv
+import math
 import sys
 import time
 from pathlib import Path
@@ -17,6 +18,7 @@ from blitz.errors import BlitzError
 from blitz.rundir import RunDir
 
 CSV_FIELDS = ("step", "epoch", "loss", "accuracy", "lr", "images_per_s")
+EPOCH_LINES = 20  # epoch lines in a log at most (about)
 INTERVAL = 50  # steps per metrics.csv row and bar update: .item() syncs the device, so not always
 
 
@@ -201,13 +203,20 @@ class Progress:
             self.bar = None
         if self.board and "test_accuracy" in record:
             self.board.add_scalar("test/accuracy", record["test_accuracy"], self.last_step)
-        if not (self.quiet or self.use_bar):
-            self.log(format_epoch(record, self.cfg.train.epochs, images_per_s))
+        epochs = self.cfg.train.epochs
+        if not (self.quiet or self.use_bar) and _worth_a_line(record["epoch"], epochs):
+            self.log(format_epoch(record, epochs, images_per_s))
 
     def close(self) -> None:
         for sink in (self.csv, self.board):
             if sink:
                 sink.close()
+
+
+def _worth_a_line(epoch: int, epochs: int) -> bool:
+    """Every epoch's line up to 20 epochs; past that, about 20 lines and the last (a tiny
+    dataset may train for hundreds of one-step epochs)."""
+    return epochs <= EPOCH_LINES or epoch % math.ceil(epochs / EPOCH_LINES) == 0 or epoch == epochs
 
 
 def format_epoch(record: dict[str, Any], epochs: int, images_per_s: float) -> str:

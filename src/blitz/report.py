@@ -15,7 +15,16 @@ import torch
 
 from blitz.data import AnySplit
 from blitz.errors import BlitzError
-from blitz.evaluate import Evaluation, confused_pairs, worst_errors
+from blitz.evaluate import (
+    CLASS_COLUMNS,
+    Evaluation,
+    chance_note,
+    class_rows,
+    class_scores,
+    confused_pairs,
+    summary_figures,
+    worst_errors,
+)
 from blitz.outputs import write_atomic
 from blitz.plots import (
     NUMBERS_UP_TO,
@@ -45,6 +54,7 @@ img { max-width: 100%; } .scroll { overflow: auto; max-height: 900px; }
 .scroll img { max-width: none; } .row { display: flex; gap: 1.5rem; flex-wrap: wrap; }
 .row > div { flex: 1 1 420px; } .same { color: #999; } .diff { background: #fff6d6; }
 .note { color: #666; font-size: 0.9rem; }
+.warn { background: #fff0f0; border-left: 4px solid #c33; padding: 0.5rem 1rem; }
 """
 # Lets a headless browser prove that every embedded image decoded: it writes each image's
 # natural width into the page, which `chromium --dump-dom` then shows (see tests/test_browser.py).
@@ -143,12 +153,29 @@ def _results_section(metrics: Metrics) -> str:
     figures = f"{box}{_img(bars, 'per-class accuracy')}</div>"
     if len(classes) <= FIGURE_CLASSES:
         figures += f"{box}{_img(confusion_png(matrix, classes), 'confusion matrix')}</div>"
+    warning = chance_note(matrix)
     body = (
-        _many_classes_note(len(classes))
+        (f"<p class='warn'>{html.escape(warning)}</p>" if warning else "")
+        + _many_classes_note(len(classes))
+        + _table(summary_figures(matrix, metrics.top5_accuracy))
         + f"<div class='row'>{figures}</div>"
+        + f"<h3>Per class</h3>{_class_table(matrix, classes)}"
         + f"<h3>Most-confused pairs</h3>{_pairs_table(matrix, classes)}"
     )
     return _section("Results on the test set", body)
+
+
+def _class_table(matrix: torch.Tensor, classes: list[str]) -> str:
+    """The terminal's per-class table; past FIGURE_CLASSES classes only the worst by F1, so
+    that the page stays bounded (every class is in metrics.json)."""
+    if len(classes) <= FIGURE_CLASSES:
+        return _table(class_rows(matrix, classes), CLASS_COLUMNS)
+    worst = class_scores(matrix).f1.argsort(stable=True)[:FIGURE_CLASSES].tolist()
+    note = (
+        f"<p class='note'>The {FIGURE_CLASSES} classes of {len(classes)} with the lowest F1, "
+        "worst first; every class is in metrics.json.</p>"
+    )
+    return note + _table(class_rows(matrix, classes, worst), CLASS_COLUMNS)
 
 
 def _many_classes_note(count: int) -> str:

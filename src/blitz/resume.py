@@ -11,10 +11,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from blitz.checkpoint import Checkpoint, capture_rng, load_state, restore_rng
+from blitz.checkpoint import Checkpoint, Training, capture_rng, load_state, restore_rng
 from blitz.config import Config
 from blitz.context import RunContext
-from blitz.engine import TrainHooks, TrainState, check_finite
+from blitz.engine import Loop, TrainHooks, TrainState, check_finite
 from blitz.errors import BlitzError
 from blitz.progress import Progress
 from blitz.signals import StopFlag, StopRequested
@@ -37,7 +37,6 @@ class Checkpointer(TrainHooks):
         ctx: RunContext,
         model: nn.Module,
         classes: list[str],
-        total: int,
         stop: StopFlag,
         resume: Checkpoint | None = None,
         progress: Progress | None = None,
@@ -45,30 +44,31 @@ class Checkpointer(TrainHooks):
         self.run_dir, self.cfg, self.model, self.classes = ctx.dir, ctx.cfg, model, classes
         self.progress = progress  # its rows in progress are checkpointed too
         self.writes = ctx.writes is not None  # under torchrun only the first process writes
-        self.total, self.stop, self.resume = total, stop, resume
+        self.stop, self.resume = stop, resume
+        self.total = 0  # the loop's planned steps, known at start()
         self.device = next(model.parameters()).device
         self.stateful: dict[str, Any] = {}
         self.saved_step: int | None = None  # step of the newest checkpoint on disk
         self.saved_at = time.monotonic()
 
-    def start(self, state: TrainState, stateful: dict[str, Any]) -> None:
-        self.stateful = stateful
+    def start(self, loop: Loop) -> None:
+        self.stateful, self.total, state = loop.stateful, loop.total, loop.state
         if self.resume is None:
             return
         training = self.resume.training
         load_state(self.model, self.resume.state_dict, f"the {self.cfg.model.name} model")
-        for name, obj in stateful.items():
-            if name not in training["state_dicts"]:
+        for name, obj in self.stateful.items():
+            if name not in training.state_dicts:
                 raise BlitzError(
                     f"the checkpoint in {self.run_dir} has no saved {name} state (an older blitz "
                     "wrote it, or other settings), so it cannot be resumed exactly: start the "
                     "run again"
                 )
-            load_state(obj, training["state_dicts"][name], f"the {name}")
-        state.load_dict(training["train_state"], self.device)
-        if self.progress and "progress" in training:  # older checkpoints have none
-            self.progress.load_state_dict(training["progress"])
-        restore_rng(training["rng"], self.device)  # last: building the model drew numbers
+            load_state(obj, training.state_dicts[name], f"the {name}")
+        state.load_dict(training.train_state, self.device)
+        if self.progress and training.progress:  # older checkpoints have none
+            self.progress.load_state_dict(training.progress)
+        restore_rng(training.rng, self.device)  # last: building the model drew numbers
         self.saved_step = state.step
 
     def after_step(self, state: TrainState) -> None:
@@ -103,14 +103,13 @@ class Checkpointer(TrainHooks):
         check_finite(state, self.cfg, self.total)  # never replace a good checkpoint by garbage
         if not self.writes:
             return
-        training = {
-            "train_state": state.to_dict(),
-            "state_dicts": {name: obj.state_dict() for name, obj in self.stateful.items()},
-            "rng": capture_rng(self.device),
-        }
-        if self.progress:
-            training["progress"] = self.progress.state_dict()
-        ckpt = Checkpoint.of(self.model, self.cfg, self.classes, **training)
+        training = Training(
+            train_state=state.to_dict(),
+            state_dicts={name: obj.state_dict() for name, obj in self.stateful.items()},
+            rng=capture_rng(self.device),
+            progress=self.progress.state_dict() if self.progress else None,
+        )
+        ckpt = Checkpoint.of(self.model, self.cfg, self.classes, training)
         for name in ("last", "best") if best else ("last",):
             self.run_dir.save_model(ckpt, name)
         self.saved_step, self.saved_at = state.step, time.monotonic()

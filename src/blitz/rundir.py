@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
@@ -51,6 +52,13 @@ class Metrics:
     parameters: int = 0
     versions: dict[str, str] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)  # one record per epoch
+    # views of the confusion matrix (see evaluate.ClassScores); None in runs written before
+    balanced_accuracy: float | None = None
+    macro_f1: float | None = None
+    weighted_f1: float | None = None
+    top5_accuracy: float | None = None  # also None with 5 classes or fewer
+    # class -> {"precision", "recall", "f1", "support"}; empty in runs written before
+    per_class: dict[str, dict[str, float]] = field(default_factory=dict)
     format: int = METRICS_FORMAT
 
     def __post_init__(self) -> None:
@@ -122,7 +130,14 @@ class RunDir:
         return self.metrics.exists()
 
     def prepare(self, overwrite: bool) -> None:
-        """Create the folder; refuse to clobber a finished or resumable run unless asked."""
+        """Create the folder; refuse to clobber a finished or resumable run unless asked, or
+        to scatter a run among a folder's other files."""
+        others = self._foreign_files()
+        if others and not overwrite:
+            raise BlitzError(
+                f"--out {self} holds files that are not a blitz run ({others[0]}, ...): choose "
+                "a new or empty folder, or pass --overwrite to write the run among them"
+            )
         if not overwrite and self.finished:
             raise BlitzError(
                 f"{self} already holds a finished run: choose another --out or pass --overwrite"
@@ -135,6 +150,12 @@ class RunDir:
         self._make()
         for old in (self.metrics, self.model, self.last, self.best):  # the old results go first
             old.unlink(missing_ok=True)
+
+    def _foreign_files(self) -> list[str]:
+        if not self.path.is_dir():
+            return []
+        ours = {p.name for p in vars(self).values() if isinstance(p, Path) and p != self.path}
+        return sorted(p.name for p in self.path.iterdir() if p.name not in ours | {"last.pt.tmp"})
 
     def _make(self) -> None:
         if self.path.exists() and not self.path.is_dir():
@@ -153,8 +174,14 @@ class RunDir:
             yield
 
     def remove_if_unused(self) -> None:
-        """A run refused before it wrote anything leaves no empty folder behind."""
-        self.lock_file.unlink(missing_ok=True)
+        """A run refused before its first checkpoint leaves nothing behind: the files it wrote
+        go, and the folder too if that leaves it empty (a user's own files stay)."""
+        if self.finished or self.last.exists():
+            return
+        written = (self.config, self.csv, self.report, self.train_images, self.test_predictions)
+        for path in (*written, self.lock_file):
+            path.unlink(missing_ok=True)
+        shutil.rmtree(self.tensorboard, ignore_errors=True)
         with contextlib.suppress(OSError):
             self.path.rmdir()  # only if empty
 
@@ -195,6 +222,8 @@ class RunDir:
         save_checkpoint(getattr(self, name), ckpt)
 
     def load_model(self) -> Checkpoint:
+        if not self.path.is_dir():
+            raise BlitzError(f"{self} is not a folder: pass a run directory written by blitz train")
         return load_checkpoint(self.model)
 
     def load_resumable(self) -> Checkpoint:

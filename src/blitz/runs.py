@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import platform
+import sys
 import time
 from dataclasses import replace
 
@@ -12,8 +13,8 @@ import torch
 from torch import nn
 
 from blitz import __version__
-from blitz.cache import cache_dir
 from blitz.checkpoint import Checkpoint
+from blitz.compiling import use_compile_cache
 from blitz.config import Config
 from blitz.context import Log, RunContext, silent
 from blitz.data import ImageData
@@ -23,11 +24,14 @@ from blitz.engine import Loop, NonFiniteLoss, planned_steps, train
 from blitz.errors import BlitzError
 from blitz.evaluate import (
     Evaluation,
+    chance_note,
+    classification_figures,
     evaluate,
     format_accuracy,
     format_confusion,
     format_per_class,
     format_samples,
+    format_summary,
     per_class_accuracy,
 )
 from blitz.models import check_input_size, create_model
@@ -64,9 +68,12 @@ def train_run(
     data = _load_data_once(ctx)
     if resume is not None:
         check_classes(data, resume, run_dir)
-        saved = resume.training["train_state"]
-        ctx.log(f"resuming {run_dir} after step {saved['step']} (epoch {saved['epoch'] + 1})")
-    model = build_model(ctx, data)
+        saved = resume.training
+        ctx.log(f"resuming {run_dir} after step {saved.step} (epoch {saved.epoch + 1})")
+    _fit_to_data(ctx, data)
+    model = build_model(ctx, data)  # a model that cannot take the data fails before any write
+    if ctx.writes:
+        _record_start(ctx, data)
     loop = fit(ctx, data, model, resume)
     return finish(ctx, data, model, loop)
 
@@ -76,14 +83,15 @@ def set_up(
 ) -> RunContext:
     """The run context: reproducibility, the process group, this process's device."""
     make_reproducible(cfg)
-    world = init_world(resolve_device(cfg.train.device))
+    device = resolve_device(cfg.train.device)
+    world = init_world(device)
     check_batch_size(cfg.train.batch_size, world)
-    device = local_device(resolve_device(cfg.train.device), world)
+    device = local_device(device, world)
     if not world.is_main:
         log, quiet = silent, True
     cfg = fit_to_device(cfg, device, log)  # a preset's "auto" settings meet this machine
     if cfg.train.compile:  # compiled kernels persist beside the data, for the next process
-        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir() / "compile"))
+        use_compile_cache()
     return RunContext(cfg, device, world, run_dir, log, quiet, started)
 
 
@@ -100,11 +108,10 @@ def build_model(ctx: RunContext, data: ImageData) -> nn.Module:
 
 def fit(ctx: RunContext, data: ImageData, model: nn.Module, resume: Checkpoint | None) -> Loop:
     """Train with checkpoints (last, best, on a signal); a NaN loss keeps the last good one."""
-    total = planned_steps(ctx.cfg, len(data.train))
-    resumed_step = resume.training["train_state"]["step"] if resume else 0
+    resumed_step = resume.training.step if resume else 0
     progress = Progress(ctx.cfg, ctx.log, ctx.quiet, ctx.writes, resumed_step)
     with stop_on_signals() as stop:
-        hooks = Checkpointer(ctx, model, data.classes, total, stop, resume, progress)
+        hooks = Checkpointer(ctx, model, data.classes, stop, resume, progress)
         try:
             return train(ctx, data, model, progress, hooks)
         except NonFiniteLoss as exc:
@@ -144,6 +151,7 @@ def _metrics(
         per_class_accuracy={
             c: round(a, 6) for c, a in zip(data.classes, per_class_accuracy(result.matrix))
         },
+        **classification_figures(result, data.classes, digits=6),
         train_seconds=round(state.train_seconds, 3),
         eval_seconds=round(eval_seconds, 3),
         compile_seconds=round(state.compile_seconds, 3),
@@ -178,19 +186,40 @@ def check_classes(data: ImageData, ckpt: Checkpoint, run_dir: RunDir) -> None:
 
 def _load_data_once(ctx: RunContext) -> ImageData:
     """The first process decodes (and caches); the others wait, then read the cache, or meet
-    the same error as the first one (rather than a broken barrier). The first also writes the
-    settings and the seed's look at the training images."""
+    the same error as the first one (rather than a broken barrier)."""
     if not ctx.is_main:
         barrier(ctx.world)
         return _checked(load_data(ctx.cfg.data, ctx.log))
     try:
-        data = _checked(load_data(ctx.cfg.data, ctx.log))
+        return _checked(load_data(ctx.cfg.data, ctx.log))
     finally:
         barrier(ctx.world)
+
+
+def _fit_to_data(ctx: RunContext, data: ImageData) -> None:
+    """``train.min_steps``: a dataset too small for the preset's budget trains more epochs
+    (recorded in config.json, so a resume replays them)."""
+    train = ctx.cfg.train
+    per_epoch = math.ceil(len(data.train) / train.batch_size)
+    if train.epochs * per_epoch >= train.min_steps:
+        return
+    epochs = math.ceil(train.min_steps / per_epoch)
+    ctx.log(
+        f"{len(data.train)} training images are {per_epoch} step{'s' * (per_epoch > 1)} of "
+        f"batch {train.batch_size}: training {epochs} epochs to reach the preset's "
+        f"{train.min_steps} steps (train.min_steps; --epochs N trains N)"
+    )
+    train.epochs = epochs
+
+
+def _record_start(ctx: RunContext, data: ImageData) -> None:
+    """The settings (``auto`` data as what it turned out to be, so that eval, report and
+    --resume load the same data) and the seed's look at the training images."""
+    if ctx.cfg.data.source == "auto":
+        ctx.cfg.data.source = data.name
     ctx.dir.write_config(ctx.cfg)
     _show_training_images(data, ctx.dir, ctx.log)
     _describe(ctx, data)
-    return data
 
 
 def _checked(data: ImageData) -> ImageData:
@@ -203,12 +232,21 @@ def _checked(data: ImageData) -> ImageData:
 
 
 def _describe(ctx: RunContext, data: ImageData) -> None:
+    cfg = ctx.cfg
     processes = f" x {ctx.world.size} processes" if ctx.world.size > 1 else ""
     ctx.log(
         f"data: {data.name} ({len(data.train)} train, {len(data.test)} test images, "
-        f"{len(data.classes)} classes, {data.storage()}); model: {ctx.cfg.model.name}; "
+        f"{len(data.classes)} classes, {data.storage()}); model: {cfg.model.name}; "
         f"device: {ctx.device}{processes}"
     )
+    per_epoch = math.ceil(len(data.train) / cfg.train.batch_size)
+    steps = planned_steps(cfg, len(data.train))
+    if steps < cfg.train.epochs * per_epoch:  # say why "epoch 1/3" will end early
+        ctx.log(
+            f"training for {steps} steps of batch {cfg.train.batch_size} "
+            f"({steps / per_epoch:.2f} of {cfg.train.epochs} epochs): train.max_steps caps it "
+            "(--max-steps 0 lifts the cap)"
+        )
 
 
 def _memory_format(cfg: Config) -> torch.memory_format:
@@ -238,23 +276,10 @@ def _show_results(result: Evaluation, data: ImageData, run_dir: RunDir, log: Log
     log(format_samples(truth, guess, data.classes))
     log(format_accuracy(result.matrix))
     log(format_per_class(result.matrix, data.classes))
+    log(format_summary(result.matrix, result.top5_accuracy))
     log(format_confusion(result.matrix, data.classes))
-    if note := chance_note(result.matrix):
-        log(note)
-
-
-def chance_note(matrix: torch.Tensor) -> str | None:
-    """A warning when the accuracy is no better than always guessing the largest class."""
-    counts = matrix.sum(1)
-    baseline = int(counts.max()) / max(int(counts.sum()), 1)
-    accuracy = int(matrix.diag().sum()) / max(int(counts.sum()), 1)
-    if accuracy > baseline + 0.01:
-        return None
-    return (
-        f"warning: the model learned nothing useful: its accuracy ({100 * accuracy:.1f} %) is no "
-        f"better than always answering the largest class ({100 * baseline:.1f} %). Train "
-        "longer (--epochs), try another --lr, or check that the images differ between classes"
-    )
+    if note := chance_note(result.matrix):  # said even under --quiet: a user must not miss it
+        print(f"blitz: {note}", file=sys.stderr)
 
 
 def eval_run(run_dir: RunDir, source: str | None, log: Log) -> Evaluation:

@@ -20,7 +20,7 @@ def load_auto(arg: str, cfg: DataConfig, log: Log) -> ImageData:
     except BlitzError as exc:
         log(
             f"CIFAR-10 is not in the cache and could not be downloaded ({exc}). "
-            "Training on the generated 'shapes' dataset instead, so that this command works "
+            "Using the generated 'shapes' dataset instead, so that this command works "
             "offline. To use CIFAR-10, put cifar-10-python.tar.gz in "
             f"{cache_dir() / 'cifar10'} or pass --data PATH (an image folder or archive)."
         )

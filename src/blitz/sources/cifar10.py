@@ -31,7 +31,8 @@ def _download() -> Path:
     if archive.exists():  # checked when it was downloaded; re-hashing 170 MB costs a second
         return archive
     root = cache_folder("cifar10")
-    with downloading(f"downloading {CIFAR10_URL} failed"):
+    where = f"to use CIFAR-10 without a network, put {archive.name} in {root}"
+    with downloading(f"downloading {CIFAR10_URL} failed ({where})"):
         download_url(CIFAR10_URL, str(root), archive.name, CIFAR10_MD5)
     if not check_integrity(str(archive), CIFAR10_MD5):
         raise BlitzError(f"downloaded {archive} is corrupt (MD5 mismatch); delete it and retry")
