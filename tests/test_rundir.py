@@ -13,7 +13,7 @@ from blitz.evaluate import chance_note
 from blitz.models import create_model, list_models
 from blitz.outputs import write_atomic
 from blitz.rundir import Metrics, RunDir
-from conftest import folder_files, run_blitz, write_folder
+from conftest import folder_files, png_bytes, run_blitz, write_folder
 
 CLASSES = ["apple", "banana", "cherry"]
 
@@ -160,3 +160,30 @@ def test_a_run_that_learned_nothing_says_so():
     guessing = torch.tensor([[5, 0, 0], [5, 0, 0], [5, 0, 0]])
     assert "learned nothing useful" in chance_note(guessing)
     assert chance_note(torch.eye(3, dtype=torch.int64) * 5) is None
+
+
+def test_every_command_reads_a_run_directory_of_the_previous_format(tmp_path):
+    """A run as blitz wrote it before the typed format: model.pt and last.pt with the model's
+    facts at top level, metrics.json without the newer fields."""
+    cache, out = tmp_path / "cache", tmp_path / "run"
+    run_blitz("train", "--preset", "seed", "--data", "shapes:40", "--batch-size", "8",
+              "--epochs", "2", "--out", out, cache=cache)  # fmt: skip
+    for name in ("model.pt", "last.pt"):
+        ckpt = load_checkpoint(out / name)
+        old = format_1(ckpt)
+        if ckpt.training is not None:
+            old["training"] = {k: v for k, v in vars(ckpt.training).items() if k != "progress"}
+        torch.save(old, out / name)
+    metrics = json.loads((out / "metrics.json").read_text())
+    kept = ("test_accuracy", "classes", "confusion_matrix", "per_class_accuracy", "epochs",
+            "steps", "history", "model", "data", "preset")  # fmt: skip
+    (out / "metrics.json").write_text(json.dumps({k: metrics[k] for k in kept}))
+    image = tmp_path / "x.png"
+    image.write_bytes(png_bytes((200, 30, 30)))
+    export = ["export", out, "--format", "torchscript", "--out", tmp_path / "m.pt"]
+    for args in (["eval", out], ["predict", out, image], ["report", out], export):
+        result = run_blitz(*args, cache=cache, check=False)
+        assert result.returncode == 0, (args, result.stderr)
+    (out / "metrics.json").unlink()  # as if killed after its last checkpoint
+    resumed = run_blitz("train", "--resume", out, cache=cache, check=False)
+    assert resumed.returncode == 0, resumed.stderr
