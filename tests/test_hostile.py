@@ -141,3 +141,11 @@ def test_linked_split_and_class_folders_are_followed(tmp_path):
         (root / "train" / name).symlink_to(elsewhere / "train" / name)
     data = load_data(DataConfig(source=str(root)), log=str)
     assert (len(data.train), len(data.test)) == (12, 12)
+
+
+def test_an_unreadable_member_of_a_streamed_archive_can_be_skipped(tmp_path):
+    archive = bad_zip(tmp_path / "crc.zip")
+    with pytest.raises(BlitzError, match="crc.png"):
+        load_data(DataConfig(source=str(archive), max_memory="0"), log=str)
+    data = load_data(DataConfig(source=str(archive), max_memory="0", skip_bad_images=True), str)
+    assert len(data.train) == 12

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import shutil
@@ -115,10 +116,12 @@ def read_member(member: Member) -> bytes:
     return data
 
 
-def extract(archive: Path, into: Path, names: set[str]) -> None:
+def extract(archive: Path, into: Path, names: set[str], skip_bad: bool = False) -> None:
     """Copy the named regular files of an archive into the folder ``into`` (made here, whole or
     not at all). Paths are built from the checked member names; no link, device or other
-    special file is ever created, and the interpreter's extraction filters are not relied on."""
+    special file is ever created, and the interpreter's extraction filters are not relied on.
+    A member that cannot be read is an error naming it, or with ``skip_bad`` left out (the
+    check of the streamed files then names and skips it)."""
     listed = {m.name: m for m in members(archive) if m.kind == "file" and m.name in names}
     total = sum(m.size for m in listed.values())
     into.parent.mkdir(parents=True, exist_ok=True)
@@ -133,7 +136,8 @@ def extract(archive: Path, into: Path, names: set[str]) -> None:
     try:
         for member in members(archive):  # one pass: reading a .tar.gz out of order re-reads it
             if member.kind == "file" and listed.pop(member.name, None):
-                _write_new(tmp.joinpath(*member.name.split("/")), member)
+                with contextlib.suppress(*((BadImage,) if skip_bad else ())):
+                    _write_new(tmp.joinpath(*member.name.split("/")), member)
     except (OSError, BlitzError) as exc:  # a full disk, a bad member
         shutil.rmtree(tmp, ignore_errors=True)
         raise BlitzError(f"cannot extract {archive} into {into.parent}: {exc}") from None

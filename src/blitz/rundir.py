@@ -152,10 +152,12 @@ class RunDir:
             old.unlink(missing_ok=True)
 
     def _foreign_files(self) -> list[str]:
-        if not self.path.is_dir():
+        """The files of a folder that holds no blitz run at all (a run's own leftovers, such
+        as exports or temporary files, are not foreign)."""
+        marks = (self.config, self.metrics, self.model, self.last)
+        if not self.path.is_dir() or any(mark.exists() for mark in marks):
             return []
-        ours = {p.name for p in vars(self).values() if isinstance(p, Path) and p != self.path}
-        return sorted(p.name for p in self.path.iterdir() if p.name not in ours | {"last.pt.tmp"})
+        return sorted(p.name for p in self.path.iterdir() if p != self.lock_file)
 
     def _make(self) -> None:
         if self.path.exists() and not self.path.is_dir():

@@ -84,7 +84,7 @@ def _stream(path: Path, layout: Layout, cfg: DataConfig, log: Log, name: str) ->
         workers, f"{workers} DataLoader workers"
     )
     log(f"decoding in {where} (--workers) as batches are needed")
-    root = _extracted(path, layout, log, name) if path.is_file() else path
+    root = _extracted(path, layout, cfg, log, name) if path.is_file() else path
     splits, bad = [], []
     for pairs in (layout.train, layout.test):
         labels = torch.tensor([label for _, label in pairs], dtype=torch.long)
@@ -98,7 +98,7 @@ def _stream(path: Path, layout: Layout, cfg: DataConfig, log: Log, name: str) ->
     return ImageData(name, layout.classes, *splits)
 
 
-def _extracted(archive: Path, layout: Layout, log: Log, name: str) -> Path:
+def _extracted(archive: Path, layout: Layout, cfg: DataConfig, log: Log, name: str) -> Path:
     """The archive's images extracted into the cache (once: gzip cannot be read at random)."""
     root = cache_dir() / "extracted" / f"{name}-{fingerprint(archive, '')}"
     if root.is_dir():  # already there: a read-only cache still serves it
@@ -108,7 +108,8 @@ def _extracted(archive: Path, layout: Layout, log: Log, name: str) -> Path:
         with locked(root.with_name(root.name + ".lock")):  # a second run waits, then reads it
             if not root.is_dir():
                 log(f"extracting {archive} to {root} (once) to stream its images from disk")
-                extract(archive, root, {file for file, _ in layout.train + layout.test})
+                files = {file for file, _ in layout.train + layout.test}
+                extract(archive, root, files, cfg.skip_bad_images)
     except OSError as exc:  # its lock or folder could not be made (a full disk, read-only)
         raise unwritable_error(root.parent, exc) from None
     return root
