@@ -6,7 +6,7 @@
 #   bench/gpu.sh ARCHIVE [SEEDS=10] [OUT_DIR=$OUT or bench/results]
 #
 # BENCH_EXTRA adds options to each `blitz train`, e.g. a dry run of the script on a CPU:
-#   BENCH_EXTRA="--device cpu --max-steps 2 --set train.compile=false" bench/gpu.sh DATA 2
+#   BENCH_EXTRA="--device cpu --max-steps 2" bench/gpu.sh DATA 2
 set -euo pipefail
 archive=$(realpath "${1:?usage: bench/gpu.sh ARCHIVE [SEEDS] [OUT_DIR]}")
 seeds=${2:-10}
