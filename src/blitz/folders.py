@@ -219,11 +219,12 @@ def _folder_file(file: Path, name: str) -> Member:
         return Member(name, "other", 0, _no_open)
     if not stat.S_ISREG(info.st_mode):  # a pipe would hang a read, a device never end one
         return Member(name, "other", 0, _no_open)
-    opener = functools.partial(_open_regular, file)
+    opener = functools.partial(open_regular, file)
     return Member(name, "file", info.st_size, opener, info.st_mtime_ns)
 
 
-def _open_regular(file: Path) -> IO[bytes]:
+def open_regular(file: Path) -> IO[bytes]:
+    """A regular file opened for reading; anything else (a pipe, a device) is an OSError."""
     # O_NONBLOCK: if a pipe was put in the file's place since the listing, opening it does
     # not wait for a writer; fstat then refuses it
     fd = os.open(file, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))

@@ -17,7 +17,7 @@ from tqdm import tqdm
 from blitz.checkpoint import ModelFacts
 from blitz.errors import BlitzError
 from blitz.evaluate import predict_logits
-from blitz.folders import Member, _open_regular, read_member
+from blitz.folders import Member, open_regular, read_member
 from blitz.images import IMAGE_EXTENSIONS, BadImage, decode_image
 from blitz.outputs import check_output_file
 
@@ -58,7 +58,7 @@ def read_image_file(path: Path) -> bytes:
             name, "not a regular file (a folder, pipe, device or socket), so not an image"
         )
     # opened non-blocking and checked again: a pipe put in its place since stat() is refused
-    opener = functools.partial(_open_regular, path)
+    opener = functools.partial(open_regular, path)
     return read_member(Member(name, "file", info.st_size, opener))
 
 
