@@ -23,7 +23,7 @@ from blitz.config import (
     check_value,
     config_from_dict,
 )
-from blitz.errors import BlitzError
+from blitz.errors import BlitzError, UnusableFile
 from blitz.models import MAX_CHANNELS, create_model
 
 FORMAT = 2  # 1: model facts as top-level keys beside a copy in "config"; still read
@@ -130,35 +130,31 @@ class Checkpoint:
         try:
             raw = _upgrade(raw)
             if "digest" in raw and raw["digest"] != _digest(raw):
-                raise _Corrupt("its checksum does not match: the file is damaged")
+                raise UnusableFile("its checksum does not match: the file is damaged")
             training = raw.get("training")
             if training is not None:
                 missing = sorted({"train_state", "state_dicts", "rng"} - set(training))
                 if missing:
-                    raise _Corrupt(f"its training state lacks {missing}")
+                    raise UnusableFile(f"its training state lacks {missing}")
                 training = Training(**training)
             facts = ModelFacts(**raw["model"])
             return cls(facts, dict(raw["config"]), dict(raw["state_dict"]), training)
-        except (_Corrupt, BlitzError, KeyError, TypeError, AttributeError, ValueError) as exc:
-            why = exc if isinstance(exc, _Corrupt | BlitzError) else f"{type(exc).__name__} {exc}"
+        except (BlitzError, KeyError, TypeError, AttributeError, ValueError) as exc:
+            why = exc if isinstance(exc, BlitzError) else f"{type(exc).__name__} {exc}"
             raise BlitzError(
                 f"{path} is not a usable blitz checkpoint ({why}): pass a run directory "
                 "written by blitz train, or train again"
             ) from None
 
 
-class _Corrupt(Exception):
-    """What makes a checkpoint's content unusable, said in the error."""
-
-
 def _upgrade(raw: Any) -> dict[str, Any]:
     """A format-1 checkpoint (blitz 0.1 before the typed format) in today's layout."""
     if not isinstance(raw, dict):
-        raise _Corrupt(f"it holds a {type(raw).__name__}, not a checkpoint")
+        raise UnusableFile(f"it holds a {type(raw).__name__}, not a checkpoint")
     if raw.get("format") == FORMAT:
         return raw
     if "format" in raw:
-        raise _Corrupt(f"format {raw['format']!r}: written by a newer blitz?")
+        raise UnusableFile(f"format {raw['format']!r}: written by a newer blitz?")
     model = {
         "name": raw["model"], "options": raw["model_options"],
         "in_channels": raw["in_channels"], "classes": raw["classes"],

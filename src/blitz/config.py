@@ -105,7 +105,8 @@ class _Mismatch(Exception):
     """A value that does not fit its annotation (the caller names the setting)."""
 
 
-def _is_number(value: Any) -> bool:
+def is_number(value: Any) -> bool:
+    """A finite int or float, not a bool (true is no number of epochs)."""
     # bool is an int to Python, but true is no number of epochs; 10**400 is no float either
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return False
@@ -133,9 +134,9 @@ def _fits(value: Any, hint: Any, origin: Any, args: tuple[Any, ...]) -> bool:
     if origin is dict:
         return isinstance(value, dict)
     if hint is float:
-        return _is_number(value)
+        return is_number(value)
     if hint is int:  # a batch size of 64.0 or an epoch count of 2.5 is refused, not rounded
-        return _is_number(value) and isinstance(value, int)
+        return is_number(value) and isinstance(value, int)
     return origin is None and (hint is Any or isinstance(value, hint))  # str, bool, a section
 
 

@@ -129,9 +129,14 @@ class Loop:
         return {**named, "ema": self.ema} if self.ema else named
 
 
+def steps_per_epoch(cfg: Config, train_size: int) -> int:
+    """Optimizer steps in one pass over ``train_size`` images (the last batch may be short)."""
+    return math.ceil(train_size / cfg.train.batch_size)
+
+
 def planned_steps(cfg: Config, train_size: int) -> int:
     """Optimizer steps the run will take (the schedule's horizon)."""
-    steps = cfg.train.epochs * math.ceil(train_size / cfg.train.batch_size)
+    steps = cfg.train.epochs * steps_per_epoch(cfg, train_size)
     return min(steps, cfg.train.max_steps) if cfg.train.max_steps else steps
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from blitz.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from blitz.config import Config, check_types, config_from_dict
-from blitz.errors import BlitzError
+from blitz.config import Config, check_types, config_from_dict, is_number
+from blitz.errors import BlitzError, UnusableFile
 from blitz.locks import locked
 from blitz.outputs import write_json
 
@@ -67,7 +66,7 @@ class Metrics:
         square = len(self.confusion_matrix) == k and all(len(r) == k for r in self.confusion_matrix)
         _require(square, f"its confusion matrix is not {k} x {k}, one row per class")
         _require(
-            all(isinstance(h, dict) and all(_is_number(v) for v in h.values())
+            all(isinstance(h, dict) and all(is_number(v) for v in h.values())
                 for h in self.history),
             "its history is not a list of records of numbers",
         )  # fmt: skip
@@ -84,20 +83,12 @@ class Metrics:
         try:
             return cls(**{k: v for k, v in raw.items() if k in known})
         except TypeError as exc:  # a required field missing
-            raise _Unusable(str(exc).split(")", 1)[-1].strip() or str(exc)) from None
-
-
-class _Unusable(BlitzError):
-    """What makes a run file unusable, said in the error."""
+            raise UnusableFile(str(exc).split(")", 1)[-1].strip() or str(exc)) from None
 
 
 def _require(condition: bool, problem: str) -> None:
     if not condition:
-        raise _Unusable(problem)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+        raise UnusableFile(problem)
 
 
 class RunDir:

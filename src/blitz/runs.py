@@ -20,7 +20,7 @@ from blitz.context import Log, RunContext, silent
 from blitz.data import ImageData
 from blitz.devices import device_name, fit_to_device, resolve_device
 from blitz.distributed import barrier, check_batch_size, init_world, local_device
-from blitz.engine import Loop, NonFiniteLoss, planned_steps, train
+from blitz.engine import Loop, NonFiniteLoss, planned_steps, steps_per_epoch, train
 from blitz.errors import BlitzError
 from blitz.evaluate import (
     Evaluation,
@@ -158,7 +158,7 @@ def _metrics(
         total_seconds=round(time.perf_counter() - ctx.started, 3),
         epochs=state.epoch,
         steps=state.step,
-        steps_per_epoch=math.ceil(len(data.train) / cfg.train.batch_size),
+        steps_per_epoch=steps_per_epoch(cfg, len(data.train)),
         train_images=len(data.train),
         test_images=len(data.test),
         seed=cfg.train.seed,
@@ -200,7 +200,7 @@ def _fit_to_data(ctx: RunContext, data: ImageData) -> None:
     """``train.min_steps``: a dataset too small for the preset's budget trains more epochs
     (recorded in config.json, so a resume replays them)."""
     train = ctx.cfg.train
-    per_epoch = math.ceil(len(data.train) / train.batch_size)
+    per_epoch = steps_per_epoch(ctx.cfg, len(data.train))
     if train.epochs * per_epoch >= train.min_steps:
         return
     epochs = math.ceil(train.min_steps / per_epoch)
@@ -239,7 +239,7 @@ def _describe(ctx: RunContext, data: ImageData) -> None:
         f"{len(data.classes)} classes, {data.storage()}); model: {cfg.model.name}; "
         f"device: {ctx.device}{processes}"
     )
-    per_epoch = math.ceil(len(data.train) / cfg.train.batch_size)
+    per_epoch = steps_per_epoch(cfg, len(data.train))
     steps = planned_steps(cfg, len(data.train))
     if steps < cfg.train.epochs * per_epoch:  # say why "epoch 1/3" will end early
         ctx.log(
