@@ -78,7 +78,7 @@ def test_skip_bad_images_skips_and_counts_them(tmp_path):
 
 def test_skipping_every_image_of_a_class_is_an_error(tmp_path):
     files = {k: (b"x" if k.startswith("test/apple") else v) for k, v in folder_files().items()}
-    with pytest.raises(BlitzError, match="test/apple has no images left"):
+    with pytest.raises(BlitzError, match="test set's class 'apple' has no images left"):
         load(write_folder(tmp_path / "fruit", files), skip_bad_images=True)
 
 

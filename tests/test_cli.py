@@ -161,10 +161,10 @@ def test_user_errors_are_one_clear_line(tmp_path, args, message):
     assert "Traceback" not in result.stderr
 
 
-def test_folder_without_train_is_a_clear_error(tmp_path):
+def test_folder_of_one_class_is_a_clear_error(tmp_path):
     folder = write_folder(tmp_path / "flat", {"cat/1.png": folder_files()["train/apple/0_0.png"]})
     result = blitz("train", "--data", folder, check=False, cache=tmp_path / "cache")
-    assert result.returncode == 2 and "needs train/ and test/" in result.stderr
+    assert result.returncode == 2 and "single class (cat)" in result.stderr
     assert "Traceback" not in result.stderr
 
 

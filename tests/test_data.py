@@ -179,12 +179,13 @@ def test_mnist_is_one_channel_resized_to_32(cache):
     ("make", "message"),
     [
         (lambda p: p / "missing", "does not exist"),
-        (lambda p: write_folder(p / "flat", {"a/b.png": b"x"}), "no train/<class>/<image>"),
+        (lambda p: write_folder(p / "flat", {"a/b.png": b"x"}), "single class"),
+        (lambda p: write_folder(p / "loose", {"b.png": b"x"}), "no images in class folders"),
         (
             lambda p: write_folder(
-                p / "notest", {k: v for k, v in folder_files().items() if k.startswith("train")}
+                p / "notrain", {k: v for k, v in folder_files().items() if k.startswith("test")}
             ),
-            "no test/ or val/",
+            "has test/ but no train/",
         ),
         (
             lambda p: write_folder(

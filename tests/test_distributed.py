@@ -60,8 +60,15 @@ def train(out, cache, *extra, data="shapes:200", launcher=(sys.executable, "-m",
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch built without distributed")
 def test_two_processes_train_like_one(tmp_path):
-    one, weights_one = train(tmp_path / "one", tmp_path / "cache")
-    two, weights_two = train(tmp_path / "two", tmp_path / "cache", "--devices", "2")
+    # with a validation set, early stopping, class weights and the balanced sampler: every
+    # process draws the same epochs, weighs alike and sees the same validation accuracy
+    extra = ["--val-fraction", "0.1", "--patience", "1", "--class-weights", "balanced"]
+    extra += ["--sampler", "balanced", "--lr", "0.05"]
+    one, weights_one = train(tmp_path / "one", tmp_path / "cache", *extra)
+    two, weights_two = train(tmp_path / "two", tmp_path / "cache", *extra, "--devices", "2")
+    assert [h["val_accuracy"] for h in one["history"]] == [
+        h["val_accuracy"] for h in two["history"]
+    ]
     assert two["processes"] == 2 and one["processes"] == 1
     for name, tensor in weights_one.items():
         assert torch.allclose(tensor, weights_two[name], atol=1e-5), name

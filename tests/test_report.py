@@ -130,7 +130,7 @@ def runs(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("BLITZ_DATA", str(root / "cache"))
         _train(root / "a")
-        _train(root / "b", **{"optim.lr": 0.05, "train.eval_every_epoch": True})
+        _train(root / "b", **{"optim.lr": 0.05, "data.val_fraction": 0.1})
     return root
 
 
@@ -174,7 +174,7 @@ def test_report_is_rebuilt_from_the_run_directory(runs, monkeypatch):
 def test_comparison_page_shows_differences(runs, tmp_path):
     page = write_comparison([RunDir(runs / "a"), RunDir(runs / "b")], tmp_path / "c.html")
     page = page.read_text()
-    assert "optim.lr" in page and "train.eval_every_epoch" in page
+    assert "optim.lr" in page and "data.val_fraction" in page
     assert "train.batch_size" not in page  # equal in both: not a difference
     assert len(_images(page)) == 1
 

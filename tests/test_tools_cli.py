@@ -28,8 +28,8 @@ def run(tmp_path_factory):
     result = blitz(
         "train",
         *args,
-        "--set",
-        "train.eval_every_epoch=true",
+        "--val-fraction",
+        "0.1",
         "--out",
         root / "run",
         cache=root / "cache",
@@ -41,7 +41,7 @@ def test_train_prints_one_line_per_epoch_when_not_a_terminal(run):
     _, result = run
     lines = [line for line in result.stdout.splitlines() if line.startswith("epoch ")]
     assert len(lines) == 2 and lines[0].startswith("epoch 1/2: loss ")
-    assert "test accuracy" in lines[0] and "images/s" in lines[0]
+    assert "val accuracy" in lines[0] and "images/s" in lines[0]
 
 
 def test_report_command_rebuilds_and_compares(run, tmp_path):

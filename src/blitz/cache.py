@@ -16,7 +16,7 @@ from blitz.data import ImageData, Log, Split
 from blitz.errors import BlitzError
 from blitz.folders import members
 
-CACHE_FORMAT = 2  # bump when decoding or its layout changes, so old caches are rebuilt
+CACHE_FORMAT = 3  # bump when decoding or its layout changes, so old caches are rebuilt
 # what torch.load raises on a file cut short or overwritten: zip (OSError "invalid argument",
 # RuntimeError), pickle and layout errors
 DAMAGED = (OSError, RuntimeError, EOFError, pickle.UnpicklingError, KeyError, TypeError, ValueError)
@@ -69,7 +69,8 @@ def read_decoded(file: Path, name: str, log: Log) -> ImageData | None:
     """The cached dataset; None if the file is damaged (it is then deleted, to be rebuilt)."""
     try:
         raw = torch.load(file, weights_only=True)
-        return ImageData(name, list(raw["classes"]), Split(*raw["train"]), Split(*raw["test"]))
+        sets = {role: Split(*raw[role]) for role in ("train", "val", "test") if role in raw}
+        return ImageData(name, list(raw["classes"]), **sets)
     except DAMAGED:
         log(f"the decoded cache {file} is damaged (cut short or overwritten): rebuilding it")
     with contextlib.suppress(OSError):  # a read-only cache: writing it again will say so
@@ -82,8 +83,7 @@ def write_decoded(data: ImageData, file: Path, log: Log) -> None:
     tmp = file.with_suffix(f".tmp{os.getpid()}")
     payload = {
         "classes": data.classes,
-        "train": (data.train.images, data.train.labels),
-        "test": (data.test.images, data.test.labels),
+        **{role: (s.images, s.labels, s.files) for role, s in data.sets().items()},
     }
     try:
         file.parent.mkdir(parents=True, exist_ok=True)

@@ -12,7 +12,15 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import NoReturn
 
-from blitz.config import DEVICES, FLAGS, LOSSES, OPTIMIZERS  # light: no torch import
+from blitz.config import (  # light: no torch import
+    CLASS_WEIGHTS,
+    DEVICES,
+    FLAGS,
+    LOSSES,
+    OPTIMIZERS,
+    PRECISIONS,
+    SAMPLERS,
+)
 
 # options of `blitz train` that override one setting each: argparse dest -> dotted key
 OVERRIDES = {flag[2:].replace("-", "_"): key for key, flag in FLAGS.items()}
@@ -45,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="print only the results")
     p = sub.add_parser("show", help="write a grid of images with their labels (the seed's look)")
     p.add_argument("--data", default="auto", metavar="SPEC", help="data source (default: auto)")
-    p.add_argument("--split", choices=["train", "test"], default="train")
+    p.add_argument("--split", choices=["train", "val", "test"], default="train")
     p.add_argument("--count", type=int, default=8, help="how many images (default: 8)")
     p.add_argument("--out", type=Path, default=Path("images.png"), metavar="FILE.png")
     p = sub.add_parser("inspect", help="the seed's walk-through: network, loss, backprop, update")
@@ -58,14 +66,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=1, help="classes per image (default: 1)")
     p.add_argument("--csv", type=Path, metavar="FILE", help="also write the predictions as CSV")
     _add_report_tools(sub)
-    sub.add_parser("presets", help="list the presets, one line each")
-    sub.add_parser("models", help="list the registered models")
+    p = sub.add_parser("presets", help="list the presets: what each does, and the data it suits")
+    p.add_argument("--show", metavar="NAME", help="print one preset in full, as TOML (--config)")
+    sub.add_parser("models", help="list the models: size, image sizes, options, what each is for")
     return parser
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a classifier, test it, and write a run directory")
     p.add_argument("--preset", help=f"(default: {DEFAULT_PRESET})")
+    p.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="settings of your own instead of a preset: a .toml file in the presets' format "
+        "(blitz presets --show NAME), or a run's config.json or directory to replay it; "
+        "the other options override it",
+    )
     p.add_argument("--data", metavar="SPEC", help="auto | cifar10 | mnist | shapes[:N] | PATH")
     p.add_argument("--model", metavar="NAME", help="a model from `blitz models`")
     p.add_argument("--epochs", type=int, metavar="N")
@@ -76,6 +93,11 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--loss", choices=LOSSES)
     p.add_argument("--seed", type=int, metavar="N")
     p.add_argument("--device", choices=DEVICES)
+    p.add_argument("--precision", choices=PRECISIONS, help="autocast of the forward pass")
+    p.add_argument("--weight-decay", type=float, metavar="F")
+    p.add_argument("--label-smoothing", type=float, metavar="F", help="e.g. 0.1")
+    p.add_argument("--warmup", type=float, metavar="F", help="fraction of the steps to warm up")
+    p.add_argument("--ema", type=float, metavar="DECAY", help="EMA of the weights, e.g. 0.999")
     p.add_argument("--max-steps", type=int, metavar="N", help="stop after N optimizer steps")
     p.add_argument(
         "--checkpoint-every",
@@ -106,6 +128,31 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         const=True,
         help="leave out images that cannot be decoded (default: stop and name them)",
     )
+    for role, default in (("val", "0.1 for a flat folder"), ("test", "0.2 for a flat folder")):
+        p.add_argument(
+            f"--{role}-fraction",
+            type=_fraction_or_auto,
+            metavar="F",
+            help=f"split this fraction of the training images off as the {role} set, per class, "
+            f"when the data has no {role}/ folder (default: auto, {default}, else 0)",
+        )
+    p.add_argument(
+        "--patience",
+        type=int,
+        metavar="N",
+        help="stop after N epochs without a better validation accuracy, keeping the best "
+        "epoch's weights (needs a validation set)",
+    )
+    p.add_argument(
+        "--class-weights",
+        choices=CLASS_WEIGHTS,
+        help="balanced: weigh each class's loss by how rare it is in training (default: none)",
+    )
+    p.add_argument(
+        "--sampler",
+        choices=SAMPLERS,
+        help="balanced: each epoch draws every class equally often (default: shuffle)",
+    )
     p.add_argument(
         "--set",
         action="append",
@@ -118,6 +165,14 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         action="store_const",
         const=True,
         help="also write TensorBoard event files (needs the tensorboard package)",
+    )
+    p.add_argument(
+        "--mlflow",
+        nargs="?",
+        const="",
+        metavar="URI",
+        help="also log the run to MLflow: any tracking URI (default: MLFLOW_TRACKING_URI, "
+        "else sqlite:///mlflow.db here); needs pip install 'blitz[mlflow]'",
     )
     p.add_argument("--out", type=Path, metavar="DIR", help="run directory (default: runs/...)")
     p.add_argument("--overwrite", action="store_true", help="replace a finished run in --out")
@@ -162,6 +217,17 @@ def _add_report_tools(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, metavar="FILE", help="default: RUN_DIR/model.<format>")
 
 
+def _fraction_or_auto(text: str) -> float | str:
+    if text == "auto":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected auto or a fraction such as 0.1, not {text!r}"
+        ) from None
+
+
 def _version() -> str:
     from blitz import __version__
 
@@ -201,7 +267,8 @@ def cmd_train(args: argparse.Namespace, started: float, argv: list[str]) -> None
     with _owning(run_dir):
         if resume is None and _first_process():
             run_dir.prepare(args.overwrite)
-        metrics = train_run(cfg, run_dir, _logger(args.quiet), args.quiet, started, resume)
+        log = _logger(args.quiet)
+        metrics = train_run(cfg, run_dir, log, args.quiet, started, resume, args.mlflow)
     finish()
     if metrics is None:  # not the first process: it prints nothing
         return
@@ -215,7 +282,8 @@ def cmd_train(args: argparse.Namespace, started: float, argv: list[str]) -> None
 def _train_plan(args: argparse.Namespace):
     """The settings, the run directory and the checkpoint to resume from (if any); nothing is
     written yet."""
-    from blitz.config import build_config
+    from blitz.config import build_config, read_settings_file
+    from blitz.errors import BlitzError
     from blitz.rundir import RunDir
     from blitz.runs import elastic_resume
 
@@ -224,7 +292,10 @@ def _train_plan(args: argparse.Namespace):
         run_dir = RunDir(args.resume)
         resume = run_dir.load_resumable()
         return resume.cfg, run_dir, resume
-    cfg = build_config(args.preset or DEFAULT_PRESET, _overrides(args))
+    if args.preset and args.config:
+        raise BlitzError("--preset and --config both name the settings to start from: give one")
+    base = read_settings_file(args.config) if args.config else None
+    cfg = build_config(args.preset or DEFAULT_PRESET, _overrides(args), base)
     run_dir = RunDir(args.out) if args.out else RunDir.default(cfg.preset)
     return cfg, run_dir, elastic_resume(run_dir)  # torchrun restarted the group: carry on
 
@@ -268,7 +339,8 @@ def _refuse_settings_with_resume(args: argparse.Namespace) -> None:
     from blitz.errors import BlitzError
 
     given = [f"--{flag.replace('_', '-')}" for flag in OVERRIDES if getattr(args, flag) is not None]
-    given += [f"--{name}" for name in ("preset", "set", "out", "overwrite") if getattr(args, name)]
+    names = ("preset", "config", "set", "out", "overwrite")
+    given += [f"--{name}" for name in names if getattr(args, name)]
     if given:
         raise BlitzError(
             f"--resume continues {args.resume} with the settings saved in it: drop "
@@ -309,6 +381,8 @@ def cmd_show(args: argparse.Namespace) -> None:
     check_output_file(args.out, "the image grid", ".png")
     data = load_data(args.data)
     split = getattr(data, args.split)
+    if split is None:
+        raise BlitzError(f"{data.name} has no validation set: add a val/ folder to it")
     rows = sample_rows(args.count, len(split))
     names = [data.classes[i] for i in split.labels[rows].tolist()]
     save_image_grid(split.images_at(rows), names, args.out)
@@ -400,18 +474,81 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 
 def cmd_presets(args: argparse.Namespace) -> None:
-    from blitz.config import list_presets
+    from blitz.config import build_config, list_presets, settings_toml
 
+    if args.show:
+        print(settings_toml(build_config(args.show)), end="")
+        return
     presets = list_presets()
-    width = max(map(len, presets))
+    indent = " " * (max(map(len, presets)) + 2)
     for name, description in presets.items():
-        print(f"{name:<{width}}  {description}")
+        print(_wrap(name.ljust(len(indent)) + description, indent))
+        for line in _mirror_note(name):
+            print(_wrap(indent + line, indent))
+
+
+def _mirror_note(preset: str) -> list[str]:
+    """What data the preset suits as far as its mirroring goes (read from its settings, so it
+    cannot drift), and how to stop it: lines to print."""
+    from blitz.config import build_config
+
+    cfg = build_config(preset)
+    mirroring = {"data.flip": cfg.data.flip, "train.tta": cfg.train.tta}
+    mirrors = {key: value for key, value in mirroring.items() if value != "none"}
+    if not mirrors:
+        return ["no mirroring: fine for digits and text as well as photos"]
+    settings = ", ".join(f"{key}={value}" for key, value in mirrors.items())
+    return [
+        f"mirrors images left-right ({settings}): assumes mirror-symmetric classes (photos, "
+        "CIFAR-10), wrong for digits and text; to switch it off:",
+        "  " + " ".join(f"--set {key}=none" for key in mirrors),
+    ]
+
+
+def _wrap(text: str, indent: str) -> str:
+    """Fit a line of a listing in 100 columns, continuing under its second column."""
+    import textwrap
+
+    return textwrap.fill(text, 100, subsequent_indent=indent, break_on_hyphens=False)
 
 
 def cmd_models(args: argparse.Namespace) -> None:
     from blitz.models import list_models
 
-    print("\n".join(list_models()))
+    print(f"{'model':<10}{'parameters':>11}{'per class':>11}  {'image sizes':<13}options")
+    for name in list_models():
+        print(_model_row(name))
+    note = (
+        "parameters: with 10 classes and 3 input channels; the classifier head holds 'per class' "
+        "more for each further class. image sizes: the sides (--image-size) a model takes. "
+        "options: change one with --set model.options.NAME=VALUE."
+    )
+    print("\n" + _wrap(note, ""))
+
+
+def _model_row(name: str) -> str:
+    """Two lines: the model's facts, then what it is for."""
+    from blitz.models import (
+        count_parameters,
+        create_model,
+        input_sizes,
+        model_summary,
+        option_defaults,
+    )
+
+    model = create_model(name, num_classes=10, in_channels=3)
+    count = count_parameters(model)
+    per_class = count_parameters(create_model(name, num_classes=11, in_channels=3)) - count
+    smallest, largest = input_sizes(model, name, 3)
+    sizes = f">= {smallest}" if largest is None else f"{smallest} to {largest}"
+    options = [f"{key}={_toml(value)}" for key, value in option_defaults(name).items()]
+    facts = f"{name:<10}{count:>11,}{per_class:>11,}  {sizes:<13}{' '.join(options) or 'none'}"
+    return facts + "\n" + _wrap(" " * 10 + model_summary(name), " " * 10)
+
+
+def _toml(value: object) -> str:
+    """A default as --set takes it: tuples as lists."""
+    return str(list(value)) if isinstance(value, tuple) else str(value)
 
 
 def _reject(unknown: list[str], parser: argparse.ArgumentParser, command: str) -> None:

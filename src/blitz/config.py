@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import math
 import sys
 import types
 from dataclasses import dataclass, field
 from importlib import resources
+from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 from blitz.errors import BlitzError
@@ -27,6 +29,8 @@ Flip = Literal["none", "random", "alternate"]
 Tta = Literal["none", "flip", "flip-translate"]
 Precision = Literal["fp32", "bf16", "fp16", "auto"]
 Device = Literal["auto", "cpu", "cuda", "mps"]
+ClassWeights = Literal["none", "balanced"]
+Sampler = Literal["shuffle", "balanced"]
 OPTIMIZERS = get_args(Optimizer)
 LOSSES = get_args(Loss)
 REDUCTIONS = get_args(Reduction)
@@ -35,6 +39,8 @@ FLIPS = get_args(Flip)
 TTAS = get_args(Tta)
 PRECISIONS = get_args(Precision)
 DEVICES = get_args(Device)
+CLASS_WEIGHTS = get_args(ClassWeights)
+SAMPLERS = get_args(Sampler)
 
 # Far beyond any real run, and low enough that a typo fails here rather than deep in torch.
 MAX_SEED = 2**63 - 1  # the engine seeds generators with seed + 1 + rank: it must stay < 2**64
@@ -49,16 +55,26 @@ FLAGS = {
     "data.skip_bad_images": "--skip-bad-images",
     "data.max_memory": "--max-memory",
     "data.workers": "--workers",
+    "data.val_fraction": "--val-fraction",
+    "data.test_fraction": "--test-fraction",
     "model.name": "--model",
     "optim.name": "--optimizer",
     "optim.lr": "--lr",
     "optim.momentum": "--momentum",
     "optim.loss": "--loss",
+    "optim.weight_decay": "--weight-decay",
+    "optim.label_smoothing": "--label-smoothing",
+    "optim.warmup": "--warmup",
+    "optim.ema": "--ema",
+    "optim.class_weights": "--class-weights",
     "train.epochs": "--epochs",
     "train.batch_size": "--batch-size",
     "train.seed": "--seed",
     "train.device": "--device",
+    "train.precision": "--precision",
     "train.max_steps": "--max-steps",
+    "train.patience": "--patience",
+    "train.sampler": "--sampler",
     "train.tensorboard": "--tensorboard",
     "train.checkpoint_every": "--checkpoint-every",
 }
@@ -221,6 +237,11 @@ class DataConfig:
     max_memory: int | str = "auto"
     # DataLoader processes when streaming: auto | N (0: in-process)
     workers: int | Literal["auto"] = "auto"
+    # fractions of the training images split off as the validation and test sets the data
+    # lacks (stratified per class); auto: none for a set it has, else see blitz.roles
+    val_fraction: float | Literal["auto"] = "auto"
+    test_fraction: float | Literal["auto"] = "auto"
+    split_seed: int = 0  # which images those are (apart from train.seed: the split stays put)
 
     def __post_init__(self) -> None:
         if isinstance(self.workers, str) and self.workers.isdigit():  # from the command line
@@ -238,6 +259,15 @@ class DataConfig:
         parse_size(self.max_memory)
         if self.workers != "auto":
             check_range("data.workers", self.workers, 0)
+        check_range("data.split_seed", self.split_seed, 0, MAX_SEED)
+        given = {}
+        for key in ("val_fraction", "test_fraction"):
+            if (value := getattr(self, key)) != "auto":
+                _check_fraction(f"data.{key}", value, "auto or a fraction")
+                given[key] = value
+        total = sum(given.values())
+        expected = "fractions that leave images to train on (their sum below 1)"
+        check_value(total < 1, "data.val_fraction", total, expected)
 
 
 @dataclass
@@ -265,6 +295,9 @@ class OptimConfig:
     momentum: float = 0.9
     weight_decay: float = 0.0
     loss: Loss = "cross-entropy"
+    # "balanced": each class's loss weighted by n / (classes * its training images), as
+    # scikit-learn's class_weight="balanced"
+    class_weights: ClassWeights = "none"
     label_smoothing: float = 0.0
     reduction: Reduction = "mean"  # "sum": per-sample learning rates, scaling with the batch
     schedule: Schedule = "constant"
@@ -285,6 +318,9 @@ class OptimConfig:
         check_range("optim.head_lr", self.head_lr, 0)
         check_value(self.muon_lr > 0, "optim.muon_lr", self.muon_lr, "a number > 0")
         _check_fraction("optim.muon_momentum", self.muon_momentum)
+        if self.class_weights != "none":  # they weigh cross-entropy's classes
+            expected = f"cross-entropy with optim.class_weights {self.class_weights}"
+            check_value(self.loss == "cross-entropy", "optim.loss", self.loss, expected)
         if self.name in ("nesterov", "muon"):
             expected = f"a number > 0 with optim.name {self.name}"
             check_value(self.momentum > 0, "optim.momentum", self.momentum, expected)
@@ -303,7 +339,12 @@ class TrainConfig:
     # budget means the same on 200 images as on 50,000 (0: the epochs as set)
     min_steps: int = 0
     log_every: int = 0  # 0: a progress bar; N: the seed's running-loss line every N steps
-    eval_every_epoch: bool = True
+    eval_every_epoch: bool = True  # score the validation set after each epoch (if there is one)
+    # stop after this many epochs without a better validation accuracy, keeping the best
+    # epoch's weights (0: train all epochs)
+    patience: int = 0
+    # "balanced": each epoch draws every class equally often (with replacement)
+    sampler: Sampler = "shuffle"
     eval_batch_size: int = 1000
     tta: Tta = "none"  # test-time augmentation
     channels_last: bool = False  # memory format of images and weights (faster convs on some CPUs)
@@ -324,6 +365,10 @@ class TrainConfig:
         check_range("train.seed", self.seed, 0, MAX_SEED)
         check_range("train.max_steps", self.max_steps, 0)
         check_range("train.min_steps", self.min_steps, 0)
+        check_range("train.patience", self.patience, 0, MAX_EPOCHS)
+        if self.patience:  # it counts epochs of validation scores
+            expected = "true with train.patience"
+            check_value(self.eval_every_epoch, "train.eval_every_epoch", False, expected)
         check_range("train.log_every", self.log_every, 0)
         check_range("train.checkpoint_every", self.checkpoint_every, 0)
         check_range("train.checkpoint_minutes", self.checkpoint_minutes, 0)
@@ -395,6 +440,46 @@ def load_preset(name: str) -> dict[str, Any]:
     return raw
 
 
+MAX_SETTINGS_BYTES = 2**20  # a settings file is a few hundred bytes; a larger one is no such file
+
+
+def read_settings_file(path: Path) -> dict[str, Any]:
+    """The raw nested settings of a file of one's own: a TOML file in the presets' format, or a
+    run's ``config.json`` (or its run directory), which replays that run's settings exactly.
+    Not yet validated; ``preset`` is the file's (a TOML file's: its name)."""
+    path = path / "config.json" if path.is_dir() else path
+    suffix = path.suffix.lower()
+    if suffix not in (".toml", ".json"):
+        raise BlitzError(
+            f"--config {path}: expected a .toml settings file (as `blitz presets --show NAME` "
+            "prints), or a run's config.json or run directory"
+        )
+    try:
+        if path.stat().st_size > MAX_SETTINGS_BYTES:
+            raise BlitzError(f"--config {path} is larger than 1 MB: it holds no settings")
+        text = path.read_text(encoding="utf-8")
+        raw = tomllib.loads(text) if suffix == ".toml" else json.loads(text)
+    except OSError as exc:
+        raise BlitzError(f"cannot read --config {path}: {exc.strerror or exc}") from None
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
+        raise BlitzError(f"--config {path} is not valid {suffix[1:].upper()}: {exc}") from None
+    if not isinstance(raw, dict):
+        raise BlitzError(f"--config {path} holds no table of settings")
+    if suffix == ".toml":
+        raw.setdefault("preset", path.stem)
+    return raw
+
+
+def settings_toml(cfg: Config) -> str:
+    """A whole Config as TOML in the presets' format (``--config`` reads it back; the file's
+    name is then the run's preset name)."""
+    import tomli_w
+
+    settings = cfg.to_dict()
+    del settings["preset"]
+    return tomli_w.dumps(settings)
+
+
 def parse_value(text: str) -> Any:
     """A command-line value as TOML would read it (numbers, booleans, lists), else a string."""
     try:
@@ -423,12 +508,20 @@ def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str,
     return out
 
 
-def build_config(preset: str, overrides: dict[str, Any] | None = None) -> Config:
-    """A preset with overrides applied, validated. A preset's model options are for its own
-    model: another ``model.name`` starts from that model's defaults. Likewise a preset's step
-    cap and floor are for its own epochs: an explicit ``train.epochs`` (without
-    ``train.max_steps`` or ``train.min_steps``) is obeyed whole."""
-    overrides, raw = overrides or {}, load_preset(preset)
+def build_config(
+    preset: str, overrides: dict[str, Any] | None = None, base: dict[str, Any] | None = None
+) -> Config:
+    """A preset (or the raw settings ``base``, e.g. a ``--config`` file) with overrides
+    applied, validated. A preset's model options are for its own model: another
+    ``model.name`` starts from that model's defaults. Likewise a preset's step cap and floor
+    are for its own epochs: an explicit ``train.epochs`` (without ``train.max_steps`` or
+    ``train.min_steps``) is obeyed whole."""
+    overrides = overrides or {}
+    raw = load_preset(preset) if base is None else base
+    preset = raw.get("preset", preset)
+    for name in SECTIONS:  # before any of them is read
+        values = raw.get(name, {})
+        check_value(isinstance(values, dict), name, values, f"a table of {name} settings")
     model = raw.get("model", {})
     if overrides.get("model.name", model.get("name")) != model.get("name"):
         raw["model"] = {k: v for k, v in model.items() if k != "options"}

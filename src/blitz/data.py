@@ -1,6 +1,7 @@
-"""A dataset: class names and a train and a test split. A split's images are held in memory as
-uint8 tensors (``Split``) or streamed from disk (``blitz.stream.StreamSplit``); callers see
-either one as an ``AnySplit``. The sources that make datasets are in ``blitz.sources``."""
+"""A dataset: class names and its sets (train, validation, test). A set's images are held in
+memory as uint8 tensors (``Split``) or streamed from disk (``blitz.stream.StreamSplit``);
+callers see either one as an ``AnySplit``. The sources that make datasets are in
+``blitz.sources``."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Protocol
 
 import torch
 
+from blitz.errors import BlitzError
 from blitz.memory import format_size
 
 Log = Callable[[str], None]
@@ -39,13 +41,23 @@ class AnySplit(Protocol):
     def images_at(self, rows: torch.Tensor) -> torch.Tensor:
         """uint8 images (N, C, H, W) of the given rows."""
 
+    def row_ids(self, prefix: str) -> list[str]:
+        """A name for each row, unique within the dataset: its file (``train/cat/1.jpg``), or
+        ``prefix/ROW`` where the rows have no files."""
+
+    def subset(self, rows: torch.Tensor, role: str) -> AnySplit:
+        """The split of the given rows only, in that order; each row keeps its id in this
+        split (``row_ids(role)``), so a set drawn from it is recorded by its images' ids."""
+
 
 @dataclass
 class Split:
-    """Images (N, C, H, W) uint8 and labels (N,) int64, held in memory (on any device)."""
+    """Images (N, C, H, W) uint8 and labels (N,) int64, held in memory (on any device), and
+    the file each row came from where there is one."""
 
     images: torch.Tensor
     labels: torch.Tensor
+    files: list[str] | None = None
 
     storage = "in memory"
 
@@ -75,34 +87,63 @@ class Split:
     def images_at(self, rows: torch.Tensor) -> torch.Tensor:
         return self.images[rows.to(self.images.device)]
 
+    def row_ids(self, prefix: str) -> list[str]:
+        return self.files or [f"{prefix}/{row}" for row in range(len(self))]
+
+    def subset(self, rows: torch.Tensor, role: str) -> Split:
+        ids = self.row_ids(role)
+        return Split(self.images[rows], self.labels[rows], [ids[row] for row in rows.tolist()])
+
 
 @dataclass
 class ImageData:
-    """A dataset: class names and the train and test splits, in memory or streamed from disk."""
+    """A dataset: class names and its sets, in memory or streamed from disk. *train* fits,
+    *val* (validation) chooses (the best epoch, when to stop), *test* is held out and scored
+    once at the end. A source gives the sets it has; ``blitz.roles`` splits off the missing
+    ones, and where there is no test set the final figure is on validation (``test_is_val``)."""
 
     name: str
     classes: list[str]
     train: AnySplit
-    test: AnySplit
+    test: AnySplit | None = None  # None only before blitz.roles (a folder without test/)
+    val: AnySplit | None = None
+    test_is_val: bool = False
+    split: dict[str, float] | None = None  # what blitz.roles split off the training images
 
     @property
     def channels(self) -> int:
         return self.train.channels
 
+    def sets(self) -> dict[str, AnySplit]:
+        """The distinct sets by role ("train", "val", "test"), in that order."""
+        found = {"train": self.train, "val": self.val, "test": self.test}
+        if self.test_is_val:
+            del found["test"]
+        return {role: split for role, split in found.items() if split is not None}
+
     def storage(self) -> str:
         """Where the images live while training: "in memory, 184 MB" or "streamed from disk"."""
-        held = self.train.nbytes + self.test.nbytes
+        held = sum(split.nbytes for split in self.sets().values())
         return f"{self.train.storage}, {format_size(held)}" if held else self.train.storage
 
 
+def check_two_classes(name: str, classes: list[str]) -> None:
+    """A classifier needs at least two classes (checked before any image is decoded)."""
+    if len(classes) < 2:
+        raise BlitzError(
+            f"{name} has a single class ({', '.join(classes)}): a classifier needs at least "
+            "two classes (one folder of images per class)"
+        )
+
+
 def resize_splits(data: ImageData, size: int, log: Log | None = None) -> ImageData:
-    """A dataset held in memory (two ``Split``), its images resized to ``size`` x ``size``."""
+    """A dataset held in memory (``Split`` sets), its images resized to ``size`` x ``size``."""
     from torchvision.transforms.v2.functional import resize
 
     if data.train.images.shape[-1] == size and data.train.images.shape[-2] == size:
         return data
     if log:
         log(f"resizing {data.name} images to {size}x{size}")
-    for split in (data.train, data.test):
+    for split in data.sets().values():
         split.images = resize(split.images, [size, size], antialias=True)
     return data

@@ -67,13 +67,27 @@ def shard(rows: torch.Tensor, world: World) -> torch.Tensor:
     return rows.tensor_split(world.size)[world.rank] if world.size > 1 else rows
 
 
-def epoch_batches(size: int, batch_size: int, seed: int, epoch: int, world: World) -> list:
-    """This rank's batches of row indices for one epoch: a shuffle that depends on (seed, epoch)
-    alone, dealt out by ``DistributedSampler``; together the ranks' k-th batches make the k-th
-    global batch of ``batch_size`` rows, whatever the world size."""
-    sampler = DistributedSampler(range(size), world.size, world.rank, shuffle=True, seed=seed)
-    sampler.set_epoch(epoch)
-    rows = torch.tensor(list(sampler), dtype=torch.long)
+def epoch_batches(
+    size: int,
+    batch_size: int,
+    seed: int,
+    epoch: int,
+    world: World,
+    weights: torch.Tensor | None = None,
+) -> list:
+    """This rank's batches of row indices for one epoch: a shuffle (or with ``weights``, as
+    many rows drawn with those weights, with replacement) that depends on (seed, epoch)
+    alone, dealt out as ``DistributedSampler`` deals; together the ranks' k-th batches make
+    the k-th global batch of ``batch_size`` rows, whatever the world size."""
+    if weights is None:
+        sampler = DistributedSampler(range(size), world.size, world.rank, shuffle=True, seed=seed)
+        sampler.set_epoch(epoch)
+        rows = torch.tensor(list(sampler), dtype=torch.long)
+    else:
+        gen = torch.Generator().manual_seed(seed + epoch)
+        drawn = torch.multinomial(weights, size, replacement=True, generator=gen)
+        padded = -size % world.size  # as DistributedSampler pads: the first rows again
+        rows = torch.cat([drawn, drawn[:padded]])[world.rank :: world.size]
     return list(rows.split(batch_size // world.size))
 
 

@@ -6,7 +6,7 @@ import copy
 import math
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import torch
@@ -28,14 +28,32 @@ from blitz.preprocess import normalize
 from blitz.progress import Progress
 
 
-def compute_loss(logits: torch.Tensor, labels: torch.Tensor, cfg: OptimConfig) -> torch.Tensor:
-    """Cross-entropy (the seed's classifier) or MSE against one-hot targets."""
+def compute_loss(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    cfg: OptimConfig,
+    weights: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Cross-entropy (the seed's classifier; ``weights``: per class) or MSE against one-hot
+    targets."""
     if cfg.loss == "mse":
         target = F.one_hot(labels, logits.shape[1]).to(logits.dtype)
         return F.mse_loss(logits, target, reduction=cfg.reduction)
     return F.cross_entropy(
-        logits, labels, label_smoothing=cfg.label_smoothing, reduction=cfg.reduction
+        logits, labels, weights, label_smoothing=cfg.label_smoothing, reduction=cfg.reduction
     )
+
+
+def class_counts(labels: torch.Tensor, classes: int) -> torch.Tensor:
+    """Images per class, (classes,) int64 on the CPU."""
+    return torch.bincount(labels.cpu(), minlength=classes)
+
+
+def balanced_weights(labels: torch.Tensor, classes: int) -> torch.Tensor:
+    """Per class, n / (classes * its count) (scikit-learn's "balanced"): every class weighs
+    the same in the loss in total."""
+    counts = class_counts(labels, classes).float()
+    return len(labels) / (classes * counts.clamp(min=1))
 
 
 @dataclass
@@ -49,7 +67,9 @@ class TrainState:
     epoch_seconds: float = 0.0  # time in the current epoch so far, before a restart too
     compile_seconds: float = 0.0
     history: list[dict] = field(default_factory=list)
-    best_accuracy: float = -1.0  # the best per-epoch test accuracy so far (for best.pt)
+    best_accuracy: float = -1.0  # the best per-epoch validation accuracy so far (for best.pt)
+    best_epoch: int = 0  # when it was reached
+    best_weights: dict | None = None  # the tested weights then (kept with train.patience only)
     augment: torch.Generator = field(default_factory=torch.Generator)  # on the training device
     epoch_loss: torch.Tensor = field(default_factory=lambda: torch.zeros(()))  # sums, on device
     epoch_correct: torch.Tensor = field(default_factory=lambda: torch.zeros(()))
@@ -69,6 +89,8 @@ class TrainState:
             value = saved[f.name]
             if f.name == "augment":
                 self.augment.set_state(value)
+            elif f.name == "best_weights" and value is not None:
+                self.best_weights = {k: v.to(device) for k, v in value.items()}
             elif isinstance(value, torch.Tensor):
                 setattr(self, f.name, value.to(device))
             else:
@@ -114,6 +136,10 @@ class Loop:
     optimizers: list[torch.optim.Optimizer]
     scaler: torch.amp.GradScaler  # fp16's loss scale; disabled (a pass-through) otherwise
     split: AnySplit  # the training images (on the training device, or streamed)
+    val: AnySplit | None  # the validation images, scored after each epoch
+    classes: int
+    loss_weights: torch.Tensor | None  # per class (optim.class_weights), on the device
+    row_weights: torch.Tensor | None  # per training image, how often it is drawn (train.sampler)
     total: int  # planned optimizer steps: the schedule's horizon
     ema: AveragedModel | None
     state: TrainState
@@ -146,6 +172,8 @@ def build_loop(
     """Set up optimizers, state and EMA for training ``model`` on ``data.train``."""
     cfg, device, world = ctx.cfg, ctx.device, ctx.world
     compiled = cfg.train.compile
+    classes = len(data.classes)
+    weights = balanced_weights(data.train.labels, classes)
     ema = None
     if cfg.optim.ema:
         avg = get_ema_multi_avg_fn(cfg.optim.ema)
@@ -163,6 +191,10 @@ def build_loop(
         optimizers=build_optimizers(model, cfg.optim),
         scaler=grad_scaler(cfg.train.precision, device),
         split=data.train.to(device),
+        val=data.val if cfg.train.eval_every_epoch else None,
+        classes=classes,
+        loss_weights=weights.to(device) if cfg.optim.class_weights == "balanced" else None,
+        row_weights=weights[data.train.labels.cpu()] if cfg.train.sampler == "balanced" else None,
         total=planned_steps(cfg, len(data.train)),
         ema=ema,
         state=new_state(cfg, device, world),
@@ -178,7 +210,8 @@ def train(
     progress: Progress | None = None,
     hooks: TrainHooks | None = None,
 ) -> Loop:
-    """Train ``model`` on ``data.train`` (ending with the EMA weights, if any); test per epoch.
+    """Train ``model`` on ``data.train`` (ending with the EMA weights, if any, or with
+    ``train.patience`` the best epoch's); score ``data.val`` after each epoch.
 
     Returns the loop: its ``state`` says what happened, its ``eval_net`` tests the result."""
     cfg, device = ctx.cfg, ctx.device
@@ -191,12 +224,14 @@ def train(
     _prepare_model(loop, device)
     state.train_seconds += time.perf_counter() - started  # data-dependent init counts as training
     loop.hooks.start(loop)  # a resumed run takes over its saved state here
-    while state.epoch < cfg.train.epochs and state.step < loop.total:
+    while state.epoch < cfg.train.epochs and state.step < loop.total and not _patience_out(loop):
         steps = _train_epoch(loop, device)
         state.train_seconds += state.epoch_seconds
-        _finish_epoch(loop, data, steps)
+        _finish_epoch(loop, steps)
         loop.hooks.after_epoch(state)
     progress.close()
+    if state.best_weights is not None:
+        _restore_best(loop, ctx)
     if loop.ema:
         model.load_state_dict(loop.ema.module.state_dict())
     unflatten_filters(model)
@@ -225,8 +260,41 @@ def _note_non_finite(state: TrainState, loss: torch.Tensor) -> None:
     state.bad_step = torch.where(first, state.step, state.bad_step)
 
 
-def _finish_epoch(loop: Loop, data: ImageData, steps: int) -> None:
-    """Close an epoch: check the loss, count it, test if asked, record it in the history."""
+def _patience_out(loop: Loop) -> bool:
+    """Whether ``train.patience`` epochs have passed without a better validation accuracy."""
+    patience, state = loop.cfg.train.patience, loop.state
+    return bool(patience) and state.epoch - state.best_epoch >= patience
+
+
+def _restore_best(loop: Loop, ctx: RunContext) -> None:
+    state = loop.state
+    cut = state.epoch < loop.cfg.train.epochs and state.step < loop.total
+    why = (
+        f"stopped early after epoch {state.epoch}: no better validation accuracy for "
+        f"{loop.cfg.train.patience} epochs"
+        if cut
+        else "training done"
+    )
+    ctx.log(
+        f"{why}; keeping the weights of epoch {state.best_epoch} (best validation accuracy "
+        f"{100 * state.best_accuracy:.2f} %)"
+    )
+    loop.eval_net.load_state_dict(state.best_weights)
+
+
+def _note_best(loop: Loop, accuracy: float) -> None:
+    """Remember the best validation accuracy (and with ``train.patience``, its weights)."""
+    state = loop.state
+    if accuracy <= state.best_accuracy:
+        return
+    state.best_accuracy, state.best_epoch = accuracy, state.epoch
+    if loop.cfg.train.patience:
+        weights = loop.eval_net.state_dict()
+        state.best_weights = {k: v.detach().clone() for k, v in weights.items()}
+
+
+def _finish_epoch(loop: Loop, steps: int) -> None:
+    """Close an epoch: check the loss, count it, score the validation set, record it."""
     cfg, state, world = loop.cfg, loop.state, loop.world
     check_finite(state, cfg, loop.total)
     state.epoch += 1
@@ -243,8 +311,9 @@ def _finish_epoch(loop: Loop, data: ImageData, steps: int) -> None:
         "lr": loop.optimizers[-1].param_groups[0]["lr"],  # at the epoch's last step
     }
     state.batch, state.epoch_seconds = 0, 0.0
-    if cfg.train.eval_every_epoch:
-        record["test_accuracy"] = _test_accuracy(loop, data)
+    if loop.val is not None:
+        record["val_accuracy"] = _accuracy(loop, loop.val)
+        _note_best(loop, record["val_accuracy"])
     state.history.append(record)
     loop.progress.end_epoch(record)
 
@@ -272,7 +341,7 @@ def warm_up(loop: Loop, data: ImageData, device: torch.device) -> float:
             first = _epoch_batches(loop)[: min(2, loop.total)]  # the shapes training uses
             for batch in loop.split.load(first, device):
                 _step(loop, *batch)
-            _test_accuracy(loop, _one_test_batch(loop, data, device))
+            _accuracy(loop, _one_test_batch(loop, data, device))
         finally:  # a failed try leaves no trace for the next one, nor for training
             _restore(loop, saved, device)
 
@@ -281,12 +350,12 @@ def warm_up(loop: Loop, data: ImageData, device: torch.device) -> float:
     return time.perf_counter() - started
 
 
-def _one_test_batch(loop: Loop, data: ImageData, device: torch.device) -> ImageData:
-    """``data`` with its test split cut to one evaluation batch per process: compiling needs
-    the shapes the test meets, not the whole test set."""
+def _one_test_batch(loop: Loop, data: ImageData, device: torch.device) -> Split:
+    """One evaluation batch per process of the test set: compiling needs the shapes the test
+    meets, not the whole test set."""
     size = min(len(data.test), loop.cfg.train.eval_batch_size * loop.world.size)
     _, images, labels = next(data.test.load([torch.arange(size)], device))
-    return replace(data, test=Split(images, labels))
+    return Split(images, labels)
 
 
 def _snapshot(loop: Loop) -> dict:
@@ -303,8 +372,8 @@ def _restore(loop: Loop, saved: dict, device: torch.device) -> None:
     loop.state.load_dict(saved["state"], device)
 
 
-def _test_accuracy(loop: Loop, data: ImageData) -> float:
-    result = evaluate(loop.eval_net, data.test, loop.cfg, len(data.classes), loop.world)
+def _accuracy(loop: Loop, split: AnySplit) -> float:
+    result = evaluate(loop.eval_net, split, loop.cfg, loop.classes, loop.world)
     return round(result.accuracy, 6)
 
 
@@ -330,7 +399,12 @@ def _epoch_batches(loop: Loop) -> list[torch.Tensor]:
     resumed epoch replays the same order)."""
     train = loop.cfg.train
     return epoch_batches(
-        len(loop.split), train.batch_size, train.seed, loop.state.epoch, loop.world
+        len(loop.split),
+        train.batch_size,
+        train.seed,
+        loop.state.epoch,
+        loop.world,
+        loop.row_weights,
     )
 
 
@@ -384,7 +458,7 @@ def train_step(
             group["lr"] = group["base_lr"] * factor
     with autocast(cfg.train.precision, labels.device):  # the forward pass only
         logits = loop.net(prepare_batch(loop, images, rows)).float()
-        loss = compute_loss(logits, labels, cfg.optim)
+        loss = compute_loss(logits, labels, cfg.optim, loop.loss_weights)
     # DDP averages gradients over ranks: right for a mean loss, a world too small for a sum
     scale = loop.world.size if cfg.optim.reduction == "sum" else 1
     loop.scaler.scale(loss * scale).backward()

@@ -227,10 +227,10 @@ def classification_figures(result: Evaluation, classes: list[str], digits: int) 
     }
 
 
-def format_accuracy(matrix: torch.Tensor) -> str:
-    """The seed's headline sentence, with two decimals."""
+def format_accuracy(matrix: torch.Tensor, role: str = "test") -> str:
+    """The seed's headline sentence, with two decimals (``role``: which set's images)."""
     total = int(matrix.sum())
-    return f"Accuracy of the network on the {total} test images: {100 * accuracy(matrix):.2f} %"
+    return f"Accuracy of the network on the {total} {role} images: {100 * accuracy(matrix):.2f} %"
 
 
 def class_rows(

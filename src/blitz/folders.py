@@ -1,5 +1,6 @@
-"""Image folders and archives of them: their files listed and read, and their layout,
-[top/]train|test|val/<class>/<image>, turned into classes and (file, label) pairs."""
+"""Image folders and archives of them: their files listed and read, and their layout turned
+into classes and (file, label) pairs per set: ``[top/]train|val|test/<class>/<image>`` (val
+also named valid, validation or dev), or flat, ``[top/]<class>/<image>``."""
 
 from __future__ import annotations
 
@@ -16,11 +17,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Literal, NamedTuple
 
+from blitz.data import check_two_classes
 from blitz.errors import BlitzError
 from blitz.images import IMAGE_EXTENSIONS, BadImage
 
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".zip")
-SPLITS = {"train": "train", "test": "test", "val": "test"}
+# a set's folder names (any case) -> its role
+SET_FOLDERS = {
+    "train": "train",
+    **dict.fromkeys(("val", "valid", "validation", "dev"), "val"),
+    "test": "test",
+}
 CIFAR_FILES = {f"data_batch_{i}" for i in range(1, 6)} | {"test_batch", "batches.meta"}
 MAX_FILE_BYTES = 256 * 2**20  # no image (or CIFAR batch) comes near; a larger member is a bomb
 DISK_MARGIN = 2**30  # an extraction leaves at least this much of the disk free
@@ -36,30 +43,42 @@ class Member(NamedTuple):
     mtime_ns: int = 0  # files of a folder: when they last changed (the decode cache's key)
 
 
+Pairs = list[tuple[str, int]]  # (file, label)
+
+
 @dataclass
 class Layout:
-    """An image-folder dataset listed, not decoded: its classes and (file, label) per split,
-    ordered by class, then by file name."""
+    """An image-folder dataset listed, not decoded: its classes and (file, label) per set it
+    has ("train", and "val" and "test" where there are such folders), ordered by class, then
+    by file name. A flat folder's images are all "train" (the other sets are split off)."""
 
     classes: list[str]
-    train: list[tuple[str, int]]
-    test: list[tuple[str, int]]
+    sets: dict[str, Pairs]
+    flat: bool
 
     @property
     def count(self) -> int:
-        return len(self.train) + len(self.test)
+        return sum(map(len, self.sets.values()))
+
+    @property
+    def files(self) -> set[str]:
+        return {file for pairs in self.sets.values() for file, _ in pairs}
 
 
-def check_path(path: Path, sources: list[str]) -> None:
-    """A data path must be a folder or an archive that exists (``sources``: the other specs)."""
+def check_path(path: Path, sources: list[str], tables: tuple[str, ...] = ()) -> None:
+    """A data path must be a folder, an archive or a table of image files (``tables``: its
+    suffixes) that exists (``sources``: the other specs)."""
+    table = f", a table of image files and labels ({', '.join(tables)})" if tables else ""
     if not path.exists():
         raise BlitzError(
             f"data path {str(path)!r} does not exist: pass an image folder with train/ and test/, "
-            f"an archive of one (.tar, .tar.gz, .tgz, .zip), or one of {', '.join(sources)}"
+            f"an archive of one ({', '.join(ARCHIVE_SUFFIXES)}){table}, or one of "
+            f"{', '.join(sources)}"
         )
-    if path.is_file() and not path.name.lower().endswith(ARCHIVE_SUFFIXES):
+    if path.is_file() and not path.name.lower().endswith(ARCHIVE_SUFFIXES + tables):
         raise BlitzError(
-            f"{path} is not a folder or an archive: expected one of " + ", ".join(ARCHIVE_SUFFIXES)
+            f"{path} is not a folder or an archive{table and ' or a table'}: expected one of "
+            + ", ".join(ARCHIVE_SUFFIXES + tables)
         )
 
 
@@ -155,13 +174,29 @@ def _write_new(target: Path, member: Member) -> None:
 
 def find_layout(names: list[str], others: list[str], path: Path) -> Layout:
     """Classes and labelled files of an image-folder dataset, checked for a usable layout."""
-    groups = _group_by_split_and_class(names, others, path)
+    tree = _tree(names)
+    groups = _group(names, tree, path)
+    _check_no_empty_class(others, tree, groups, path)
     classes = sorted(groups["train"])
+    check_two_classes(str(path), classes)
+    for role, by_class in groups.items():
+        if sorted(by_class) != classes:
+            raise BlitzError(_class_mismatch(path, role, set(by_class), set(classes)))
+    sets = {
+        role: [(f, i) for i, c in enumerate(classes) for f in by_class[c]]
+        for role, by_class in groups.items()
+    }
+    return Layout(classes, sets, tree.flat)
 
-    def pairs(split: str) -> list[tuple[str, int]]:
-        return [(f, i) for i, c in enumerate(classes) for f in groups[split][c]]
 
-    return Layout(classes, pairs("train"), pairs("test"))
+def _class_mismatch(path: Path, role: str, found: set[str], classes: set[str]) -> str:
+    missing, extra = sorted(classes - found), sorted(found - classes)
+    parts = [f"{role} lacks {', '.join(missing)}"] if missing else []
+    parts += [f"train lacks {', '.join(extra)}"] if extra else []
+    return (
+        f"{path}: train/ and {role}/ hold different classes ({'; '.join(parts)}): every set "
+        "needs a folder for each class (a class with no images cannot be scored)"
+    )
 
 
 def other_files_note(others: list[str]) -> str | None:
@@ -261,42 +296,78 @@ def _tar_members(path: Path) -> Iterator[Member]:
         raise BlitzError(f"cannot read archive {path}: {exc}") from None
 
 
-def _split_and_class(name: str) -> tuple[str, str] | None:
-    parts = name.split("/")
-    if len(parts) >= 4 and parts[0] not in SPLITS and parts[1] in SPLITS:
-        parts = parts[1:]  # one top-level folder around the tree
-    if len(parts) == 3 and parts[0] in SPLITS:
-        return SPLITS[parts[0]], parts[1]
-    return None
+class _Tree(NamedTuple):
+    """How a folder's names map to sets and classes: without the one top-level folder around
+    everything (if there is one), ``SET/CLASS/FILE``, or flat, ``CLASS/FILE``."""
+
+    top: str  # "" or "name/", the folder around everything
+    flat: bool
+
+    def place(self, name: str) -> tuple[str, str] | None:
+        """(role, class) of a file, or None if it is outside the layout."""
+        parts = name.removeprefix(self.top).split("/")
+        if self.flat:
+            return ("train", parts[0]) if len(parts) == 2 else None
+        role = SET_FOLDERS.get(parts[0].lower()) if len(parts) == 3 else None
+        return (role, parts[1]) if role else None
 
 
-def _group_by_split_and_class(
-    names: list[str], others: list[str], path: Path
-) -> dict[str, dict[str, list[str]]]:
-    groups: dict[str, dict[str, list[str]]] = {"train": {}, "test": {}}
+def _tree(names: list[str]) -> _Tree:
+    """The layout the names follow: split folders if any file is in one, else flat; inside
+    one top-level folder if everything is, and that folder is no set or class of its own."""
+    firsts = {name.split("/")[0] for name in names}
+    wrapped = len(firsts) == 1 and all("/" in name for name in names)
+    tops = [f"{firsts.pop()}/", ""] if wrapped else [""]
+    if tops[0][:-1].lower() in SET_FOLDERS:  # train/ or test/ alone is a set, not a wrapper
+        tops = [""]
+    for top in tops:
+        for flat in (False, True):
+            tree = _Tree(top, flat)
+            if any(tree.place(name) for name in names):
+                return tree
+    return _Tree("", flat=True)
+
+
+def _group(names: list[str], tree: _Tree, path: Path) -> dict[str, dict[str, list[str]]]:
+    """role -> class -> files, the roles in the order train, val, test."""
+    groups: dict[str, dict[str, list[str]]] = {}
+    folders: dict[str, str] = {}  # role -> the set folder it was read from
     for file in sorted(names):
-        where = _split_and_class(file)
-        if where:
-            groups[where[0]].setdefault(where[1], []).append(file)
-    if not groups["train"]:
-        raise BlitzError(
-            f"{path} has no train/<class>/<image> files: an image-folder dataset needs "
-            "train/ and test/ (or val/) folders, each with one folder of images per class"
-        )
-    if not groups["test"]:
-        raise BlitzError(f"{path} has train/ but no test/ or val/ folder of images per class")
-    for other in others:  # a folder, or a file in a class folder, where no image was found
-        where = _split_and_class(other)
-        if where and where[1] not in groups[where[0]]:
-            folder = other.rstrip("/") if other.endswith("/") else other.rsplit("/", 1)[0]
+        place = tree.place(file)
+        if place is None:
+            continue
+        role, cls = place
+        folder = "" if tree.flat else file.removeprefix(tree.top).split("/")[0]
+        if folders.setdefault(role, folder) != folder:
+            raise BlitzError(
+                f"{path} has both {folders[role]}/ and {folder}/: both name the {role} set; "
+                "keep one of them"
+            )
+        groups.setdefault(role, {}).setdefault(cls, []).append(file)
+    if "train" not in groups:
+        raise BlitzError(_no_layout(path, tree.flat, groups))
+    return {role: groups[role] for role in ("train", "val", "test") if role in groups}
+
+
+def _no_layout(path: Path, flat: bool, groups: dict) -> str:
+    if not flat:
+        found = " and ".join(f"{role}/" for role in groups)
+        return f"{path} has {found} but no train/ folder of images per class"
+    return (
+        f"{path} has no images in class folders: put one folder of images per class in it "
+        "(cat/1.jpg, dog/2.jpg, ...), or train/ and test/ (and val/) folders of those"
+    )
+
+
+def _check_no_empty_class(
+    others: list[str], tree: _Tree, groups: dict[str, dict[str, list[str]]], path: Path
+) -> None:
+    """A class folder with no images in it is a mistake to name, not a class to drop."""
+    for other in others:  # a folder, or a file that is no image in a folder
+        folder = other.rstrip("/") if other.endswith("/") else other.rpartition("/")[0]
+        place = tree.place(folder + "/x") if folder else None
+        if place and place[1] not in groups.get(place[0], {}):
             raise BlitzError(
                 f"class folder {folder} in {path} has no images: add images "
                 f"({', '.join(sorted(IMAGE_EXTENSIONS))}) or remove the folder"
             )
-    classes = sorted(groups["train"])
-    if sorted(groups["test"]) != classes:
-        extra = sorted(set(groups["test"]) ^ set(classes))
-        raise BlitzError(
-            f"{path}: train/ and test/ hold different classes (only in one: {', '.join(extra)})"
-        )
-    return groups

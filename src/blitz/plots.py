@@ -101,17 +101,17 @@ def overlay_png(
             lr_ax.plot(_epochs(history), [h.get("lr", math.nan) for h in history], "o-")
             loss_ax.set_xlabel("epoch")
             lr_ax.set_xlabel("epoch")
-        tested = [h for h in history if "test_accuracy" in h]
-        acc_ax.plot(_epochs(tested), [100 * h["test_accuracy"] for h in tested], "o-", label=label)
+        scored = [h for h in history if "val_accuracy" in h]
+        acc_ax.plot(_epochs(scored), [100 * h["val_accuracy"] for h in scored], "o-", label=label)
     loss_ax.set(title="training loss", ylabel="loss")
     lr_ax.set(title="learning rate", ylabel="lr")
     lr_ax.set_ylim(bottom=0)  # a constant rate otherwise gets a zoomed axis of equal ticks
-    acc_ax.set(title="test accuracy per epoch", xlabel="epoch", ylabel="accuracy (%)")
+    acc_ax.set(title="validation accuracy per epoch", xlabel="epoch", ylabel="accuracy (%)")
     for ax in (loss_ax, lr_ax, acc_ax):
         ax.xaxis.set_major_locator(MaxNLocator(nbins=6, integer=True))  # whole steps, epochs
         ax.grid(alpha=0.3)
-    if not any("test_accuracy" in h for history, _ in runs.values() for h in history):
-        _empty(acc_ax, "not measured per epoch\n(--set train.eval_every_epoch=true)")
+    if not any("val_accuracy" in h for history, _ in runs.values() for h in history):
+        _empty(acc_ax, "no validation set\n(--val-fraction 0.1 splits one off)")
     if len(runs) > 1:
         loss_ax.legend(fontsize=8)
     fig.tight_layout()

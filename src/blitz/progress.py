@@ -8,7 +8,7 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tqdm import tqdm
 
@@ -16,6 +16,9 @@ from blitz.config import Config
 from blitz.data import Log
 from blitz.errors import BlitzError
 from blitz.rundir import RunDir
+
+if TYPE_CHECKING:
+    from blitz.tracking import MlflowTracker
 
 CSV_FIELDS = ("step", "epoch", "loss", "accuracy", "lr", "images_per_s")
 EPOCH_LINES = 20  # epoch lines in a log at most (about)
@@ -121,9 +124,15 @@ class Progress:
     running-loss lines); rows for metrics.csv and TensorBoard when given a run directory."""
 
     def __init__(
-        self, cfg: Config, log: Log, quiet: bool, out: RunDir | None = None, resumed_step: int = 0
+        self,
+        cfg: Config,
+        log: Log,
+        quiet: bool,
+        out: RunDir | None = None,
+        resumed_step: int = 0,
+        tracker: MlflowTracker | None = None,
     ) -> None:
-        self.cfg, self.log, self.quiet = cfg, log, quiet
+        self.cfg, self.log, self.quiet, self.tracker = cfg, log, quiet, tracker
         self.seed_lines = cfg.train.log_every
         self.use_bar = not quiet and not self.seed_lines and sys.stderr.isatty()
         self.csv = CsvLog(out.csv, resumed_step) if out else None
@@ -177,6 +186,8 @@ class Progress:
         del row["images"]
         if self.csv:
             self.csv.write(row)
+        if self.tracker:
+            self.tracker.log_step(row, step)
         if self.board:
             for key in ("loss", "accuracy", "lr", "images_per_s"):
                 self.board.add_scalar(f"train/{key}", row[key], step)
@@ -193,16 +204,18 @@ class Progress:
         self._flush(self.last_step, record["lr"])
         epoch = self.epoch_meter.read()
         record.setdefault("train_accuracy", round(epoch["accuracy"], 6))
+        if self.tracker:
+            self.tracker.log_epoch(record, self.last_step)
         images_per_s = epoch["images"] / max(record["seconds"], 1e-9)  # the loop's time alone
         if self.bar is not None:
-            if "test_accuracy" in record:
+            if "val_accuracy" in record:
                 self.bar.set_postfix_str(
-                    f"{self.bar.postfix}, test={100 * record['test_accuracy']:.1f}%"
+                    f"{self.bar.postfix}, val={100 * record['val_accuracy']:.1f}%"
                 )
             self.bar.close()
             self.bar = None
-        if self.board and "test_accuracy" in record:
-            self.board.add_scalar("test/accuracy", record["test_accuracy"], self.last_step)
+        if self.board and "val_accuracy" in record:
+            self.board.add_scalar("val/accuracy", record["val_accuracy"], self.last_step)
         epochs = self.cfg.train.epochs
         if not (self.quiet or self.use_bar) and _worth_a_line(record["epoch"], epochs):
             self.log(format_epoch(record, epochs, images_per_s))
@@ -220,10 +233,10 @@ def _worth_a_line(epoch: int, epochs: int) -> bool:
 
 
 def format_epoch(record: dict[str, Any], epochs: int, images_per_s: float) -> str:
-    """``epoch 1/3: loss 1.812, train accuracy 33.1 %, test accuracy 41.2 %, ...``."""
+    """``epoch 1/3: loss 1.812, train accuracy 33.1 %, val accuracy 41.2 %, ...``."""
     parts = [f"loss {record['train_loss']:.3f}"]
     parts.append(f"train accuracy {100 * record['train_accuracy']:.1f} %")
-    if "test_accuracy" in record:
-        parts.append(f"test accuracy {100 * record['test_accuracy']:.1f} %")
+    if "val_accuracy" in record:
+        parts.append(f"val accuracy {100 * record['val_accuracy']:.1f} %")
     parts += [f"lr {record['lr']:.3g}", f"{images_per_s:.0f} images/s", f"{record['seconds']} s"]
     return f"epoch {record['epoch']}/{epochs}: " + ", ".join(parts)

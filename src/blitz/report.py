@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from blitz.counts import imbalance_note
 from blitz.data import AnySplit
 from blitz.errors import BlitzError
 from blitz.evaluate import (
@@ -35,7 +36,7 @@ from blitz.plots import (
     per_class_png,
 )
 from blitz.progress import read_metrics_csv
-from blitz.rundir import Metrics, RunDir
+from blitz.rundir import VALIDATION_FIGURES, Metrics, RunDir
 
 WORST = 24  # images in the gallery of worst errors
 FIGURE_CLASSES = 100  # classes drawn in the report's figures (more: the worst ones, a table)
@@ -78,6 +79,7 @@ def write_report(run_dir: RunDir, metrics: Metrics, test: AnySplit, result: Eval
     title = f"blitz run {run_dir.path.name}"
     sections = [
         _section("Summary", _table(_summary_rows(metrics, config))),
+        _data_section(metrics),
         _section("Training curves", _img(_curves(run_dir, metrics), "training curves")),
         _results_section(metrics),
         _errors_section(metrics, test, result),
@@ -101,7 +103,8 @@ def _curves(run_dir: RunDir, metrics: Metrics) -> bytes:
 
 def _subtitle(metrics: Metrics) -> str:
     # names come from files and folders: every piece is escaped, like every other string
-    head = html.escape(f"{metrics.model} on {metrics.data}: test accuracy ")
+    scored = "validation" if metrics.test_set == "val" else "test"
+    head = html.escape(f"{metrics.model} on {metrics.data}: {scored} accuracy ")
     tail = html.escape(f" after {_duration(metrics)}")
     return f"{head}<b>{100 * metrics.test_accuracy:.2f} %</b>{tail}"
 
@@ -162,7 +165,52 @@ def _results_section(metrics: Metrics) -> str:
         + f"<h3>Per class</h3>{_class_table(matrix, classes)}"
         + f"<h3>Most-confused pairs</h3>{_pairs_table(matrix, classes)}"
     )
-    return _section("Results on the test set", body)
+    scored = (
+        "validation set (the data has no test set)" if metrics.test_set == "val" else "test set"
+    )
+    return _section(f"Results on the {scored}", body)
+
+
+_SET_NAMES = {"train": "training", "val": "validation", "test": "test"}
+
+
+def _data_section(metrics: Metrics) -> str:
+    """The sets, how they were made, the images per class in each, and any imbalance."""
+    if not metrics.sets:  # a run written before the sets were recorded
+        return ""
+    rows = [(_SET_NAMES[role], f"{n:,}") for role, n in metrics.sets.items()]
+    made = ""
+    if metrics.split:
+        made = (
+            f"<p class='note'>Split off the training images, per class, with split seed "
+            f"{metrics.split['seed']:g}: validation {metrics.split['val_fraction']:g}, test "
+            f"{metrics.split['test_fraction']:g} (which image is where: sets.csv).</p>"
+        )
+    counts = metrics.class_counts
+    shown = list(zip(metrics.classes, *counts.values()))[:FIGURE_CLASSES]
+    head = ("class", *(_SET_NAMES[role] for role in counts))
+    note = imbalance_note(metrics.classes, counts["train"]) if "train" in counts else None
+    body = (
+        _table(rows, ("set", "images"))
+        + made
+        + (f"<p class='warn'>{html.escape(note)}</p>" if note else "")
+        + f"<h3>Images per class</h3>{_table(shown, head)}"
+        + _validation(metrics)
+    )
+    return _section("Data", body)
+
+
+def _validation(metrics: Metrics) -> str:
+    """The validation set's figures, where it is apart from the test set."""
+    figures = metrics.validation
+    if not figures:
+        return ""
+    rows = [
+        (name.replace("_", " ").replace("top5", "top-5"), f"{100 * figures[name]:.2f} %")
+        for name in VALIDATION_FIGURES
+        if figures.get(name) is not None
+    ]
+    return "<h3>Validation (chose the best epoch)</h3>" + _table(rows)
 
 
 def _class_table(matrix: torch.Tensor, classes: list[str]) -> str:

@@ -80,10 +80,7 @@ class Checkpointer(TrainHooks):
             self.save(state)
 
     def after_epoch(self, state: TrainState) -> None:
-        accuracy = state.history[-1].get("test_accuracy")
-        best = accuracy is not None and accuracy > state.best_accuracy
-        if best:
-            state.best_accuracy = accuracy
+        best = "val_accuracy" in state.history[-1] and state.best_epoch == state.epoch
         self.save(state, best)
         self._stop_if_asked(state)
 

@@ -5,6 +5,8 @@ written through ``RunDir``; a file a stranger put there is checked before it is 
 from __future__ import annotations
 
 import contextlib
+import csv
+import io
 import json
 import shutil
 from collections.abc import Iterator
@@ -18,9 +20,13 @@ from blitz.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from blitz.config import Config, check_types, config_from_dict, is_number
 from blitz.errors import BlitzError, UnusableFile
 from blitz.locks import locked
-from blitz.outputs import write_json
+from blitz.outputs import write_atomic, write_json
+from blitz.roles import ROLES, Assignment
 
 METRICS_FORMAT = 1
+SETS_HEADER = ("set", "class", "image")
+VALIDATION_FIGURES = ("accuracy", "balanced_accuracy", "macro_f1", "weighted_f1", "top5_accuracy")
+MAX_SETS_BYTES = 2**30  # a line per image: far more than any dataset blitz reads in a run
 
 
 @dataclass
@@ -58,6 +64,12 @@ class Metrics:
     top5_accuracy: float | None = None  # also None with 5 classes or fewer
     # class -> {"precision", "recall", "f1", "support"}; empty in runs written before
     per_class: dict[str, dict[str, float]] = field(default_factory=dict)
+    # the sets (blitz.roles); empty or "test" in runs written before
+    sets: dict[str, int] = field(default_factory=dict)  # images per set: train, val, test
+    test_set: str = "test"  # the set the figures above are on: "test", or "val" if none
+    class_counts: dict[str, list[int]] = field(default_factory=dict)  # per set, per class
+    split: dict[str, float] | None = None  # what was split off the training images, and how
+    validation: dict[str, Any] = field(default_factory=dict)  # its accuracy and the views above
     format: int = METRICS_FORMAT
 
     def __post_init__(self) -> None:
@@ -70,6 +82,23 @@ class Metrics:
                 for h in self.history),
             "its history is not a list of records of numbers",
         )  # fmt: skip
+        self._check_sets(k)
+
+    def _check_sets(self, k: int) -> None:
+        """The sets' records (a run directory may come from anyone: its report shows them)."""
+        _require(set(self.sets) | set(self.class_counts) <= set(ROLES), "it names unknown sets")
+        _require(self.test_set in ("test", "val"), "its test_set is not test or val")
+        _require(all(map(is_number, self.sets.values())), "its set sizes are not numbers")
+        _require(
+            all(isinstance(c, list) and len(c) == k and all(map(is_number, c))
+                for c in self.class_counts.values()),
+            f"its class counts are not {k} numbers per set",
+        )  # fmt: skip
+        split = self.split or {}
+        known = set(split) <= {"val_fraction", "test_fraction", "seed"}
+        _require(known and all(map(is_number, split.values())), "its split is not numbers")
+        shown = [self.validation.get(key) for key in VALIDATION_FIGURES]
+        _require(all(v is None or is_number(v) for v in shown), "its validation is not numbers")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -102,6 +131,8 @@ class RunDir:
         self.last = self.path / "last.pt"  # the newest training checkpoint: --resume's start
         self.best = self.path / "best.pt"  # the epoch with the best accuracy
         self.csv = self.path / "metrics.csv"
+        self.sets = self.path / "sets.csv"  # which image is in which set (blitz.roles)
+        self.mlflow = self.path / "mlflow.json"  # the MLflow run this run logs to, if any
         self.report = self.path / "report.html"
         self.train_images = self.path / "train_images.png"
         self.test_predictions = self.path / "test_predictions.png"
@@ -171,7 +202,15 @@ class RunDir:
         go, and the folder too if that leaves it empty (a user's own files stay)."""
         if self.finished or self.last.exists():
             return
-        written = (self.config, self.csv, self.report, self.train_images, self.test_predictions)
+        written = (
+            self.config,
+            self.csv,
+            self.sets,
+            self.mlflow,
+            self.report,
+            self.train_images,
+            self.test_predictions,
+        )
         for path in (*written, self.lock_file):
             path.unlink(missing_ok=True)
         shutil.rmtree(self.tensorboard, ignore_errors=True)
@@ -188,6 +227,35 @@ class RunDir:
         if not isinstance(raw, dict):
             raise BlitzError(f"{self.config} holds no settings: it was not written by blitz")
         return config_from_dict(raw, raw.get("preset", "custom"))
+
+    def write_sets(self, sets: Assignment) -> None:
+        """``sets.csv``: set, class, image, one row per image (``roles.record``)."""
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(SETS_HEADER)
+        writer.writerows((role, cls, image) for role, rows in sets.items() for image, cls in rows)
+        write_atomic(self.sets, out.getvalue().encode())
+
+    def read_sets(self) -> Assignment | None:
+        """The sets ``write_sets`` wrote; None for a run written before they were recorded."""
+        if not self.sets.exists():
+            return None
+        problem = f"{self.sets} cannot be used: it was changed by hand or not written by blitz"
+        if self.sets.stat().st_size > MAX_SETS_BYTES:
+            raise BlitzError(f"{problem} (larger than {MAX_SETS_BYTES // 2**20} MB)")
+        try:
+            with open(self.sets, encoding="utf-8", newline="") as f:
+                rows = list(csv.reader(f))
+        except (OSError, UnicodeDecodeError, csv.Error) as exc:
+            raise BlitzError(f"{problem} ({exc})") from None
+        if not rows or rows[0] != list(SETS_HEADER):
+            raise BlitzError(f"{problem} (its first row is not {','.join(SETS_HEADER)})")
+        sets: Assignment = {}
+        for row in rows[1:]:
+            if len(row) != 3 or row[0] not in ROLES:
+                raise BlitzError(f"{problem} (a row is not set,class,image: {row[:3]})")
+            sets.setdefault(row[0], []).append((row[2], row[1]))
+        return sets
 
     def write_metrics(self, metrics: Metrics) -> None:
         """Written last: its presence marks the run finished."""

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import platform
 import sys
 import time
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -17,6 +19,7 @@ from blitz.checkpoint import Checkpoint
 from blitz.compiling import use_compile_cache
 from blitz.config import Config
 from blitz.context import Log, RunContext, silent
+from blitz.counts import class_counts, format_counts, imbalance_note
 from blitz.data import ImageData
 from blitz.devices import device_name, fit_to_device, resolve_device
 from blitz.distributed import barrier, check_batch_size, init_world, local_device
@@ -34,14 +37,18 @@ from blitz.evaluate import (
     format_summary,
     per_class_accuracy,
 )
-from blitz.models import check_input_size, create_model
+from blitz.models import check_input_size, count_parameters, create_model
 from blitz.plots import save_image_grid
 from blitz.progress import Progress
 from blitz.report import write_report
 from blitz.resume import Checkpointer, make_reproducible
+from blitz.roles import Assignment, record
 from blitz.rundir import Metrics, RunDir
 from blitz.signals import stop_on_signals
 from blitz.sources import load_data
+
+if TYPE_CHECKING:
+    from blitz.tracking import MlflowTracker
 
 SAMPLES = 8  # images in the grids (the seed shows 4)
 
@@ -60,12 +67,15 @@ def train_run(
     quiet: bool,
     started: float,
     resume: Checkpoint | None = None,
+    mlflow: str | None = None,
 ) -> Metrics | None:
     """Load data, train, test, and write config, checkpoint, pictures and metrics into the run
-    directory; with ``resume``, continue that run where it stopped. Under torchrun every
-    process trains; only the first prints and writes (and returns the metrics)."""
+    directory; with ``resume``, continue that run where it stopped; with ``mlflow`` (a tracking
+    URI, "" for the default), also log it to MLflow. Under torchrun every process trains; only
+    the first prints and writes (and returns the metrics)."""
     ctx = set_up(cfg, run_dir, log, quiet, started)
-    data = _load_data_once(ctx)
+    data = _load_data_once(ctx, run_dir.read_sets() if resume is not None else None)
+    _check_validation(ctx.cfg, data)
     if resume is not None:
         check_classes(data, resume, run_dir)
         saved = resume.training
@@ -74,8 +84,31 @@ def train_run(
     model = build_model(ctx, data)  # a model that cannot take the data fails before any write
     if ctx.writes:
         _record_start(ctx, data)
-    loop = fit(ctx, data, model, resume)
-    return finish(ctx, data, model, loop)
+    tracker = _tracker(ctx, mlflow, resume is not None)
+    with tracker or contextlib.nullcontext():
+        loop = fit(ctx, data, model, resume, tracker)
+        metrics = finish(ctx, data, model, loop)
+        if tracker and metrics:
+            tracker.finish(metrics.to_dict())
+    return metrics
+
+
+def _tracker(ctx: RunContext, mlflow: str | None, resumed: bool) -> MlflowTracker | None:
+    """The run's MLflow run (the first process only), or None without ``--mlflow``."""
+    if ctx.writes is None:
+        return None
+    if mlflow is None:
+        if resumed and ctx.writes.mlflow.exists():  # never a recorded server unasked
+            ctx.log(
+                f"this run was logged to MLflow ({ctx.writes.mlflow.name}): pass --mlflow URI "
+                "to go on logging it there"
+            )
+        return None
+    from blitz.tracking import MlflowTracker
+
+    tracker = MlflowTracker.start(mlflow or None, ctx.cfg.to_dict(), ctx.writes, resume=resumed)
+    ctx.log(f"tracking: {tracker}")
+    return tracker
 
 
 def set_up(
@@ -106,10 +139,16 @@ def build_model(ctx: RunContext, data: ImageData) -> nn.Module:
     return model
 
 
-def fit(ctx: RunContext, data: ImageData, model: nn.Module, resume: Checkpoint | None) -> Loop:
+def fit(
+    ctx: RunContext,
+    data: ImageData,
+    model: nn.Module,
+    resume: Checkpoint | None,
+    tracker: MlflowTracker | None = None,
+) -> Loop:
     """Train with checkpoints (last, best, on a signal); a NaN loss keeps the last good one."""
     resumed_step = resume.training.step if resume else 0
-    progress = Progress(ctx.cfg, ctx.log, ctx.quiet, ctx.writes, resumed_step)
+    progress = Progress(ctx.cfg, ctx.log, ctx.quiet, ctx.writes, resumed_step, tracker)
     with stop_on_signals() as stop:
         hooks = Checkpointer(ctx, model, data.classes, stop, resume, progress)
         try:
@@ -123,12 +162,17 @@ def finish(ctx: RunContext, data: ImageData, model: nn.Module, loop: Loop) -> Me
     started_eval = time.perf_counter()
     result = evaluate(loop.eval_net, data.test, ctx.cfg, len(data.classes), ctx.world)  # synced
     eval_seconds = time.perf_counter() - started_eval
+    validation = None
+    if data.val is not None and not data.test_is_val:
+        validation = evaluate(loop.eval_net, data.val, ctx.cfg, len(data.classes), ctx.world)
     run_dir = ctx.writes
     if run_dir is None:
         return None
     _show_results(result, data, run_dir, ctx.log)
     run_dir.save_model(Checkpoint.of(model, ctx.cfg, data.classes))
     metrics = _metrics(ctx, data, model, loop, result, eval_seconds)
+    if validation is not None:
+        metrics.validation = _figures(validation, data.classes)
     run_dir.write_metrics(metrics)  # its presence marks the run finished
     ctx.log(f"report: {write_report(run_dir, metrics, data.test, result)}")
     return metrics
@@ -152,6 +196,10 @@ def _metrics(
             c: round(a, 6) for c, a in zip(data.classes, per_class_accuracy(result.matrix))
         },
         **classification_figures(result, data.classes, digits=6),
+        sets={role: len(split) for role, split in data.sets().items()},
+        test_set="val" if data.test_is_val else "test",
+        class_counts=class_counts(data),
+        split=data.split,
         train_seconds=round(state.train_seconds, 3),
         eval_seconds=round(eval_seconds, 3),
         compile_seconds=round(state.compile_seconds, 3),
@@ -169,10 +217,25 @@ def _metrics(
         data=data.name,
         data_storage=data.storage(),
         model=cfg.model.name,
-        parameters=sum(p.numel() for p in model.parameters()),
+        parameters=count_parameters(model),
         versions={**versions, "python": platform.python_version()},
         history=state.history,
     )
+
+
+def _figures(result: Evaluation, classes: list[str]) -> dict:
+    """A set's accuracy and the views of its confusion matrix, as metrics.json keeps them."""
+    return {"accuracy": round(result.accuracy, 6), **classification_figures(result, classes, 6)}
+
+
+def _check_validation(cfg: Config, data: ImageData) -> None:
+    """Early stopping is chosen by the validation set: there must be one."""
+    if cfg.train.patience and data.val is None:
+        raise BlitzError(
+            f"--patience {cfg.train.patience} stops when the validation accuracy stops "
+            f"improving, but {data.name} has no validation set: add a val/ folder, or split "
+            "one off with --val-fraction 0.1"
+        )
 
 
 def check_classes(data: ImageData, ckpt: Checkpoint, run_dir: RunDir) -> None:
@@ -184,14 +247,15 @@ def check_classes(data: ImageData, ckpt: Checkpoint, run_dir: RunDir) -> None:
         )
 
 
-def _load_data_once(ctx: RunContext) -> ImageData:
+def _load_data_once(ctx: RunContext, recorded: Assignment | None) -> ImageData:
     """The first process decodes (and caches); the others wait, then read the cache, or meet
-    the same error as the first one (rather than a broken barrier)."""
+    the same error as the first one (rather than a broken barrier). ``recorded``: the sets
+    the run wrote down (a resumed run trains on exactly those)."""
     if not ctx.is_main:
         barrier(ctx.world)
-        return _checked(load_data(ctx.cfg.data, ctx.log))
+        return load_data(ctx.cfg.data, ctx.log, recorded)
     try:
-        return _checked(load_data(ctx.cfg.data, ctx.log))
+        return load_data(ctx.cfg.data, ctx.log, recorded)
     finally:
         barrier(ctx.world)
 
@@ -218,27 +282,23 @@ def _record_start(ctx: RunContext, data: ImageData) -> None:
     if ctx.cfg.data.source == "auto":
         ctx.cfg.data.source = data.name
     ctx.dir.write_config(ctx.cfg)
+    ctx.dir.write_sets(record(data))
     _show_training_images(data, ctx.dir, ctx.log)
     _describe(ctx, data)
-
-
-def _checked(data: ImageData) -> ImageData:
-    if len(data.classes) < 2:
-        raise BlitzError(
-            f"{data.name} has a single class ({', '.join(data.classes)}): a classifier needs at "
-            "least two classes (one folder of images per class)"
-        )
-    return data
 
 
 def _describe(ctx: RunContext, data: ImageData) -> None:
     cfg = ctx.cfg
     processes = f" x {ctx.world.size} processes" if ctx.world.size > 1 else ""
+    sizes = ", ".join(f"{len(split)} {role}" for role, split in data.sets().items())
     ctx.log(
-        f"data: {data.name} ({len(data.train)} train, {len(data.test)} test images, "
-        f"{len(data.classes)} classes, {data.storage()}); model: {cfg.model.name}; "
-        f"device: {ctx.device}{processes}"
+        f"data: {data.name} ({sizes} images, {len(data.classes)} classes, {data.storage()}); "
+        f"model: {cfg.model.name}; device: {ctx.device}{processes}"
     )
+    counts = class_counts(data)
+    ctx.log(format_counts(data.classes, counts))
+    if note := imbalance_note(data.classes, counts["train"]):
+        ctx.log(note)
     per_epoch = steps_per_epoch(cfg, len(data.train))
     steps = planned_steps(cfg, len(data.train))
     if steps < cfg.train.epochs * per_epoch:  # say why "epoch 1/3" will end early
@@ -274,7 +334,7 @@ def _show_results(result: Evaluation, data: ImageData, run_dir: RunDir, log: Log
     captions = [f"{data.classes[t]}\n→ {data.classes[p]}" for t, p in zip(truth, guess)]
     save_image_grid(data.test.images_at(rows), captions, run_dir.test_predictions)
     log(format_samples(truth, guess, data.classes))
-    log(format_accuracy(result.matrix))
+    log(format_accuracy(result.matrix, "validation" if data.test_is_val else "test"))
     log(format_per_class(result.matrix, data.classes))
     log(format_summary(result.matrix, result.top5_accuracy))
     log(format_confusion(result.matrix, data.classes))
@@ -293,7 +353,8 @@ def eval_run(run_dir: RunDir, source: str | None, log: Log) -> Evaluation:
 def _load_run(run_dir: RunDir, source: str | None, log: Log) -> tuple[Config, nn.Module, ImageData]:
     ckpt = run_dir.load_model()
     cfg = ckpt.cfg
-    data = load_data(replace(cfg.data, source=source or cfg.data.source), log)
+    recorded = run_dir.read_sets() if source is None else None  # the run's own split
+    data = load_data(replace(cfg.data, source=source or cfg.data.source), log, recorded)
     check_classes(data, ckpt, run_dir)
     device = resolve_device(cfg.train.device)
     return cfg, ckpt.build_model().to(device, memory_format=_memory_format(cfg)), data

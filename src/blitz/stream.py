@@ -92,6 +92,14 @@ class StreamSplit:
         cpu = torch.device("cpu")
         return torch.cat([images for _, images, _ in self.load(rows.split(256), cpu)])
 
+    def row_ids(self, prefix: str) -> list[str]:
+        return self.names
+
+    def subset(self, rows: torch.Tensor, role: str) -> StreamSplit:
+        return replace(
+            self, names=[self.names[row] for row in rows.tolist()], labels=self.labels[rows]
+        )
+
     def without_bad(self) -> tuple[StreamSplit, list[tuple[str, str]]]:
         """This split less the files that cannot be decoded (each read once, in the workers),
         and (name, reason) for each of those."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable
 from typing import Any, get_type_hints
@@ -9,7 +10,7 @@ from typing import Any, get_type_hints
 import torch
 from torch import nn
 
-from blitz.config import check_range, check_type, check_value
+from blitz.config import MAX_IMAGE_SIZE, check_range, check_type, check_value
 from blitz.errors import BlitzError
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
@@ -22,7 +23,8 @@ def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
     """Register a factory ``fn(num_classes, in_channels, **options)`` under its name.
 
     Options are the factory's other keyword arguments: their annotations are checked (as the
-    settings' are) before it runs, and it checks their ranges with ``check_range``."""
+    settings' are) before it runs, and it checks their ranges with ``check_range``. The first line
+    of its docstring says what the model is for (``blitz models`` prints it)."""
     _REGISTRY[fn.__name__.replace("_", "-")] = fn
     return fn
 
@@ -38,12 +40,25 @@ def _factory(name: str) -> Callable[..., nn.Module]:
     return _REGISTRY[name]
 
 
+def model_summary(name: str) -> str:
+    """What the model ``name`` is for: the first line of its factory's docstring."""
+    return (inspect.getdoc(_factory(name)) or "").partition("\n")[0]
+
+
+def option_defaults(name: str) -> dict[str, Any]:
+    """The options the model ``name`` declares (its factory's keyword arguments), with defaults."""
+    params = inspect.signature(_factory(name)).parameters.values()
+    return {
+        p.name: p.default for p in params if p.name not in BUILT_IN and p.kind is not p.VAR_KEYWORD
+    }
+
+
 def model_options(name: str) -> list[str] | None:
     """The options the model ``name`` takes (its factory's keyword arguments); None: any."""
     params = inspect.signature(_factory(name)).parameters.values()
     if any(p.kind is p.VAR_KEYWORD for p in params):
         return None
-    return [p.name for p in params if p.name not in BUILT_IN]
+    return list(option_defaults(name))
 
 
 def check_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
@@ -104,6 +119,30 @@ def check_input_size(model: nn.Module, name: str, channels: int, size: int) -> N
         ) from None
     finally:
         model.train(was_training)
+
+
+def count_parameters(model: nn.Module) -> int:
+    """How many values the model holds in its parameters, frozen ones included."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def input_sizes(model: nn.Module, name: str, channels: int) -> tuple[int, int | None]:
+    """The smallest and largest side of the square images the model takes (None: no largest).
+
+    Found by trying sides with ``check_input_size``. A model that takes twice its smallest side
+    pools globally; fixed linear layers (LeNet's) take only the few sides that pool to theirs."""
+    takes = functools.partial(_takes_size, model, name, channels)
+    smallest = next(size for size in range(1, MAX_IMAGE_SIZE + 1) if takes(size))
+    larger = range(smallest + 1, 2 * smallest + 1)
+    return smallest, next((size - 1 for size in larger if not takes(size)), None)
+
+
+def _takes_size(model: nn.Module, name: str, channels: int, size: int) -> bool:
+    try:
+        check_input_size(model, name, channels, size)
+    except BlitzError:
+        return False
+    return True
 
 
 # Explicit imports register each family (no star-import magic).

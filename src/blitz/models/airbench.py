@@ -89,7 +89,9 @@ class AirbenchNet(nn.Module):
 def airbench(
     num_classes: int = 10, in_channels: int = 3, widths: tuple[int, ...] = (64, 256, 256)
 ) -> nn.Module:
-    """airbench-style net (needs ``prepare(images)`` before training: the engine calls it);
-    ``widths``: channels of each conv group."""
+    """airbench-style whitened net: the best accuracy in seconds on a GPU (slow on a CPU).
+
+    Needs ``prepare(images)`` before training (the engine calls it); ``widths``: channels of each
+    conv group."""
     check_widths(widths)
     return AirbenchNet(num_classes, in_channels, tuple(widths))

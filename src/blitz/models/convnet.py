@@ -69,8 +69,10 @@ def convnet(
     stem: int = 0,
     pool: Literal["max", "stride"] = "max",
 ) -> nn.Module:
-    """Small BN conv net: ``widths`` (channels, one stage per halving), ``depth`` (convs per
-    stage), ``stem`` (channels of a first full-resolution conv; 0: none), ``pool`` (max | stride).
+    """Small batch-normalised conv net: good accuracy in seconds to minutes on a CPU.
+
+    ``widths`` (channels, one stage per halving), ``depth`` (convs per stage), ``stem`` (channels
+    of a first full-resolution conv; 0: none), ``pool`` (max | stride).
     """
     check_widths(widths)
     check_range("model.options.depth", depth, 1, MAX_DEPTH)

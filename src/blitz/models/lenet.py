@@ -29,5 +29,7 @@ class Net(nn.Module):
 
 @register_model
 def lenet(num_classes: int = 10, in_channels: int = 3) -> nn.Module:
-    """The seed's LeNet (expects 32x32 images)."""
+    """The seed's network: reproduces the tutorial and is the baseline to beat (built for 32x32).
+
+    Its linear layers fix the input size: 32x32 (up to 35x35, which pools to the same)."""
     return Net(num_classes, in_channels)

@@ -9,7 +9,8 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 from blitz.config import DataConfig
-from blitz.data import ImageData, Log
+from blitz.data import ImageData, Log, check_two_classes
+from blitz.roles import Assignment, assign_roles
 
 Loader = Callable[[str, DataConfig, Log], ImageData]  # load(argument, settings, log)
 PATH = "PATH"  # the source of every spec that names no other (a folder may be called anything)
@@ -48,10 +49,20 @@ def find_source(spec: str) -> tuple[Source, str]:
     return _REGISTRY[PATH], spec
 
 
-def load_data(cfg: DataConfig | str, log: Log = print) -> ImageData:
-    """Resolve ``data.source`` (auto, cifar10, mnist, shapes[:N], PATH) to a dataset; a string
-    is a source with the other data settings at their defaults."""
+def load_data(
+    cfg: DataConfig | str, log: Log = print, recorded: Assignment | None = None
+) -> ImageData:
+    """Resolve ``data.source`` (auto, cifar10, mnist, shapes[:N], PATH) to a dataset with its
+    train, validation and test sets (``blitz.roles``; ``recorded``: the sets a run wrote
+    down); a string is a source with the other data settings at their defaults."""
     cfg = DataConfig(source=cfg) if isinstance(cfg, str) else cfg
+    data = load_source(cfg, log)
+    check_two_classes(data.name, data.classes)
+    return assign_roles(data, cfg, log, recorded)
+
+
+def load_source(cfg: DataConfig, log: Log) -> ImageData:
+    """The sets the source ``data.source`` has, as it has them."""
     source, arg = find_source(cfg.source)
     return source.load(arg, cfg, log)
 

@@ -9,14 +9,14 @@ from blitz.cache import cache_dir
 from blitz.config import DataConfig
 from blitz.data import ImageData, Log
 from blitz.errors import BlitzError
-from blitz.sources import load_data, register_source
+from blitz.sources import load_source, register_source
 
 
 @register_source("auto")
 def load_auto(arg: str, cfg: DataConfig, log: Log) -> ImageData:
     """CIFAR-10, or the generated shapes with a note saying why and how to get CIFAR-10."""
     try:
-        return load_data(replace(cfg, source="cifar10"), log)
+        return load_source(replace(cfg, source="cifar10"), log)
     except BlitzError as exc:
         log(
             f"CIFAR-10 is not in the cache and could not be downloaded ({exc}). "
@@ -24,4 +24,4 @@ def load_auto(arg: str, cfg: DataConfig, log: Log) -> ImageData:
             "offline. To use CIFAR-10, put cifar-10-python.tar.gz in "
             f"{cache_dir() / 'cifar10'} or pass --data PATH (an image folder or archive)."
         )
-        return load_data(replace(cfg, source="shapes"), log)
+        return load_source(replace(cfg, source="shapes"), log)

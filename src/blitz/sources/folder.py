@@ -1,9 +1,12 @@
-"""``PATH``: an image folder (``train/<class>/*`` and ``test/`` or ``val/``), an archive of one,
-or the official CIFAR-10 python archive. Decoded once into uint8 tensors (later runs read the
-decode cache), or streamed from disk when the decoded images would not fit ``data.max_memory``."""
+"""``PATH``: an image folder (``train/<class>/*`` with ``val/`` and/or ``test/``, or flat:
+``<class>/*``), an archive of one, the official CIFAR-10 python archive, or a table of image
+files and labels (``.csv``, ``.tsv``: ``blitz.sources.table``). Decoded once into uint8 tensors
+(later runs read the decode cache), or streamed from disk when the decoded images would not
+fit ``data.max_memory``."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,65 +40,107 @@ from blitz.images import BadImage, decode_image
 from blitz.locks import locked
 from blitz.memory import format_size, memory_budget
 from blitz.sources import PATH, list_sources, register_source
+from blitz.sources.table import TABLE_SUFFIXES, is_table, iter_listed, read_table
 from blitz.stream import StreamSplit, worker_count
 
 
 @register_source(PATH)
 def load_spec_path(spec: str, cfg: DataConfig, log: Log) -> ImageData:
-    """The folder or archive at ``spec`` (``~`` expanded)."""
+    """The folder, archive or table at ``spec`` (``~`` expanded)."""
     return load_path(Path(spec).expanduser(), cfg, log)
 
 
 def load_path(path: Path, cfg: DataConfig, log: Log, name: str | None = None) -> ImageData:
-    """Decode a folder or archive once into tensors (later calls read the cached tensors), or
-    stream it from disk when its decoded images would not fit ``data.max_memory``."""
-    check_path(path, list_sources())
+    """Decode a folder, archive or table once into tensors (later calls read the cached
+    tensors), or stream it from disk when its decoded images would not fit ``data.max_memory``."""
+    check_path(path, list_sources(), tuple(TABLE_SUFFIXES))
     name = name or path.name.split(".")[0]
-    cached = decoded_file(name, fingerprint(path, f"{cfg.image_size}|{cfg.skip_bad_images}"))
-    budget = memory_budget(cfg.max_memory)
-    fits = cached.exists() and cached.stat().st_size <= budget
-    if fits and (data := read_decoded(cached, name, log)):
+    if is_table(path):
+        return _load_table(path, cfg, log, name)
+    cached = decoded_file(name, fingerprint(path, _options(cfg)))
+    if data := _read_cache(cached, cfg, name, log):
         return data
     names, others = list_files(path)
     if is_cifar_python(names):
         data = read_cifar_python(read_files(path, set(names)), name)
         data = resize_splits(data, cfg.image_size, log)
-    else:
-        layout = find_layout(names, others, path)
-        if note := other_files_note(others):
-            log(note)
-        decoded = layout.count * 3 * cfg.image_size**2
-        if decoded > budget:
-            log(
-                f"{path}: {layout.count} images take {format_size(decoded)} decoded, more than "
-                f"--max-memory ({format_size(budget)}): streaming them from disk"
-            )
-            return _stream(path, layout, cfg, log, name)
-        log(f"decoding {path} (once; later runs read the cache)")
-        data = _image_folder(path, layout, cfg, log, name)
+        write_decoded(data, cached, log)
+        return data
+    layout = find_layout(names, others, path)
+    if note := other_files_note(others):
+        log(note)
+    return _load_layout(path, layout, cfg, log, name, cached)
+
+
+def _load_table(path: Path, cfg: DataConfig, log: Log, name: str) -> ImageData:
+    """A table's images. The table is read first: the decode cache's key is what it lists, not
+    everything its folder holds (which may be a home folder, or hold the cache itself)."""
+    table = read_table(path)
+    cached = decoded_file(name, fingerprint(path, f"{_options(cfg)}|{table.stamp}"))
+    if data := _read_cache(cached, cfg, name, log):
+        return data
+    return _load_layout(path, table.layout, cfg, log, name, cached)
+
+
+def _options(cfg: DataConfig) -> str:
+    """The settings the decoded tensors depend on (part of the decode cache's key)."""
+    return f"{cfg.image_size}|{cfg.skip_bad_images}"
+
+
+def _read_cache(cached: Path, cfg: DataConfig, name: str, log: Log) -> ImageData | None:
+    """The decode cache's tensors, if they are there and fit ``data.max_memory``."""
+    fits = cached.exists() and cached.stat().st_size <= memory_budget(cfg.max_memory)
+    return read_decoded(cached, name, log) if fits else None
+
+
+def _load_layout(
+    path: Path, layout: Layout, cfg: DataConfig, log: Log, name: str, cached: Path
+) -> ImageData:
+    """The images a folder's, archive's or table's layout lists: decoded and saved to the
+    decode cache ``cached``, or streamed when decoded they would not fit ``data.max_memory``."""
+    budget = memory_budget(cfg.max_memory)
+    decoded = layout.count * 3 * cfg.image_size**2
+    if decoded > budget:
+        log(
+            f"{path}: {layout.count} images take {format_size(decoded)} decoded, more than "
+            f"--max-memory ({format_size(budget)}): streaming them from disk"
+        )
+        return _stream(path, layout, cfg, log, name)
+    log(f"decoding {path} (once; later runs read the cache)")
+    data = _image_folder(path, layout, cfg, log, name)
     write_decoded(data, cached, log)
     return data
 
 
+def _read_images(path: Path, names: set[str]) -> Iterator[tuple[str, bytes | BadImage]]:
+    """The named images' bytes: a table's where it lists them (relative to its folder), a
+    folder's or archive's in one pass over it."""
+    return iter_listed(path.parent, names) if is_table(path) else iter_files(path, names)
+
+
 def _stream(path: Path, layout: Layout, cfg: DataConfig, log: Log, name: str) -> ImageData:
-    """The splits as files on disk (an archive is extracted into the cache first)."""
+    """The splits as files on disk (an archive is extracted into the cache first; a table's
+    files are read where it lists them, relative to its folder)."""
     workers = worker_count(cfg.workers)
     where = {0: "this process", 1: "1 DataLoader worker"}.get(
         workers, f"{workers} DataLoader workers"
     )
     log(f"decoding in {where} (--workers) as batches are needed")
-    root = _extracted(path, layout, cfg, log, name) if path.is_file() else path
-    splits, bad = [], []
-    for pairs in (layout.train, layout.test):
+    if is_table(path):
+        root = path.parent
+    else:
+        root = _extracted(path, layout, cfg, log, name) if path.is_file() else path
+    sets, bad = {}, []
+    for role, pairs in layout.sets.items():
         labels = torch.tensor([label for _, label in pairs], dtype=torch.long)
         split = StreamSplit(root, [f for f, _ in pairs], labels, cfg.image_size, workers)
         if cfg.skip_bad_images:
             split, skipped = split.without_bad()
             bad += skipped
-        splits.append(split)
+        sets[role] = split
     _report_bad_images(bad, skip_bad=True, log=log)
-    _check_not_empty(splits, layout.classes, path)
-    return ImageData(name, layout.classes, *splits)
+    _check_not_empty(sets, layout.classes, path)
+    return ImageData(name, layout.classes, **sets)
 
 
 def _extracted(archive: Path, layout: Layout, cfg: DataConfig, log: Log, name: str) -> Path:
@@ -108,23 +153,24 @@ def _extracted(archive: Path, layout: Layout, cfg: DataConfig, log: Log, name: s
         with locked(root.with_name(root.name + ".lock")):  # a second run waits, then reads it
             if not root.is_dir():
                 log(f"extracting {archive} to {root} (once) to stream its images from disk")
-                files = {file for file, _ in layout.train + layout.test}
-                extract(archive, root, files, cfg.skip_bad_images)
+                extract(archive, root, layout.files, cfg.skip_bad_images)
     except OSError as exc:  # its lock or folder could not be made (a full disk, read-only)
         raise unwritable_error(root.parent, exc) from None
     return root
 
 
 def _image_folder(path: Path, layout: Layout, cfg: DataConfig, log: Log, name: str) -> ImageData:
-    decoded = _decode_splits([layout.train, layout.test], path, cfg.image_size)
+    decoded = _decode_splits(list(layout.sets.values()), path, cfg.image_size)
     _report_bad_images(decoded.bad, cfg.skip_bad_images, log)
     if decoded.resized:
         log(f"resized {decoded.resized} images to {cfg.image_size}x{cfg.image_size}")
     splits = decoded.splits
     if cfg.skip_bad_images:  # skipping may have emptied a class
-        splits = [Split(s.images[~bad], s.labels[~bad]) for s, bad in zip(splits, decoded.bad_rows)]
-        _check_not_empty(splits, layout.classes, path)
-    return ImageData(name, layout.classes, *splits)
+        kept = [torch.nonzero(~bad)[:, 0] for bad in decoded.bad_rows]
+        splits = [s.subset(rows, role) for s, rows, role in zip(splits, kept, layout.sets)]
+    sets = dict(zip(layout.sets, splits))
+    _check_not_empty(sets, layout.classes, path)
+    return ImageData(name, layout.classes, **sets)
 
 
 def _report_bad_images(bad: list[tuple[str, str]], skip_bad: bool, log: Log) -> None:
@@ -141,13 +187,14 @@ def _report_bad_images(bad: list[tuple[str, str]], skip_bad: bool, log: Log) -> 
     )
 
 
-def _check_not_empty(splits: list[AnySplit], classes: list[str], path: Path) -> None:
-    for split_name, split in zip(("train", "test"), splits):
+def _check_not_empty(sets: dict[str, AnySplit], classes: list[str], path: Path) -> None:
+    for role, split in sets.items():
         counts = torch.bincount(split.labels, minlength=len(classes)).tolist()
         empty = [c for c, n in zip(classes, counts) if n == 0]
         if empty:
             raise BlitzError(
-                f"{path}: after skipping bad images, {split_name}/{empty[0]} has no images left"
+                f"{path}: after skipping bad images, the {role} set's class {empty[0]!r} has "
+                "no images left"
             )
 
 
@@ -162,14 +209,15 @@ class _Decoded:
 
 
 def _decode_splits(splits: list[list[tuple[str, int]]], path: Path, size: int) -> _Decoded:
-    """Decode each split's (file, label) pairs in one pass over the folder or archive; each file
-    is decoded as it is read, so the files' bytes are never all in memory at once."""
+    """Decode each split's (file, label) pairs in one pass over the folder, archive or table's
+    files; each file is decoded as it is read, so the files' bytes are never all in memory at
+    once."""
     images = [np.zeros((len(pairs), size, size, 3), dtype=np.uint8) for pairs in splits]
     where = {
         file: (s, row) for s, pairs in enumerate(splits) for row, (file, _) in enumerate(pairs)
     }
     resized, bad = [0], {}
-    for file, data in iter_files(path, set(where)):
+    for file, data in _read_images(path, set(where)):
         s, row = where.pop(file)
         try:
             if isinstance(data, BadImage):
@@ -186,6 +234,7 @@ def _decode_splits(splits: list[list[tuple[str, int]]], path: Path, size: int) -
         Split(
             torch.from_numpy(x).permute(0, 3, 1, 2).contiguous(),
             torch.tensor([label for _, label in pairs], dtype=torch.long),
+            [file for file, _ in pairs],
         )
         for x, pairs in zip(images, splits)
     ]
