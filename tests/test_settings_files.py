@@ -1,0 +1,82 @@
+"""Settings of one's own: a TOML file in the presets' format, a past run's config.json replayed
+exactly, and command-line options over either; every preset printed in full reads back."""
+
+import json
+
+import pytest
+
+from blitz import cli
+from blitz.config import build_config, list_presets, read_settings_file
+from blitz.errors import BlitzError
+
+
+def blitz(capsys, *args):
+    status = cli.main([str(a) for a in args])
+    return status, capsys.readouterr()
+
+
+@pytest.mark.parametrize("preset", list(list_presets()))
+def test_every_preset_printed_in_full_reads_back_as_the_same_settings(preset, tmp_path, capsys):
+    status, shown = blitz(capsys, "presets", "--show", preset)
+    assert status == 0
+    path = tmp_path / "mine.toml"
+    path.write_text(shown.out)
+    again = build_config("seed", base=read_settings_file(path))
+    expected = build_config(preset)
+    assert again.preset == "mine"  # the file's name: an edited copy is not the preset
+    assert again.to_dict() | {"preset": preset} == expected.to_dict()
+
+
+def test_a_settings_file_and_options_combine_options_winning(tmp_path):
+    path = tmp_path / "small.toml"
+    path.write_text("[optim]\nlr = 0.05\nweight_decay = 0.001\n[train]\nepochs = 4\n")
+    args = cli.build_parser().parse_args(
+        ["train", "--config", str(path), "--lr", "0.2", "--label-smoothing", "0.1"]
+    )
+    cfg = cli._train_plan(args)[0]
+    assert (cfg.optim.lr, cfg.optim.weight_decay, cfg.train.epochs) == (0.2, 0.001, 4)
+    assert cfg.optim.label_smoothing == 0.1 and cfg.preset == "small"
+    assert cfg.model.name == "lenet"  # what the file does not set: the defaults, not a preset's
+
+
+def test_a_run_replayed_from_its_config_json_ends_with_the_same_metrics(tmp_path, capsys):
+    first, second = tmp_path / "first", tmp_path / "second"
+    train = ["train", "--preset", "seed", "--data", "shapes:200", "--batch-size", "16"]
+    status, _ = blitz(capsys, *train, "--lr", "0.02", "--ema", "0.9", "--quiet", "--out", first)
+    assert status == 0
+    status, _ = blitz(capsys, "train", "--config", first, "--quiet", "--out", second)
+    assert status == 0
+    a, b = (json.loads((run / "metrics.json").read_text()) for run in (first, second))
+    timings = ("train_seconds", "eval_seconds", "compile_seconds", "total_seconds")
+    for metrics in (a, b):
+        for key in timings:
+            del metrics[key]
+        for record in metrics["history"]:
+            del record["seconds"]
+    assert a == b and a["preset"] == "seed"
+    config = json.loads((second / "config.json").read_text())
+    assert config == json.loads((first / "config.json").read_text())
+
+
+@pytest.mark.parametrize(
+    ("content", "name", "message"),
+    [
+        ("lr = ", "bad.toml", "not valid TOML"),
+        ('{"optim": 3}', "config.json", "optim.*a table of optim settings"),
+        ("[]", "config.json", "holds no table of settings"),
+        ("[optim]\nlrr = 1\n", "typo.toml", "unknown setting optim.lrr"),
+        ("x", "notes.txt", "expected a .toml settings file"),
+    ],
+)
+def test_bad_settings_files_are_named(tmp_path, content, name, message):
+    path = tmp_path / name
+    path.write_text(content)
+    with pytest.raises(BlitzError, match=message):
+        build_config("seed", base=read_settings_file(path))
+
+
+def test_preset_and_config_together_are_refused(tmp_path, capsys):
+    path = tmp_path / "a.toml"
+    path.write_text("")
+    status, shown = blitz(capsys, "train", "--preset", "seed", "--config", path)
+    assert status == 2 and "give one" in shown.err
