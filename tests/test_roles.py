@@ -2,6 +2,8 @@
 split and its record, class imbalance (weights, sampler) and early stopping."""
 
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -112,7 +114,8 @@ def test_recorded_sets_give_back_exactly_the_same_images(tmp_path, source):
 
 
 def test_fractions_that_leave_nothing_to_train_on_are_refused():
-    with pytest.raises(BlitzError, match="sum below 1"):
+    message = "--val-fraction .* 0.5 and --test-fraction .* 0.5 add up to 1, which leaves no"
+    with pytest.raises(BlitzError, match=message):
         DataConfig(val_fraction=0.5, test_fraction=0.5)
     with pytest.raises(BlitzError, match="--val-fraction"):
         DataConfig(val_fraction=1.5)
@@ -191,7 +194,11 @@ def test_early_stopping_keeps_the_best_epoch_and_survives_a_kill(tmp_path):
     assert_same_run(alone, killed)
     metrics = json.loads((alone / "metrics.json").read_text())
     assert [h["epoch"] for h in metrics["history"]] == [1, 2]  # stopped after 2 of 5 epochs
-    assert metrics["epochs"] == 2
+    assert metrics["epochs"] == 2 and metrics["kept_epoch"] == 1
+    assert (
+        "weights of epoch 1 (the best validation accuracy) kept"
+        in (alone / "report.html").read_text()
+    )
 
 
 def test_balanced_sampler_draws_every_class_alike_and_deals_like_one_process():
@@ -221,7 +228,10 @@ def test_balanced_class_weights_make_each_class_weigh_the_same():
 
 
 def test_imbalance_is_noted_and_counts_are_shown(tmp_path, capsys):
-    assert imbalance_note(["a", "b"], [30, 10]) and imbalance_note(["a", "b"], [20, 10]) is None
+    assert imbalance_note(["a", "b"], [20, 10], None) is None
+    assert "consider --class-weights" in imbalance_note(["a", "b"], [30, 10], None)
+    weighed = build_config("seed", {"optim.class_weights": "balanced"})
+    assert "this run uses --class-weights balanced" in imbalance_note(["a", "b"], [30, 10], weighed)
     files = {**images("", per_class=20, classes=CLASSES[:2]), **images("", 5, CLASSES[2:])}
     out = tmp_path / "run"
     root = write_folder(tmp_path / "uneven", files)
@@ -231,3 +241,28 @@ def test_imbalance_is_noted_and_counts_are_shown(tmp_path, capsys):
     assert "imbalanced: 3 (cherry) to 14 (apple)" in shown.out
     page = (out / "report.html").read_text()
     assert "images per class" in page and "imbalanced" in page
+
+
+def test_a_run_whose_output_pipe_closes_leaves_no_traceback_and_no_folder(tmp_path):
+    out = tmp_path / "run"
+    command = f"{sys.executable} -m blitz train --data shapes:200 --out {out} | head -1"
+    done = subprocess.run(command, shell=True, capture_output=True, text=True, timeout=600)
+    assert "Traceback" not in done.stderr and not out.exists(), done.stderr
+
+
+def test_a_preset_floor_of_steps_never_passes_an_explicit_cap(capsys, tmp_path):
+    root = write_folder(tmp_path / "flat", images("", per_class=10))  # 21 train: 1 step/epoch
+    status, shown = blitz(
+        capsys, "train", "--data", root, "--max-steps", "4", "--out", tmp_path / "r"
+    )
+    assert status == 0 and "training 4 epochs to reach 4 steps" in shown.out
+    assert "epoch 4/4" in shown.out and "train.max_steps caps it" not in shown.out
+
+
+def test_a_resumed_epoch_that_takes_no_step_keeps_its_step_in_the_rows():
+    from blitz.progress import Progress
+
+    cfg = build_config("seed", {"train.log_every": 0})
+    progress = Progress(cfg, print, quiet=True, resumed_step=5)
+    progress.start_epoch(4, 1, done=1)  # its one step was taken before the restart
+    assert progress.last_step == 5

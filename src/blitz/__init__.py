@@ -1,3 +1,26 @@
-"""blitz: train and test image classifiers with PyTorch (the 60 Minute Blitz as real software)."""
+"""blitz: train and test image classifiers with PyTorch (the 60 Minute Blitz as real software).
+
+From Python: ``blitz.train(data="shapes", epochs=3)`` and ``blitz.load(run_dir)`` give a
+``blitz.Run`` (see ``blitz.api``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from blitz.errors import BlitzError  # light: what every blitz error is
 
 __version__ = "0.1.0"
+__all__ = ["BlitzError", "Run", "load", "train"]
+
+
+def __getattr__(name: str) -> Any:
+    # on first use, so that `import blitz` (and the CLI's start) stays light: no torch
+    if name in ("Run", "load", "train"):
+        from blitz import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'blitz' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

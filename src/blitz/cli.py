@@ -8,10 +8,10 @@ import functools
 import os
 import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
 from typing import NoReturn
 
+from blitz.api import DEFAULT_PRESET, KEYWORDS  # light: no torch import
 from blitz.config import (  # light: no torch import
     CLASS_WEIGHTS,
     DEVICES,
@@ -21,10 +21,6 @@ from blitz.config import (  # light: no torch import
     PRECISIONS,
     SAMPLERS,
 )
-
-# options of `blitz train` that override one setting each: argparse dest -> dotted key
-OVERRIDES = {flag[2:].replace("-", "_"): key for key, flag in FLAGS.items()}
-DEFAULT_PRESET = "fast-cpu"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -235,90 +231,55 @@ def _version() -> str:
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, object]:
+    from blitz.api import settings_overrides
     from blitz.config import parse_value
     from blitz.errors import BlitzError
 
-    # getattr with a default: commands other than train take only some of these options
-    found = {key: getattr(args, flag, None) for flag, key in OVERRIDES.items()}
-    found = {k: v for k, v in found.items() if v is not None}
+    pairs = {}
     for item in getattr(args, "set", []):
         key, sep, value = item.partition("=")
         if not sep:
             raise BlitzError(f"invalid --set {item!r}: use --set SECTION.KEY=VALUE")
-        found[key.strip()] = parse_value(value.strip())
-    return found
+        pairs[key.strip()] = parse_value(value.strip())
+    # getattr with a default: commands other than train take only some of these options
+    return settings_overrides({word: getattr(args, word, None) for word in KEYWORDS}, pairs)
 
 
 def cmd_train(args: argparse.Namespace, started: float, argv: list[str]) -> None:
-    from blitz.distributed import World, check_batch_size, finish, launch, launched_by_torchrun
+    from blitz.api import run_training
+    from blitz.distributed import World, check_batch_size, launch, launched_by_torchrun
     from blitz.errors import BlitzError
-    from blitz.runs import train_run
 
     if args.devices < 1:
         raise BlitzError(f"invalid --devices {args.devices}: expected an integer >= 1")
-    cfg, run_dir, resume = _train_plan(args)
+    plan = _train_plan(args)
     if args.devices > 1 and not launched_by_torchrun():
-        check_batch_size(cfg.train.batch_size, World(size=args.devices))
-        if resume is None:
-            run_dir.prepare(args.overwrite)
-        pinned = [] if args.resume else ["--out", str(run_dir), "--overwrite"]
+        check_batch_size(plan.cfg.train.batch_size, World(size=args.devices))
+        if plan.resume is None:
+            plan.run_dir.prepare(args.overwrite)
+        pinned = [] if args.resume else ["--out", str(plan.run_dir), "--overwrite"]
         launch(args.devices, _without_devices(argv) + pinned)
         return
-    with _owning(run_dir):
-        if resume is None and _first_process():
-            run_dir.prepare(args.overwrite)
-        log = _logger(args.quiet)
-        metrics = train_run(cfg, run_dir, log, args.quiet, started, resume, args.mlflow)
-    finish()
+    metrics = run_training(plan, args.overwrite, args.quiet, args.mlflow, started)
     if metrics is None:  # not the first process: it prints nothing
         return
+    scored = "validation" if metrics.test_set == "val" else "test"
     print(
-        f"test accuracy {100 * metrics.test_accuracy:.2f} %"
+        f"{scored} accuracy {100 * metrics.test_accuracy:.2f} %"
         f" | training {metrics.train_seconds:.1f} s | total {metrics.total_seconds:.1f} s"
-        f" | run directory: {run_dir}"
+        f" | run directory: {plan.run_dir}"
     )
 
 
 def _train_plan(args: argparse.Namespace):
     """The settings, the run directory and the checkpoint to resume from (if any); nothing is
     written yet."""
-    from blitz.config import build_config, read_settings_file
-    from blitz.errors import BlitzError
-    from blitz.rundir import RunDir
-    from blitz.runs import elastic_resume
+    from blitz.api import plan_resume, plan_training
 
     if args.resume:
         _refuse_settings_with_resume(args)
-        run_dir = RunDir(args.resume)
-        resume = run_dir.load_resumable()
-        return resume.cfg, run_dir, resume
-    if args.preset and args.config:
-        raise BlitzError("--preset and --config both name the settings to start from: give one")
-    base = read_settings_file(args.config) if args.config else None
-    cfg = build_config(args.preset or DEFAULT_PRESET, _overrides(args), base)
-    run_dir = RunDir(args.out) if args.out else RunDir.default(cfg.preset)
-    return cfg, run_dir, elastic_resume(run_dir)  # torchrun restarted the group: carry on
-
-
-def _first_process() -> bool:
-    return os.environ.get("RANK", "0") == "0"
-
-
-@contextmanager
-def _owning(run_dir):
-    """The first process locks the run directory while it trains; a run refused before it
-    wrote anything leaves no empty folder behind."""
-    from blitz.errors import BlitzError
-
-    if not _first_process():
-        yield
-        return
-    with run_dir.lock():
-        try:
-            yield
-        except BlitzError:
-            run_dir.remove_if_unused()
-            raise
+        return plan_resume(args.resume)
+    return plan_training(args.preset, _overrides(args), args.out, args.config)
 
 
 def _without_devices(argv: list[str]) -> list[str]:
@@ -335,23 +296,12 @@ def _without_devices(argv: list[str]) -> list[str]:
 
 
 def _refuse_settings_with_resume(args: argparse.Namespace) -> None:
-    """A resumed run must replay the same settings: a changed one would break that silently."""
-    from blitz.errors import BlitzError
+    from blitz.api import refuse_changes_on_resume
 
-    given = [f"--{flag.replace('_', '-')}" for flag in OVERRIDES if getattr(args, flag) is not None]
+    given = [FLAGS[key] for word, key in KEYWORDS.items() if getattr(args, word) is not None]
     names = ("preset", "config", "set", "out", "overwrite")
     given += [f"--{name}" for name in names if getattr(args, name)]
-    if given:
-        raise BlitzError(
-            f"--resume continues {args.resume} with the settings saved in it: drop "
-            + ", ".join(given)
-            + " (to change settings, start a new run)"
-        )
-
-
-def _logger(quiet: bool):
-    """Details (data, losses, tables) are printed unless --quiet; the final line always is."""
-    return (lambda message: None) if quiet else (lambda message: print(message, flush=True))
+    refuse_changes_on_resume("--resume", args.resume, given)
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
@@ -381,8 +331,9 @@ def cmd_show(args: argparse.Namespace) -> None:
     check_output_file(args.out, "the image grid", ".png")
     data = load_data(args.data)
     split = getattr(data, args.split)
-    if split is None:
-        raise BlitzError(f"{data.name} has no validation set: add a val/ folder to it")
+    if split is None or (args.split == "test" and data.test_is_val):
+        missing = "validation" if args.split == "val" else "test"
+        raise BlitzError(f"{data.name} has no {missing} set: add a {args.split}/ folder to it")
     rows = sample_rows(args.count, len(split))
     names = [data.classes[i] for i in split.labels[rows].tolist()]
     save_image_grid(split.images_at(rows), names, args.out)
@@ -605,4 +556,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("blitz: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `blitz ... | head`: the reader left; say nothing more to it
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     return 0

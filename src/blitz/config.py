@@ -265,9 +265,12 @@ class DataConfig:
             if (value := getattr(self, key)) != "auto":
                 _check_fraction(f"data.{key}", value, "auto or a fraction")
                 given[key] = value
-        total = sum(given.values())
-        expected = "fractions that leave images to train on (their sum below 1)"
-        check_value(total < 1, "data.val_fraction", total, expected)
+        if sum(given.values()) >= 1:
+            both = " and ".join(f"{option_name(f'data.{k}')} {v:g}" for k, v in given.items())
+            raise BlitzError(
+                f"{both} add up to {sum(given.values()):g}, which leaves no images to train on: "
+                "choose fractions whose sum is below 1 (e.g. 0.1 and 0.2)"
+            )
 
 
 @dataclass

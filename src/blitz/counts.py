@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 
+from blitz.config import Config
 from blitz.data import ImageData
 
 IMBALANCE = 3.0  # the largest class this many times the smallest: worth a note
@@ -41,13 +42,29 @@ def _spread(classes: list[str], counts: list[int]) -> str:
     return f"{counts[low]} ({classes[low]}) to {counts[high]} ({classes[high]})"
 
 
-def imbalance_note(classes: list[str], train: list[int]) -> str | None:
-    """A note when the largest training class has IMBALANCE times the images of the smallest."""
+def imbalance_note(classes: list[str], train: list[int], cfg: Config | None) -> str | None:
+    """A note when the largest training class has IMBALANCE times the images of the smallest,
+    saying what the run (``cfg``; None: unknown) does about it."""
     low, high = min(train), max(train)
     if high < IMBALANCE * max(low, 1):
         return None
+    on = [f"--{name.replace('_', '-')} balanced" for name, value in _remedies(cfg) if value]
+    answer = (
+        f"this run uses {' and '.join(on)}"
+        if on
+        else "consider --class-weights balanced or --sampler balanced"
+    )
     return (
         f"the classes are imbalanced: {_spread(classes, train)} training images per class "
         f"({high / max(low, 1):.1f}x). Accuracy favours the large classes: read balanced "
-        "accuracy and macro F1 too, and consider --class-weights balanced or --sampler balanced"
+        f"accuracy and macro F1 too; {answer}"
     )
+
+
+def _remedies(cfg: Config | None) -> list[tuple[str, bool]]:
+    if cfg is None:
+        return []
+    return [
+        ("class_weights", cfg.optim.class_weights == "balanced"),
+        ("sampler", cfg.train.sampler == "balanced"),
+    ]

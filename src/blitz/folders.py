@@ -71,9 +71,9 @@ def check_path(path: Path, sources: list[str], tables: tuple[str, ...] = ()) -> 
     table = f", a table of image files and labels ({', '.join(tables)})" if tables else ""
     if not path.exists():
         raise BlitzError(
-            f"data path {str(path)!r} does not exist: pass an image folder with train/ and test/, "
-            f"an archive of one ({', '.join(ARCHIVE_SUFFIXES)}){table}, or one of "
-            f"{', '.join(sources)}"
+            f"data path {str(path)!r} does not exist: pass an image folder (one folder per "
+            "class, or train/ and test/ folders of those), an archive of one "
+            f"({', '.join(ARCHIVE_SUFFIXES)}){table}, or one of {', '.join(sources)}"
         )
     if path.is_file() and not path.name.lower().endswith(ARCHIVE_SUFFIXES + tables):
         raise BlitzError(

@@ -119,6 +119,18 @@ def open_tensorboard(folder: Path):
     return SummaryWriter(str(folder))
 
 
+def in_notebook() -> bool:
+    """Whether this process is a Jupyter kernel (its stderr is no terminal, yet shows bars)."""
+    return "ipykernel" in sys.modules
+
+
+def notebook_tqdm() -> type[tqdm]:
+    """tqdm's widget bar in a notebook (a text bar where ipywidgets is missing)."""
+    from tqdm.auto import tqdm as auto
+
+    return auto
+
+
 class Progress:
     """Observer of the loop: a tqdm bar on a terminal, else one line per epoch (or the seed's
     running-loss lines); rows for metrics.csv and TensorBoard when given a run directory."""
@@ -134,12 +146,12 @@ class Progress:
     ) -> None:
         self.cfg, self.log, self.quiet, self.tracker = cfg, log, quiet, tracker
         self.seed_lines = cfg.train.log_every
-        self.use_bar = not quiet and not self.seed_lines and sys.stderr.isatty()
+        self.use_bar = not quiet and not self.seed_lines and (sys.stderr.isatty() or in_notebook())
         self.csv = CsvLog(out.csv, resumed_step) if out else None
         self.board = open_tensorboard(out.tensorboard) if out and cfg.train.tensorboard else None
         self.interval, self.epoch_meter, self.running = Meter(), Meter(), Meter()
         self.bar: tqdm | None = None
-        self.last_step = 0
+        self.last_step = resumed_step  # a resumed epoch may end before it takes a step
         self.resumed: dict[str, dict[str, float]] = {}  # meters' sums from a checkpoint
 
     def start_epoch(self, epoch: int, steps: int, done: int = 0) -> None:
@@ -153,7 +165,8 @@ class Progress:
         self.resumed = {}
         if self.use_bar:
             desc = f"epoch {epoch + 1}/{self.cfg.train.epochs}"
-            self.bar = tqdm(total=steps, initial=done, desc=desc, unit="step", dynamic_ncols=True)
+            bar = notebook_tqdm() if in_notebook() else tqdm
+            self.bar = bar(total=steps, initial=done, desc=desc, unit="step", dynamic_ncols=True)
 
     def state_dict(self) -> dict[str, dict[str, float]]:
         """What the rows in progress have summed (for checkpoints)."""

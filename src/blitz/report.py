@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from blitz.config import Config
 from blitz.counts import imbalance_note
 from blitz.data import AnySplit
 from blitz.errors import BlitzError
@@ -75,26 +76,38 @@ CSP = (
 
 def write_report(run_dir: RunDir, metrics: Metrics, test: AnySplit, result: Evaluation) -> Path:
     """``RUN_DIR/report.html`` from the run's metrics, its files and its test predictions."""
-    config = _read_config(run_dir)
+    cfg = _read_settings(run_dir)
+    config = cfg.to_dict() if cfg else {}
     title = f"blitz run {run_dir.path.name}"
     sections = [
         _section("Summary", _table(_summary_rows(metrics, config))),
-        _data_section(metrics),
+        _data_section(metrics, cfg),
         _section("Training curves", _img(_curves(run_dir, metrics), "training curves")),
         _results_section(metrics),
         _errors_section(metrics, test, result),
-        _files_section(run_dir),
+        _files_section(run_dir, metrics),
     ]
     write_atomic(run_dir.report, _page(title, _subtitle(metrics), sections).encode())
     return run_dir.report
 
 
-def _read_config(run_dir: RunDir) -> dict[str, Any]:
-    """The settings for the summary table: the saved ones, or none if they cannot be read."""
+def _read_settings(run_dir: RunDir) -> Config | None:
+    """The run's saved settings, or None if they cannot be read."""
     try:
-        return run_dir.read_config().to_dict()
+        return run_dir.read_config()
     except BlitzError:
-        return {}
+        return None
+
+
+def _read_config(run_dir: RunDir) -> dict[str, Any]:
+    """The settings as plain data: the saved ones, or none if they cannot be read."""
+    cfg = _read_settings(run_dir)
+    return cfg.to_dict() if cfg else {}
+
+
+def _scored(metrics: Metrics) -> str:
+    """The set the run's figures are on: "test", or "validation" where there is no test set."""
+    return "validation" if metrics.test_set == "val" else "test"
 
 
 def _curves(run_dir: RunDir, metrics: Metrics) -> bytes:
@@ -103,8 +116,7 @@ def _curves(run_dir: RunDir, metrics: Metrics) -> bytes:
 
 def _subtitle(metrics: Metrics) -> str:
     # names come from files and folders: every piece is escaped, like every other string
-    scored = "validation" if metrics.test_set == "val" else "test"
-    head = html.escape(f"{metrics.model} on {metrics.data}: {scored} accuracy ")
+    head = html.escape(f"{metrics.model} on {metrics.data}: {_scored(metrics)} accuracy ")
     tail = html.escape(f" after {_duration(metrics)}")
     return f"{head}<b>{100 * metrics.test_accuracy:.2f} %</b>{tail}"
 
@@ -134,8 +146,9 @@ def _summary_rows(metrics: Metrics, config: dict[str, Any]) -> list[tuple[str, s
             "batch size, epochs, steps",
             f"{train.get('batch_size')}, {metrics.epochs}, {metrics.steps}",
         ),
+        *_early_stop(metrics),
         ("device, seed", f"{metrics.device}, {metrics.seed}"),
-        ("test accuracy", f"{100 * metrics.test_accuracy:.2f} %"),
+        (f"{_scored(metrics)} accuracy", f"{100 * metrics.test_accuracy:.2f} %"),
         (
             "time",
             f"training {metrics.train_seconds:.1f} s, total {metrics.total_seconds:.1f} s",
@@ -143,6 +156,14 @@ def _summary_rows(metrics: Metrics, config: dict[str, Any]) -> list[tuple[str, s
         ("versions", versions),
         ("report written", f"{datetime.now():%Y-%m-%d %H:%M}"),
     ]
+
+
+def _early_stop(metrics: Metrics) -> list[tuple[str, str]]:
+    """A row on early stopping (--patience), where it chose the final weights."""
+    if metrics.kept_epoch is None:
+        return []
+    return [("early stopping", f"weights of epoch {metrics.kept_epoch} (the best validation "
+             f"accuracy) kept after {metrics.epochs} epochs")]  # fmt: skip
 
 
 def _results_section(metrics: Metrics) -> str:
@@ -174,22 +195,27 @@ def _results_section(metrics: Metrics) -> str:
 _SET_NAMES = {"train": "training", "val": "validation", "test": "test"}
 
 
-def _data_section(metrics: Metrics) -> str:
+def _data_section(metrics: Metrics, cfg: Config | None) -> str:
     """The sets, how they were made, the images per class in each, and any imbalance."""
     if not metrics.sets:  # a run written before the sets were recorded
         return ""
     rows = [(_SET_NAMES[role], f"{n:,}") for role, n in metrics.sets.items()]
     made = ""
     if metrics.split:
+        fractions = [
+            f"{_SET_NAMES[role]} {metrics.split[f'{role}_fraction']:g}"
+            for role in ("val", "test")
+            if metrics.split[f"{role}_fraction"]
+        ]
         made = (
             f"<p class='note'>Split off the training images, per class, with split seed "
-            f"{metrics.split['seed']:g}: validation {metrics.split['val_fraction']:g}, test "
-            f"{metrics.split['test_fraction']:g} (which image is where: sets.csv).</p>"
+            f"{metrics.split['seed']:g}: {', '.join(fractions)} (which image is where: "
+            "sets.csv).</p>"
         )
     counts = metrics.class_counts
     shown = list(zip(metrics.classes, *counts.values()))[:FIGURE_CLASSES]
     head = ("class", *(_SET_NAMES[role] for role in counts))
-    note = imbalance_note(metrics.classes, counts["train"]) if "train" in counts else None
+    note = imbalance_note(metrics.classes, counts["train"], cfg) if "train" in counts else None
     body = (
         _table(rows, ("set", "images"))
         + made
@@ -210,7 +236,7 @@ def _validation(metrics: Metrics) -> str:
         for name in VALIDATION_FIGURES
         if figures.get(name) is not None
     ]
-    return "<h3>Validation (chose the best epoch)</h3>" + _table(rows)
+    return "<h3>Validation (scored each epoch; the final weights here)</h3>" + _table(rows)
 
 
 def _class_table(matrix: torch.Tensor, classes: list[str]) -> str:
@@ -252,27 +278,28 @@ def _errors_section(metrics: Metrics, test: AnySplit, result: Evaluation) -> str
     classes = metrics.classes
     rows = worst_errors(result, test.labels, WORST)
     if not len(rows):
-        return _section("Worst errors", "<p>No errors on the test set.</p>")
+        return _section("Worst errors", f"<p>No errors on the {_scored(metrics)} set.</p>")
     truth, predicted = test.labels[rows].tolist(), result.predicted[rows].tolist()
     captions = [
         f"{classes[t]}\n→ {classes[p]} {100 * c:.0f}%"
         for t, p, c in zip(truth, predicted, result.confidence[rows].tolist())
     ]
     note = (
-        "<p class='note'>Misclassified test images with the highest loss: truth, then "
-        "prediction and its confidence.</p>"
+        f"<p class='note'>Misclassified {_scored(metrics)} images with the highest loss: truth, "
+        "then prediction and its confidence.</p>"
     )
     return _section(
         "Worst errors", note + _img(image_grid_png(test.images_at(rows), captions), "worst errors")
     )
 
 
-def _files_section(run_dir: RunDir) -> str:
+def _files_section(run_dir: RunDir, metrics: Metrics) -> str:
     """The pictures the run already wrote: the seed's test grid and a few training images."""
+    scored = _scored(metrics).capitalize()
     parts = [
         f"<h3>{html.escape(caption)}</h3>{_img(path.read_bytes(), caption)}"
         for path, caption in (
-            (run_dir.test_predictions, "Test images: truth → prediction (the seed's look)"),
+            (run_dir.test_predictions, f"{scored} images: truth → prediction (the seed's look)"),
             (run_dir.train_images, "Training images"),
         )
         if path.is_file()

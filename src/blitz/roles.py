@@ -47,7 +47,8 @@ def fractions(data: ImageData, cfg: DataConfig) -> Fractions:
         if value != "auto" and value and has[role]:
             raise BlitzError(
                 f"{option_name(key)} {value}: {data.name} has its own {_NAMES[role]} set, which "
-                "is used as it is (a fraction splits off only a set the data lacks)"
+                f"is used as it is (a fraction splits off only a set the data lacks): drop "
+                f"{option_name(key).split()[0]}"
             )
         chosen[role] = auto[role] if value == "auto" else value
     return Fractions(**chosen)
@@ -78,7 +79,8 @@ def assign_roles(
     if data.test_is_val:
         log(
             f"{data.name} has no test set: the final accuracy is on the validation set, which "
-            f"also chose the best epoch (hold out a test set with --test-fraction {AUTO_TEST})"
+            "is not held out (it scores every epoch, and with --patience chooses one): hold "
+            f"out a test set with --test-fraction {AUTO_TEST}"
         )
         data.test = data.val
     return data
@@ -120,7 +122,8 @@ def _counts(size: int, split: Fractions, name: str) -> tuple[int, int]:
         raise BlitzError(
             f"class {name!r} has {size} image{'s' * (size != 1)}, too few to split into "
             f"{needed} sets (--val-fraction {split.val:g}, --test-fraction {split.test:g}): "
-            "add images of it, or add val/ and test/ folders yourself"
+            "add images of it, lower the fractions (0 splits off no such set), or add val/ "
+            "and test/ folders yourself"
         )
     return test, val
 

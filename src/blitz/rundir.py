@@ -70,6 +70,7 @@ class Metrics:
     class_counts: dict[str, list[int]] = field(default_factory=dict)  # per set, per class
     split: dict[str, float] | None = None  # what was split off the training images, and how
     validation: dict[str, Any] = field(default_factory=dict)  # its accuracy and the views above
+    kept_epoch: int | None = None  # with train.patience: the epoch whose weights are the model
     format: int = METRICS_FORMAT
 
     def __post_init__(self) -> None:
@@ -290,7 +291,10 @@ class RunDir:
     def load_resumable(self) -> Checkpoint:
         """The newest complete checkpoint of an unfinished run (what --resume continues from)."""
         if self.finished:
-            raise BlitzError(f"{self} holds a finished run: there is nothing to resume")
+            raise BlitzError(
+                f"{self} holds a finished run: there is nothing to resume. To train on from its "
+                f"settings, start a new run: blitz train --config {self} --out NEW_DIR"
+            )
         if not self.last.exists():
             raise BlitzError(
                 f"no checkpoint to resume in {self}: the run stopped before its first checkpoint "

@@ -200,6 +200,7 @@ def _metrics(
         test_set="val" if data.test_is_val else "test",
         class_counts=class_counts(data),
         split=data.split,
+        kept_epoch=state.best_epoch if state.best_weights is not None else None,
         train_seconds=round(state.train_seconds, 3),
         eval_seconds=round(eval_seconds, 3),
         compile_seconds=round(state.compile_seconds, 3),
@@ -265,13 +266,14 @@ def _fit_to_data(ctx: RunContext, data: ImageData) -> None:
     (recorded in config.json, so a resume replays them)."""
     train = ctx.cfg.train
     per_epoch = steps_per_epoch(ctx.cfg, len(data.train))
-    if train.epochs * per_epoch >= train.min_steps:
+    floor = min(train.min_steps, train.max_steps or train.min_steps)  # never past the cap
+    if train.epochs * per_epoch >= floor:
         return
-    epochs = math.ceil(train.min_steps / per_epoch)
+    epochs = math.ceil(floor / per_epoch)
     ctx.log(
         f"{len(data.train)} training images are {per_epoch} step{'s' * (per_epoch > 1)} of "
-        f"batch {train.batch_size}: training {epochs} epochs to reach the preset's "
-        f"{train.min_steps} steps (train.min_steps; --epochs N trains N)"
+        f"batch {train.batch_size}: training {epochs} epochs to reach {floor} steps "
+        "(train.min_steps; --epochs N trains N)"
     )
     train.epochs = epochs
 
@@ -297,7 +299,7 @@ def _describe(ctx: RunContext, data: ImageData) -> None:
     )
     counts = class_counts(data)
     ctx.log(format_counts(data.classes, counts))
-    if note := imbalance_note(data.classes, counts["train"]):
+    if note := imbalance_note(data.classes, counts["train"], cfg):
         ctx.log(note)
     per_epoch = steps_per_epoch(cfg, len(data.train))
     steps = planned_steps(cfg, len(data.train))

@@ -1,0 +1,422 @@
+"""blitz from Python (a notebook, a script): ``train`` and ``load`` give a ``Run`` to look at,
+predict with, evaluate, report and export. ``blitz train`` is a layer over ``plan_training``,
+``plan_resume`` and ``run_training``. Light to import: torch loads on first use."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import difflib
+import html
+import inspect
+import io
+import itertools
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple
+from urllib.parse import quote
+
+from blitz.config import FLAGS, SECTIONS
+from blitz.errors import BlitzError
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from blitz.checkpoint import Checkpoint, ModelFacts
+    from blitz.config import Config
+    from blitz.rundir import Metrics, RunDir
+
+# train()'s keywords (argparse's names for `blitz train`'s options) -> the settings they set
+KEYWORDS = {flag[2:].replace("-", "_"): key for key, flag in FLAGS.items()}
+DEFAULT_PRESET = "fast-cpu"
+CLASSES_SHOWN = 10  # class names in a Run's summary
+
+
+def train(
+    data: str | os.PathLike | None = None,
+    preset: str | None = None,
+    *,
+    config: str | os.PathLike | None = None,
+    set: dict[str, Any] | None = None,
+    out: str | os.PathLike | None = None,
+    overwrite: bool = False,
+    resume: str | os.PathLike | None = None,
+    quiet: bool = False,
+    mlflow: str | None = None,
+    **settings: Any,
+) -> Run:
+    """Train, test and write a run directory as ``blitz train`` does; returns the finished Run.
+    ``settings`` are that command's options as keywords (``max_steps=20`` for
+    ``--max-steps 20``; ``blitz.api.KEYWORDS`` lists them); ``set`` takes any setting by its
+    key (``{"optim.weight_decay": 5e-4}``); ``resume`` continues a stopped run with its saved
+    settings; ``mlflow``: a tracking URI, "" for the default, None for no MLflow."""
+    started = time.perf_counter()
+    if data is not None:
+        settings["data"] = os.fspath(data)
+    overrides = settings_overrides(settings, set)
+    if resume is not None:
+        starts = {"preset": preset, "config": config, "set": set, "out": out}
+        given = [name for name, value in settings.items() if value is not None]
+        given += [name for name, value in starts.items() if value]
+        given += ["overwrite"] if overwrite else []
+        refuse_changes_on_resume("train(resume=...)", resume, given)
+        plan = plan_resume(resume)
+    else:
+        plan = plan_training(preset, overrides, out, config)
+    metrics = run_training(plan, overwrite, quiet, mlflow, started)
+    return Run(plan.run_dir.path, metrics)
+
+
+def load(run_dir: str | os.PathLike) -> Run:
+    """A finished run, from its directory."""
+    return Run(run_dir)
+
+
+def settings_overrides(settings: dict[str, Any], extra: dict[str, Any] | None) -> dict[str, Any]:
+    """train()'s keywords as settings (``max_steps`` -> ``train.max_steps``; None: not given),
+    then ``extra``, already by key; an unknown keyword is named with what was meant."""
+    unknown = sorted(set(settings) - set(KEYWORDS))
+    if unknown:
+        raise BlitzError(f"unknown keyword {unknown[0]!r} for blitz.train: {_hint(unknown[0])}")
+    overrides = {KEYWORDS[name]: value for name, value in settings.items() if value is not None}
+    return {**overrides, **(extra or {})}
+
+
+def _hint(name: str) -> str:
+    """What an unknown keyword of train() was meant to be."""
+    if name == "devices":  # not `device`: several processes are torchrun's, started by the CLI
+        return "training in several processes is the command line's: blitz train --devices N"
+    keys = [f"{s}.{f.name}" for s, cls in SECTIONS.items() for f in dataclasses.fields(cls)]
+    if matches := [key for key in keys if key.endswith(f".{name}")]:  # a setting by its name
+        keyword = {key: word for word, key in KEYWORDS.items()}.get(matches[0])
+        return f"did you mean {keyword}?" if keyword else f"pass set={{{matches[0]!r}: ...}}"
+    own = [p for p in inspect.signature(train).parameters if p != "settings"]
+    if close := difflib.get_close_matches(name, [*KEYWORDS, *own], 1):
+        return f"did you mean {close[0]}?"
+    return "see help(blitz.train) for the keywords, or pass any setting with set={key: value}"
+
+
+def refuse_changes_on_resume(option: str, run_dir: str | os.PathLike, given: list[str]) -> None:
+    """A resumed run must replay its saved settings: a changed one would break that silently.
+    ``option`` and ``given`` are spelled as the caller's user typed them."""
+    if given:
+        raise BlitzError(
+            f"{option} continues {run_dir} with the settings saved in it: drop "
+            + ", ".join(given)
+            + " (to change settings, start a new run)"
+        )
+
+
+class TrainingPlan(NamedTuple):
+    """What a training call will do; nothing is written yet."""
+
+    cfg: Config
+    run_dir: RunDir
+    resume: Checkpoint | None  # the checkpoint to continue from
+
+
+def plan_training(
+    preset: str | None,
+    overrides: dict[str, Any],
+    out: str | os.PathLike | None = None,
+    config: str | os.PathLike | None = None,
+) -> TrainingPlan:
+    """A new run: a preset (or a settings file, ``config``) with overrides, and its folder."""
+    from blitz.config import build_config, read_settings_file
+    from blitz.rundir import RunDir
+    from blitz.runs import elastic_resume
+
+    if preset and config:
+        raise BlitzError("--preset and --config both name the settings to start from: give one")
+    base = read_settings_file(Path(config)) if config else None
+    cfg = build_config(preset or DEFAULT_PRESET, overrides, base)
+    run_dir = RunDir(Path(out)) if out else RunDir.default(cfg.preset)
+    return TrainingPlan(cfg, run_dir, elastic_resume(run_dir))  # torchrun restarted: carry on
+
+
+def plan_resume(run_dir: str | os.PathLike) -> TrainingPlan:
+    """A stopped run, continued from its newest checkpoint with its saved settings."""
+    from blitz.rundir import RunDir
+
+    folder = RunDir(Path(run_dir))
+    resume = folder.load_resumable()
+    return TrainingPlan(resume.cfg, folder, resume)
+
+
+def run_training(
+    plan: TrainingPlan, overwrite: bool, quiet: bool, mlflow: str | None, started: float
+) -> Metrics | None:
+    """Carry out a plan (``started``: when the caller began, for the run's total time). Under
+    torchrun every process trains and only the first returns the metrics."""
+    from blitz.context import silent
+    from blitz.distributed import finish
+    from blitz.runs import train_run
+
+    cfg, run_dir, resume = plan
+    with _owning(run_dir):
+        if resume is None and _first_process():
+            run_dir.prepare(overwrite)
+        log = silent if quiet else _print
+        metrics = train_run(cfg, run_dir, log, quiet, started, resume, mlflow)
+    finish()
+    return metrics
+
+
+def _print(message: str) -> None:
+    print(message, flush=True)
+
+
+def _first_process() -> bool:
+    return os.environ.get("RANK", "0") == "0"
+
+
+@contextmanager
+def _owning(run_dir: RunDir) -> Iterator[None]:
+    """The first process locks the run directory while it trains; a run refused before it
+    wrote anything leaves no empty folder behind."""
+    if not _first_process():
+        yield
+        return
+    with run_dir.lock():
+        try:
+            yield
+        except BaseException:  # refused, interrupted, or its output pipe closed
+            run_dir.remove_if_unused()  # only a run with no checkpoint yet: nothing is lost
+            raise
+
+
+@dataclass(frozen=True)
+class ImagePrediction:
+    """One image's most probable classes, best first."""
+
+    image: Path | int  # the file, or the image's place among the images passed
+    top: list[tuple[str, float]]  # (class, probability)
+
+    @property
+    def label(self) -> str:
+        return self.top[0][0]
+
+    @property
+    def probability(self) -> float:
+        return self.top[0][1]
+
+
+class Run:
+    """A finished run: what it measured, and its model to predict with, evaluate, report
+    and export."""
+
+    def __init__(self, path: str | os.PathLike, metrics: Metrics | None = None) -> None:
+        from blitz.rundir import RunDir
+
+        self._dir = RunDir(Path(path))
+        self.metrics = self._dir.read_metrics() if metrics is None else metrics
+
+    @property
+    def path(self) -> Path:
+        return self._dir.path
+
+    @property
+    def accuracy(self) -> float:
+        """On the test set (the validation set if there was none: see ``metrics.test_set``)."""
+        return self.metrics.test_accuracy
+
+    @property
+    def classes(self) -> list[str]:
+        return self.metrics.classes
+
+    @cached_property
+    def config(self) -> Config:
+        """The run's settings, as saved in config.json."""
+        return self._dir.read_config()
+
+    @cached_property
+    def _checkpoint(self) -> Checkpoint:
+        return self._dir.load_model()
+
+    @cached_property
+    def _model(self) -> torch.nn.Module:
+        return self._checkpoint.build_model()
+
+    def predict(self, images: Any, top_k: int = 1) -> list[ImagePrediction]:
+        """The ``top_k`` classes of each image: files or folders of them (a file that cannot
+        be read is named on stderr and left out), PIL images, or tensors, uint8 (C, H, W) or
+        (N, C, H, W) in 0-255 or float in [0, 1]; a list of any one kind. Images are converted
+        and resized as ``blitz predict`` does."""
+        from blitz.predict import collect_images, predict_files
+
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+            raise BlitzError(f"invalid top_k {top_k!r}: expected an integer >= 1")
+        items = list(images) if isinstance(images, (list, tuple)) else [images]
+        facts, model = self._checkpoint.model, self._model
+        if items and all(isinstance(item, (str, os.PathLike)) for item in items):
+            files = collect_images([Path(item) for item in items])
+            return [ImagePrediction(*p) for p in predict_files(facts, model, files, top_k)]
+        return _predict_in_memory(facts, model, _decoded(items, facts), top_k)
+
+    def evaluate(self, data: str | os.PathLike | None = None, quiet: bool = False) -> dict:
+        """Test the model on the run's own test set, or on ``data`` (a spec as for train): its
+        accuracy and the views of its confusion matrix, as metrics.json records them."""
+        from blitz.context import silent
+        from blitz.evaluate import classification_figures
+        from blitz.runs import eval_run
+
+        source = None if data is None else os.fspath(data)
+        result = eval_run(self._dir, source, silent if quiet else _print)
+        figures = classification_figures(result, self.classes, digits=6)
+        return {"accuracy": round(result.accuracy, 6), **figures}
+
+    def report(self) -> Path:
+        """Write report.html again (from the run's files and data); returns its path."""
+        from blitz.context import silent
+        from blitz.runs import rebuild_report
+
+        return Path(rebuild_report(self._dir, silent))
+
+    def export(self, format: str = "onnx", out: str | os.PathLike | None = None) -> Path:
+        """Write the model as ONNX or TorchScript, normalisation included, checked against
+        PyTorch; ``out`` defaults to model.onnx (model.torchscript.pt) in the run directory."""
+        from blitz.export import FORMATS, default_path, export_model
+
+        if format not in FORMATS:
+            raise BlitzError(f"unknown export format {format!r}: choose " + " or ".join(FORMATS))
+        path = Path(out) if out is not None else default_path(self.path, format)
+        export_model(self._checkpoint.model, self._checkpoint.build_model(), format, path)
+        return path
+
+    def __repr__(self) -> str:
+        m = self.metrics
+        return f"Run({str(self.path)!r}: {m.model} on {m.data}, {self._scored})"
+
+    @property
+    def _scored(self) -> str:
+        """``test accuracy 93.75 %`` (validation, for a run without a test set)."""
+        role = "validation" if self.metrics.test_set == "val" else "test"
+        return f"{role} accuracy {100 * self.accuracy:.2f} %"
+
+    def _repr_html_(self) -> str:
+        """Jupyter's view: the figures, the training curves and a link to report.html.
+        Every string is escaped: class and data names come from folders."""
+        from blitz.plots import curves_png
+        from blitz.progress import read_metrics_csv
+
+        m = self.metrics
+        sets = ", ".join(f"{count} {role}" for role, count in m.sets.items())
+        shown = m.classes[:CLASSES_SHOWN] + (["…"] if len(m.classes) > CLASSES_SHOWN else [])
+        rows = [
+            ("result", f"{self._scored} after {m.steps} steps ({m.epochs} epochs)"),
+            ("model", f"{m.model} ({m.parameters:,} parameters), preset {m.preset}"),
+            ("data", f"{m.data} ({sets or f'{m.test_images} test'} images)"),
+            (f"{len(m.classes)} classes", ", ".join(shown)),
+        ]
+        table = "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in rows)
+        png = base64.b64encode(curves_png(m.history, read_metrics_csv(self._dir.csv))).decode()
+        return (
+            f"<div><b>blitz run</b> <code>{_e(str(self.path))}</code><table>{table}</table>"
+            f"<img src='data:image/png;base64,{png}' alt='training curves' "
+            f"style='max-width:100%'><br>{self._report_link()}</div>"
+        )
+
+    def _report_link(self) -> str:
+        report = self._dir.report
+        if not report.exists():
+            return "no report.html: <code>run.report()</code> writes it"
+        try:
+            href = Path(os.path.relpath(report)).as_posix()  # a notebook serves its own folder
+        except ValueError:  # another drive (Windows)
+            href = report.resolve().as_uri()
+        return f"<a href='{_e(quote(href))}' target='_blank'>report.html</a>"
+
+
+def _e(text: str) -> str:
+    return html.escape(text, quote=True)
+
+
+def _decoded(items: list[Any], facts: ModelFacts) -> Iterator[np.ndarray]:
+    """Each in-memory image as blitz decodes a file: encoded losslessly (TIFF keeps every
+    mode and the EXIF orientation), then decoded, converted and resized as files are."""
+    from blitz.images import decode_image
+
+    mode = "L" if facts.in_channels == 1 else "RGB"
+    for index, image in enumerate(_pil_images(items)):
+        buffer = io.BytesIO()
+        try:
+            image.save(buffer, format="TIFF", exif=image.getexif())
+        except (OSError, ValueError) as exc:
+            raise BlitzError(
+                f"image {index} (mode {image.mode}) cannot be classified ({exc}): convert it "
+                "first, e.g. image.convert('RGB')"
+            ) from None
+        yield decode_image(buffer.getvalue(), f"image {index}", facts.image_size, mode=mode)
+
+
+def _pil_images(items: list[Any]) -> Iterator[Image.Image]:
+    import torch
+    from PIL import Image
+
+    for item in items:
+        if isinstance(item, Image.Image):
+            yield item
+        elif isinstance(item, torch.Tensor):
+            batch = item if item.dim() == 4 else _one_image(item)
+            yield from (_tensor_to_pil(image) for image in batch)
+        else:
+            raise BlitzError(
+                f"cannot predict a {type(item).__name__}: pass image files or folders, PIL "
+                "images or tensors (a list of one kind)"
+            )
+
+
+def _one_image(tensor: torch.Tensor) -> torch.Tensor:
+    if tensor.dim() != 3:
+        raise BlitzError(
+            f"a tensor of shape {tuple(tensor.shape)} is no image: expected (C, H, W) or "
+            "(N, C, H, W)"
+        )
+    return tensor.unsqueeze(0)
+
+
+def _tensor_to_pil(image: torch.Tensor) -> Image.Image:
+    """(C, H, W), uint8 in 0-255 or float in [0, 1], C 1, 3 or 4 -> a PIL image."""
+    import torch
+    from PIL import Image
+
+    if image.shape[0] not in (1, 3, 4):
+        raise BlitzError(
+            f"an image tensor of shape {tuple(image.shape)} has {image.shape[0]} channels: "
+            "expected (C, H, W) with C 1 (grey), 3 (RGB) or 4 (RGBA)"
+        )
+    if image.dtype.is_floating_point:
+        image = image.detach().cpu().float()
+        if not (image.isfinite().all() and image.min() >= 0 and image.max() <= 1):
+            raise BlitzError(
+                "a float image tensor must hold values in [0, 1]: scale it, or pass uint8 "
+                "values in 0-255"
+            )
+        image = (image * 255).round().to(torch.uint8)
+    elif image.dtype != torch.uint8:
+        raise BlitzError(f"an image tensor of {image.dtype}: expected uint8 (0-255) or float")
+    pixels = image.detach().cpu().permute(1, 2, 0).numpy()  # (H, W, C)
+    return Image.fromarray(pixels[:, :, 0] if pixels.shape[2] == 1 else pixels)
+
+
+def _predict_in_memory(
+    facts: ModelFacts, model: torch.nn.Module, arrays: Iterator[np.ndarray], top_k: int
+) -> list[ImagePrediction]:
+    """Classify decoded images in batches of at most ``predict.BATCH_BYTES``, as files are."""
+    from blitz.predict import BATCH_BYTES, _classify
+
+    per_batch = max(1, BATCH_BYTES // (facts.in_channels * facts.image_size**2))
+    results: list[ImagePrediction] = []
+    while batch := list(itertools.islice(arrays, per_batch)):
+        places = list(range(len(results), len(results) + len(batch)))
+        results += [ImagePrediction(*p) for p in _classify(facts, model, places, batch, top_k)]
+    if not results:
+        raise BlitzError("no images to predict: pass at least one")
+    return results

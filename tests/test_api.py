@@ -1,0 +1,201 @@
+"""blitz from Python: train and load a Run, predict on files, PIL images and tensors alike,
+evaluate, report, export; its Jupyter view escapes names; mistakes are BlitzErrors."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+import blitz
+from blitz.errors import BlitzError
+from blitz.export import run_export
+from blitz.sources.shapes import CLASSES as SHAPES
+from blitz.sources.shapes import make_shapes
+from conftest import folder_files, write_folder
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> blitz.Run:
+    root = tmp_path_factory.mktemp("api")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("BLITZ_DATA", str(root / "cache"))
+        return blitz.train(
+            data="shapes:200",
+            epochs=2,
+            max_steps=10,
+            set={"optim.weight_decay": 5e-4},
+            quiet=True,
+            out=root / "run",
+        )
+
+
+@pytest.fixture(scope="module")
+def images() -> torch.Tensor:
+    """Six shapes as uint8 (N, C, H, W), drawn afresh."""
+    return make_shapes(6, seed=7)[0]
+
+
+def test_train_returns_the_finished_run_with_its_settings(run):
+    recorded = json.loads((run.path / "metrics.json").read_text())
+    assert run.accuracy == recorded["test_accuracy"] == run.metrics.test_accuracy
+    assert run.classes == list(SHAPES)
+    assert (run.config.train.epochs, run.config.train.max_steps) == (2, 10)
+    assert run.config.optim.weight_decay == 5e-4 and run.config.data.source == "shapes:200"
+    again = blitz.load(run.path)
+    assert again.metrics == run.metrics and again.path == run.path
+
+
+def test_a_path_a_pil_image_and_a_tensor_get_the_same_probabilities(run, images, tmp_path):
+    pils = [Image.fromarray(image.permute(1, 2, 0).numpy()) for image in images]
+    for i, pil in enumerate(pils):
+        pil.save(tmp_path / f"{i}.png")
+    from_folder = run.predict(tmp_path, top_k=3)
+    from_files = run.predict([str(tmp_path / f"{i}.png") for i in range(len(pils))], top_k=3)
+    from_pil = run.predict(pils, top_k=3)
+    from_batch = run.predict(images, top_k=3)
+    from_floats = run.predict([image.float() / 255 for image in images], top_k=3)
+    assert [p.image for p in from_folder] == [tmp_path / f"{i}.png" for i in range(len(pils))]
+    assert [p.image for p in from_pil] == list(range(len(pils)))
+    expected = [p.top for p in from_files]
+    for predictions in (from_folder, from_pil, from_batch, from_floats):
+        assert [p.top for p in predictions] == expected
+    for p in from_pil:
+        probabilities = [prob for _, prob in p.top]
+        assert len(p.top) == 3 and probabilities == sorted(probabilities, reverse=True)
+        assert {c for c, _ in p.top} <= set(SHAPES) and p.label == p.top[0][0]
+
+
+def test_a_larger_or_grey_image_is_resized_and_converted_as_a_file_is(run, tmp_path):
+    image = Image.new("L", (50, 40), 90)
+    image.save(tmp_path / "grey.png")
+    assert run.predict(image)[0].top == run.predict(tmp_path / "grey.png")[0].top
+
+
+@pytest.mark.parametrize(
+    ("images", "message"),
+    [
+        (torch.full((3, 32, 32), 2.0), "values in [0, 1]"),
+        (torch.zeros(32, 32, dtype=torch.uint8), "(C, H, W) or (N, C, H, W)"),
+        (torch.zeros(2, 32, 32, dtype=torch.uint8), "2 channels"),
+        (torch.zeros(3, 32, 32, dtype=torch.int64), "torch.int64"),
+        (["a.png", torch.zeros(3, 32, 32, dtype=torch.uint8)], "cannot predict a str"),
+        ([], "no images"),
+    ],
+)
+def test_images_that_cannot_be_predicted_are_named(run, images, message):
+    with pytest.raises(BlitzError, match=re.escape(message)):
+        run.predict(images)
+
+
+def test_predict_refuses_a_bad_top_k_and_a_missing_file(run, tmp_path):
+    with pytest.raises(BlitzError, match="top_k"):
+        run.predict(tmp_path, top_k=0)
+    with pytest.raises(BlitzError, match="does not exist"):
+        run.predict(tmp_path / "missing.png")
+
+
+def test_evaluate_reproduces_the_recorded_accuracy(run):
+    result = run.evaluate(quiet=True)
+    assert result["accuracy"] == run.metrics.test_accuracy
+    assert set(result["per_class"]) == set(SHAPES)
+    assert result["macro_f1"] == run.metrics.macro_f1
+
+
+def test_report_and_onnx_export(run, images):
+    assert run.report() == run.path / "report.html" and (run.path / "report.html").is_file()
+    path = run.export("onnx")
+    assert path == run.path / "model.onnx" and path.is_file()
+    exported = run_export("onnx", path, images).softmax(1)
+    predicted = [p.top[0] for p in run.predict(images)]
+    assert [run.classes[i] for i in exported.argmax(1).tolist()] == [c for c, _ in predicted]
+    assert torch.allclose(exported.max(1).values, torch.tensor([p for _, p in predicted]))
+    with pytest.raises(BlitzError, match="onnx or torchscript"):
+        run.export("tflite")
+
+
+def test_the_jupyter_view_escapes_names_from_folders(tmp_path):
+    names = {"apple": "<script>", "banana": "b&'q\"", "cherry": "cherry"}
+    files = {
+        "/".join(names.get(part, part) for part in rel.split("/")): data
+        for rel, data in folder_files(per_class=4).items()
+    }
+    data = write_folder(tmp_path / "<i>fruit", files)
+    run = blitz.train(data=data, epochs=1, max_steps=2, quiet=True, out=tmp_path / "<b>run")
+    page = run._repr_html_()
+    assert "<script>" not in page and "<i>" not in page and "<b>run" not in page
+    assert "&lt;script&gt;" in page and "b&amp;&#x27;q&quot;" in page
+    assert "data:image/png;base64," in page and "report.html</a>" in page
+    assert "%3Cb%3Erun/report.html" in page  # the link, as a URL
+    assert repr(run).startswith("Run(") and "<b>run" in repr(run)
+
+
+@pytest.mark.parametrize(
+    ("settings", "hint"),
+    [
+        ({"max_step": 3}, "did you mean max_steps?"),
+        ({"translate": 2}, "set={'data.translate': ...}"),
+        ({"source": "mnist"}, "did you mean data?"),
+        ({"overwrit": True}, "did you mean overwrite?"),
+        ({"devices": 2}, "blitz train --devices N"),
+    ],
+)
+def test_an_unknown_keyword_is_named_with_what_was_meant(settings, hint, tmp_path):
+    with pytest.raises(BlitzError) as raised:
+        blitz.train(data="shapes:200", out=tmp_path / "run", **settings)
+    assert repr(next(iter(settings))) in str(raised.value) and hint in str(raised.value)
+    assert not (tmp_path / "run").exists()
+
+
+def test_bad_data_is_a_blitz_error_and_leaves_no_folder(tmp_path):
+    with pytest.raises(BlitzError, match="missing"):
+        blitz.train(data=tmp_path / "missing", quiet=True, out=tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_finished_run_is_neither_overwritten_nor_resumed_with_new_settings(run):
+    with pytest.raises(BlitzError, match="already holds a finished run"):
+        blitz.train(data="shapes:200", quiet=True, out=run.path)
+    with pytest.raises(BlitzError, match="settings saved in it: drop epochs, out"):
+        blitz.train(resume=run.path, epochs=3, out=run.path)
+    with pytest.raises(BlitzError, match="nothing to resume"):
+        blitz.train(resume=run.path)
+
+
+def test_load_refuses_a_folder_without_a_finished_run(tmp_path):
+    with pytest.raises(BlitzError, match="no metrics.json"):
+        blitz.load(tmp_path)
+
+
+def test_import_blitz_stays_light():
+    code = "import blitz, sys; blitz.train; blitz.Run; print('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.stdout.strip() == "False", result.stderr
+
+
+def test_run_paths_are_paths(run):
+    assert isinstance(run.path, Path) and isinstance(blitz.load(str(run.path)).path, Path)
+
+
+def test_a_notebook_gets_a_progress_bar_though_its_stderr_is_no_terminal(monkeypatch):
+    import types
+
+    from tqdm.auto import tqdm as auto
+
+    from blitz.config import build_config
+    from blitz.progress import Progress
+
+    cfg = build_config("fast-cpu")
+    assert not Progress(cfg, print, quiet=False).use_bar  # pytest's stderr: no terminal
+    monkeypatch.setitem(sys.modules, "ipykernel", types.ModuleType("ipykernel"))
+    progress = Progress(cfg, print, quiet=False)
+    assert progress.use_bar and not Progress(cfg, print, quiet=True).use_bar
+    progress.start_epoch(0, 3)
+    assert isinstance(progress.bar, auto)
+    progress.bar.close()
