@@ -266,3 +266,19 @@ def test_a_resumed_epoch_that_takes_no_step_keeps_its_step_in_the_rows():
     progress = Progress(cfg, print, quiet=True, resumed_step=5)
     progress.start_epoch(4, 1, done=1)  # its one step was taken before the restart
     assert progress.last_step == 5
+
+
+def test_show_draws_a_runs_own_sets(tmp_path, capsys):
+    root = write_folder(tmp_path / "flat", images("", per_class=10))
+    run = tmp_path / "run"
+    status, _ = blitz(capsys, *TINY, "--data", root, "--val-fraction", "0.3", "--out", run)
+    assert status == 0
+    grid = tmp_path / "val.png"
+    args = ["show", "--run", run, "--split", "val", "--count", 30, "--out", grid]
+    status, shown = blitz(capsys, *args)
+    labels = shown.out.splitlines()[-2].split()  # the line above "wrote ..."
+    assert status == 0 and grid.exists()
+    assert sorted(labels) == ["apple"] * 3 + ["banana"] * 3 + ["cherry"] * 3  # the run's 30 %
+    own = ["show", "--data", root, "--split", "val", "--count", 30, "--out", tmp_path / "o.png"]
+    status, shown = blitz(capsys, *own)
+    assert status == 0 and len(shown.out.splitlines()[-2].split()) == 3  # blitz's own 10 %

@@ -49,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="print only the results")
     p = sub.add_parser("show", help="write a grid of images with their labels (the seed's look)")
     p.add_argument("--data", default="auto", metavar="SPEC", help="data source (default: auto)")
+    p.add_argument(
+        "--run", type=Path, metavar="RUN_DIR", help="a run's own data and sets (sets.csv)"
+    )
     p.add_argument("--split", choices=["train", "val", "test"], default="train")
     p.add_argument("--count", type=int, default=8, help="how many images (default: 8)")
     p.add_argument("--out", type=Path, default=Path("images.png"), metavar="FILE.png")
@@ -324,12 +327,11 @@ def cmd_show(args: argparse.Namespace) -> None:
     from blitz.outputs import check_output_file
     from blitz.plots import save_image_grid
     from blitz.runs import sample_rows
-    from blitz.sources import load_data
 
     if args.count < 1:
         raise BlitzError(f"invalid --count {args.count}: expected an integer >= 1")
     check_output_file(args.out, "the image grid", ".png")
-    data = load_data(args.data)
+    data = _show_data(args)
     split = getattr(data, args.split)
     if split is None or (args.split == "test" and data.test_is_val):
         missing = "validation" if args.split == "val" else "test"
@@ -339,6 +341,22 @@ def cmd_show(args: argparse.Namespace) -> None:
     save_image_grid(split.images_at(rows), names, args.out)
     print(" ".join(f"{n:>5s}" for n in names))
     print(f"wrote {args.out}")
+
+
+def _show_data(args: argparse.Namespace):
+    """``--data`` with its sets as blitz makes them, or with ``--run`` the run's own."""
+    from blitz.errors import BlitzError
+    from blitz.rundir import RunDir
+    from blitz.sources import load_data
+
+    if args.run is None:
+        return load_data(args.data)
+    if args.data != "auto":
+        raise BlitzError("--run shows the run's own data: drop --data")
+    run_dir = RunDir(args.run)
+    if not run_dir.config.is_file():
+        raise BlitzError(f"{run_dir} holds no config.json: pass a run directory to --run")
+    return load_data(run_dir.read_config().data, print, run_dir.read_sets())
 
 
 def cmd_inspect(args: argparse.Namespace) -> None:
