@@ -59,7 +59,7 @@ def train(
     settings; ``mlflow``: a tracking URI, "" for the default, None for no MLflow."""
     started = time.perf_counter()
     if data is not None:
-        settings["data"] = os.fspath(data)
+        settings["data"] = data
     overrides = settings_overrides(settings, set)
     if resume is not None:
         starts = {"preset": preset, "config": config, "set": set, "out": out}
@@ -85,7 +85,11 @@ def settings_overrides(settings: dict[str, Any], extra: dict[str, Any] | None) -
     unknown = sorted(set(settings) - set(KEYWORDS))
     if unknown:
         raise BlitzError(f"unknown keyword {unknown[0]!r} for blitz.train: {_hint(unknown[0])}")
-    overrides = {KEYWORDS[name]: value for name, value in settings.items() if value is not None}
+    overrides = {
+        KEYWORDS[name]: os.fspath(value) if isinstance(value, os.PathLike) else value
+        for name, value in settings.items()
+        if value is not None
+    }
     return {**overrides, **(extra or {})}
 
 

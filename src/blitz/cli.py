@@ -143,6 +143,12 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         "epoch's weights (needs a validation set)",
     )
     p.add_argument(
+        "--init",
+        metavar="RUN_DIR",
+        help="start from a finished run's weights (its classes: all of them; other classes: "
+        "the body, with a new head)",
+    )
+    p.add_argument(
         "--class-weights",
         choices=CLASS_WEIGHTS,
         help="balanced: weigh each class's loss by how rare it is in training (default: none)",

@@ -74,6 +74,7 @@ FLAGS = {
     "train.precision": "--precision",
     "train.max_steps": "--max-steps",
     "train.patience": "--patience",
+    "train.init": "--init",
     "train.sampler": "--sampler",
     "train.tensorboard": "--tensorboard",
     "train.checkpoint_every": "--checkpoint-every",
@@ -348,6 +349,7 @@ class TrainConfig:
     patience: int = 0
     # "balanced": each epoch draws every class equally often (with replacement)
     sampler: Sampler = "shuffle"
+    init: str = ""  # start from this finished run's (or blitz .pt file's) weights; "": the seed's
     eval_batch_size: int = 1000
     tta: Tta = "none"  # test-time augmentation
     channels_last: bool = False  # memory format of images and weights (faster convs on some CPUs)

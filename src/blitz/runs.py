@@ -46,6 +46,7 @@ from blitz.roles import Assignment, record
 from blitz.rundir import Metrics, RunDir
 from blitz.signals import stop_on_signals
 from blitz.sources import load_data
+from blitz.warmstart import warm_start
 
 if TYPE_CHECKING:
     from blitz.tracking import MlflowTracker
@@ -129,11 +130,13 @@ def set_up(
 
 
 def build_model(ctx: RunContext, data: ImageData) -> nn.Module:
-    """A fresh model for ``data``, initialised from the seed, on the device in the run's memory
-    format (what training and lr-find start from)."""
+    """A fresh model for ``data``, initialised from the seed (or ``train.init``'s weights), on
+    the device in the run's memory format (what training and lr-find start from)."""
     cfg = ctx.cfg
     torch.manual_seed(cfg.train.seed)  # the weights' initialisation depends on the seed alone
     model = create_model(cfg.model.name, len(data.classes), data.channels, **cfg.model.options)
+    if cfg.train.init:
+        warm_start(model, cfg, data.classes, data.channels, ctx.log)
     model = model.to(ctx.device, memory_format=_memory_format(cfg))
     check_input_size(model, cfg.model.name, data.channels, cfg.data.image_size)
     return model
