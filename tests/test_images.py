@@ -1,10 +1,11 @@
-"""decode_image: large JPEGs decode at a reduced scale and still match a full decode; float
-TIFFs keep their greys; photos are turned the way their EXIF orientation says."""
+"""decode_image: large JPEGs decode at a reduced scale and still match a full decode; photos keep
+their aspect ratio (shorter side resized, middle cropped); float TIFFs keep their greys; photos
+are turned the way their EXIF orientation says."""
 
 import io
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from blitz.images import decode_image
 
@@ -21,7 +22,7 @@ def jpeg(width: int, height: int, mode: str = "RGB") -> bytes:
 
 def full_decode(data: bytes, size: int) -> np.ndarray:
     with Image.open(io.BytesIO(data)) as img:
-        return np.array(img.convert("RGB").resize((size, size), Image.BILINEAR))
+        return np.array(ImageOps.fit(img.convert("RGB"), (size, size), Image.BILINEAR))
 
 
 def test_a_large_jpeg_decoded_at_reduced_scale_matches_a_full_decode():
@@ -42,6 +43,16 @@ def test_jpegs_at_the_requested_size_and_grey_ones_decode_as_before():
     image = decode_image(grey, "grey.jpg", 48)
     assert image.shape == (48, 48, 3) and (image[..., 0] == image[..., 2]).all()
     assert np.abs(image.astype(int) - full_decode(grey, 48).astype(int)).mean() < 2
+
+
+def test_a_wide_photo_keeps_its_aspect_ratio_its_middle_cropped():
+    array = np.zeros((32, 96, 3), np.uint8)  # three squares side by side: green, red, blue
+    array[:, :32, 1] = array[:, 32:64, 0] = array[:, 64:, 2] = 255
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG")
+    image = decode_image(buf.getvalue(), "wide.png", 16)
+    # the middle square, not the three squashed (the edge columns blend with the neighbours)
+    assert (image[:, 1:-1] == (255, 0, 0)).all() and (image[..., 0] > 200).all()
 
 
 def tiff(array: np.ndarray) -> bytes:

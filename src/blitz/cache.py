@@ -16,7 +16,7 @@ from blitz.data import ImageData, Log, Split
 from blitz.errors import BlitzError
 from blitz.folders import members
 
-CACHE_FORMAT = 3  # bump when decoding or its layout changes, so old caches are rebuilt
+CACHE_FORMAT = 4  # bump when decoding or its layout changes, so old caches are rebuilt
 # what torch.load raises on a file cut short or overwritten: zip (OSError "invalid argument",
 # RuntimeError), pickle and layout errors (random bytes have also made its unpickler raise
 # IndexError: tests/test_bad_input.py draws them afresh each run)

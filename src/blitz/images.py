@@ -28,7 +28,8 @@ def decode_image(
     data: bytes, name: str, size: int, resized: list[int] | None = None, mode: str = "RGB"
 ) -> np.ndarray:
     """One image file as (size, size, channels) uint8: turned upright as its EXIF orientation
-    says, converted and resized as needed."""
+    says, converted, and where it is not size x size already, its shorter side resized to
+    size and its middle cropped (the aspect ratio kept: a photo is not squashed)."""
     try:
         with warnings.catch_warnings():
             # a file that decodes to a huge image is refused, not decoded (a decompression bomb)
@@ -39,7 +40,7 @@ def decode_image(
                 _upright(img)
                 img = _to_8bit(img).convert(mode)
                 if img.size != (size, size):
-                    img = img.resize((size, size), Image.BILINEAR)
+                    img = ImageOps.fit(img, (size, size), Image.BILINEAR)
                     if resized is not None:
                         resized[0] += 1
                 return np.array(img).reshape(size, size, -1)  # writable: torch wants that

@@ -163,7 +163,10 @@ def _image_folder(path: Path, layout: Layout, cfg: DataConfig, log: Log, name: s
     decoded = _decode_splits(list(layout.sets.values()), path, cfg.image_size)
     _report_bad_images(decoded.bad, cfg.skip_bad_images, log)
     if decoded.resized:
-        log(f"resized {decoded.resized} images to {cfg.image_size}x{cfg.image_size}")
+        log(
+            f"resized {decoded.resized} images to {cfg.image_size}x{cfg.image_size} (the shorter "
+            "side, then the middle cropped: aspect ratios kept)"
+        )
     splits = decoded.splits
     if cfg.skip_bad_images:  # skipping may have emptied a class
         kept = [torch.nonzero(~bad)[:, 0] for bad in decoded.bad_rows]
