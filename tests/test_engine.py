@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from blitz.config import DataConfig, build_config
+from blitz.config import OPTIMIZERS, DataConfig, build_config
 from blitz.context import RunContext, silent
 from blitz.engine import (
     TrainHooks,
@@ -26,6 +26,32 @@ CPU = torch.device("cpu")
 
 def quiet_run(cfg) -> RunContext:
     return RunContext(cfg, CPU, log=silent, quiet=True)
+
+
+def test_cosine_warms_up_then_falls_to_zero_along_a_half_cosine():
+    cosine = build_config("seed", {"optim.schedule": "cosine", "optim.warmup": 0.2}).optim
+    factors = [lr_factor(s, 100, cosine) for s in (0, 10, 20, 60, 100)]
+    assert factors == pytest.approx([0.0, 0.5, 1.0, 0.5, 0.0])
+
+
+@pytest.mark.parametrize("optimizer", OPTIMIZERS)
+def test_every_optimizer_trains_and_a_frozen_body_stays_put(optimizer):
+    """Each update rule moves the weights; with the body frozen (optim.freeze) only the
+    classifier head (lenet's fc3) moves, whatever the rule and its weight decay."""
+    settings = {"optim.name": optimizer, "optim.lr": 0.01, "optim.weight_decay": 0.01}
+    settings.update({"train.batch_size": 16, "train.max_steps": 4, "train.log_every": 0})
+    data = load_data("shapes:64", log=silent)
+    moved = {}
+    for freeze in (0.0, 0.99):
+        cfg = build_config("seed", {**settings, "optim.freeze": freeze})
+        torch.manual_seed(0)
+        model = create_model("lenet", 10, 3)
+        before = copy.deepcopy(model.state_dict())
+        train(quiet_run(cfg), data, model)
+        after = model.state_dict()
+        moved[freeze] = {k for k in before if not torch.equal(before[k], after[k])}
+    assert moved[0.0] == set(before)  # every weight learns
+    assert moved[0.99] == {"fc3.weight", "fc3.bias"}  # only the head
 
 
 def test_schedules_are_pure_functions_of_the_step():

@@ -21,10 +21,10 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 # The choices of each setting live in its annotation; the tuples are for the command line.
-Optimizer = Literal["sgd", "nesterov", "adam", "rmsprop", "muon"]
+Optimizer = Literal["sgd", "nesterov", "adam", "adamw", "rmsprop", "muon"]
 Loss = Literal["cross-entropy", "mse"]
 Reduction = Literal["mean", "sum"]
-Schedule = Literal["constant", "onecycle", "linear"]
+Schedule = Literal["constant", "onecycle", "linear", "cosine"]
 Flip = Literal["none", "random", "alternate"]
 Tta = Literal["none", "flip", "flip-translate"]
 Precision = Literal["fp32", "bf16", "fp16", "auto"]
@@ -305,7 +305,10 @@ class OptimConfig:
     label_smoothing: float = 0.0
     reduction: Reduction = "mean"  # "sum": per-sample learning rates, scaling with the batch
     schedule: Schedule = "constant"
-    warmup: float = 0.0  # fraction of all steps spent warming up (onecycle)
+    warmup: float = 0.0  # fraction of all steps spent warming up (onecycle, cosine)
+    # fraction of all steps with the body frozen (learning rate 0): only the classifier head
+    # learns, as fine-tuning a pretrained model starts
+    freeze: float = 0.0
     ema: float = 0.0  # decay of an exponential moving average of the weights; 0: off
     head_lr: float = 0.0  # learning rate of the classifier layer; 0: the same as lr
     muon_lr: float = 0.02  # with name = "muon": torch.optim.Muon for conv filters, SGD-Nesterov
@@ -318,6 +321,7 @@ class OptimConfig:
         check_range("optim.weight_decay", self.weight_decay, 0)
         _check_fraction("optim.label_smoothing", self.label_smoothing)
         _check_fraction("optim.warmup", self.warmup, "a fraction")
+        _check_fraction("optim.freeze", self.freeze, "a fraction")
         _check_fraction("optim.ema", self.ema, "a decay")
         check_range("optim.head_lr", self.head_lr, 0)
         check_value(self.muon_lr > 0, "optim.muon_lr", self.muon_lr, "a number > 0")

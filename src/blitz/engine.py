@@ -23,7 +23,7 @@ from blitz.devices import autocast, grad_scaler, synchronize
 from blitz.distributed import World, epoch_batches, sum_over_ranks, wrap
 from blitz.errors import BlitzError
 from blitz.evaluate import evaluate
-from blitz.optim import build_optimizers, lr_factor, unflatten_filters
+from blitz.optim import body_frozen, build_optimizers, lr_factor, unflatten_filters
 from blitz.preprocess import normalize
 from blitz.progress import Progress
 
@@ -441,21 +441,31 @@ def _tick(state: TrainState, since: float) -> float:
 def _step(
     loop: Loop, rows: torch.Tensor, images: torch.Tensor, labels: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One training step at the schedule's learning rate (see ``train_step``)."""
-    factor = lr_factor(loop.state.step, loop.total, loop.cfg.optim)
-    return train_step(loop, rows, images, labels, factor)
+    """One training step at the schedule's learning rate (see ``train_step``); the body's is 0
+    while it is frozen (``optim.freeze``)."""
+    step, total, cfg = loop.state.step, loop.total, loop.cfg.optim
+    factor = lr_factor(step, total, cfg)
+    body = 0.0 if body_frozen(step, total, cfg) else factor
+    return train_step(loop, rows, images, labels, factor, body)
 
 
 def train_step(
-    loop: Loop, rows: torch.Tensor, images: torch.Tensor, labels: torch.Tensor, factor: float
+    loop: Loop,
+    rows: torch.Tensor,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    factor: float,
+    body: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimizer step on a batch (uint8 ``images`` of the split's ``rows``), each parameter
     group at ``factor`` times its base learning rate (the schedule's factor when training,
-    the sweep's in lr-find); returns the loss per sample and the logits (both detached)."""
+    the sweep's in lr-find), the body's at ``body`` times it if given; returns the loss per
+    sample and the logits (both detached)."""
     cfg = loop.cfg
+    body = factor if body is None else body
     for optimizer in loop.optimizers:
         for group in optimizer.param_groups:
-            group["lr"] = group["base_lr"] * factor
+            group["lr"] = group["base_lr"] * (factor if group.get("head") else body)
     with autocast(cfg.train.precision, labels.device):  # the forward pass only
         logits = loop.net(prepare_batch(loop, images, rows)).float()
         loss = compute_loss(logits, labels, cfg.optim, loop.loss_weights)

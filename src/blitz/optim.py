@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
@@ -16,7 +18,12 @@ def param_groups(params: list[nn.Parameter], cfg: OptimConfig, head: set[int]) -
     # lr x weight_decay (the shrinkage per step) is the same for the head as for the body
     head_decay = cfg.weight_decay * cfg.lr / head_lr
     groups = [
-        {"params": [p for p in params if id(p) in head], "lr": head_lr, "weight_decay": head_decay},
+        {
+            "params": [p for p in params if id(p) in head],
+            "lr": head_lr,
+            "weight_decay": head_decay,
+            "head": True,  # the one group that learns while the body is frozen (optim.freeze)
+        },
         {"params": [p for p in params if p.ndim >= 2 and id(p) not in head]},
         {"params": [p for p in params if p.ndim < 2 and id(p) not in head], "weight_decay": 0.0},
     ]
@@ -62,8 +69,11 @@ class _Unflatten(nn.Module):
 def _renormalize_filters(optimizer: torch.optim.Optimizer, *_) -> None:
     # As airbench does: Muon's updates have a fixed size, so fixing each filter bank's norm
     # keeps the effective step size constant (batch norm makes the scale irrelevant otherwise).
+    group = optimizer.param_groups[0]
+    if not group["lr"]:  # frozen (optim.freeze): the filters stay as they are
+        return
     with torch.no_grad():
-        for p in optimizer.param_groups[0]["params"]:
+        for p in group["params"]:
             p.mul_(len(p) ** 0.5 / p.norm())
 
 
@@ -98,6 +108,8 @@ def build_optimizers(model: nn.Module, cfg: OptimConfig) -> list[torch.optim.Opt
         )
     elif cfg.name == "adam":
         optimizers.append(torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay))
+    elif cfg.name == "adamw":  # decoupled weight decay (what fine-tuning recipes use)
+        optimizers.append(torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay))
     else:
         optimizers.append(
             torch.optim.RMSprop(
@@ -114,6 +126,14 @@ def lr_factor(step: int, total: int, cfg: OptimConfig) -> float:
         return 1.0
     if cfg.schedule == "linear":
         return max(0.0, 1 - progress)
-    if progress < cfg.warmup:  # onecycle: linear warm-up, then linear decay to zero
+    if progress < cfg.warmup:  # onecycle, cosine: linear warm-up, then decay to zero
         return progress / cfg.warmup
-    return max(0.0, (1 - progress) / (1 - cfg.warmup))
+    rest = (progress - cfg.warmup) / (1 - cfg.warmup)
+    if cfg.schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * min(rest, 1.0)))
+    return max(0.0, 1 - rest)
+
+
+def body_frozen(step: int, total: int, cfg: OptimConfig) -> bool:
+    """Whether ``step`` falls in the first ``optim.freeze`` of the steps (only the head learns)."""
+    return step < cfg.freeze * total
