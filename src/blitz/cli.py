@@ -84,6 +84,12 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--data", metavar="SPEC", help="auto | cifar10 | mnist | shapes[:N] | PATH")
     p.add_argument("--model", metavar="NAME", help="a model from `blitz models`")
+    p.add_argument(
+        "--pretrained",
+        metavar="PATH",
+        help="start a timm:NAME model from this weights file (.safetensors, .pt, .pth); a "
+        "classifier head for other classes starts afresh",
+    )
     p.add_argument("--epochs", type=int, metavar="N")
     p.add_argument("--batch-size", type=int, metavar="N")
     p.add_argument("--lr", type=float, metavar="F", help="learning rate")
@@ -496,7 +502,10 @@ def cmd_models(args: argparse.Namespace) -> None:
     note = (
         "parameters: with 10 classes and 3 input channels; the classifier head holds 'per class' "
         "more for each further class. image sizes: the sides (--image-size) a model takes. "
-        "options: change one with --set model.options.NAME=VALUE."
+        "options: change one with --set model.options.NAME=VALUE. timm:NAME: any of timm's "
+        "models (pip install 'blitz[timm]'; list them with "
+        "python -c \"import timm; print(timm.list_models('resnet*'))\"), e.g. --model "
+        "timm:resnet18; --pretrained FILE starts it from downloaded weights."
     )
     print("\n" + _wrap(note, ""))
 

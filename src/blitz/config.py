@@ -58,6 +58,7 @@ FLAGS = {
     "data.val_fraction": "--val-fraction",
     "data.test_fraction": "--test-fraction",
     "model.name": "--model",
+    "model.pretrained": "--pretrained",
     "optim.name": "--optimizer",
     "optim.lr": "--lr",
     "optim.momentum": "--momentum",
@@ -280,14 +281,22 @@ class ModelConfig:
 
     name: str = "lenet"
     options: dict[str, Any] = field(default_factory=dict)
+    # a weights file for a timm model to start from. Recorded, never re-read: a checkpoint
+    # holds the trained weights, so the file need not exist when the run is loaded again.
+    pretrained: str = ""
 
     def __post_init__(self) -> None:
-        from blitz.models import check_options, list_models
+        from blitz.models import check_model_name, check_options
+        from blitz.models.timm_models import PREFIX
 
         check_types(self, "model")
-        names = list_models()
-        check_value(self.name in names, "model.name", self.name, "one of " + ", ".join(names))
+        check_model_name(self.name)
         check_options(self.name, self.options)  # types here; ranges when the model is built
+        if self.pretrained:
+            expected = f"a --model {PREFIX}NAME to load it into ({self.name} is blitz's own: "
+            expected += "start it from a run of yours with --init RUN_DIR)"
+            ok = self.name.startswith(PREFIX)
+            check_value(ok, "model.pretrained", self.pretrained, expected)
 
 
 @dataclass
@@ -399,6 +408,10 @@ class Config:
 
     def __post_init__(self) -> None:
         check_types(self)
+        if self.model.pretrained and self.train.init:  # the second would overwrite the first
+            raise BlitzError(
+                "--pretrained and --init both give the starting weights: pass one of them"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data (JSON- and checkpoint-safe)."""

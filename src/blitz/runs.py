@@ -38,6 +38,7 @@ from blitz.evaluate import (
     per_class_accuracy,
 )
 from blitz.models import check_input_size, count_parameters, create_model
+from blitz.models.timm_models import load_pretrained
 from blitz.plots import save_image_grid
 from blitz.progress import Progress
 from blitz.report import write_report
@@ -82,7 +83,8 @@ def train_run(
         saved = resume.training
         ctx.log(f"resuming {run_dir} after step {saved.step} (epoch {saved.epoch + 1})")
     _fit_to_data(ctx, data)
-    model = build_model(ctx, data)  # a model that cannot take the data fails before any write
+    # a model that cannot take the data fails before any write
+    model = build_model(ctx, data, fresh=resume is None)
     if ctx.writes:
         _record_start(ctx, data)
     tracker = _tracker(ctx, mlflow, resume is not None)
@@ -129,13 +131,16 @@ def set_up(
     return RunContext(cfg, device, world, run_dir, log, quiet, started)
 
 
-def build_model(ctx: RunContext, data: ImageData) -> nn.Module:
-    """A fresh model for ``data``, initialised from the seed (or ``train.init``'s weights), on
+def build_model(ctx: RunContext, data: ImageData, fresh: bool = True) -> nn.Module:
+    """A model for ``data``, initialised from the seed, or from ``model.pretrained``'s or
+    ``train.init``'s weights when ``fresh`` (a resumed run takes its checkpoint's instead), on
     the device in the run's memory format (what training and lr-find start from)."""
     cfg = ctx.cfg
     torch.manual_seed(cfg.train.seed)  # the weights' initialisation depends on the seed alone
     model = create_model(cfg.model.name, len(data.classes), data.channels, **cfg.model.options)
-    if cfg.train.init:
+    if fresh and cfg.model.pretrained:
+        load_pretrained(model, cfg.model.pretrained, ctx.log)
+    if fresh and cfg.train.init:
         warm_start(model, cfg, data.classes, data.channels, ctx.log)
     model = model.to(ctx.device, memory_format=_memory_format(cfg))
     check_input_size(model, cfg.model.name, data.channels, cfg.data.image_size)

@@ -12,6 +12,14 @@ from torch import nn
 
 from blitz.config import MAX_IMAGE_SIZE, check_range, check_type, check_value
 from blitz.errors import BlitzError
+from blitz.models.timm_models import (
+    INSTALL,
+    PREFIX,
+    Preprocessing,
+    check_timm_name,
+    timm_factory,
+    timm_preprocessing,
+)
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 BUILT_IN = ("num_classes", "in_channels")  # every factory's arguments, not options
@@ -34,10 +42,32 @@ def list_models() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def _choices() -> str:
+    return ", ".join(list_models()) + f", or {PREFIX}NAME for any of timm's models ({INSTALL})"
+
+
+def check_model_name(name: str) -> None:
+    """A BlitzError naming ``--model`` unless ``name`` is registered or one of timm's
+    (``timm:resnet18``): these are checked against timm's own list."""
+    if name.startswith(PREFIX):
+        check_timm_name(name.removeprefix(PREFIX))
+    else:
+        check_value(name in _REGISTRY, "model.name", name, "one of " + _choices())
+
+
 def _factory(name: str) -> Callable[..., nn.Module]:
+    if name.startswith(PREFIX):
+        return timm_factory(name.removeprefix(PREFIX))
     if name not in _REGISTRY:
-        raise BlitzError(f"unknown model {name!r}: choose one of " + ", ".join(list_models()))
+        raise BlitzError(f"unknown model {name!r}: choose one of " + _choices())
     return _REGISTRY[name]
+
+
+def model_preprocessing(name: str) -> Preprocessing | None:
+    """The input size, mean and std a timm model was pretrained with; None for blitz's own
+    models (trained from scratch: the data's statistics serve)."""
+    check_model_name(name)
+    return timm_preprocessing(name.removeprefix(PREFIX)) if name.startswith(PREFIX) else None
 
 
 def model_summary(name: str) -> str:
