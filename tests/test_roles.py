@@ -10,9 +10,9 @@ import torch
 
 from blitz import cli
 from blitz.config import DataConfig, build_config
-from blitz.counts import imbalance_note
+from blitz.counts import balanced_weights, imbalance_note
 from blitz.distributed import SINGLE, World, epoch_batches
-from blitz.engine import balanced_weights, compute_loss
+from blitz.engine import compute_loss
 from blitz.errors import BlitzError
 from blitz.roles import record
 from blitz.sources import load_data

@@ -12,13 +12,22 @@ IMBALANCE = 3.0  # the largest class this many times the smallest: worth a note
 TABLE_CLASSES = 20  # more classes than this: a one-line summary instead of the table
 
 
+def label_counts(labels: torch.Tensor, classes: int) -> torch.Tensor:
+    """Images per class, (classes,) int64 on the CPU."""
+    return torch.bincount(labels.cpu(), minlength=classes)
+
+
 def class_counts(data: ImageData) -> dict[str, list[int]]:
     """Per set ("train", "val", "test"), the images of each class."""
     k = len(data.classes)
-    return {
-        role: torch.bincount(split.labels.cpu(), minlength=k).tolist()
-        for role, split in data.sets().items()
-    }
+    return {role: label_counts(split.labels, k).tolist() for role, split in data.sets().items()}
+
+
+def balanced_weights(labels: torch.Tensor, classes: int) -> torch.Tensor:
+    """Per class, n / (classes * its count) (scikit-learn's "balanced"): every class weighs
+    the same in the loss in total (--class-weights balanced, --sampler balanced)."""
+    counts = label_counts(labels, classes).float()
+    return len(labels) / (classes * counts.clamp(min=1))
 
 
 def format_counts(classes: list[str], counts: dict[str, list[int]]) -> str:

@@ -18,6 +18,7 @@ from blitz import augment
 from blitz.compiling import compile_recovering
 from blitz.config import Config, OptimConfig
 from blitz.context import RunContext
+from blitz.counts import balanced_weights
 from blitz.data import AnySplit, Batch, ImageData, Split
 from blitz.devices import autocast, grad_scaler, synchronize
 from blitz.distributed import World, epoch_batches, sum_over_ranks, wrap
@@ -42,18 +43,6 @@ def compute_loss(
     return F.cross_entropy(
         logits, labels, weights, label_smoothing=cfg.label_smoothing, reduction=cfg.reduction
     )
-
-
-def class_counts(labels: torch.Tensor, classes: int) -> torch.Tensor:
-    """Images per class, (classes,) int64 on the CPU."""
-    return torch.bincount(labels.cpu(), minlength=classes)
-
-
-def balanced_weights(labels: torch.Tensor, classes: int) -> torch.Tensor:
-    """Per class, n / (classes * its count) (scikit-learn's "balanced"): every class weighs
-    the same in the loss in total."""
-    counts = class_counts(labels, classes).float()
-    return len(labels) / (classes * counts.clamp(min=1))
 
 
 @dataclass

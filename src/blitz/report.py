@@ -37,6 +37,7 @@ from blitz.plots import (
     per_class_png,
 )
 from blitz.progress import read_metrics_csv
+from blitz.roles import SET_NAMES
 from blitz.rundir import VALIDATION_FIGURES, Metrics, RunDir
 
 WORST = 24  # images in the gallery of worst errors
@@ -192,18 +193,15 @@ def _results_section(metrics: Metrics) -> str:
     return _section(f"Results on the {scored}", body)
 
 
-_SET_NAMES = {"train": "training", "val": "validation", "test": "test"}
-
-
 def _data_section(metrics: Metrics, cfg: Config | None) -> str:
     """The sets, how they were made, the images per class in each, and any imbalance."""
     if not metrics.sets:  # a run written before the sets were recorded
         return ""
-    rows = [(_SET_NAMES[role], f"{n:,}") for role, n in metrics.sets.items()]
+    rows = [(SET_NAMES[role], f"{n:,}") for role, n in metrics.sets.items()]
     made = ""
     if metrics.split:
         fractions = [
-            f"{_SET_NAMES[role]} {metrics.split[f'{role}_fraction']:g}"
+            f"{SET_NAMES[role]} {metrics.split[f'{role}_fraction']:g}"
             for role in ("val", "test")
             if metrics.split[f"{role}_fraction"]
         ]
@@ -214,7 +212,7 @@ def _data_section(metrics: Metrics, cfg: Config | None) -> str:
         )
     counts = metrics.class_counts
     shown = list(zip(metrics.classes, *counts.values()))[:FIGURE_CLASSES]
-    head = ("class", *(_SET_NAMES[role] for role in counts))
+    head = ("class", *(SET_NAMES[role] for role in counts))
     note = imbalance_note(metrics.classes, counts["train"], cfg) if "train" in counts else None
     body = (
         _table(rows, ("set", "images"))

@@ -18,6 +18,7 @@ from blitz.errors import BlitzError
 AUTO_TEST = 0.2  # a folder without test/ holds out a fifth of its images (fastai's valid_pct)
 AUTO_VAL = 0.1  # and, without val/ either, a tenth for validation
 ROLES = ("train", "val", "test")
+SET_NAMES = {"train": "training", "val": "validation", "test": "test"}  # in a user's words
 Assignment = dict[str, list[tuple[str, str]]]  # role -> (image id, class name), as recorded
 
 
@@ -46,15 +47,12 @@ def fractions(data: ImageData, cfg: DataConfig) -> Fractions:
         value = getattr(cfg, f"{role}_fraction")
         if value != "auto" and value and has[role]:
             raise BlitzError(
-                f"{option_name(key)} {value}: {data.name} has its own {_NAMES[role]} set, which "
+                f"{option_name(key)} {value}: {data.name} has its own {SET_NAMES[role]} set, which "
                 f"is used as it is (a fraction splits off only a set the data lacks): drop "
                 f"{option_name(key).split()[0]}"
             )
         chosen[role] = auto[role] if value == "auto" else value
     return Fractions(**chosen)
-
-
-_NAMES = {"train": "training", "val": "validation", "test": "test"}
 
 
 def assign_roles(
@@ -101,7 +99,7 @@ def _split_off(data: ImageData, split: Fractions, seed: int, log: Log) -> ImageD
     sets = {role: data.train.subset(r, "train") for role, r in picked.items() if len(r)}
     log(
         f"split {len(data.train)} training images, per class, with split seed {seed}: "
-        + ", ".join(f"{len(s)} {_NAMES[role]}" for role, s in sets.items())
+        + ", ".join(f"{len(s)} {SET_NAMES[role]}" for role, s in sets.items())
         + f" (--val-fraction {split.val:g}, --test-fraction {split.test:g})"
     )
     return ImageData(data.name, data.classes, sets["train"], **_kept(data, sets))
@@ -149,11 +147,11 @@ def _apply(data: ImageData, recorded: Assignment) -> ImageData:
         missing = [image for (image, _), place in zip(images, found) if place is None]
         if missing:
             raise _changed(
-                data, f"{len(missing)} of its {_NAMES[role]} images are gone ({missing[0]}, ...)"
+                data, f"{len(missing)} of its {SET_NAMES[role]} images are gone ({missing[0]}, ...)"
             )
         sources = {source for source, _ in found}
         if len(sources) != 1:
-            raise _changed(data, f"its {_NAMES[role]} set was drawn from several sets")
+            raise _changed(data, f"its {SET_NAMES[role]} set was drawn from several sets")
         source_role = sources.pop()
         source = getattr(data, source_role)
         rows = torch.tensor([row for _, row in found], dtype=torch.long)
@@ -174,7 +172,7 @@ def _check_classes(data: ImageData, split: AnySplit, images: list, role: str) ->
     for (image, then), label in zip(images, now):
         if then != label:
             raise _changed(
-                data, f"{image} was of class {then!r}, now {label!r} ({_NAMES[role]} set)"
+                data, f"{image} was of class {then!r}, now {label!r} ({SET_NAMES[role]} set)"
             )
 
 

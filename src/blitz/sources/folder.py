@@ -24,6 +24,7 @@ from blitz.cache import (
 )
 from blitz.cifar_format import is_cifar_python, read_cifar_python
 from blitz.config import DataConfig
+from blitz.counts import label_counts
 from blitz.data import AnySplit, ImageData, Log, Split, resize_splits
 from blitz.errors import BlitzError
 from blitz.folders import (
@@ -192,7 +193,7 @@ def _report_bad_images(bad: list[tuple[str, str]], skip_bad: bool, log: Log) -> 
 
 def _check_not_empty(sets: dict[str, AnySplit], classes: list[str], path: Path) -> None:
     for role, split in sets.items():
-        counts = torch.bincount(split.labels, minlength=len(classes)).tolist()
+        counts = label_counts(split.labels, len(classes)).tolist()
         empty = [c for c, n in zip(classes, counts) if n == 0]
         if empty:
             raise BlitzError(
