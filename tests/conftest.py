@@ -5,17 +5,48 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import shutil
 import subprocess
 import sys
 import tarfile
+import tempfile
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 CLASSES = ["apple", "banana", "cherry"]
+
+# No test reaches the network: timm's hub is a cache made here, read offline (set before
+# huggingface_hub is imported, which reads them once; subprocesses inherit them).
+HUB_CACHE = Path(tempfile.mkdtemp(prefix="blitz-hub-"))
+os.environ.update(HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(HUB_CACHE))
+HUB_MODELS = {"resnet18.a1_in1k"}  # what the presets fetch (the finetune preset's resnet18)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def hub_weights() -> Path:
+    """timm's hub as an offline cache holding the presets' models, with seeded random weights
+    in the place and format (model.safetensors) that timm.create_model(pretrained=True) reads."""
+    try:
+        import timm
+        from safetensors.torch import save_file
+    except ImportError:  # without the timm extra, the tests that need it skip themselves
+        names = ()
+    else:
+        names = HUB_MODELS
+    for name in names:
+        snapshot = HUB_CACHE / f"models--timm--{name}" / "snapshots" / ("0" * 40)
+        snapshot.mkdir(parents=True, exist_ok=True)
+        (snapshot.parent.parent / "refs").mkdir(exist_ok=True)
+        (snapshot.parent.parent / "refs" / "main").write_text("0" * 40)
+        torch.manual_seed(0)
+        save_file(timm.create_model(name).state_dict(), snapshot / "model.safetensors")
+    yield HUB_CACHE
+    shutil.rmtree(HUB_CACHE, ignore_errors=True)
 
 
 def run_blitz(*args, cache=None, check=True) -> subprocess.CompletedProcess:

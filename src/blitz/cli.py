@@ -9,13 +9,14 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from blitz.api import DEFAULT_PRESET, KEYWORDS  # light: no torch import
 from blitz.config import (  # light: no torch import
     CLASS_WEIGHTS,
     DEVICES,
     FLAGS,
+    HUB,
     LOSSES,
     OPTIMIZERS,
     PRECISIONS,
@@ -86,9 +87,12 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", metavar="NAME", help="a model from `blitz models`")
     p.add_argument(
         "--pretrained",
-        metavar="PATH",
-        help="start a timm:NAME model from this weights file (.safetensors, .pt, .pth); a "
-        "classifier head for other classes starts afresh",
+        nargs="?",
+        const=HUB,
+        metavar="FILE",
+        help="start a timm:NAME model from its pretrained weights: downloaded from timm's hub "
+        "(no FILE; cached), or a weights file (.safetensors, .pt, .pth); a classifier head "
+        "for other classes starts afresh",
     )
     p.add_argument("--epochs", type=int, metavar="N")
     p.add_argument("--batch-size", type=int, metavar="N")
@@ -112,9 +116,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--image-size",
-        type=int,
+        type=_size_or_auto,
         metavar="N",
-        help="resize images to N x N pixels (default: the preset's, 32)",
+        help="resize images to N x N pixels (default: auto, a timm model's pretrained input "
+        "size, else 32)",
     )
     p.add_argument(
         "--max-memory",
@@ -229,14 +234,20 @@ def _add_report_tools(sub: argparse._SubParsersAction) -> None:
 
 
 def _fraction_or_auto(text: str) -> float | str:
+    return _or_auto(text, float, "a fraction such as 0.1")
+
+
+def _size_or_auto(text: str) -> int | str:
+    return _or_auto(text, int, "a side in pixels such as 224")
+
+
+def _or_auto(text: str, kind: type, expected: str) -> Any:
     if text == "auto":
         return text
     try:
-        return float(text)
+        return kind(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected auto or a fraction such as 0.1, not {text!r}"
-        ) from None
+        raise argparse.ArgumentTypeError(f"expected auto or {expected}, not {text!r}") from None
 
 
 def _version() -> str:
@@ -505,7 +516,9 @@ def cmd_models(args: argparse.Namespace) -> None:
         "options: change one with --set model.options.NAME=VALUE. timm:NAME: any of timm's "
         "models (pip install 'blitz[timm]'; list them with "
         "python -c \"import timm; print(timm.list_models('resnet*'))\"), e.g. --model "
-        "timm:resnet18; --pretrained FILE starts it from downloaded weights."
+        "timm:resnet18, at its pretrained input size; --pretrained starts it from timm's "
+        "weights (fetched once), --pretrained FILE from a weights file; --preset finetune "
+        "does it all."
     )
     print("\n" + _wrap(note, ""))
 

@@ -27,6 +27,7 @@ Reduction = Literal["mean", "sum"]
 Schedule = Literal["constant", "onecycle", "linear", "cosine"]
 Flip = Literal["none", "random", "alternate"]
 Tta = Literal["none", "flip", "flip-translate"]
+AutoAugment = Literal["none", "trivial", "randaugment"]
 Precision = Literal["fp32", "bf16", "fp16", "auto"]
 Device = Literal["auto", "cpu", "cuda", "mps"]
 ClassWeights = Literal["none", "balanced"]
@@ -47,6 +48,7 @@ MAX_SEED = 2**63 - 1  # the engine seeds generators with seed + 1 + rank: it mus
 MAX_IMAGE_SIZE = 4096
 MAX_BATCH_SIZE = 2**20
 MAX_EPOCHS = 10**6
+MODEL_PREPROCESSING = ("image_size", "mean", "std")  # data settings that belong to a model
 
 # Settings that `blitz train` also takes as a flag (cli.OVERRIDES, inverted): errors name both.
 FLAGS = {
@@ -227,12 +229,20 @@ class DataConfig:
     """Where images come from and how they are turned into tensors."""
 
     source: str = "auto"  # auto | cifar10 | mnist | shapes[:N] | PATH (folder or archive)
-    image_size: int = 32
-    mean: tuple[float, ...] = (0.5, 0.5, 0.5)  # the seed's Normalize: [0, 1] -> [-1, 1]
-    std: tuple[float, ...] = (0.5, 0.5, 0.5)
+    # side of the square images the model sees, and the normalisation; "auto": a timm model's
+    # pretrained input size, mean and std, else 32 and the seed's 0.5 (see Config)
+    image_size: int | Literal["auto"] = "auto"
+    mean: tuple[float, ...] | Literal["auto"] = "auto"
+    std: tuple[float, ...] | Literal["auto"] = "auto"
     flip: Flip = "none"  # training augmentation ("alternate": airbench's, by epoch parity)
     translate: int = 0  # shift by up to this many pixels (reflect padding)
     cutout: int = 0  # blank a square of this side
+    # random-resized crops: each training image a random part of at least this fraction of its
+    # area (aspect 3/4 to 4/3), resized back to image_size; 0: off
+    crop_scale: float = 0.0
+    auto_augment: AutoAugment = "none"  # torchvision's TrivialAugment or RandAugment, per image
+    mixup: float = 0.0  # Beta(alpha, alpha) of MixUp; 0: off (with cutmix: one or the other)
+    cutmix: float = 0.0  # the same for CutMix
     skip_bad_images: bool = False  # False: a corrupt image stops decoding, naming every bad file
     # image folders whose decoded size passes this stream from disk: auto (a quarter of this
     # machine's memory) | a size such as 8GB or 500MB | 0 (always stream); kept as a string
@@ -244,19 +254,19 @@ class DataConfig:
     val_fraction: float | Literal["auto"] = "auto"
     test_fraction: float | Literal["auto"] = "auto"
     split_seed: int = 0  # which images those are (apart from train.seed: the split stays put)
+    # not settings (not annotated): what resolve() took from a timm model, and why
+    chosen = ""
 
     def __post_init__(self) -> None:
         if isinstance(self.workers, str) and self.workers.isdigit():  # from the command line
             self.workers = int(self.workers)
         check_types(self, "data")
-        check_range("data.image_size", self.image_size, 8, MAX_IMAGE_SIZE)
-        # reflect padding needs a pad below the image's side; a cutout cannot be larger than it
-        check_range("data.translate", self.translate, 0, self.image_size // 2)
-        check_range("data.cutout", self.cutout, 0, self.image_size)
-        positive = bool(self.std) and all(s > 0 for s in self.std)
-        check_value(positive, "data.std", list(self.std), "a non-empty list of numbers > 0")
-        same = len(self.mean) == len(self.std)
-        check_value(same, "data.mean", list(self.mean), "as many values as data.std")
+        # the settings left "auto" (an attribute, not a setting)
+        self.auto = [key for key in MODEL_PREPROCESSING if getattr(self, key) == "auto"]
+        self.resolve()  # for blitz's own models; Config resolves them again for its model
+        check_range("data.crop_scale", self.crop_scale, 0, 1)
+        check_range("data.mixup", self.mixup, 0)
+        check_range("data.cutmix", self.cutmix, 0)
         self.max_memory = str(self.max_memory)
         parse_size(self.max_memory)
         if self.workers != "auto":
@@ -274,6 +284,41 @@ class DataConfig:
                 "choose fractions whose sum is below 1 (e.g. 0.1 and 0.2)"
             )
 
+    def resolve(self, model: str | None = None) -> None:
+        """The "auto" image size, mean and std made concrete for the model ``model``: a timm
+        model's pretrained ones, else (blitz's own models, or no model named) 32 and the
+        seed's 0.5. ``chosen`` says what was taken from a timm model."""
+        found = None
+        if model:
+            from blitz.models import model_preprocessing
+
+            found = model_preprocessing(model)
+        defaults = found._asdict() if found else {"image_size": 32, "mean": (0.5,) * 3}
+        defaults.setdefault("std", defaults["mean"])
+        for key in self.auto:
+            setattr(self, key, defaults[key])
+        if found and self.auto:
+            chosen = ", ".join(f"{key} {_shown(getattr(self, key))}" for key in self.auto)
+            self.chosen = f"{chosen}: {model}'s pretrained weights expect them"
+        self._check_preprocessing()
+
+    def _check_preprocessing(self) -> None:
+        check_range("data.image_size", self.image_size, 8, MAX_IMAGE_SIZE)
+        # reflect padding needs a pad below the image's side; a cutout cannot be larger than it
+        check_range("data.translate", self.translate, 0, self.image_size // 2)
+        check_range("data.cutout", self.cutout, 0, self.image_size)
+        positive = bool(self.std) and all(s > 0 for s in self.std)
+        check_value(positive, "data.std", list(self.std), "a non-empty list of numbers > 0")
+        same = len(self.mean) == len(self.std)
+        check_value(same, "data.mean", list(self.mean), "as many values as data.std")
+
+
+def _shown(value: Any) -> str:
+    return "/".join(f"{v:g}" for v in value) if isinstance(value, tuple) else str(value)
+
+
+HUB = "hub"  # model.pretrained: timm's own weights, from its hub (--pretrained with no file)
+
 
 @dataclass
 class ModelConfig:
@@ -281,8 +326,9 @@ class ModelConfig:
 
     name: str = "lenet"
     options: dict[str, Any] = field(default_factory=dict)
-    # a weights file for a timm model to start from. Recorded, never re-read: a checkpoint
-    # holds the trained weights, so the file need not exist when the run is loaded again.
+    # the weights a timm model starts from: HUB (timm's, downloaded and cached) or a weights
+    # file. Recorded, never re-read: a checkpoint holds the trained weights, so the file need
+    # not exist when the run is loaded again.
     pretrained: str = ""
 
     def __post_init__(self) -> None:
@@ -320,6 +366,9 @@ class OptimConfig:
     freeze: float = 0.0
     ema: float = 0.0  # decay of an exponential moving average of the weights; 0: off
     head_lr: float = 0.0  # learning rate of the classifier layer; 0: the same as lr
+    # layer-wise decay: the body's last layer learns at lr, each one before it at this times
+    # the next one's rate (smaller rates for the early, general layers); 0: lr for every layer
+    layer_decay: float = 0.0
     muon_lr: float = 0.02  # with name = "muon": torch.optim.Muon for conv filters, SGD-Nesterov
     muon_momentum: float = 0.95  # (lr, momentum, weight_decay) for everything else
 
@@ -333,6 +382,7 @@ class OptimConfig:
         _check_fraction("optim.freeze", self.freeze, "a fraction")
         _check_fraction("optim.ema", self.ema, "a decay")
         check_range("optim.head_lr", self.head_lr, 0)
+        check_range("optim.layer_decay", self.layer_decay, 0, 1)
         check_value(self.muon_lr > 0, "optim.muon_lr", self.muon_lr, "a number > 0")
         _check_fraction("optim.muon_momentum", self.muon_momentum)
         if self.class_weights != "none":  # they weigh cross-entropy's classes
@@ -408,6 +458,7 @@ class Config:
 
     def __post_init__(self) -> None:
         check_types(self)
+        self.data.resolve(self.model.name)
         if self.model.pretrained and self.train.init:  # the second would overwrite the first
             raise BlitzError(
                 "--pretrained and --init both give the starting weights: pass one of them"
@@ -534,10 +585,10 @@ def build_config(
     preset: str, overrides: dict[str, Any] | None = None, base: dict[str, Any] | None = None
 ) -> Config:
     """A preset (or the raw settings ``base``, e.g. a ``--config`` file) with overrides
-    applied, validated. A preset's model options are for its own model: another
-    ``model.name`` starts from that model's defaults. Likewise a preset's step cap and floor
-    are for its own epochs: an explicit ``train.epochs`` (without ``train.max_steps`` or
-    ``train.min_steps``) is obeyed whole."""
+    applied, validated. A preset's model options, image size and normalisation are for its
+    own model: another ``model.name`` starts from that model's defaults ("auto"). Likewise a
+    preset's step cap and floor are for its own epochs: an explicit ``train.epochs`` (without
+    ``train.max_steps`` or ``train.min_steps``) is obeyed whole."""
     overrides = overrides or {}
     raw = load_preset(preset) if base is None else base
     preset = raw.get("preset", preset)
@@ -547,6 +598,8 @@ def build_config(
     model = raw.get("model", {})
     if overrides.get("model.name", model.get("name")) != model.get("name"):
         raw["model"] = {k: v for k, v in model.items() if k != "options"}
+        data = raw.get("data", {})
+        raw["data"] = {k: v for k, v in data.items() if k not in MODEL_PREPROCESSING}
     for bound in ("train.max_steps", "train.min_steps"):
         if "train.epochs" in overrides and bound not in overrides:
             raw.get("train", {}).pop(bound.split(".")[1], None)

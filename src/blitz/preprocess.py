@@ -19,6 +19,8 @@ def normalize(
 
 
 def _per_channel(values: tuple[float, ...], channels: int, device: torch.device) -> torch.Tensor:
+    if channels == 1 and len(values) == 3:  # grey is the average of red, green and blue
+        values = (sum(values) / 3,)
     if len(values) != channels:
         if len(set(values)) != 1:
             raise BlitzError(

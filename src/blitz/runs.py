@@ -76,6 +76,8 @@ def train_run(
     URI, "" for the default), also log it to MLflow. Under torchrun every process trains; only
     the first prints and writes (and returns the metrics)."""
     ctx = set_up(cfg, run_dir, log, quiet, started)
+    if cfg.data.chosen:
+        ctx.log(f"auto {cfg.data.chosen}")
     data = _load_data_once(ctx, run_dir.read_sets() if resume is not None else None)
     _check_validation(ctx.cfg, data)
     if resume is not None:

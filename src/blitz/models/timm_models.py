@@ -14,6 +14,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
+from blitz.config import HUB
 from blitz.errors import BlitzError
 from blitz.memory import format_size
 
@@ -103,15 +104,19 @@ def timm_preprocessing(arch: str) -> Preprocessing:
 
 
 def load_pretrained(model: nn.Module, source: str, log: Callable[[str], None]) -> None:
-    """Load the weights file ``source`` (``--pretrained``) into the timm ``model``: every weight
-    of the body; the classifier head too if its shape fits (the same number of classes), else
-    it stays new. A stem pretrained on RGB is adapted to the model's channels."""
+    """Load ``--pretrained``'s weights into the timm ``model``: timm's own from its hub
+    (``source`` is HUB), or a weights file's: every weight of the body; the classifier head too
+    if its shape fits (the same number of classes), else it stays new. A stem pretrained on RGB
+    is adapted to the model's channels."""
     pretrained_cfg = getattr(model, "pretrained_cfg", None)
     if not isinstance(pretrained_cfg, dict):
         raise BlitzError(
             f"--pretrained {source}: pretrained weights load into timm models only: use "
             f"--model {PREFIX}NAME (to start one of blitz's models from a run, use --init RUN_DIR)"
         )
+    if source == HUB:
+        load_hub_weights(model, pretrained_cfg, log)
+        return
     path = Path(source).expanduser()
     own = model.state_dict()
     state = read_weights(path)
@@ -122,6 +127,37 @@ def load_pretrained(model: nn.Module, source: str, log: Callable[[str], None]) -
     _check_fit(body, own, new, path, pretrained_cfg.get("architecture", "this model"))
     model.load_state_dict({**own, **body})
     log(_loaded_message(source, len(body), adapted, heads if new else []))
+
+
+def load_hub_weights(model: nn.Module, pretrained_cfg: dict, log: Callable[[str], None]) -> None:
+    """timm's pretrained weights for ``model``, downloaded from the Hugging Face Hub (or its
+    cache) and adapted to the model's classes and channels exactly as ``timm.create_model(...,
+    pretrained=True)`` does; a BlitzError with the way out where there is no network."""
+    name = ".".join(filter(None, (pretrained_cfg.get("architecture"), pretrained_cfg.get("tag"))))
+    hub_id = pretrained_cfg.get("hf_hub_id") or ""
+    if not (hub_id or pretrained_cfg.get("url")):
+        raise BlitzError(
+            f"timm publishes no pretrained weights for {name}: choose one of "
+            "timm.list_models(pretrained=True), or pass --pretrained FILE"
+        )
+    convs = [model.get_submodule(conv) for conv in _names(pretrained_cfg.get("first_conv"))]
+    classes = getattr(model, "num_classes", pretrained_cfg.get("num_classes", 1000))
+    try:
+        pretrained = import_timm().create_model(
+            name, pretrained=True, num_classes=classes, in_chans=convs[0].in_channels
+        )
+    except Exception as exc:  # no network, no disk space, a damaged download: the way out
+        page = f"https://huggingface.co/{hub_id}" if hub_id else pretrained_cfg["url"]
+        raise BlitzError(
+            f"cannot fetch timm's pretrained weights for {name} ({_first_line(exc)}). They are "
+            f"downloaded once from {page} and cached; on a machine without a network, download "
+            "its model.safetensors on one that has one, copy it here and pass --pretrained "
+            "FILE (or train from scratch without --pretrained)"
+        ) from None
+    model.load_state_dict(pretrained.state_dict())
+    fits = classes == pretrained_cfg.get("num_classes")
+    head = "the classifier head too" if fits else "the classifier head starts afresh"
+    log(f"pretrained weights: timm's {name} ({head})")
 
 
 def read_weights(path: Path) -> dict[str, torch.Tensor]:
