@@ -54,13 +54,23 @@ def test_streamed_images_are_the_decoded_images(tmp_path):
             assert torch.equal(ra, rb) and torch.equal(ia, ib) and torch.equal(la, lb)
 
 
-@pytest.mark.parametrize("preset", ["seed", "fast-cpu"])
-def test_streaming_trains_and_tests_like_the_tensor_path(tmp_path, preset):
+PHOTO_AUGMENTATION = ["crop_scale=0.5", "auto_augment=trivial", "mixup=0.2", "cutmix=1.0"]
+
+
+@pytest.mark.parametrize(
+    ("preset", "augment"),
+    [("seed", []), ("fast-cpu", []), ("fast-cpu", PHOTO_AUGMENTATION)],
+    ids=["seed", "fast-cpu", "photo-augmentation"],
+)
+def test_streaming_trains_and_tests_like_the_tensor_path(tmp_path, preset, augment):
     """The CI check of issue 6: same data, one run in memory, one streamed (fast-cpu adds random
-    flips and shifts, drawn on the device after loading, so they match too)."""
+    flips and shifts, and the photo augmentation random-resized crops, TrivialAugment, MixUp and
+    CutMix, all drawn on the device after loading, so they match too)."""
     folder = shapes_folder(tmp_path / "shapes", 120)
     runs = {}
+    augment = [arg for setting in augment for arg in ("--set", f"data.{setting}")]
     for name, extra in (("memory", []), ("stream", ["--max-memory", "0", "--workers", "2"])):
+        extra = [*extra, *augment]
         args = ["train", "--preset", preset, "--data", folder, "--epochs", "3"]
         args += ["--batch-size", "16", "--lr", "0.02", "--out", tmp_path / name, "--quiet", *extra]
         args += ["--val-fraction", "0.25", "--set", "train.eval_every_epoch=true"]

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import math
+from collections.abc import Iterator
+
 import torch
 import torch.nn.functional as F
 
@@ -48,3 +52,65 @@ def cutout(images: torch.Tensor, size: int, generator: torch.Generator) -> torch
     xs = torch.arange(w, device=images.device).view(1, 1, 1, w)
     inside = (ys >= top) & (ys < top + size) & (xs >= left) & (xs < left + size)
     return images.masked_fill(inside, 0)
+
+
+def resized_crop(
+    images: torch.Tensor, min_scale: float, generator: torch.Generator
+) -> torch.Tensor:
+    """torchvision's RandomResizedCrop for each image of a batch at once: a random part of at
+    least ``min_scale`` of its area, of aspect ratio 3/4 to 4/3 (too wide or tall a part is
+    trimmed to fit), resized back to the image's size: bilinear, in one ``roi_align``."""
+    from torchvision.ops import roi_align
+
+    n, _, h, w = images.shape
+    area = min_scale + (1 - min_scale) * _uniform(n, generator, images.device)
+    log_ratio = (2 * _uniform(n, generator, images.device) - 1) * math.log(4 / 3)
+    crop_w = (area * log_ratio.exp()).sqrt().clamp(max=1) * w
+    crop_h = (area / log_ratio.exp()).sqrt().clamp(max=1) * h
+    left = _uniform(n, generator, images.device) * (w - crop_w)
+    top = _uniform(n, generator, images.device) * (h - crop_h)
+    batch = torch.arange(n, device=images.device, dtype=images.dtype)
+    boxes = torch.stack([batch, left, top, left + crop_w, top + crop_h], 1).to(images.dtype)
+    return roi_align(images, boxes, (h, w), sampling_ratio=1, aligned=True)
+
+
+def auto_augment(images: torch.Tensor, policy: str, generator: torch.Generator) -> torch.Tensor:
+    """torchvision's TrivialAugment ("trivial") or RandAugment ("randaugment"), one draw per
+    image of a uint8 batch. The draws come from ``generator`` (through a seed for torch's
+    global generator, restored afterwards), so a resumed run repeats them."""
+    from torchvision.transforms import v2
+
+    transform = v2.TrivialAugmentWide() if policy == "trivial" else v2.RandAugment()
+    with _seeded_from(generator):
+        return torch.stack([transform(image) for image in images])
+
+
+def mix(
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    classes: int,
+    mixup: float,
+    cutmix: float,
+    generator: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """torchvision's MixUp and CutMix (each batch one of those asked for, with Beta(alpha,
+    alpha) mixing): the mixed images and their soft targets (N, classes)."""
+    from torchvision.transforms import v2
+
+    chosen = []
+    if mixup:
+        chosen.append(v2.MixUp(alpha=mixup, num_classes=classes))
+    if cutmix:
+        chosen.append(v2.CutMix(alpha=cutmix, num_classes=classes))
+    with _seeded_from(generator):
+        return v2.RandomChoice(chosen)(images, labels)
+
+
+@contextlib.contextmanager
+def _seeded_from(generator: torch.Generator) -> Iterator[None]:
+    """torch's global CPU generator seeded from ``generator`` (torchvision's transforms draw
+    from it), and its state restored afterwards."""
+    seed = torch.randint(2**62, (1,), generator=generator, device=generator.device).item()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield

@@ -23,7 +23,7 @@ from blitz.data import AnySplit, Batch, ImageData, Split
 from blitz.devices import autocast, grad_scaler, synchronize
 from blitz.distributed import World, epoch_batches, sum_over_ranks, wrap
 from blitz.errors import BlitzError
-from blitz.evaluate import evaluate
+from blitz.evaluate import eval_batch_rows, evaluate
 from blitz.optim import body_frozen, build_optimizers, lr_factor, unflatten_filters
 from blitz.preprocess import normalize
 from blitz.progress import Progress
@@ -36,10 +36,11 @@ def compute_loss(
     weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Cross-entropy (the seed's classifier; ``weights``: per class) or MSE against one-hot
-    targets."""
+    targets; ``labels`` are class indices (N,) or soft targets (N, classes), as MixUp's."""
     if cfg.loss == "mse":
-        target = F.one_hot(labels, logits.shape[1]).to(logits.dtype)
-        return F.mse_loss(logits, target, reduction=cfg.reduction)
+        soft = labels.is_floating_point()
+        target = labels if soft else F.one_hot(labels, logits.shape[1])
+        return F.mse_loss(logits, target.to(logits.dtype), reduction=cfg.reduction)
     return F.cross_entropy(
         logits, labels, weights, label_smoothing=cfg.label_smoothing, reduction=cfg.reduction
     )
@@ -342,7 +343,7 @@ def warm_up(loop: Loop, data: ImageData, device: torch.device) -> float:
 def _one_test_batch(loop: Loop, data: ImageData, device: torch.device) -> Split:
     """One evaluation batch per process of the test set: compiling needs the shapes the test
     meets, not the whole test set."""
-    size = min(len(data.test), loop.cfg.train.eval_batch_size * loop.world.size)
+    size = min(len(data.test), eval_batch_rows(loop.cfg) * loop.world.size)
     _, images, labels = next(data.test.load([torch.arange(size)], device))
     return Split(images, labels)
 
@@ -366,10 +367,18 @@ def _accuracy(loop: Loop, split: AnySplit) -> float:
     return round(result.accuracy, 6)
 
 
-def prepare_batch(loop: Loop, images: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """Normalise and augment a uint8 training batch, all in tensor ops on its device."""
+def prepare_batch(
+    loop: Loop, images: torch.Tensor, rows: torch.Tensor, labels: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Normalise and augment a uint8 training batch, in batched tensor ops on its device (a
+    per-image loop for ``auto_augment`` only); returns the inputs and their targets: the
+    labels, or soft targets (N, classes) when MixUp or CutMix mixed the images."""
     cfg, gen = loop.cfg.data, loop.state.augment
+    if cfg.auto_augment != "none":
+        images = augment.auto_augment(images, cfg.auto_augment, gen)
     x = normalize(images, cfg.mean, cfg.std)
+    if cfg.crop_scale:
+        x = augment.resized_crop(x, cfg.crop_scale, gen)
     if cfg.flip == "random":
         x = augment.flip(x, gen)
     elif cfg.flip == "alternate":
@@ -378,9 +387,11 @@ def prepare_batch(loop: Loop, images: torch.Tensor, rows: torch.Tensor) -> torch
         x = augment.translate(x, cfg.translate, gen)
     if cfg.cutout:
         x = augment.cutout(x, cfg.cutout, gen)
+    if cfg.mixup or cfg.cutmix:
+        x, labels = augment.mix(x, labels, loop.classes, cfg.mixup, cfg.cutmix, gen)
     if loop.cfg.train.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    return x
+    return x, labels
 
 
 def _epoch_batches(loop: Loop) -> list[torch.Tensor]:
@@ -434,8 +445,19 @@ def _step(
     while it is frozen (``optim.freeze``)."""
     step, total, cfg = loop.state.step, loop.total, loop.cfg.optim
     factor = lr_factor(step, total, cfg)
-    body = 0.0 if body_frozen(step, total, cfg) else factor
-    return train_step(loop, rows, images, labels, factor, body)
+    frozen = body_frozen(step, total, cfg)
+    if cfg.freeze:
+        hold_norm_statistics(loop.model, frozen)
+    return train_step(loop, rows, images, labels, factor, 0.0 if frozen else factor)
+
+
+def hold_norm_statistics(model: nn.Module, frozen: bool) -> None:
+    """While the body is frozen its batch norms run as in evaluation, on the statistics they
+    have (the pretrained ones), as timm's freeze does: the frozen body computes exactly what
+    it was trained to; afterwards they learn the data's statistics again."""
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.train(not frozen)
 
 
 def train_step(
@@ -456,8 +478,9 @@ def train_step(
         for group in optimizer.param_groups:
             group["lr"] = group["base_lr"] * (factor if group.get("head") else body)
     with autocast(cfg.train.precision, labels.device):  # the forward pass only
-        logits = loop.net(prepare_batch(loop, images, rows)).float()
-        loss = compute_loss(logits, labels, cfg.optim, loop.loss_weights)
+        inputs, targets = prepare_batch(loop, images, rows, labels)
+        logits = loop.net(inputs).float()
+        loss = compute_loss(logits, targets, cfg.optim, loop.loss_weights)
     # DDP averages gradients over ranks: right for a mean loss, a world too small for a sum
     scale = loop.world.size if cfg.optim.reduction == "sum" else 1
     loop.scaler.scale(loss * scale).backward()

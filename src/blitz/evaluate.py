@@ -185,6 +185,17 @@ def score(logits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> Evalu
     return Evaluation(matrix, predicted, confidence, loss, top_k_hits(logits, labels))
 
 
+# pixels per channel in an evaluation batch: 1000 images up to 64 x 64, fewer of larger ones
+# (a batch of 1000 photos at 224 px would hold gigabytes of activations)
+EVAL_PIXELS = 1000 * 64 * 64
+
+
+def eval_batch_rows(cfg: Config) -> int:
+    """Images per evaluation batch: ``train.eval_batch_size``, fewer for large images."""
+    fits = max(1, EVAL_PIXELS // cfg.data.image_size**2)
+    return min(cfg.train.eval_batch_size, fits)
+
+
 def evaluate(
     model: nn.Module, split: AnySplit, cfg: Config, num_classes: int, world=SINGLE
 ) -> Evaluation:
@@ -195,7 +206,8 @@ def evaluate(
     train = cfg.train
     rows = shard(torch.arange(len(split)), world)
     device = next(model.parameters()).device
-    images = (images for _, images, _ in split.load(rows.split(train.eval_batch_size), device))
+    batches = rows.split(eval_batch_rows(cfg))
+    images = (images for _, images, _ in split.load(batches, device))
     with autocast(train.precision, device):
         logits = predict_logits(
             model, images, cfg.data.mean, cfg.data.std, train.tta, train.channels_last

@@ -36,6 +36,10 @@ def walk_through(
     check_range("--seed", seed, 0, MAX_SEED)
     torch.manual_seed(seed)
     net = create_model(model_name, num_classes=10, in_channels=in_channels)
+    if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules()):
+        # one image has no batch statistics (on a 1x1 map not a single value per channel)
+        net.eval()
+        out("(batch norm runs on its running statistics here: the seed's input is one image)")
     out("== 1. Define the network ==")
     output = _show_network(net, in_channels, out)
 

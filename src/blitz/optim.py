@@ -11,9 +11,12 @@ from torch.nn.utils import parametrize
 from blitz.config import OptimConfig
 
 
-def param_groups(params: list[nn.Parameter], cfg: OptimConfig, head: set[int]) -> list[dict]:
+def param_groups(
+    params: list[nn.Parameter], cfg: OptimConfig, head: set[int], scales: dict[int, float]
+) -> list[dict]:
     """Decay weight matrices and filters only (decaying norms and biases hurts small nets);
-    the classifier may have its own learning rate."""
+    the classifier may have its own learning rate, and each body layer its ``scales`` times
+    lr (``optim.layer_decay``)."""
     head_lr = cfg.head_lr or cfg.lr
     # lr x weight_decay (the shrinkage per step) is the same for the head as for the body
     head_decay = cfg.weight_decay * cfg.lr / head_lr
@@ -23,13 +26,45 @@ def param_groups(params: list[nn.Parameter], cfg: OptimConfig, head: set[int]) -
             "lr": head_lr,
             "weight_decay": head_decay,
             "head": True,  # the one group that learns while the body is frozen (optim.freeze)
-        },
-        {"params": [p for p in params if p.ndim >= 2 and id(p) not in head]},
-        {"params": [p for p in params if p.ndim < 2 and id(p) not in head], "weight_decay": 0.0},
+        }
     ]
+    body = [p for p in params if id(p) not in head]
+    for scale in sorted({scales.get(id(p), 1.0) for p in body}):
+        layer = [p for p in body if scales.get(id(p), 1.0) == scale]
+        groups.append({"params": [p for p in layer if p.ndim >= 2], "lr": cfg.lr * scale})
+        groups.append(
+            {"params": [p for p in layer if p.ndim < 2], "lr": cfg.lr * scale, "weight_decay": 0.0}
+        )
     for group in groups:
-        group["base_lr"] = group.get("lr", cfg.lr)
+        group["base_lr"] = group["lr"]
     return [g for g in groups if g["params"]]
+
+
+def layer_scales(model: nn.Module, decay: float, head: set[int]) -> dict[int, float]:
+    """Each body parameter's learning-rate scale under layer-wise decay (as timm's and BEiT's
+    ``layer_decay``): 1 for the layer next to the head, ``decay`` for the one before, and so
+    on down to the stem; empty when ``decay`` is 0 (off)."""
+    if not decay:
+        return {}
+    named = [(name, p) for name, p in model.named_parameters() if id(p) not in head]
+    layers = _layer_ids(model, named)
+    last = max(layers.values(), default=0)
+    return {id(p): decay ** (last - layers[name]) for name, p in named}
+
+
+def _layer_ids(model: nn.Module, named: list[tuple[str, nn.Parameter]]) -> dict[str, int]:
+    """Parameter name -> layer, counted from the input: timm's own grouping of its models'
+    blocks, else a new layer at each weight matrix or filter bank (its bias and the norm
+    after it belong to it)."""
+    if hasattr(model, "group_matcher"):
+        from timm.models import group_parameters
+
+        return group_parameters(model, model.group_matcher(coarse=False), reverse=True)
+    layers, layer = {}, -1
+    for name, p in named:
+        layer += p.ndim >= 2
+        layers[name] = max(layer, 0)
+    return layers
 
 
 def _head_params(model: nn.Module) -> set[int]:
@@ -94,7 +129,8 @@ def build_optimizers(model: nn.Module, cfg: OptimConfig) -> list[torch.optim.Opt
         optimizers.append(muon)
     taken = {id(p) for o in optimizers for g in o.param_groups for p in g["params"]}
     params = [p for p in model.parameters() if p.requires_grad and id(p) not in taken]
-    groups = param_groups(params, cfg, _head_params(model))
+    head = _head_params(model)
+    groups = param_groups(params, cfg, head, layer_scales(model, cfg.layer_decay, head))
     if cfg.name in ("sgd", "nesterov", "muon"):
         nesterov = cfg.name != "sgd"
         optimizers.append(
