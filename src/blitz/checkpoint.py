@@ -18,6 +18,7 @@ from torch import nn
 from blitz.config import (
     MAX_IMAGE_SIZE,
     Config,
+    Tta,
     check_range,
     check_types,
     check_value,
@@ -40,6 +41,9 @@ class ModelFacts:
     image_size: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    # the test-time views the run was scored with: predict and export average the same ones
+    # (checkpoints from before it was recorded: none)
+    tta: Tta = "none"
 
     def __post_init__(self) -> None:
         check_types(self, "model")
@@ -96,7 +100,7 @@ class Checkpoint:
         """The checkpoint of ``model`` trained with ``cfg`` on ``classes``."""
         facts = ModelFacts(
             cfg.model.name, cfg.model.options, _in_channels(model), list(classes),
-            cfg.data.image_size, cfg.data.mean, cfg.data.std,
+            cfg.data.image_size, cfg.data.mean, cfg.data.std, cfg.train.tta,
         )  # fmt: skip
         weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
         return cls(facts, cfg.to_dict(), weights, training)

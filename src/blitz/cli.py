@@ -461,6 +461,11 @@ def cmd_export(args: argparse.Namespace) -> None:
     print(
         f"wrote {out}: input uint8 images (N, {facts.in_channels}, {facts.image_size}, "
         f"{facts.image_size}) in 0-255, output logits (N, {len(facts.classes)})"
+        + (
+            f", averaged over the run's test-time views ({facts.tta})"
+            if facts.tta != "none"
+            else ""
+        )
     )
     print(f"checked against PyTorch on random images: max abs difference {diff:.2e}")
 

@@ -586,7 +586,8 @@ def build_config(
 ) -> Config:
     """A preset (or the raw settings ``base``, e.g. a ``--config`` file) with overrides
     applied, validated. A preset's model options, image size and normalisation are for its
-    own model: another ``model.name`` starts from that model's defaults ("auto"). Likewise a
+    own model: another ``model.name`` starts from that model's defaults ("auto"), and only
+    another timm model keeps its pretrained weights (timm's own, for that model). Likewise a
     preset's step cap and floor are for its own epochs: an explicit ``train.epochs`` (without
     ``train.max_steps`` or ``train.min_steps``) is obeyed whole."""
     overrides = overrides or {}
@@ -596,8 +597,10 @@ def build_config(
         values = raw.get(name, {})
         check_value(isinstance(values, dict), name, values, f"a table of {name} settings")
     model = raw.get("model", {})
-    if overrides.get("model.name", model.get("name")) != model.get("name"):
-        raw["model"] = {k: v for k, v in model.items() if k != "options"}
+    name = overrides.get("model.name", model.get("name"))
+    if name != model.get("name"):  # timm's weights go with a timm model only
+        dropped = ("options",) if str(name).startswith("timm:") else ("options", "pretrained")
+        raw["model"] = {k: v for k, v in model.items() if k not in dropped}
         data = raw.get("data", {})
         raw["data"] = {k: v for k, v in data.items() if k not in MODEL_PREPROCESSING}
     for bound in ("train.max_steps", "train.min_steps"):

@@ -41,9 +41,15 @@ def compute_loss(
         soft = labels.is_floating_point()
         target = labels if soft else F.one_hot(labels, logits.shape[1])
         return F.mse_loss(logits, target.to(logits.dtype), reduction=cfg.reduction)
-    return F.cross_entropy(
-        logits, labels, weights, label_smoothing=cfg.label_smoothing, reduction=cfg.reduction
-    )
+    if weights is None or not labels.is_floating_point() or cfg.reduction == "sum":
+        return F.cross_entropy(
+            logits, labels, weights, label_smoothing=cfg.label_smoothing, reduction=cfg.reduction
+        )
+    # weighted soft targets: the mean over the targets' weights, as torch takes it over the
+    # labels' weights (torch divides by the batch size for probabilities)
+    total = F.cross_entropy(logits, labels, weights, label_smoothing=cfg.label_smoothing,
+                            reduction="sum")  # fmt: skip
+    return total / (labels @ weights).sum()
 
 
 @dataclass

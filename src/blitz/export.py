@@ -13,6 +13,7 @@ from torch import nn
 
 from blitz.checkpoint import ModelFacts
 from blitz.errors import BlitzError
+from blitz.evaluate import tta_logits
 from blitz.outputs import check_output_file
 from blitz.preprocess import normalize
 
@@ -22,12 +23,13 @@ CHECK_BATCH = 5  # differs from the traced batch of 2, so a fixed batch size wou
 
 
 class Deployable(nn.Module):
-    """The model with the seed's Normalize inside. Input: uint8 images (N, C, H, W), values
-    0-255, RGB (or grey for 1 channel), at the run's image size. Output: logits (N, classes)."""
+    """The model with the seed's Normalize inside, and the run's test-time views (its logits
+    averaged over them, as the run was scored). Input: uint8 images (N, C, H, W), values 0-255,
+    RGB (or grey for 1 channel), at the run's image size. Output: logits (N, classes)."""
 
-    def __init__(self, model: nn.Module, mean: list[float], std: list[float]) -> None:
+    def __init__(self, model: nn.Module, facts: ModelFacts) -> None:
         super().__init__()
-        self.model, self.mean, self.std = model, tuple(mean), tuple(std)
+        self.model, self.mean, self.std, self.tta = model, facts.mean, facts.std, facts.tta
         self.eval()
 
     def train(self, mode: bool = True) -> Deployable:
@@ -36,7 +38,7 @@ class Deployable(nn.Module):
         return super().train(False)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.model(normalize(images, self.mean, self.std))  # (N, classes)
+        return tta_logits(self.model, normalize(images, self.mean, self.std), self.tta)
 
 
 def default_path(run_dir: Path, fmt: str) -> Path:
@@ -50,7 +52,7 @@ def export_model(facts: ModelFacts, model: nn.Module, fmt: str, out: Path) -> fl
     check_output_file(out, f"the {fmt} export")
     if fmt == "onnx":
         _require_onnx()  # before the export, which needs the onnx package too
-    wrapper = Deployable(model.cpu(), facts.mean, facts.std)
+    wrapper = Deployable(model.cpu(), facts)
     images = random_images(facts, CHECK_BATCH, seed=1)
     with torch.inference_mode():  # the reference, before any exporter touches the model
         expected = wrapper(images)

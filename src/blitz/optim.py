@@ -47,8 +47,8 @@ def layer_scales(model: nn.Module, decay: float, head: set[int]) -> dict[int, fl
     if not decay:
         return {}
     named = [(name, p) for name, p in model.named_parameters() if id(p) not in head]
-    layers = _layer_ids(model, named)
-    last = max(layers.values(), default=0)
+    layers = _layer_ids(model, named)  # timm's give the head a layer too: it is not the last
+    last = max((layers[name] for name, _ in named), default=0)
     return {id(p): decay ** (last - layers[name]) for name, p in named}
 
 

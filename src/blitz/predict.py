@@ -127,7 +127,7 @@ def _classify(
 ) -> list[Prediction]:
     classes = facts.classes
     images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
-    probs = predict_logits(model, [images], facts.mean, facts.std).softmax(1)
+    probs = predict_logits(model, [images], facts.mean, facts.std, facts.tta).softmax(1)
     top = probs.topk(min(top_k, len(classes)), dim=1)
     return [
         (f, [(classes[c], prob) for c, prob in zip(i, p)])
