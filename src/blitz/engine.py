@@ -37,19 +37,17 @@ def compute_loss(
 ) -> torch.Tensor:
     """Cross-entropy (the seed's classifier; ``weights``: per class) or MSE against one-hot
     targets; ``labels`` are class indices (N,) or soft targets (N, classes), as MixUp's."""
+    soft = labels.is_floating_point()
     if cfg.loss == "mse":
-        soft = labels.is_floating_point()
         target = labels if soft else F.one_hot(labels, logits.shape[1])
         return F.mse_loss(logits, target.to(logits.dtype), reduction=cfg.reduction)
-    if weights is None or not labels.is_floating_point() or cfg.reduction == "sum":
-        return F.cross_entropy(
-            logits, labels, weights, label_smoothing=cfg.label_smoothing, reduction=cfg.reduction
-        )
-    # weighted soft targets: the mean over the targets' weights, as torch takes it over the
-    # labels' weights (torch divides by the batch size for probabilities)
-    total = F.cross_entropy(logits, labels, weights, label_smoothing=cfg.label_smoothing,
-                            reduction="sum")  # fmt: skip
-    return total / (labels @ weights).sum()
+    weighted_mean = soft and weights is not None and cfg.reduction == "mean"
+    reduction = "sum" if weighted_mean else cfg.reduction
+    loss = F.cross_entropy(
+        logits, labels, weights, label_smoothing=cfg.label_smoothing, reduction=reduction
+    )
+    # torch divides by the labels' weights, but by the batch size for soft targets: the former
+    return loss / (labels @ weights).sum() if weighted_mean else loss
 
 
 @dataclass

@@ -301,7 +301,8 @@ def _loaded_message(source: str, count: int, adapted: list[str], new_heads: list
         message += f", the first conv ({', '.join(adapted)}) adapted to the images' channels"
     if new_heads:
         return message + f"; the classifier head ({', '.join(new_heads)}) starts afresh"
-    return message + " (the classifier head too: it fits these classes)"
+    # a state dict names no classes: a head of the right size is taken to be for these
+    return message + " (the classifier head too: it is sized for as many classes as these)"
 
 
 def _first_line(exc: BaseException) -> str:
