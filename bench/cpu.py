@@ -59,7 +59,6 @@ from summary import (
 from blitz.cache import cache_dir
 from blitz.memory import format_size
 
-# the flags that decide which kernels torch can use: fp32 (AVX2/FMA, AVX-512), bf16 (AMX, AVX-512)
 # issue 15's targets: test accuracy at least, median training time at most (a fraction of the
 # seed's recipe's time in the same run), and for fast-cpu whole process <= training + 3 s
 TARGETS = {
