@@ -262,14 +262,3 @@ def test_class_names_are_drawn_as_they_are_not_as_maths():
     names = ["$\\frac{", "a $5 $HOME b"]  # unbalanced maths would fail matplotlib's parser
     png = image_grid_png(torch.zeros(2, 3, 8, 8, dtype=torch.uint8), names)
     assert png[:4] == b"\x89PNG" and per_class_png(names, [0.5, 0.25])[:4] == b"\x89PNG"
-
-
-@pytest.mark.parametrize("channels", [1, 3])
-def test_image_rows_are_laid_out_as_torchvisions_make_grid(channels):
-    from torchvision.utils import make_grid
-
-    from blitz.plots import PAD, image_row
-
-    images = torch.randint(0, 256, (5, channels, 7, 9), dtype=torch.uint8)
-    expected = make_grid(images, nrow=5, padding=PAD, pad_value=255).permute(1, 2, 0).numpy()
-    assert (image_row(images) == expected).all()

@@ -138,10 +138,10 @@ def check_two_classes(name: str, classes: list[str]) -> None:
 
 def resize_splits(data: ImageData, size: int, log: Log | None = None) -> ImageData:
     """A dataset held in memory (``Split`` sets), its images resized to ``size`` x ``size``."""
+    from torchvision.transforms.v2.functional import resize
+
     if data.train.images.shape[-1] == size and data.train.images.shape[-2] == size:
         return data
-    from torchvision.transforms.v2.functional import resize  # seconds to import: when needed
-
     if log:
         log(f"resizing {data.name} images to {size}x{size}")
     for split in data.sets().values():

@@ -14,9 +14,9 @@ import matplotlib
 matplotlib.use("Agg")  # files only: no display needed
 
 import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
+from torchvision.utils import make_grid  # noqa: E402
 
 from blitz.outputs import write_atomic  # noqa: E402
 
@@ -56,7 +56,8 @@ def image_grid_png(images: torch.Tensor, captions: list[str], per_row: int = 8) 
     )
     for r, ax in enumerate(axes[:, 0]):
         chunk = images[r * per_row : (r + 1) * per_row].cpu()
-        ax.imshow(image_row(chunk), interpolation="nearest")
+        grid = make_grid(chunk, nrow=per_row, padding=PAD, pad_value=255)
+        ax.imshow(grid.permute(1, 2, 0).squeeze(-1).numpy(), cmap="gray", interpolation="nearest")
         cell = images.shape[3] + PAD
         ax.set_xticks([PAD / 2 + cell * (i + 0.5) for i in range(len(chunk))])
         ax.set_xticklabels(captions[r * per_row : (r + 1) * per_row], fontsize=8)
@@ -66,19 +67,6 @@ def image_grid_png(images: torch.Tensor, captions: list[str], per_row: int = 8) 
             spine.set_visible(False)
     fig.tight_layout()
     return figure_png(fig)
-
-
-def image_row(images: torch.Tensor) -> np.ndarray:
-    """uint8 images (N, C, H, W) side by side on white, ``PAD`` pixels apart, as RGB (H, W, 3):
-    torchvision's ``make_grid(images, nrow=N, padding=PAD, pad_value=255)``, whose import
-    (torchvision, and through it torch._dynamo) took seconds of every run's start."""
-    n, channels, h, w = images.shape
-    rgb = images.expand(n, 3, h, w) if channels == 1 else images[:, :3]
-    row = np.full((h + 2 * PAD, n * (w + PAD) + PAD, 3), 255, np.uint8)
-    for i, image in enumerate(rgb.permute(0, 2, 3, 1).numpy()):
-        left = PAD + i * (w + PAD)
-        row[PAD : PAD + h, left : left + w] = image
-    return row
 
 
 def save_image_grid(

@@ -26,10 +26,7 @@ def make_reproducible(cfg: Config) -> None:
         # cuBLAS is deterministic only with a fixed workspace, set before its first use
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         # warn_only: an op without a deterministic kernel (some on MPS) warns instead of failing
-        if cfg.train.compile:  # "auto" too: it may compile
-            torch.use_deterministic_algorithms(True, warn_only=True)
-        else:  # the same switch, without importing inductor (2 s) to set its flag too
-            torch._C._set_deterministic_algorithms(True, warn_only=True)
+        torch.use_deterministic_algorithms(True, warn_only=True)
 
 
 class Checkpointer(TrainHooks):
