@@ -347,7 +347,7 @@ def _decoded(items: list[Any], facts: ModelFacts) -> Iterator[np.ndarray]:
     mode and the EXIF orientation), then decoded, converted and resized as files are."""
     from blitz.images import decode_image
 
-    mode = "L" if facts.in_channels == 1 else "RGB"
+    mode = facts.image_mode
     for index, image in enumerate(_pil_images(items)):
         buffer = io.BytesIO()
         try:

@@ -51,6 +51,11 @@ class ModelFacts:
         check_range("model.image_size", self.image_size, 8, MAX_IMAGE_SIZE)
         check_value(bool(self.classes), "model.classes", self.classes, "at least one class")
 
+    @property
+    def image_mode(self) -> str:
+        """The PIL mode images are decoded in for this model: grey or RGB."""
+        return "L" if self.in_channels == 1 else "RGB"
+
     def build(self) -> nn.Module:
         """The network, with fresh weights."""
         return create_model(self.name, len(self.classes), self.in_channels, **self.options)

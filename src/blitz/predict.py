@@ -106,7 +106,7 @@ def _nothing_classified(count: int, path: Path, reason: str) -> BlitzError:
 def _decode_files(
     files: list[Path], facts: ModelFacts, skip: OnSkip
 ) -> tuple[list[Path], list[np.ndarray]]:
-    mode = "L" if facts.in_channels == 1 else "RGB"
+    mode = facts.image_mode
     good, arrays = [], []
     for f in files:
         try:
