@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from blitz import sources
+from blitz.config import DataConfig
 from blitz.data import ImageData, Split
 from blitz.errors import BlitzError
 from blitz.preprocess import normalize
@@ -108,6 +109,32 @@ def test_images_of_other_sizes_and_modes_are_converted(tmp_path):
     data = load_data(str(path), log=logs.append)
     assert data.train.images.shape[1:] == (3, 32, 32)
     assert any("resized 25 images" in line for line in logs)
+
+
+@pytest.mark.parametrize("archive", [False, True])
+def test_decoding_on_several_threads_gives_what_one_thread_gives(tmp_path, monkeypatch, archive):
+    files = folder_files(per_class=9, size=40)  # every image distinct, every one resized
+    files["train/apple/bad.png"] = b"not an image"
+    files["train/banana/grey.png"] = __import__("conftest").png_bytes(128, 20, mode="L")
+    files["test/cherry/broken.png"] = files["test/cherry/2_0.png"][:60]
+    if archive:
+        path = write_tar(tmp_path / "fruit.tar.gz", files)
+    else:
+        path = write_folder(tmp_path / "fruit", files)
+    loaded = []
+    for threads in (1, 3):  # each with a cache of its own: both decode
+        monkeypatch.setenv("BLITZ_DATA", str(tmp_path / f"cache{threads}"))
+        logs = []
+        cfg = DataConfig(source=str(path), workers=threads, skip_bad_images=True)
+        loaded.append((load_data(cfg, log=logs.append), logs))
+    (one, one_logs), (three, three_logs) = loaded
+    for role in ("train", "test"):
+        a, b = getattr(one, role), getattr(three, role)
+        assert torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels)
+    assert len(one.train) == 28 and len(one.test) == 27  # the bad ones skipped
+    assert one_logs == three_logs  # the same images named as skipped, the same count resized
+    assert any("skipped 2 images" in line for line in one_logs)
+    assert any("resized 55 images" in line for line in one_logs)
 
 
 def test_official_cifar10_archive_as_a_path(tmp_path):

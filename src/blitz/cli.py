@@ -130,7 +130,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--workers",
         metavar="N",
-        help="processes decoding streamed images: auto (one per core, up to 8) or N",
+        help="processes decoding images (the first decode into the cache, and streaming): "
+        "auto (one per core, up to 8) or N (0: in this process)",
     )
     p.add_argument(
         "--skip-bad-images",

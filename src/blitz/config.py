@@ -247,7 +247,8 @@ class DataConfig:
     # image folders whose decoded size passes this stream from disk: auto (a quarter of this
     # machine's memory) | a size such as 8GB or 500MB | 0 (always stream); kept as a string
     max_memory: int | str = "auto"
-    # DataLoader processes when streaming: auto | N (0: in-process)
+    # processes decoding images: the first decode of a folder or archive, and the DataLoader's
+    # when streaming: auto (one per core, up to 8) | N (0: in this process)
     workers: int | Literal["auto"] = "auto"
     # fractions of the training images split off as the validation and test sets the data
     # lacks (stratified per class); auto: none for a set it has, else see blitz.roles

@@ -21,7 +21,10 @@ class BadImage(BlitzError):
 
     def __init__(self, name: str, reason: str):
         super().__init__(f"cannot decode image {name}: {reason}")
-        self.reason = reason
+        self.name, self.reason = name, reason
+
+    def __reduce__(self):  # pickled from a decoding process
+        return BadImage, (self.name, self.reason)
 
 
 def decode_image(

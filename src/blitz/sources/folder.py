@@ -6,7 +6,12 @@ fit ``data.max_memory``."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import multiprocessing
+import signal
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -161,7 +166,16 @@ def _extracted(archive: Path, layout: Layout, cfg: DataConfig, log: Log, name: s
 
 
 def _image_folder(path: Path, layout: Layout, cfg: DataConfig, log: Log, name: str) -> ImageData:
-    decoded = _decode_splits(list(layout.sets.values()), path, cfg.image_size)
+    workers = worker_count(cfg.workers)
+    try:
+        decoded = _decode_splits(list(layout.sets.values()), path, cfg.image_size, workers)
+    except (
+        BrokenProcessPool
+    ):  # a decoder crashed (a native library on a hostile file) or was killed
+        raise BlitzError(
+            f"decoding {path} stopped: one of its {workers} decoding processes died. Run again "
+            "with --workers 0 to decode in one process (slower; a crash there names no file)"
+        ) from None
     _report_bad_images(decoded.bad, cfg.skip_bad_images, log)
     if decoded.resized:
         log(
@@ -212,23 +226,24 @@ class _Decoded:
     resized: int  # how many images were not already size x size
 
 
-def _decode_splits(splits: list[list[tuple[str, int]]], path: Path, size: int) -> _Decoded:
+def _decode_splits(
+    splits: list[list[tuple[str, int]]], path: Path, size: int, workers: int
+) -> _Decoded:
     """Decode each split's (file, label) pairs in one pass over the folder, archive or table's
-    files; each file is decoded as it is read, so the files' bytes are never all in memory at
-    once."""
+    files, in ``workers`` processes; each file is decoded as it is read, so the files' bytes are
+    never all in memory at once."""
     images = [np.zeros((len(pairs), size, size, 3), dtype=np.uint8) for pairs in splits]
     where = {
         file: (s, row) for s, pairs in enumerate(splits) for row, (file, _) in enumerate(pairs)
     }
-    resized, bad = [0], {}
-    for file, data in _read_images(path, set(where)):
+    resized, bad = 0, {}
+    for file, decoded in _decoded(_read_images(path, set(where)), size, workers):
         s, row = where.pop(file)
-        try:
-            if isinstance(data, BadImage):
-                raise data
-            images[s][row] = decode_image(data, file, size, resized)
-        except BadImage as exc:
-            bad[s, row] = (file, exc.reason)
+        if isinstance(decoded, BadImage):
+            bad[s, row] = (file, decoded.reason)
+        else:
+            images[s][row], was_resized = decoded
+            resized += was_resized
     for file, (s, row) in where.items():  # gone since the listing
         bad[s, row] = (file, "disappeared while it was being read")
     bad_rows = [torch.zeros(len(pairs), dtype=torch.bool) for pairs in splits]
@@ -242,4 +257,70 @@ def _decode_splits(splits: list[list[tuple[str, int]]], path: Path, size: int) -
         )
         for x, pairs in zip(images, splits)
     ]
-    return _Decoded(decoded, bad_rows, [bad[key] for key in sorted(bad)], resized[0])
+    return _Decoded(decoded, bad_rows, [bad[key] for key in sorted(bad)], resized)
+
+
+Decoded = tuple[np.ndarray, bool] | BadImage  # the image and whether it was resized, or why not
+
+
+CHUNK_FILES, CHUNK_BYTES = 256, 32 * 2**20  # files sent to a decoding process at a time
+
+
+def _decoded(
+    files: Iterable[tuple[str, bytes | BadImage]], size: int, workers: int
+) -> Iterator[tuple[str, Decoded]]:
+    """Each file decoded: here, or with ``workers`` > 1 in that many processes (decoding a small
+    image is mostly Python, so threads would share one core), a chunk of files at a time, at
+    most two chunks per process in flight."""
+    if workers <= 1:
+        for file, data in files:
+            yield file, _decode_one(file, data, size)
+        return
+    with ProcessPoolExecutor(workers, _start_method(), initializer=_ignore_interrupts) as pool:
+        pending = deque()
+        for chunk in _chunks(files):
+            pending.append(pool.submit(_decode_chunk, chunk, size))
+            if len(pending) >= 2 * workers:
+                yield from pending.popleft().result()
+        while pending:
+            yield from pending.popleft().result()
+
+
+def _start_method() -> multiprocessing.context.BaseContext:
+    # fork: no re-import of blitz in each process (spawn where there is no fork)
+    methods = multiprocessing.get_all_start_methods()
+    return multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+
+
+def _ignore_interrupts() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C: the main process stops them
+
+
+def _chunks(
+    files: Iterable[tuple[str, bytes | BadImage]],
+) -> Iterator[list[tuple[str, bytes | BadImage]]]:
+    chunk, held = [], 0
+    for file, data in files:
+        chunk.append((file, data))
+        held += len(data) if isinstance(data, bytes) else 0
+        if len(chunk) == CHUNK_FILES or held >= CHUNK_BYTES:
+            yield chunk
+            chunk, held = [], 0
+    if chunk:
+        yield chunk
+
+
+def _decode_chunk(
+    chunk: list[tuple[str, bytes | BadImage]], size: int
+) -> list[tuple[str, Decoded]]:
+    return [(file, _decode_one(file, data, size)) for file, data in chunk]
+
+
+def _decode_one(file: str, data: bytes | BadImage, size: int) -> Decoded:
+    if isinstance(data, BadImage):
+        return data
+    resized = [0]
+    try:
+        return decode_image(data, file, size, resized), bool(resized[0])
+    except BadImage as exc:
+        return exc
