@@ -149,6 +149,10 @@ def test_train_on_an_image_folder_archive_and_refuse_to_clobber(tmp_path):
             ["train", "--preset", "seed", "--data", "shapes:50", "--image-size", "64"],
             "model 'lenet' cannot take 64x64 images",
         ),
+        (
+            ["train", "--preset", "seed", "--data", "shapes:50", "--set", "data.low_res=16"],
+            "model 'lenet' cannot take 16x16 images",
+        ),
         (["train", "--devices", "3", "--batch-size", "64"], "multiple of 3"),
         (["eval", "/no/such/run"], "is not a folder: pass a run directory"),
         (["predict", "/no/such/run", "x.png"], "is not a folder: pass a run directory"),

@@ -47,6 +47,18 @@ def test_another_model_does_not_inherit_the_presets_model_options():
     assert build_config("seed", mine).model.options == {"widths": [4, 4, 4]}
 
 
+def test_a_presets_low_res_goes_with_its_model_and_image_size():
+    base = build_config("seed", {"model.name": "convnet", "data.low_res": 24}).data
+    assert base.low_res == 24  # set explicitly: kept
+    raw = {"model": {"name": "convnet"}, "data": {"low_res": 16}}  # a preset's, or --config's
+    assert build_config("seed", base=raw).data.low_res == 16
+    assert build_config("seed", {"model.name": "airbench"}, base=raw).data.low_res == 0
+    assert build_config("seed", {"data.image_size": 64}, base=raw).data.low_res == 0
+    both = {"data.image_size": 64, "data.low_res": 48}
+    assert build_config("seed", both, base=raw).data.low_res == 48
+    assert raw == {"model": {"name": "convnet"}, "data": {"low_res": 16}}  # left as it was
+
+
 def test_explicit_epochs_are_obeyed_whole_not_cut_by_the_presets_step_cap():
     assert build_config("fast-cpu").train.max_steps == 300
     assert build_config("fast-cpu", {"train.epochs": 3}).train.max_steps == 0
@@ -96,6 +108,9 @@ BAD_SETTINGS = [
     ("data.translate", 100000, "an integer in [0, 16]"),
     ("data.translate", -1, "an integer in [0, 16]"),
     ("data.cutout", 33, "an integer in [0, 32]"),
+    ("data.low_res", 40, "an integer in [8, 32]"),
+    ("data.low_res", 4, "an integer in [8, 32]"),
+    ("data.low_res_until", 1.5, "a number in [0, 1]"),
     ("data.mean", "abc", "a list of numbers"),
     ("data.mean", [0.5, "a", 0.5], "a list of numbers"),
     ("data.mean", [0.5, 0.5], "as many values as data.std"),

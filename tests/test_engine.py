@@ -4,6 +4,7 @@ import math
 import pytest
 import torch
 
+from blitz import augment
 from blitz.config import OPTIMIZERS, DataConfig, build_config
 from blitz.context import RunContext, silent
 from blitz.engine import (
@@ -226,3 +227,36 @@ def test_warm_up_tests_one_batch_and_restores_every_state():
         for name, tensor in tensors.items():
             assert torch.equal(tensor, after[part][name]), (part, name)
     assert loop.state.step == 0 and not loop.optimizers[0].state
+
+
+def test_low_res_trains_the_first_steps_on_downscaled_batches_then_full_size():
+    cfg, model = small_convnet(
+        {"data.low_res": 16, "data.low_res_until": 0.4, "train.max_steps": 10,
+         "train.batch_size": 16, "train.eval_every_epoch": False}
+    )  # fmt: skip
+    sides = []
+    model.register_forward_pre_hook(lambda m, args: sides.append(args[0].shape[-1]))
+    train(quiet_run(cfg), load_data("shapes:256"), model)
+    assert sides == [16] * 4 + [32] * 6
+
+
+def test_a_low_res_run_resumed_at_the_switch_ends_bitwise_the_same():
+    low = {"data.low_res": 16, "data.low_res_until": 0.5, "data.flip": "random"}
+    cfg, model = small_convnet({**low, "train.max_steps": 6, "train.eval_every_epoch": False})
+    data = load_data("shapes:256")
+    whole = Snapshot(model, at=3)
+    train(quiet_run(cfg), data, model, hooks=whole)
+    _, resumed = small_convnet({})
+    train(quiet_run(cfg), data, resumed, hooks=Snapshot(resumed, saved=whole.saved))
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, resumed.state_dict()[name]), name
+
+
+def test_downscale_averages_over_what_each_pixel_covers():
+    ones = torch.ones(2, 3, 32, 32)
+    assert torch.allclose(augment.downscale(ones, 24), torch.ones(2, 3, 24, 24))
+    stripes = torch.zeros(1, 1, 32, 32)
+    stripes[..., ::2] = 1  # a 1-pixel pattern a plain bilinear resize would alias
+    halved = augment.downscale(stripes, 16)[..., 1:-1]  # the edge pixels weigh fewer neighbours
+    assert torch.allclose(halved, torch.full((1, 1, 16, 14), 0.5), atol=1e-6)
+    assert augment.downscale(stripes, 32) is stripes

@@ -74,6 +74,14 @@ def resized_crop(
     return roi_align(images, boxes, (h, w), sampling_ratio=1, aligned=True)
 
 
+def downscale(images: torch.Tensor, size: int) -> torch.Tensor:
+    """A batch resized to ``size`` x ``size``: bilinear with antialiasing (the filter widens
+    with the scale, as in PIL's resize, so every input pixel counts)."""
+    if images.shape[-1] == size and images.shape[-2] == size:
+        return images
+    return F.interpolate(images, size=(size, size), mode="bilinear", antialias=True)
+
+
 def auto_augment(images: torch.Tensor, policy: str, generator: torch.Generator) -> torch.Tensor:
     """torchvision's TrivialAugment ("trivial") or RandAugment ("randaugment"), one draw per
     image of a uint8 batch. The draws come from ``generator`` (through a seed for torch's

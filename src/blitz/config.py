@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import json
@@ -49,6 +50,7 @@ MAX_IMAGE_SIZE = 4096
 MAX_BATCH_SIZE = 2**20
 MAX_EPOCHS = 10**6
 MODEL_PREPROCESSING = ("image_size", "mean", "std")  # data settings that belong to a model
+SIZED_FOR_IMAGES = ("low_res",)  # data settings made for a preset's image size
 
 # Settings that `blitz train` also takes as a flag (cli.OVERRIDES, inverted): errors name both.
 FLAGS = {
@@ -243,6 +245,11 @@ class DataConfig:
     auto_augment: AutoAugment = "none"  # torchvision's TrivialAugment or RandAugment, per image
     mixup: float = 0.0  # Beta(alpha, alpha) of MixUp; 0: off (with cutmix: one or the other)
     cutmix: float = 0.0  # the same for CutMix
+    # progressive resizing: the first low_res_until of the training steps see the batches
+    # downscaled to low_res x low_res (cheaper steps: a conv's cost goes with the pixels), the
+    # rest at image_size, as the test does; 0: always image_size
+    low_res: int = 0
+    low_res_until: float = 0.5
     skip_bad_images: bool = False  # False: a corrupt image stops decoding, naming every bad file
     # image folders whose decoded size passes this stream from disk: auto (a quarter of this
     # machine's memory) | a size such as 8GB or 500MB | 0 (always stream); kept as a string
@@ -308,6 +315,9 @@ class DataConfig:
         # reflect padding needs a pad below the image's side; a cutout cannot be larger than it
         check_range("data.translate", self.translate, 0, self.image_size // 2)
         check_range("data.cutout", self.cutout, 0, self.image_size)
+        if self.low_res:
+            check_range("data.low_res", self.low_res, 8, self.image_size)
+        check_range("data.low_res_until", self.low_res_until, 0, 1)
         positive = bool(self.std) and all(s > 0 for s in self.std)
         check_value(positive, "data.std", list(self.std), "a non-empty list of numbers > 0")
         same = len(self.mean) == len(self.std)
@@ -588,11 +598,12 @@ def build_config(
     """A preset (or the raw settings ``base``, e.g. a ``--config`` file) with overrides
     applied, validated. A preset's model options, image size and normalisation are for its
     own model: another ``model.name`` starts from that model's defaults ("auto"), and only
-    another timm model keeps its pretrained weights (timm's own, for that model). Likewise a
+    another timm model keeps its pretrained weights (timm's own, for that model). Its
+    ``data.low_res`` is for its image size: another model or image size goes without. Likewise a
     preset's step cap and floor are for its own epochs: an explicit ``train.epochs`` (without
     ``train.max_steps`` or ``train.min_steps``) is obeyed whole."""
     overrides = overrides or {}
-    raw = load_preset(preset) if base is None else base
+    raw = copy.deepcopy(load_preset(preset) if base is None else base)  # the caller's stays
     preset = raw.get("preset", preset)
     for name in SECTIONS:  # before any of them is read
         values = raw.get(name, {})
@@ -604,6 +615,10 @@ def build_config(
         raw["model"] = {k: v for k, v in model.items() if k not in dropped}
         data = raw.get("data", {})
         raw["data"] = {k: v for k, v in data.items() if k not in MODEL_PREPROCESSING}
+    if name != model.get("name") or "data.image_size" in overrides:
+        for key in SIZED_FOR_IMAGES:
+            if f"data.{key}" not in overrides:
+                raw.get("data", {}).pop(key, None)
     for bound in ("train.max_steps", "train.min_steps"):
         if "train.epochs" in overrides and bound not in overrides:
             raw.get("train", {}).pop(bound.split(".")[1], None)

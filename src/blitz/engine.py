@@ -393,9 +393,17 @@ def prepare_batch(
         x = augment.cutout(x, cfg.cutout, gen)
     if cfg.mixup or cfg.cutmix:
         x, labels = augment.mix(x, labels, loop.classes, cfg.mixup, cfg.cutmix, gen)
+    if at_low_res(loop):
+        x = augment.downscale(x, cfg.low_res)
     if loop.cfg.train.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     return x, labels
+
+
+def at_low_res(loop: Loop) -> bool:
+    """Whether this step trains on downscaled batches (``data.low_res``)."""
+    cfg = loop.cfg.data
+    return bool(cfg.low_res) and loop.state.step < cfg.low_res_until * loop.total
 
 
 def _epoch_batches(loop: Loop) -> list[torch.Tensor]:

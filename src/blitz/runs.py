@@ -145,7 +145,8 @@ def build_model(ctx: RunContext, data: ImageData, fresh: bool = True) -> nn.Modu
     if fresh and cfg.train.init:
         warm_start(model, cfg, data.classes, data.channels, ctx.log)
     model = model.to(ctx.device, memory_format=_memory_format(cfg))
-    check_input_size(model, cfg.model.name, data.channels, cfg.data.image_size)
+    for size in {cfg.data.image_size, cfg.data.low_res} - {0}:
+        check_input_size(model, cfg.model.name, data.channels, size)
     return model
 
 
