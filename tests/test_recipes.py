@@ -136,3 +136,10 @@ def test_blitz_train_fits_a_gpu_preset_to_the_cpu_and_records_what_ran(tmp_path)
     assert result.stdout.count("fast-gpu on cpu: ") == 1
     saved = json.loads((out / "config.json").read_text())["train"]
     assert saved["precision"] == resolve_precision("auto", CPU) and saved["compile"] is False
+
+
+def test_a_low_res_run_says_which_steps_are_downscaled(tmp_path):
+    args = ["train", "--preset", "cpu-30s", "--data", "shapes:100", "--max-steps", "5"]
+    result = run_blitz(*args, "--batch-size", "32", "--out", tmp_path / "run")
+    expected = "the first 3 of 5 steps train on images downscaled to 24x24"
+    assert expected in result.stdout and "the rest at 32x32" in result.stdout

@@ -320,6 +320,14 @@ def _describe(ctx: RunContext, data: ImageData) -> None:
             f"({steps / per_epoch:.2f} of {cfg.train.epochs} epochs): train.max_steps caps it "
             "(--max-steps 0 lifts the cap)"
         )
+    if cfg.data.low_res:
+        low = math.ceil(cfg.data.low_res_until * steps)  # as engine.at_low_res counts them
+        side = cfg.data.low_res
+        ctx.log(
+            f"the first {low} of {steps} steps train on images downscaled to {side}x{side} "
+            f"(data.low_res, cheaper steps), the rest at {cfg.data.image_size}x"
+            f"{cfg.data.image_size}, as the test"
+        )
 
 
 def _memory_format(cfg: Config) -> torch.memory_format:
