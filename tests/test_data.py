@@ -1,6 +1,7 @@
 import functools
 import hashlib
 import http.server
+import os
 import struct
 import threading
 import time
@@ -135,6 +136,20 @@ def test_decoding_on_several_threads_gives_what_one_thread_gives(tmp_path, monke
     assert one_logs == three_logs  # the same images named as skipped, the same count resized
     assert any("skipped 2 images" in line for line in one_logs)
     assert any("resized 55 images" in line for line in one_logs)
+
+
+def _die(chunk, size):  # a decoding process that crashes (module level: sent by name)
+    os._exit(1)
+
+
+def test_a_decoding_process_that_dies_is_one_clear_error(tmp_path, monkeypatch):
+    from blitz.sources import folder
+
+    monkeypatch.setattr(folder, "_decode_chunk", _die)
+    path = write_folder(tmp_path / "fruit", folder_files())
+    with pytest.raises(BlitzError, match="decoding processes died. Run again with --workers 0"):
+        load_data(DataConfig(source=str(path), workers=2))
+    assert len(load_data(DataConfig(source=str(path), workers=0)).train) == 12  # in-process
 
 
 def test_official_cifar10_archive_as_a_path(tmp_path):

@@ -326,7 +326,7 @@ def _describe(ctx: RunContext, data: ImageData) -> None:
         ctx.log(
             f"the first {low} of {steps} steps train on images downscaled to {side}x{side} "
             f"(data.low_res, cheaper steps), the rest at {cfg.data.image_size}x"
-            f"{cfg.data.image_size}, as the test"
+            f"{cfg.data.image_size} (the test's size)"
         )
 
 

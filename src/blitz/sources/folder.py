@@ -169,9 +169,7 @@ def _image_folder(path: Path, layout: Layout, cfg: DataConfig, log: Log, name: s
     workers = worker_count(cfg.workers)
     try:
         decoded = _decode_splits(list(layout.sets.values()), path, cfg.image_size, workers)
-    except (
-        BrokenProcessPool
-    ):  # a decoder crashed (a native library on a hostile file) or was killed
+    except BrokenProcessPool:  # a decoder crashed (a native library, a hostile file) or was killed
         raise BlitzError(
             f"decoding {path} stopped: one of its {workers} decoding processes died. Run again "
             "with --workers 0 to decode in one process (slower; a crash there names no file)"
