@@ -138,6 +138,19 @@ def test_decoding_on_several_threads_gives_what_one_thread_gives(tmp_path, monke
     assert any("resized 55 images" in line for line in one_logs)
 
 
+def test_decoding_processes_also_start_where_there_is_no_fork(tmp_path, monkeypatch):
+    import multiprocessing
+
+    from blitz.sources import folder
+
+    monkeypatch.setattr(folder, "_start_method", lambda: multiprocessing.get_context("spawn"))
+    path = write_folder(tmp_path / "fruit", folder_files())
+    spawned = load_data(DataConfig(source=str(path), workers=2))
+    monkeypatch.setenv("BLITZ_DATA", str(tmp_path / "other-cache"))
+    here = load_data(DataConfig(source=str(path), workers=0))
+    assert torch.equal(spawned.train.images, here.train.images)
+
+
 def _die(chunk, size):  # a decoding process that crashes (module level: sent by name)
     os._exit(1)
 
