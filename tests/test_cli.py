@@ -2,6 +2,8 @@
 
 import csv
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -215,6 +217,25 @@ def test_parser_errors_are_one_paragraph():
     result = blitz("train", "--epochs", "x", check=False)
     assert result.returncode == 2 and result.stderr.count("\n") == 1
     assert "blitz train: error: argument --epochs" in result.stderr and "--help" in result.stderr
+
+
+@pytest.mark.parametrize("thread", [False, True])
+def test_the_command_leaves_after_its_exit_handlers_and_threads(thread):
+    """``blitz`` skips Python's slow teardown, not what an exit must still do: exit handlers,
+    buffered output, a thread still at work, the exit status."""
+    script = f"""
+import atexit, sys, threading, time
+from blitz import cli
+atexit.register(print, "exit handler ran")  # no flush: stdout is a pipe
+if {thread}:
+    threading.Thread(target=lambda: (time.sleep(0.5), print("thread finished"))).start()
+sys.argv = ["blitz", "train", "--data", "no-such-folder"]
+cli.run()
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.returncode == 2 and "no-such-folder' does not exist" in result.stderr
+    assert "exit handler ran" in result.stdout
+    assert ("thread finished" in result.stdout) == thread
 
 
 def test_outputs_are_checked_before_the_work(tmp_path):

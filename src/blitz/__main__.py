@@ -1,4 +1,4 @@
-from blitz.cli import main
+from blitz.cli import run
 
 if __name__ == "__main__":  # not when a spawned decoding process imports it as __mp_main__
-    raise SystemExit(main())
+    run()

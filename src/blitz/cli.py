@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import atexit
+import contextlib
 import difflib
 import functools
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, NoReturn
@@ -612,3 +615,21 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
     return 0
+
+
+def run() -> NoReturn:
+    """The ``blitz`` command and ``python -m blitz``: ``main()``, then out at once.
+
+    Python's teardown of torch's modules takes a second or more once the work is done; exit
+    handlers still run and the output is flushed. With another thread still alive (a tracker's
+    upload, say) the usual way out waits for it.
+    """
+    status = main()
+    if threading.active_count() > 1:
+        sys.exit(status)
+    atexit._run_exitfuncs()  # what the interpreter's exit would run first
+    for stream in (sys.stdout, sys.stderr):
+        # OSError: the reader left (`blitz ... | head`): nothing more reaches it
+        with contextlib.suppress(OSError):
+            stream.flush()
+    os._exit(status)
