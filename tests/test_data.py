@@ -165,6 +165,27 @@ def test_a_decoding_process_that_dies_is_one_clear_error(tmp_path, monkeypatch):
     assert len(load_data(DataConfig(source=str(path), workers=0)).train) == 12  # in-process
 
 
+def test_an_archives_headers_are_parsed_once_and_again_when_it_changes(tmp_path, monkeypatch):
+    import tarfile
+
+    parsed = []
+    real = tarfile.TarInfo.fromtarfile.__func__
+    monkeypatch.setattr(
+        tarfile.TarInfo,
+        "fromtarfile",
+        classmethod(lambda cls, tar: parsed.append(1) or real(cls, tar)),
+    )
+    files = folder_files()  # 24 images
+    path = write_tar(tmp_path / "fruit.tar.gz", files)
+    assert len(load_data(DataConfig(source=str(path), workers=0)).train) == 12
+    assert len(parsed) < 1.5 * len(files)  # listed and read in one parse, not two
+    files["train/apple/extra.png"] = files["train/apple/0_0.png"]
+    write_tar(path, files)  # the same file, changed
+    parsed.clear()
+    assert len(load_data(DataConfig(source=str(path), workers=0)).train) == 13
+    assert len(files) <= len(parsed) < 1.5 * len(files)
+
+
 def test_official_cifar10_archive_as_a_path(tmp_path):
     data = load_data(str(cifar_archive(tmp_path / "cifar-10-python.tar.gz")))
     assert data.classes[0] == "airplane" and len(data.classes) == 10

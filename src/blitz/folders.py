@@ -286,14 +286,29 @@ def _zip_members(path: Path) -> Iterator[Member]:
 
 def _tar_members(path: Path) -> Iterator[Member]:
     try:
+        infos = _tar_index(path.resolve(), _stamp(path))
         with tarfile.open(path) as tar:
-            for member in tar:
+            for member in infos:
                 name = _check_member(member.name, path)
                 # links (hard or symbolic), devices and pipes are listed, never followed
                 kind = "file" if member.isfile() else "dir" if member.isdir() else "other"
                 yield Member(name, kind, member.size, functools.partial(tar.extractfile, member))
     except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
         raise BlitzError(f"cannot read archive {path}: {exc}") from None
+
+
+@functools.lru_cache(maxsize=1)
+def _tar_index(path: Path, stamp: tuple[int, ...]) -> list[tarfile.TarInfo]:
+    """A tar archive's headers, parsed once for its listing and its reading: parsing them is
+    most of the time a .tar.gz of small images takes to read (``stamp``: a changed archive is
+    parsed again)."""
+    with tarfile.open(path) as tar:
+        return tar.getmembers()
+
+
+def _stamp(path: Path) -> tuple[int, ...]:
+    info = path.stat()
+    return info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns
 
 
 class _Tree(NamedTuple):
