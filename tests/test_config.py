@@ -100,7 +100,7 @@ BAD_SETTINGS = [
     ("train.tensorboard", 1, "true or false"),
     ("train.precision", "fp8", "fp32 | bf16 | fp16 | auto"),
     ("train.device", "tpu", "auto | cpu | cuda | mps"),
-    ("train.tta", "rotate", "none | flip | flip-translate"),
+    ("train.tta", "rotate", "none | flip | translate | flip-translate"),
     ("train.checkpoint_minutes", "often", "a finite number"),
     ("data.image_size", 32.5, "an integer"),
     ("data.image_size", 5000, "an integer in [8, 4096]"),

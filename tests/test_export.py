@@ -12,6 +12,7 @@ from torch import nn
 from blitz.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from blitz.config import build_config
 from blitz.errors import BlitzError
+from blitz.evaluate import tta_logits
 from blitz.export import FORMATS, TOLERANCE, export_model, random_images, run_export
 from blitz.models import create_model, list_models
 from blitz.preprocess import normalize
@@ -35,9 +36,10 @@ def saved_checkpoint(tmp_path: Path, name: str, broken: bool = False) -> dict:
 
 
 def eval_logits(ckpt: dict, images: torch.Tensor) -> torch.Tensor:
+    """The model's logits in eval mode, over the preset's test-time views as the export's."""
     model = ckpt.build_model().eval()
     with torch.no_grad():
-        return model(normalize(images, ckpt.model.mean, ckpt.model.std))
+        return tta_logits(model, normalize(images, ckpt.model.mean, ckpt.model.std), ckpt.model.tta)
 
 
 def has_batch_norm(model: nn.Module) -> bool:

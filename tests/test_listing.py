@@ -5,7 +5,7 @@ import itertools
 import pytest
 from torch import nn
 
-from blitz.config import build_config, list_presets
+from blitz.config import UNMIRRORED, build_config, list_presets
 from blitz.errors import BlitzError
 from blitz.models import check_input_size, create_model, list_models, model_options
 from conftest import run_blitz
@@ -73,20 +73,25 @@ def test_lenet_takes_only_the_seeds_size_give_or_take_pooling(models_output):
 def test_every_preset_says_what_data_its_mirroring_suits(presets_output, preset):
     text = " ".join(" ".join(entry(presets_output, preset)).split())
     assert list_presets()[preset] in text
-    flip = build_config(preset).data.flip
-    if flip == "none":
+    cfg = build_config(preset)
+    flip, tta = cfg.data.flip, cfg.train.tta
+    if flip == "none" and tta not in UNMIRRORED:
         assert "no mirroring" in text and "--set" not in text
     else:
-        assert f"data.flip={flip}" in text and "wrong for digits and text" in text
-        assert "--set data.flip=none" in text
+        assert "wrong for digits and text" in text
+    if flip != "none":
+        assert f"data.flip={flip}" in text and "--set data.flip=none" in text
+    if tta in UNMIRRORED:
+        assert f"train.tta={tta}" in text and f"--set train.tta={UNMIRRORED[tta]}" in text
 
 
 @pytest.mark.parametrize("preset", PRESETS)
 def test_the_advice_to_stop_mirroring_works(presets_output, preset):
     words = " ".join(entry(presets_output, preset)).split()
     overrides = dict(words[i + 1].split("=") for i, word in enumerate(words) if word == "--set")
+    tta = build_config(preset).train.tta
     cfg = build_config(preset, overrides)
-    assert (cfg.data.flip, cfg.train.tta) == ("none", "none")
+    assert cfg.data.flip == "none" and cfg.train.tta == UNMIRRORED.get(tta, tta)  # shifts kept
 
 
 def test_both_listings_fit_in_100_columns(models_output, presets_output):

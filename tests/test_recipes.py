@@ -10,7 +10,7 @@ from blitz.config import build_config, list_presets
 from blitz.context import RunContext, silent
 from blitz.devices import fit_to_device, resolve_precision
 from blitz.engine import train
-from blitz.evaluate import _shift, evaluate
+from blitz.evaluate import _shift, evaluate, tta_logits
 from blitz.models import create_model
 from blitz.optim import build_optimizers, flatten_filters, unflatten_filters
 from blitz.sources import load_data
@@ -77,6 +77,19 @@ def test_tta_shift_moves_pixels_by_one():
     x = torch.arange(16.0).view(1, 1, 4, 4)
     assert torch.equal(_shift(x, 1, 1)[0, 0, 1:, 1:], x[0, 0, :3, :3])
     assert torch.equal(_shift(x, -1, -1)[0, 0, :3, :3], x[0, 0, 1:, 1:])
+
+
+def test_translate_tta_averages_two_shifts_and_never_mirrors():
+    x = torch.rand(2, 1, 6, 6)
+
+    def model(v):  # tells the left half from the right
+        return torch.stack([v[..., :3].sum((1, 2, 3)), v[..., 3:].sum((1, 2, 3))], 1)
+
+    shifted = model(_shift(x, -1, -1)) + model(_shift(x, 1, 1))
+    assert torch.allclose(tta_logits(model, x, "translate"), 0.5 * model(x) + 0.25 * shifted)
+    mirrored = tta_logits(model, x.flip(-1), "translate")
+    assert not torch.allclose(tta_logits(model, x, "translate"), mirrored)
+    assert torch.allclose(tta_logits(model, x, "flip"), tta_logits(model, x.flip(-1), "flip"))
 
 
 def test_ema_weights_end_up_in_the_model():

@@ -491,18 +491,21 @@ def cmd_presets(args: argparse.Namespace) -> None:
 def _mirror_note(preset: str) -> list[str]:
     """What data the preset suits as far as its mirroring goes (read from its settings, so it
     cannot drift), and how to stop it: lines to print."""
-    from blitz.config import build_config
+    from blitz.config import UNMIRRORED, build_config
 
     cfg = build_config(preset)
-    mirroring = {"data.flip": cfg.data.flip, "train.tta": cfg.train.tta}
-    mirrors = {key: value for key, value in mirroring.items() if value != "none"}
+    mirrors = {}  # setting -> (its value, the value without mirroring)
+    if cfg.data.flip != "none":
+        mirrors["data.flip"] = cfg.data.flip, "none"
+    if cfg.train.tta in UNMIRRORED:
+        mirrors["train.tta"] = cfg.train.tta, UNMIRRORED[cfg.train.tta]
     if not mirrors:
         return ["no mirroring: fine for digits and text as well as photos"]
-    settings = ", ".join(f"{key}={value}" for key, value in mirrors.items())
+    settings = ", ".join(f"{key}={value}" for key, (value, _) in mirrors.items())
     return [
         f"mirrors images left-right ({settings}): assumes mirror-symmetric classes (photos, "
         "CIFAR-10), wrong for digits and text; to switch it off:",
-        "  " + " ".join(f"--set {key}=none" for key in mirrors),
+        "  " + " ".join(f"--set {key}={off}" for key, (_, off) in mirrors.items()),
     ]
 
 

@@ -27,7 +27,8 @@ Loss = Literal["cross-entropy", "mse"]
 Reduction = Literal["mean", "sum"]
 Schedule = Literal["constant", "onecycle", "linear", "cosine"]
 Flip = Literal["none", "random", "alternate"]
-Tta = Literal["none", "flip", "flip-translate"]
+Tta = Literal["none", "flip", "translate", "flip-translate"]
+UNMIRRORED: dict[str, str] = {"flip": "none", "flip-translate": "translate"}  # TTA less mirrors
 AutoAugment = Literal["none", "trivial", "randaugment"]
 Precision = Literal["fp32", "bf16", "fp16", "auto"]
 Device = Literal["auto", "cpu", "cuda", "mps"]
@@ -425,7 +426,9 @@ class TrainConfig:
     sampler: Sampler = "shuffle"
     init: str = ""  # start from this finished run's (or blitz .pt file's) weights; "": the seed's
     eval_batch_size: int = 1000
-    tta: Tta = "none"  # test-time augmentation
+    # test-time augmentation: logits averaged over the image and its mirror, 1-pixel shifts of
+    # it, or the mirrors of those
+    tta: Tta = "none"
     channels_last: bool = False  # memory format of images and weights (faster convs on some CPUs)
     precision: Precision = "fp32"  # autocast for forward passes ("auto": bf16 if fast)
     # torch.compile the model (warmed up and timed apart from training); "auto": on CUDA only

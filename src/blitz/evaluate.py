@@ -31,18 +31,17 @@ def _shift(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
     return padded[..., pad - dy : pad - dy + h, pad - dx : pad - dx + w]
 
 
-def _mirrored(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    return 0.5 * (model(x) + model(x.flip(-1)))
-
-
 def tta_logits(model: nn.Module, x: torch.Tensor, tta: str) -> torch.Tensor:
-    """Logits averaged over test-time views: none, a mirror, or mirrors of 1-pixel shifts too."""
-    if tta == "none":
-        return model(x)
-    if tta == "flip":
-        return _mirrored(model, x)
-    shifted = _mirrored(model, _shift(x, -1, -1)) + _mirrored(model, _shift(x, 1, 1))
-    return 0.5 * _mirrored(model, x) + 0.25 * shifted  # airbench's weighting
+    """Logits averaged over test-time views: none, a mirror (flip), two 1-pixel shifts
+    (translate: what suits digits and text), or the mirrors of those three (flip-translate)."""
+
+    def view(v: torch.Tensor) -> torch.Tensor:
+        return 0.5 * (model(v) + model(v.flip(-1))) if tta.startswith("flip") else model(v)
+
+    if tta in ("none", "flip"):
+        return view(x)
+    shifted = view(_shift(x, -1, -1)) + view(_shift(x, 1, 1))
+    return 0.5 * view(x) + 0.25 * shifted  # airbench's weighting
 
 
 @torch.inference_mode()
