@@ -624,11 +624,11 @@ def run() -> NoReturn:
     """The ``blitz`` command and ``python -m blitz``: ``main()``, then out at once.
 
     Python's teardown of torch's modules takes a second or more once the work is done; exit
-    handlers still run and the output is flushed. With another thread still alive (a tracker's
-    upload, say) the usual way out waits for it.
+    handlers still run and the output is flushed. With another (non-daemon) thread still alive
+    (a tracker's upload, say) the usual way out waits for it.
     """
     status = main()
-    if threading.active_count() > 1:
+    if any(not t.daemon for t in threading.enumerate() if t is not threading.main_thread()):
         sys.exit(status)
     atexit._run_exitfuncs()  # what the interpreter's exit would run first
     for stream in (sys.stdout, sys.stderr):
