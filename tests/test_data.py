@@ -99,7 +99,19 @@ def test_decoded_cache_is_reused_and_refreshed_when_the_source_changes(image_fol
     )
     third = load_data(str(image_folder))
     assert len(third.train) == 13
-    assert len(list((cache / "decoded").glob("*.pt"))) == 2
+    assert [p.name for p in (cache / "decoded").glob("*.pt")] != [p.name for p in cached]
+    assert len(list((cache / "decoded").glob("*.pt"))) == 1  # the older copy is dropped
+
+
+def test_other_sources_and_options_keep_their_decoded_copies(tmp_path, cache):
+    one = write_folder(tmp_path / "a" / "fruit", folder_files())
+    two = write_folder(tmp_path / "b" / "fruit", folder_files())  # the same name elsewhere
+    for path, size in ((one, 32), (two, 32), (one, 16)):
+        load_data(DataConfig(source=str(path), image_size=size))
+    assert len(list((cache / "decoded").glob("fruit-*.pt"))) == 3
+    (one / "train" / "apple" / "0_0.png").unlink()  # one's 32-px copy is now stale
+    load_data(DataConfig(source=str(one), image_size=32))
+    assert len(list((cache / "decoded").glob("fruit-*.pt"))) == 3
 
 
 def test_images_of_other_sizes_and_modes_are_converted(tmp_path):

@@ -57,22 +57,36 @@ def unwritable_error(folder: Path, exc: OSError) -> BlitzError:
     )
 
 
-def fingerprint(path: Path, options: str) -> str:
-    """A key that changes whenever the source's files (names, sizes, times) or options change."""
+def fingerprint(path: Path, options: str, contents: str = "") -> str:
+    """A key ``SOURCE-FILES``: SOURCE names the source (its path, the options, the cache
+    format), FILES its files (names, sizes, times; a table's ``contents`` stamp too), so a
+    changed source is decoded again and its older copy can be told apart and dropped."""
     path = path.resolve()  # ./data and /abs/data are the same source
-    digest = hashlib.sha1(f"{CACHE_FORMAT}|{options}|".encode() + os.fsencode(path))
+    source = hashlib.sha1(f"{CACHE_FORMAT}|{options}|".encode() + os.fsencode(path)).hexdigest()
+    digest = hashlib.sha1(f"{source}|{contents}".encode())
     if path.is_dir():
         for m in members(path):
             digest.update(b"|" + os.fsencode(m.name) + f"|{m.kind}|{m.size}|{m.mtime_ns}".encode())
     else:
         stat = path.stat()
         digest.update(f"|{stat.st_size}|{stat.st_mtime_ns}".encode())
-    return digest.hexdigest()[:16]
+    return f"{source[:8]}-{digest.hexdigest()[:12]}"
 
 
 def decoded_file(name: str, key: str) -> Path:
     """Where the decode cache keeps a dataset's tensors."""
     return cache_dir() / "decoded" / f"{name}-{key}.pt"
+
+
+def _drop_older_copies(file: Path) -> None:
+    """Delete the decoded tensors of the same source and options from before its files changed
+    (``file``'s name, SOURCE key, and another FILES key): they would never be read again. A
+    process reading one has it in memory already (``torch.load`` reads it whole)."""
+    name, source, _ = file.stem.rsplit("-", 2)
+    with contextlib.suppress(OSError):  # a cache that cannot be tidied still works
+        for old in file.parent.glob("*.pt"):
+            if old != file and old.stem.rsplit("-", 2)[:2] == [name, source]:
+                old.unlink()
 
 
 def read_decoded(file: Path, name: str, log: Log) -> ImageData | None:
@@ -100,6 +114,7 @@ def write_decoded(data: ImageData, file: Path, log: Log) -> None:
         with open(tmp, "wb") as f:  # a file object: a full disk is an OSError, not torch's own
             torch.save(payload, f)
         os.replace(tmp, file)  # readers never see a half-written cache
+        _drop_older_copies(file)
     except OSError as exc:
         with contextlib.suppress(OSError):
             tmp.unlink()

@@ -82,7 +82,7 @@ def _load_table(path: Path, cfg: DataConfig, log: Log, name: str) -> ImageData:
     """A table's images. The table is read first: the decode cache's key is what it lists, not
     everything its folder holds (which may be a home folder, or hold the cache itself)."""
     table = read_table(path)
-    cached = decoded_file(name, fingerprint(path, f"{_options(cfg)}|{table.stamp}"))
+    cached = decoded_file(name, fingerprint(path, _options(cfg), table.stamp))
     if data := _read_cache(cached, cfg, name, log):
         return data
     return _load_layout(path, table.layout, cfg, log, name, cached)
