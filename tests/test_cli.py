@@ -2,6 +2,8 @@
 
 import csv
 import json
+import os
+import shlex
 import subprocess
 import sys
 
@@ -236,6 +238,29 @@ cli.run()
     assert result.returncode == 2 and "no-such-folder' does not exist" in result.stderr
     assert "exit handler ran" in result.stdout
     assert ("thread finished" in result.stdout) == thread
+
+
+@pytest.mark.parametrize(
+    "shell, status, message",
+    [
+        ("blitz presets >&-", 0, ""),  # stdout closed from the start
+        ("set -o pipefail; blitz presets | head -c 10", 0, ""),  # the reader leaves
+        ("blitz presets > out.txt", 0, ""),
+        ("ulimit -f 1; blitz presets > out.txt", 120, "could not write all the output"),  # 1 KB
+    ],
+)
+def test_the_last_flush_is_said_when_it_fails_and_quiet_when_the_reader_left(
+    tmp_path, shell, status, message
+):
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # stdout buffered
+    command = shell.replace("blitz", f"{shlex.quote(sys.executable)} -m blitz")
+    result = subprocess.run(
+        ["bash", "-c", command], capture_output=True, text=True, cwd=tmp_path, env=env
+    )
+    assert result.returncode == status and message in result.stderr
+    assert "Traceback" not in result.stderr
+    if status == 0 and "out.txt" in shell:
+        assert "fast-cpu" in (tmp_path / "out.txt").read_text()
 
 
 def test_outputs_are_checked_before_the_work(tmp_path):

@@ -632,7 +632,13 @@ def run() -> NoReturn:
         sys.exit(status)
     atexit._run_exitfuncs()  # what the interpreter's exit would run first
     for stream in (sys.stdout, sys.stderr):
-        # OSError: the reader left (`blitz ... | head`): nothing more reaches it
-        with contextlib.suppress(OSError):
-            stream.flush()
+        try:
+            if stream is not None:  # None: started with the stream closed
+                stream.flush()
+        except BrokenPipeError:  # the reader left (`blitz ... | head`): nothing more reaches it
+            pass
+        except OSError as exc:  # a full disk, a file size limit: the output is not all there
+            with contextlib.suppress(OSError):
+                os.write(2, f"blitz: could not write all the output: {exc}\n".encode())
+            status = status or 120  # what Python's own exit returns then
     os._exit(status)
