@@ -198,6 +198,36 @@ def test_an_archives_headers_are_parsed_once_and_again_when_it_changes(tmp_path,
     assert len(files) <= len(parsed) < 1.5 * len(files)
 
 
+@pytest.mark.parametrize("suffix", [".tar", ".zip"])
+def test_a_name_twice_in_an_archive_is_its_last_copy(tmp_path, suffix):
+    """tar's append and update add a newer copy of a file: extracting leaves the last one."""
+    import io
+    import tarfile
+    import warnings
+    import zipfile
+
+    files = folder_files()
+    newer = ("train/apple/0_0.png", __import__("conftest").png_bytes((0, 0, 255)))
+    path = tmp_path / f"fruit{suffix}"
+    if suffix == ".tar":
+        with tarfile.open(path, "w") as tar:
+            for rel, data in [*files.items(), newer]:
+                info = tarfile.TarInfo(rel)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    else:
+        with zipfile.ZipFile(path, "w") as zf, warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "Duplicate name": what this test is about
+            for rel, data in [*files.items(), newer]:
+                zf.writestr(rel, data)
+    for max_memory in ("auto", "0"):  # decoded in memory, and extracted to stream
+        data = load_data(DataConfig(source=str(path), max_memory=max_memory, workers=0))
+        assert len(data.train) == 12
+        first = data.train.row_ids("train").index("train/apple/0_0.png")
+        image = data.train.images_at(torch.tensor([first]))[0]
+        assert image[:, 0, 0].tolist() == [0, 0, 255]
+
+
 def test_official_cifar10_archive_as_a_path(tmp_path):
     data = load_data(str(cifar_archive(tmp_path / "cifar-10-python.tar.gz")))
     assert data.classes[0] == "airplane" and len(data.classes) == 10

@@ -12,10 +12,10 @@ import stat
 import tarfile
 import zipfile
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Literal, NamedTuple
+from typing import IO, Any, Literal, NamedTuple
 
 from blitz.data import check_two_classes
 from blitz.errors import BlitzError
@@ -276,8 +276,7 @@ def _no_open() -> IO[bytes]:
 def _zip_members(path: Path) -> Iterator[Member]:
     try:
         with zipfile.ZipFile(path) as zf:
-            for info in zf.infolist():
-                name = _check_member(info.filename, path)
+            for name, info in _last_of_each_name(zf.infolist(), "filename", path):
                 kind = "dir" if info.is_dir() else "file"
                 yield Member(name, kind, info.file_size, functools.partial(zf.open, info))
     except (zipfile.BadZipFile, EOFError, OSError) as exc:
@@ -288,13 +287,18 @@ def _tar_members(path: Path) -> Iterator[Member]:
     try:
         infos = _tar_index(path.resolve(), _stamp(path))
         with tarfile.open(path) as tar:
-            for member in infos:
-                name = _check_member(member.name, path)
+            for name, member in _last_of_each_name(infos, "name", path):
                 # links (hard or symbolic), devices and pipes are listed, never followed
                 kind = "file" if member.isfile() else "dir" if member.isdir() else "other"
                 yield Member(name, kind, member.size, functools.partial(tar.extractfile, member))
     except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
         raise BlitzError(f"cannot read archive {path}: {exc}") from None
+
+
+def _last_of_each_name(entries: list, attr: str, archive: Path) -> Iterable[tuple[str, Any]]:
+    """(checked name, entry) once per name: an archive may hold a name twice (tar's append and
+    update add a newer copy), and the last copy is the file, as extracting it leaves it."""
+    return {_check_member(getattr(e, attr), archive): e for e in entries}.items()
 
 
 @functools.lru_cache(maxsize=1)
@@ -308,7 +312,7 @@ def _tar_index(path: Path, stamp: tuple[int, ...]) -> list[tarfile.TarInfo]:
 
 def _stamp(path: Path) -> tuple[int, ...]:
     info = path.stat()
-    return info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns
+    return info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns
 
 
 class _Tree(NamedTuple):
