@@ -228,6 +228,48 @@ def test_a_name_twice_in_an_archive_is_its_last_copy(tmp_path, suffix):
         assert image[:, 0, 0].tolist() == [0, 0, 255]
 
 
+SLOW_DECODE = """
+import os, sys, time
+from blitz.config import DataConfig
+from blitz.sources import folder, load_data
+real = folder._decode_chunk
+def slow(chunk, size):
+    print("decoding in", os.getpid(), flush=True)
+    time.sleep(0.5)
+    return real(chunk, size)
+folder._decode_chunk, folder.CHUNK_FILES = slow, 2
+load_data(DataConfig(source=sys.argv[1], workers=2))
+"""
+
+
+def test_sigterm_during_the_first_decode_ends_the_decoding_processes_too(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    path = write_folder(tmp_path / "fruit", folder_files())
+    env = {**os.environ, "BLITZ_DATA": str(tmp_path / "cache")}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SLOW_DECODE, str(path)], stdout=subprocess.PIPE, text=True, env=env
+    )
+    workers = set()
+    while len(workers) < 2:  # both decoding processes at work
+        line = proc.stdout.readline()
+        if line.startswith("decoding in "):
+            workers.add(int(line.split()[-1]))
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 128 + signal.SIGTERM
+    deadline = time.monotonic() + 10
+    while workers and time.monotonic() < deadline:
+        for pid in list(workers):
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                workers.discard(pid)
+        time.sleep(0.1)
+    assert not workers, f"decoding processes {workers} outlived blitz"
+
+
 def test_official_cifar10_archive_as_a_path(tmp_path):
     data = load_data(str(cifar_archive(tmp_path / "cifar-10-python.tar.gz")))
     assert data.classes[0] == "airplane" and len(data.classes) == 10

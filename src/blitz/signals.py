@@ -46,3 +46,22 @@ def stop_on_signals() -> Iterator[StopFlag]:
     finally:
         for s, old in previous.items():
             signal.signal(s, old)
+
+
+@contextmanager
+def unwind_on_sigterm() -> Iterator[None]:
+    """While inside (main thread), SIGTERM raises SystemExit(143) instead of ending the process
+    at once, so the ``with`` blocks around unwind and close what they opened (a pool of
+    decoding processes would otherwise be left running)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -45,6 +45,7 @@ from blitz.folders import (
 from blitz.images import BadImage, decode_image
 from blitz.locks import locked
 from blitz.memory import format_size, memory_budget
+from blitz.signals import unwind_on_sigterm
 from blitz.sources import PATH, list_sources, register_source
 from blitz.sources.table import TABLE_SUFFIXES, is_table, iter_listed, read_table
 from blitz.stream import StreamSplit, worker_count
@@ -274,7 +275,8 @@ def _decoded(
         for file, data in files:
             yield file, _decode_one(file, data, size)
         return
-    with ProcessPoolExecutor(workers, _start_method(), initializer=_ignore_interrupts) as pool:
+    pool = ProcessPoolExecutor(workers, _start_method(), initializer=_ignore_interrupts)
+    with pool, unwind_on_sigterm():  # Ctrl-C or SIGTERM: the processes end with this one
         pending = deque()
         for chunk in _chunks(files):
             pending.append(pool.submit(_decode_chunk, chunk, size))
