@@ -16,7 +16,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from blitz import augment
 from blitz.compiling import compile_recovering
-from blitz.config import Config, OptimConfig
+from blitz.config import Config, DataConfig, OptimConfig
 from blitz.context import RunContext
 from blitz.counts import balanced_weights
 from blitz.data import AnySplit, Batch, ImageData, Split
@@ -400,10 +400,14 @@ def prepare_batch(
     return x, labels
 
 
+def low_res_steps(cfg: DataConfig, total: int) -> int:
+    """How many of ``total`` steps, the first ones, train on downscaled batches."""
+    return math.ceil(cfg.low_res_until * total) if cfg.low_res else 0
+
+
 def at_low_res(loop: Loop) -> bool:
     """Whether this step trains on downscaled batches (``data.low_res``)."""
-    cfg = loop.cfg.data
-    return bool(cfg.low_res) and loop.state.step < cfg.low_res_until * loop.total
+    return loop.state.step < low_res_steps(loop.cfg.data, loop.total)
 
 
 def _epoch_batches(loop: Loop) -> list[torch.Tensor]:

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from blitz.config import Config
+from blitz.config import UNMIRRORED, Config
 from blitz.data import AnySplit
 from blitz.devices import autocast
 from blitz.distributed import SINGLE, gather_rows, shard, sum_over_ranks
@@ -36,7 +36,7 @@ def tta_logits(model: nn.Module, x: torch.Tensor, tta: str) -> torch.Tensor:
     (translate: what suits digits and text), or the mirrors of those three (flip-translate)."""
 
     def view(v: torch.Tensor) -> torch.Tensor:
-        return 0.5 * (model(v) + model(v.flip(-1))) if tta.startswith("flip") else model(v)
+        return 0.5 * (model(v) + model(v.flip(-1))) if tta in UNMIRRORED else model(v)
 
     if tta in ("none", "flip"):
         return view(x)

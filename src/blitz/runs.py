@@ -23,7 +23,14 @@ from blitz.counts import class_counts, format_counts, imbalance_note
 from blitz.data import ImageData
 from blitz.devices import device_name, fit_to_device, resolve_device
 from blitz.distributed import barrier, check_batch_size, init_world, local_device
-from blitz.engine import Loop, NonFiniteLoss, planned_steps, steps_per_epoch, train
+from blitz.engine import (
+    Loop,
+    NonFiniteLoss,
+    low_res_steps,
+    planned_steps,
+    steps_per_epoch,
+    train,
+)
 from blitz.errors import BlitzError
 from blitz.evaluate import (
     Evaluation,
@@ -321,7 +328,7 @@ def _describe(ctx: RunContext, data: ImageData) -> None:
             "(--max-steps 0 lifts the cap)"
         )
     if cfg.data.low_res:
-        low = math.ceil(cfg.data.low_res_until * steps)  # as engine.at_low_res counts them
+        low = low_res_steps(cfg.data, steps)
         side = cfg.data.low_res
         ctx.log(
             f"the first {low} of {steps} steps train on images downscaled to {side}x{side} "
