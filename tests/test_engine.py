@@ -20,6 +20,7 @@ from blitz.engine import (
 from blitz.evaluate import evaluate
 from blitz.models import create_model
 from blitz.progress import Progress
+from blitz.resume import choose_kernels
 from blitz.sources import load_data
 
 CPU = torch.device("cpu")
@@ -260,3 +261,16 @@ def test_downscale_averages_over_what_each_pixel_covers():
     halved = augment.downscale(stripes, 16)[..., 1:-1]  # the edge pixels weigh fewer neighbours
     assert torch.allclose(halved, torch.full((1, 1, 16, 14), 0.5), atol=1e-6)
     assert augment.downscale(stripes, 32) is stripes
+
+
+def test_kernels_are_deterministic_or_the_fastest_as_the_run_asks():
+    was = torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark
+    try:
+        # each run sets both ways: a notebook's second run does not inherit the first's choice
+        for deterministic in (True, False, True):
+            choose_kernels(build_config("seed", {"train.deterministic": deterministic}))
+            assert torch.are_deterministic_algorithms_enabled() == deterministic
+            assert torch.backends.cudnn.benchmark == (not deterministic)
+    finally:
+        torch.use_deterministic_algorithms(was[0], warn_only=True)
+        torch.backends.cudnn.benchmark = was[1]

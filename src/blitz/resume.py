@@ -20,13 +20,18 @@ from blitz.progress import Progress
 from blitz.signals import StopFlag, StopRequested
 
 
-def make_reproducible(cfg: Config) -> None:
-    """Ask torch for deterministic kernels, so that a resumed run matches one left alone."""
-    if cfg.train.deterministic:
+def choose_kernels(cfg: Config) -> None:
+    """Deterministic kernels (``train.deterministic``), so that a resumed run matches one left
+    alone; otherwise the fastest: cuDNN times its convolution algorithms for the run's shapes
+    on their first use and keeps the fastest (which may differ between runs in rounding).
+    Both ways, so that a run in a notebook does not inherit the choice of the one before."""
+    deterministic = cfg.train.deterministic
+    if deterministic:
         # cuBLAS is deterministic only with a fixed workspace, set before its first use
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        # warn_only: an op without a deterministic kernel (some on MPS) warns instead of failing
-        torch.use_deterministic_algorithms(True, warn_only=True)
+    # warn_only: an op without a deterministic kernel (some on MPS) warns instead of failing
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+    torch.backends.cudnn.benchmark = not deterministic
 
 
 class Checkpointer(TrainHooks):

@@ -49,7 +49,7 @@ from blitz.models.timm_models import load_pretrained
 from blitz.plots import save_image_grid
 from blitz.progress import Progress
 from blitz.report import write_report
-from blitz.resume import Checkpointer, make_reproducible
+from blitz.resume import Checkpointer, choose_kernels
 from blitz.roles import Assignment, record
 from blitz.rundir import Metrics, RunDir
 from blitz.signals import stop_on_signals
@@ -127,7 +127,7 @@ def set_up(
     cfg: Config, run_dir: RunDir | None, log: Log, quiet: bool, started: float
 ) -> RunContext:
     """The run context: reproducibility, the process group, this process's device."""
-    make_reproducible(cfg)
+    choose_kernels(cfg)
     device = resolve_device(cfg.train.device)
     world = init_world(device)
     check_batch_size(cfg.train.batch_size, world)
