@@ -12,7 +12,13 @@ from blitz.devices import fit_to_device, resolve_precision
 from blitz.engine import train
 from blitz.evaluate import _shift, evaluate, tta_logits
 from blitz.models import create_model
-from blitz.optim import build_optimizers, flatten_filters, unflatten_filters
+from blitz.optim import (
+    CompiledStep,
+    build_optimizers,
+    flatten_filters,
+    load_in_place,
+    unflatten_filters,
+)
 from blitz.sources import load_data
 from conftest import run_blitz
 
@@ -58,6 +64,66 @@ def test_muon_takes_the_conv_filters_as_matrices_and_gives_them_back():
     assert set(model.state_dict()) == set(plain)
     assert all(torch.equal(v, plain[k]) for k, v in model.state_dict().items())
     assert [p.shape for p in flatten_filters(create_model("lenet"))] == [(6, 75), (16, 150)]
+
+
+def _muon_twins() -> tuple[torch.nn.Module, torch.optim.Muon, torch.nn.Module, torch.optim.Muon]:
+    torch.manual_seed(0)
+    models = [create_model("airbench", 10, 3, widths=[8, 8, 8]) for _ in range(2)]
+    models[1].load_state_dict(models[0].state_dict())
+    muons = [build_optimizers(m, build_config("fast-gpu").optim)[0] for m in models]
+    return models[0], muons[0], models[1], muons[1]
+
+
+def _step_both(eager, compiled, step, lr: float) -> None:
+    for one, other in zip(
+        eager.param_groups[0]["params"], compiled.optimizer.param_groups[0]["params"]
+    ):
+        one.grad = torch.randn_like(one)
+        other.grad = one.grad.clone()
+    eager.param_groups[0]["lr"] = compiled.optimizer.param_groups[0]["lr"] = lr
+    eager.step()
+    step()
+
+
+def test_compiled_muon_steps_as_eager_muon_through_a_changing_rate_and_a_restore(monkeypatch):
+    # dynamo traces as it does for inductor; the "eager" backend runs the traced ops as they are
+    monkeypatch.setattr(torch, "compile", lambda fn: torch._dynamo.optimize("eager")(fn))
+    torch._dynamo.reset()
+    model, eager, twin, muon = _muon_twins()
+    compiled = CompiledStep(muon)
+    saved = {"eager": eager.state_dict(), "compiled": muon.state_dict()}
+    saved = {
+        k: {**v, "state": {i: {n: t.clone() for n, t in s.items()} for i, s in v["state"].items()}}
+        for k, v in saved.items()
+    }
+    buffers = [muon.state[p]["momentum_buffer"] for p in muon.param_groups[0]["params"]]
+    for lr in (0.2, 0.1):
+        _step_both(eager, compiled, compiled, lr)
+    frames = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    eager.load_state_dict(saved["eager"])
+    load_in_place(muon, saved["compiled"])  # the warm-up's restore
+    kept = [muon.state[p]["momentum_buffer"] for p in muon.param_groups[0]["params"]]
+    assert [id(b) for b in kept] == [id(b) for b in buffers]
+    assert all(b.count_nonzero() == 0 for b in buffers)
+    for lr in (0.05, 0.0, 0.3):
+        _step_both(eager, compiled, compiled, lr)
+    # new rates and the restored state reuse the graph; the groups hold floats between steps
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == frames
+    assert muon.param_groups[0]["lr"] == 0.3
+    for one, other in zip(model.parameters(), twin.parameters()):
+        assert torch.allclose(one, other, atol=1e-3)  # Newton-Schulz runs in bf16
+
+
+def test_a_frozen_compiled_muon_leaves_the_filters_as_they_are(monkeypatch):
+    monkeypatch.setattr(torch, "compile", lambda fn: torch._dynamo.optimize("eager")(fn))
+    torch._dynamo.reset()
+    _, _, twin, muon = _muon_twins()
+    before = [p.clone() for p in muon.param_groups[0]["params"]]
+    for p in muon.param_groups[0]["params"]:
+        p.grad = torch.randn_like(p)
+    muon.param_groups[0]["lr"] = 0.0  # optim.freeze
+    CompiledStep(muon)()
+    assert all(torch.equal(p, b) for p, b in zip(muon.param_groups[0]["params"], before))
 
 
 def test_whitening_layer_decorrelates_patches():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -24,7 +24,14 @@ from blitz.devices import autocast, grad_scaler, synchronize
 from blitz.distributed import World, epoch_batches, sum_over_ranks, wrap
 from blitz.errors import BlitzError
 from blitz.evaluate import eval_batch_rows, evaluate
-from blitz.optim import body_frozen, build_optimizers, lr_factor, unflatten_filters
+from blitz.optim import (
+    body_frozen,
+    build_optimizers,
+    load_in_place,
+    lr_factor,
+    stepper,
+    unflatten_filters,
+)
 from blitz.preprocess import normalize
 from blitz.progress import Progress
 
@@ -129,6 +136,7 @@ class Loop:
     world: World
     optimizers: list[torch.optim.Optimizer]
     scaler: torch.amp.GradScaler  # fp16's loss scale; disabled (a pass-through) otherwise
+    update: Callable[[], None]  # one step of every optimizer (optim.stepper)
     split: AnySplit  # the training images (on the training device, or streamed)
     val: AnySplit | None  # the validation images, scored after each epoch
     classes: int
@@ -174,6 +182,8 @@ def build_loop(
         ema = AveragedModel(model, multi_avg_fn=avg, use_buffers=True)
     net = wrap(model, world, device, cfg.train.sync_bn)
     tested = ema.module if ema else model
+    optimizers = build_optimizers(model, cfg.optim)
+    scaler = grad_scaler(cfg.train.precision, device)
     return Loop(
         cfg=cfg,
         model=model,
@@ -182,8 +192,9 @@ def build_loop(
         # which would make a compiled copy compile again inside the timed evaluation
         eval_net=tested,
         world=world,
-        optimizers=build_optimizers(model, cfg.optim),
-        scaler=grad_scaler(cfg.train.precision, device),
+        optimizers=optimizers,
+        scaler=scaler,
+        update=stepper(optimizers, scaler, compiled),
         split=data.train.to(device),
         val=data.val if cfg.train.eval_every_epoch else None,
         classes=classes,
@@ -362,7 +373,10 @@ def _snapshot(loop: Loop) -> dict:
 def _restore(loop: Loop, saved: dict, device: torch.device) -> None:
     objects = {"model": loop.model, **loop.stateful}
     for name, obj in objects.items():
-        obj.load_state_dict(saved["objects"][name])
+        if isinstance(obj, torch.optim.Optimizer):
+            load_in_place(obj, saved["objects"][name])
+        else:
+            obj.load_state_dict(saved["objects"][name])
     loop.state.load_dict(saved["state"], device)
 
 
@@ -500,8 +514,8 @@ def train_step(
     # DDP averages gradients over ranks: right for a mean loss, a world too small for a sum
     scale = loop.world.size if cfg.optim.reduction == "sum" else 1
     loop.scaler.scale(loss * scale).backward()
+    loop.update()
     for optimizer in loop.optimizers:
-        loop.scaler.step(optimizer)  # skipped when fp16 gradients overflowed (the scale drops)
         optimizer.zero_grad(set_to_none=True)
     loop.scaler.update()
     if loop.ema:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -104,12 +106,15 @@ class _Unflatten(nn.Module):
 def _renormalize_filters(optimizer: torch.optim.Optimizer, *_) -> None:
     # As airbench does: Muon's updates have a fixed size, so fixing each filter bank's norm
     # keeps the effective step size constant (batch norm makes the scale irrelevant otherwise).
-    group = optimizer.param_groups[0]
-    if not group["lr"]:  # frozen (optim.freeze): the filters stay as they are
+    # Frozen (optim.freeze: a rate of 0), the filters stay as they are.
+    lr = optimizer.param_groups[0]["lr"]
+    if not isinstance(lr, torch.Tensor) and not lr:
         return
     with torch.no_grad():
-        for p in group["params"]:
-            p.mul_(len(p) ** 0.5 / p.norm())
+        for p in optimizer.param_groups[0]["params"]:
+            scale = len(p) ** 0.5 / p.norm()
+            # a rate on the device (CompiledSteps) is read there: no sync, no branch
+            p.mul_(torch.where(lr == 0, 1.0, scale) if isinstance(lr, torch.Tensor) else scale)
 
 
 def build_optimizers(model: nn.Module, cfg: OptimConfig) -> list[torch.optim.Optimizer]:
@@ -153,6 +158,77 @@ def build_optimizers(model: nn.Module, cfg: OptimConfig) -> list[torch.optim.Opt
             )
         )
     return optimizers
+
+
+def stepper(
+    optimizers: list[torch.optim.Optimizer], scaler: torch.amp.GradScaler, compiled: bool
+) -> Callable[[], None]:
+    """What takes one step of every optimizer, through fp16's loss scaler (which skips a step
+    whose gradients overflowed); with ``train.compile`` (and no loss scaling) Muon's step is
+    compiled too."""
+    steps = [
+        CompiledStep(o) if compiled and isinstance(o, torch.optim.Muon) else o.step
+        for o in optimizers
+    ]
+    if scaler.is_enabled():
+        steps = [lambda o=o: scaler.step(o) for o in optimizers]
+
+    def step() -> None:
+        for one in steps:
+            one()
+
+    return step
+
+
+class CompiledStep:
+    """Muon's step, compiled. Eager, it launches a dozen small kernels per filter bank from
+    Python (its Newton-Schulz iterations), which leaves a GPU waiting; compiled, they fuse into
+    a few. The graph reads each group's learning rate from a tensor on the device, so that the
+    schedule's next rate reuses it rather than compiling it again (outside the call the groups
+    hold plain floats: logs, checkpoints). It also holds on to the momentum buffers it first
+    saw: they are made now, as zeros (what Muon's first step makes), and a state loaded later
+    is copied into them (``load_in_place``) rather than replacing them."""
+
+    def __init__(self, optimizer: torch.optim.Muon):
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                optimizer.state[p].setdefault("momentum_buffer", torch.zeros_like(p))
+        device = optimizer.param_groups[0]["params"][0].device
+        self.rates = [torch.zeros((), device=device) for _ in optimizer.param_groups]
+        self.optimizer = optimizer
+        self._compiled = torch.compile(optimizer.step)
+        # torch.optim names its step for the profiler; compiled, dynamo warns that it drops the name
+        logging.getLogger("torch._dynamo.variables.ctx_manager").addFilter(_no_profiler_name_note)
+
+    def __call__(self) -> None:
+        groups = self.optimizer.param_groups  # load_state_dict replaces the list
+        floats = [group["lr"] for group in groups]
+        for group, rate, value in zip(groups, self.rates, floats):
+            rate.fill_(value)
+            group["lr"] = rate
+        try:
+            self._compiled()
+        finally:
+            for group, value in zip(groups, floats):
+                group["lr"] = value
+
+
+def _no_profiler_name_note(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith("Profiler record function")
+
+
+def load_in_place(optimizer: torch.optim.Optimizer, saved: dict) -> None:
+    """``optimizer.load_state_dict(saved)``, keeping its state's tensors (with the saved
+    values copied into them) where their shapes agree: a compiled step holds on to them."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    live = [dict(optimizer.state.get(p, {})) for p in params]
+    optimizer.load_state_dict(saved)
+    for p, old in zip(params, live):
+        state = optimizer.state.get(p, {})
+        for key, value in state.items():
+            kept = old.get(key)
+            if isinstance(kept, torch.Tensor) and kept.shape == value.shape:
+                state[key] = kept.copy_(value)
 
 
 def lr_factor(step: int, total: int, cfg: OptimConfig) -> float:
