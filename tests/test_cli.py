@@ -182,6 +182,22 @@ def test_typo_in_an_option_is_rejected_with_the_closest_option():
     assert "did you mean --epochs?" in result.stderr
 
 
+@pytest.mark.parametrize(
+    ("args", "hint"),
+    [
+        (["trian"], "did you mean train?"),
+        (["train", "--data", "cifar-10"], "did you mean cifar10?"),
+        (["train", "--set", "train.epoch=2"], "did you mean train.epochs?"),
+        (["train", "--preset", "fast-cpus"], "did you mean fast-cpu?"),
+        (["train", "--model", "lenett"], "did you mean lenet?"),
+        (["train", "--set", "train.tta=flip-translat"], "did you mean flip-translate?"),
+    ],
+)
+def test_a_mistyped_name_gets_the_closest_one(tmp_path, args, hint):
+    result = blitz(*args, check=False, cache=tmp_path / "cache")
+    assert result.returncode == 2 and hint in result.stderr, result.stderr
+
+
 @pytest.mark.parametrize("args", [["--epoch", "2"], ["--batch", "8"]])
 def test_abbreviated_options_are_refused_not_guessed(args):
     result = blitz("train", *args, check=False)  # argparse would take --epoch for --epochs

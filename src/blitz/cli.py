@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import atexit
 import contextlib
-import difflib
 import functools
 import os
+import re
 import sys
 import threading
 import time
@@ -25,18 +25,23 @@ from blitz.config import (  # light: no torch import
     PRECISIONS,
     SAMPLERS,
 )
+from blitz.errors import did_you_mean
 
 
 class _Parser(argparse.ArgumentParser):
     """A command's parser whose errors are one paragraph, like every other blitz error."""
 
     def error(self, message: str) -> NoReturn:
+        # argparse's "invalid choice: 'trian' (choose from 'train', ...)" names no closest choice
+        if found := re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)$", message):
+            choices = [c.strip("'\" ") for c in found[2].split(",")]
+            message += did_you_mean(found[1], choices)
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The whole command line: one subcommand per seed step and tool."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="blitz",
         description="Train and test image classifiers (the PyTorch 60 Minute Blitz).",
         allow_abbrev=False,  # --epoch is a typo, not --epochs: abbreviations change meaning later
@@ -565,12 +570,7 @@ def _reject(unknown: list[str], parser: argparse.ArgumentParser, command: str) -
     commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     subparser = commands.choices[command]
     options = list(subparser._option_string_actions)
-    hints = [
-        f"{arg} (did you mean {close[0]}?)"
-        if (close := difflib.get_close_matches(arg, options, 1))
-        else arg
-        for arg in unknown
-    ]
+    hints = [arg + did_you_mean(arg, options) for arg in unknown]
     subparser.error(f"unrecognized arguments: {' '.join(hints)}")
 
 

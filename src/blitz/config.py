@@ -14,7 +14,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
-from blitz.errors import BlitzError
+from blitz.errors import BlitzError, did_you_mean
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -199,7 +199,9 @@ def check_type(key: str, value: Any, hint: Any) -> Any:
     try:
         return _convert(value, hint)
     except _Mismatch:
-        raise _invalid(key, value, _describe(hint)) from None
+        words = [str(a) for a in get_args(hint) if isinstance(a, str)]  # a Literal's choices
+        hint_text = did_you_mean(value, words) if isinstance(value, str) else ""
+        raise _invalid(key, value, _describe(hint) + hint_text) from None
 
 
 def check_types(settings: Any, section: str = "") -> None:
@@ -497,7 +499,8 @@ def config_from_dict(raw: dict[str, Any], preset: str = "custom") -> Config:
         unknown = sorted(set(values) - known)
         if unknown:
             raise BlitzError(
-                f"unknown setting {name}.{unknown[0]} in preset {preset!r}: "
+                f"unknown setting {name}.{unknown[0]} in preset {preset!r}"
+                f"{did_you_mean(f'{name}.{unknown[0]}', [f'{name}.{k}' for k in known])}: "
                 f"known {name} settings are " + ", ".join(sorted(known))
             )
         sections[name] = cls(**values)
@@ -521,7 +524,10 @@ def load_preset(name: str) -> dict[str, Any]:
     """The raw nested settings of a bundled preset (not yet validated)."""
     presets = list_presets()
     if name not in presets:
-        raise BlitzError(f"unknown preset {name!r}: choose one of " + ", ".join(presets))
+        raise BlitzError(
+            f"unknown preset {name!r}{did_you_mean(name, presets)}: choose one of "
+            + ", ".join(presets)
+        )
     raw = tomllib.loads(resources.files("blitz.presets").joinpath(f"{name}.toml").read_text())
     raw["preset"] = name
     return raw

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import IO, Any, Literal, NamedTuple
 
 from blitz.data import check_two_classes
-from blitz.errors import BlitzError
+from blitz.errors import BlitzError, did_you_mean
 from blitz.images import IMAGE_EXTENSIONS, BadImage
 
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".zip")
@@ -71,7 +71,8 @@ def check_path(path: Path, sources: list[str], tables: tuple[str, ...] = ()) -> 
     table = f", a table of image files and labels ({', '.join(tables)})" if tables else ""
     if not path.exists():
         raise BlitzError(
-            f"data path {str(path)!r} does not exist: pass an image folder (one folder per "
+            f"data path {str(path)!r} does not exist{did_you_mean(str(path), sources)}: pass an "
+            "image folder (one folder per "
             "class, or train/ and test/ folders of those), an archive of one "
             f"({', '.join(ARCHIVE_SUFFIXES)}){table}, or one of {', '.join(sources)}"
         )

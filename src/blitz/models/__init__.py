@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from blitz.config import MAX_IMAGE_SIZE, check_range, check_type, check_value
-from blitz.errors import BlitzError
+from blitz.errors import BlitzError, did_you_mean
 from blitz.models.timm_models import (
     INSTALL,
     PREFIX,
@@ -52,7 +52,8 @@ def check_model_name(name: str) -> None:
     if name.startswith(PREFIX):
         check_timm_name(name.removeprefix(PREFIX))
     else:
-        check_value(name in _REGISTRY, "model.name", name, "one of " + _choices())
+        expected = "one of " + _choices() + did_you_mean(name, _REGISTRY)
+        check_value(name in _REGISTRY, "model.name", name, expected)
 
 
 def _factory(name: str) -> Callable[..., nn.Module]:
