@@ -51,6 +51,7 @@ def test_train_writes_a_complete_run_directory(run_dir):
         "test_predictions.png",
     ):
         assert (out / name).is_file(), name
+    assert not (out / "last.pt").exists()  # the resume point goes once the run is finished
     metrics = json.loads((out / "metrics.json").read_text())
     keys = {
         "test_accuracy",

@@ -284,12 +284,16 @@ def test_an_unfinished_run_is_not_overwritten_by_accident(tmp_path):
     assert not (out / "last.pt").exists()
 
 
-def test_resume_and_eval_refuse_a_checkpoint_for_other_classes_or_model(tmp_path, capsys):
+def test_resume_and_eval_refuse_a_checkpoint_for_other_classes_or_model(
+    tmp_path, capsys, monkeypatch
+):
     folder = write_folder(tmp_path / "fruit", folder_files())
     out = tmp_path / "run"
     cfg = small_config(tmp_path, **{"data.source": str(folder), "train.max_steps": 0})
-    quiet_run(cfg, out)
-    (out / "metrics.json").unlink()  # as if it had been killed after its last checkpoint
+    with monkeypatch.context() as patch:  # as if it had been killed after its last checkpoint
+        patch.setattr(RunDir, "drop_resume_point", lambda self: None)
+        quiet_run(cfg, out)
+    (out / "metrics.json").unlink()
     durian = png_bytes((9, 9, 9))
     write_folder(folder, {"train/durian/x.png": durian, "test/durian/x.png": durian})
     status, err = blitz_in_process(capsys, "train", "--resume", out, "--quiet")

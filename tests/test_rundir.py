@@ -6,6 +6,7 @@ import json
 import pytest
 import torch
 
+from blitz import cli
 from blitz.checkpoint import Checkpoint, Training, load_checkpoint, save_checkpoint
 from blitz.config import build_config
 from blitz.errors import BlitzError
@@ -162,12 +163,17 @@ def test_a_run_that_learned_nothing_says_so():
     assert chance_note(torch.eye(3, dtype=torch.int64) * 5) is None
 
 
-def test_every_command_reads_a_run_directory_of_the_previous_format(tmp_path):
+def test_every_command_reads_a_run_directory_of_the_previous_format(
+    tmp_path, cache, capsys, monkeypatch
+):
     """A run as blitz wrote it before the typed format: model.pt and last.pt with the model's
     facts at top level, metrics.json without the newer fields."""
-    cache, out = tmp_path / "cache", tmp_path / "run"
-    run_blitz("train", "--preset", "seed", "--data", "shapes:40", "--batch-size", "8",
-              "--epochs", "2", "--out", out, cache=cache)  # fmt: skip
+    out = tmp_path / "run"
+    with monkeypatch.context() as patch:  # blitz kept last.pt in a finished run then
+        patch.setattr(RunDir, "drop_resume_point", lambda self: None)
+        status = cli.main(["train", "--preset", "seed", "--data", "shapes:40", "--batch-size",
+                           "8", "--epochs", "2", "--out", str(out), "--quiet"])  # fmt: skip
+    assert status == 0, capsys.readouterr().err
     for name in ("model.pt", "last.pt"):
         ckpt = load_checkpoint(out / name)
         old = format_1(ckpt)

@@ -283,6 +283,11 @@ class RunDir:
         """``model.pt`` (the final weights), ``last.pt`` or ``best.pt``."""
         save_checkpoint(getattr(self, name), ckpt)
 
+    def drop_resume_point(self) -> None:
+        """Delete ``last.pt`` once the run is finished: there is nothing left to resume, and it
+        holds the optimizer's state too (with Adam, three times the model)."""
+        self.last.unlink(missing_ok=True)
+
     def load_model(self) -> Checkpoint:
         if not self.path.is_dir():
             raise BlitzError(f"{self} is not a folder: pass a run directory written by blitz train")

@@ -192,6 +192,7 @@ def finish(ctx: RunContext, data: ImageData, model: nn.Module, loop: Loop) -> Me
     if validation is not None:
         metrics.validation = _figures(validation, data.classes)
     run_dir.write_metrics(metrics)  # its presence marks the run finished
+    run_dir.drop_resume_point()
     ctx.log(f"report: {write_report(run_dir, metrics, data.test, result)}")
     return metrics
 
