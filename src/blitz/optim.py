@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from collections.abc import Callable
@@ -108,13 +109,13 @@ def _renormalize_filters(optimizer: torch.optim.Optimizer, *_) -> None:
     # keeps the effective step size constant (batch norm makes the scale irrelevant otherwise).
     # Frozen (optim.freeze: a rate of 0), the filters stay as they are.
     lr = optimizer.param_groups[0]["lr"]
-    if not isinstance(lr, torch.Tensor) and not lr:
+    on_device = isinstance(lr, torch.Tensor)  # CompiledStep's: read there, no sync, no branch
+    if not on_device and not lr:
         return
     with torch.no_grad():
         for p in optimizer.param_groups[0]["params"]:
             scale = len(p) ** 0.5 / p.norm()
-            # a rate on the device (CompiledSteps) is read there: no sync, no branch
-            p.mul_(torch.where(lr == 0, 1.0, scale) if isinstance(lr, torch.Tensor) else scale)
+            p.mul_(torch.where(lr == 0, 1.0, scale) if on_device else scale)
 
 
 def build_optimizers(model: nn.Module, cfg: OptimConfig) -> list[torch.optim.Optimizer]:
@@ -163,15 +164,15 @@ def build_optimizers(model: nn.Module, cfg: OptimConfig) -> list[torch.optim.Opt
 def stepper(
     optimizers: list[torch.optim.Optimizer], scaler: torch.amp.GradScaler, compiled: bool
 ) -> Callable[[], None]:
-    """What takes one step of every optimizer, through fp16's loss scaler (which skips a step
-    whose gradients overflowed); with ``train.compile`` (and no loss scaling) Muon's step is
-    compiled too."""
-    steps = [
-        CompiledStep(o) if compiled and isinstance(o, torch.optim.Muon) else o.step
-        for o in optimizers
-    ]
+    """What takes one step of every optimizer: through fp16's loss scaler (which skips a step
+    whose gradients overflowed), or directly, Muon's compiled with ``train.compile``."""
     if scaler.is_enabled():
-        steps = [lambda o=o: scaler.step(o) for o in optimizers]
+        steps = [functools.partial(scaler.step, o) for o in optimizers]
+    else:
+        steps = [
+            CompiledStep(o) if compiled and isinstance(o, torch.optim.Muon) else o.step
+            for o in optimizers
+        ]
 
     def step() -> None:
         for one in steps:
