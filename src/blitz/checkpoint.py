@@ -26,6 +26,7 @@ from blitz.config import (
 )
 from blitz.errors import BlitzError, UnusableFile
 from blitz.models import MAX_CHANNELS, create_model
+from blitz.optim import load_in_place
 
 FORMAT = 2  # 1: model facts as top-level keys beside a copy in "config"; still read
 
@@ -241,9 +242,13 @@ def load_checkpoint(path: Path) -> Checkpoint:
 
 
 def load_state(target: Any, state: dict[str, Any], what: str) -> None:
-    """``target.load_state_dict(state)``, with a mismatch reported as a BlitzError."""
+    """``target.load_state_dict(state)``, with a mismatch reported as a BlitzError; an optimizer
+    keeps its state's tensors (``optim.load_in_place``: a compiled step holds on to them)."""
     try:
-        target.load_state_dict(state)
+        if isinstance(target, torch.optim.Optimizer):
+            load_in_place(target, state)
+        else:
+            target.load_state_dict(state)
     except (RuntimeError, KeyError, ValueError, TypeError, AttributeError) as exc:
         first = str(exc).strip().splitlines()[0]
         raise BlitzError(
