@@ -15,6 +15,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from blitz import augment
+from blitz.checkpoint import load_state
 from blitz.compiling import compile_recovering
 from blitz.config import Config, DataConfig, OptimConfig
 from blitz.context import RunContext
@@ -27,7 +28,6 @@ from blitz.evaluate import eval_batch_rows, evaluate
 from blitz.optim import (
     body_frozen,
     build_optimizers,
-    load_in_place,
     lr_factor,
     stepper,
     unflatten_filters,
@@ -373,10 +373,7 @@ def _snapshot(loop: Loop) -> dict:
 def _restore(loop: Loop, saved: dict, device: torch.device) -> None:
     objects = {"model": loop.model, **loop.stateful}
     for name, obj in objects.items():
-        if isinstance(obj, torch.optim.Optimizer):
-            load_in_place(obj, saved["objects"][name])
-        else:
-            obj.load_state_dict(saved["objects"][name])
+        load_state(obj, saved["objects"][name], f"the {name}")  # optimizers: in place
     loop.state.load_dict(saved["state"], device)
 
 
