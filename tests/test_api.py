@@ -15,6 +15,7 @@ from PIL import Image
 
 import blitz
 from blitz.errors import BlitzError
+from blitz.evaluate import predict_logits
 from blitz.export import run_export
 from blitz.sources.shapes import CLASSES as SHAPES
 from blitz.sources.shapes import make_shapes
@@ -70,6 +71,21 @@ def test_a_path_a_pil_image_and_a_tensor_get_the_same_probabilities(run, images,
         probabilities = [prob for _, prob in p.top]
         assert len(p.top) == 3 and probabilities == sorted(probabilities, reverse=True)
         assert {c for c, _ in p.top} <= set(SHAPES) and p.label == p.top[0][0]
+
+
+def test_the_model_is_a_fresh_eval_copy_that_predict_agrees_with(run, images):
+    model, facts = run.model, run._checkpoint.model
+    assert isinstance(model, torch.nn.Module) and not model.training
+    assert run.model is not model  # changing a copy cannot change what predict uses
+    mean, std = (torch.tensor(v).view(1, -1, 1, 1) for v in (facts.mean, facts.std))
+    with torch.no_grad():
+        logits = model((images.float() / 255 - mean) / std)
+        views = predict_logits(model, [images], facts.mean, facts.std, facts.tta)
+    assert logits.shape == (len(images), len(run.classes))
+    probabilities = views.softmax(1).max(1)
+    predicted = run.predict(images)
+    assert [p.label for p in predicted] == [run.classes[i] for i in probabilities.indices]
+    assert [p.probability for p in predicted] == pytest.approx(probabilities.values.tolist())
 
 
 def test_a_larger_or_grey_image_is_resized_and_converted_as_a_file_is(run, tmp_path):

@@ -244,6 +244,13 @@ class Run:
     def _checkpoint(self) -> Checkpoint:
         return self._dir.load_model()
 
+    @property
+    def model(self) -> torch.nn.Module:
+        """A fresh copy of the trained network, in evaluation mode on the CPU: it maps images
+        of the run's size (``config.data.image_size``), normalised with its mean and std, to
+        logits. ``predict`` resizes, normalises and averages the run's test-time views for you."""
+        return self._checkpoint.build_model()
+
     @cached_property
     def _model(self) -> torch.nn.Module:
         return self._checkpoint.build_model()
@@ -291,7 +298,7 @@ class Run:
         if format not in FORMATS:
             raise BlitzError(f"unknown export format {format!r}: choose " + " or ".join(FORMATS))
         path = Path(out) if out is not None else default_path(self.path, format)
-        export_model(self._checkpoint.model, self._checkpoint.build_model(), format, path)
+        export_model(self._checkpoint.model, self.model, format, path)
         return path
 
     def __repr__(self) -> str:
