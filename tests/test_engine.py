@@ -274,3 +274,18 @@ def test_kernels_are_deterministic_or_the_fastest_as_the_run_asks():
     finally:
         torch.use_deterministic_algorithms(was[0], warn_only=True)
         torch.backends.cudnn.benchmark = was[1]
+
+
+class StopAt(TrainHooks):
+    def after_step(self, state):
+        if state.step == 3:
+            raise KeyboardInterrupt
+
+
+def test_a_stopped_run_closes_its_logs(monkeypatch):
+    closed = []
+    monkeypatch.setattr(Progress, "close", lambda self: closed.append(True))
+    cfg, model = small_convnet({"train.max_steps": 6})
+    with pytest.raises(KeyboardInterrupt):
+        train(quiet_run(cfg), load_data("shapes:64"), model, hooks=StopAt())
+    assert closed == [True]  # metrics.csv and TensorBoard's events are flushed and closed

@@ -229,12 +229,16 @@ def train(
     _prepare_model(loop, device)
     state.train_seconds += time.perf_counter() - started  # data-dependent init counts as training
     loop.hooks.start(loop)  # a resumed run takes over its saved state here
-    while state.epoch < cfg.train.epochs and state.step < loop.total and not _patience_out(loop):
-        steps = _train_epoch(loop, device)
-        state.train_seconds += state.epoch_seconds
-        _finish_epoch(loop, steps)
-        loop.hooks.after_epoch(state)
-    progress.close()
+    try:
+        while (
+            state.epoch < cfg.train.epochs and state.step < loop.total and not _patience_out(loop)
+        ):
+            steps = _train_epoch(loop, device)
+            state.train_seconds += state.epoch_seconds
+            _finish_epoch(loop, steps)
+            loop.hooks.after_epoch(state)
+    finally:  # a stop (Ctrl-C, SIGTERM, a failed step) too: TensorBoard flushes on close
+        progress.close()
     if state.best_weights is not None:
         _restore_best(loop, ctx)
     if loop.ema:
