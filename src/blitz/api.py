@@ -253,7 +253,7 @@ class Run:
 
     @cached_property
     def _model(self) -> torch.nn.Module:
-        return self._checkpoint.build_model()
+        return self.model  # predict's own copy, built once
 
     def predict(self, images: Any, top_k: int = 1) -> list[ImagePrediction]:
         """The ``top_k`` classes of each image: files or folders of them (a file that cannot

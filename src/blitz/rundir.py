@@ -285,7 +285,7 @@ class RunDir:
 
     def drop_resume_point(self) -> None:
         """Delete ``last.pt`` once the run is finished: there is nothing left to resume, and it
-        holds the optimizer's state too (with Adam, three times the model)."""
+        holds the optimizer's state besides the weights (with Adam, three times model.pt)."""
         self.last.unlink(missing_ok=True)
 
     def load_model(self) -> Checkpoint:
