@@ -130,7 +130,7 @@ def runs(tmp_path_factory):
     assert stopped[0][0] == 0, stopped[0][1]
     steps = {n: load_checkpoint(o / "last.pt").training.step for n, o in outs.items()}
     early = {n: (o / "metrics.json").exists() for n, o in outs.items()}
-    half_written = {n: (o / "last.pt.tmp").exists() for n, o in outs.items()}
+    half_written = {n: any(o.glob(".last.pt.*.tmp")) for n, o in outs.items()}
     resumed = wait_all(
         [start_blitz(["train", "--resume", o, "--quiet"], cache) for o in outs.values()]
     )

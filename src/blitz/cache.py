@@ -14,6 +14,7 @@ import torch
 
 from blitz.data import ImageData, Log, Split
 from blitz.errors import BlitzError
+from blitz.files import atomic_file
 from blitz.folders import members
 
 CACHE_FORMAT = 4  # bump when decoding or its layout changes, so old caches are rebuilt
@@ -104,20 +105,16 @@ def read_decoded(file: Path, name: str, log: Log) -> ImageData | None:
 
 def write_decoded(data: ImageData, file: Path, log: Log) -> None:
     """Save a dataset's tensors; a cache that cannot be written is said, and the run goes on."""
-    tmp = file.with_suffix(f".tmp{os.getpid()}")
     payload = {
         "classes": data.classes,
         **{role: (s.images, s.labels, s.files) for role, s in data.sets().items()},
     }
     try:
         file.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as f:  # a file object: a full disk is an OSError, not torch's own
-            torch.save(payload, f)
-        os.replace(tmp, file)  # readers never see a half-written cache
+        with atomic_file(file) as f:  # readers never see a half-written cache
+            torch.save(payload, f)  # to a file object: a full disk is an OSError, not torch's
         _drop_older_copies(file)
     except OSError as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
         log(
             f"could not write the decoded cache {file} ({exc.strerror or exc}): going on "
             "without it (later runs decode again)"

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ from blitz.config import (
     config_from_dict,
 )
 from blitz.errors import BlitzError, UnusableFile
+from blitz.files import atomic_file, open_regular
 from blitz.models import MAX_CHANNELS, create_model
 from blitz.optim import load_in_place
 
@@ -198,16 +198,12 @@ def _digest(payload: dict[str, Any]) -> str:
 
 
 def save_checkpoint(path: Path, ckpt: Checkpoint) -> None:
-    """Write atomically (temporary file, fsync, rename): a crash never leaves half a checkpoint."""
-    tmp = path.with_name(path.name + ".tmp")
+    """Write atomically, never through a link (``files.atomic_file``): a crash never leaves half a
+    checkpoint."""
     try:
-        with open(tmp, "wb") as f:
+        with atomic_file(path) as f:  # the previous checkpoint stays whole until it is renamed
             torch.save(ckpt.to_dict(), f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)  # the previous checkpoint stays whole until this instant
     except (OSError, RuntimeError) as exc:  # disk full: torch.save may say it as RuntimeError
-        tmp.unlink(missing_ok=True)
         if isinstance(exc, RuntimeError) and not _is_write_error(exc):
             raise
         kept = "the previous checkpoint is intact" if path.exists() else "no checkpoint was kept"
@@ -231,10 +227,11 @@ def _in_channels(model: nn.Module) -> int:
 
 def load_checkpoint(path: Path) -> Checkpoint:
     """Read a checkpoint with ``weights_only=True`` (no code from the file can run), checked."""
-    if not path.is_file():
+    if not path.exists():  # anything else there (a folder, a pipe) is refused when read
         raise BlitzError(f"no checkpoint at {path}: pass a run directory written by blitz train")
     try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
+        with open_regular(path) as f:  # a pipe in its place would hang torch.load
+            raw = torch.load(f, map_location="cpu", weights_only=True)
     except Exception as exc:  # any unpickling failure means "not a checkpoint we can trust"
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise BlitzError(f"cannot read checkpoint {path}: {first}") from None

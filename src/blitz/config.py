@@ -7,6 +7,7 @@ import dataclasses
 import functools
 import json
 import math
+import re
 import sys
 import types
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 from blitz.errors import BlitzError, did_you_mean
+from blitz.files import read_regular
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -458,6 +460,22 @@ class TrainConfig:
         check_range("train.checkpoint_minutes", self.checkpoint_minutes, 0)
 
 
+PLAIN_NAME = "a name of at most 64 letters, digits, spaces, '.', '_' or '-' (no '/' or '..')"
+
+
+def is_plain_name(name: str) -> bool:
+    """A preset's name: a word that is safe as part of a file name on any system."""
+    allowed = all(c.isalnum() or c in " ._-" for c in name)
+    return 0 < len(name) <= 64 and allowed and ".." not in name and not name.startswith(".")
+
+
+def plain_name(text: str) -> str:
+    """``text`` reduced to ASCII letters, digits, '.', '_' and '-' (a file name's stem, or a
+    preset's name as part of a folder's name), or "custom" if nothing is left."""
+    name = re.sub(r"(?:[^\w.-]|\.{2,})+", "-", text, flags=re.ASCII).strip(".-")[:64]
+    return name or "custom"
+
+
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "optim": OptimConfig, "train": TrainConfig}
 
 
@@ -474,6 +492,8 @@ class Config:
 
     def __post_init__(self) -> None:
         check_types(self)
+        # a settings file's preset names the run's default folder: it must not steer it
+        check_value(is_plain_name(self.preset), "preset", self.preset, PLAIN_NAME)
         self.data.resolve(self.model.name)
         if self.model.pretrained and self.train.init:  # the second would overwrite the first
             raise BlitzError(
@@ -548,9 +568,7 @@ def read_settings_file(path: Path) -> dict[str, Any]:
             "prints), or a run's config.json or run directory"
         )
     try:
-        if path.stat().st_size > MAX_SETTINGS_BYTES:
-            raise BlitzError(f"--config {path} is larger than 1 MB: it holds no settings")
-        text = path.read_text(encoding="utf-8")
+        text = read_regular(path, MAX_SETTINGS_BYTES).decode("utf-8")  # no pipe, no 1 GB
         raw = tomllib.loads(text) if suffix == ".toml" else json.loads(text)
     except OSError as exc:
         raise BlitzError(f"cannot read --config {path}: {exc.strerror or exc}") from None
@@ -559,7 +577,7 @@ def read_settings_file(path: Path) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise BlitzError(f"--config {path} holds no table of settings")
     if suffix == ".toml":
-        raw.setdefault("preset", path.stem)
+        raw.setdefault("preset", plain_name(path.stem))
     return raw
 
 

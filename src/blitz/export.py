@@ -4,9 +4,11 @@ checked against PyTorch on random images before it is called done."""
 from __future__ import annotations
 
 import inspect
+import io
 import math
 import warnings
 from pathlib import Path
+from typing import IO
 
 import torch
 from torch import nn
@@ -14,7 +16,7 @@ from torch import nn
 from blitz.checkpoint import ModelFacts
 from blitz.errors import BlitzError
 from blitz.evaluate import tta_logits
-from blitz.outputs import check_output_file
+from blitz.outputs import check_output_file, write_atomic
 from blitz.preprocess import normalize
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
@@ -67,13 +69,12 @@ def _write_export(wrapper: nn.Module, example: torch.Tensor, fmt: str, out: Path
         warnings.simplefilter("ignore", torch.jit.TracerWarning)  # constants: what we want
         # the test-time shifts' slices are left to the runtime: the check below still compares
         warnings.filterwarnings("ignore", message="Constant folding - Only steps=1")
-        try:
-            if fmt == "onnx":
-                _export_onnx(wrapper, example, out)
-            else:
-                torch.jit.trace(wrapper, example).save(str(out))
-        except OSError as exc:  # a full disk, or the folder changed since the check
-            raise BlitzError(f"cannot write {out}: {exc.strerror or exc}") from None
+        buf = io.BytesIO()  # then written whole, never through a link (outputs.write_atomic)
+        if fmt == "onnx":
+            _export_onnx(wrapper, example, buf)
+        else:
+            torch.jit.save(torch.jit.trace(wrapper, example), buf)
+    write_atomic(out, buf.getvalue())
 
 
 def _check_export(fmt: str, out: Path, got: torch.Tensor, expected: torch.Tensor) -> float:
@@ -104,7 +105,7 @@ def random_images(facts: ModelFacts, count: int, seed: int) -> torch.Tensor:
     return torch.randint(0, 256, shape, generator=generator, dtype=torch.uint8)
 
 
-def _export_onnx(wrapper: nn.Module, example: torch.Tensor, out: Path) -> None:
+def _export_onnx(wrapper: nn.Module, example: torch.Tensor, out: IO[bytes]) -> None:
     # The TorchScript-based exporter (dynamo=False) needs no onnxscript and exists from torch
     # 2.4 to 2.14 at least; older versions have no `dynamo` argument and use it anyway.
     legacy = (
@@ -113,7 +114,7 @@ def _export_onnx(wrapper: nn.Module, example: torch.Tensor, out: Path) -> None:
     torch.onnx.export(
         wrapper,
         (example,),
-        str(out),
+        out,
         input_names=["images"],
         output_names=["logits"],
         dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import glob
 import os
 import shutil
 import stat
@@ -19,6 +20,7 @@ from typing import IO, Any, Literal, NamedTuple
 
 from blitz.data import check_two_classes
 from blitz.errors import BlitzError, did_you_mean
+from blitz.files import NOFOLLOW, open_regular
 from blitz.images import IMAGE_EXTENSIONS, BadImage
 
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".zip")
@@ -31,6 +33,11 @@ SET_FOLDERS = {
 CIFAR_FILES = {f"data_batch_{i}" for i in range(1, 6)} | {"test_batch", "batches.meta"}
 MAX_FILE_BYTES = 256 * 2**20  # no image (or CIFAR batch) comes near; a larger member is a bomb
 DISK_MARGIN = 2**30  # an extraction leaves at least this much of the disk free
+# Images hardly compress (JPEG and PNG are compressed already), so an archive of them holds
+# little more than its own size; its files at 100 times that are zeros or repeats (a bomb, or
+# sparse members that would take real blocks once extracted). Small archives get some room.
+MAX_EXPANSION = 100
+EXPANSION_ROOM = 64 * 2**20
 
 
 class Member(NamedTuple):
@@ -89,12 +96,29 @@ def list_files(path: Path) -> tuple[list[str], list[str]]:
     without reading any file."""
     wanted: list[str] = []
     others: list[str] = []
+    size = 0
     for member in members(path):
         if member.kind == "file" and _is_wanted(member.name):
             wanted.append(member.name)
+            size += member.size
         else:
             others.append(member.name + "/" if member.kind == "dir" else member.name)
+    if not path.is_dir():
+        check_expansion(path, size)
     return wanted, others
+
+
+def check_expansion(archive: Path, size: int) -> None:
+    """Refuse an archive whose files (``size`` bytes in all, a sparse member counted at its
+    full size) would take far more than any archive of images holds (``MAX_EXPANSION``)."""
+    limit = max(MAX_EXPANSION * archive.stat().st_size, EXPANSION_ROOM)
+    if size > limit:
+        raise BlitzError(
+            f"refusing archive {archive}: its images would take {size / 2**20:.0f} MB, "
+            f"{size / archive.stat().st_size:.0f} times the archive's size, and no archive of "
+            "images expands that much (its files are zeros or repeats: a decompression bomb, "
+            "or sparse files). Extract it yourself if you trust it and pass the folder"
+        )
 
 
 def iter_files(path: Path, names: set[str]) -> Iterator[tuple[str, bytes | BadImage]]:
@@ -144,6 +168,7 @@ def extract(archive: Path, into: Path, names: set[str], skip_bad: bool = False) 
     check of the streamed files then names and skips it)."""
     listed = {m.name: m for m in members(archive) if m.kind == "file" and m.name in names}
     total = sum(m.size for m in listed.values())
+    check_expansion(archive, total)
     into.parent.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(into.parent).free
     if total > free - DISK_MARGIN:
@@ -151,16 +176,19 @@ def extract(archive: Path, into: Path, names: set[str], skip_bad: bool = False) 
             f"extracting {archive} needs {total / 2**30:.2f} GB, but {into.parent} has "
             f"{free / 2**30:.2f} GB free: free some space or set BLITZ_DATA to a larger disk"
         )
+    for stale in into.parent.glob(glob.escape(into.name) + ".tmp*"):  # a killed extraction's
+        shutil.rmtree(stale, ignore_errors=True)  # (the caller holds the lock: none is live)
     tmp = into.with_name(into.name + f".tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
     try:
         for member in members(archive):  # one pass: reading a .tar.gz out of order re-reads it
             if member.kind == "file" and listed.pop(member.name, None):
                 with contextlib.suppress(*((BadImage,) if skip_bad else ())):
                     _write_new(tmp.joinpath(*member.name.split("/")), member)
-    except (OSError, BlitzError) as exc:  # a full disk, a bad member
+    except BaseException as exc:  # a full disk, a bad member, Ctrl-C: nothing is left behind
         shutil.rmtree(tmp, ignore_errors=True)
-        raise BlitzError(f"cannot extract {archive} into {into.parent}: {exc}") from None
+        if isinstance(exc, OSError | BlitzError):
+            raise BlitzError(f"cannot extract {archive} into {into.parent}: {exc}") from None
+        raise
     os.replace(tmp, into)  # a half-extracted archive is never mistaken for a whole one
 
 
@@ -168,7 +196,7 @@ def _write_new(target: Path, member: Member) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     data = read_member(member)
     # O_EXCL | O_NOFOLLOW: only a new regular file, never through a link (there are none here)
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | NOFOLLOW
     with os.fdopen(os.open(target, flags, 0o644), "wb") as f:
         f.write(data)
 
@@ -257,17 +285,6 @@ def _folder_file(file: Path, name: str) -> Member:
         return Member(name, "other", 0, _no_open)
     opener = functools.partial(open_regular, file)
     return Member(name, "file", info.st_size, opener, info.st_mtime_ns)
-
-
-def open_regular(file: Path) -> IO[bytes]:
-    """A regular file opened for reading; anything else (a pipe, a device) is an OSError."""
-    # O_NONBLOCK: if a pipe was put in the file's place since the listing, opening it does
-    # not wait for a writer; fstat then refuses it
-    fd = os.open(file, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise OSError(f"{file} is not a regular file")
-    return os.fdopen(fd, "rb")
 
 
 def _no_open() -> IO[bytes]:

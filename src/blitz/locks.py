@@ -3,12 +3,14 @@ first extraction of an archive): the second waits, or is told who holds the lock
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from blitz.errors import BlitzError
+from blitz.files import NOFOLLOW
 
 try:
     import fcntl
@@ -21,7 +23,7 @@ def locked(path: Path, wait: bool = True, busy: str = "") -> Iterator[None]:
     """Hold an exclusive lock on ``path`` (created if missing) while inside. With
     ``wait=False``, a lock held by another process is a BlitzError saying ``busy``."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = _open_lock_file(path)
     try:
         if fcntl is not None:
             try:
@@ -31,3 +33,16 @@ def locked(path: Path, wait: bool = True, busy: str = "") -> Iterator[None]:
         yield  # the lock goes with the descriptor: a killed process never leaves it held
     finally:
         os.close(fd)
+
+
+def _open_lock_file(path: Path) -> int:
+    """The lock file, never through a link: blitz makes none, so a link there was planted and
+    is replaced (it cannot be another process's lock)."""
+    flags = os.O_RDWR | os.O_CREAT | NOFOLLOW
+    try:
+        return os.open(path, flags, 0o644)
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:
+            raise
+    path.unlink()
+    return os.open(path, flags | os.O_EXCL, 0o644)

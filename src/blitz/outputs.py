@@ -3,13 +3,13 @@ crash or a full disk leaves the old file or none, never half of one)."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 from pathlib import Path
 from typing import Any
 
 from blitz.errors import BlitzError
+from blitz.files import atomic_file
 
 
 def check_output_file(path: Path, what: str, suffix: str = "") -> None:
@@ -35,16 +35,12 @@ def write_json(path: Path, payload: Any) -> None:
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    """Write a file whole or not at all (temporary file, then rename); a full disk is a clear
-    BlitzError and leaves no temporary file."""
-    tmp = path.with_name(path.name + ".tmp")
+    """Write a file whole or not at all, never through a link (``files.atomic_file``); a full
+    disk is a clear BlitzError and leaves no temporary file."""
     try:
-        with open(tmp, "wb") as f:
+        with atomic_file(path) as f:
             f.write(data)
-        os.replace(tmp, path)
     except OSError as exc:
-        with contextlib.suppress(OSError):  # the folder itself may be what is wrong
-            tmp.unlink(missing_ok=True)
         raise BlitzError(
             f"cannot write {path}: {exc.strerror or exc}. Free some space (or fix the "
             "permissions) and run again"

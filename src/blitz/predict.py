@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import functools
+import io
 import os
 import stat
 import sys
@@ -17,9 +18,10 @@ from tqdm import tqdm
 from blitz.checkpoint import ModelFacts
 from blitz.errors import BlitzError
 from blitz.evaluate import predict_logits
-from blitz.folders import Member, open_regular, read_member
+from blitz.files import open_regular
+from blitz.folders import Member, read_member
 from blitz.images import IMAGE_EXTENSIONS, BadImage, decode_image
-from blitz.outputs import check_output_file
+from blitz.outputs import check_output_file, write_atomic
 
 Prediction = tuple[Path, list[tuple[str, float]]]
 BATCH_BYTES = 256 * 2**20  # decoded images per batch: 256 CIFAR images are 0.8 MB, 4096 px 48 MB
@@ -165,12 +167,10 @@ def write_csv(predictions: list[Prediction], path: Path) -> None:
     check_output_file(path, "the CSV")
     k = len(predictions[0][1]) if predictions else 0
     header = ["path"] + [col for i in range(1, k + 1) for col in (f"class_{i}", f"prob_{i}")]
-    try:
-        with open(path, "w", newline="", encoding="utf-8") as f:
-            writer = csv.writer(f)
-            writer.writerow(header)
-            for file, top in predictions:
-                cells = [v for c, p in top for v in (printable(c), f"{p:.6f}")]
-                writer.writerow([printable(str(file)), *cells])
-    except OSError as exc:  # a full disk, or the folder changed since the check
-        raise BlitzError(f"cannot write the CSV to {path}: {exc.strerror or exc}") from None
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(header)
+    for file, top in predictions:
+        cells = [v for c, p in top for v in (printable(c), f"{p:.6f}")]
+        writer.writerow([printable(str(file)), *cells])
+    write_atomic(path, out.getvalue().encode())

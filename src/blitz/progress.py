@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import math
 import sys
 import time
@@ -15,6 +16,7 @@ from tqdm import tqdm
 from blitz.config import Config
 from blitz.data import Log
 from blitz.errors import BlitzError
+from blitz.files import open_new, open_regular
 from blitz.rundir import RunDir
 
 if TYPE_CHECKING:
@@ -72,8 +74,10 @@ class CsvLog:
     A resumed run keeps the rows up to the step it resumes from (later ones are redone)."""
 
     def __init__(self, path: Path, resumed_step: int = 0) -> None:
-        kept = [r for r in read_metrics_csv(path) if r["step"] <= resumed_step]
-        self.file = open(path, "w", newline="")  # noqa: SIM115 - closed by close()
+        old = read_metrics_csv(path) if resumed_step else []  # a new run reads none
+        kept = [r for r in old if r["step"] <= resumed_step]
+        # a new file, never through a link planted at its name (files.open_new)
+        self.file = io.TextIOWrapper(open_new(path), encoding="utf-8", newline="")
         self.writer = csv.DictWriter(self.file, fieldnames=CSV_FIELDS)
         self.writer.writeheader()
         for row in kept:
@@ -95,8 +99,11 @@ def read_metrics_csv(path: Path) -> list[dict[str, float]]:
     """The rows of a ``metrics.csv`` as numbers (empty if the file is missing)."""
     if not path.is_file():
         return []
-    with open(path, newline="", encoding="utf-8", errors="replace") as f:
-        return [row for row in map(_numbers, csv.DictReader(f)) if row]
+    try:  # a run directory may come from anyone: only a regular file of its own is read
+        with io.TextIOWrapper(open_regular(path, follow=False), "utf-8", "replace", "") as f:
+            return [row for row in map(_numbers, csv.DictReader(f)) if row]
+    except OSError as exc:
+        raise BlitzError(f"cannot read {path}: {exc.strerror or exc}") from None
 
 
 def _numbers(row: dict[str, str]) -> dict[str, float] | None:
@@ -116,6 +123,8 @@ def open_tensorboard(folder: Path):
             "--tensorboard needs the tensorboard package: pip install tensorboard "
             "(or leave out --tensorboard)"
         ) from None
+    if folder.is_symlink():  # blitz makes a folder here: a link was planted, to write elsewhere
+        folder.unlink()
     return SummaryWriter(str(folder))
 
 

@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from blitz.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from blitz.config import Config, check_types, config_from_dict, is_number
+from blitz.config import Config, check_types, config_from_dict, is_number, plain_name
 from blitz.errors import BlitzError, UnusableFile
+from blitz.files import read_regular, remove_temporary_files
 from blitz.locks import locked
 from blitz.outputs import write_atomic, write_json
 from blitz.roles import ROLES, Assignment
@@ -27,6 +28,7 @@ METRICS_FORMAT = 1
 SETS_HEADER = ("set", "class", "image")
 VALIDATION_FIGURES = ("accuracy", "balanced_accuracy", "macro_f1", "weighted_f1", "top5_accuracy")
 MAX_SETS_BYTES = 2**30  # a line per image: far more than any dataset blitz reads in a run
+MAX_JSON_BYTES = 2**30  # config.json, metrics.json: a confusion matrix of thousands of classes
 
 
 @dataclass
@@ -145,8 +147,9 @@ class RunDir:
 
     @staticmethod
     def default(preset: str) -> RunDir:
-        """``runs/<timestamp>-<preset>``."""
-        return RunDir(Path("runs") / f"{datetime.now():%Y%m%d-%H%M%S}-{preset}")
+        """``runs/<timestamp>-<preset>``, the preset's name reduced to letters, digits, '.',
+        '_' and '-' (it may come from a stranger's settings file: it never leaves ``runs/``)."""
+        return RunDir(Path("runs") / f"{datetime.now():%Y%m%d-%H%M%S}-{plain_name(preset)}")
 
     @property
     def finished(self) -> bool:
@@ -196,6 +199,7 @@ class RunDir:
         self._make()
         busy = f"another blitz process is writing into {self}: wait for it, or choose another --out"
         with locked(self.lock_file, wait=False, busy=busy):
+            remove_temporary_files(self.path)  # a killed writer's half files
             yield
 
     def remove_if_unused(self) -> None:
@@ -242,11 +246,9 @@ class RunDir:
         if not self.sets.exists():
             return None
         problem = f"{self.sets} cannot be used: it was changed by hand or not written by blitz"
-        if self.sets.stat().st_size > MAX_SETS_BYTES:
-            raise BlitzError(f"{problem} (larger than {MAX_SETS_BYTES // 2**20} MB)")
         try:
-            with open(self.sets, encoding="utf-8", newline="") as f:
-                rows = list(csv.reader(f))
+            text = read_regular(self.sets, MAX_SETS_BYTES, follow=False).decode("utf-8")
+            rows = list(csv.reader(io.StringIO(text, newline="")))
         except (OSError, UnicodeDecodeError, csv.Error) as exc:
             raise BlitzError(f"{problem} ({exc})") from None
         if not rows or rows[0] != list(SETS_HEADER):
@@ -263,7 +265,7 @@ class RunDir:
         write_json(self.metrics, metrics.to_dict())
 
     def read_metrics(self) -> Metrics:
-        if not self.metrics.is_file():
+        if not self.metrics.exists():  # anything else there is refused when read
             raise BlitzError(f"no metrics.json in {self}: pass a finished run directory")
         try:
             return Metrics.from_dict(self._read_json(self.metrics))
@@ -275,8 +277,10 @@ class RunDir:
 
     def _read_json(self, path: Path) -> Any:
         try:
-            return json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            return json.loads(read_regular(path, MAX_JSON_BYTES, follow=False).decode("utf-8"))
+        except OSError as exc:
+            raise BlitzError(f"cannot read {path}: {exc.strerror or exc}") from None
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise BlitzError(f"cannot read {path}: {exc}") from None
 
     def save_model(self, ckpt: Checkpoint, name: str = "model") -> None:

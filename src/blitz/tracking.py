@@ -18,6 +18,7 @@ from urllib.parse import urlparse
 
 from blitz.config import is_number
 from blitz.errors import BlitzError
+from blitz.files import read_regular
 from blitz.outputs import write_json
 from blitz.rundir import RunDir
 from blitz.signals import StopRequested
@@ -230,8 +231,7 @@ def read_record(run_dir: RunDir) -> dict[str, str] | None:
     if not path.exists():
         return None
     try:
-        too_big = path.stat().st_size > MAX_RECORD_BYTES
-        raw = None if too_big else json.loads(path.read_text(encoding="utf-8"))
+        raw = json.loads(read_regular(path, MAX_RECORD_BYTES, follow=False).decode("utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         raw = None
     if not _is_record(raw):

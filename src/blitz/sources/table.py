@@ -20,7 +20,8 @@ from typing import NamedTuple
 
 from blitz.data import check_two_classes
 from blitz.errors import BlitzError
-from blitz.folders import SET_FOLDERS, Layout, Member, open_regular, read_member
+from blitz.files import open_regular
+from blitz.folders import SET_FOLDERS, Layout, Member, read_member
 from blitz.images import BadImage
 
 TABLE_SUFFIXES = {".csv": ",", ".tsv": "\t"}  # suffix -> the delimiter of its fields
