@@ -27,6 +27,7 @@ METRICS_FORMAT = 1
 SETS_HEADER = ("set", "class", "image")
 VALIDATION_FIGURES = ("accuracy", "balanced_accuracy", "macro_f1", "weighted_f1", "top5_accuracy")
 MAX_SETS_BYTES = 2**30  # a line per image: far more than any dataset blitz reads in a run
+NAME_BYTES = "surrogateescape"  # how Python holds a file name that is not UTF-8 (os.fsdecode)
 
 
 @dataclass
@@ -235,7 +236,8 @@ class RunDir:
         writer = csv.writer(out, lineterminator="\n")
         writer.writerow(SETS_HEADER)
         writer.writerows((role, cls, image) for role, rows in sets.items() for image, cls in rows)
-        write_atomic(self.sets, out.getvalue().encode())
+        # a file name that is not UTF-8 keeps its bytes, so read_sets finds the same file
+        write_atomic(self.sets, out.getvalue().encode("utf-8", NAME_BYTES))
 
     def read_sets(self) -> Assignment | None:
         """The sets ``write_sets`` wrote; None for a run written before they were recorded."""
@@ -245,9 +247,9 @@ class RunDir:
         if self.sets.stat().st_size > MAX_SETS_BYTES:
             raise BlitzError(f"{problem} (larger than {MAX_SETS_BYTES // 2**20} MB)")
         try:
-            with open(self.sets, encoding="utf-8", newline="") as f:
+            with open(self.sets, encoding="utf-8", errors=NAME_BYTES, newline="") as f:
                 rows = list(csv.reader(f))
-        except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        except (OSError, csv.Error) as exc:
             raise BlitzError(f"{problem} ({exc})") from None
         if not rows or rows[0] != list(SETS_HEADER):
             raise BlitzError(f"{problem} (its first row is not {','.join(SETS_HEADER)})")
