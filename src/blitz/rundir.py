@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from blitz.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from blitz.config import Config, check_types, config_from_dict, is_number
+from blitz.config import Config, check_types, config_from_dict, is_number, parse_nested
 from blitz.errors import BlitzError, UnusableFile
 from blitz.locks import locked
 from blitz.outputs import write_atomic, write_json
@@ -277,7 +277,7 @@ class RunDir:
 
     def _read_json(self, path: Path) -> Any:
         try:
-            return json.loads(path.read_text(encoding="utf-8"))
+            return parse_nested(json.loads, path.read_text(encoding="utf-8"), str(path))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise BlitzError(f"cannot read {path}: {exc}") from None
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from blitz.config import is_number
+from blitz.config import is_number, parse_nested
 from blitz.errors import BlitzError
 from blitz.outputs import write_json
 from blitz.rundir import RunDir
@@ -231,7 +231,7 @@ def read_record(run_dir: RunDir) -> dict[str, str] | None:
         return None
     try:
         too_big = path.stat().st_size > MAX_RECORD_BYTES
-        raw = None if too_big else json.loads(path.read_text(encoding="utf-8"))
+        raw = None if too_big else parse_nested(json.loads, path.read_text("utf-8"), str(path))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         raw = None
     if not _is_record(raw):
