@@ -45,7 +45,12 @@ def write_atomic(path: Path, data: bytes) -> None:
     except OSError as exc:
         with contextlib.suppress(OSError):  # the folder itself may be what is wrong
             tmp.unlink(missing_ok=True)
-        raise BlitzError(
-            f"cannot write {path}: {exc.strerror or exc}. Free some space (or fix the "
-            "permissions) and run again"
-        ) from None
+        raise write_failed(path, exc) from None
+
+
+def write_failed(path: Path, exc: OSError) -> BlitzError:
+    """The error for a file blitz could not write (a full disk, a read-only folder)."""
+    return BlitzError(
+        f"cannot write {path}: {exc.strerror or exc}. Free some space (or fix the "
+        "permissions) and run again"
+    )
