@@ -3,6 +3,7 @@ evaluate, report, export; its Jupyter view escapes names; mistakes are BlitzErro
 
 from __future__ import annotations
 
+import inspect
 import json
 import re
 import subprocess
@@ -115,6 +116,52 @@ def test_predict_refuses_a_bad_top_k_and_a_missing_file(run, tmp_path):
         run.predict(tmp_path, top_k=0)
     with pytest.raises(BlitzError, match="does not exist"):
         run.predict(tmp_path / "missing.png")
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda run: blitz.train(out=123), "blitz.train: out must be a string, a path or None"),
+        (lambda run: blitz.train(set="x"), "blitz.train: set must be a dict or None, not 'x'"),
+        (lambda run: blitz.train(preset=5), "blitz.train: preset must be a string or None"),
+        (lambda run: blitz.train(config=5), "blitz.train: config must be a string, a path or"),
+        (lambda run: blitz.train(resume=7), "blitz.train: resume must be a string, a path or"),
+        (lambda run: blitz.train(mlflow=5), "blitz.train: mlflow must be a string or None"),
+        (lambda run: blitz.train(quiet="no"), "blitz.train: quiet must be True or False"),
+        (lambda run: blitz.load(None), "blitz.load: run_dir must be a string or a path, not None"),
+        (lambda run: blitz.Run(5), "blitz.Run: path must be a string or a path, not 5 .int."),
+        (lambda run: run.evaluate(data=5), "blitz.Run.evaluate: data must be a string, a path"),
+        (lambda run: run.export("onnx", out=5), "blitz.Run.export: out must be a string, a"),
+        (lambda run: run.predict([], top_k="2"), "blitz.Run.predict: top_k must be an integer"),
+    ],
+)
+def test_arguments_of_the_wrong_type_are_named_with_what_they_take(run, call, message):
+    with pytest.raises(BlitzError, match=message):
+        call(run)
+
+
+def _public(run):
+    """Every public function and method of the Python API, and a valid call's arguments."""
+    methods = [m for m in dir(blitz.Run) if not m.startswith("_")]
+    methods = [getattr(run, m) for m in methods if inspect.isfunction(getattr(blitz.Run, m))]
+    return [blitz.train, blitz.load, blitz.Run, *methods]
+
+
+def test_every_annotated_argument_of_the_api_is_checked(run):
+    """A new keyword or method is checked too (``api.checked``), whatever its annotation."""
+    required = {"run_dir": run.path, "path": run.path, "images": []}
+    checked = []
+    for function in _public(run):
+        for name, param in inspect.signature(function).parameters.items():
+            if param.annotation in ("Any", param.empty):  # images: files, PIL images, tensors
+                continue
+            given = {
+                n: v for n, v in required.items() if n in inspect.signature(function).parameters
+            }
+            with pytest.raises(BlitzError, match=f": {name} must be .*, not <object"):
+                function(**{**given, name: object()})
+            checked.append(f"{function.__name__}({name})")
+    assert {"train(overwrite)", "export(format)", "evaluate(quiet)", "Run(metrics)"} <= set(checked)
 
 
 def test_evaluate_reproduces_the_recorded_accuracy(run):

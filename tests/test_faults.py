@@ -2,21 +2,23 @@
 and resumed ends exactly (bitwise) where the same run left alone ends."""
 
 import errno
+import io
 import json
 import os
 import random
 import signal
 import subprocess
 import sys
+import threading
 
 import pytest
 import torch
 
-from blitz import cli, engine, resume
+from blitz import cli, engine, progress, resume
 from blitz.checkpoint import load_checkpoint
 from blitz.config import build_config
 from blitz.errors import BlitzError
-from blitz.progress import read_metrics_csv
+from blitz.progress import CSV_FIELDS, Progress, read_metrics_csv
 from blitz.rundir import RunDir
 from blitz.runs import train_run
 from conftest import folder_files, png_bytes, write_folder
@@ -218,6 +220,67 @@ def test_disk_full_keeps_the_previous_checkpoint_and_says_so(tmp_path, monkeypat
         quiet_run(small_config(tmp_path), out)
     assert load_checkpoint(out / "last.pt").training.step == 10
     assert not list(out.glob("*.tmp")) and not (out / "metrics.json").exists()
+
+
+@pytest.fixture
+def full_disk(monkeypatch):
+    """``full_disk.set()`` fills the disk for metrics.csv and TensorBoard: their flushes (and
+    so their closes) raise ENOSPC from then on."""
+    record_writer = pytest.importorskip("tensorboard.summary.writer.record_writer")
+    full = threading.Event()
+
+    def no_space():
+        if full.is_set():
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    class FullFile(io.TextIOWrapper):
+        def flush(self):
+            no_space()
+            super().flush()
+
+    real_flush = record_writer.RecordWriter.flush
+
+    def open_full(path, mode="r", **options):  # metrics.csv is written on the full disk
+        if mode != "w":
+            return open(path, mode, **options)  # noqa: SIM115 - the caller closes it
+        return FullFile(open(path, "wb"), newline="")  # noqa: SIM115
+
+    monkeypatch.setattr(progress, "open", open_full, raising=False)
+    monkeypatch.setattr(record_writer.RecordWriter, "flush", lambda w: no_space() or real_flush(w))
+    return full
+
+
+def test_disk_full_at_a_checkpoint_is_its_one_error_though_the_logs_cannot_close(
+    tmp_path, monkeypatch, full_disk
+):
+    real_save, calls = torch.save, [0]
+
+    def save_until_the_disk_fills(payload, f):
+        calls[0] += 1
+        if calls[0] == 3:
+            full_disk.set()
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_save(payload, f)
+
+    monkeypatch.setattr(torch, "save", save_until_the_disk_fills)
+    # the checkpoint's error, not an OSError of closing the logs after it
+    with pytest.raises(BlitzError, match="checkpoint .* No space left on device"):
+        quiet_run(small_config(tmp_path, **{"train.tensorboard": True}), tmp_path / "run")
+
+
+def test_logs_that_cannot_be_written_are_one_clear_error(tmp_path, full_disk):
+    cfg = small_config(tmp_path, **{"train.tensorboard": True})
+    out = RunDir(tmp_path)
+    logs = [Progress(cfg, print, True, out) for _ in range(3)]
+    full_disk.set()
+    no_space = "cannot write {}: No space left on device"
+    with pytest.raises(BlitzError, match=no_space.format(out.csv)):
+        logs[0].csv.write(dict.fromkeys(CSV_FIELDS, 1))
+    with pytest.raises(BlitzError, match=no_space.format(out.csv)):
+        logs[1].close()  # a finished run's last rows: said
+    logs[2].close(failed=True)  # a failed run's: its own failure is what is said
+    with pytest.raises(BlitzError, match=no_space.format(out.tensorboard)):
+        Progress(cfg, print, True, out)  # TensorBoard's first event
 
 
 def test_non_finite_loss_stops_names_step_and_rate_and_keeps_the_good_checkpoint(

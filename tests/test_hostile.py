@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from blitz import folders
+from blitz import cli, folders
 from blitz.config import DataConfig
 from blitz.errors import BlitzError
 from blitz.sources import load_data
-from conftest import folder_files, run_blitz, write_folder, write_zip
+from conftest import folder_files, run_blitz, write_folder, write_tar, write_zip
 
 
 def tar_with_links(path: Path, outside: Path) -> Path:
@@ -130,6 +130,23 @@ def test_hostile_names_are_escaped_in_the_report(tmp_path):
     page = (out / "report.html").read_text()
     assert "<img src=x" not in page and "&lt;img src=x onerror=alert(1)&gt;" in page
     assert "Content-Security-Policy" in page and "script-src 'sha256-" in page
+
+
+@pytest.mark.parametrize("container", ["folder", "tar"])
+def test_a_file_name_that_is_not_utf8_trains_and_is_found_again(tmp_path, capsys, container):
+    """Its bytes are kept in sets.csv, so eval (and --resume) find the same file."""
+    name = os.fsdecode(b"\xff.png")  # how os.listdir and tarfile give it: surrogate-escaped
+    files = {k.removeprefix("train/"): v for k, v in folder_files().items() if "train/" in k}
+    files[f"apple/{name}"] = files["apple/0_0.png"]  # flat: the sets are split off and recorded
+    if container == "folder":
+        data = write_folder(tmp_path / "fruit", files)
+    else:
+        data = write_tar(tmp_path / "fruit.tar", files)
+    out = tmp_path / "run"
+    args = ["train", "--preset", "seed", "--data", data, "--max-steps", "1", "--out", out]
+    assert cli.main([*map(str, args), "--quiet"]) == 0, capsys.readouterr().err
+    assert b"apple/\xff.png\n" in (out / "sets.csv").read_bytes()
+    assert cli.main(["eval", str(out)]) == 0, capsys.readouterr().err
 
 
 def test_linked_split_and_class_folders_are_followed(tmp_path):

@@ -5,9 +5,12 @@ import json
 
 import pytest
 
+import blitz as blitz_api
 from blitz import cli
 from blitz.config import build_config, list_presets, read_settings_file
 from blitz.errors import BlitzError
+from blitz.rundir import RunDir
+from blitz.tracking import read_record
 
 
 def blitz(capsys, *args):
@@ -80,3 +83,46 @@ def test_preset_and_config_together_are_refused(tmp_path, capsys):
     path.write_text("")
     status, shown = blitz(capsys, "train", "--preset", "seed", "--config", path)
     assert status == 2 and "give one" in shown.err
+
+
+def nested(depth: int) -> str:
+    return "[" * depth + "]" * depth
+
+
+@pytest.mark.parametrize("depth", [500, 100_000])  # past the recursion limit: in a copy, in parsing
+@pytest.mark.parametrize(
+    ("file", "content", "command"),
+    [
+        ("mine.toml", "[data]\nsource = {}\n", ["train", "--config", "{file}"]),
+        ("mine.json", '{{"data": {{"source": {}}}}}', ["train", "--config", "{file}"]),
+        ("run/config.json", '{{"data": {{"source": {}}}}}', ["train", "--config", "{run}"]),
+        ("run/metrics.json", '{{"classes": {}}}', ["report", "{run}"]),
+        (None, "data.source={}", ["train", "--set", "{content}"]),
+    ],
+)
+def test_files_nested_too_deeply_are_one_clear_error(
+    tmp_path, capsys, depth, file, content, command
+):
+    """What blitz parses from outside (--config, a run's records, a --set value)."""
+    content = content.format(nested(depth))
+    if file:
+        (tmp_path / file).parent.mkdir(exist_ok=True)
+        (tmp_path / file).write_text(content)
+    where = {"file": tmp_path / str(file), "run": tmp_path / "run", "content": content}
+    status, shown = blitz(capsys, *(word.format(**where) for word in command))
+    named = where["file"] if file else "--set data.source"
+    assert status == 2 and f"{named} is nested too deeply" in shown.err
+
+
+@pytest.mark.parametrize(
+    ("file", "read"),
+    [
+        ("metrics.json", blitz_api.load),
+        ("config.json", lambda run: RunDir(run).read_config()),  # Run.config, eval, --resume
+        ("mlflow.json", lambda run: read_record(RunDir(run))),  # read by a resumed run
+    ],
+)
+def test_run_records_nested_too_deeply_are_one_clear_error_from_python_too(tmp_path, file, read):
+    (tmp_path / file).write_text(nested(1000))  # mlflow.json: under its 4 KB limit
+    with pytest.raises(BlitzError, match=f"{file} is nested too deeply"):
+        read(tmp_path)

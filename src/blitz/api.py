@@ -13,12 +13,14 @@ import io
 import itertools
 import os
 import time
-from collections.abc import Iterator
+import types
+import typing
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cache, cached_property, wraps
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 from urllib.parse import quote
 
 from blitz.config import FLAGS, SECTIONS
@@ -37,8 +39,57 @@ if TYPE_CHECKING:
 KEYWORDS = {flag[2:].replace("-", "_"): key for key, flag in FLAGS.items()}
 DEFAULT_PRESET = "fast-cpu"
 CLASSES_SHOWN = 10  # class names in a Run's summary
+KINDS = {str: "a string", os.PathLike: "a path", bool: "True or False", int: "an integer",
+         dict: "a dict", type(None): "None"}  # fmt: skip
+Function = TypeVar("Function", bound=Callable[..., Any])
 
 
+def checked(function: Function) -> Function:
+    """Arguments of another type than ``function``'s annotations are a BlitzError naming the
+    argument and the types it takes (not a TypeError or AttributeError from deep inside, or a
+    wrong one found only after training)."""
+    signature = inspect.signature(function)
+    where = "blitz." + function.__qualname__.removesuffix(".__init__")  # blitz.Run(...)
+
+    @wraps(function)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        annotated = _types(function)
+        for name, value in signature.bind(*args, **kwargs).arguments.items():
+            allowed = annotated.get(name)
+            if allowed and not isinstance(value, allowed):
+                *others, last = [KINDS.get(t, t.__name__) for t in allowed]
+                expected = f"{', '.join(others)} or {last}" if others else last
+                raise BlitzError(
+                    f"{where}: {name} must be {expected}, not "
+                    f"{_short(value)} ({type(value).__name__})"
+                )
+        return function(*args, **kwargs)
+
+    return typing.cast(Function, call)
+
+
+@cache
+def _types(function: Callable[..., Any]) -> dict[str, tuple[type, ...]]:
+    """Parameter -> the classes its annotation allows (generics by their origin: ``dict[str,
+    Any]`` is ``dict``); none for ``Any``. Read at the first call: Metrics is imported here."""
+    from blitz.rundir import Metrics
+
+    hints = typing.get_type_hints(function, localns={"Metrics": Metrics})
+    out = {}
+    for name, hint in hints.items():
+        union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+        options = typing.get_args(hint) if union else (hint,)
+        if name != "return" and Any not in options:
+            out[name] = tuple(typing.get_origin(t) or t for t in options)
+    return out
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else f"{text[:37]}..."
+
+
+@checked
 def train(
     data: str | os.PathLike | None = None,
     preset: str | None = None,
@@ -74,6 +125,7 @@ def train(
     return Run(plan.run_dir.path, metrics)
 
 
+@checked
 def load(run_dir: str | os.PathLike) -> Run:
     """A finished run, from its directory."""
     return Run(run_dir)
@@ -216,6 +268,7 @@ class Run:
     """A finished run: what it measured, and its model to predict with, evaluate, report
     and export."""
 
+    @checked
     def __init__(self, path: str | os.PathLike, metrics: Metrics | None = None) -> None:
         from blitz.rundir import RunDir
 
@@ -255,6 +308,7 @@ class Run:
     def _model(self) -> torch.nn.Module:
         return self.model  # predict's own copy, built once
 
+    @checked
     def predict(self, images: Any, top_k: int = 1) -> list[ImagePrediction]:
         """The ``top_k`` classes of each image: files or folders of them (a file that cannot
         be read is named on stderr and left out), PIL images, or tensors, uint8 (C, H, W) or
@@ -262,7 +316,7 @@ class Run:
         and resized as ``blitz predict`` does."""
         from blitz.predict import collect_images, predict_files
 
-        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+        if isinstance(top_k, bool) or top_k < 1:  # an int (checked): True is one too
             raise BlitzError(f"invalid top_k {top_k!r}: expected an integer >= 1")
         items = list(images) if isinstance(images, (list, tuple)) else [images]
         facts, model = self._checkpoint.model, self._model
@@ -271,6 +325,7 @@ class Run:
             return [ImagePrediction(*p) for p in predict_files(facts, model, files, top_k)]
         return _predict_in_memory(facts, model, _decoded(items, facts), top_k)
 
+    @checked
     def evaluate(self, data: str | os.PathLike | None = None, quiet: bool = False) -> dict:
         """Test the model on the run's own test set, or on ``data`` (a spec as for train): its
         accuracy and the views of its confusion matrix, as metrics.json records them."""
@@ -290,6 +345,7 @@ class Run:
 
         return Path(rebuild_report(self._dir, silent))
 
+    @checked
     def export(self, format: str = "onnx", out: str | os.PathLike | None = None) -> Path:
         """Write the model as ONNX or TorchScript, normalisation included, checked against
         PyTorch; ``out`` defaults to model.onnx (model.torchscript.pt) in the run directory."""

@@ -275,7 +275,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, object]:
         key, sep, value = item.partition("=")
         if not sep:
             raise BlitzError(f"invalid --set {item!r}: use --set SECTION.KEY=VALUE")
-        pairs[key.strip()] = parse_value(value.strip())
+        pairs[key.strip()] = parse_value(value.strip(), f"--set {key.strip()}")
     # getattr with a default: commands other than train take only some of these options
     return settings_overrides({word: getattr(args, word, None) for word in KEYWORDS}, pairs)
 

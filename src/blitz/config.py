@@ -10,6 +10,7 @@ import math
 import re
 import sys
 import types
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -554,6 +555,34 @@ def load_preset(name: str) -> dict[str, Any]:
 
 
 MAX_SETTINGS_BYTES = 2**20  # a settings file is a few hundred bytes; a larger one is no such file
+# settings and run records nest 3 deep; far deeper, Python's recursion (the parser's, or a
+# copy's or a check's after it) runs out of stack: a RecursionError, not a message
+MAX_NESTING = 32
+
+
+def parse_nested(parse: Callable[[str], Any], text: str, what: str) -> Any:
+    """``parse(text)`` (``json.loads``, ``tomllib.loads``) of text from outside blitz; lists
+    and tables nested more than MAX_NESTING deep are a BlitzError naming ``what``."""
+    try:
+        raw = parse(text)
+        deep = _nests_deeper(raw, MAX_NESTING)
+    except RecursionError:
+        deep = True
+    if deep:
+        raise BlitzError(
+            f"{what} is nested too deeply (lists or tables more than {MAX_NESTING} levels deep, "
+            "where blitz's files have 3): it is not a blitz file; pass the one you meant"
+        )
+    return raw
+
+
+def _nests_deeper(value: Any, levels: int) -> bool:
+    """Level by level, not recursively: the check must not run out of stack itself."""
+    level = [value]
+    for _ in range(levels):  # the items ``levels`` deep: one that is a list or table is too deep
+        level = [v for c in level if isinstance(c, (dict, list))
+                 for v in (c.values() if isinstance(c, dict) else c)]  # fmt: skip
+    return any(isinstance(v, (dict, list)) for v in level)
 
 
 def read_settings_file(path: Path) -> dict[str, Any]:
@@ -569,7 +598,9 @@ def read_settings_file(path: Path) -> dict[str, Any]:
         )
     try:
         text = read_regular(path, MAX_SETTINGS_BYTES).decode("utf-8")  # no pipe, no 1 GB
-        raw = tomllib.loads(text) if suffix == ".toml" else json.loads(text)
+        raw = parse_nested(
+            tomllib.loads if suffix == ".toml" else json.loads, text, f"--config {path}"
+        )
     except OSError as exc:
         raise BlitzError(f"cannot read --config {path}: {exc.strerror or exc}") from None
     except (UnicodeDecodeError, tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
@@ -591,10 +622,10 @@ def settings_toml(cfg: Config) -> str:
     return tomli_w.dumps(settings)
 
 
-def parse_value(text: str) -> Any:
+def parse_value(text: str, what: str = "a --set value") -> Any:
     """A command-line value as TOML would read it (numbers, booleans, lists), else a string."""
     try:
-        return tomllib.loads(f"v = {text}")["v"]
+        return parse_nested(tomllib.loads, f"v = {text}", what)["v"]
     except tomllib.TOMLDecodeError:
         return text
 

@@ -237,8 +237,10 @@ def train(
             state.train_seconds += state.epoch_seconds
             _finish_epoch(loop, steps)
             loop.hooks.after_epoch(state)
-    finally:  # a stop (Ctrl-C, SIGTERM, a failed step) too: TensorBoard flushes on close
-        progress.close()
+    except BaseException:  # a stop (Ctrl-C, SIGTERM, a failed step): TensorBoard flushes on close
+        progress.close(failed=True)
+        raise
+    progress.close()
     if state.best_weights is not None:
         _restore_best(loop, ctx)
     if loop.ema:

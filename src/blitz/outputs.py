@@ -41,7 +41,12 @@ def write_atomic(path: Path, data: bytes) -> None:
         with atomic_file(path) as f:
             f.write(data)
     except OSError as exc:
-        raise BlitzError(
-            f"cannot write {path}: {exc.strerror or exc}. Free some space (or fix the "
-            "permissions) and run again"
-        ) from None
+        raise write_failed(path, exc) from None
+
+
+def write_failed(path: Path, exc: OSError) -> BlitzError:
+    """The error for a file blitz could not write (a full disk, a read-only folder)."""
+    return BlitzError(
+        f"cannot write {path}: {exc.strerror or exc}. Free some space (or fix the "
+        "permissions) and run again"
+    )

@@ -17,6 +17,7 @@ from blitz.config import Config
 from blitz.data import Log
 from blitz.errors import BlitzError
 from blitz.files import open_new, open_regular
+from blitz.outputs import write_failed
 from blitz.rundir import RunDir
 
 if TYPE_CHECKING:
@@ -74,6 +75,7 @@ class CsvLog:
     A resumed run keeps the rows up to the step it resumes from (later ones are redone)."""
 
     def __init__(self, path: Path, resumed_step: int = 0) -> None:
+        self.path = path
         old = read_metrics_csv(path) if resumed_step else []  # a new run reads none
         kept = [r for r in old if r["step"] <= resumed_step]
         # a new file, never through a link planted at its name (files.open_new)
@@ -84,8 +86,11 @@ class CsvLog:
             self.write(row)
 
     def write(self, row: dict[str, float]) -> None:
-        self.writer.writerow({k: _fmt(row[k]) for k in CSV_FIELDS})
-        self.file.flush()
+        try:
+            self.writer.writerow({k: _fmt(row[k]) for k in CSV_FIELDS})
+            self.file.flush()
+        except OSError as exc:  # a full disk
+            raise write_failed(self.path, exc) from None
 
     def close(self) -> None:
         self.file.close()
@@ -125,7 +130,10 @@ def open_tensorboard(folder: Path):
         ) from None
     if folder.is_symlink():  # blitz makes a folder here: a link was planted, to write elsewhere
         folder.unlink()
-    return SummaryWriter(str(folder))
+    try:
+        return SummaryWriter(str(folder))  # which writes its first event at once
+    except OSError as exc:
+        raise write_failed(folder, exc) from None
 
 
 def in_notebook() -> bool:
@@ -156,6 +164,7 @@ class Progress:
         self.cfg, self.log, self.quiet, self.tracker = cfg, log, quiet, tracker
         self.seed_lines = cfg.train.log_every
         self.use_bar = not quiet and not self.seed_lines and (sys.stderr.isatty() or in_notebook())
+        self.out = out
         self.csv = CsvLog(out.csv, resumed_step) if out else None
         self.board = open_tensorboard(out.tensorboard) if out and cfg.train.tensorboard else None
         self.interval, self.epoch_meter, self.running = Meter(), Meter(), Meter()
@@ -242,10 +251,19 @@ class Progress:
         if not (self.quiet or self.use_bar) and _worth_a_line(record["epoch"], epochs):
             self.log(format_epoch(record, epochs, images_per_s))
 
-    def close(self) -> None:
-        for sink in (self.csv, self.board):
-            if sink:
-                sink.close()
+    def close(self, failed: bool = False) -> None:
+        """Close metrics.csv and TensorBoard, each whatever the other does. One that cannot
+        write its last rows (a full disk) is a BlitzError, unless the run ``failed``: then
+        the failure that stopped it is the one to tell, once, and no traceback follows it."""
+        problems = []
+        for sink, path in ((self.csv, "csv"), (self.board, "tensorboard")):
+            try:
+                if sink:
+                    sink.close()
+            except OSError as exc:  # TensorBoard's writer raises what its thread could not write
+                problems.append(write_failed(getattr(self.out, path), exc))
+        if problems and not failed:
+            raise problems[0]
 
 
 def _worth_a_line(epoch: int, epochs: int) -> bool:

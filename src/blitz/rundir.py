@@ -17,7 +17,14 @@ from pathlib import Path
 from typing import Any
 
 from blitz.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from blitz.config import Config, check_types, config_from_dict, is_number, plain_name
+from blitz.config import (
+    Config,
+    check_types,
+    config_from_dict,
+    is_number,
+    parse_nested,
+    plain_name,
+)
 from blitz.errors import BlitzError, UnusableFile
 from blitz.files import read_regular, remove_temporary_files
 from blitz.locks import locked
@@ -29,6 +36,7 @@ SETS_HEADER = ("set", "class", "image")
 VALIDATION_FIGURES = ("accuracy", "balanced_accuracy", "macro_f1", "weighted_f1", "top5_accuracy")
 MAX_SETS_BYTES = 2**30  # a line per image: far more than any dataset blitz reads in a run
 MAX_JSON_BYTES = 2**30  # config.json, metrics.json: a confusion matrix of thousands of classes
+NAME_BYTES = "surrogateescape"  # how Python holds a file name that is not UTF-8 (os.fsdecode)
 
 
 @dataclass
@@ -239,7 +247,8 @@ class RunDir:
         writer = csv.writer(out, lineterminator="\n")
         writer.writerow(SETS_HEADER)
         writer.writerows((role, cls, image) for role, rows in sets.items() for image, cls in rows)
-        write_atomic(self.sets, out.getvalue().encode())
+        # a file name that is not UTF-8 keeps its bytes, so read_sets finds the same file
+        write_atomic(self.sets, out.getvalue().encode("utf-8", NAME_BYTES))
 
     def read_sets(self) -> Assignment | None:
         """The sets ``write_sets`` wrote; None for a run written before they were recorded."""
@@ -247,9 +256,9 @@ class RunDir:
             return None
         problem = f"{self.sets} cannot be used: it was changed by hand or not written by blitz"
         try:
-            text = read_regular(self.sets, MAX_SETS_BYTES, follow=False).decode("utf-8")
-            rows = list(csv.reader(io.StringIO(text, newline="")))
-        except (OSError, UnicodeDecodeError, csv.Error) as exc:
+            data = read_regular(self.sets, MAX_SETS_BYTES, follow=False)
+            rows = list(csv.reader(io.StringIO(data.decode("utf-8", NAME_BYTES), newline="")))
+        except (OSError, csv.Error) as exc:
             raise BlitzError(f"{problem} ({exc})") from None
         if not rows or rows[0] != list(SETS_HEADER):
             raise BlitzError(f"{problem} (its first row is not {','.join(SETS_HEADER)})")
@@ -277,7 +286,8 @@ class RunDir:
 
     def _read_json(self, path: Path) -> Any:
         try:
-            return json.loads(read_regular(path, MAX_JSON_BYTES, follow=False).decode("utf-8"))
+            text = read_regular(path, MAX_JSON_BYTES, follow=False).decode("utf-8")
+            return parse_nested(json.loads, text, str(path))
         except OSError as exc:
             raise BlitzError(f"cannot read {path}: {exc.strerror or exc}") from None
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:

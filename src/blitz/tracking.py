@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from blitz.config import is_number
+from blitz.config import is_number, parse_nested
 from blitz.errors import BlitzError
 from blitz.files import read_regular
 from blitz.outputs import write_json
@@ -231,7 +231,8 @@ def read_record(run_dir: RunDir) -> dict[str, str] | None:
     if not path.exists():
         return None
     try:
-        raw = json.loads(read_regular(path, MAX_RECORD_BYTES, follow=False).decode("utf-8"))
+        text = read_regular(path, MAX_RECORD_BYTES, follow=False).decode("utf-8")
+        raw = parse_nested(json.loads, text, str(path))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         raw = None
     if not _is_record(raw):
