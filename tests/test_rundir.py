@@ -214,3 +214,13 @@ def test_every_command_reads_a_run_directory_of_the_previous_format(
     (out / "metrics.json").unlink()  # as if killed after its last checkpoint
     resumed = run_blitz("train", "--resume", out, cache=cache, check=False)
     assert resumed.returncode == 0, resumed.stderr
+
+
+def test_a_sets_file_listing_an_image_twice_is_refused_naming_the_line(tmp_path):
+    run_dir = RunDir(tmp_path)
+    run_dir.write_sets({"train": [("a.png", "apple")], "test": [("b.png", "banana")] * 2})
+    with pytest.raises(BlitzError, match=r"sets.csv .*line 4 lists image 'b.png' again.*line 3"):
+        run_dir.read_sets()
+    run_dir.write_sets({"train": [("a.png", "apple")], "test": [("a.png", "apple")]})
+    with pytest.raises(BlitzError, match="line 3 lists image 'a.png' again"):
+        run_dir.read_sets()

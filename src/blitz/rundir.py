@@ -246,17 +246,13 @@ class RunDir:
             raise BlitzError(f"{problem} (larger than {MAX_SETS_BYTES // 2**20} MB)")
         try:
             with open(self.sets, encoding="utf-8", newline="") as f:
-                rows = list(csv.reader(f))
+                reader = csv.reader(f)
+                rows = [(reader.line_num, row) for row in reader]
         except (OSError, UnicodeDecodeError, csv.Error) as exc:
             raise BlitzError(f"{problem} ({exc})") from None
-        if not rows or rows[0] != list(SETS_HEADER):
+        if not rows or rows[0][1] != list(SETS_HEADER):
             raise BlitzError(f"{problem} (its first row is not {','.join(SETS_HEADER)})")
-        sets: Assignment = {}
-        for row in rows[1:]:
-            if len(row) != 3 or row[0] not in ROLES:
-                raise BlitzError(f"{problem} (a row is not set,class,image: {row[:3]})")
-            sets.setdefault(row[0], []).append((row[2], row[1]))
-        return sets
+        return _assignment(rows[1:], problem)
 
     def write_metrics(self, metrics: Metrics) -> None:
         """Written last: its presence marks the run finished."""
@@ -309,3 +305,21 @@ class RunDir:
         if ckpt.training is None:
             raise BlitzError(f"{self.last} holds weights only, not a training state to resume")
         return ckpt
+
+
+def _assignment(rows: list[tuple[int, list[str]]], problem: str) -> Assignment:
+    """``sets.csv``'s (line, row) pairs as the sets; a row of another shape or an image listed
+    twice (it would be scored twice, or be in two sets) is a BlitzError opening with ``problem``."""
+    sets: Assignment = {}
+    first_line: dict[str, int] = {}  # image -> the line that lists it
+    for line, row in rows:
+        if len(row) != 3 or row[0] not in ROLES:
+            raise BlitzError(f"{problem} (a row is not set,class,image: {row[:3]})")
+        if row[2] in first_line:
+            raise BlitzError(
+                f"{problem} (line {line} lists image {row[2]!r} again, as line "
+                f"{first_line[row[2]]} does): delete the repeated line"
+            )
+        first_line[row[2]] = line
+        sets.setdefault(row[0], []).append((row[2], row[1]))
+    return sets
