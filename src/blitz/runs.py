@@ -53,7 +53,7 @@ from blitz.resume import Checkpointer, choose_kernels
 from blitz.roles import Assignment, record
 from blitz.rundir import Metrics, RunDir
 from blitz.signals import stop_on_signals
-from blitz.sources import load_data
+from blitz.sources import load_data, load_test_data
 from blitz.warmstart import warm_start
 
 if TYPE_CHECKING:
@@ -382,9 +382,11 @@ def eval_run(run_dir: RunDir, source: str | None, log: Log) -> Evaluation:
 def _load_run(run_dir: RunDir, source: str | None, log: Log) -> tuple[Config, nn.Module, ImageData]:
     ckpt = run_dir.load_model()
     cfg = ckpt.cfg
-    recorded = run_dir.read_sets() if source is None else None  # the run's own split
-    data = load_data(replace(cfg.data, source=source or cfg.data.source), log, recorded)
-    check_classes(data, ckpt, run_dir)
+    if source is None:  # the run's own split
+        data = load_data(cfg.data, log, run_dir.read_sets())
+        check_classes(data, ckpt, run_dir)
+    else:
+        data = load_test_data(replace(cfg.data, source=source), ckpt.model.classes, log)
     device = resolve_device(cfg.train.device)
     return cfg, ckpt.build_model().to(device, memory_format=_memory_format(cfg)), data
 

@@ -10,7 +10,7 @@ from typing import NamedTuple
 
 from blitz.config import DataConfig
 from blitz.data import ImageData, Log, check_two_classes
-from blitz.roles import Assignment, assign_roles
+from blitz.roles import Assignment, as_test_set, assign_roles
 
 Loader = Callable[[str, DataConfig, Log], ImageData]  # load(argument, settings, log)
 PATH = "PATH"  # the source of every spec that names no other (a folder may be called anything)
@@ -59,6 +59,12 @@ def load_data(
     data = load_source(cfg, log)
     check_two_classes(data.name, data.classes)
     return assign_roles(data, cfg, log, recorded)
+
+
+def load_test_data(cfg: DataConfig, classes: list[str], log: Log = print) -> ImageData:
+    """``data.source`` as a test set for a model trained on ``classes`` (``roles.as_test_set``):
+    its own test set, or all of it."""
+    return as_test_set(load_source(cfg, log), classes, log)
 
 
 def load_source(cfg: DataConfig, log: Log) -> ImageData:
