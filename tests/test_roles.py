@@ -16,7 +16,7 @@ from blitz.engine import compute_loss
 from blitz.errors import BlitzError
 from blitz.roles import record
 from blitz.sources import load_data
-from conftest import CLASSES, png_bytes, write_folder
+from conftest import CLASSES, folder_files, png_bytes, write_folder
 from test_faults import assert_same_run, start_blitz, wait_all
 
 
@@ -318,3 +318,17 @@ def test_eval_on_a_folder_scores_all_of_it_matching_classes_by_name(tmp_path, ca
     write_folder(folder, {"star/0.png": png_bytes((9, 9, 9))})
     status, shown = blitz(capsys, "eval", out, "--data", folder)
     assert status == 2 and "1 class the run was not trained on ('star')" in shown.err
+
+
+def test_copies_of_training_images_in_the_test_set_are_warned_about_and_recorded(tmp_path, capsys):
+    files = folder_files()  # its test/ is a copy of its train/
+    files["test/apple/new.png"] = png_bytes((1, 2, 3))
+    out = tmp_path / "run"
+    args = ["--data", write_folder(tmp_path / "copied", files), "--max-steps", "1", "--out", out]
+    status, shown = blitz(capsys, *TINY, *args)
+    assert status == 0
+    warning = "warning: 12 of the 13 test images are copies of training images"
+    assert warning in shown.err and "test/apple/0_0.png is train/apple/0_0.png" in shown.err
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["copies"] == {"test": 12}
+    assert metrics["copy_example"] == ["test/apple/0_0.png", "train/apple/0_0.png"]

@@ -69,6 +69,9 @@ class Metrics:
     test_set: str = "test"  # the set the figures above are on: "test", or "val" if none
     class_counts: dict[str, list[int]] = field(default_factory=dict)  # per set, per class
     split: dict[str, float] | None = None  # what was split off the training images, and how
+    # val and test images that are copies of training images, and one [copy, original] pair
+    copies: dict[str, int] = field(default_factory=dict)
+    copy_example: list[str] = field(default_factory=list)
     validation: dict[str, Any] = field(default_factory=dict)  # its accuracy and the views above
     kept_epoch: int | None = None  # with train.patience: the epoch whose weights are the model
     format: int = METRICS_FORMAT
@@ -87,7 +90,8 @@ class Metrics:
 
     def _check_sets(self, k: int) -> None:
         """The sets' records (a run directory may come from anyone: its report shows them)."""
-        _require(set(self.sets) | set(self.class_counts) <= set(ROLES), "it names unknown sets")
+        named = set(self.sets) | set(self.class_counts) | set(self.copies)
+        _require(named <= set(ROLES), "it names unknown sets")
         _require(self.test_set in ("test", "val"), "its test_set is not test or val")
         _require(all(map(is_number, self.sets.values())), "its set sizes are not numbers")
         _require(

@@ -19,7 +19,7 @@ from blitz.checkpoint import Checkpoint
 from blitz.compiling import use_compile_cache
 from blitz.config import Config
 from blitz.context import Log, RunContext, silent
-from blitz.counts import class_counts, format_counts, imbalance_note
+from blitz.counts import class_counts, copies_note, find_copies, format_counts, imbalance_note
 from blitz.data import ImageData
 from blitz.devices import device_name, fit_to_device, resolve_device
 from blitz.distributed import barrier, check_batch_size, init_world, local_device
@@ -218,6 +218,7 @@ def _metrics(
         sets={role: len(split) for role, split in data.sets().items()},
         test_set="val" if data.test_is_val else "test",
         class_counts=class_counts(data),
+        **find_copies(data)._asdict(),
         split=data.split,
         kept_epoch=state.best_epoch if state.best_weights is not None else None,
         train_seconds=round(state.train_seconds, 3),
@@ -320,6 +321,9 @@ def _describe(ctx: RunContext, data: ImageData) -> None:
     ctx.log(format_counts(data.classes, counts))
     if note := imbalance_note(data.classes, counts["train"], cfg):
         ctx.log(note)
+    sizes = {role: len(split) for role, split in data.sets().items()}
+    if note := copies_note(find_copies(data), sizes):  # said even under --quiet
+        print(f"blitz: {note}", file=sys.stderr)
     per_epoch = steps_per_epoch(cfg, len(data.train))
     steps = planned_steps(cfg, len(data.train))
     if steps < cfg.train.epochs * per_epoch:  # say why "epoch 1/3" will end early
