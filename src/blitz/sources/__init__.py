@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 from blitz.config import DataConfig
-from blitz.data import ImageData, Log, check_two_classes
+from blitz.data import ImageData, Log, check_two_classes, similar_classes_note
 from blitz.roles import Assignment, as_test_set, assign_roles
 
 Loader = Callable[[str, DataConfig, Log], ImageData]  # load(argument, settings, log)
@@ -58,6 +58,8 @@ def load_data(
     cfg = DataConfig(source=cfg) if isinstance(cfg, str) else cfg
     data = load_source(cfg, log)
     check_two_classes(data.name, data.classes)
+    if note := similar_classes_note(data.classes):
+        log(note)
     return assign_roles(data, cfg, log, recorded)
 
 
