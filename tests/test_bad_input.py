@@ -223,3 +223,16 @@ def test_extracting_onto_a_full_disk_is_one_clear_error(tmp_path, cache, monkeyp
 def test_shapes_refuses_a_count_it_cannot_draw(count):
     with pytest.raises(BlitzError, match=f"shapes:{count}.*from 10 to 200,000"):
         load(f"shapes:{count}")
+
+
+def test_class_folders_differing_only_in_case_or_punctuation_are_named_in_a_note(tmp_path):
+    folders_ = ["cat", "Cat", "dog", "sea lion", "sea-lion", "Sea_Lion", "ant"]
+    files = {f"{name}/{i}.png": png_bytes((9 * n, 30, 30 + i)) for n, name in
+             enumerate(folders_) for i in range(4)}  # fmt: skip
+    data, logs = load(write_folder(tmp_path / "animals", files))
+    assert len(data.classes) == 7  # kept apart, as written
+    notes = [line for line in logs if "differ only in case" in line]
+    assert len(notes) == 1 and "'Cat' and 'cat'" in notes[0]
+    assert "'Sea_Lion' and 'sea lion' and 'sea-lion'" in notes[0] and "'dog'" not in notes[0]
+    _, logs = load(write_folder(tmp_path / "fruit", folder_files()))
+    assert not any("differ only in case" in line for line in logs)

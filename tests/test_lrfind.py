@@ -95,3 +95,21 @@ def test_lr_find_command_with_muon_on_a_gpu_preset(tmp_path):
     suggestion = result.stdout.splitlines()[-1]
     assert " --set optim.head_lr=" in suggestion and " --set optim.muon_lr=" in suggestion
     assert out.read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("decades", [8, 0.5])  # a full sweep; one that diverged early
+def test_the_lr_find_plot_labels_its_ticks_in_plain_text(monkeypatch, decades):
+    from blitz import plots
+
+    labels = []
+
+    def drawn(fig):  # what figure_png would save, drawn where the labels are made
+        fig.canvas.draw()
+        axis = fig.axes[0].xaxis
+        labels.extend(t.get_text() for t in axis.get_ticklabels(which="both") if t.get_text())
+        return b""
+
+    monkeypatch.setattr(plots, "figure_png", drawn)
+    lrs = [1e-7 * 10 ** (decades * i / 99) for i in range(100)]
+    plots.lr_find_png(lrs, [2.0 - i / 100 for i in range(100)], lrs[50])
+    assert labels and not any("$" in label or "\\" in label for label in labels), labels

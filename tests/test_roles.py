@@ -16,7 +16,7 @@ from blitz.engine import compute_loss
 from blitz.errors import BlitzError
 from blitz.roles import record
 from blitz.sources import load_data
-from conftest import CLASSES, png_bytes, write_folder
+from conftest import CLASSES, folder_files, png_bytes, write_folder
 from test_faults import assert_same_run, start_blitz, wait_all
 
 
@@ -282,3 +282,53 @@ def test_show_draws_a_runs_own_sets(tmp_path, capsys):
     own = ["show", "--data", root, "--split", "val", "--count", 30, "--out", tmp_path / "o.png"]
     status, shown = blitz(capsys, *own)
     assert status == 0 and len(shown.out.splitlines()[-2].split()) == 3  # blitz's own 10 %
+
+
+def _shapes_of(root, counts: dict[str, int]):
+    """A flat folder holding ``counts[name]`` generated shapes of each named class."""
+    from PIL import Image
+
+    from blitz.sources.shapes import CLASSES as SHAPES
+    from blitz.sources.shapes import make_shapes
+
+    images, labels = make_shapes(200, seed=1)
+    for name, count in counts.items():
+        rows = torch.nonzero(labels == SHAPES.index(name))[:count, 0]
+        for row in rows.tolist():
+            (root / name).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(images[row].permute(1, 2, 0).numpy()).save(root / name / f"{row}.png")
+    return root
+
+
+def test_eval_on_a_folder_scores_all_of_it_matching_classes_by_name(tmp_path, capsys):
+    from blitz.api import Run
+
+    out = tmp_path / "run"
+    assert blitz(capsys, *TINY, "--data", "shapes:100", "--max-steps", "2", "--out", out)[0] == 0
+    # some of the run's classes, in another order (a folder's are sorted by name), flat
+    counts = {"triangle": 4, "circle": 3, "square": 2, "cross": 5}
+    folder = _shapes_of(tmp_path / "some", counts)
+    status, shown = blitz(capsys, "eval", out, "--data", folder)
+    assert status == 0, shown.err
+    assert "all its 14 images are the test set" in shown.out
+    assert "on the 14 test images" in shown.out
+    per_class = Run(out).evaluate(data=folder, quiet=True)["per_class"]
+    assert {name: per_class[name]["support"] for name in counts} == counts
+    assert per_class["ring"]["support"] == 0
+    write_folder(folder, {"star/0.png": png_bytes((9, 9, 9))})
+    status, shown = blitz(capsys, "eval", out, "--data", folder)
+    assert status == 2 and "1 class the run was not trained on ('star')" in shown.err
+
+
+def test_copies_of_training_images_in_the_test_set_are_warned_about_and_recorded(tmp_path, capsys):
+    files = folder_files()  # its test/ is a copy of its train/
+    files["test/apple/new.png"] = png_bytes((1, 2, 3))
+    out = tmp_path / "run"
+    args = ["--data", write_folder(tmp_path / "copied", files), "--max-steps", "1", "--out", out]
+    status, shown = blitz(capsys, *TINY, *args)
+    assert status == 0
+    warning = "warning: 12 of the 13 test images are copies of training images"
+    assert warning in shown.err and "test/apple/0_0.png is train/apple/0_0.png" in shown.err
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["copies"] == {"test": 12}
+    assert metrics["copy_example"] == ["test/apple/0_0.png", "train/apple/0_0.png"]

@@ -108,6 +108,27 @@ def test_foreign_and_damaged_checkpoints_are_refused(tmp_path):
     assert "training.train_state.epoch" in epoch
 
 
+def _nan_weight(ckpt):
+    next(iter(ckpt.state_dict.values())).view(-1)[0] = torch.nan
+
+
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        (_nan_weight, "holds NaN or infinite values"),
+        (lambda ckpt: setattr(ckpt.model, "std", (0.5, 0.0, 0.5)), "model.std"),
+        (lambda ckpt: setattr(ckpt.model, "mean", (0.5, torch.inf, 0.5)), "model.mean"),
+    ],
+    ids=["nan-weight", "zero-std", "infinite-mean"],
+)
+def test_a_checkpoint_of_broken_numbers_with_a_valid_checksum_is_refused(tmp_path, change, problem):
+    ckpt = _checkpoint()
+    change(ckpt)
+    save_checkpoint(tmp_path / "model.pt", ckpt)  # blitz's own writer: the checksum is right
+    with pytest.raises(BlitzError, match=f"not a usable blitz checkpoint .*{problem}"):
+        RunDir(tmp_path).load_model()
+
+
 def test_a_held_run_directory_is_refused_to_a_second_writer(tmp_path):
     out = tmp_path / "run"
     with RunDir(out).lock():
@@ -193,3 +214,13 @@ def test_every_command_reads_a_run_directory_of_the_previous_format(
     (out / "metrics.json").unlink()  # as if killed after its last checkpoint
     resumed = run_blitz("train", "--resume", out, cache=cache, check=False)
     assert resumed.returncode == 0, resumed.stderr
+
+
+def test_a_sets_file_listing_an_image_twice_is_refused_naming_the_line(tmp_path):
+    run_dir = RunDir(tmp_path)
+    run_dir.write_sets({"train": [("a.png", "apple")], "test": [("b.png", "banana")] * 2})
+    with pytest.raises(BlitzError, match=r"sets.csv .*line 4 lists image 'b.png' again.*line 3"):
+        run_dir.read_sets()
+    run_dir.write_sets({"train": [("a.png", "apple")], "test": [("a.png", "apple")]})
+    with pytest.raises(BlitzError, match="line 3 lists image 'a.png' again"):
+        run_dir.read_sets()

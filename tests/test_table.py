@@ -155,6 +155,13 @@ SPLIT = [f"{row},train" for row in ROWS]
         (["path,label", *ROWS, "img/../../x.png,apple"], "line 8: .* leads out of the table"),
         (["path,label", *ROWS, "img,apple"], r"lists 1 file that .*'img' \(line 8, not a regular"),
         (["path,label", 'img/x.png,"apple', *ROWS], "line 2: cannot be read"),
+        (
+            ["path,label", *ROWS, 'img/x.png,"apple, banana"'],
+            r"line 8: the label 'apple, banana' lists several classes \('apple', 'banana'\).*"
+            "multi-label tables .* are not supported yet",
+        ),  # fmt: skip
+        (["path,label", *ROWS[:3], "img/x.png,cherry|apple", *ROWS[3:]], "line 5: the label"),
+        (["path,label", *(f"{row};{row[-1]}" for row in ROWS)], "line 2: the label 'apple;e'"),
         (["path,label", 'img/x.png,"apple"s', *ROWS], "line 2: cannot be read"),
     ],
 )
@@ -162,6 +169,13 @@ def test_a_bad_table_is_refused_naming_the_table_and_line(tmp_path, lines, messa
     images(tmp_path, per_class=2)
     with pytest.raises(BlitzError, match=message):
         load(table(tmp_path, lines))
+
+
+def test_a_class_name_with_a_comma_is_still_one_class(tmp_path):
+    images(tmp_path, per_class=2)
+    lines = [row.replace(",cherry", ',"cherry, ripe"') for row in ROWS]
+    data = load_source(DataConfig(source=str(table(tmp_path, ["path,label", *lines]))), print)
+    assert data.classes == ["apple", "banana", "cherry, ripe"]
 
 
 def test_a_listed_image_that_cannot_be_decoded_is_named_or_skipped(tmp_path):

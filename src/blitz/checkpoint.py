@@ -51,6 +51,9 @@ class ModelFacts:
         check_range("model.in_channels", self.in_channels, 1, MAX_CHANNELS)
         check_range("model.image_size", self.image_size, 8, MAX_IMAGE_SIZE)
         check_value(bool(self.classes), "model.classes", self.classes, "at least one class")
+        # check_types refuses a NaN or infinite mean or std; a 0 would divide every pixel by it
+        positive = all(s > 0 for s in self.std)
+        check_value(positive, "model.std", list(self.std), "numbers > 0")
 
     @property
     def image_mode(self) -> str:
@@ -148,6 +151,7 @@ class Checkpoint:
                     raise UnusableFile(f"its training state lacks {missing}")
                 training = Training(**training)
             facts = ModelFacts(**raw["model"])
+            _check_finite(raw["state_dict"])
             return cls(facts, dict(raw["config"]), dict(raw["state_dict"]), training)
         except (BlitzError, KeyError, TypeError, AttributeError, ValueError) as exc:
             why = exc if isinstance(exc, BlitzError) else f"{type(exc).__name__} {exc}"
@@ -155,6 +159,15 @@ class Checkpoint:
                 f"{path} is not a usable blitz checkpoint ({why}): pass a run directory "
                 "written by blitz train, or train again"
             ) from None
+
+
+def _check_finite(state_dict: dict[str, Any]) -> None:
+    # a run that diverged saves NaN weights with a valid checksum: they would predict "nan %"
+    # and score an accuracy without a word, so they are refused where every checkpoint is read
+    for name, tensor in state_dict.items():
+        if tensor.is_floating_point() and not tensor.isfinite().all():
+            raise UnusableFile(f"its weight {name!r} holds NaN or infinite values: the run "
+                               "that wrote it diverged (try a lower --lr)")  # fmt: skip
 
 
 def _upgrade(raw: Any) -> dict[str, Any]:

@@ -5,6 +5,7 @@ callers see either one as an ``AnySplit``. The sources that make datasets are in
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -134,6 +135,24 @@ def check_two_classes(name: str, classes: list[str]) -> None:
             f"{name} has a single class ({', '.join(classes)}): a classifier needs at least "
             "two classes (one folder of images per class)"
         )
+
+
+def similar_classes_note(classes: list[str]) -> str | None:
+    """A note naming classes whose names differ only in case, spacing, ``_``/``-`` or other
+    punctuation (folders ``cat/`` and ``Cat/``): blitz keeps them apart, as written."""
+    alike: dict[str, list[str]] = {}
+    for name in classes:
+        if folded := re.sub(r"[\W_]+", "", name).casefold():
+            alike.setdefault(folded, []).append(name)
+    groups = [" and ".join(map(repr, names)) for names in alike.values() if len(names) > 1]
+    if not groups:
+        return None
+    more = f" (and {len(groups) - 3} more such groups)" if len(groups) > 3 else ""
+    return (
+        f"note: the classes {'; '.join(groups[:3])}{more} differ only in case, spacing, _/- or "
+        "punctuation: they are separate classes (folders or labels as written); merge them "
+        "if each is one class"
+    )
 
 
 def resize_splits(data: ImageData, size: int, log: Log | None = None) -> ImageData:

@@ -15,7 +15,7 @@ matplotlib.use("Agg")  # files only: no display needed
 
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+from matplotlib.ticker import LogFormatter, MaxNLocator  # noqa: E402
 from torchvision.utils import make_grid  # noqa: E402
 
 from blitz.outputs import write_atomic  # noqa: E402
@@ -182,6 +182,10 @@ def lr_find_png(lrs: list[float], losses: list[float], suggestion: float) -> byt
     ax.plot(lrs, losses)
     ax.axvline(suggestion, color="tab:red", linestyle="--", label=f"suggested lr {suggestion:.2g}")
     ax.set(xscale="log", xlabel="learning rate", ylabel="smoothed training loss")
+    # a log axis labels its ticks in mathtext ($\mathdefault{10^{-6}}$), which plain_text shows
+    # as written: plain labels (1e-06) instead, minor ticks too where the range is short
+    ax.xaxis.set_major_formatter(LogFormatter())
+    ax.xaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False))
     low = min(losses)  # the diverging tail would otherwise flatten the interesting part
     margin = 0.02 * abs(low) + 3 * (losses[0] - low)
     ax.set_ylim(low - 0.02 * abs(low), losses[0] + margin)

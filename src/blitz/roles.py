@@ -7,7 +7,7 @@ went to which set (``RunDir.sets``), so that eval, report and --resume use exact
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -82,6 +82,28 @@ def assign_roles(
         )
         data.test = data.val
     return data
+
+
+def as_test_set(data: ImageData, classes: list[str], log: Log) -> ImageData:
+    """Data handed to a trained run to score: its own test set (validation set) where it has
+    one, else all its images (a flat folder), its labels renumbered to the run's ``classes``
+    by name; it may hold only some of them, but none the run does not know."""
+    role = next(r for r in ("test", "val", "train") if getattr(data, r) is not None)
+    test = getattr(data, role)
+    if role == "train":
+        log(f"{data.name} has no test/ folder: all its {len(test)} images are the test set")
+    unknown = [name for name in data.classes if name not in classes]
+    if unknown:
+        raise BlitzError(
+            f"{data.name} has {len(unknown)} class{'es' * (len(unknown) > 1)} the run was not "
+            f"trained on ({', '.join(map(repr, unknown[:5]))}): score it on images of the "
+            "run's own classes only"
+        )
+    # a folder's classes are sorted by name, a built-in set's are not: match them by name
+    renumber = torch.tensor([classes.index(name) for name in data.classes], dtype=torch.long)
+    test = replace(test, labels=renumber[test.labels.cpu()])
+    # only the test set is used; it stands in for the training set an ImageData must have
+    return ImageData(data.name, classes, test, test, test_is_val=role == "val")
 
 
 def _split_off(data: ImageData, split: Fractions, seed: int, log: Log) -> ImageData:

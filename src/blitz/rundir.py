@@ -79,6 +79,9 @@ class Metrics:
     test_set: str = "test"  # the set the figures above are on: "test", or "val" if none
     class_counts: dict[str, list[int]] = field(default_factory=dict)  # per set, per class
     split: dict[str, float] | None = None  # what was split off the training images, and how
+    # val and test images that are copies of training images, and one [copy, original] pair
+    copies: dict[str, int] = field(default_factory=dict)
+    copy_example: list[str] = field(default_factory=list)
     validation: dict[str, Any] = field(default_factory=dict)  # its accuracy and the views above
     kept_epoch: int | None = None  # with train.patience: the epoch whose weights are the model
     format: int = METRICS_FORMAT
@@ -97,7 +100,8 @@ class Metrics:
 
     def _check_sets(self, k: int) -> None:
         """The sets' records (a run directory may come from anyone: its report shows them)."""
-        _require(set(self.sets) | set(self.class_counts) <= set(ROLES), "it names unknown sets")
+        named = set(self.sets) | set(self.class_counts) | set(self.copies)
+        _require(named <= set(ROLES), "it names unknown sets")
         _require(self.test_set in ("test", "val"), "its test_set is not test or val")
         _require(all(map(is_number, self.sets.values())), "its set sizes are not numbers")
         _require(
@@ -257,17 +261,13 @@ class RunDir:
         problem = f"{self.sets} cannot be used: it was changed by hand or not written by blitz"
         try:
             data = read_regular(self.sets, MAX_SETS_BYTES, follow=False)
-            rows = list(csv.reader(io.StringIO(data.decode("utf-8", NAME_BYTES), newline="")))
+            reader = csv.reader(io.StringIO(data.decode("utf-8", NAME_BYTES), newline=""))
+            rows = [(reader.line_num, row) for row in reader]
         except (OSError, csv.Error) as exc:
             raise BlitzError(f"{problem} ({exc})") from None
-        if not rows or rows[0] != list(SETS_HEADER):
+        if not rows or rows[0][1] != list(SETS_HEADER):
             raise BlitzError(f"{problem} (its first row is not {','.join(SETS_HEADER)})")
-        sets: Assignment = {}
-        for row in rows[1:]:
-            if len(row) != 3 or row[0] not in ROLES:
-                raise BlitzError(f"{problem} (a row is not set,class,image: {row[:3]})")
-            sets.setdefault(row[0], []).append((row[2], row[1]))
-        return sets
+        return _assignment(rows[1:], problem)
 
     def write_metrics(self, metrics: Metrics) -> None:
         """Written last: its presence marks the run finished."""
@@ -323,3 +323,21 @@ class RunDir:
         if ckpt.training is None:
             raise BlitzError(f"{self.last} holds weights only, not a training state to resume")
         return ckpt
+
+
+def _assignment(rows: list[tuple[int, list[str]]], problem: str) -> Assignment:
+    """``sets.csv``'s (line, row) pairs as the sets; a row of another shape or an image listed
+    twice (it would be scored twice, or be in two sets) is a BlitzError opening with ``problem``."""
+    sets: Assignment = {}
+    first_line: dict[str, int] = {}  # image -> the line that lists it
+    for line, row in rows:
+        if len(row) != 3 or row[0] not in ROLES:
+            raise BlitzError(f"{problem} (a row is not set,class,image: {row[:3]})")
+        if row[2] in first_line:
+            raise BlitzError(
+                f"{problem} (line {line} lists image {row[2]!r} again, as line "
+                f"{first_line[row[2]]} does): delete the repeated line"
+            )
+        first_line[row[2]] = line
+        sets.setdefault(row[0], []).append((row[2], row[1]))
+    return sets

@@ -19,7 +19,7 @@ from blitz.checkpoint import Checkpoint
 from blitz.compiling import use_compile_cache
 from blitz.config import Config
 from blitz.context import Log, RunContext, silent
-from blitz.counts import class_counts, format_counts, imbalance_note
+from blitz.counts import class_counts, copies_note, find_copies, format_counts, imbalance_note
 from blitz.data import ImageData
 from blitz.devices import device_name, fit_to_device, resolve_device
 from blitz.distributed import barrier, check_batch_size, init_world, local_device
@@ -53,7 +53,7 @@ from blitz.resume import Checkpointer, choose_kernels
 from blitz.roles import Assignment, record
 from blitz.rundir import Metrics, RunDir
 from blitz.signals import stop_on_signals
-from blitz.sources import load_data
+from blitz.sources import load_data, load_test_data
 from blitz.warmstart import warm_start
 
 if TYPE_CHECKING:
@@ -218,6 +218,7 @@ def _metrics(
         sets={role: len(split) for role, split in data.sets().items()},
         test_set="val" if data.test_is_val else "test",
         class_counts=class_counts(data),
+        **find_copies(data)._asdict(),
         split=data.split,
         kept_epoch=state.best_epoch if state.best_weights is not None else None,
         train_seconds=round(state.train_seconds, 3),
@@ -320,6 +321,9 @@ def _describe(ctx: RunContext, data: ImageData) -> None:
     ctx.log(format_counts(data.classes, counts))
     if note := imbalance_note(data.classes, counts["train"], cfg):
         ctx.log(note)
+    sizes = {role: len(split) for role, split in data.sets().items()}
+    if note := copies_note(find_copies(data), sizes):  # said even under --quiet
+        print(f"blitz: {note}", file=sys.stderr)
     per_epoch = steps_per_epoch(cfg, len(data.train))
     steps = planned_steps(cfg, len(data.train))
     if steps < cfg.train.epochs * per_epoch:  # say why "epoch 1/3" will end early
@@ -382,9 +386,11 @@ def eval_run(run_dir: RunDir, source: str | None, log: Log) -> Evaluation:
 def _load_run(run_dir: RunDir, source: str | None, log: Log) -> tuple[Config, nn.Module, ImageData]:
     ckpt = run_dir.load_model()
     cfg = ckpt.cfg
-    recorded = run_dir.read_sets() if source is None else None  # the run's own split
-    data = load_data(replace(cfg.data, source=source or cfg.data.source), log, recorded)
-    check_classes(data, ckpt, run_dir)
+    if source is None:  # the run's own split
+        data = load_data(cfg.data, log, run_dir.read_sets())
+        check_classes(data, ckpt, run_dir)
+    else:
+        data = load_test_data(replace(cfg.data, source=source), ckpt.model.classes, log)
     device = resolve_device(cfg.train.device)
     return cfg, ckpt.build_model().to(device, memory_format=_memory_format(cfg)), data
 

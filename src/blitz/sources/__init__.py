@@ -9,8 +9,8 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 from blitz.config import DataConfig
-from blitz.data import ImageData, Log, check_two_classes
-from blitz.roles import Assignment, assign_roles
+from blitz.data import ImageData, Log, check_two_classes, similar_classes_note
+from blitz.roles import Assignment, as_test_set, assign_roles
 
 Loader = Callable[[str, DataConfig, Log], ImageData]  # load(argument, settings, log)
 PATH = "PATH"  # the source of every spec that names no other (a folder may be called anything)
@@ -58,7 +58,15 @@ def load_data(
     cfg = DataConfig(source=cfg) if isinstance(cfg, str) else cfg
     data = load_source(cfg, log)
     check_two_classes(data.name, data.classes)
+    if note := similar_classes_note(data.classes):
+        log(note)
     return assign_roles(data, cfg, log, recorded)
+
+
+def load_test_data(cfg: DataConfig, classes: list[str], log: Log = print) -> ImageData:
+    """``data.source`` as a test set for a model trained on ``classes`` (``roles.as_test_set``):
+    its own test set, or all of it."""
+    return as_test_set(load_source(cfg, log), classes, log)
 
 
 def load_source(cfg: DataConfig, log: Log) -> ImageData:

@@ -13,6 +13,7 @@ import hashlib
 import io
 import os
 import posixpath
+import re
 import stat
 from collections.abc import Iterator
 from pathlib import Path, PureWindowsPath
@@ -32,6 +33,7 @@ COLUMNS = {  # column -> the header names (any case) that name it
     "split": ("split", "set"),
 }
 NAMED = 10  # missing files named in one error
+LIST_SEPARATORS = re.compile(r"\s*[,;|]\s*")  # how a table lists several labels in one cell
 
 
 class Row(NamedTuple):
@@ -60,6 +62,7 @@ def read_table(path: Path) -> Table:
     file inside the table's folder (a BlitzError naming the table and line otherwise)."""
     rows = _parse(path, _read_text(path))
     _check_unique(rows, path)
+    _check_one_label_each(rows, path)
     layout = _layout(rows, path)
     digest = hashlib.sha1()
     for row, stamp in zip(rows, _check_files(rows, path)):
@@ -228,6 +231,26 @@ def _check_unique(rows: list[Row], path: Path) -> None:
                 "does): keep one row per image"
             )
         first[row.file] = row.line
+
+
+def _check_one_label_each(rows: list[Row], path: Path) -> None:
+    """A label that lists several (``8,9``, ``cat;dog``) is refused: multi-label tables are
+    not supported yet. It is a list when its parts are all labels of other rows, or when most
+    labels are lists; so a class name with a comma ("Washington, D.C.") still works."""
+    labels = {row.label for row in rows}
+    parts = {row.label: LIST_SEPARATORS.split(row.label) for row in rows}
+    lists = [row for row in rows if len(parts[row.label]) > 1 and all(parts[row.label])]
+    found = [row for row in lists if set(parts[row.label]) <= labels]
+    if 2 * len(lists) > len(rows):
+        found = lists
+    if found:
+        row = found[0]
+        raise BlitzError(
+            f"{path}, line {row.line}: the label {row.label!r} lists several classes "
+            f"({', '.join(map(repr, parts[row.label]))}), as {len(found)} row"
+            f"{'s' * (len(found) > 1)} do: multi-label tables (several classes per image) "
+            "are not supported yet; give each image one label"
+        )
 
 
 def _check_files(rows: list[Row], path: Path) -> list[str]:
