@@ -53,7 +53,7 @@ from blitz.resume import Checkpointer, choose_kernels
 from blitz.roles import Assignment, record
 from blitz.rundir import Metrics, RunDir
 from blitz.signals import stop_on_signals
-from blitz.sources import load_data
+from blitz.sources import load_data, recorded_spec
 from blitz.warmstart import warm_start
 
 if TYPE_CHECKING:
@@ -298,10 +298,12 @@ def _fit_to_data(ctx: RunContext, data: ImageData) -> None:
 
 
 def _record_start(ctx: RunContext, data: ImageData) -> None:
-    """The settings (``auto`` data as what it turned out to be, so that eval, report and
-    --resume load the same data) and the seed's look at the training images."""
+    """The settings (``auto`` data as what it turned out to be and a path as an absolute one,
+    so that eval, report, --resume and a replay from elsewhere load the same data) and the
+    seed's look at the training images."""
     if ctx.cfg.data.source == "auto":
         ctx.cfg.data.source = data.name
+    ctx.cfg.data.source = recorded_spec(ctx.cfg.data.source)
     ctx.dir.write_config(ctx.cfg)
     ctx.dir.write_sets(record(data))
     _show_training_images(data, ctx.dir, ctx.log)
