@@ -17,7 +17,7 @@ from torch import nn
 from blitz import __version__
 from blitz.checkpoint import Checkpoint
 from blitz.compiling import use_compile_cache
-from blitz.config import Config
+from blitz.config import HUB, Config
 from blitz.context import Log, RunContext, silent
 from blitz.counts import class_counts, format_counts, imbalance_note
 from blitz.data import ImageData
@@ -45,7 +45,7 @@ from blitz.evaluate import (
     per_class_accuracy,
 )
 from blitz.models import check_input_size, count_parameters, create_model
-from blitz.models.timm_models import load_pretrained
+from blitz.models.timm_models import fetch_hub_weights, load_pretrained
 from blitz.plots import save_image_grid
 from blitz.progress import Progress
 from blitz.report import write_report
@@ -85,6 +85,8 @@ def train_run(
     ctx = set_up(cfg, run_dir, log, quiet, started)
     if cfg.data.chosen:
         ctx.log(f"auto {cfg.data.chosen}")
+    if resume is None and cfg.model.pretrained == HUB:  # weights that cannot be had: say so
+        fetch_hub_weights(cfg.model.name)  # before minutes of decoding, not after them
     data = _load_data_once(ctx, run_dir.read_sets() if resume is not None else None)
     _check_validation(ctx.cfg, data)
     if resume is not None:
