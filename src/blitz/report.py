@@ -151,7 +151,7 @@ def _summary_rows(metrics: Metrics, config: dict[str, Any]) -> list[tuple[str, s
             "batch size, epochs, steps",
             f"{train.get('batch_size')}, {metrics.epochs}, {metrics.steps}",
         ),
-        *_early_stop(metrics),
+        *_kept(metrics),
         ("device, seed", f"{metrics.device}, {metrics.seed}"),
         (f"{_scored(metrics)} accuracy", f"{100 * metrics.test_accuracy:.2f} %"),
         (
@@ -163,11 +163,14 @@ def _summary_rows(metrics: Metrics, config: dict[str, Any]) -> list[tuple[str, s
     ]
 
 
-def _early_stop(metrics: Metrics) -> list[tuple[str, str]]:
-    """A row on early stopping (--patience), where it chose the final weights."""
-    if metrics.kept_epoch is None:
+def _kept(metrics: Metrics) -> list[tuple[str, str]]:
+    """A row on the epoch whose weights are the model (train.keep, early stopping)."""
+    if metrics.kept_epoch is None:  # a run written before it was recorded
         return []
-    return [("early stopping", f"weights of epoch {metrics.kept_epoch} (the best validation "
+    if metrics.kept == "last":
+        return [("final weights", f"the last epoch's ({metrics.kept_epoch} of {metrics.epochs})")]
+    # "best", or "" in a run written before: then only train.patience recorded the epoch
+    return [("final weights", f"weights of epoch {metrics.kept_epoch} (the best validation "
              f"accuracy) kept after {metrics.epochs} epochs")]  # fmt: skip
 
 

@@ -70,7 +70,10 @@ class Metrics:
     class_counts: dict[str, list[int]] = field(default_factory=dict)  # per set, per class
     split: dict[str, float] | None = None  # what was split off the training images, and how
     validation: dict[str, Any] = field(default_factory=dict)  # its accuracy and the views above
-    kept_epoch: int | None = None  # with train.patience: the epoch whose weights are the model
+    # the epoch whose weights model.pt holds, and which: "best" (validation accuracy) or "last"
+    # (train.keep, or no validation set); None and "" in runs written before
+    kept_epoch: int | None = None
+    kept: str = ""
     format: int = METRICS_FORMAT
 
     def __post_init__(self) -> None:
