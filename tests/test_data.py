@@ -377,3 +377,36 @@ def test_normalize_maps_bytes_to_minus_one_one_like_the_seed():
     images = torch.tensor([0, 255, 51], dtype=torch.uint8).view(1, 3, 1, 1)
     out = normalize(images, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)).flatten().tolist()
     assert out == pytest.approx([-1.0, 1.0, 51 / 255 * 2 - 1])
+
+
+def test_an_archive_of_many_members_shows_progress_listing_decoding_and_extracting(
+    tmp_path, monkeypatch, capsys
+):
+    from tqdm import tqdm
+
+    from blitz import data as data_module
+    from blitz.context import silent
+    from conftest import png_bytes
+
+    shown = []
+
+    def on_a_terminal(*args, disable=None, **kwargs):  # capsys is no terminal: draw it anyway
+        shown.append((args[1], disable))
+        return tqdm(*args, disable=disable or False, mininterval=0, **kwargs)
+
+    monkeypatch.setattr(data_module, "tqdm", on_a_terminal)
+    tiny = [png_bytes((200, 30, 30), size=4), png_bytes((30, 30, 200), size=4)]
+    files = {f"train/c{i % 2}/{i:04d}.png": tiny[i % 2] for i in range(2000)}
+    files |= {f"test/c{i % 2}/{i:04d}.png": tiny[i % 2] for i in range(10)}
+    archive = write_tar(tmp_path / "many.tar.gz", files)
+    load_data(DataConfig(source=str(archive), image_size=8), log=lambda m: None)
+    err = capsys.readouterr().err
+    assert "listing many.tar.gz: " in err and "2010 files" in err
+    assert "decoding many.tar.gz: 100%" in err and "2010/2010" in err
+    load_data(DataConfig(source=str(archive), image_size=8, max_memory="0"), log=lambda m: None)
+    assert "extracting many.tar.gz: 100%" in capsys.readouterr().err
+    shown.clear()
+    (tmp_path / "cache").rename(tmp_path / "old")  # decode it all again, quietly
+    load_data(DataConfig(source=str(archive), image_size=8), log=silent)
+    assert shown and all(disable is True for _, disable in shown)  # --quiet: no bar
+    assert capsys.readouterr().err == ""

@@ -26,7 +26,7 @@ from blitz.errors import BlitzError
 from blitz.evaluate import evaluate
 from blitz.images import decode_image
 from blitz.models import create_model
-from blitz.models.timm_models import load_pretrained
+from blitz.models.timm_models import fetch_hub_weights, load_pretrained
 from blitz.optim import build_optimizers
 from blitz.preprocess import normalize
 from blitz.progress import Progress
@@ -414,6 +414,44 @@ def test_pretrained_with_no_file_offline_stops_with_one_paragraph(tmp_path, caps
     assert err.startswith("blitz: error: cannot fetch timm's pretrained weights for resnet10t")
     assert "--pretrained FILE" in err and err.count("\n") == 1 and "Traceback" not in err
     assert not out.exists()  # a run that never started leaves no directory
+
+
+def test_the_finetune_preset_without_weights_stops_before_decoding_and_says_how_to_go_on(
+    tmp_path, capsys, cache
+):
+    folder = write_folder(tmp_path / "fruit", folder_files())
+    train = ["train", "--preset", "finetune", "--model", RESNET, "--data", folder,
+             "--image-size", 32, "--max-steps", 1, "--quiet"]  # fmt: skip
+    status, out, err = blitz_in_process(capsys, *train, "--out", tmp_path / "a")
+    assert status == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith("blitz: error: cannot fetch timm's pretrained weights for resnet10t")
+    assert err.rstrip().endswith('train from random weights instead: --set model.pretrained=""')
+    assert "without --pretrained" not in err  # the preset asked for them, not the user
+    assert not (cache / "decoded").exists() and not (tmp_path / "a").exists()  # nothing decoded
+    status, _, err = blitz_in_process(capsys, *train, "--set", "model.pretrained=", "--out",
+                                      tmp_path / "b")  # fmt: skip
+    assert status == 0, err  # the way out it names works
+
+
+def test_huggingface_hubs_retry_lines_stay_out_of_the_terminal(monkeypatch, capfd, caplog):
+    import logging
+
+    import timm
+
+    def offline(*args, **kwargs):
+        hub = logging.getLogger("huggingface_hub.utils._http")
+        for attempt in range(1, 6):  # what huggingface_hub logs while it retries
+            hub.warning("'[Errno -2] Name or service not known' thrown while requesting HEAD")
+            hub.warning(f"Retrying in {2**attempt}s [Retry {attempt}/5].")
+        raise OSError("cannot reach the Hub")
+
+    monkeypatch.setattr(timm, "create_model", offline)
+    level = logging.getLogger("huggingface_hub").level
+    with pytest.raises(BlitzError, match="cannot fetch timm's pretrained weights"):
+        fetch_hub_weights("timm:resnet18")
+    assert capfd.readouterr().err == ""
+    assert not [r for r in caplog.records if r.name.startswith("huggingface_hub")]
+    assert logging.getLogger("huggingface_hub").level == level  # put back afterwards
 
 
 # -- the finetune preset ----------------------------------------------------------------------

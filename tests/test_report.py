@@ -2,6 +2,7 @@
 
 import base64
 import csv
+import io
 import json
 import re
 import sys
@@ -9,6 +10,7 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from blitz.config import build_config
 from blitz.data import Split
@@ -105,13 +107,13 @@ def _many_class_report(tmp_path, k: int) -> str:
 
 def test_report_at_100_classes_scrolls_instead_of_shrinking(tmp_path):
     page = _many_class_report(tmp_path, 100)
-    assert page.count("<div class='scroll'>") == 2 and len(_images(page)) == 4
+    assert page.count("<div class='scroll'>") == 2 and len(_images(page)) == 3
 
 
 def test_report_at_2000_classes_stays_bounded(tmp_path):
     page = _many_class_report(tmp_path, 2000)
     figures = _images(page)
-    assert len(figures) == 3  # curves, the 100 worst classes' bars, worst errors: no matrix
+    assert len(figures) == 2  # curves, the 100 worst classes' bars: no matrix
     assert "2000 x 2000 confusion matrix is left out" in page
     assert max(map(len, figures)) < 2_000_000
 
@@ -135,6 +137,11 @@ def runs(tmp_path_factory):
 
 
 def _images(page: str) -> list[bytes]:
+    """The report's figures (the gallery of worst errors, one image per thumbnail, aside)."""
+    return _pngs(re.sub(r"<figure>.*?</figure>", "", page))
+
+
+def _pngs(page: str) -> list[bytes]:
     return [
         base64.b64decode(m) for m in re.findall(r"data:image/png;base64,([A-Za-z0-9+/=]+)", page)
     ]
@@ -153,7 +160,7 @@ def test_train_writes_a_self_contained_report(runs):
     ):
         assert heading in page, heading
     images = _images(page)
-    assert len(images) == 6 and all(png[:4] == b"\x89PNG" for png in images)
+    assert len(images) == 5 and all(png[:4] == b"\x89PNG" for png in images)
     assert "http://" not in page and "https://" not in page and "<link" not in page
     metrics = json.loads((runs / "a" / "metrics.json").read_text())
     assert all("lr" in h and "train_accuracy" in h for h in metrics["history"])
@@ -168,7 +175,7 @@ def test_report_is_rebuilt_from_the_run_directory(runs, monkeypatch):
     path = runs / "a" / "report.html"
     path.unlink()
     assert rebuild_report(RunDir(runs / "a"), log=lambda m: None) == path
-    assert len(_images(path.read_text())) == 6
+    assert len(_images(path.read_text())) == 5
 
 
 def test_comparison_page_shows_differences(runs, tmp_path):
@@ -228,6 +235,30 @@ def test_report_shows_the_summary_figures_and_escapes_class_names(tmp_path):
     table = _section_between(page, "<h3>Per class</h3>", "<h3>Most-confused pairs</h3>")
     assert table.count("<tr>") == 1 + 8
     assert "<th>precision</th><th>recall</th><th>F1</th><th>support</th>" in table
+
+
+def test_each_worst_error_shows_its_file_name_escaped_under_its_thumbnail(tmp_path):
+    classes = ["cat", "dog"]
+    labels = torch.tensor([0, 0, 1, 1])
+    logits = torch.tensor([[2.0, 0.0], [0.0, 3.0], [1.0, 0.0], [0.0, 1.0]])  # rows 1, 2 wrong
+    result = score(logits, labels, 2)
+    metrics = Metrics(
+        test_accuracy=result.accuracy, classes=classes, confusion_matrix=result.matrix.tolist(),
+        per_class_accuracy={}, history=[{"epoch": 1, "train_loss": 1.0}],
+    )  # fmt: skip
+    files = ["test/cat/a.png", "test/cat/<img src=x onerror=alert(1)>.png", "test/dog/c d.png",
+             "test/dog/e.png"]  # fmt: skip
+    images = torch.arange(4, dtype=torch.uint8).view(4, 1, 1, 1).expand(4, 3, 8, 8).contiguous()
+    page = write_report(RunDir(tmp_path), metrics, Split(images, labels, files), result)
+    text = page.read_text()
+    gallery = text[text.index("<h2>Worst errors</h2>") :].split("</section>")[0]
+    figures = re.findall(r"<figure>(.*?)</figure>", gallery)
+    assert len(figures) == 2 and "<img src=x" not in gallery
+    worst, second = figures  # the highest loss first: row 1 (3.0 against), then row 2
+    assert "cat → dog 95%<br><code>test/cat/&lt;img src=x onerror=alert(1)&gt;.png</code>" in worst
+    assert "dog → cat 73%<br><code>test/dog/c d.png</code>" in second
+    thumbnail = Image.open(io.BytesIO(_pngs(worst)[0]))
+    assert thumbnail.size == (8, 8) and thumbnail.getpixel((0, 0)) == (1, 1, 1)  # row 1, as is
 
 
 def test_a_run_records_shows_and_reports_every_figure(runs, monkeypatch):

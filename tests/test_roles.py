@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from blitz import cli
+from blitz.checkpoint import load_checkpoint
 from blitz.config import DataConfig, build_config
 from blitz.counts import balanced_weights, imbalance_note
 from blitz.distributed import SINGLE, World, epoch_batches
@@ -199,6 +200,31 @@ def test_early_stopping_keeps_the_best_epoch_and_survives_a_kill(tmp_path):
         "weights of epoch 1 (the best validation accuracy) kept"
         in (alone / "report.html").read_text()
     )
+
+
+@pytest.mark.parametrize("keep", ["best", "last"])
+def test_a_run_with_a_validation_set_keeps_its_best_epoch_unless_told_and_says_which(
+    tmp_path, capsys, keep
+):
+    out = tmp_path / "run"
+    status = cli.main([
+        "train", "--preset", "seed", "--data", "shapes:200", "--val-fraction", "0.2",
+        "--epochs", "4", "--batch-size", "16", "--lr", "0.1", "--quiet", "--out", str(out),
+        "--set", f"train.keep={keep}",
+    ])  # fmt: skip
+    summary = capsys.readouterr().out.splitlines()[-1]
+    assert status == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    accuracies = [h["val_accuracy"] for h in metrics["history"]]
+    best = accuracies.index(max(accuracies)) + 1
+    assert best < 4  # this run's best validation epoch is not its last (no --patience here)
+    kept, named = (best, "best validation") if keep == "best" else (4, "last")
+    assert (metrics["kept"], metrics["kept_epoch"]) == (keep, kept)
+    assert f"| weights of epoch {kept} of 4 ({named}) |" in summary
+    final = load_checkpoint(out / "model.pt").state_dict
+    at_best = load_checkpoint(out / "best.pt").state_dict
+    same = all(torch.equal(final[k], at_best[k]) for k in final)
+    assert same == (keep == "best")  # model.pt, and so the test score and predict
 
 
 def test_balanced_sampler_draws_every_class_alike_and_deals_like_one_process():

@@ -147,6 +147,16 @@ def test_refused_runs_leave_nothing_behind_and_name_a_file_out(tmp_path):
     assert result.returncode == 2 and "is a file, not a folder" in result.stderr
 
 
+def test_a_refused_run_leaves_no_runs_folder_or_nested_out_behind(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mine").mkdir()  # a folder that was there before stays
+    for out in ([], ["--out", "deep/er/run"], ["--out", "mine/run"]):
+        status = cli.main(["train", "--data", "nope", "--quiet", *out])
+        assert status == 2 and "data path 'nope' does not exist" in capsys.readouterr().err
+        assert [p.name for p in tmp_path.iterdir()] == ["mine"], out
+    assert not any((tmp_path / "mine").iterdir())
+
+
 def test_a_single_class_is_refused(tmp_path):
     files = {k: v for k, v in folder_files().items() if "/apple/" in k}
     result = run_blitz("train", "--data", write_folder(tmp_path / "one", files), "--out",

@@ -2,6 +2,7 @@
 exactly, and command-line options over either; every preset printed in full reads back."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -11,6 +12,7 @@ from blitz.config import build_config, list_presets, read_settings_file
 from blitz.errors import BlitzError
 from blitz.rundir import RunDir
 from blitz.tracking import read_record
+from conftest import folder_files, write_folder
 
 
 def blitz(capsys, *args):
@@ -59,6 +61,25 @@ def test_a_run_replayed_from_its_config_json_ends_with_the_same_metrics(tmp_path
     assert a == b and a["preset"] == "seed"
     config = json.loads((second / "config.json").read_text())
     assert config == json.loads((first / "config.json").read_text())
+
+
+def test_a_run_records_its_data_path_absolute_so_it_replays_from_elsewhere(
+    tmp_path, monkeypatch, capsys
+):
+    write_folder(tmp_path / "fruit", folder_files())
+    monkeypatch.chdir(tmp_path)
+    status, _ = blitz(capsys, "train", "--data", "fruit", "--max-steps", 1, "--quiet", "--out", "a")
+    assert status == 0
+    saved = json.loads((tmp_path / "a" / "config.json").read_text())["data"]["source"]
+    assert saved == str(tmp_path.resolve() / "fruit")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    status, _ = blitz(capsys, "train", "--config", "../a/config.json", "--quiet", "--out", "b")
+    assert status == 0 and (tmp_path / "elsewhere" / "b" / "metrics.json").exists()
+    status, _ = blitz(capsys, "train", "--data", "shapes:100", "--max-steps", 1, "--quiet",
+                      "--out", "c")  # fmt: skip
+    assert status == 0  # a source's name is kept as it is, not taken for a path
+    assert json.loads(Path("c/config.json").read_text())["data"]["source"] == "shapes:100"
 
 
 @pytest.mark.parametrize(

@@ -159,8 +159,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         "--patience",
         type=int,
         metavar="N",
-        help="stop after N epochs without a better validation accuracy, keeping the best "
-        "epoch's weights (needs a validation set)",
+        help="stop after N epochs without a better validation accuracy (needs a validation "
+        "set); the run keeps the best epoch's weights, as every run with one does "
+        "(--set train.keep=last: the last epoch's)",
     )
     p.add_argument(
         "--init",
@@ -299,8 +300,10 @@ def cmd_train(args: argparse.Namespace, started: float, argv: list[str]) -> None
     if metrics is None:  # not the first process: it prints nothing
         return
     scored = "validation" if metrics.test_set == "val" else "test"
+    kept = "best validation" if metrics.kept == "best" else "last"
     print(
         f"{scored} accuracy {100 * metrics.test_accuracy:.2f} %"
+        f" | weights of epoch {metrics.kept_epoch} of {metrics.epochs} ({kept})"
         f" | training {metrics.train_seconds:.1f} s | total {metrics.total_seconds:.1f} s"
         f" | run directory: {plan.run_dir}"
     )

@@ -36,6 +36,7 @@ AutoAugment = Literal["none", "trivial", "randaugment"]
 Precision = Literal["fp32", "bf16", "fp16", "auto"]
 Device = Literal["auto", "cpu", "cuda", "mps"]
 ClassWeights = Literal["none", "balanced"]
+Keep = Literal["best", "last"]
 Sampler = Literal["shuffle", "balanced"]
 OPTIMIZERS = get_args(Optimizer)
 LOSSES = get_args(Loss)
@@ -424,9 +425,12 @@ class TrainConfig:
     min_steps: int = 0
     log_every: int = 0  # 0: a progress bar; N: the seed's running-loss line every N steps
     eval_every_epoch: bool = True  # score the validation set after each epoch (if there is one)
-    # stop after this many epochs without a better validation accuracy, keeping the best
-    # epoch's weights (0: train all epochs)
+    # stop after this many epochs without a better validation accuracy (0: train all epochs)
     patience: int = 0
+    # the weights a run ends with (model.pt, the test score, predict) where it has a validation
+    # set: "best", the epoch with the best validation accuracy (Keras' restore_best_weights,
+    # Ultralytics' best.pt), or "last", the last epoch's; without one, the last epoch's
+    keep: Keep = "best"
     # "balanced": each epoch draws every class equally often (with replacement)
     sampler: Sampler = "shuffle"
     init: str = ""  # start from this finished run's (or blitz .pt file's) weights; "": the seed's

@@ -8,13 +8,9 @@ from dataclasses import dataclass
 import torch
 
 from blitz.config import Config
-from blitz.data import Log
+from blitz.data import Log, silent  # noqa: F401  (silent: re-exported, as before)
 from blitz.distributed import SINGLE, World
 from blitz.rundir import RunDir
-
-
-def silent(message: str) -> None:
-    """A log that prints nothing (processes other than the first, ``--quiet``)."""
 
 
 @dataclass(frozen=True)

@@ -6,17 +6,19 @@ callers see either one as an ``AnySplit``. The sources that make datasets are in
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import torch
+from tqdm import tqdm
 
 from blitz.errors import BlitzError
 from blitz.memory import format_size
 
 Log = Callable[[str], None]
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # rows, uint8 images, labels
+T = TypeVar("T")
 
 
 class AnySplit(Protocol):
@@ -126,6 +128,17 @@ class ImageData:
         """Where the images live while training: "in memory, 184 MB" or "streamed from disk"."""
         held = sum(split.nbytes for split in self.sets().values())
         return f"{self.train.storage}, {format_size(held)}" if held else self.train.storage
+
+
+def silent(message: str) -> None:
+    """A log that prints nothing (processes other than the first, ``--quiet``)."""
+
+
+def progress_bar(items: Iterable[T], what: str, log: Log, total: int | None = None) -> Iterable[T]:
+    """``items`` with a tqdm bar (count, rate, and ETA where ``total`` is known) on a terminal,
+    for the long passes over a dataset's files; none for a ``silent`` log (``--quiet``)."""
+    # disable=None: a bar on a terminal only, not in a log file
+    return tqdm(items, what, total, disable=True if log is silent else None, unit=" files")
 
 
 def check_two_classes(name: str, classes: list[str]) -> None:

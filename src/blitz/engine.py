@@ -70,7 +70,7 @@ class TrainState:
     history: list[dict] = field(default_factory=list)
     best_accuracy: float = -1.0  # the best per-epoch validation accuracy so far (for best.pt)
     best_epoch: int = 0  # when it was reached
-    best_weights: dict | None = None  # the tested weights then (kept with train.patience only)
+    best_weights: dict | None = None  # the tested weights then (with train.keep "best")
     augment: torch.Generator = field(default_factory=torch.Generator)  # on the training device
     epoch_loss: torch.Tensor = field(default_factory=lambda: torch.zeros(()))  # sums, on device
     epoch_correct: torch.Tensor = field(default_factory=lambda: torch.zeros(()))
@@ -215,8 +215,8 @@ def train(
     progress: Progress | None = None,
     hooks: TrainHooks | None = None,
 ) -> Loop:
-    """Train ``model`` on ``data.train`` (ending with the EMA weights, if any, or with
-    ``train.patience`` the best epoch's); score ``data.val`` after each epoch.
+    """Train ``model`` on ``data.train`` (ending with the EMA weights, if any, and with
+    ``train.keep`` "best" the best validation epoch's); score ``data.val`` after each epoch.
 
     Returns the loop: its ``state`` says what happened, its ``eval_net`` tests the result."""
     cfg, device = ctx.cfg, ctx.device
@@ -241,8 +241,8 @@ def train(
         progress.close(failed=True)
         raise
     progress.close()
-    if state.best_weights is not None:
-        _restore_best(loop, ctx)
+    if state.history and "val_accuracy" in state.history[-1]:
+        _keep_weights(loop, ctx)
     if loop.ema:
         model.load_state_dict(loop.ema.module.state_dict())
     unflatten_filters(model)
@@ -277,7 +277,9 @@ def _patience_out(loop: Loop) -> bool:
     return bool(patience) and state.epoch - state.best_epoch >= patience
 
 
-def _restore_best(loop: Loop, ctx: RunContext) -> None:
+def _keep_weights(loop: Loop, ctx: RunContext) -> None:
+    """Say why training ended and which epoch's weights the run keeps (``train.keep``); with
+    "best", put the best validation epoch's back."""
     state = loop.state
     cut = state.epoch < loop.cfg.train.epochs and state.step < loop.total
     why = (
@@ -286,20 +288,23 @@ def _restore_best(loop: Loop, ctx: RunContext) -> None:
         if cut
         else "training done"
     )
+    if state.best_weights is None:  # train.keep "last"
+        ctx.log(f"{why}; keeping the weights of the last epoch ({state.epoch}; train.keep=last)")
+        return
     ctx.log(
         f"{why}; keeping the weights of epoch {state.best_epoch} (best validation accuracy "
-        f"{100 * state.best_accuracy:.2f} %)"
+        f"{100 * state.best_accuracy:.2f} %; --set train.keep=last keeps the last epoch's)"
     )
     loop.eval_net.load_state_dict(state.best_weights)
 
 
 def _note_best(loop: Loop, accuracy: float) -> None:
-    """Remember the best validation accuracy (and with ``train.patience``, its weights)."""
+    """Remember the best validation accuracy (and with ``train.keep`` "best", its weights)."""
     state = loop.state
     if accuracy <= state.best_accuracy:
         return
     state.best_accuracy, state.best_epoch = accuracy, state.epoch
-    if loop.cfg.train.patience:
+    if loop.cfg.train.keep == "best":
         weights = loop.eval_net.state_dict()
         state.best_weights = {k: v.detach().clone() for k, v in weights.items()}
 

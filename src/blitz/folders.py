@@ -18,12 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Literal, NamedTuple
 
-from blitz.data import check_two_classes
+from blitz.data import Log, check_two_classes, progress_bar, silent
 from blitz.errors import BlitzError, did_you_mean
 from blitz.files import NOFOLLOW, open_regular
 from blitz.images import IMAGE_EXTENSIONS, BadImage
 
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".zip")
+_TAR_INDEX: dict[tuple, list[tarfile.TarInfo]] = {}  # the last tar archive's headers, by stamp
 # a set's folder names (any case) -> its role
 SET_FOLDERS = {
     "train": "train",
@@ -90,14 +91,14 @@ def check_path(path: Path, sources: list[str], tables: tuple[str, ...] = ()) -> 
         )
 
 
-def list_files(path: Path) -> tuple[list[str], list[str]]:
+def list_files(path: Path, log: Log = silent) -> tuple[list[str], list[str]]:
     """Relative POSIX names of the images (and CIFAR batch files) of a folder or archive, and
     of everything else (folders end in "/"; links, devices and pipes are "everything else"),
-    without reading any file."""
+    without reading any file; an archive's listing shows progress (its headers are parsed)."""
     wanted: list[str] = []
     others: list[str] = []
     size = 0
-    for member in members(path):
+    for member in members(path, log):
         if member.kind == "file" and _is_wanted(member.name):
             wanted.append(member.name)
             size += member.size
@@ -160,13 +161,16 @@ def read_member(member: Member) -> bytes:
     return data
 
 
-def extract(archive: Path, into: Path, names: set[str], skip_bad: bool = False) -> None:
+def extract(
+    archive: Path, into: Path, names: set[str], skip_bad: bool = False, log: Log = silent
+) -> None:
     """Copy the named regular files of an archive into the folder ``into`` (made here, whole or
     not at all). Paths are built from the checked member names; no link, device or other
     special file is ever created, and the interpreter's extraction filters are not relied on.
     A member that cannot be read is an error naming it, or with ``skip_bad`` left out (the
     check of the streamed files then names and skips it)."""
     listed = {m.name: m for m in members(archive) if m.kind == "file" and m.name in names}
+    count = sum(1 for _ in members(archive))  # the headers are parsed once: counting is quick
     total = sum(m.size for m in listed.values())
     check_expansion(archive, total)
     into.parent.mkdir(parents=True, exist_ok=True)
@@ -180,7 +184,8 @@ def extract(archive: Path, into: Path, names: set[str], skip_bad: bool = False) 
         shutil.rmtree(stale, ignore_errors=True)  # (the caller holds the lock: none is live)
     tmp = into.with_name(into.name + f".tmp{os.getpid()}")
     try:
-        for member in members(archive):  # one pass: reading a .tar.gz out of order re-reads it
+        # one pass: reading a .tar.gz out of order re-reads it
+        for member in progress_bar(members(archive), f"extracting {archive.name}", log, count):
             if member.kind == "file" and listed.pop(member.name, None):
                 with contextlib.suppress(*((BadImage,) if skip_bad else ())):
                     _write_new(tmp.joinpath(*member.name.split("/")), member)
@@ -248,15 +253,16 @@ def _check_member(name: str, archive: Path) -> str:
     return name.rstrip("/")
 
 
-def members(path: Path) -> Iterator[Member]:
+def members(path: Path, log: Log = silent) -> Iterator[Member]:
     """The entries of a folder (links to files and folders followed, each folder once) or of
-    an archive (links never followed), sorted by name."""
+    an archive (links never followed), sorted by name; ``log``: where a tar archive's first
+    listing shows its progress."""
     if path.is_dir():
         yield from sorted(_folder_members(path), key=lambda m: m.name)
     elif path.name.lower().endswith(".zip"):
         yield from _zip_members(path)
     else:
-        yield from _tar_members(path)
+        yield from _tar_members(path, log)
 
 
 def _folder_members(root: Path) -> Iterator[Member]:
@@ -301,9 +307,9 @@ def _zip_members(path: Path) -> Iterator[Member]:
         raise BlitzError(f"cannot read archive {path}: {exc}") from None
 
 
-def _tar_members(path: Path) -> Iterator[Member]:
+def _tar_members(path: Path, log: Log) -> Iterator[Member]:
     try:
-        infos = _tar_index(path.resolve(), _stamp(path))
+        infos = _tar_index(path, log)
         with tarfile.open(path) as tar:
             for name, member in _last_of_each_name(infos, "name", path):
                 # links (hard or symbolic), devices and pipes are listed, never followed
@@ -319,13 +325,17 @@ def _last_of_each_name(entries: list, attr: str, archive: Path) -> Iterable[tupl
     return {_check_member(getattr(e, attr), archive): e for e in entries}.items()
 
 
-@functools.lru_cache(maxsize=1)
-def _tar_index(path: Path, stamp: tuple[int, ...]) -> list[tarfile.TarInfo]:
+def _tar_index(path: Path, log: Log) -> list[tarfile.TarInfo]:
     """A tar archive's headers, parsed once for its listing and its reading: parsing them is
-    most of the time a .tar.gz of small images takes to read (``stamp``: a changed archive is
-    parsed again)."""
-    with tarfile.open(path) as tar:
-        return tar.getmembers()
+    most of the time a .tar.gz of small images takes to list (100,000 members: seconds), so the
+    first parse shows progress. A changed archive is parsed again."""
+    key = (path.resolve(), *_stamp(path))
+    if key not in _TAR_INDEX:
+        with tarfile.open(path) as tar:
+            infos = list(progress_bar(tar, f"listing {path.name}", log))
+        _TAR_INDEX.clear()  # only the newest archive's: what its listing and reading share
+        _TAR_INDEX[key] = infos
+    return _TAR_INDEX[key]
 
 
 def _stamp(path: Path) -> tuple[int, ...]:

@@ -16,6 +16,7 @@ matplotlib.use("Agg")  # files only: no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.ticker import LogFormatter, MaxNLocator  # noqa: E402
+from PIL import Image  # noqa: E402
 from torchvision.utils import make_grid  # noqa: E402
 
 from blitz.outputs import write_atomic  # noqa: E402
@@ -67,6 +68,14 @@ def image_grid_png(images: torch.Tensor, captions: list[str], per_row: int = 8) 
             spine.set_visible(False)
     fig.tight_layout()
     return figure_png(fig)
+
+
+def image_png(image: torch.Tensor) -> bytes:
+    """One uint8 image (C, H, W), grey or RGB, as PNG bytes: its pixels, no figure around them."""
+    pixels = image.cpu().permute(1, 2, 0).numpy()  # (H, W, C)
+    buf = io.BytesIO()
+    Image.fromarray(pixels[:, :, 0] if pixels.shape[2] == 1 else pixels).save(buf, format="PNG")
+    return buf.getvalue()
 
 
 def save_image_grid(

@@ -32,7 +32,7 @@ from blitz.plots import (
     NUMBERS_UP_TO,
     confusion_png,
     curves_png,
-    image_grid_png,
+    image_png,
     overlay_png,
     per_class_png,
 )
@@ -57,6 +57,10 @@ img { max-width: 100%; } .scroll { overflow: auto; max-height: 900px; }
 .scroll img { max-width: none; } .row { display: flex; gap: 1.5rem; flex-wrap: wrap; }
 .row > div { flex: 1 1 420px; } .same { color: #999; } .diff { background: #fff6d6; }
 .note { color: #666; font-size: 0.9rem; }
+.gallery { display: flex; flex-wrap: wrap; gap: 0.6rem; }
+.gallery figure { margin: 0; width: 112px; }
+.gallery img { width: 112px; image-rendering: pixelated; }
+.gallery figcaption { font-size: 0.75rem; overflow-wrap: anywhere; }
 .warn { background: #fff0f0; border-left: 4px solid #c33; padding: 0.5rem 1rem; }
 """
 # Lets a headless browser prove that every embedded image decoded: it writes each image's
@@ -147,7 +151,7 @@ def _summary_rows(metrics: Metrics, config: dict[str, Any]) -> list[tuple[str, s
             "batch size, epochs, steps",
             f"{train.get('batch_size')}, {metrics.epochs}, {metrics.steps}",
         ),
-        *_early_stop(metrics),
+        *_kept(metrics),
         ("device, seed", f"{metrics.device}, {metrics.seed}"),
         (f"{_scored(metrics)} accuracy", f"{100 * metrics.test_accuracy:.2f} %"),
         (
@@ -159,11 +163,14 @@ def _summary_rows(metrics: Metrics, config: dict[str, Any]) -> list[tuple[str, s
     ]
 
 
-def _early_stop(metrics: Metrics) -> list[tuple[str, str]]:
-    """A row on early stopping (--patience), where it chose the final weights."""
-    if metrics.kept_epoch is None:
+def _kept(metrics: Metrics) -> list[tuple[str, str]]:
+    """A row on the epoch whose weights are the model (train.keep, early stopping)."""
+    if metrics.kept_epoch is None:  # a run written before it was recorded
         return []
-    return [("early stopping", f"weights of epoch {metrics.kept_epoch} (the best validation "
+    if metrics.kept == "last":
+        return [("final weights", f"the last epoch's ({metrics.kept_epoch} of {metrics.epochs})")]
+    # "best", or "" in a run written before: then only train.patience recorded the epoch
+    return [("final weights", f"weights of epoch {metrics.kept_epoch} (the best validation "
              f"accuracy) kept after {metrics.epochs} epochs")]  # fmt: skip
 
 
@@ -279,15 +286,24 @@ def _errors_section(metrics: Metrics, test: AnySplit, result: Evaluation) -> str
         return _section("Worst errors", f"<p>No errors on the {_scored(metrics)} set.</p>")
     truth, predicted = test.labels[rows].tolist(), result.predicted[rows].tolist()
     captions = [
-        f"{classes[t]}\n→ {classes[p]} {100 * c:.0f}%"
+        f"{classes[t]} → {classes[p]} {100 * c:.0f}%"
         for t, p, c in zip(truth, predicted, result.confidence[rows].tolist())
     ]
+    names = test.row_ids("test")  # the file, so that a mislabelled image can be found and fixed
+    files = [names[row] for row in rows.tolist()]
+    figures = map(_thumbnail, test.images_at(rows), captions, files)
     note = (
         f"<p class='note'>Misclassified {_scored(metrics)} images with the highest loss: truth, "
-        "then prediction and its confidence.</p>"
+        "then prediction and its confidence; under each, its file.</p>"
     )
-    return _section(
-        "Worst errors", note + _img(image_grid_png(test.images_at(rows), captions), "worst errors")
+    return _section("Worst errors", f"{note}<div class='gallery'>{''.join(figures)}</div>")
+
+
+def _thumbnail(image: torch.Tensor, caption: str, file: str) -> str:
+    """One image with its caption and file name under it (text, escaped: names come from disk)."""
+    return (
+        f"<figure>{_img(image_png(image), file)}<figcaption>{html.escape(caption)}<br>"
+        f"<code>{html.escape(file)}</code></figcaption></figure>"
     )
 
 

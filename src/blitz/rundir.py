@@ -83,7 +83,10 @@ class Metrics:
     copies: dict[str, int] = field(default_factory=dict)
     copy_example: list[str] = field(default_factory=list)
     validation: dict[str, Any] = field(default_factory=dict)  # its accuracy and the views above
-    kept_epoch: int | None = None  # with train.patience: the epoch whose weights are the model
+    # the epoch whose weights model.pt holds, and which: "best" (validation accuracy) or "last"
+    # (train.keep, or no validation set); None and "" in runs written before
+    kept_epoch: int | None = None
+    kept: str = ""
     format: int = METRICS_FORMAT
 
     def __post_init__(self) -> None:
@@ -153,6 +156,7 @@ class RunDir:
         self.test_predictions = self.path / "test_predictions.png"
         self.tensorboard = self.path / "tensorboard"
         self.lock_file = self.path / ".lock"
+        self.made: list[Path] = []  # the folders this run created, deepest first (runs/ too)
 
     def __str__(self) -> str:
         return str(self.path)
@@ -200,8 +204,10 @@ class RunDir:
     def _make(self) -> None:
         if self.path.exists() and not self.path.is_dir():
             raise BlitzError(f"--out {self.path} is a file, not a folder: choose another --out")
+        missing = [p for p in (self.path, *self.path.parents) if not p.exists()]
         try:
             self.path.mkdir(parents=True, exist_ok=True)
+            self.made += [p for p in missing if p not in self.made]
         except OSError as exc:
             raise BlitzError(f"cannot create run directory {self}: {exc.strerror or exc}") from None
 
@@ -216,7 +222,8 @@ class RunDir:
 
     def remove_if_unused(self) -> None:
         """A run refused before its first checkpoint leaves nothing behind: the files it wrote
-        go, and the folder too if that leaves it empty (a user's own files stay)."""
+        go, and the folders it made (``runs/`` too) if that leaves them empty (a user's own
+        files stay)."""
         if self.finished or self.last.exists():
             return
         written = (
@@ -231,8 +238,9 @@ class RunDir:
         for path in (*written, self.lock_file):
             path.unlink(missing_ok=True)
         shutil.rmtree(self.tensorboard, ignore_errors=True)
-        with contextlib.suppress(OSError):
-            self.path.rmdir()  # only if empty
+        for folder in (self.path, *self.made):
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only if empty
 
     # --- records ---
 

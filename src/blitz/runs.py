@@ -17,7 +17,7 @@ from torch import nn
 from blitz import __version__
 from blitz.checkpoint import Checkpoint
 from blitz.compiling import use_compile_cache
-from blitz.config import Config
+from blitz.config import HUB, Config
 from blitz.context import Log, RunContext, silent
 from blitz.counts import class_counts, copies_note, find_copies, format_counts, imbalance_note
 from blitz.data import ImageData
@@ -45,7 +45,7 @@ from blitz.evaluate import (
     per_class_accuracy,
 )
 from blitz.models import check_input_size, count_parameters, create_model
-from blitz.models.timm_models import load_pretrained
+from blitz.models.timm_models import fetch_hub_weights, load_pretrained
 from blitz.plots import save_image_grid
 from blitz.progress import Progress
 from blitz.report import write_report
@@ -53,7 +53,7 @@ from blitz.resume import Checkpointer, choose_kernels
 from blitz.roles import Assignment, record
 from blitz.rundir import Metrics, RunDir
 from blitz.signals import stop_on_signals
-from blitz.sources import load_data, load_test_data
+from blitz.sources import load_data, load_test_data, recorded_spec
 from blitz.warmstart import warm_start
 
 if TYPE_CHECKING:
@@ -85,6 +85,8 @@ def train_run(
     ctx = set_up(cfg, run_dir, log, quiet, started)
     if cfg.data.chosen:
         ctx.log(f"auto {cfg.data.chosen}")
+    if resume is None and cfg.model.pretrained == HUB:  # weights that cannot be had: say so
+        fetch_hub_weights(cfg.model.name)  # before minutes of decoding, not after them
     data = _load_data_once(ctx, run_dir.read_sets() if resume is not None else None)
     _check_validation(ctx.cfg, data)
     if resume is not None:
@@ -220,7 +222,8 @@ def _metrics(
         class_counts=class_counts(data),
         **find_copies(data)._asdict(),
         split=data.split,
-        kept_epoch=state.best_epoch if state.best_weights is not None else None,
+        kept_epoch=state.best_epoch if state.best_weights is not None else state.epoch,
+        kept="best" if state.best_weights is not None else "last",
         train_seconds=round(state.train_seconds, 3),
         eval_seconds=round(eval_seconds, 3),
         compile_seconds=round(state.compile_seconds, 3),
@@ -299,10 +302,12 @@ def _fit_to_data(ctx: RunContext, data: ImageData) -> None:
 
 
 def _record_start(ctx: RunContext, data: ImageData) -> None:
-    """The settings (``auto`` data as what it turned out to be, so that eval, report and
-    --resume load the same data) and the seed's look at the training images."""
+    """The settings (``auto`` data as what it turned out to be and a path as an absolute one,
+    so that eval, report, --resume and a replay from elsewhere load the same data) and the
+    seed's look at the training images."""
     if ctx.cfg.data.source == "auto":
         ctx.cfg.data.source = data.name
+    ctx.cfg.data.source = recorded_spec(ctx.cfg.data.source)
     ctx.dir.write_config(ctx.cfg)
     ctx.dir.write_sets(record(data))
     _show_training_images(data, ctx.dir, ctx.log)

@@ -6,7 +6,10 @@ timm is optional: it is imported when a timm model is asked for, never at import
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable
+import logging
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
 from typing import Any, NamedTuple
@@ -129,35 +132,73 @@ def load_pretrained(model: nn.Module, source: str, log: Callable[[str], None]) -
     log(_loaded_message(source, len(body), adapted, heads if new else []))
 
 
+def fetch_hub_weights(name: str) -> None:
+    """Fetch timm's pretrained weights for the model ``name`` (``timm:resnet18``) into the hub's
+    cache, so that a run without them stops before it decodes any data."""
+    arch = name.removeprefix(PREFIX)
+    check_timm_name(arch)
+    from timm.models import get_pretrained_cfg
+
+    pretrained = get_pretrained_cfg(arch)
+    _pretrained_model(pretrained.to_dict() if pretrained else {"architecture": arch})
+
+
 def load_hub_weights(model: nn.Module, pretrained_cfg: dict, log: Callable[[str], None]) -> None:
     """timm's pretrained weights for ``model``, downloaded from the Hugging Face Hub (or its
     cache) and adapted to the model's classes and channels exactly as ``timm.create_model(...,
-    pretrained=True)`` does; a BlitzError with the way out where there is no network."""
-    name = ".".join(filter(None, (pretrained_cfg.get("architecture"), pretrained_cfg.get("tag"))))
+    pretrained=True)`` does."""
+    convs = [model.get_submodule(conv) for conv in _names(pretrained_cfg.get("first_conv"))]
+    classes = getattr(model, "num_classes", pretrained_cfg.get("num_classes", 1000))
+    pretrained = _pretrained_model(
+        pretrained_cfg, num_classes=classes, in_chans=convs[0].in_channels
+    )
+    model.load_state_dict(pretrained.state_dict())
+    fits = classes == pretrained_cfg.get("num_classes")
+    head = "the classifier head too" if fits else "the classifier head starts afresh"
+    log(f"pretrained weights: timm's {_tagged(pretrained_cfg)} ({head})")
+
+
+def _pretrained_model(pretrained_cfg: dict, **options: Any) -> nn.Module:
+    """timm's model of ``pretrained_cfg`` with its pretrained weights; a BlitzError with the way
+    out where there are none, or no network to fetch them."""
+    name = _tagged(pretrained_cfg)
     hub_id = pretrained_cfg.get("hf_hub_id") or ""
     if not (hub_id or pretrained_cfg.get("url")):
         raise BlitzError(
             f"timm publishes no pretrained weights for {name}: choose one of "
             "timm.list_models(pretrained=True), or pass --pretrained FILE"
         )
-    convs = [model.get_submodule(conv) for conv in _names(pretrained_cfg.get("first_conv"))]
-    classes = getattr(model, "num_classes", pretrained_cfg.get("num_classes", 1000))
     try:
-        pretrained = import_timm().create_model(
-            name, pretrained=True, num_classes=classes, in_chans=convs[0].in_channels
-        )
+        with _quiet_hub():
+            return import_timm().create_model(name, pretrained=True, **options)
     except Exception as exc:  # no network, no disk space, a damaged download: the way out
         page = f"https://huggingface.co/{hub_id}" if hub_id else pretrained_cfg["url"]
         raise BlitzError(
             f"cannot fetch timm's pretrained weights for {name} ({_first_line(exc)}). They are "
             f"downloaded once from {page} and cached; on a machine without a network, download "
             "its model.safetensors on one that has one, copy it here and pass --pretrained "
-            "FILE (or train from scratch without --pretrained)"
+            'FILE, or train from random weights instead: --set model.pretrained=""'
         ) from None
-    model.load_state_dict(pretrained.state_dict())
-    fits = classes == pretrained_cfg.get("num_classes")
-    head = "the classifier head too" if fits else "the classifier head starts afresh"
-    log(f"pretrained weights: timm's {name} ({head})")
+
+
+def _tagged(pretrained_cfg: dict) -> str:
+    """``resnet18.a1_in1k``: the architecture and the tag of its weights."""
+    return ".".join(filter(None, (pretrained_cfg.get("architecture"), pretrained_cfg.get("tag"))))
+
+
+@contextmanager
+def _quiet_hub() -> Iterator[None]:
+    """huggingface_hub's own lines (a retry and a wait per attempt, a dozen with no network)
+    are kept out of the terminal: a failure is said once, by blitz."""
+    hub = logging.getLogger("huggingface_hub")
+    level = hub.level
+    hub.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        hub.setLevel(level)
 
 
 def read_weights(path: Path) -> dict[str, torch.Tensor]:

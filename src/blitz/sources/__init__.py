@@ -6,6 +6,7 @@ argument (``shapes:N``); any other spec is a path, for the source registered as 
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import NamedTuple
 
 from blitz.config import DataConfig
@@ -47,6 +48,14 @@ def find_source(spec: str) -> tuple[Source, str]:
     if source and (source.takes_arg or not colon):
         return source, arg
     return _REGISTRY[PATH], spec
+
+
+def recorded_spec(spec: str) -> str:
+    """The spec as a run records it: a path made absolute (``~`` expanded), so that replaying
+    the run's config.json from another folder reads the same data; a source name as it is."""
+    if find_source(spec)[0] is not _REGISTRY[PATH]:
+        return spec
+    return str(Path(spec).expanduser().resolve())
 
 
 def load_data(

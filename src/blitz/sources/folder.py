@@ -30,7 +30,7 @@ from blitz.cache import (
 from blitz.cifar_format import is_cifar_python, read_cifar_python
 from blitz.config import DataConfig
 from blitz.counts import label_counts
-from blitz.data import AnySplit, ImageData, Log, Split, resize_splits
+from blitz.data import AnySplit, ImageData, Log, Split, progress_bar, resize_splits
 from blitz.errors import BlitzError
 from blitz.folders import (
     Layout,
@@ -67,7 +67,7 @@ def load_path(path: Path, cfg: DataConfig, log: Log, name: str | None = None) ->
     cached = decoded_file(name, fingerprint(path, _options(cfg)))
     if data := _read_cache(cached, cfg, name, log):
         return data
-    names, others = list_files(path)
+    names, others = list_files(path, log)
     if is_cifar_python(names):
         data = read_cifar_python(read_files(path, set(names)), name)
         data = resize_splits(data, cfg.image_size, log)
@@ -160,7 +160,7 @@ def _extracted(archive: Path, layout: Layout, cfg: DataConfig, log: Log, name: s
         with locked(root.with_name(root.name + ".lock")):  # a second run waits, then reads it
             if not root.is_dir():
                 log(f"extracting {archive} to {root} (once) to stream its images from disk")
-                extract(archive, root, layout.files, cfg.skip_bad_images)
+                extract(archive, root, layout.files, cfg.skip_bad_images, log)
     except OSError as exc:  # its lock or folder could not be made (a full disk, read-only)
         raise unwritable_error(root.parent, exc) from None
     return root
@@ -169,7 +169,7 @@ def _extracted(archive: Path, layout: Layout, cfg: DataConfig, log: Log, name: s
 def _image_folder(path: Path, layout: Layout, cfg: DataConfig, log: Log, name: str) -> ImageData:
     workers = worker_count(cfg.workers)
     try:
-        decoded = _decode_splits(list(layout.sets.values()), path, cfg.image_size, workers)
+        decoded = _decode_splits(list(layout.sets.values()), path, cfg.image_size, workers, log)
     except BrokenProcessPool:  # a decoder crashed (a native library, a hostile file) or was killed
         raise BlitzError(
             f"decoding {path} stopped: one of its {workers} decoding processes died. Run again "
@@ -226,7 +226,7 @@ class _Decoded:
 
 
 def _decode_splits(
-    splits: list[list[tuple[str, int]]], path: Path, size: int, workers: int
+    splits: list[list[tuple[str, int]]], path: Path, size: int, workers: int, log: Log
 ) -> _Decoded:
     """Decode each split's (file, label) pairs in one pass over the folder, archive or table's
     files, in ``workers`` processes; each file is decoded as it is read, so the files' bytes are
@@ -236,7 +236,8 @@ def _decode_splits(
         file: (s, row) for s, pairs in enumerate(splits) for row, (file, _) in enumerate(pairs)
     }
     resized, bad = 0, {}
-    for file, decoded in _decoded(_read_images(path, set(where)), size, workers):
+    files = _decoded(_read_images(path, set(where)), size, workers)
+    for file, decoded in progress_bar(files, f"decoding {path.name}", log, len(where)):
         s, row = where.pop(file)
         if isinstance(decoded, BadImage):
             bad[s, row] = (file, decoded.reason)
