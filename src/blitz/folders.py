@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Literal, NamedTuple
 
-from blitz.data import check_two_classes
+from blitz.data import check_class_count
 from blitz.errors import BlitzError, did_you_mean
 from blitz.images import IMAGE_EXTENSIONS, BadImage
 
@@ -179,7 +179,7 @@ def find_layout(names: list[str], others: list[str], path: Path) -> Layout:
     groups = _group(names, tree, path)
     _check_no_empty_class(others, tree, groups, path)
     classes = sorted(groups["train"])
-    check_two_classes(str(path), classes)
+    check_class_count(str(path), classes)
     for role, by_class in groups.items():
         if sorted(by_class) != classes:
             raise BlitzError(_class_mismatch(path, role, set(by_class), set(classes)))

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 from blitz.config import DataConfig
-from blitz.data import ImageData, Log, check_two_classes
+from blitz.data import ImageData, Log, check_class_count
 from blitz.roles import Assignment, assign_roles
 
 Loader = Callable[[str, DataConfig, Log], ImageData]  # load(argument, settings, log)
@@ -57,7 +57,7 @@ def load_data(
     down); a string is a source with the other data settings at their defaults."""
     cfg = DataConfig(source=cfg) if isinstance(cfg, str) else cfg
     data = load_source(cfg, log)
-    check_two_classes(data.name, data.classes)
+    check_class_count(data.name, data.classes)
     return assign_roles(data, cfg, log, recorded)
 
 
