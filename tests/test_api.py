@@ -262,3 +262,23 @@ def test_a_notebook_gets_a_progress_bar_though_its_stderr_is_no_terminal(monkeyp
     progress.start_epoch(0, 3)
     assert isinstance(progress.bar, auto)
     progress.bar.close()
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])
+def test_a_20000_pixel_square_tensor_is_refused_before_any_copy(run, dtype):
+    # a view of one pixel: the 1.2 GB (4.8 GB as floats) it stands for is never allocated
+    huge = torch.zeros(3, 1, 1, dtype=dtype).expand(3, 20000, 20000)
+    with pytest.raises(BlitzError, match=r"input 0 is 20000x20000 \(400,000,000 pixels\), more"):
+        run.predict(huge)
+    with pytest.raises(BlitzError, match="input 1 is 20000x20000"):
+        run.predict([huge[:, :32, :32], huge[None]])
+
+
+def test_a_huge_pil_image_or_file_is_refused_as_files_are(run, tmp_path, monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # the 89 million of a real one cost
+    image = Image.new("RGB", (40, 40))
+    with pytest.raises(BlitzError, match=r"input 0 is 40x40 \(1,600 pixels\), more than the 1,000"):
+        run.predict(image)
+    image.save(tmp_path / "big.png")
+    with pytest.raises(BlitzError, match="big.png: refused as a possible decompression bomb"):
+        run.predict(tmp_path / "big.png")

@@ -7,8 +7,10 @@ from blitz.evaluate import (
     accuracy,
     class_scores,
     classification_figures,
+    confused_pairs,
     confusion_matrix,
     evaluate,
+    format_confusion,
     format_per_class,
     format_summary,
     per_class_accuracy,
@@ -187,3 +189,23 @@ def test_summary_line_has_balanced_accuracy_f1s_and_top5():
     assert line == (
         "balanced accuracy 70.83 %, macro F1 69.70 %, weighted F1 70.30 %, top-5 accuracy 90.00 %"
     )
+
+
+def test_past_100_classes_the_terminal_shows_the_worst_classes_and_confused_pairs():
+    k = 101  # the whole matrix of 10,000 classes would print 700 MB
+    labels = torch.arange(2 * k) % k
+    predicted = torch.where(labels < 3, (labels + 1) % k, labels)  # classes 0-2 always wrong
+    matrix = confusion_matrix(labels, predicted, k)
+    classes = [f"c{i}" for i in range(k)]
+    table = format_per_class(matrix, classes).splitlines()
+    assert table[0].startswith("the 100 classes of 101 with the lowest F1, worst first")
+    assert len(table) == 2 + 100 and [row.split()[0] for row in table[2:5]] == ["c0", "c1", "c2"]
+    confusion = format_confusion(matrix, classes).splitlines()
+    assert confusion[0].startswith("confusion matrix: 101 x 101, too large to print")
+    assert confusion[1:] == ["  c0 -> c1: 2", "  c1 -> c2: 2", "  c2 -> c3: 2"]
+
+
+def test_confused_pairs_are_the_largest_off_diagonal_cells_in_row_order_on_ties():
+    matrix = torch.tensor([[5, 1, 2], [2, 0, 0], [0, 3, 9]])
+    assert confused_pairs(matrix, 3) == [(2, 1, 3), (0, 2, 2), (1, 0, 2)]
+    assert confused_pairs(torch.eye(3, dtype=torch.int64), 5) == []

@@ -16,6 +16,7 @@ from blitz.evaluate import tta_logits
 from blitz.export import FORMATS, TOLERANCE, export_model, random_images, run_export
 from blitz.models import create_model, list_models
 from blitz.preprocess import normalize
+from conftest import run_blitz
 
 SIZES = {"lenet": 32}  # lenet's linear layers need 32x32; the others take the faster 16
 
@@ -86,3 +87,17 @@ def test_an_output_path_that_cannot_be_written_fails_before_the_export(tmp_path,
     with pytest.raises(BlitzError, match="does not exist|is a folder"):
         export_model(ckpt.model, ckpt.build_model(), "torchscript", out)
     assert not (tmp_path / "missing").exists()
+
+
+def test_a_checkpoint_that_claims_4096_pixel_images_is_refused_before_tracing(tmp_path):
+    # a hand-edited run: a small model whose checkpoint says 4096 x 4096 (26.7 GB to trace)
+    cfg = build_config("fast-cpu", {"model.name": "convnet", "data.image_size": 4096})
+    save_checkpoint(
+        tmp_path / "model.pt",
+        Checkpoint.of(create_model("convnet", 3, 3, **cfg.model.options), cfg, ["a", "b", "c"]),
+    )
+    result = run_blitz("export", tmp_path, "--format", "torchscript", check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "image size 4096x4096 needs about 26.7 GB" in result.stderr
+    assert "more than the 4 GB an export may take" in result.stderr
+    assert not list(tmp_path.glob("model.torchscript.pt*"))

@@ -118,6 +118,27 @@ def test_report_at_2000_classes_stays_bounded(tmp_path):
     assert max(map(len, figures)) < 2_000_000
 
 
+def test_a_run_of_many_classes_records_the_matrix_as_cells_and_reports_from_them(
+    tmp_path, monkeypatch
+):
+    # the bounds of 10,000 classes, met by shapes' 10: a real run of that many takes minutes
+    monkeypatch.setattr("blitz.rundir.DENSE_CLASSES", 4)
+    monkeypatch.setattr("blitz.evaluate.TEXT_CLASSES", 4)
+    monkeypatch.setenv("BLITZ_DATA", str(tmp_path / "cache"))
+    lines = []
+    cfg = build_config("seed", {"data.source": "shapes:200", "train.max_steps": 3})
+    (tmp_path / "run").mkdir()
+    train_run(cfg, RunDir(tmp_path / "run"), log=lines.append, quiet=True, started=0.0)
+    saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert saved["confusion_matrix"] == [] and saved["confusion_cells"]
+    matrix = RunDir(tmp_path / "run").read_metrics().matrix()
+    assert int(matrix.sum()) == saved["test_images"]
+    assert torch.equal(matrix, eval_run(RunDir(tmp_path / "run"), None, lines.append).matrix)
+    assert any(line.startswith("confusion matrix: 10 x 10, too large to print") for line in lines)
+    page = rebuild_report(RunDir(tmp_path / "run"), lines.append).read_text()
+    assert "Most-confused pairs" in page
+
+
 def _train(out, **overrides):
     settings = {"data.source": "shapes:200", "train.batch_size": 16, "train.epochs": 2}
     settings.update({"train.log_every": 0, "optim.lr": 0.01, **overrides})

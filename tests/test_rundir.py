@@ -10,10 +10,10 @@ from blitz import cli
 from blitz.checkpoint import Checkpoint, Training, load_checkpoint, save_checkpoint
 from blitz.config import build_config
 from blitz.errors import BlitzError
-from blitz.evaluate import chance_note
+from blitz.evaluate import chance_note, confusion_matrix
 from blitz.models import create_model, list_models
 from blitz.outputs import write_atomic
-from blitz.rundir import Metrics, RunDir
+from blitz.rundir import Metrics, RunDir, matrix_record
 from conftest import folder_files, png_bytes, run_blitz, write_folder
 
 CLASSES = ["apple", "banana", "cherry"]
@@ -234,3 +234,20 @@ def test_a_sets_file_listing_an_image_twice_is_refused_naming_the_line(tmp_path)
     run_dir.write_sets({"train": [("a.png", "apple")], "test": [("a.png", "apple")]})
     with pytest.raises(BlitzError, match="line 3 lists image 'a.png' again"):
         run_dir.read_sets()
+
+
+def test_metrics_past_1000_classes_hold_the_confusion_matrix_as_its_cells(tmp_path):
+    k = 1001  # 10,000 classes would write 100 million counts, which JSON needs gigabytes for
+    labels = torch.arange(3 * k) % k
+    matrix = confusion_matrix(labels, (labels * 7) % k, k)
+    classes = [f"c{i}" for i in range(k)]
+    metrics = Metrics(0.0, classes, per_class_accuracy={}, **matrix_record(matrix))
+    RunDir(tmp_path).write_metrics(metrics)
+    assert (tmp_path / "metrics.json").stat().st_size < 200_000  # the whole matrix: 8 MB
+    saved = RunDir(tmp_path).read_metrics()
+    assert saved.confusion_matrix == [] and len(saved.confusion_cells) == k
+    assert torch.equal(saved.matrix(), matrix)
+    hand_edited = {**metrics.to_dict(), "confusion_cells": [[0, k, 3]]}
+    (tmp_path / "metrics.json").write_text(json.dumps(hand_edited))
+    with pytest.raises(BlitzError, match="confusion cells are not"):
+        RunDir(tmp_path).read_metrics()

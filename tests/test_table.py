@@ -278,3 +278,10 @@ def test_a_data_path_names_tables_among_what_it_may_be(tmp_path):
     (tmp_path / "labels.txt").write_text("path,label\n")
     with pytest.raises(BlitzError, match="not a folder or an archive or a table"):
         load(tmp_path / "labels.txt")
+
+
+def test_a_table_of_more_classes_than_blitz_takes_is_refused_before_any_file_is_read(tmp_path):
+    # the files need not exist: the classes are counted before any file is looked at
+    lines = ["path,label", *(f"img/{i}.png,c{i}" for i in range(10_001))]
+    with pytest.raises(BlitzError, match=r"has 10,001 classes, more than blitz takes \(10,000"):
+        load(table(tmp_path, lines))

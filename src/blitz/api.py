@@ -427,11 +427,15 @@ def _pil_images(items: list[Any]) -> Iterator[Image.Image]:
     import torch
     from PIL import Image
 
-    for item in items:
+    from blitz.images import check_pixels
+
+    for index, item in enumerate(items):
         if isinstance(item, Image.Image):
+            check_pixels(f"input {index}", *item.size)  # its copies would be the size again
             yield item
         elif isinstance(item, torch.Tensor):
             batch = item if item.dim() == 4 else _one_image(item)
+            check_pixels(f"input {index}", batch.shape[-1], batch.shape[-2])
             yield from (_tensor_to_pil(image) for image in batch)
         else:
             raise BlitzError(

@@ -19,6 +19,9 @@ from blitz.memory import format_size
 Log = Callable[[str], None]
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # rows, uint8 images, labels
 T = TypeVar("T")
+# The test's confusion matrix is K x K counts (800 MB at this many): more classes are refused
+# before any image is decoded, rather than killed for memory after training
+MAX_CLASSES = 10_000
 
 
 class AnySplit(Protocol):
@@ -141,12 +144,19 @@ def progress_bar(items: Iterable[T], what: str, log: Log, total: int | None = No
     return tqdm(items, what, total, disable=True if log is silent else None, unit=" files")
 
 
-def check_two_classes(name: str, classes: list[str]) -> None:
-    """A classifier needs at least two classes (checked before any image is decoded)."""
+def check_class_count(name: str, classes: list[str]) -> None:
+    """A classifier needs at least two classes, and at most ``MAX_CLASSES`` (checked before
+    any image is decoded)."""
     if len(classes) < 2:
         raise BlitzError(
             f"{name} has a single class ({', '.join(classes)}): a classifier needs at least "
             "two classes (one folder of images per class)"
+        )
+    if len(classes) > MAX_CLASSES:
+        raise BlitzError(
+            f"{name} has {len(classes):,} classes, more than blitz takes ({MAX_CLASSES:,}: its "
+            f"confusion matrix alone would need {format_size(8 * len(classes) ** 2)}): merge "
+            "classes, or train on a subset of them"
         )
 
 

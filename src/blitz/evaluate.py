@@ -20,6 +20,11 @@ from blitz.distributed import SINGLE, gather_rows, shard, sum_over_ranks
 from blitz.preprocess import normalize
 
 TOP_K = 5  # top-5 accuracy, where there are more classes than that
+# classes up to which the terminal shows the confusion matrix (7 characters a cell: 10,000
+# classes would print 700 MB) and every class's row; past them, the most-confused pairs and
+# the worst classes' rows
+TEXT_CLASSES = 100
+TEXT_PAIRS = 10
 CLASS_COLUMNS = ("class", "correct", "total", "accuracy", "precision", "recall", "F1", "support")
 
 
@@ -264,9 +269,21 @@ def _cell(value: float | int) -> str:
 
 
 def format_per_class(matrix: torch.Tensor, classes: list[str]) -> str:
-    """A per-class table: correct, total, accuracy, precision, recall, F1, support."""
-    rows = [CLASS_COLUMNS, *class_rows(matrix, classes)]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(CLASS_COLUMNS))]
+    """A per-class table: correct, total, accuracy, precision, recall, F1, support; past
+    TEXT_CLASSES classes, only the worst by F1."""
+    order = worst_classes(matrix, TEXT_CLASSES) if len(classes) > TEXT_CLASSES else None
+    table = _text_table([CLASS_COLUMNS, *class_rows(matrix, classes, order)])
+    if order is None:
+        return table
+    return (
+        f"the {TEXT_CLASSES} classes of {len(classes)} with the lowest F1, worst first "
+        f"(metrics.json holds every class):\n{table}"
+    )
+
+
+def _text_table(rows: list[tuple[str, ...]]) -> str:
+    """Rows of cells as aligned text: the first column left, the others right."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     widths[0] = max(widths[0], 8)
     return "\n".join(
         f"{row[0]:<{widths[0]}}  " + "  ".join(f"{c:>{w}}" for c, w in zip(row[1:], widths[1:]))
@@ -293,7 +310,10 @@ def format_summary(matrix: torch.Tensor, top5_accuracy: float | None) -> str:
 
 
 def format_confusion(matrix: torch.Tensor, classes: list[str]) -> str:
-    """The confusion matrix as text (rows: truth, columns: prediction), short class names."""
+    """The confusion matrix as text (rows: truth, columns: prediction), short class names;
+    past TEXT_CLASSES classes, the most-confused pairs instead."""
+    if len(classes) > TEXT_CLASSES:
+        return _format_pairs(matrix, classes)
     short = [c[:6] for c in classes]
     width = max(6, len(str(int(matrix.max()))) if matrix.numel() else 1)
     head = " " * 8 + " ".join(f"{s:>{width}}" for s in short)
@@ -302,6 +322,18 @@ def format_confusion(matrix: torch.Tensor, classes: list[str]) -> str:
         for s, row in zip(short, matrix.tolist())
     ]
     return "\n".join(["confusion matrix (rows: truth, columns: predicted)", head, *rows])
+
+
+def _format_pairs(matrix: torch.Tensor, classes: list[str]) -> str:
+    k = len(classes)
+    pairs = [
+        f"  {classes[t]} -> {classes[p]}: {n}" for t, p, n in confused_pairs(matrix, TEXT_PAIRS)
+    ]
+    head = (
+        f"confusion matrix: {k} x {k}, too large to print (metrics.json holds it); "
+        "the most-confused pairs (true -> predicted: images):"
+    )
+    return "\n".join([head, *(pairs or ["  none: every image is right"])])
 
 
 def format_samples(labels: list[int], predicted: list[int], classes: list[str]) -> str:
@@ -320,12 +352,17 @@ def worst_errors(result: Evaluation, labels: torch.Tensor, count: int) -> torch.
 
 def confused_pairs(matrix: torch.Tensor, count: int) -> list[tuple[int, int, int]]:
     """The ``count`` largest off-diagonal cells as (true class, predicted class, images)."""
-    k = matrix.shape[0]
-    off = matrix.clone()
-    off.fill_diagonal_(0)
-    values, cells = off.flatten().sort(descending=True, stable=True)
-    pairs = [(c // k, c % k, v) for v, c in zip(values.tolist(), cells.tolist()) if v > 0]
-    return pairs[:count]
+    # from the non-zero cells (at most one per image), not a sort of all K x K of them
+    cells = matrix.nonzero()  # (cells, 2) in row-major order: ties stay in it
+    cells = cells[cells[:, 0] != cells[:, 1]]
+    values = matrix[cells[:, 0], cells[:, 1]]
+    order = values.argsort(descending=True, stable=True)[:count]
+    return [(t, p, v) for (t, p), v in zip(cells[order].tolist(), values[order].tolist())]
+
+
+def worst_classes(matrix: torch.Tensor, count: int) -> list[int]:
+    """The ``count`` classes with the lowest F1, worst first."""
+    return class_scores(matrix).f1.argsort(stable=True)[:count].tolist()
 
 
 def chance_note(matrix: torch.Tensor) -> str | None:

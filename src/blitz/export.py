@@ -3,6 +3,7 @@ checked against PyTorch on random images before it is called done."""
 
 from __future__ import annotations
 
+import copy
 import inspect
 import io
 import math
@@ -16,12 +17,16 @@ from torch import nn
 from blitz.checkpoint import ModelFacts
 from blitz.errors import BlitzError
 from blitz.evaluate import tta_logits
+from blitz.memory import format_size
 from blitz.outputs import check_output_file, write_atomic
 from blitz.preprocess import normalize
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
 TOLERANCE = 1e-4  # max abs difference of logits between the export and PyTorch
 CHECK_BATCH = 5  # differs from the traced batch of 2, so a fixed batch size would show
+# the layers' outputs an export may hold for its CHECK_BATCH images (tracing keeps them for
+# the backward pass it never runs): a checkpoint that says 4096 x 4096 needs tens of GB
+EXPORT_MEMORY = 4 * 2**30
 
 
 class Deployable(nn.Module):
@@ -55,11 +60,45 @@ def export_model(facts: ModelFacts, model: nn.Module, fmt: str, out: Path) -> fl
     if fmt == "onnx":
         _require_onnx()  # before the export, which needs the onnx package too
     wrapper = Deployable(model.cpu(), facts)
+    check_export_memory(wrapper, facts)
     images = random_images(facts, CHECK_BATCH, seed=1)
     with torch.inference_mode():  # the reference, before any exporter touches the model
         expected = wrapper(images)
     _write_export(wrapper, random_images(facts, 2, seed=0), fmt, out)
     return _check_export(fmt, out, run_export(fmt, out, images), expected)
+
+
+def check_export_memory(wrapper: nn.Module, facts: ModelFacts) -> None:
+    """Refuse, before any image is made, an export whose layers' outputs would pass
+    EXPORT_MEMORY (the OOM killer would end it otherwise)."""
+    need = CHECK_BATCH * activation_bytes(wrapper, facts)
+    if need > EXPORT_MEMORY:
+        size = facts.image_size
+        raise BlitzError(
+            f"exporting this {facts.name} at its image size {size}x{size} needs about "
+            f"{format_size(need)} for its layers' outputs on {CHECK_BATCH} images, more than the "
+            f"{format_size(EXPORT_MEMORY)} an export may take: export a run trained at a smaller "
+            "--image-size"
+        )
+
+
+def activation_bytes(module: nn.Module, facts: ModelFacts) -> int:
+    """Bytes of every layer's output for one image of the run's size, on the meta device:
+    shapes only, nothing is allocated."""
+    meta = copy.deepcopy(module).to("meta")
+    sizes: list[int] = []
+
+    def count(_module: nn.Module, _inputs: object, output: object) -> None:
+        if isinstance(output, torch.Tensor):
+            sizes.append(output.numel() * output.element_size())
+
+    for layer in meta.modules():
+        layer.register_forward_hook(count)
+    side = facts.image_size
+    image = torch.empty(1, facts.in_channels, side, side, dtype=torch.uint8, device="meta")
+    with torch.no_grad():
+        meta(image)
+    return sum(sizes)
 
 
 def _write_export(wrapper: nn.Module, example: torch.Tensor, fmt: str, out: Path) -> None:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Literal, NamedTuple
 
-from blitz.data import Log, check_two_classes, progress_bar, silent
+from blitz.data import Log, check_class_count, progress_bar, silent
 from blitz.errors import BlitzError, did_you_mean
 from blitz.files import NOFOLLOW, open_regular
 from blitz.images import IMAGE_EXTENSIONS, BadImage
@@ -212,7 +212,7 @@ def find_layout(names: list[str], others: list[str], path: Path) -> Layout:
     groups = _group(names, tree, path)
     _check_no_empty_class(others, tree, groups, path)
     classes = sorted(groups["train"])
-    check_two_classes(str(path), classes)
+    check_class_count(str(path), classes)
     for role, by_class in groups.items():
         if sorted(by_class) != classes:
             raise BlitzError(_class_mismatch(path, role, set(by_class), set(classes)))

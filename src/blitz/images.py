@@ -27,6 +27,17 @@ class BadImage(BlitzError):
         return BadImage, (self.name, self.reason)
 
 
+def check_pixels(name: str, width: int, height: int) -> None:
+    """Refuse an image in memory larger than a file may decode to (PIL's MAX_IMAGE_PIXELS, 89
+    million: past it a file is taken for a decompression bomb), before any copy is made."""
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit and width * height > limit:
+        raise BlitzError(
+            f"{name} is {width}x{height} ({width * height:,} pixels), more than the {limit:,} "
+            "an image may have (PIL.Image.MAX_IMAGE_PIXELS, as for files): downscale it first"
+        )
+
+
 def decode_image(
     data: bytes, name: str, size: int, resized: list[int] | None = None, mode: str = "RGB"
 ) -> np.ndarray:

@@ -22,9 +22,9 @@ from blitz.evaluate import (
     Evaluation,
     chance_note,
     class_rows,
-    class_scores,
     confused_pairs,
     summary_figures,
+    worst_classes,
     worst_errors,
 )
 from blitz.outputs import write_atomic
@@ -176,7 +176,7 @@ def _kept(metrics: Metrics) -> list[tuple[str, str]]:
 
 def _results_section(metrics: Metrics) -> str:
     classes = metrics.classes
-    matrix = torch.tensor(metrics.confusion_matrix)
+    matrix = metrics.matrix()
     accuracies = [metrics.per_class_accuracy.get(c, 0.0) for c in classes]
     shown = sorted(range(len(classes)), key=lambda i: accuracies[i])[:FIGURE_CLASSES]
     bars = per_class_png([classes[i] for i in shown], [accuracies[i] for i in shown])
@@ -249,7 +249,7 @@ def _class_table(matrix: torch.Tensor, classes: list[str]) -> str:
     that the page stays bounded (every class is in metrics.json)."""
     if len(classes) <= FIGURE_CLASSES:
         return _table(class_rows(matrix, classes), CLASS_COLUMNS)
-    worst = class_scores(matrix).f1.argsort(stable=True)[:FIGURE_CLASSES].tolist()
+    worst = worst_classes(matrix, FIGURE_CLASSES)
     note = (
         f"<p class='note'>The {FIGURE_CLASSES} classes of {len(classes)} with the lowest F1, "
         "worst first; every class is in metrics.json.</p>"

@@ -16,6 +16,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from blitz.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from blitz.config import (
     Config,
@@ -37,6 +39,9 @@ VALIDATION_FIGURES = ("accuracy", "balanced_accuracy", "macro_f1", "weighted_f1"
 MAX_SETS_BYTES = 2**30  # a line per image: far more than any dataset blitz reads in a run
 MAX_JSON_BYTES = 2**30  # config.json, metrics.json: a confusion matrix of thousands of classes
 NAME_BYTES = "surrogateescape"  # how Python holds a file name that is not UTF-8 (os.fsdecode)
+# classes up to which metrics.json holds the whole confusion matrix; past them its non-zero
+# cells (10,000 classes are 100 million counts, which JSON needs gigabytes to write)
+DENSE_CLASSES = 1000
 
 
 @dataclass
@@ -45,7 +50,7 @@ class Metrics:
 
     test_accuracy: float
     classes: list[str]
-    confusion_matrix: list[list[int]]
+    confusion_matrix: list[list[int]]  # [] past DENSE_CLASSES: confusion_cells holds it
     per_class_accuracy: dict[str, float]
     train_seconds: float = 0.0  # the loop alone, device synchronised
     eval_seconds: float = 0.0
@@ -87,19 +92,31 @@ class Metrics:
     # (train.keep, or no validation set); None and "" in runs written before
     kept_epoch: int | None = None
     kept: str = ""
+    # [true class, predicted class, images] per non-zero cell, past DENSE_CLASSES classes
+    confusion_cells: list[list[int]] = field(default_factory=list)
     format: int = METRICS_FORMAT
 
     def __post_init__(self) -> None:
         check_types(self, "metrics.json")
         k = len(self.classes)
-        square = len(self.confusion_matrix) == k and all(len(r) == k for r in self.confusion_matrix)
-        _require(square, f"its confusion matrix is not {k} x {k}, one row per class")
+        self._check_matrix(k)
         _require(
             all(isinstance(h, dict) and all(is_number(v) for v in h.values())
                 for h in self.history),
             "its history is not a list of records of numbers",
         )  # fmt: skip
         self._check_sets(k)
+
+    def _check_matrix(self, k: int) -> None:
+        """The confusion matrix whole (K x K), or past DENSE_CLASSES classes its cells."""
+        if self.confusion_matrix or k <= DENSE_CLASSES:
+            rows = self.confusion_matrix
+            square = len(rows) == k and all(len(r) == k for r in rows)
+            _require(square, f"its confusion matrix is not {k} x {k}, one row per class")
+            return
+        cells = self.confusion_cells
+        fit = all(len(c) == 3 and min(c) >= 0 and max(c[:2]) < k for c in cells)
+        _require(fit, f"its confusion cells are not [true, predicted, images] of {k} classes")
 
     def _check_sets(self, k: int) -> None:
         """The sets' records (a run directory may come from anyone: its report shows them)."""
@@ -121,6 +138,17 @@ class Metrics:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def matrix(self) -> torch.Tensor:
+        """The (K, K) confusion matrix, from whichever form the file holds it in."""
+        if self.confusion_matrix:
+            return torch.tensor(self.confusion_matrix, dtype=torch.int64)
+        k = len(self.classes)
+        matrix = torch.zeros(k, k, dtype=torch.int64)
+        if self.confusion_cells:
+            true, predicted, images = torch.tensor(self.confusion_cells).T
+            matrix[true, predicted] = images
+        return matrix
+
     @classmethod
     def from_dict(cls, raw: Any) -> Metrics:
         """Today's records and older ones (fields added since take their defaults); keys this
@@ -131,6 +159,19 @@ class Metrics:
             return cls(**{k: v for k, v in raw.items() if k in known})
         except TypeError as exc:  # a required field missing
             raise UnusableFile(str(exc).split(")", 1)[-1].strip() or str(exc)) from None
+
+
+def matrix_record(matrix: torch.Tensor) -> dict[str, list[list[int]]]:
+    """A (K, K) confusion matrix as metrics.json holds it: whole up to DENSE_CLASSES classes,
+    past them its non-zero cells (at most one per test image)."""
+    if len(matrix) <= DENSE_CLASSES:
+        return {"confusion_matrix": matrix.tolist()}
+    cells = matrix.nonzero()  # (cells, 2): true, predicted
+    counts = matrix[cells[:, 0], cells[:, 1]]
+    return {
+        "confusion_matrix": [],
+        "confusion_cells": torch.cat([cells, counts[:, None]], 1).tolist(),
+    }
 
 
 def _require(condition: bool, problem: str) -> None:

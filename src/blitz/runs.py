@@ -51,7 +51,7 @@ from blitz.progress import Progress
 from blitz.report import write_report
 from blitz.resume import Checkpointer, choose_kernels
 from blitz.roles import Assignment, record
-from blitz.rundir import Metrics, RunDir
+from blitz.rundir import Metrics, RunDir, matrix_record
 from blitz.signals import stop_on_signals
 from blitz.sources import load_data, load_test_data, recorded_spec
 from blitz.warmstart import warm_start
@@ -212,7 +212,7 @@ def _metrics(
     return Metrics(
         test_accuracy=round(result.accuracy, 6),
         classes=data.classes,
-        confusion_matrix=result.matrix.tolist(),
+        **matrix_record(result.matrix),
         per_class_accuracy={
             c: round(a, 6) for c, a in zip(data.classes, per_class_accuracy(result.matrix))
         },

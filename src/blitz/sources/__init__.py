@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from blitz.config import DataConfig
-from blitz.data import ImageData, Log, check_two_classes, similar_classes_note
+from blitz.data import ImageData, Log, check_class_count, similar_classes_note
 from blitz.roles import Assignment, as_test_set, assign_roles
 
 Loader = Callable[[str, DataConfig, Log], ImageData]  # load(argument, settings, log)
@@ -66,7 +66,7 @@ def load_data(
     down); a string is a source with the other data settings at their defaults."""
     cfg = DataConfig(source=cfg) if isinstance(cfg, str) else cfg
     data = load_source(cfg, log)
-    check_two_classes(data.name, data.classes)
+    check_class_count(data.name, data.classes)
     if note := similar_classes_note(data.classes):
         log(note)
     return assign_roles(data, cfg, log, recorded)

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path, PureWindowsPath
 from typing import NamedTuple
 
-from blitz.data import check_two_classes
+from blitz.data import check_class_count
 from blitz.errors import BlitzError
 from blitz.files import open_regular
 from blitz.folders import SET_FOLDERS, Layout, Member, read_member
@@ -291,7 +291,7 @@ def _layout(rows: list[Row], path: Path) -> Layout:
         raise BlitzError(
             f"{path} has no training rows (split train): blitz learns the classes from them"
         )
-    check_two_classes(str(path), classes)
+    check_class_count(str(path), classes)
     index = {name: i for i, name in enumerate(classes)}
     sets = {}
     for role in ("train", "val", "test"):
