@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 from urllib.parse import quote
 
-from blitz.config import FLAGS, SECTIONS
+from blitz.config import SECTIONS, TRAIN_FLAGS
 from blitz.errors import BlitzError
 
 if TYPE_CHECKING:
@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from blitz.rundir import Metrics, RunDir
 
 # train()'s keywords (argparse's names for `blitz train`'s options) -> the settings they set
-KEYWORDS = {flag[2:].replace("-", "_"): key for key, flag in FLAGS.items()}
+KEYWORDS = {flag.keyword: key for key, flag in TRAIN_FLAGS.items()}
 DEFAULT_PRESET = "fast-cpu"
 CLASSES_SHOWN = 10  # class names in a Run's summary
 KINDS = {str: "a string", os.PathLike: "a path", bool: "True or False", int: "an integer",

@@ -12,19 +12,10 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Literal, NoReturn, get_args, get_origin
 
 from blitz.api import DEFAULT_PRESET, KEYWORDS  # light: no torch import
-from blitz.config import (  # light: no torch import
-    CLASS_WEIGHTS,
-    DEVICES,
-    FLAGS,
-    HUB,
-    LOSSES,
-    OPTIMIZERS,
-    PRECISIONS,
-    SAMPLERS,
-)
+from blitz.config import FLAGS, TRAIN_FLAGS, Flag, value_from_text  # light: no torch import
 from blitz.errors import did_you_mean
 
 
@@ -82,7 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a classifier, test it, and write a run directory")
-    p.add_argument("--preset", help=f"(default: {DEFAULT_PRESET})")
+    p.add_argument(
+        "--preset",
+        metavar="NAME",
+        help=f"a preset from `blitz presets` (default: {DEFAULT_PRESET})",
+    )
     p.add_argument(
         "--config",
         type=Path,
@@ -91,106 +86,14 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         "(blitz presets --show NAME), or a run's config.json or directory to replay it; "
         "the other options override it",
     )
-    p.add_argument("--data", metavar="SPEC", help="auto | cifar10 | mnist | shapes[:N] | PATH")
-    p.add_argument("--model", metavar="NAME", help="a model from `blitz models`")
-    p.add_argument(
-        "--pretrained",
-        nargs="?",
-        const=HUB,
-        metavar="FILE",
-        help="start a timm:NAME model from its pretrained weights: downloaded from timm's hub "
-        "(no FILE; cached), or a weights file (.safetensors, .pt, .pth); a classifier head "
-        "for other classes starts afresh",
-    )
-    p.add_argument("--epochs", type=int, metavar="N")
-    p.add_argument("--batch-size", type=int, metavar="N")
-    p.add_argument("--lr", type=float, metavar="F", help="learning rate")
-    p.add_argument("--momentum", type=float, metavar="F")
-    p.add_argument("--optimizer", choices=OPTIMIZERS)
-    p.add_argument("--loss", choices=LOSSES)
-    p.add_argument("--seed", type=int, metavar="N")
-    p.add_argument("--device", choices=DEVICES)
-    p.add_argument("--precision", choices=PRECISIONS, help="autocast of the forward pass")
-    p.add_argument("--weight-decay", type=float, metavar="F")
-    p.add_argument("--label-smoothing", type=float, metavar="F", help="e.g. 0.1")
-    p.add_argument("--warmup", type=float, metavar="F", help="fraction of the steps to warm up")
-    p.add_argument("--ema", type=float, metavar="DECAY", help="EMA of the weights, e.g. 0.999")
-    p.add_argument("--max-steps", type=int, metavar="N", help="stop after N optimizer steps")
-    p.add_argument(
-        "--checkpoint-every",
-        type=int,
-        metavar="N",
-        help="save a checkpoint every N steps too (default: at epoch ends and every 10 minutes)",
-    )
-    p.add_argument(
-        "--image-size",
-        type=_size_or_auto,
-        metavar="N",
-        help="resize images to N x N pixels (default: auto, a timm model's pretrained input "
-        "size, else 32)",
-    )
-    p.add_argument(
-        "--max-memory",
-        metavar="SIZE",
-        help="image folders bigger than this, decoded, stream from disk: auto (a quarter of "
-        "this machine's memory), a size such as 8GB, or 0 to always stream",
-    )
-    p.add_argument(
-        "--workers",
-        metavar="N",
-        help="processes decoding images (the first decode into the cache, and streaming): "
-        "auto (one per core, up to 8) or N (0: in this process)",
-    )
-    p.add_argument(
-        "--skip-bad-images",
-        action="store_const",
-        const=True,
-        help="leave out images that cannot be decoded (default: stop and name them)",
-    )
-    for role, default in (("val", "0.1 for a flat folder"), ("test", "0.2 for a flat folder")):
-        p.add_argument(
-            f"--{role}-fraction",
-            type=_fraction_or_auto,
-            metavar="F",
-            help=f"split this fraction of the training images off as the {role} set, per class, "
-            f"when the data has no {role}/ folder (default: auto, {default}, else 0)",
-        )
-    p.add_argument(
-        "--patience",
-        type=int,
-        metavar="N",
-        help="stop after N epochs without a better validation accuracy (needs a validation "
-        "set); the run keeps the best epoch's weights, as every run with one does "
-        "(--set train.keep=last: the last epoch's)",
-    )
-    p.add_argument(
-        "--init",
-        metavar="RUN_DIR",
-        help="start from a finished run's weights (its classes: all of them; other classes: "
-        "the body, with a new head)",
-    )
-    p.add_argument(
-        "--class-weights",
-        choices=CLASS_WEIGHTS,
-        help="balanced: weigh each class's loss by how rare it is in training (default: none)",
-    )
-    p.add_argument(
-        "--sampler",
-        choices=SAMPLERS,
-        help="balanced: each epoch draws every class equally often (default: shuffle)",
-    )
+    for flag in TRAIN_FLAGS.values():  # each declared once, with its setting (config.option)
+        _add_setting_flag(p, flag)
     p.add_argument(
         "--set",
         action="append",
         default=[],
         metavar="KEY=VALUE",
         help="any other setting, e.g. --set optim.weight_decay=5e-4 (repeatable)",
-    )
-    p.add_argument(
-        "--tensorboard",
-        action="store_const",
-        const=True,
-        help="also write TensorBoard event files (needs the tensorboard package)",
     )
     p.add_argument(
         "--mlflow",
@@ -218,6 +121,40 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     )
 
 
+def _add_setting_flag(p: argparse.ArgumentParser, flag: Flag) -> None:
+    """An option of ``blitz train`` from its setting's declaration: bare for a boolean, the
+    choices of a ``Literal``; values are checked by the settings' own checks, as in a file."""
+    if flag.hint is bool:
+        p.add_argument(flag.flag, action="store_const", const=True, help=flag.help)
+        return
+    choices = get_args(flag.hint) if get_origin(flag.hint) is Literal else None
+    nargs = {"nargs": "?", "const": flag.const} if flag.const is not None else {}
+    metavar = flag.metavar or None
+    convert = functools.partial(value_from_text, hint=flag.hint)
+    p.add_argument(
+        flag.flag, type=convert, choices=choices, metavar=metavar, help=flag.help, **nargs
+    )
+
+
+def options_table() -> str:
+    """The README's table of ``blitz train``'s options, made from its parser (a test fails
+    when the README's copy is stale: ``python tests/test_docs.py`` writes it)."""
+    train = build_parser()._subparsers._group_actions[0].choices["train"]  # type: ignore
+    keys = {flag: key for key, flag in FLAGS.items()}
+    rows = ["| option | setting | what it does |", "|---|---|---|"]
+    for action in train._actions:
+        flag = action.option_strings[0] if action.option_strings else "-h"
+        if flag == "-h":
+            continue
+        takes = "|".join(action.choices) if action.choices else action.metavar or ""
+        shown = f"{flag} {takes}".strip() if action.nargs != "?" else f"{flag} [{takes}]"
+        setting = f"`{keys[flag]}`" if flag in keys else ""
+        cells = (f"`{shown}`", setting, action.help or "")
+        # a bar would end the cell, in code too: escaped
+        rows.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return "\n".join(rows) + "\n"
+
+
 def _add_report_tools(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("report", help="rebuild a run's report.html, or compare several runs")
     p.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR")
@@ -230,10 +167,8 @@ def _add_report_tools(sub: argparse._SubParsersAction) -> None:
     )
     p = sub.add_parser("lr-find", help="learning-rate range test: loss against lr, a suggestion")
     p.add_argument("--preset", default=DEFAULT_PRESET, help=f"(default: {DEFAULT_PRESET})")
-    p.add_argument("--data", metavar="SPEC", help="auto | cifar10 | mnist | shapes[:N] | PATH")
-    p.add_argument("--model", metavar="NAME", help="a model from `blitz models`")
-    p.add_argument("--batch-size", type=int, metavar="N")
-    p.add_argument("--optimizer", choices=OPTIMIZERS)
+    for key in ("data.source", "model.name", "train.batch_size", "optim.name"):
+        _add_setting_flag(p, TRAIN_FLAGS[key])
     p.add_argument("--steps", type=int, default=300, help="steps of the sweep (default: 300)")
     p.add_argument("--out", type=Path, default=Path("lr_find.png"), metavar="FILE.png")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -241,23 +176,6 @@ def _add_report_tools(sub: argparse._SubParsersAction) -> None:
     p.add_argument("run_dir", type=Path, metavar="RUN_DIR")
     p.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
     p.add_argument("--out", type=Path, metavar="FILE", help="default: RUN_DIR/model.<format>")
-
-
-def _fraction_or_auto(text: str) -> float | str:
-    return _or_auto(text, float, "a fraction such as 0.1")
-
-
-def _size_or_auto(text: str) -> int | str:
-    return _or_auto(text, int, "a side in pixels such as 224")
-
-
-def _or_auto(text: str, kind: type, expected: str) -> Any:
-    if text == "auto":
-        return text
-    try:
-        return kind(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected auto or {expected}, not {text!r}") from None
 
 
 def _version() -> str:

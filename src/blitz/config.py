@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import functools
@@ -56,39 +57,6 @@ MAX_BATCH_SIZE = 2**20
 MAX_EPOCHS = 10**6
 MODEL_PREPROCESSING = ("image_size", "mean", "std")  # data settings that belong to a model
 SIZED_FOR_IMAGES = ("low_res",)  # data settings made for a preset's image size
-
-# Settings that `blitz train` also takes as a flag (cli.OVERRIDES, inverted): errors name both.
-FLAGS = {
-    "data.source": "--data",
-    "data.image_size": "--image-size",
-    "data.skip_bad_images": "--skip-bad-images",
-    "data.max_memory": "--max-memory",
-    "data.workers": "--workers",
-    "data.val_fraction": "--val-fraction",
-    "data.test_fraction": "--test-fraction",
-    "model.name": "--model",
-    "model.pretrained": "--pretrained",
-    "optim.name": "--optimizer",
-    "optim.lr": "--lr",
-    "optim.momentum": "--momentum",
-    "optim.loss": "--loss",
-    "optim.weight_decay": "--weight-decay",
-    "optim.label_smoothing": "--label-smoothing",
-    "optim.warmup": "--warmup",
-    "optim.ema": "--ema",
-    "optim.class_weights": "--class-weights",
-    "train.epochs": "--epochs",
-    "train.batch_size": "--batch-size",
-    "train.seed": "--seed",
-    "train.device": "--device",
-    "train.precision": "--precision",
-    "train.max_steps": "--max-steps",
-    "train.patience": "--patience",
-    "train.init": "--init",
-    "train.sampler": "--sampler",
-    "train.tensorboard": "--tensorboard",
-    "train.checkpoint_every": "--checkpoint-every",
-}
 
 
 def option_name(key: str) -> str:
@@ -215,6 +183,23 @@ def check_types(settings: Any, section: str = "") -> None:
         setattr(settings, name, check_type(key, getattr(settings, name), hint))
 
 
+def option(default: Any, flag: str, help: str, metavar: str = "", const: Any = None) -> Any:
+    """A setting that is also an option of ``blitz train`` (and a keyword of ``blitz.train``):
+    its flag, help and metavar are declared here, with the setting, and nowhere else."""
+    meta = {"flag": flag, "help": help, "metavar": metavar, "const": const}
+    return field(default=default, metadata=meta)
+
+
+def value_from_text(text: str, hint: Any) -> Any:
+    """An option's text as its setting's annotation wants it: a number where one is expected,
+    else the text itself (a word such as "auto", or a mistake for the checks to name)."""
+    for kind in get_args(hint) if get_origin(hint) in UNIONS else (hint,):
+        if kind in (int, float):
+            with contextlib.suppress(ValueError):
+                return kind(text)
+    return text
+
+
 SIZE_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
 
 
@@ -237,10 +222,22 @@ def parse_size(text: str) -> int | None:
 class DataConfig:
     """Where images come from and how they are turned into tensors."""
 
-    source: str = "auto"  # auto | cifar10 | mnist | shapes[:N] | PATH (folder or archive)
+    # auto | cifar10 | mnist | shapes[:N] | PATH (folder or archive)
+    source: str = option(
+        "auto",
+        "--data",
+        "auto | cifar10 | mnist | shapes[:N] | PATH (an image folder, an archive of one, a "
+        "table of files and labels)",
+        metavar="SPEC",
+    )
     # side of the square images the model sees, and the normalisation; "auto": a timm model's
     # pretrained input size, mean and std, else 32 and the seed's 0.5 (see Config)
-    image_size: int | Literal["auto"] = "auto"
+    image_size: int | Literal["auto"] = option(
+        "auto",
+        "--image-size",
+        "resize images to N x N pixels (auto: a timm model's pretrained input size, else 32)",
+        metavar="N",
+    )
     mean: tuple[float, ...] | Literal["auto"] = "auto"
     std: tuple[float, ...] | Literal["auto"] = "auto"
     flip: Flip = "none"  # training augmentation ("alternate": airbench's, by epoch parity)
@@ -257,17 +254,46 @@ class DataConfig:
     # rest at image_size, as the test does; 0: always image_size
     low_res: int = 0
     low_res_until: float = 0.5
-    skip_bad_images: bool = False  # False: a corrupt image stops decoding, naming every bad file
+    # False: a corrupt image stops decoding, naming every bad file
+    skip_bad_images: bool = option(
+        False,
+        "--skip-bad-images",
+        "leave out images that cannot be decoded (default: stop and name them)",
+    )
     # image folders whose decoded size passes this stream from disk: auto (a quarter of this
     # machine's memory) | a size such as 8GB or 500MB | 0 (always stream); kept as a string
-    max_memory: int | str = "auto"
+    max_memory: int | str = option(
+        "auto",
+        "--max-memory",
+        "image folders bigger than this, decoded, stream from disk: auto (a quarter of this "
+        "machine's memory), a size such as 8GB, or 0 to always stream",
+        metavar="SIZE",
+    )
     # processes decoding images: the first decode of a folder or archive, and the DataLoader's
     # when streaming: auto (one per core, up to 8) | N (0: in this process)
-    workers: int | Literal["auto"] = "auto"
+    workers: int | Literal["auto"] = option(
+        "auto",
+        "--workers",
+        "processes decoding images (the first decode into the cache, and streaming): auto "
+        "(one per core, up to 8) or N (0: in this process)",
+        metavar="N",
+    )
     # fractions of the training images split off as the validation and test sets the data
     # lacks (stratified per class); auto: none for a set it has, else see blitz.roles
-    val_fraction: float | Literal["auto"] = "auto"
-    test_fraction: float | Literal["auto"] = "auto"
+    val_fraction: float | Literal["auto"] = option(
+        "auto",
+        "--val-fraction",
+        "split this fraction of the training images off as the validation set, per class, "
+        "when the data has no val/ folder (auto: 0.1 for a flat folder, else 0)",
+        metavar="F",
+    )
+    test_fraction: float | Literal["auto"] = option(
+        "auto",
+        "--test-fraction",
+        "split this fraction of the training images off as the test set, per class, when the "
+        "data has no test/ folder (auto: 0.2 for a flat folder, else 0)",
+        metavar="F",
+    )
     split_seed: int = 0  # which images those are (apart from train.seed: the split stays put)
     # not settings (not annotated): what resolve() took from a timm model, and why
     chosen = ""
@@ -342,12 +368,20 @@ HUB = "hub"  # model.pretrained: timm's own weights, from its hub (--pretrained 
 class ModelConfig:
     """Which network from the registry, and its keyword options."""
 
-    name: str = "lenet"
+    name: str = option("lenet", "--model", "a model from `blitz models`", metavar="NAME")
     options: dict[str, Any] = field(default_factory=dict)
     # the weights a timm model starts from: HUB (timm's, downloaded and cached) or a weights
     # file. Recorded, never re-read: a checkpoint holds the trained weights, so the file need
     # not exist when the run is loaded again.
-    pretrained: str = ""
+    pretrained: str = option(
+        "",
+        "--pretrained",
+        "start a timm:NAME model from its pretrained weights: downloaded from timm's hub (no "
+        "FILE; cached), or a weights file (.safetensors, .pt, .pth); a classifier head for "
+        "other classes starts afresh",
+        metavar="FILE",
+        const=HUB,
+    )
 
     def __post_init__(self) -> None:
         from blitz.models import check_model_name, check_options
@@ -367,22 +401,40 @@ class ModelConfig:
 class OptimConfig:
     """The update rule, the loss and the learning-rate schedule."""
 
-    name: Optimizer = "sgd"
-    lr: float = 0.001
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    loss: Loss = "cross-entropy"
+    name: Optimizer = option(
+        "sgd",
+        "--optimizer",
+        "the update rule (muon: torch.optim.Muon for conv filters, SGD-Nesterov for the rest)",
+    )
+    lr: float = option(0.001, "--lr", "learning rate", metavar="F")
+    momentum: float = option(
+        0.9, "--momentum", "momentum of SGD, Nesterov and RMSProp", metavar="F"
+    )
+    weight_decay: float = option(
+        0.0, "--weight-decay", "L2 weight decay (decoupled with adamw)", metavar="F"
+    )
+    loss: Loss = option(
+        "cross-entropy",
+        "--loss",
+        "the training loss: cross-entropy (the seed's), or mse against one-hot targets",
+    )
     # "balanced": each class's loss weighted by n / (classes * its training images), as
     # scikit-learn's class_weight="balanced"
-    class_weights: ClassWeights = "none"
-    label_smoothing: float = 0.0
+    class_weights: ClassWeights = option(
+        "none", "--class-weights", "balanced: weigh each class's loss by how rare it is in training"
+    )
+    label_smoothing: float = option(
+        0.0, "--label-smoothing", "cross-entropy's label smoothing, e.g. 0.1", metavar="F"
+    )
     reduction: Reduction = "mean"  # "sum": per-sample learning rates, scaling with the batch
     schedule: Schedule = "constant"
-    warmup: float = 0.0  # fraction of all steps spent warming up (onecycle, cosine)
+    # fraction of all steps spent warming up (onecycle, cosine)
+    warmup: float = option(0.0, "--warmup", "fraction of the steps to warm up", metavar="F")
     # fraction of all steps with the body frozen (learning rate 0): only the classifier head
     # learns, as fine-tuning a pretrained model starts
     freeze: float = 0.0
-    ema: float = 0.0  # decay of an exponential moving average of the weights; 0: off
+    # decay of an exponential moving average of the weights; 0: off
+    ema: float = option(0.0, "--ema", "EMA of the weights, e.g. 0.999 (0: off)", metavar="DECAY")
     head_lr: float = 0.0  # learning rate of the classifier layer; 0: the same as lr
     # layer-wise decay: the body's last layer learns at lr, each one before it at this times
     # the next one's rate (smaller rates for the early, general layers); 0: lr for every layer
@@ -415,36 +467,72 @@ class OptimConfig:
 class TrainConfig:
     """How long, in what batches, on which device, and how loudly."""
 
-    epochs: int = 2
-    batch_size: int = 4
-    seed: int = 0
-    device: Device = "auto"
-    max_steps: int = 0  # 0: no limit; else stop after this many optimizer steps
+    epochs: int = option(2, "--epochs", "passes over the training images", metavar="N")
+    batch_size: int = option(
+        4, "--batch-size", "images per optimizer step (across all processes)", metavar="N"
+    )
+    seed: int = option(
+        0, "--seed", "seed of the weights, the batches and the augmentation", metavar="N"
+    )
+    device: Device = option("auto", "--device", "where to train (auto: a GPU if there is one)")
+    # 0: no limit; else stop after this many optimizer steps
+    max_steps: int = option(
+        0, "--max-steps", "stop after N optimizer steps (0: no limit)", metavar="N"
+    )
     # at least this many steps: a small dataset trains for more epochs, so that a preset's
     # budget means the same on 200 images as on 50,000 (0: the epochs as set)
     min_steps: int = 0
     log_every: int = 0  # 0: a progress bar; N: the seed's running-loss line every N steps
     eval_every_epoch: bool = True  # score the validation set after each epoch (if there is one)
     # stop after this many epochs without a better validation accuracy (0: train all epochs)
-    patience: int = 0
+    patience: int = option(
+        0,
+        "--patience",
+        "stop after N epochs without a better validation accuracy (needs a validation set; "
+        "0: off); the run keeps the best epoch's weights, as every run with one does "
+        "(--set train.keep=last: the last epoch's)",
+        metavar="N",
+    )
     # the weights a run ends with (model.pt, the test score, predict) where it has a validation
     # set: "best", the epoch with the best validation accuracy (Keras' restore_best_weights,
     # Ultralytics' best.pt), or "last", the last epoch's; without one, the last epoch's
     keep: Keep = "best"
     # "balanced": each epoch draws every class equally often (with replacement)
-    sampler: Sampler = "shuffle"
-    init: str = ""  # start from this finished run's (or blitz .pt file's) weights; "": the seed's
+    sampler: Sampler = option(
+        "shuffle", "--sampler", "balanced: each epoch draws every class equally often"
+    )
+    # start from this finished run's (or blitz .pt file's) weights; "": the seed's
+    init: str = option(
+        "",
+        "--init",
+        "start from a finished run's weights (its classes: all of them; other classes: the "
+        "body, with a new head)",
+        metavar="RUN_DIR",
+    )
     eval_batch_size: int = 1000
     # test-time augmentation: logits averaged over the image and its mirror, 1-pixel shifts of
     # it, or the mirrors of those
     tta: Tta = "none"
     channels_last: bool = False  # memory format of images and weights (faster convs on some CPUs)
-    precision: Precision = "fp32"  # autocast for forward passes ("auto": bf16 if fast)
+    # autocast for forward passes ("auto": bf16 if fast)
+    precision: Precision = option(
+        "fp32", "--precision", "autocast of the forward pass (auto: bf16 where it is fast)"
+    )
     # torch.compile the model (warmed up and timed apart from training); "auto": on CUDA only
     compile: bool | Literal["auto"] = False
     sync_bn: bool = False  # under torchrun: batch-norm statistics over the global batch
-    tensorboard: bool = False  # also write TensorBoard event files into the run directory
-    checkpoint_every: int = 0  # also checkpoint every N steps (0: at epoch ends only)
+    # also write TensorBoard event files into the run directory
+    tensorboard: bool = option(
+        False, "--tensorboard", "also write TensorBoard event files (needs the tensorboard package)"
+    )
+    # also checkpoint every N steps (0: at epoch ends only)
+    checkpoint_every: int = option(
+        0,
+        "--checkpoint-every",
+        "also save a checkpoint every N steps (0: at epoch ends and every "
+        "train.checkpoint_minutes)",
+        metavar="N",
+    )
     checkpoint_minutes: float = 10.0  # also checkpoint when this long has passed (0: never)
     deterministic: bool = True  # deterministic kernels: a resumed run matches one left alone
 
@@ -482,6 +570,43 @@ def plain_name(text: str) -> str:
 
 
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "optim": OptimConfig, "train": TrainConfig}
+
+
+@dataclass(frozen=True)
+class Flag:
+    """A setting that ``blitz train`` takes as an option, as declared by ``option``."""
+
+    key: str  # data.image_size
+    flag: str  # --image-size
+    hint: Any  # the setting's annotation: what the option takes
+    help: str
+    metavar: str
+    const: Any  # the value of the flag given alone (--pretrained), or None
+
+    @property
+    def keyword(self) -> str:
+        """Its name as a keyword of ``blitz.train`` (and argparse's): ``image_size``."""
+        return self.flag[2:].replace("-", "_")
+
+
+def _flags() -> dict[str, Flag]:
+    return {
+        f"{name}.{f.name}": Flag(
+            f"{name}.{f.name}",
+            f.metadata["flag"],
+            _annotations(cls)[f.name],
+            f.metadata["help"],
+            f.metadata["metavar"],
+            f.metadata["const"],
+        )  # fmt: skip
+        for name, cls in SECTIONS.items()
+        for f in dataclasses.fields(cls)
+        if "flag" in f.metadata
+    }
+
+
+TRAIN_FLAGS = _flags()  # setting key -> its option, in the order the sections declare them
+FLAGS = {key: flag.flag for key, flag in TRAIN_FLAGS.items()}  # errors name both
 
 
 @dataclass
