@@ -8,8 +8,8 @@ from __future__ import annotations
 from typing import Any
 
 from blitz.errors import BlitzError  # light: what every blitz error is
+from blitz.version import __version__ as __version__
 
-__version__ = "0.1.0"
 __all__ = ["BlitzError", "Run", "load", "train"]
 
 

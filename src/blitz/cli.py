@@ -179,7 +179,7 @@ def _add_report_tools(sub: argparse._SubParsersAction) -> None:
 
 
 def _version() -> str:
-    from blitz import __version__
+    from blitz.version import __version__
 
     return f"blitz {__version__}"
 

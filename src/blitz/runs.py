@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from blitz import __version__
 from blitz.checkpoint import Checkpoint
 from blitz.compiling import use_compile_cache
 from blitz.config import HUB, Config
@@ -54,6 +53,7 @@ from blitz.roles import Assignment, record
 from blitz.rundir import Metrics, RunDir, matrix_record
 from blitz.signals import stop_on_signals
 from blitz.sources import load_data, load_test_data, recorded_spec
+from blitz.version import __version__
 from blitz.warmstart import warm_start
 
 if TYPE_CHECKING:
