@@ -57,7 +57,7 @@ from summary import (
 )
 
 from blitz.cache import cache_dir
-from blitz.memory import format_size
+from blitz.config import format_size
 
 # issue 15's targets: test accuracy at least, median training time at most (a fraction of the
 # seed's recipe's time in the same run), and for fast-cpu whole process <= training + 3 s

@@ -218,6 +218,15 @@ def parse_size(text: str) -> int | None:
     return int(value * SIZE_UNITS[unit])
 
 
+def format_size(size: int) -> str:
+    """Bytes in the largest binary unit that keeps a number >= 1 (``184 MB``)."""
+    for unit in ("TB", "GB", "MB", "KB"):
+        scale = 2 ** (10 * ("KMGT".index(unit[0]) + 1))
+        if size >= scale:
+            return f"{size / scale:.3g} {unit}"
+    return f"{size} B"
+
+
 @dataclass
 class DataConfig:
     """Where images come from and how they are turned into tensors."""

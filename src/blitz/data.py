@@ -13,8 +13,8 @@ from typing import Protocol, TypeVar
 import torch
 from tqdm import tqdm
 
+from blitz.config import format_size
 from blitz.errors import BlitzError
-from blitz.memory import format_size
 
 Log = Callable[[str], None]
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # rows, uint8 images, labels

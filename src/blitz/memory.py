@@ -1,5 +1,5 @@
 """The memory budget that decides between decoding a dataset into memory and streaming it from
-disk (``data.max_memory``), and sizes in words."""
+disk (``data.max_memory``)."""
 
 from __future__ import annotations
 
@@ -21,12 +21,3 @@ def physical_memory() -> int:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (AttributeError, ValueError, OSError):  # no sysconf (Windows): assume a small machine
         return 8 * 2**30
-
-
-def format_size(size: int) -> str:
-    """Bytes in the largest binary unit that keeps a number >= 1 (``184 MB``)."""
-    for unit in ("TB", "GB", "MB", "KB"):
-        scale = 2 ** (10 * ("KMGT".index(unit[0]) + 1))
-        if size >= scale:
-            return f"{size / scale:.3g} {unit}"
-    return f"{size} B"

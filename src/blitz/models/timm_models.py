@@ -17,9 +17,8 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
-from blitz.config import HUB
+from blitz.config import HUB, format_size
 from blitz.errors import BlitzError
-from blitz.memory import format_size
 
 PREFIX = "timm:"
 INSTALL = "pip install 'blitz[timm]'"

@@ -28,7 +28,7 @@ from blitz.cache import (
     write_decoded,
 )
 from blitz.cifar_format import is_cifar_python, read_cifar_python
-from blitz.config import DataConfig
+from blitz.config import DataConfig, format_size
 from blitz.counts import label_counts
 from blitz.data import AnySplit, ImageData, Log, Split, progress_bar, resize_splits
 from blitz.errors import BlitzError
@@ -44,7 +44,7 @@ from blitz.folders import (
 )
 from blitz.images import BadImage, decode_image
 from blitz.locks import locked
-from blitz.memory import format_size, memory_budget
+from blitz.memory import memory_budget
 from blitz.signals import unwind_on_sigterm
 from blitz.sources import PATH, list_sources, register_source
 from blitz.sources.table import TABLE_SUFFIXES, is_table, iter_listed, read_table
