@@ -9,7 +9,7 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from tqdm import tqdm
 
@@ -20,12 +20,18 @@ from blitz.files import open_new, open_regular
 from blitz.outputs import write_failed
 from blitz.rundir import RunDir
 
-if TYPE_CHECKING:
-    from blitz.tracking import MlflowTracker
-
 CSV_FIELDS = ("step", "epoch", "loss", "accuracy", "lr", "images_per_s")
 EPOCH_LINES = 20  # epoch lines in a log at most (about)
 INTERVAL = 50  # steps per metrics.csv row and bar update: .item() syncs the device, so not always
+
+
+class Tracker(Protocol):
+    """Where the loop's rows also go (tracking.MlflowTracker): described here, not imported,
+    because tracking is an output built on the run directory, above the loop."""
+
+    def log_step(self, row: dict[str, Any], step: int) -> None: ...
+
+    def log_epoch(self, record: dict[str, Any], step: int) -> None: ...
 
 
 class Meter:
@@ -159,7 +165,7 @@ class Progress:
         quiet: bool,
         out: RunDir | None = None,
         resumed_step: int = 0,
-        tracker: MlflowTracker | None = None,
+        tracker: Tracker | None = None,
     ) -> None:
         self.cfg, self.log, self.quiet, self.tracker = cfg, log, quiet, tracker
         self.seed_lines = cfg.train.log_every
