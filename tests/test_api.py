@@ -251,7 +251,7 @@ def test_a_notebook_gets_a_progress_bar_though_its_stderr_is_no_terminal(monkeyp
 
     from tqdm.auto import tqdm as auto
 
-    from blitz.config import build_config
+    from blitz.models.configs import build_config
     from blitz.progress import Progress
 
     cfg = build_config("fast-cpu")

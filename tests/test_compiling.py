@@ -9,11 +9,11 @@ import torch
 from torch._inductor.runtime.runtime_utils import default_cache_dir
 
 from blitz.compiling import CACHE_VARIABLE, use_compile_cache
-from blitz.config import build_config
 from blitz.context import RunContext
 from blitz.engine import TrainHooks, build_loop, warm_up
 from blitz.errors import BlitzError
 from blitz.models import create_model
+from blitz.models.configs import build_config
 from blitz.progress import Progress
 from blitz.sources import load_data
 from conftest import run_blitz

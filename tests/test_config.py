@@ -2,15 +2,9 @@ from typing import Literal, get_args, get_origin, get_type_hints
 
 import pytest
 
-from blitz.config import (
-    FLAGS,
-    SECTIONS,
-    build_config,
-    config_from_dict,
-    list_presets,
-    parse_value,
-)
+from blitz.config import FLAGS, SECTIONS, list_presets, parse_value
 from blitz.errors import BlitzError
+from blitz.models.configs import build_config, config_from_dict
 
 
 def test_seed_preset_is_the_seeds_recipe():

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from blitz import augment
-from blitz.config import OPTIMIZERS, DataConfig, build_config
+from blitz.config import OPTIMIZERS, DataConfig
 from blitz.context import RunContext, silent
 from blitz.engine import (
     TrainHooks,
@@ -19,6 +19,7 @@ from blitz.engine import (
 )
 from blitz.evaluate import evaluate
 from blitz.models import create_model
+from blitz.models.configs import build_config
 from blitz.progress import Progress
 from blitz.resume import choose_kernels
 from blitz.sources import load_data

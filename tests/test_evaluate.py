@@ -1,7 +1,6 @@
 import pytest
 import torch
 
-from blitz.config import build_config
 from blitz.data import Split
 from blitz.evaluate import (
     accuracy,
@@ -17,6 +16,7 @@ from blitz.evaluate import (
     score,
     top_k_hits,
 )
+from blitz.models.configs import build_config
 from blitz.preprocess import normalize
 
 

@@ -10,11 +10,11 @@ import torch
 from torch import nn
 
 from blitz.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from blitz.config import build_config
 from blitz.errors import BlitzError
 from blitz.evaluate import tta_logits
 from blitz.export import FORMATS, TOLERANCE, export_model, random_images, run_export
 from blitz.models import create_model, list_models
+from blitz.models.configs import build_config
 from blitz.preprocess import normalize
 from conftest import run_blitz
 

@@ -16,8 +16,8 @@ import torch
 
 from blitz import cli, engine, progress, resume
 from blitz.checkpoint import load_checkpoint
-from blitz.config import build_config
 from blitz.errors import BlitzError
+from blitz.models.configs import build_config
 from blitz.progress import CSV_FIELDS, Progress, read_metrics_csv
 from blitz.rundir import RunDir
 from blitz.runs import train_run

@@ -18,7 +18,7 @@ from PIL import Image
 import blitz
 from blitz import augment, cli
 from blitz.checkpoint import load_checkpoint
-from blitz.config import HUB, TTAS, build_config
+from blitz.config import HUB, TTAS
 from blitz.context import RunContext, silent
 from blitz.data import ImageData, Split
 from blitz.engine import TrainHooks, build_loop, compute_loss, prepare_batch, train
@@ -26,6 +26,7 @@ from blitz.errors import BlitzError
 from blitz.evaluate import evaluate
 from blitz.images import decode_image
 from blitz.models import create_model
+from blitz.models.configs import build_config
 from blitz.models.timm_models import fetch_hub_weights, load_pretrained
 from blitz.optim import build_optimizers
 from blitz.preprocess import normalize

@@ -6,13 +6,14 @@ import pytest
 import torch
 
 from blitz.cli import build_parser
-from blitz.config import OPTIMIZERS, build_config, list_presets
+from blitz.config import OPTIMIZERS, list_presets
 from blitz.context import RunContext, silent
 from blitz.devices import fit_to_device
 from blitz.distributed import SINGLE, epoch_batches
 from blitz.engine import build_loop, compute_loss, train, train_at_factors
 from blitz.lrfind import lr_find, suggested_settings
 from blitz.models import list_models
+from blitz.models.configs import build_config
 from blitz.preprocess import normalize
 from blitz.progress import Progress
 from blitz.runs import build_model

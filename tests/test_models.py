@@ -126,7 +126,7 @@ def test_a_bug_inside_a_model_is_not_reported_as_a_bad_option(monkeypatch):
 
 
 def test_model_options_are_checked_when_settings_are_built():
-    from blitz.config import build_config
+    from blitz.models.configs import build_config
 
     with pytest.raises(BlitzError, match="unknown option 'width'.*convnet takes widths"):
         build_config("seed", {"model.name": "convnet", "model.options.width": 8})

@@ -8,12 +8,13 @@ import torch
 
 from blitz import devices
 from blitz.checkpoint import load_state
-from blitz.config import build_config, list_presets
+from blitz.config import list_presets
 from blitz.context import RunContext, silent
 from blitz.devices import fit_to_device, resolve_precision
 from blitz.engine import train
 from blitz.evaluate import _shift, evaluate, tta_logits
 from blitz.models import create_model
+from blitz.models.configs import build_config
 from blitz.optim import (
     CompiledStep,
     build_optimizers,

@@ -12,7 +12,6 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from blitz.config import build_config
 from blitz.data import Split
 from blitz.errors import BlitzError
 from blitz.evaluate import (
@@ -26,6 +25,7 @@ from blitz.evaluate import (
     summary_figures,
     worst_errors,
 )
+from blitz.models.configs import build_config
 from blitz.progress import CSV_FIELDS, INTERVAL, Progress, read_metrics_csv
 from blitz.report import write_comparison, write_report
 from blitz.rundir import Metrics, RunDir

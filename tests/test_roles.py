@@ -10,11 +10,12 @@ import torch
 
 from blitz import cli
 from blitz.checkpoint import load_checkpoint
-from blitz.config import DataConfig, build_config
+from blitz.config import DataConfig
 from blitz.counts import balanced_weights, imbalance_note
 from blitz.distributed import SINGLE, World, epoch_batches
 from blitz.engine import compute_loss
 from blitz.errors import BlitzError
+from blitz.models.configs import build_config
 from blitz.roles import record
 from blitz.sources import load_data
 from conftest import CLASSES, folder_files, png_bytes, write_folder

@@ -8,10 +8,10 @@ import torch
 
 from blitz import cli
 from blitz.checkpoint import Checkpoint, Training, load_checkpoint, save_checkpoint
-from blitz.config import build_config
 from blitz.errors import BlitzError
 from blitz.evaluate import chance_note, confusion_matrix
 from blitz.models import create_model, list_models
+from blitz.models.configs import build_config
 from blitz.outputs import write_atomic
 from blitz.rundir import Metrics, RunDir, matrix_record
 from conftest import folder_files, png_bytes, run_blitz, write_folder

@@ -9,9 +9,9 @@ import torch
 
 from blitz.api import train
 from blitz.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from blitz.config import build_config
 from blitz.errors import BlitzError
 from blitz.models import create_model, model_preprocessing, timm_models
+from blitz.models.configs import build_config
 from blitz.models.timm_models import load_pretrained
 from conftest import run_blitz
 

@@ -185,7 +185,8 @@ def plan_training(
     config: str | os.PathLike | None = None,
 ) -> TrainingPlan:
     """A new run: a preset (or a settings file, ``config``) with overrides, and its folder."""
-    from blitz.config import build_config, read_settings_file
+    from blitz.config import read_settings_file
+    from blitz.models.configs import build_config
     from blitz.rundir import RunDir
     from blitz.runs import elastic_resume
 

@@ -14,18 +14,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from blitz.config import (
-    MAX_IMAGE_SIZE,
-    Config,
-    Tta,
-    check_range,
-    check_types,
-    check_value,
-    config_from_dict,
-)
+from blitz.config import MAX_IMAGE_SIZE, Config, Tta, check_range, check_types, check_value
 from blitz.errors import BlitzError, UnusableFile
 from blitz.files import atomic_file, open_regular
 from blitz.models import MAX_CHANNELS, create_model
+from blitz.models.configs import config_from_dict
 from blitz.optim import load_in_place
 
 FORMAT = 2  # 1: model facts as top-level keys beside a copy in "config"; still read

@@ -358,9 +358,9 @@ def cmd_report(args: argparse.Namespace) -> None:
 
 
 def cmd_lr_find(args: argparse.Namespace) -> None:
-    from blitz.config import build_config
     from blitz.errors import BlitzError
     from blitz.lrfind import lr_find, suggested_settings
+    from blitz.models.configs import build_config
     from blitz.outputs import check_output_file, write_atomic
     from blitz.plots import lr_find_png
     from blitz.runs import set_up
@@ -401,7 +401,8 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 
 def cmd_presets(args: argparse.Namespace) -> None:
-    from blitz.config import build_config, list_presets, settings_toml
+    from blitz.config import list_presets, settings_toml
+    from blitz.models.configs import build_config
 
     if args.show:
         print(settings_toml(build_config(args.show)), end="")
@@ -417,7 +418,8 @@ def cmd_presets(args: argparse.Namespace) -> None:
 def _mirror_note(preset: str) -> list[str]:
     """What data the preset suits as far as its mirroring goes (read from its settings, so it
     cannot drift), and how to stop it: lines to print."""
-    from blitz.config import UNMIRRORED, build_config
+    from blitz.config import UNMIRRORED
+    from blitz.models.configs import build_config
 
     cfg = build_config(preset)
     mirrors = {}  # setting -> (its value, the value without mirroring)

@@ -1,4 +1,8 @@
-"""Settings: one dataclass tree, TOML presets, command-line overrides, validated once."""
+"""Settings: one dataclass tree, TOML presets, command-line overrides, validated once.
+
+This module imports nothing of blitz but its errors: what only the model registry knows (a model
+exists, takes these options, expects these inputs) is checked by ``blitz.models.configs``, which
+builds every Config a run uses (``build_config``, ``config_from_dict``)."""
 
 from __future__ import annotations
 
@@ -334,16 +338,11 @@ class DataConfig:
                 "choose fractions whose sum is below 1 (e.g. 0.1 and 0.2)"
             )
 
-    def resolve(self, model: str | None = None) -> None:
-        """The "auto" image size, mean and std made concrete for the model ``model``: a timm
-        model's pretrained ones, else (blitz's own models, or no model named) 32 and the
+    def resolve(self, model: str = "", found: dict[str, Any] | None = None) -> None:
+        """The "auto" image size, mean and std made concrete: ``found``, the pretrained ones of
+        the timm model ``model``, else (blitz's own models, or no model named) 32 and the
         seed's 0.5. ``chosen`` says what was taken from a timm model."""
-        found = None
-        if model:
-            from blitz.models import model_preprocessing
-
-            found = model_preprocessing(model)
-        defaults = found._asdict() if found else {"image_size": 32, "mean": (0.5,) * 3}
+        defaults = dict(found) if found else {"image_size": 32, "mean": (0.5,) * 3}
         defaults.setdefault("std", defaults["mean"])
         for key in self.auto:
             setattr(self, key, defaults[key])
@@ -393,17 +392,7 @@ class ModelConfig:
     )
 
     def __post_init__(self) -> None:
-        from blitz.models import check_model_name, check_options
-        from blitz.models.timm_models import PREFIX
-
-        check_types(self, "model")
-        check_model_name(self.name)
-        check_options(self.name, self.options)  # types here; ranges when the model is built
-        if self.pretrained:
-            expected = f"a --model {PREFIX}NAME to load it into ({self.name} is blitz's own: "
-            expected += "start it from a run of yours with --init RUN_DIR)"
-            ok = self.name.startswith(PREFIX)
-            check_value(ok, "model.pretrained", self.pretrained, expected)
+        check_types(self, "model")  # the name and options: blitz.models.configs
 
 
 @dataclass
@@ -633,7 +622,6 @@ class Config:
         check_types(self)
         # a settings file's preset names the run's default folder: it must not steer it
         check_value(is_plain_name(self.preset), "preset", self.preset, PLAIN_NAME)
-        self.data.resolve(self.model.name)
         if self.model.pretrained and self.train.init:  # the second would overwrite the first
             raise BlitzError(
                 "--pretrained and --init both give the starting weights: pass one of them"
@@ -647,8 +635,9 @@ class Config:
         return out
 
 
-def config_from_dict(raw: dict[str, Any], preset: str = "custom") -> Config:
-    """Build a validated Config from nested plain data, naming any unknown setting."""
+def parse_config(raw: dict[str, Any], preset: str = "custom") -> Config:
+    """A Config from nested plain data, naming any unknown setting; checked as far as settings
+    can be on their own (``blitz.models.configs.config_from_dict`` checks the model too)."""
     raw = dict(raw)
     sections = {}
     for name, cls in SECTIONS.items():
@@ -788,12 +777,13 @@ def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str,
     return out
 
 
-def build_config(
+def merge_settings(
     preset: str, overrides: dict[str, Any] | None = None, base: dict[str, Any] | None = None
-) -> Config:
-    """A preset (or the raw settings ``base``, e.g. a ``--config`` file) with overrides
-    applied, validated. A preset's model options, image size and normalisation are for its
-    own model: another ``model.name`` starts from that model's defaults ("auto"), and only
+) -> dict[str, Any]:
+    """The raw settings of a preset (or ``base``, e.g. a ``--config`` file) with overrides
+    applied and ``preset`` set; ``blitz.models.configs.build_config`` validates them. A preset's
+    model options, image size and normalisation are for its own model: another ``model.name``
+    starts from that model's defaults ("auto"), and only
     another timm model keeps its pretrained weights (timm's own, for that model). Its
     ``data.low_res`` is for its image size: another model or image size goes without. Likewise a
     preset's step cap and floor are for its own epochs: an explicit ``train.epochs`` (without
@@ -819,4 +809,5 @@ def build_config(
         if "train.epochs" in overrides and bound not in overrides:
             raw.get("train", {}).pop(bound.split(".")[1], None)
     raw = apply_overrides(raw, overrides)
-    return config_from_dict(raw, preset)
+    raw["preset"] = preset
+    return raw

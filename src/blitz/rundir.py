@@ -19,17 +19,11 @@ from typing import Any
 import torch
 
 from blitz.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from blitz.config import (
-    Config,
-    check_types,
-    config_from_dict,
-    is_number,
-    parse_nested,
-    plain_name,
-)
+from blitz.config import Config, check_types, is_number, parse_nested, plain_name
 from blitz.errors import BlitzError, UnusableFile
 from blitz.files import read_regular, remove_temporary_files
 from blitz.locks import locked
+from blitz.models.configs import config_from_dict
 from blitz.outputs import write_atomic, write_json
 from blitz.roles import ROLES, Assignment
 
