@@ -21,7 +21,7 @@ from conftest import run_blitz
 SIZES = {"lenet": 32}  # lenet's linear layers need 32x32; the others take the faster 16
 
 
-def saved_checkpoint(tmp_path: Path, name: str, broken: bool = False) -> dict:
+def saved_checkpoint(tmp_path: Path, name: str) -> dict:
     """A checkpoint of ``name`` whose batch norms have running statistics far from 0 and 1."""
     size = SIZES.get(name, 16)
     cfg = build_config("fast-cpu", {"model.name": name, "data.image_size": size})
@@ -30,8 +30,6 @@ def saved_checkpoint(tmp_path: Path, name: str, broken: bool = False) -> dict:
     with torch.no_grad():
         for _ in range(3):
             model(torch.randn(8, 3, size, size) * 2 + 1)
-        if broken:  # the weights of a run that diverged
-            next(model.parameters()).fill_(float("nan"))
     save_checkpoint(tmp_path / "model.pt", Checkpoint.of(model, cfg, ["a", "b", "c"]))
     return load_checkpoint(tmp_path / "model.pt")
 
@@ -75,9 +73,12 @@ def test_an_export_that_gives_nan_is_refused(tmp_path, monkeypatch):
 
 
 def test_a_model_with_nan_weights_is_not_exported_as_checked(tmp_path):
-    ckpt = saved_checkpoint(tmp_path, "lenet", broken=True)
+    ckpt = saved_checkpoint(tmp_path, "lenet")  # a checkpoint of NaNs is refused at load
+    model = ckpt.build_model()
+    with torch.no_grad():  # the weights of a run that diverged, handed over from Python
+        next(model.parameters()).fill_(float("nan"))
     with pytest.raises(BlitzError, match="weights are broken"):
-        export_model(ckpt.model, ckpt.build_model(), "torchscript", tmp_path / "m.pt")
+        export_model(ckpt.model, model, "torchscript", tmp_path / "m.pt")
 
 
 @pytest.mark.parametrize("where", ["missing/m.pt", "."])

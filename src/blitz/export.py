@@ -15,9 +15,9 @@ import torch
 from torch import nn
 
 from blitz.checkpoint import ModelFacts
+from blitz.config import format_size
 from blitz.errors import BlitzError
 from blitz.evaluate import tta_logits
-from blitz.memory import format_size
 from blitz.outputs import check_output_file, write_atomic
 from blitz.preprocess import normalize
 
