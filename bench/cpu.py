@@ -56,8 +56,8 @@ from summary import (
     write_json,
 )
 
-from blitz.cache import cache_dir
-from blitz.config import format_size
+from blitz.config.settings import format_size
+from blitz.data.cache import cache_dir
 
 # issue 15's targets: test accuracy at least, median training time at most (a fraction of the
 # seed's recipe's time in the same run), and for fast-cpu whole process <= training + 3 s
@@ -103,8 +103,8 @@ def seed_recipe_seconds(data_spec: str, steps: int) -> tuple[float, int, int]:
     import torchvision.transforms as T
     from torch.utils.data import DataLoader, Dataset
 
+    from blitz.data.sources import load_data
     from blitz.models import create_model
-    from blitz.sources import load_data
 
     class SeedDataset(Dataset):  # what torchvision.datasets.CIFAR10 hands the seed: PIL images
         def __init__(self, split):

@@ -18,7 +18,8 @@ from collections.abc import Callable
 import torch
 from torch.profiler import ProfilerActivity, profile, schedule
 
-from blitz import cli, engine
+from blitz import cli
+from blitz.training import engine
 
 
 def profiled_train_step(skip: int, steps: int, report: Callable) -> Callable:

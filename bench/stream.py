@@ -21,8 +21,8 @@ from dataclasses import replace
 import torch
 from summary import markdown_table, spread, write_json
 
-from blitz.config import DataConfig
-from blitz.sources import load_data
+from blitz.config.settings import DataConfig
+from blitz.data.sources import load_data
 
 
 def images_per_second(split, rows: torch.Tensor) -> float:

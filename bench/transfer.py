@@ -102,7 +102,7 @@ def save_body(run_dir: Path, path: Path) -> Path:
     """The run's final weights without the classifier head, as a plain state dict file."""
     import torch
 
-    from blitz.checkpoint import load_checkpoint
+    from blitz.training.checkpoint import load_checkpoint
 
     model = load_checkpoint(run_dir / "model.pt").build_model()
     heads = {name for name, module in model.named_modules() if module is model.get_classifier()}

@@ -22,8 +22,8 @@ from pathlib import Path
 import torch
 from summary import markdown_table, mean_std, spread, write_json
 
-from blitz.config import DataConfig
-from blitz.sources import load_source
+from blitz.config.settings import DataConfig
+from blitz.data.sources import load_source
 
 
 def convert(archive: str, folder: Path) -> None:

@@ -146,8 +146,8 @@ def image_folder(tmp_path) -> Path:
 
 def shapes_folder(root: Path, count: int = 120) -> Path:
     """The generated shapes as an image folder of PNGs (train: ``count``, test: a third)."""
-    from blitz.sources.shapes import CLASSES as SHAPES
-    from blitz.sources.shapes import make_shapes
+    from blitz.data.sources.shapes import CLASSES as SHAPES
+    from blitz.data.sources.shapes import make_shapes
 
     for split, n, seed in (("train", count, 0), ("test", count // 3, 1)):
         images, labels = make_shapes(n, seed=seed)

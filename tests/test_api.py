@@ -15,11 +15,11 @@ import torch
 from PIL import Image
 
 import blitz
+from blitz.data.sources.shapes import CLASSES as SHAPES
+from blitz.data.sources.shapes import make_shapes
 from blitz.errors import BlitzError
-from blitz.evaluate import predict_logits
-from blitz.export import run_export
-from blitz.sources.shapes import CLASSES as SHAPES
-from blitz.sources.shapes import make_shapes
+from blitz.outputs.export import run_export
+from blitz.training.evaluate import predict_logits
 from conftest import folder_files, write_folder
 
 
@@ -252,7 +252,7 @@ def test_a_notebook_gets_a_progress_bar_though_its_stderr_is_no_terminal(monkeyp
     from tqdm.auto import tqdm as auto
 
     from blitz.models.configs import build_config
-    from blitz.progress import Progress
+    from blitz.training.progress import Progress
 
     cfg = build_config("fast-cpu")
     assert not Progress(cfg, print, quiet=False).use_bar  # pytest's stderr: no terminal

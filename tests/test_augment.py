@@ -1,6 +1,6 @@
 import torch
 
-from blitz import augment
+from blitz.data import augment
 
 
 def batch(n=16):

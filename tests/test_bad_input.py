@@ -17,10 +17,10 @@ import pytest
 import torch
 from PIL import Image
 
-from blitz import folders
-from blitz.config import DataConfig
+from blitz.config.settings import DataConfig
+from blitz.data import folders
+from blitz.data.sources import load_data
 from blitz.errors import BlitzError
-from blitz.sources import load_data
 from conftest import folder_files, png_bytes, write_folder, write_tar, write_zip
 
 

@@ -8,14 +8,14 @@ import pytest
 import torch
 from torch._inductor.runtime.runtime_utils import default_cache_dir
 
-from blitz.compiling import CACHE_VARIABLE, use_compile_cache
-from blitz.context import RunContext
-from blitz.engine import TrainHooks, build_loop, warm_up
+from blitz.data.sources import load_data
 from blitz.errors import BlitzError
 from blitz.models import create_model
 from blitz.models.configs import build_config
-from blitz.progress import Progress
-from blitz.sources import load_data
+from blitz.training.compiling import CACHE_VARIABLE, use_compile_cache
+from blitz.training.context import RunContext
+from blitz.training.engine import TrainHooks, build_loop, warm_up
+from blitz.training.progress import Progress
 from conftest import run_blitz
 
 CPU = torch.device("cpu")

@@ -2,7 +2,7 @@ from typing import Literal, get_args, get_origin, get_type_hints
 
 import pytest
 
-from blitz.config import FLAGS, SECTIONS, list_presets, parse_value
+from blitz.config.settings import FLAGS, SECTIONS, list_presets, parse_value
 from blitz.errors import BlitzError
 from blitz.models.configs import build_config, config_from_dict
 
@@ -231,7 +231,7 @@ def test_every_flag_named_in_errors_is_an_option_of_blitz_train():
 
 
 def test_the_choice_constants_come_from_the_annotations():
-    from blitz.config import DEVICES, LOSSES, OPTIMIZERS, PRECISIONS
+    from blitz.config.settings import DEVICES, LOSSES, OPTIMIZERS, PRECISIONS
 
     hints = {cls: get_type_hints(cls) for cls in SECTIONS.values()}
     optim, train = hints[SECTIONS["optim"]], hints[SECTIONS["train"]]

@@ -9,13 +9,13 @@ import time
 import pytest
 import torch
 
-from blitz import sources
-from blitz.config import DataConfig
-from blitz.data import ImageData, Split
+from blitz.config.settings import DataConfig
+from blitz.data import sources
+from blitz.data.dataset import ImageData, Split
+from blitz.data.preprocess import normalize
+from blitz.data.sources import PATH, cifar10, find_source, list_sources, load_data, register_source
+from blitz.data.sources.shapes import CLASSES, make_shapes
 from blitz.errors import BlitzError
-from blitz.preprocess import normalize
-from blitz.sources import PATH, cifar10, find_source, list_sources, load_data, register_source
-from blitz.sources.shapes import CLASSES, make_shapes
 from conftest import CLASSES as FRUIT
 from conftest import cifar_archive, folder_files, write_folder, write_tar, write_zip
 
@@ -153,7 +153,7 @@ def test_decoding_on_several_threads_gives_what_one_thread_gives(tmp_path, monke
 def test_decoding_processes_also_start_where_there_is_no_fork(tmp_path, monkeypatch):
     import multiprocessing
 
-    from blitz.sources import folder
+    from blitz.data.sources import folder
 
     monkeypatch.setattr(folder, "_start_method", lambda: multiprocessing.get_context("spawn"))
     path = write_folder(tmp_path / "fruit", folder_files())
@@ -168,7 +168,7 @@ def _die(chunk, size):  # a decoding process that crashes (module level: sent by
 
 
 def test_a_decoding_process_that_dies_is_one_clear_error(tmp_path, monkeypatch):
-    from blitz.sources import folder
+    from blitz.data.sources import folder
 
     monkeypatch.setattr(folder, "_decode_chunk", _die)
     path = write_folder(tmp_path / "fruit", folder_files())
@@ -230,8 +230,8 @@ def test_a_name_twice_in_an_archive_is_its_last_copy(tmp_path, suffix):
 
 SLOW_DECODE = """
 import os, sys, time
-from blitz.config import DataConfig
-from blitz.sources import folder, load_data
+from blitz.config.settings import DataConfig
+from blitz.data.sources import folder, load_data
 real = folder._decode_chunk
 def slow(chunk, size):
     print("decoding in", os.getpid(), flush=True)
@@ -384,8 +384,8 @@ def test_an_archive_of_many_members_shows_progress_listing_decoding_and_extracti
 ):
     from tqdm import tqdm
 
-    from blitz import data as data_module
-    from blitz.context import silent
+    from blitz.data import dataset as data_module
+    from blitz.training.context import silent
     from conftest import png_bytes
 
     shown = []

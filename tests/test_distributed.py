@@ -8,9 +8,9 @@ import sys
 import pytest
 import torch
 
-from blitz.checkpoint import load_checkpoint
-from blitz.distributed import SINGLE, World, check_batch_size, epoch_batches, shard
 from blitz.errors import BlitzError
+from blitz.training.checkpoint import load_checkpoint
+from blitz.training.distributed import SINGLE, World, check_batch_size, epoch_batches, shard
 from conftest import shapes_folder
 
 
@@ -102,7 +102,8 @@ def test_two_streaming_processes_train_like_one_in_memory(tmp_path):
 # --max-restarts then restarts the whole group.
 DYING_WORKER = """
 import os, signal, sys
-from blitz import cli, engine
+from blitz import cli
+from blitz.training import engine
 step = engine._step
 def dying_step(loop, *args):
     attempt = os.environ["TORCHELASTIC_RESTART_COUNT"]

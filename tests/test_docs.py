@@ -27,7 +27,7 @@ def test_the_readme_lists_every_option_as_declared():
 def test_every_setting_with_a_flag_is_an_option_of_train_and_a_keyword_of_the_api():
     from blitz.api import KEYWORDS
     from blitz.cli import build_parser
-    from blitz.config import TRAIN_FLAGS
+    from blitz.config.settings import TRAIN_FLAGS
 
     train = build_parser()._subparsers._group_actions[0].choices["train"]
     for key, flag in TRAIN_FLAGS.items():

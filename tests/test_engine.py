@@ -4,10 +4,13 @@ import math
 import pytest
 import torch
 
-from blitz import augment
-from blitz.config import OPTIMIZERS, DataConfig
-from blitz.context import RunContext, silent
-from blitz.engine import (
+from blitz.config.settings import OPTIMIZERS, DataConfig
+from blitz.data import augment
+from blitz.data.sources import load_data
+from blitz.models import create_model
+from blitz.models.configs import build_config
+from blitz.training.context import RunContext, silent
+from blitz.training.engine import (
     TrainHooks,
     build_loop,
     compute_loss,
@@ -17,12 +20,9 @@ from blitz.engine import (
     train_step,
     warm_up,
 )
-from blitz.evaluate import evaluate
-from blitz.models import create_model
-from blitz.models.configs import build_config
-from blitz.progress import Progress
-from blitz.resume import choose_kernels
-from blitz.sources import load_data
+from blitz.training.evaluate import evaluate
+from blitz.training.progress import Progress
+from blitz.training.resume import choose_kernels
 
 CPU = torch.device("cpu")
 

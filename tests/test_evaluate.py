@@ -1,8 +1,10 @@
 import pytest
 import torch
 
-from blitz.data import Split
-from blitz.evaluate import (
+from blitz.data.dataset import Split
+from blitz.data.preprocess import normalize
+from blitz.models.configs import build_config
+from blitz.training.evaluate import (
     accuracy,
     class_scores,
     classification_figures,
@@ -16,8 +18,6 @@ from blitz.evaluate import (
     score,
     top_k_hits,
 )
-from blitz.models.configs import build_config
-from blitz.preprocess import normalize
 
 
 def naive_confusion(labels, predicted, k):

@@ -9,13 +9,13 @@ import pytest
 import torch
 from torch import nn
 
-from blitz.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from blitz.data.preprocess import normalize
 from blitz.errors import BlitzError
-from blitz.evaluate import tta_logits
-from blitz.export import FORMATS, TOLERANCE, export_model, random_images, run_export
 from blitz.models import create_model, list_models
 from blitz.models.configs import build_config
-from blitz.preprocess import normalize
+from blitz.outputs.export import FORMATS, TOLERANCE, export_model, random_images, run_export
+from blitz.training.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from blitz.training.evaluate import tta_logits
 from conftest import run_blitz
 
 SIZES = {"lenet": 32}  # lenet's linear layers need 32x32; the others take the faster 16
@@ -67,7 +67,7 @@ def test_the_export_of_every_model_matches_it_in_eval_mode(tmp_path, name, fmt):
 def test_an_export_that_gives_nan_is_refused(tmp_path, monkeypatch):
     ckpt = saved_checkpoint(tmp_path, "lenet")
     nan = torch.full((5, 3), float("nan"))
-    monkeypatch.setattr("blitz.export.run_export", lambda *args: nan)
+    monkeypatch.setattr("blitz.outputs.export.run_export", lambda *args: nan)
     with pytest.raises(BlitzError, match="NaN or infinite"):
         export_model(ckpt.model, ckpt.build_model(), "torchscript", tmp_path / "m.pt")
 

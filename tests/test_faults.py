@@ -14,13 +14,14 @@ import threading
 import pytest
 import torch
 
-from blitz import cli, engine, progress, resume
-from blitz.checkpoint import load_checkpoint
+from blitz import cli
 from blitz.errors import BlitzError
 from blitz.models.configs import build_config
-from blitz.progress import CSV_FIELDS, Progress, read_metrics_csv
-from blitz.rundir import RunDir
-from blitz.runs import train_run
+from blitz.training import engine, progress, resume
+from blitz.training.checkpoint import load_checkpoint
+from blitz.training.progress import CSV_FIELDS, Progress, read_metrics_csv
+from blitz.training.rundir import RunDir
+from blitz.workflows.runs import train_run
 from conftest import folder_files, png_bytes, write_folder
 
 # 200 shapes in batches of 16: 13 steps an epoch, 3 epochs, a checkpoint every 5 steps
@@ -51,7 +52,8 @@ STEPS = 39
 # checkpoint, with the temporary file complete but not yet renamed (KIND writing).
 HARNESS = """
 import os, sys
-from blitz import cli, engine
+from blitz import cli
+from blitz.training import engine
 kind, at, signum, count = sys.argv[1], *map(int, sys.argv[2:5])
 calls = [0]
 def fault(original, counts=lambda *args: True):

@@ -16,23 +16,24 @@ import torch.nn.functional as F
 from PIL import Image
 
 import blitz
-from blitz import augment, cli
-from blitz.checkpoint import load_checkpoint
-from blitz.config import HUB, TTAS
-from blitz.context import RunContext, silent
-from blitz.data import ImageData, Split
-from blitz.engine import TrainHooks, build_loop, compute_loss, prepare_batch, train
+from blitz import cli
+from blitz.config.settings import HUB, TTAS
+from blitz.data import augment
+from blitz.data.dataset import ImageData, Split
+from blitz.data.images import decode_image
+from blitz.data.preprocess import normalize
+from blitz.data.sources import load_data
 from blitz.errors import BlitzError
-from blitz.evaluate import evaluate
-from blitz.images import decode_image
 from blitz.models import create_model
 from blitz.models.configs import build_config
 from blitz.models.timm_models import fetch_hub_weights, load_pretrained
-from blitz.optim import build_optimizers
-from blitz.preprocess import normalize
-from blitz.progress import Progress
-from blitz.rundir import RunDir
-from blitz.sources import load_data
+from blitz.training.checkpoint import load_checkpoint
+from blitz.training.context import RunContext, silent
+from blitz.training.engine import TrainHooks, build_loop, compute_loss, prepare_batch, train
+from blitz.training.evaluate import evaluate
+from blitz.training.optim import build_optimizers
+from blitz.training.progress import Progress
+from blitz.training.rundir import RunDir
 from conftest import folder_files, run_blitz, write_folder
 from test_faults import assert_same_run, start_blitz, wait_all
 

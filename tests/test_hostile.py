@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from blitz import cli, folders
-from blitz.config import DataConfig
+from blitz import cli
+from blitz.config.settings import DataConfig
+from blitz.data import folders
+from blitz.data.sources import load_data
 from blitz.errors import BlitzError
-from blitz.sources import load_data
 from conftest import folder_files, run_blitz, write_folder, write_tar, write_zip
 
 

@@ -7,7 +7,7 @@ import io
 import numpy as np
 from PIL import Image, ImageOps
 
-from blitz.images import decode_image
+from blitz.data.images import decode_image
 
 
 def jpeg(width: int, height: int, mode: str = "RGB") -> bytes:

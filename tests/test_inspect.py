@@ -2,8 +2,8 @@ import pytest
 import torch
 
 from blitz.errors import BlitzError
-from blitz.inspect import grad_fn_chain, walk_through, watched_parameter
 from blitz.models import create_model, list_models
+from blitz.models.walkthrough import grad_fn_chain, walk_through, watched_parameter
 
 
 def test_walk_through_shows_every_seed_step():

@@ -6,18 +6,18 @@ import pytest
 import torch
 
 from blitz.cli import build_parser
-from blitz.config import OPTIMIZERS, list_presets
-from blitz.context import RunContext, silent
-from blitz.devices import fit_to_device
-from blitz.distributed import SINGLE, epoch_batches
-from blitz.engine import build_loop, compute_loss, train, train_at_factors
-from blitz.lrfind import lr_find, suggested_settings
+from blitz.config.settings import OPTIMIZERS, list_presets
+from blitz.data.preprocess import normalize
+from blitz.data.sources import load_data
 from blitz.models import list_models
 from blitz.models.configs import build_config
-from blitz.preprocess import normalize
-from blitz.progress import Progress
-from blitz.runs import build_model
-from blitz.sources import load_data
+from blitz.training.context import RunContext, silent
+from blitz.training.devices import fit_to_device
+from blitz.training.distributed import SINGLE, epoch_batches
+from blitz.training.engine import build_loop, compute_loss, train, train_at_factors
+from blitz.training.progress import Progress
+from blitz.workflows.lrfind import lr_find, suggested_settings
+from blitz.workflows.runs import build_model
 from conftest import run_blitz
 
 CPU = torch.device("cpu")
@@ -100,7 +100,7 @@ def test_lr_find_command_with_muon_on_a_gpu_preset(tmp_path):
 
 @pytest.mark.parametrize("decades", [8, 0.5])  # a full sweep; one that diverged early
 def test_the_lr_find_plot_labels_its_ticks_in_plain_text(monkeypatch, decades):
-    from blitz import plots
+    from blitz.outputs import plots
 
     labels = []
 

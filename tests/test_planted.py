@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 
 from blitz import cli
-from blitz.config import DataConfig
+from blitz.config.settings import DataConfig
+from blitz.data.sources import load_data
 from blitz.errors import BlitzError
 from blitz.files import atomic_file, open_new, read_regular
-from blitz.rundir import RunDir
-from blitz.sources import load_data
+from blitz.training.rundir import RunDir
 from conftest import folder_files, run_blitz, write_folder
 
 WRITTEN = ("config.json", "sets.csv", "metrics.csv", "metrics.json", "model.pt", "best.pt",

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from blitz.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from blitz.errors import BlitzError
 from blitz.models import create_model
 from blitz.models.configs import build_config
-from blitz.predict import collect_images, format_prediction, predict_files, write_csv
+from blitz.outputs.predict import collect_images, format_prediction, predict_files, write_csv
+from blitz.training.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from conftest import png_bytes, run_blitz
 
 CLASSES = ["cat", "dog", "owl"]

@@ -6,23 +6,23 @@ import json
 import pytest
 import torch
 
-from blitz import devices
-from blitz.checkpoint import load_state
-from blitz.config import list_presets
-from blitz.context import RunContext, silent
-from blitz.devices import fit_to_device, resolve_precision
-from blitz.engine import train
-from blitz.evaluate import _shift, evaluate, tta_logits
+from blitz.config.settings import list_presets
+from blitz.data.sources import load_data
 from blitz.models import create_model
 from blitz.models.configs import build_config
-from blitz.optim import (
+from blitz.training import devices
+from blitz.training.checkpoint import load_state
+from blitz.training.context import RunContext, silent
+from blitz.training.devices import fit_to_device, resolve_precision
+from blitz.training.engine import train
+from blitz.training.evaluate import _shift, evaluate, tta_logits
+from blitz.training.optim import (
     CompiledStep,
     build_optimizers,
     flatten_filters,
     load_in_place,
     unflatten_filters,
 )
-from blitz.sources import load_data
 from conftest import run_blitz
 
 CPU = torch.device("cpu")

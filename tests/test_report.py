@@ -12,9 +12,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from blitz.data import Split
+from blitz.data.dataset import Split
 from blitz.errors import BlitzError
-from blitz.evaluate import (
+from blitz.models.configs import build_config
+from blitz.outputs.report import write_comparison, write_report
+from blitz.training.evaluate import (
     CLASS_COLUMNS,
     class_scores,
     classification_figures,
@@ -25,11 +27,9 @@ from blitz.evaluate import (
     summary_figures,
     worst_errors,
 )
-from blitz.models.configs import build_config
-from blitz.progress import CSV_FIELDS, INTERVAL, Progress, read_metrics_csv
-from blitz.report import write_comparison, write_report
-from blitz.rundir import Metrics, RunDir
-from blitz.runs import eval_run, rebuild_report, train_run
+from blitz.training.progress import CSV_FIELDS, INTERVAL, Progress, read_metrics_csv
+from blitz.training.rundir import Metrics, RunDir
+from blitz.workflows.runs import eval_run, rebuild_report, train_run
 
 
 def test_worst_errors_match_a_naive_sort():
@@ -122,8 +122,8 @@ def test_a_run_of_many_classes_records_the_matrix_as_cells_and_reports_from_them
     tmp_path, monkeypatch
 ):
     # the bounds of 10,000 classes, met by shapes' 10: a real run of that many takes minutes
-    monkeypatch.setattr("blitz.rundir.DENSE_CLASSES", 4)
-    monkeypatch.setattr("blitz.evaluate.TEXT_CLASSES", 4)
+    monkeypatch.setattr("blitz.training.rundir.DENSE_CLASSES", 4)
+    monkeypatch.setattr("blitz.training.evaluate.TEXT_CLASSES", 4)
     monkeypatch.setenv("BLITZ_DATA", str(tmp_path / "cache"))
     lines = []
     cfg = build_config("seed", {"data.source": "shapes:200", "train.max_steps": 3})
@@ -309,7 +309,7 @@ def test_a_run_records_shows_and_reports_every_figure(runs, monkeypatch):
 
 
 def test_class_names_are_drawn_as_they_are_not_as_maths():
-    from blitz.plots import image_grid_png, per_class_png
+    from blitz.outputs.plots import image_grid_png, per_class_png
 
     names = ["$\\frac{", "a $5 $HOME b"]  # unbalanced maths would fail matplotlib's parser
     png = image_grid_png(torch.zeros(2, 3, 8, 8, dtype=torch.uint8), names)

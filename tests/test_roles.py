@@ -9,15 +9,15 @@ import pytest
 import torch
 
 from blitz import cli
-from blitz.checkpoint import load_checkpoint
-from blitz.config import DataConfig
-from blitz.counts import balanced_weights, imbalance_note
-from blitz.distributed import SINGLE, World, epoch_batches
-from blitz.engine import compute_loss
+from blitz.config.settings import DataConfig
+from blitz.data.counts import balanced_weights, imbalance_note
+from blitz.data.roles import record
+from blitz.data.sources import load_data
 from blitz.errors import BlitzError
 from blitz.models.configs import build_config
-from blitz.roles import record
-from blitz.sources import load_data
+from blitz.training.checkpoint import load_checkpoint
+from blitz.training.distributed import SINGLE, World, epoch_batches
+from blitz.training.engine import compute_loss
 from conftest import CLASSES, folder_files, png_bytes, write_folder
 from test_faults import assert_same_run, start_blitz, wait_all
 
@@ -287,7 +287,7 @@ def test_a_preset_floor_of_steps_never_passes_an_explicit_cap(capsys, tmp_path):
 
 
 def test_a_resumed_epoch_that_takes_no_step_keeps_its_step_in_the_rows():
-    from blitz.progress import Progress
+    from blitz.training.progress import Progress
 
     cfg = build_config("seed", {"train.log_every": 0})
     progress = Progress(cfg, print, quiet=True, resumed_step=5)
@@ -315,8 +315,8 @@ def _shapes_of(root, counts: dict[str, int]):
     """A flat folder holding ``counts[name]`` generated shapes of each named class."""
     from PIL import Image
 
-    from blitz.sources.shapes import CLASSES as SHAPES
-    from blitz.sources.shapes import make_shapes
+    from blitz.data.sources.shapes import CLASSES as SHAPES
+    from blitz.data.sources.shapes import make_shapes
 
     images, labels = make_shapes(200, seed=1)
     for name, count in counts.items():

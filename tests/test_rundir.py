@@ -7,13 +7,13 @@ import pytest
 import torch
 
 from blitz import cli
-from blitz.checkpoint import Checkpoint, Training, load_checkpoint, save_checkpoint
 from blitz.errors import BlitzError
-from blitz.evaluate import chance_note, confusion_matrix
 from blitz.models import create_model, list_models
 from blitz.models.configs import build_config
-from blitz.outputs import write_atomic
-from blitz.rundir import Metrics, RunDir, matrix_record
+from blitz.training.checkpoint import Checkpoint, Training, load_checkpoint, save_checkpoint
+from blitz.training.evaluate import chance_note, confusion_matrix
+from blitz.training.rundir import Metrics, RunDir, matrix_record
+from blitz.utils.writes import write_atomic
 from conftest import folder_files, png_bytes, run_blitz, write_folder
 
 CLASSES = ["apple", "banana", "cherry"]

@@ -8,11 +8,11 @@ import pytest
 
 import blitz as blitz_api
 from blitz import cli
-from blitz.config import list_presets, read_settings_file
+from blitz.config.settings import list_presets, read_settings_file
 from blitz.errors import BlitzError
 from blitz.models.configs import build_config
-from blitz.rundir import RunDir
-from blitz.tracking import read_record
+from blitz.outputs.tracking import read_record
+from blitz.training.rundir import RunDir
 from conftest import folder_files, write_folder
 
 

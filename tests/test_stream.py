@@ -9,12 +9,12 @@ import signal
 import pytest
 import torch
 
-from blitz import stream
-from blitz.config import DataConfig
-from blitz.data import Split
+from blitz.config.settings import DataConfig
+from blitz.data import stream
+from blitz.data.dataset import Split
+from blitz.data.sources import load_data
+from blitz.data.stream import StreamSplit
 from blitz.errors import BlitzError
-from blitz.sources import load_data
-from blitz.stream import StreamSplit
 from conftest import folder_files, run_blitz, shapes_folder, write_folder, write_tar
 
 forks = pytest.mark.skipif(

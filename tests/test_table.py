@@ -7,11 +7,11 @@ import os
 import pytest
 import torch
 
-from blitz.config import DataConfig
-from blitz.data import Split
+from blitz.config.settings import DataConfig
+from blitz.data.dataset import Split
+from blitz.data.sources import load_data, load_source
+from blitz.data.stream import StreamSplit
 from blitz.errors import BlitzError
-from blitz.sources import load_data, load_source
-from blitz.stream import StreamSplit
 from conftest import CLASSES, folder_files, png_bytes, run_blitz, write_folder
 
 COLORS = dict(zip(CLASSES, [(200, 30, 30), (30, 200, 30), (30, 30, 200)]))

@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from blitz.api import train
-from blitz.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from blitz.errors import BlitzError
 from blitz.models import create_model, model_preprocessing, timm_models
 from blitz.models.configs import build_config
 from blitz.models.timm_models import load_pretrained
+from blitz.training.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from conftest import run_blitz
 
 pytest.importorskip("timm", reason="the timm extra is not installed")

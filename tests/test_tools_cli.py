@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from blitz.checkpoint import load_checkpoint
-from blitz.export import random_images, run_export
-from blitz.lrfind import has_diverged, smooth, suggest
-from blitz.preprocess import normalize
+from blitz.data.preprocess import normalize
+from blitz.outputs.export import random_images, run_export
+from blitz.training.checkpoint import load_checkpoint
+from blitz.workflows.lrfind import has_diverged, smooth, suggest
 from conftest import folder_files, run_blitz, write_folder
 
 blitz = run_blitz

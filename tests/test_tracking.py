@@ -13,9 +13,9 @@ import sys
 import pytest
 
 from blitz.errors import BlitzError
-from blitz.rundir import Metrics, RunDir
-from blitz.signals import StopRequested
-from blitz.tracking import QUICK, MlflowTracker, absolute, default_uri, flatten
+from blitz.outputs.tracking import QUICK, MlflowTracker, absolute, default_uri, flatten
+from blitz.training.rundir import Metrics, RunDir
+from blitz.utils.signals import StopRequested
 
 # MLflow's SQL store with SQLAlchemy 2.1 (theirs to fix; users do not see DeprecationWarnings)
 pytestmark = pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy:DeprecationWarning")
@@ -201,7 +201,8 @@ def test_a_database_store_without_sqlalchemy_says_what_to_install(store, tmp_pat
 
 
 def test_blitz_imports_mlflow_only_when_a_run_asks_for_it():
-    code = "import sys, blitz.cli, blitz.runs, blitz.tracking; print('mlflow' in sys.modules)"
+    modules = "blitz.cli, blitz.workflows.runs, blitz.outputs.tracking"
+    code = f"import sys, {modules}; print('mlflow' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

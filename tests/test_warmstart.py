@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from blitz.api import load, train
-from blitz.checkpoint import load_checkpoint
 from blitz.errors import BlitzError
+from blitz.training.checkpoint import load_checkpoint
 from conftest import CLASSES, png_bytes, write_folder
 
 TINY = {"preset": "seed", "batch_size": 16, "quiet": True}

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 from urllib.parse import quote
 
-from blitz.config import SECTIONS, TRAIN_FLAGS
+from blitz.config.settings import SECTIONS, TRAIN_FLAGS
 from blitz.errors import BlitzError
 
 if TYPE_CHECKING:
@@ -31,9 +31,9 @@ if TYPE_CHECKING:
     import torch
     from PIL import Image
 
-    from blitz.checkpoint import Checkpoint, ModelFacts
-    from blitz.config import Config
-    from blitz.rundir import Metrics, RunDir
+    from blitz.config.settings import Config
+    from blitz.training.checkpoint import Checkpoint, ModelFacts
+    from blitz.training.rundir import Metrics, RunDir
 
 # train()'s keywords (argparse's names for `blitz train`'s options) -> the settings they set
 KEYWORDS = {flag.keyword: key for key, flag in TRAIN_FLAGS.items()}
@@ -72,7 +72,7 @@ def checked(function: Function) -> Function:
 def _types(function: Callable[..., Any]) -> dict[str, tuple[type, ...]]:
     """Parameter -> the classes its annotation allows (generics by their origin: ``dict[str,
     Any]`` is ``dict``); none for ``Any``. Read at the first call: Metrics is imported here."""
-    from blitz.rundir import Metrics
+    from blitz.training.rundir import Metrics
 
     hints = typing.get_type_hints(function, localns={"Metrics": Metrics})
     out = {}
@@ -185,10 +185,10 @@ def plan_training(
     config: str | os.PathLike | None = None,
 ) -> TrainingPlan:
     """A new run: a preset (or a settings file, ``config``) with overrides, and its folder."""
-    from blitz.config import read_settings_file
+    from blitz.config.settings import read_settings_file
     from blitz.models.configs import build_config
-    from blitz.rundir import RunDir
-    from blitz.runs import elastic_resume
+    from blitz.training.rundir import RunDir
+    from blitz.workflows.runs import elastic_resume
 
     if preset and config:
         raise BlitzError("--preset and --config both name the settings to start from: give one")
@@ -200,7 +200,7 @@ def plan_training(
 
 def plan_resume(run_dir: str | os.PathLike) -> TrainingPlan:
     """A stopped run, continued from its newest checkpoint with its saved settings."""
-    from blitz.rundir import RunDir
+    from blitz.training.rundir import RunDir
 
     folder = RunDir(Path(run_dir))
     resume = folder.load_resumable()
@@ -212,9 +212,9 @@ def run_training(
 ) -> Metrics | None:
     """Carry out a plan (``started``: when the caller began, for the run's total time). Under
     torchrun every process trains and only the first returns the metrics."""
-    from blitz.context import silent
-    from blitz.distributed import finish
-    from blitz.runs import train_run
+    from blitz.training.context import silent
+    from blitz.training.distributed import finish
+    from blitz.workflows.runs import train_run
 
     cfg, run_dir, resume = plan
     with _owning(run_dir):
@@ -271,7 +271,7 @@ class Run:
 
     @checked
     def __init__(self, path: str | os.PathLike, metrics: Metrics | None = None) -> None:
-        from blitz.rundir import RunDir
+        from blitz.training.rundir import RunDir
 
         self._dir = RunDir(Path(path))
         self.metrics = self._dir.read_metrics() if metrics is None else metrics
@@ -315,7 +315,7 @@ class Run:
         be read is named on stderr and left out), PIL images, or tensors, uint8 (C, H, W) or
         (N, C, H, W) in 0-255 or float in [0, 1]; a list of any one kind. Images are converted
         and resized as ``blitz predict`` does."""
-        from blitz.predict import collect_images, predict_files
+        from blitz.outputs.predict import collect_images, predict_files
 
         if isinstance(top_k, bool) or top_k < 1:  # an int (checked): True is one too
             raise BlitzError(f"invalid top_k {top_k!r}: expected an integer >= 1")
@@ -330,9 +330,9 @@ class Run:
     def evaluate(self, data: str | os.PathLike | None = None, quiet: bool = False) -> dict:
         """Test the model on the run's own test set, or on ``data`` (a spec as for train): its
         accuracy and the views of its confusion matrix, as metrics.json records them."""
-        from blitz.context import silent
-        from blitz.evaluate import classification_figures
-        from blitz.runs import eval_run
+        from blitz.training.context import silent
+        from blitz.training.evaluate import classification_figures
+        from blitz.workflows.runs import eval_run
 
         source = None if data is None else os.fspath(data)
         result = eval_run(self._dir, source, silent if quiet else _print)
@@ -341,8 +341,8 @@ class Run:
 
     def report(self) -> Path:
         """Write report.html again (from the run's files and data); returns its path."""
-        from blitz.context import silent
-        from blitz.runs import rebuild_report
+        from blitz.training.context import silent
+        from blitz.workflows.runs import rebuild_report
 
         return Path(rebuild_report(self._dir, silent))
 
@@ -350,7 +350,7 @@ class Run:
     def export(self, format: str = "onnx", out: str | os.PathLike | None = None) -> Path:
         """Write the model as ONNX or TorchScript, normalisation included, checked against
         PyTorch; ``out`` defaults to model.onnx (model.torchscript.pt) in the run directory."""
-        from blitz.export import FORMATS, default_path, export_model
+        from blitz.outputs.export import FORMATS, default_path, export_model
 
         if format not in FORMATS:
             raise BlitzError(f"unknown export format {format!r}: choose " + " or ".join(FORMATS))
@@ -371,8 +371,8 @@ class Run:
     def _repr_html_(self) -> str:
         """Jupyter's view: the figures, the training curves and a link to report.html.
         Every string is escaped: class and data names come from folders."""
-        from blitz.plots import curves_png
-        from blitz.progress import read_metrics_csv
+        from blitz.outputs.plots import curves_png
+        from blitz.training.progress import read_metrics_csv
 
         m = self.metrics
         sets = ", ".join(f"{count} {role}" for role, count in m.sets.items())
@@ -409,7 +409,7 @@ def _e(text: str) -> str:
 def _decoded(items: list[Any], facts: ModelFacts) -> Iterator[np.ndarray]:
     """Each in-memory image as blitz decodes a file: encoded losslessly (TIFF keeps every
     mode and the EXIF orientation), then decoded, converted and resized as files are."""
-    from blitz.images import decode_image
+    from blitz.data.images import decode_image
 
     mode = facts.image_mode
     for index, image in enumerate(_pil_images(items)):
@@ -428,7 +428,7 @@ def _pil_images(items: list[Any]) -> Iterator[Image.Image]:
     import torch
     from PIL import Image
 
-    from blitz.images import check_pixels
+    from blitz.data.images import check_pixels
 
     for index, item in enumerate(items):
         if isinstance(item, Image.Image):
@@ -482,7 +482,7 @@ def _predict_in_memory(
     facts: ModelFacts, model: torch.nn.Module, arrays: Iterator[np.ndarray], top_k: int
 ) -> list[ImagePrediction]:
     """Classify decoded images in batches of at most ``predict.BATCH_BYTES``, as files are."""
-    from blitz.predict import BATCH_BYTES, _classify
+    from blitz.outputs.predict import BATCH_BYTES, _classify
 
     per_batch = max(1, BATCH_BYTES // (facts.in_channels * facts.image_size**2))
     results: list[ImagePrediction] = []

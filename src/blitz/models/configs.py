@@ -1,12 +1,13 @@
-"""Every Config a run uses is built here: the settings checked on their own (``blitz.config``),
-then against the model registry, which only this layer knows: the model exists and takes those
-options, pretrained weights go into a timm model, and "auto" inputs become the model's."""
+"""Every Config a run uses is built here: the settings checked on their own
+(``blitz.config.settings``), then against the model registry, which only this layer knows:
+the model exists and takes those options, pretrained weights go into a timm model, and "auto"
+inputs become the model's."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from blitz.config import Config, check_value, merge_settings, parse_config
+from blitz.config.settings import Config, check_value, merge_settings, parse_config
 from blitz.models import check_model_name, check_options, model_preprocessing
 from blitz.models.timm_models import PREFIX
 
@@ -34,6 +35,6 @@ def build_config(
     preset: str, overrides: dict[str, Any] | None = None, base: dict[str, Any] | None = None
 ) -> Config:
     """A preset (or the raw settings ``base``) with overrides applied, validated (see
-    ``blitz.config.merge_settings`` for what a preset keeps when a model is changed)."""
+    ``blitz.config.settings.merge_settings`` for what a preset keeps when a model is changed)."""
     raw = merge_settings(preset, overrides, base)
     return config_from_dict(raw, raw["preset"])

@@ -6,7 +6,7 @@ from typing import Literal
 
 from torch import nn
 
-from blitz.config import check_range
+from blitz.config.settings import check_range
 from blitz.models import MAX_CHANNELS, check_widths, register_model
 
 MAX_DEPTH = 64  # convs per stage: far past where a plain (residual-free) stack trains well

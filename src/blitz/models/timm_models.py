@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
-from blitz.config import HUB, format_size
+from blitz.config.settings import HUB, format_size
 from blitz.errors import BlitzError
 
 PREFIX = "timm:"

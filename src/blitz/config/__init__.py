@@ -1,0 +1,1 @@
+"""Settings and presets; imports nothing of blitz but blitz.errors."""

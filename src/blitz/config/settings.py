@@ -1,0 +1,815 @@
+"""Settings: one dataclass tree, TOML presets, command-line overrides, validated once.
+
+This module imports nothing of blitz but its errors: what only the model registry knows (a model
+exists, takes these options, expects these inputs) is checked by ``blitz.models.configs``, which
+builds every Config a run uses (``build_config``, ``config_from_dict``)."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import functools
+import json
+import math
+import re
+import sys
+import types
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+
+from blitz.errors import BlitzError, did_you_mean
+from blitz.files import read_regular
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+# The choices of each setting live in its annotation; the tuples are for the command line.
+Optimizer = Literal["sgd", "nesterov", "adam", "adamw", "rmsprop", "muon"]
+Loss = Literal["cross-entropy", "mse"]
+Reduction = Literal["mean", "sum"]
+Schedule = Literal["constant", "onecycle", "linear", "cosine"]
+Flip = Literal["none", "random", "alternate"]
+Tta = Literal["none", "flip", "translate", "flip-translate"]
+UNMIRRORED: dict[str, str] = {"flip": "none", "flip-translate": "translate"}  # TTA less mirrors
+AutoAugment = Literal["none", "trivial", "randaugment"]
+Precision = Literal["fp32", "bf16", "fp16", "auto"]
+Device = Literal["auto", "cpu", "cuda", "mps"]
+ClassWeights = Literal["none", "balanced"]
+Keep = Literal["best", "last"]
+Sampler = Literal["shuffle", "balanced"]
+OPTIMIZERS = get_args(Optimizer)
+LOSSES = get_args(Loss)
+REDUCTIONS = get_args(Reduction)
+SCHEDULES = get_args(Schedule)
+FLIPS = get_args(Flip)
+TTAS = get_args(Tta)
+PRECISIONS = get_args(Precision)
+DEVICES = get_args(Device)
+CLASS_WEIGHTS = get_args(ClassWeights)
+SAMPLERS = get_args(Sampler)
+
+# Far beyond any real run, and low enough that a typo fails here rather than deep in torch.
+MAX_SEED = 2**63 - 1  # the engine seeds generators with seed + 1 + rank: it must stay < 2**64
+MAX_IMAGE_SIZE = 4096
+MAX_BATCH_SIZE = 2**20
+MAX_EPOCHS = 10**6
+MODEL_PREPROCESSING = ("image_size", "mean", "std")  # data settings that belong to a model
+SIZED_FOR_IMAGES = ("low_res",)  # data settings made for a preset's image size
+
+
+def option_name(key: str) -> str:
+    """How a user types the setting ``key`` (``optim.lr``): ``--lr (optim.lr)``, or the key."""
+    return f"{FLAGS[key]} ({key})" if key in FLAGS else key
+
+
+def _invalid(key: str, value: Any, expected: str) -> BlitzError:
+    return BlitzError(f"invalid value {value!r} for {option_name(key)}: expected {expected}")
+
+
+def check_value(condition: bool, key: str, value: Any, expected: str) -> None:
+    """A BlitzError naming the setting ``key`` and what it expects, unless ``condition``."""
+    if not condition:
+        raise _invalid(key, value, expected)
+
+
+def check_range(key: str, value: float, low: float, high: float = math.inf) -> None:
+    """A BlitzError naming the setting ``key`` unless ``low <= value <= high``."""
+    kind = "an integer" if isinstance(value, int) else "a number"
+    expected = f"{kind} >= {low}" if high == math.inf else f"{kind} in [{low}, {high}]"
+    check_value(low <= value <= high, key, value, expected)
+
+
+def _check_fraction(key: str, value: float, what: str = "a number") -> None:
+    check_value(0 <= value < 1, key, value, f"{what} in [0, 1)")
+
+
+# --- Types, checked against the dataclass annotations ------------------------------------------
+
+UNIONS = (Union, types.UnionType)
+WORDS = {  # a scalar annotation -> (one, a list of them), in messages
+    int: ("an integer", "integers"),
+    float: ("a finite number", "numbers"),
+    str: ("a string", "strings"),
+    bool: ("true or false", "booleans"),
+}
+
+
+class _Mismatch(Exception):
+    """A value that does not fit its annotation (the caller names the setting)."""
+
+
+def is_number(value: Any) -> bool:
+    """A finite int or float, not a bool (true is no number of epochs)."""
+    # bool is an int to Python, but true is no number of epochs; 10**400 is no float either
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
+def _convert(value: Any, hint: Any) -> Any:
+    """``value`` as the annotation ``hint`` wants it (a float for an int, a tuple for a list)."""
+    origin, args = get_origin(hint), get_args(hint)
+    if origin in UNIONS:
+        return _first_fit(value, args)
+    if origin in (tuple, list) and isinstance(value, (list, tuple)):  # tuple[float, ...]
+        return origin(_convert(item, args[0]) for item in value)
+    if not _fits(value, hint, origin, args):
+        raise _Mismatch
+    return float(value) if hint is float else value
+
+
+def _fits(value: Any, hint: Any, origin: Any, args: tuple[Any, ...]) -> bool:
+    if origin is Literal:
+        return any(type(value) is type(choice) and value == choice for choice in args)
+    if origin is dict:
+        return isinstance(value, dict)
+    if hint is float:
+        return is_number(value)
+    if hint is int:  # a batch size of 64.0 or an epoch count of 2.5 is refused, not rounded
+        return is_number(value) and isinstance(value, int)
+    return origin is None and (hint is Any or isinstance(value, hint))  # str, bool, a section
+
+
+def _first_fit(value: Any, hints: tuple[Any, ...]) -> Any:
+    for hint in hints:
+        try:
+            return _convert(value, hint)
+        except _Mismatch:
+            pass
+    raise _Mismatch
+
+
+def _describe(hint: Any) -> str:
+    """What a setting of this annotation expects, in a user's words."""
+    origin, args = get_origin(hint), get_args(hint)
+    if origin is Literal:
+        return " | ".join(map(str, args))
+    if origin in UNIONS:
+        return " or ".join(map(_describe, args))
+    if origin in (tuple, list):
+        return f"a list of {WORDS[args[0]][1]}"
+    if origin is dict or dataclasses.is_dataclass(hint):
+        return "a table of settings"
+    return WORDS[hint][0]
+
+
+@functools.cache
+def _annotations(cls: type) -> dict[str, Any]:
+    # `from __future__ import annotations` leaves strings: resolve them once per section
+    hints = get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def check_type(key: str, value: Any, hint: Any) -> Any:
+    """``value`` as the annotation ``hint`` wants it (a float for an int, a tuple for a list),
+    or a BlitzError naming the setting ``key`` and what it expects."""
+    try:
+        return _convert(value, hint)
+    except _Mismatch:
+        words = [str(a) for a in get_args(hint) if isinstance(a, str)]  # a Literal's choices
+        hint_text = did_you_mean(value, words) if isinstance(value, str) else ""
+        raise _invalid(key, value, _describe(hint) + hint_text) from None
+
+
+def check_types(settings: Any, section: str = "") -> None:
+    """Check every field of a settings dataclass against its annotation, normalising in place."""
+    for name, hint in _annotations(type(settings)).items():
+        key = f"{section}.{name}" if section else name
+        setattr(settings, name, check_type(key, getattr(settings, name), hint))
+
+
+def option(default: Any, flag: str, help: str, metavar: str = "", const: Any = None) -> Any:
+    """A setting that is also an option of ``blitz train`` (and a keyword of ``blitz.train``):
+    its flag, help and metavar are declared here, with the setting, and nowhere else."""
+    meta = {"flag": flag, "help": help, "metavar": metavar, "const": const}
+    return field(default=default, metadata=meta)
+
+
+def value_from_text(text: str, hint: Any) -> Any:
+    """An option's text as its setting's annotation wants it: a number where one is expected,
+    else the text itself (a word such as "auto", or a mistake for the checks to name)."""
+    for kind in get_args(hint) if get_origin(hint) in UNIONS else (hint,):
+        if kind in (int, float):
+            with contextlib.suppress(ValueError):
+                return kind(text)
+    return text
+
+
+SIZE_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+
+
+def parse_size(text: str) -> int | None:
+    """Bytes in a size such as 8GB, 1.5G, 500MB or 0 (binary units); None for "auto"."""
+    if text == "auto":
+        return None
+    number = text.upper().removesuffix("IB").removesuffix("B")
+    unit = number[-1:] if number[-1:] in SIZE_UNITS else ""
+    try:
+        value = float(number.removesuffix(unit)) if number else -1
+    except ValueError:
+        value = -1
+    expected = "auto, or a size such as 8GB, 500MB or 0"
+    check_value(0 <= value < float("inf"), "data.max_memory", text, expected)
+    return int(value * SIZE_UNITS[unit])
+
+
+def format_size(size: int) -> str:
+    """Bytes in the largest binary unit that keeps a number >= 1 (``184 MB``)."""
+    for unit in ("TB", "GB", "MB", "KB"):
+        scale = 2 ** (10 * ("KMGT".index(unit[0]) + 1))
+        if size >= scale:
+            return f"{size / scale:.3g} {unit}"
+    return f"{size} B"
+
+
+@dataclass
+class DataConfig:
+    """Where images come from and how they are turned into tensors."""
+
+    # auto | cifar10 | mnist | shapes[:N] | PATH (folder or archive)
+    source: str = option(
+        "auto",
+        "--data",
+        "auto | cifar10 | mnist | shapes[:N] | PATH (an image folder, an archive of one, a "
+        "table of files and labels)",
+        metavar="SPEC",
+    )
+    # side of the square images the model sees, and the normalisation; "auto": a timm model's
+    # pretrained input size, mean and std, else 32 and the seed's 0.5 (see Config)
+    image_size: int | Literal["auto"] = option(
+        "auto",
+        "--image-size",
+        "resize images to N x N pixels (auto: a timm model's pretrained input size, else 32)",
+        metavar="N",
+    )
+    mean: tuple[float, ...] | Literal["auto"] = "auto"
+    std: tuple[float, ...] | Literal["auto"] = "auto"
+    flip: Flip = "none"  # training augmentation ("alternate": airbench's, by epoch parity)
+    translate: int = 0  # shift by up to this many pixels (reflect padding)
+    cutout: int = 0  # blank a square of this side
+    # random-resized crops: each training image a random part of at least this fraction of its
+    # area (aspect 3/4 to 4/3), resized back to image_size; 0: off
+    crop_scale: float = 0.0
+    auto_augment: AutoAugment = "none"  # torchvision's TrivialAugment or RandAugment, per image
+    mixup: float = 0.0  # Beta(alpha, alpha) of MixUp; 0: off (with cutmix: one or the other)
+    cutmix: float = 0.0  # the same for CutMix
+    # progressive resizing: the first low_res_until of the training steps see the batches
+    # downscaled to low_res x low_res (cheaper steps: a conv's cost goes with the pixels), the
+    # rest at image_size, as the test does; 0: always image_size
+    low_res: int = 0
+    low_res_until: float = 0.5
+    # False: a corrupt image stops decoding, naming every bad file
+    skip_bad_images: bool = option(
+        False,
+        "--skip-bad-images",
+        "leave out images that cannot be decoded (default: stop and name them)",
+    )
+    # image folders whose decoded size passes this stream from disk: auto (a quarter of this
+    # machine's memory) | a size such as 8GB or 500MB | 0 (always stream); kept as a string
+    max_memory: int | str = option(
+        "auto",
+        "--max-memory",
+        "image folders bigger than this, decoded, stream from disk: auto (a quarter of this "
+        "machine's memory), a size such as 8GB, or 0 to always stream",
+        metavar="SIZE",
+    )
+    # processes decoding images: the first decode of a folder or archive, and the DataLoader's
+    # when streaming: auto (one per core, up to 8) | N (0: in this process)
+    workers: int | Literal["auto"] = option(
+        "auto",
+        "--workers",
+        "processes decoding images (the first decode into the cache, and streaming): auto "
+        "(one per core, up to 8) or N (0: in this process)",
+        metavar="N",
+    )
+    # fractions of the training images split off as the validation and test sets the data
+    # lacks (stratified per class); auto: none for a set it has, else see blitz.data.roles
+    val_fraction: float | Literal["auto"] = option(
+        "auto",
+        "--val-fraction",
+        "split this fraction of the training images off as the validation set, per class, "
+        "when the data has no val/ folder (auto: 0.1 for a flat folder, else 0)",
+        metavar="F",
+    )
+    test_fraction: float | Literal["auto"] = option(
+        "auto",
+        "--test-fraction",
+        "split this fraction of the training images off as the test set, per class, when the "
+        "data has no test/ folder (auto: 0.2 for a flat folder, else 0)",
+        metavar="F",
+    )
+    split_seed: int = 0  # which images those are (apart from train.seed: the split stays put)
+    # not settings (not annotated): what resolve() took from a timm model, and why
+    chosen = ""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.workers, str) and self.workers.isdigit():  # from the command line
+            self.workers = int(self.workers)
+        check_types(self, "data")
+        # the settings left "auto" (an attribute, not a setting)
+        self.auto = [key for key in MODEL_PREPROCESSING if getattr(self, key) == "auto"]
+        self.resolve()  # for blitz's own models; Config resolves them again for its model
+        check_range("data.crop_scale", self.crop_scale, 0, 1)
+        check_range("data.mixup", self.mixup, 0)
+        check_range("data.cutmix", self.cutmix, 0)
+        self.max_memory = str(self.max_memory)
+        parse_size(self.max_memory)
+        if self.workers != "auto":
+            check_range("data.workers", self.workers, 0)
+        check_range("data.split_seed", self.split_seed, 0, MAX_SEED)
+        given = {}
+        for key in ("val_fraction", "test_fraction"):
+            if (value := getattr(self, key)) != "auto":
+                _check_fraction(f"data.{key}", value, "auto or a fraction")
+                given[key] = value
+        if sum(given.values()) >= 1:
+            both = " and ".join(f"{option_name(f'data.{k}')} {v:g}" for k, v in given.items())
+            raise BlitzError(
+                f"{both} add up to {sum(given.values()):g}, which leaves no images to train on: "
+                "choose fractions whose sum is below 1 (e.g. 0.1 and 0.2)"
+            )
+
+    def resolve(self, model: str = "", found: dict[str, Any] | None = None) -> None:
+        """The "auto" image size, mean and std made concrete: ``found``, the pretrained ones of
+        the timm model ``model``, else (blitz's own models, or no model named) 32 and the
+        seed's 0.5. ``chosen`` says what was taken from a timm model."""
+        defaults = dict(found) if found else {"image_size": 32, "mean": (0.5,) * 3}
+        defaults.setdefault("std", defaults["mean"])
+        for key in self.auto:
+            setattr(self, key, defaults[key])
+        if found and self.auto:
+            chosen = ", ".join(f"{key} {_shown(getattr(self, key))}" for key in self.auto)
+            self.chosen = f"{chosen}: {model}'s pretrained weights expect them"
+        self._check_preprocessing()
+
+    def _check_preprocessing(self) -> None:
+        check_range("data.image_size", self.image_size, 8, MAX_IMAGE_SIZE)
+        # reflect padding needs a pad below the image's side; a cutout cannot be larger than it
+        check_range("data.translate", self.translate, 0, self.image_size // 2)
+        check_range("data.cutout", self.cutout, 0, self.image_size)
+        if self.low_res:
+            check_range("data.low_res", self.low_res, 8, self.image_size)
+        check_range("data.low_res_until", self.low_res_until, 0, 1)
+        positive = bool(self.std) and all(s > 0 for s in self.std)
+        check_value(positive, "data.std", list(self.std), "a non-empty list of numbers > 0")
+        same = len(self.mean) == len(self.std)
+        check_value(same, "data.mean", list(self.mean), "as many values as data.std")
+
+
+def _shown(value: Any) -> str:
+    return "/".join(f"{v:g}" for v in value) if isinstance(value, tuple) else str(value)
+
+
+HUB = "hub"  # model.pretrained: timm's own weights, from its hub (--pretrained with no file)
+
+
+@dataclass
+class ModelConfig:
+    """Which network from the registry, and its keyword options."""
+
+    name: str = option("lenet", "--model", "a model from `blitz models`", metavar="NAME")
+    options: dict[str, Any] = field(default_factory=dict)
+    # the weights a timm model starts from: HUB (timm's, downloaded and cached) or a weights
+    # file. Recorded, never re-read: a checkpoint holds the trained weights, so the file need
+    # not exist when the run is loaded again.
+    pretrained: str = option(
+        "",
+        "--pretrained",
+        "start a timm:NAME model from its pretrained weights: downloaded from timm's hub (no "
+        "FILE; cached), or a weights file (.safetensors, .pt, .pth); a classifier head for "
+        "other classes starts afresh",
+        metavar="FILE",
+        const=HUB,
+    )
+
+    def __post_init__(self) -> None:
+        check_types(self, "model")  # the name and options: blitz.models.configs
+
+
+@dataclass
+class OptimConfig:
+    """The update rule, the loss and the learning-rate schedule."""
+
+    name: Optimizer = option(
+        "sgd",
+        "--optimizer",
+        "the update rule (muon: torch.optim.Muon for conv filters, SGD-Nesterov for the rest)",
+    )
+    lr: float = option(0.001, "--lr", "learning rate", metavar="F")
+    momentum: float = option(
+        0.9, "--momentum", "momentum of SGD, Nesterov and RMSProp", metavar="F"
+    )
+    weight_decay: float = option(
+        0.0, "--weight-decay", "L2 weight decay (decoupled with adamw)", metavar="F"
+    )
+    loss: Loss = option(
+        "cross-entropy",
+        "--loss",
+        "the training loss: cross-entropy (the seed's), or mse against one-hot targets",
+    )
+    # "balanced": each class's loss weighted by n / (classes * its training images), as
+    # scikit-learn's class_weight="balanced"
+    class_weights: ClassWeights = option(
+        "none", "--class-weights", "balanced: weigh each class's loss by how rare it is in training"
+    )
+    label_smoothing: float = option(
+        0.0, "--label-smoothing", "cross-entropy's label smoothing, e.g. 0.1", metavar="F"
+    )
+    reduction: Reduction = "mean"  # "sum": per-sample learning rates, scaling with the batch
+    schedule: Schedule = "constant"
+    # fraction of all steps spent warming up (onecycle, cosine)
+    warmup: float = option(0.0, "--warmup", "fraction of the steps to warm up", metavar="F")
+    # fraction of all steps with the body frozen (learning rate 0): only the classifier head
+    # learns, as fine-tuning a pretrained model starts
+    freeze: float = 0.0
+    # decay of an exponential moving average of the weights; 0: off
+    ema: float = option(0.0, "--ema", "EMA of the weights, e.g. 0.999 (0: off)", metavar="DECAY")
+    head_lr: float = 0.0  # learning rate of the classifier layer; 0: the same as lr
+    # layer-wise decay: the body's last layer learns at lr, each one before it at this times
+    # the next one's rate (smaller rates for the early, general layers); 0: lr for every layer
+    layer_decay: float = 0.0
+    muon_lr: float = 0.02  # with name = "muon": torch.optim.Muon for conv filters, SGD-Nesterov
+    muon_momentum: float = 0.95  # (lr, momentum, weight_decay) for everything else
+
+    def __post_init__(self) -> None:
+        check_types(self, "optim")
+        check_value(self.lr > 0, "optim.lr", self.lr, "a number > 0")
+        _check_fraction("optim.momentum", self.momentum)
+        check_range("optim.weight_decay", self.weight_decay, 0)
+        _check_fraction("optim.label_smoothing", self.label_smoothing)
+        _check_fraction("optim.warmup", self.warmup, "a fraction")
+        _check_fraction("optim.freeze", self.freeze, "a fraction")
+        _check_fraction("optim.ema", self.ema, "a decay")
+        check_range("optim.head_lr", self.head_lr, 0)
+        check_range("optim.layer_decay", self.layer_decay, 0, 1)
+        check_value(self.muon_lr > 0, "optim.muon_lr", self.muon_lr, "a number > 0")
+        _check_fraction("optim.muon_momentum", self.muon_momentum)
+        if self.class_weights != "none":  # they weigh cross-entropy's classes
+            expected = f"cross-entropy with optim.class_weights {self.class_weights}"
+            check_value(self.loss == "cross-entropy", "optim.loss", self.loss, expected)
+        if self.name in ("nesterov", "muon"):
+            expected = f"a number > 0 with optim.name {self.name}"
+            check_value(self.momentum > 0, "optim.momentum", self.momentum, expected)
+
+
+@dataclass
+class TrainConfig:
+    """How long, in what batches, on which device, and how loudly."""
+
+    epochs: int = option(2, "--epochs", "passes over the training images", metavar="N")
+    batch_size: int = option(
+        4, "--batch-size", "images per optimizer step (across all processes)", metavar="N"
+    )
+    seed: int = option(
+        0, "--seed", "seed of the weights, the batches and the augmentation", metavar="N"
+    )
+    device: Device = option("auto", "--device", "where to train (auto: a GPU if there is one)")
+    # 0: no limit; else stop after this many optimizer steps
+    max_steps: int = option(
+        0, "--max-steps", "stop after N optimizer steps (0: no limit)", metavar="N"
+    )
+    # at least this many steps: a small dataset trains for more epochs, so that a preset's
+    # budget means the same on 200 images as on 50,000 (0: the epochs as set)
+    min_steps: int = 0
+    log_every: int = 0  # 0: a progress bar; N: the seed's running-loss line every N steps
+    eval_every_epoch: bool = True  # score the validation set after each epoch (if there is one)
+    # stop after this many epochs without a better validation accuracy (0: train all epochs)
+    patience: int = option(
+        0,
+        "--patience",
+        "stop after N epochs without a better validation accuracy (needs a validation set; "
+        "0: off); the run keeps the best epoch's weights, as every run with one does "
+        "(--set train.keep=last: the last epoch's)",
+        metavar="N",
+    )
+    # the weights a run ends with (model.pt, the test score, predict) where it has a validation
+    # set: "best", the epoch with the best validation accuracy (Keras' restore_best_weights,
+    # Ultralytics' best.pt), or "last", the last epoch's; without one, the last epoch's
+    keep: Keep = "best"
+    # "balanced": each epoch draws every class equally often (with replacement)
+    sampler: Sampler = option(
+        "shuffle", "--sampler", "balanced: each epoch draws every class equally often"
+    )
+    # start from this finished run's (or blitz .pt file's) weights; "": the seed's
+    init: str = option(
+        "",
+        "--init",
+        "start from a finished run's weights (its classes: all of them; other classes: the "
+        "body, with a new head)",
+        metavar="RUN_DIR",
+    )
+    eval_batch_size: int = 1000
+    # test-time augmentation: logits averaged over the image and its mirror, 1-pixel shifts of
+    # it, or the mirrors of those
+    tta: Tta = "none"
+    channels_last: bool = False  # memory format of images and weights (faster convs on some CPUs)
+    # autocast for forward passes ("auto": bf16 if fast)
+    precision: Precision = option(
+        "fp32", "--precision", "autocast of the forward pass (auto: bf16 where it is fast)"
+    )
+    # torch.compile the model (warmed up and timed apart from training); "auto": on CUDA only
+    compile: bool | Literal["auto"] = False
+    sync_bn: bool = False  # under torchrun: batch-norm statistics over the global batch
+    # also write TensorBoard event files into the run directory
+    tensorboard: bool = option(
+        False, "--tensorboard", "also write TensorBoard event files (needs the tensorboard package)"
+    )
+    # also checkpoint every N steps (0: at epoch ends only)
+    checkpoint_every: int = option(
+        0,
+        "--checkpoint-every",
+        "also save a checkpoint every N steps (0: at epoch ends and every "
+        "train.checkpoint_minutes)",
+        metavar="N",
+    )
+    checkpoint_minutes: float = 10.0  # also checkpoint when this long has passed (0: never)
+    deterministic: bool = True  # deterministic kernels: a resumed run matches one left alone
+
+    def __post_init__(self) -> None:
+        check_types(self, "train")
+        check_range("train.epochs", self.epochs, 1, MAX_EPOCHS)
+        check_range("train.batch_size", self.batch_size, 1, MAX_BATCH_SIZE)
+        check_range("train.eval_batch_size", self.eval_batch_size, 1, MAX_BATCH_SIZE)
+        check_range("train.seed", self.seed, 0, MAX_SEED)
+        check_range("train.max_steps", self.max_steps, 0)
+        check_range("train.min_steps", self.min_steps, 0)
+        check_range("train.patience", self.patience, 0, MAX_EPOCHS)
+        if self.patience:  # it counts epochs of validation scores
+            expected = "true with train.patience"
+            check_value(self.eval_every_epoch, "train.eval_every_epoch", False, expected)
+        check_range("train.log_every", self.log_every, 0)
+        check_range("train.checkpoint_every", self.checkpoint_every, 0)
+        check_range("train.checkpoint_minutes", self.checkpoint_minutes, 0)
+
+
+PLAIN_NAME = "a name of at most 64 letters, digits, spaces, '.', '_' or '-' (no '/' or '..')"
+
+
+def is_plain_name(name: str) -> bool:
+    """A preset's name: a word that is safe as part of a file name on any system."""
+    allowed = all(c.isalnum() or c in " ._-" for c in name)
+    return 0 < len(name) <= 64 and allowed and ".." not in name and not name.startswith(".")
+
+
+def plain_name(text: str) -> str:
+    """``text`` reduced to ASCII letters, digits, '.', '_' and '-' (a file name's stem, or a
+    preset's name as part of a folder's name), or "custom" if nothing is left."""
+    name = re.sub(r"(?:[^\w.-]|\.{2,})+", "-", text, flags=re.ASCII).strip(".-")[:64]
+    return name or "custom"
+
+
+SECTIONS = {"data": DataConfig, "model": ModelConfig, "optim": OptimConfig, "train": TrainConfig}
+
+
+@dataclass(frozen=True)
+class Flag:
+    """A setting that ``blitz train`` takes as an option, as declared by ``option``."""
+
+    key: str  # data.image_size
+    flag: str  # --image-size
+    hint: Any  # the setting's annotation: what the option takes
+    help: str
+    metavar: str
+    const: Any  # the value of the flag given alone (--pretrained), or None
+
+    @property
+    def keyword(self) -> str:
+        """Its name as a keyword of ``blitz.train`` (and argparse's): ``image_size``."""
+        return self.flag[2:].replace("-", "_")
+
+
+def _flags() -> dict[str, Flag]:
+    return {
+        f"{name}.{f.name}": Flag(
+            f"{name}.{f.name}",
+            f.metadata["flag"],
+            _annotations(cls)[f.name],
+            f.metadata["help"],
+            f.metadata["metavar"],
+            f.metadata["const"],
+        )  # fmt: skip
+        for name, cls in SECTIONS.items()
+        for f in dataclasses.fields(cls)
+        if "flag" in f.metadata
+    }
+
+
+TRAIN_FLAGS = _flags()  # setting key -> its option, in the order the sections declare them
+FLAGS = {key: flag.flag for key, flag in TRAIN_FLAGS.items()}  # errors name both
+
+
+@dataclass
+class Config:
+    """A whole run's settings; saved with every run and checkpoint."""
+
+    preset: str = "seed"
+    description: str = ""
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        check_types(self)
+        # a settings file's preset names the run's default folder: it must not steer it
+        check_value(is_plain_name(self.preset), "preset", self.preset, PLAIN_NAME)
+        if self.model.pretrained and self.train.init:  # the second would overwrite the first
+            raise BlitzError(
+                "--pretrained and --init both give the starting weights: pass one of them"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (JSON- and checkpoint-safe)."""
+        out = dataclasses.asdict(self)
+        for key in ("mean", "std"):
+            out["data"][key] = list(out["data"][key])
+        return out
+
+
+def parse_config(raw: dict[str, Any], preset: str = "custom") -> Config:
+    """A Config from nested plain data, naming any unknown setting; checked as far as settings
+    can be on their own (``blitz.models.configs.config_from_dict`` checks the model too)."""
+    raw = dict(raw)
+    sections = {}
+    for name, cls in SECTIONS.items():
+        values = raw.pop(name, {})
+        check_value(isinstance(values, dict), name, values, f"a table of {name} settings")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise BlitzError(
+                f"unknown setting {name}.{unknown[0]} in preset {preset!r}"
+                f"{did_you_mean(f'{name}.{unknown[0]}', [f'{name}.{k}' for k in known])}: "
+                f"known {name} settings are " + ", ".join(sorted(known))
+            )
+        sections[name] = cls(**values)
+    unknown = sorted(set(raw) - {"preset", "description"})
+    if unknown:
+        raise BlitzError(f"unknown section {unknown[0]!r} in preset {preset!r}")
+    return Config(
+        preset=raw.get("preset", preset), description=raw.get("description", ""), **sections
+    )
+
+
+def list_presets() -> dict[str, str]:
+    """Preset name -> one-line description, for every bundled TOML preset."""
+    files = sorted(
+        p for p in resources.files("blitz.config.presets").iterdir() if p.name.endswith(".toml")
+    )
+    return {p.name[:-5]: tomllib.loads(p.read_text())["description"] for p in files}
+
+
+def load_preset(name: str) -> dict[str, Any]:
+    """The raw nested settings of a bundled preset (not yet validated)."""
+    presets = list_presets()
+    if name not in presets:
+        raise BlitzError(
+            f"unknown preset {name!r}{did_you_mean(name, presets)}: choose one of "
+            + ", ".join(presets)
+        )
+    raw = tomllib.loads(
+        resources.files("blitz.config.presets").joinpath(f"{name}.toml").read_text()
+    )
+    raw["preset"] = name
+    return raw
+
+
+MAX_SETTINGS_BYTES = 2**20  # a settings file is a few hundred bytes; a larger one is no such file
+# settings and run records nest 3 deep; far deeper, Python's recursion (the parser's, or a
+# copy's or a check's after it) runs out of stack: a RecursionError, not a message
+MAX_NESTING = 32
+
+
+def parse_nested(parse: Callable[[str], Any], text: str, what: str) -> Any:
+    """``parse(text)`` (``json.loads``, ``tomllib.loads``) of text from outside blitz; lists
+    and tables nested more than MAX_NESTING deep are a BlitzError naming ``what``."""
+    try:
+        raw = parse(text)
+        deep = _nests_deeper(raw, MAX_NESTING)
+    except RecursionError:
+        deep = True
+    if deep:
+        raise BlitzError(
+            f"{what} is nested too deeply (lists or tables more than {MAX_NESTING} levels deep, "
+            "where blitz's files have 3): it is not a blitz file; pass the one you meant"
+        )
+    return raw
+
+
+def _nests_deeper(value: Any, levels: int) -> bool:
+    """Level by level, not recursively: the check must not run out of stack itself."""
+    level = [value]
+    for _ in range(levels):  # the items ``levels`` deep: one that is a list or table is too deep
+        level = [v for c in level if isinstance(c, (dict, list))
+                 for v in (c.values() if isinstance(c, dict) else c)]  # fmt: skip
+    return any(isinstance(v, (dict, list)) for v in level)
+
+
+def read_settings_file(path: Path) -> dict[str, Any]:
+    """The raw nested settings of a file of one's own: a TOML file in the presets' format, or a
+    run's ``config.json`` (or its run directory), which replays that run's settings exactly.
+    Not yet validated; ``preset`` is the file's (a TOML file's: its name)."""
+    path = path / "config.json" if path.is_dir() else path
+    suffix = path.suffix.lower()
+    if suffix not in (".toml", ".json"):
+        raise BlitzError(
+            f"--config {path}: expected a .toml settings file (as `blitz presets --show NAME` "
+            "prints), or a run's config.json or run directory"
+        )
+    try:
+        text = read_regular(path, MAX_SETTINGS_BYTES).decode("utf-8")  # no pipe, no 1 GB
+        raw = parse_nested(
+            tomllib.loads if suffix == ".toml" else json.loads, text, f"--config {path}"
+        )
+    except OSError as exc:
+        raise BlitzError(f"cannot read --config {path}: {exc.strerror or exc}") from None
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
+        raise BlitzError(f"--config {path} is not valid {suffix[1:].upper()}: {exc}") from None
+    if not isinstance(raw, dict):
+        raise BlitzError(f"--config {path} holds no table of settings")
+    if suffix == ".toml":
+        raw.setdefault("preset", plain_name(path.stem))
+    return raw
+
+
+def settings_toml(cfg: Config) -> str:
+    """A whole Config as TOML in the presets' format (``--config`` reads it back; the file's
+    name is then the run's preset name)."""
+    import tomli_w
+
+    settings = cfg.to_dict()
+    del settings["preset"]
+    return tomli_w.dumps(settings)
+
+
+def parse_value(text: str, what: str = "a --set value") -> Any:
+    """A command-line value as TOML would read it (numbers, booleans, lists), else a string."""
+    try:
+        return parse_nested(tomllib.loads, f"v = {text}", what)["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Set dotted keys (``optim.lr``) in nested raw settings; returns a new dict."""
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in raw.items()}
+    for dotted, value in overrides.items():
+        section, _, key = dotted.partition(".")
+        if section not in SECTIONS or not key:
+            raise BlitzError(
+                f"invalid setting {dotted!r}: use SECTION.KEY with SECTION one of "
+                + ", ".join(SECTIONS)
+            )
+        node = out.setdefault(section, {})
+        *parents, leaf = key.split(".")
+        for parent in parents:  # model.options.width
+            node = node.setdefault(parent, {})
+            if not isinstance(node, dict):  # train.epochs.x: epochs holds no settings
+                raise BlitzError(f"invalid setting {dotted!r}: {parent} is not a table")
+        node[leaf] = value
+    return out
+
+
+def merge_settings(
+    preset: str, overrides: dict[str, Any] | None = None, base: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The raw settings of a preset (or ``base``, e.g. a ``--config`` file) with overrides
+    applied and ``preset`` set; ``blitz.models.configs.build_config`` validates them. A preset's
+    model options, image size and normalisation are for its own model: another ``model.name``
+    starts from that model's defaults ("auto"), and only
+    another timm model keeps its pretrained weights (timm's own, for that model). Its
+    ``data.low_res`` is for its image size: another model or image size goes without. Likewise a
+    preset's step cap and floor are for its own epochs: an explicit ``train.epochs`` (without
+    ``train.max_steps`` or ``train.min_steps``) is obeyed whole."""
+    overrides = overrides or {}
+    raw = copy.deepcopy(load_preset(preset) if base is None else base)  # the caller's stays
+    preset = raw.get("preset", preset)
+    for name in SECTIONS:  # before any of them is read
+        values = raw.get(name, {})
+        check_value(isinstance(values, dict), name, values, f"a table of {name} settings")
+    model = raw.get("model", {})
+    name = overrides.get("model.name", model.get("name"))
+    if name != model.get("name"):  # timm's weights go with a timm model only
+        dropped = ("options",) if str(name).startswith("timm:") else ("options", "pretrained")
+        raw["model"] = {k: v for k, v in model.items() if k not in dropped}
+        data = raw.get("data", {})
+        raw["data"] = {k: v for k, v in data.items() if k not in MODEL_PREPROCESSING}
+    if name != model.get("name") or "data.image_size" in overrides:
+        for key in SIZED_FOR_IMAGES:
+            if f"data.{key}" not in overrides:
+                raw.get("data", {}).pop(key, None)
+    for bound in ("train.max_steps", "train.min_steps"):
+        if "train.epochs" in overrides and bound not in overrides:
+            raw.get("train", {}).pop(bound.split(".")[1], None)
+    raw = apply_overrides(raw, overrides)
+    raw["preset"] = preset
+    return raw

@@ -1,0 +1,1 @@
+"""From a source spec to tensors: sources, files, decoding, sets, augmentation."""

@@ -1,0 +1,1 @@
+"""What is made from a run: report, figures, export, predictions, MLflow."""

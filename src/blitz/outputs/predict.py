@@ -1,0 +1,176 @@
+"""Classify image files with a trained run: top-k classes and probabilities per image."""
+
+from __future__ import annotations
+
+import csv
+import functools
+import io
+import os
+import stat
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from blitz.data.folders import Member, read_member
+from blitz.data.images import IMAGE_EXTENSIONS, BadImage, decode_image
+from blitz.errors import BlitzError
+from blitz.files import open_regular
+from blitz.training.checkpoint import ModelFacts
+from blitz.training.evaluate import predict_logits
+from blitz.utils.writes import check_output_file, write_atomic
+
+Prediction = tuple[Path, list[tuple[str, float]]]
+BATCH_BYTES = 256 * 2**20  # decoded images per batch: 256 CIFAR images are 0.8 MB, 4096 px 48 MB
+OnSkip = Callable[[Path, str], None]  # (file, why it was skipped)
+
+
+def collect_images(paths: list[Path]) -> list[Path]:
+    """Image files named directly or found (recursively) in the folders given. Entries that
+    are not regular files (pipes, devices, dangling links) are kept: reading one names it."""
+    files: list[Path] = []
+    for path in paths:
+        if path.is_dir():  # a folder named x.png is a folder: its images are found below
+            found = (p for p in path.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+            files += sorted(p for p in found if not p.is_dir())
+        elif os.path.lexists(path):
+            files.append(path)
+        else:
+            raise BlitzError(
+                f"{printable(str(path))} does not exist: pass image files or folders of images"
+            )
+    if not files:
+        raise BlitzError("no images found in " + ", ".join(printable(str(p)) for p in paths))
+    return files
+
+
+def read_image_file(path: Path) -> bytes:
+    """The bytes of a regular file of at most ``MAX_FILE_BYTES``, or a BadImage naming it: a
+    pipe would hang the read and a device (a link to /dev/zero) never end it."""
+    name = printable(str(path))
+    try:
+        info = path.stat()
+    except OSError as exc:  # gone, a dangling link, a folder we may not enter
+        raise BadImage(name, f"cannot be read: {exc.strerror or exc}") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise BadImage(
+            name, "not a regular file (a folder, pipe, device or socket), so not an image"
+        )
+    # opened non-blocking and checked again: a pipe put in its place since stat() is refused
+    opener = functools.partial(open_regular, path)
+    return read_member(Member(name, "file", info.st_size, opener))
+
+
+def predict_files(
+    facts: ModelFacts,
+    model: torch.nn.Module,
+    files: list[Path],
+    top_k: int,
+    batch_size: int = 256,
+    on_skip: OnSkip | None = None,
+) -> list[Prediction]:
+    """Top-k (class, probability) per file; images of any size or mode are converted and
+    resized. A file that cannot be read or decoded is skipped and passed to ``on_skip``
+    (default: named on stderr), so the others' predictions are kept; none at all is an error."""
+    failed: list[tuple[Path, str]] = []
+
+    def skip(path: Path, reason: str) -> None:
+        failed.append((path, reason))
+        (on_skip or _report_skip)(path, reason)
+
+    results: list[Prediction] = []
+    with tqdm(total=len(files), desc="predict", unit="image", disable=None) as bar:  # tty only
+        # a batch holds at most BATCH_BYTES of decoded pixels, whatever the checkpoint's size
+        pixels = facts.in_channels * facts.image_size**2
+        batch_size = max(1, min(batch_size, BATCH_BYTES // pixels))
+        for start in range(0, len(files), batch_size):
+            chunk = files[start : start + batch_size]
+            good, arrays = _decode_files(chunk, facts, skip)
+            if good:
+                results += _classify(facts, model, good, arrays, top_k)
+            bar.update(len(chunk))
+    if not results:
+        raise _nothing_classified(len(files), *failed[0])
+    return results
+
+
+def _nothing_classified(count: int, path: Path, reason: str) -> BlitzError:
+    name = printable(str(path))
+    if count == 1:
+        return BlitzError(f"cannot classify {name}: {reason}")
+    first = f"the first, {name}: {reason}"
+    return BlitzError(f"none of the {count} images could be classified ({first})")
+
+
+def _decode_files(
+    files: list[Path], facts: ModelFacts, skip: OnSkip
+) -> tuple[list[Path], list[np.ndarray]]:
+    mode = facts.image_mode
+    good, arrays = [], []
+    for f in files:
+        try:
+            data = read_image_file(f)
+            arrays.append(decode_image(data, printable(str(f)), facts.image_size, mode=mode))
+            good.append(f)
+        except BadImage as exc:
+            skip(f, exc.reason)
+    return good, arrays
+
+
+def _classify(
+    facts: ModelFacts,
+    model: torch.nn.Module,
+    files: list[Path],
+    arrays: list[np.ndarray],
+    top_k: int,
+) -> list[Prediction]:
+    classes = facts.classes
+    images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
+    probs = predict_logits(model, [images], facts.mean, facts.std, facts.tta).softmax(1)
+    top = probs.topk(min(top_k, len(classes)), dim=1)
+    return [
+        (f, [(classes[c], prob) for c, prob in zip(i, p)])
+        for f, p, i in zip(files, top.values.tolist(), top.indices.tolist())
+    ]
+
+
+def _report_skip(path: Path, reason: str) -> None:
+    # tqdm.write: the message goes above the progress bar instead of through it
+    tqdm.write(f"skipped {printable(str(path))}: {reason}", file=sys.stderr)
+
+
+def printable(text: str) -> str:
+    """``text`` with the bytes of a non-UTF-8 file name shown as ``\\xNN`` (never a crash)."""
+    # Such a name reaches Python as lone surrogates (surrogateescape), which no UTF-8 output
+    # can hold: give back its bytes, and show the ones that are not UTF-8 the way Python does.
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate that is not an escaped byte (a Windows name)
+        raw = text.encode("utf-8", "backslashreplace")
+    return raw.decode("utf-8", "backslashreplace")
+
+
+def format_prediction(prediction: Prediction) -> str:
+    """``path: class 97.1 %, class 2.0 %``."""
+    path, top = prediction
+    return f"{printable(str(path))}: " + ", ".join(
+        f"{printable(c)} {100 * p:.1f} %" for c, p in top
+    )
+
+
+def write_csv(predictions: list[Prediction], path: Path) -> None:
+    """Columns: path, then class_i and prob_i for each of the top k. UTF-8, with the bytes of
+    non-UTF-8 names as ``\\xNN`` (as printed), so any CSV reader can read every row."""
+    check_output_file(path, "the CSV")
+    k = len(predictions[0][1]) if predictions else 0
+    header = ["path"] + [col for i in range(1, k + 1) for col in (f"class_{i}", f"prob_{i}")]
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(header)
+    for file, top in predictions:
+        cells = [v for c, p in top for v in (printable(c), f"{p:.6f}")]
+        writer.writerow([printable(str(file)), *cells])
+    write_atomic(path, out.getvalue().encode())

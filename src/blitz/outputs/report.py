@@ -1,0 +1,420 @@
+"""The report pages: ``report.html`` for one run and a comparison of several, each a single
+self-contained file (images embedded as base64 PNG, no scripts or fonts from the network)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import html
+import json
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from blitz.config.settings import Config
+from blitz.data.counts import imbalance_note
+from blitz.data.dataset import AnySplit
+from blitz.data.roles import SET_NAMES
+from blitz.errors import BlitzError
+from blitz.outputs.plots import (
+    NUMBERS_UP_TO,
+    confusion_png,
+    curves_png,
+    image_png,
+    overlay_png,
+    per_class_png,
+)
+from blitz.training.evaluate import (
+    CLASS_COLUMNS,
+    Evaluation,
+    chance_note,
+    class_rows,
+    confused_pairs,
+    summary_figures,
+    worst_classes,
+    worst_errors,
+)
+from blitz.training.progress import read_metrics_csv
+from blitz.training.rundir import VALIDATION_FIGURES, Metrics, RunDir
+from blitz.utils.writes import write_atomic
+
+WORST = 24  # images in the gallery of worst errors
+FIGURE_CLASSES = 100  # classes drawn in the report's figures (more: the worst ones, a table)
+PAIRS = 10  # rows in the table of most-confused pairs
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 1200px; color: #222;
+       padding: 0 1rem; background: #fafafa; }
+h1 { margin-bottom: 0.2rem; } .sub { color: #666; margin-top: 0; }
+section { background: white; border: 1px solid #ddd; border-radius: 6px; padding: 1rem 1.5rem;
+          margin: 1rem 0; }
+h2 { margin-top: 0; font-size: 1.2rem; }
+table { border-collapse: collapse; } td, th { padding: 0.25rem 0.8rem; text-align: left;
+  border-bottom: 1px solid #eee; } th { background: #f3f3f3; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+img { max-width: 100%; } .scroll { overflow: auto; max-height: 900px; }
+.scroll img { max-width: none; } .row { display: flex; gap: 1.5rem; flex-wrap: wrap; }
+.row > div { flex: 1 1 420px; } .same { color: #999; } .diff { background: #fff6d6; }
+.note { color: #666; font-size: 0.9rem; }
+.gallery { display: flex; flex-wrap: wrap; gap: 0.6rem; }
+.gallery figure { margin: 0; width: 112px; }
+.gallery img { width: 112px; image-rendering: pixelated; }
+.gallery figcaption { font-size: 0.75rem; overflow-wrap: anywhere; }
+.warn { background: #fff0f0; border-left: 4px solid #c33; padding: 0.5rem 1rem; }
+"""
+# Lets a headless browser prove that every embedded image decoded: it writes each image's
+# natural width into the page, which `chromium --dump-dom` then shows (see tests/test_browser.py).
+CHECK_JS = """window.addEventListener("load", () => {
+  document.getElementById("image-check").textContent =
+    JSON.stringify(Array.from(document.images, (i) => i.naturalWidth));
+});"""
+CHECK_SCRIPT = f'<pre id="image-check" hidden></pre><script>{CHECK_JS}</script>'
+# Defence in depth: should a string ever reach the page unescaped, the browser still runs no
+# script but the check above, loads nothing from anywhere, and submits nothing.
+_JS_HASH = base64.b64encode(hashlib.sha256(CHECK_JS.encode()).digest()).decode()
+CSP = (
+    "default-src 'none'; img-src data:; style-src 'unsafe-inline'; "
+    f"script-src 'sha256-{_JS_HASH}'; form-action 'none'; base-uri 'none'"
+)
+
+
+def write_report(run_dir: RunDir, metrics: Metrics, test: AnySplit, result: Evaluation) -> Path:
+    """``RUN_DIR/report.html`` from the run's metrics, its files and its test predictions."""
+    cfg = _read_settings(run_dir)
+    config = cfg.to_dict() if cfg else {}
+    title = f"blitz run {run_dir.path.name}"
+    sections = [
+        _section("Summary", _table(_summary_rows(metrics, config))),
+        _data_section(metrics, cfg),
+        _section("Training curves", _img(_curves(run_dir, metrics), "training curves")),
+        _results_section(metrics),
+        _errors_section(metrics, test, result),
+        _files_section(run_dir, metrics),
+    ]
+    write_atomic(run_dir.report, _page(title, _subtitle(metrics), sections).encode())
+    return run_dir.report
+
+
+def _read_settings(run_dir: RunDir) -> Config | None:
+    """The run's saved settings, or None if they cannot be read."""
+    try:
+        return run_dir.read_config()
+    except BlitzError:
+        return None
+
+
+def _read_config(run_dir: RunDir) -> dict[str, Any]:
+    """The settings as plain data: the saved ones, or none if they cannot be read."""
+    cfg = _read_settings(run_dir)
+    return cfg.to_dict() if cfg else {}
+
+
+def _scored(metrics: Metrics) -> str:
+    """The set the run's figures are on: "test", or "validation" where there is no test set."""
+    return "validation" if metrics.test_set == "val" else "test"
+
+
+def _curves(run_dir: RunDir, metrics: Metrics) -> bytes:
+    return curves_png(metrics.history, read_metrics_csv(run_dir.csv))
+
+
+def _subtitle(metrics: Metrics) -> str:
+    # names come from files and folders: every piece is escaped, like every other string
+    head = html.escape(f"{metrics.model} on {metrics.data}: {_scored(metrics)} accuracy ")
+    tail = html.escape(f" after {_duration(metrics)}")
+    return f"{head}<b>{100 * metrics.test_accuracy:.2f} %</b>{tail}"
+
+
+def _duration(metrics: Metrics) -> str:
+    """``2 epochs``, or ``300 steps (0.77 epochs)`` for a run stopped within an epoch."""
+    per_epoch = metrics.steps_per_epoch
+    epochs = metrics.steps / per_epoch if per_epoch else metrics.epochs
+    if abs(epochs - round(epochs)) < 1e-9:
+        return f"{round(epochs)} epoch{'s' if round(epochs) != 1 else ''}"
+    return f"{metrics.steps} steps ({epochs:.2f} epochs)"
+
+
+def _summary_rows(metrics: Metrics, config: dict[str, Any]) -> list[tuple[str, str]]:
+    optim, train = config.get("optim", {}), config.get("train", {})
+    versions = ", ".join(f"{k} {v}" for k, v in metrics.versions.items())
+    return [
+        ("preset", metrics.preset),
+        ("data", f"{metrics.data} ({len(metrics.classes)} classes)"),
+        ("model", f"{metrics.model} ({metrics.parameters:,} parameters)"),
+        (
+            "optimizer",
+            f"{optim.get('name')} lr {optim.get('lr')} ({optim.get('schedule')}), "
+            f"momentum {optim.get('momentum')}, weight decay {optim.get('weight_decay')}",
+        ),
+        (
+            "batch size, epochs, steps",
+            f"{train.get('batch_size')}, {metrics.epochs}, {metrics.steps}",
+        ),
+        *_kept(metrics),
+        ("device, seed", f"{metrics.device}, {metrics.seed}"),
+        (f"{_scored(metrics)} accuracy", f"{100 * metrics.test_accuracy:.2f} %"),
+        (
+            "time",
+            f"training {metrics.train_seconds:.1f} s, total {metrics.total_seconds:.1f} s",
+        ),
+        ("versions", versions),
+        ("report written", f"{datetime.now():%Y-%m-%d %H:%M}"),
+    ]
+
+
+def _kept(metrics: Metrics) -> list[tuple[str, str]]:
+    """A row on the epoch whose weights are the model (train.keep, early stopping)."""
+    if metrics.kept_epoch is None:  # a run written before it was recorded
+        return []
+    if metrics.kept == "last":
+        return [("final weights", f"the last epoch's ({metrics.kept_epoch} of {metrics.epochs})")]
+    # "best", or "" in a run written before: then only train.patience recorded the epoch
+    return [("final weights", f"weights of epoch {metrics.kept_epoch} (the best validation "
+             f"accuracy) kept after {metrics.epochs} epochs")]  # fmt: skip
+
+
+def _results_section(metrics: Metrics) -> str:
+    classes = metrics.classes
+    matrix = metrics.matrix()
+    accuracies = [metrics.per_class_accuracy.get(c, 0.0) for c in classes]
+    shown = sorted(range(len(classes)), key=lambda i: accuracies[i])[:FIGURE_CLASSES]
+    bars = per_class_png([classes[i] for i in shown], [accuracies[i] for i in shown])
+    # many classes: figures at full size in scrolling boxes, rather than shrunk unreadable
+    box = "<div class='scroll'>" if len(classes) > NUMBERS_UP_TO else "<div>"
+    figures = f"{box}{_img(bars, 'per-class accuracy')}</div>"
+    if len(classes) <= FIGURE_CLASSES:
+        figures += f"{box}{_img(confusion_png(matrix, classes), 'confusion matrix')}</div>"
+    warning = chance_note(matrix)
+    body = (
+        (f"<p class='warn'>{html.escape(warning)}</p>" if warning else "")
+        + _many_classes_note(len(classes))
+        + _table(summary_figures(matrix, metrics.top5_accuracy))
+        + f"<div class='row'>{figures}</div>"
+        + f"<h3>Per class</h3>{_class_table(matrix, classes)}"
+        + f"<h3>Most-confused pairs</h3>{_pairs_table(matrix, classes)}"
+    )
+    scored = (
+        "validation set (the data has no test set)" if metrics.test_set == "val" else "test set"
+    )
+    return _section(f"Results on the {scored}", body)
+
+
+def _data_section(metrics: Metrics, cfg: Config | None) -> str:
+    """The sets, how they were made, the images per class in each, and any imbalance."""
+    if not metrics.sets:  # a run written before the sets were recorded
+        return ""
+    rows = [(SET_NAMES[role], f"{n:,}") for role, n in metrics.sets.items()]
+    made = ""
+    if metrics.split:
+        fractions = [
+            f"{SET_NAMES[role]} {metrics.split[f'{role}_fraction']:g}"
+            for role in ("val", "test")
+            if metrics.split[f"{role}_fraction"]
+        ]
+        made = (
+            f"<p class='note'>Split off the training images, per class, with split seed "
+            f"{metrics.split['seed']:g}: {', '.join(fractions)} (which image is where: "
+            "sets.csv).</p>"
+        )
+    counts = metrics.class_counts
+    shown = list(zip(metrics.classes, *counts.values()))[:FIGURE_CLASSES]
+    head = ("class", *(SET_NAMES[role] for role in counts))
+    note = imbalance_note(metrics.classes, counts["train"], cfg) if "train" in counts else None
+    body = (
+        _table(rows, ("set", "images"))
+        + made
+        + (f"<p class='warn'>{html.escape(note)}</p>" if note else "")
+        + f"<h3>Images per class</h3>{_table(shown, head)}"
+        + _validation(metrics)
+    )
+    return _section("Data", body)
+
+
+def _validation(metrics: Metrics) -> str:
+    """The validation set's figures, where it is apart from the test set."""
+    figures = metrics.validation
+    if not figures:
+        return ""
+    rows = [
+        (name.replace("_", " ").replace("top5", "top-5"), f"{100 * figures[name]:.2f} %")
+        for name in VALIDATION_FIGURES
+        if figures.get(name) is not None
+    ]
+    return "<h3>Validation (scored each epoch; the final weights here)</h3>" + _table(rows)
+
+
+def _class_table(matrix: torch.Tensor, classes: list[str]) -> str:
+    """The terminal's per-class table; past FIGURE_CLASSES classes only the worst by F1, so
+    that the page stays bounded (every class is in metrics.json)."""
+    if len(classes) <= FIGURE_CLASSES:
+        return _table(class_rows(matrix, classes), CLASS_COLUMNS)
+    worst = worst_classes(matrix, FIGURE_CLASSES)
+    note = (
+        f"<p class='note'>The {FIGURE_CLASSES} classes of {len(classes)} with the lowest F1, "
+        "worst first; every class is in metrics.json.</p>"
+    )
+    return note + _table(class_rows(matrix, classes, worst), CLASS_COLUMNS)
+
+
+def _many_classes_note(count: int) -> str:
+    # a figure's pixels grow with the square of the classes: past this many, 2,000 classes
+    # took 23.5 GB to draw. The numbers stay whole in metrics.json.
+    if count <= FIGURE_CLASSES:
+        return ""
+    return (
+        f"<p class='note'>{count} classes: the bars show the {FIGURE_CLASSES} worst, and the "
+        f"{count} x {count} confusion matrix is left out of the page (it is in metrics.json); "
+        "the table below lists the most-confused pairs.</p>"
+    )
+
+
+def _pairs_table(matrix: torch.Tensor, classes: list[str]) -> str:
+    totals = matrix.sum(1).tolist()
+    rows = [
+        (classes[t], classes[p], count, f"{100 * count / max(totals[t], 1):.1f} %")
+        for t, p, count in confused_pairs(matrix, PAIRS)
+    ]
+    head = ("true class", "predicted as", "images", "share of the true class")
+    return _table(rows, head) if rows else "<p>No confusions: every test image is right.</p>"
+
+
+def _errors_section(metrics: Metrics, test: AnySplit, result: Evaluation) -> str:
+    classes = metrics.classes
+    rows = worst_errors(result, test.labels, WORST)
+    if not len(rows):
+        return _section("Worst errors", f"<p>No errors on the {_scored(metrics)} set.</p>")
+    truth, predicted = test.labels[rows].tolist(), result.predicted[rows].tolist()
+    captions = [
+        f"{classes[t]} → {classes[p]} {100 * c:.0f}%"
+        for t, p, c in zip(truth, predicted, result.confidence[rows].tolist())
+    ]
+    names = test.row_ids("test")  # the file, so that a mislabelled image can be found and fixed
+    files = [names[row] for row in rows.tolist()]
+    figures = map(_thumbnail, test.images_at(rows), captions, files)
+    note = (
+        f"<p class='note'>Misclassified {_scored(metrics)} images with the highest loss: truth, "
+        "then prediction and its confidence; under each, its file.</p>"
+    )
+    return _section("Worst errors", f"{note}<div class='gallery'>{''.join(figures)}</div>")
+
+
+def _thumbnail(image: torch.Tensor, caption: str, file: str) -> str:
+    """One image with its caption and file name under it (text, escaped: names come from disk)."""
+    return (
+        f"<figure>{_img(image_png(image), file)}<figcaption>{html.escape(caption)}<br>"
+        f"<code>{html.escape(file)}</code></figcaption></figure>"
+    )
+
+
+def _files_section(run_dir: RunDir, metrics: Metrics) -> str:
+    """The pictures the run already wrote: the seed's test grid and a few training images."""
+    scored = _scored(metrics).capitalize()
+    parts = [
+        f"<h3>{html.escape(caption)}</h3>{_img(path.read_bytes(), caption)}"
+        for path, caption in (
+            (run_dir.test_predictions, f"{scored} images: truth → prediction (the seed's look)"),
+            (run_dir.train_images, "Training images"),
+        )
+        if path.is_file()
+    ]
+    return _section("Images", "".join(parts)) if parts else ""
+
+
+def write_comparison(run_dirs: list[RunDir], out: Path) -> Path:
+    """A page comparing runs: metrics side by side, config differences, curves overlaid."""
+    names = [d.path.name for d in run_dirs]
+    if len(set(names)) < len(names):  # runs/a/run and runs/b/run (or a run twice): number them
+        names = [f"{i}. {d}" for i, d in enumerate(run_dirs, 1)]
+    metrics = {n: d.read_metrics() for n, d in zip(names, run_dirs)}
+    configs = {n: _flatten(_read_config(d)) for n, d in zip(names, run_dirs)}
+    curves = {
+        n: (metrics[n].history, _in_epochs(read_metrics_csv(d.csv), metrics[n]))
+        for n, d in zip(names, run_dirs)
+    }
+    sections = [
+        _section("Metrics", _side_by_side(metrics)),
+        _section("Settings that differ", _config_diff(configs)),
+        _section("Curves", _img(overlay_png(curves, "epochs", "epoch"), "curves overlaid")),
+    ]
+    page = _page("blitz: comparison of runs", html.escape(", ".join(names)), sections)
+    write_atomic(out, page.encode())
+    return out
+
+
+def _in_epochs(rows: list[dict], metrics: Metrics) -> list[dict]:
+    """Rows with an ``epochs`` column (steps / steps per epoch): runs with other batch sizes
+    take other numbers of steps, so only epochs line their curves up."""
+    per_epoch = metrics.steps_per_epoch or metrics.steps / max(metrics.epochs, 1)
+    return [{**row, "epochs": row["step"] / per_epoch} for row in rows]
+
+
+def _side_by_side(metrics: dict[str, Metrics]) -> str:
+    keys = {
+        "test accuracy": lambda m: f"{100 * m.test_accuracy:.2f} %",
+        "model": lambda m: f"{m.model} ({m.parameters:,} parameters)",
+        "data": lambda m: m.data,
+        "preset": lambda m: m.preset,
+        "epochs / steps": lambda m: f"{m.epochs} / {m.steps}",
+        "training time": lambda m: f"{m.train_seconds:.1f} s",
+        "device": lambda m: m.device,
+    }
+    rows = [(key, *(get(m) for m in metrics.values())) for key, get in keys.items()]
+    classes = {tuple(m.classes) for m in metrics.values()}
+    if len(classes) == 1 and len(next(iter(classes))) <= NUMBERS_UP_TO:  # same classes, few
+        for c in next(iter(classes)):
+            share = [f"{100 * m.per_class_accuracy[c]:.1f} %" for m in metrics.values()]
+            rows.append((f"accuracy: {c}", *share))
+    return _table(rows, ("", *metrics))
+
+
+def _config_diff(configs: dict[str, dict[str, Any]]) -> str:
+    keys = sorted(set().union(*configs.values()))
+    rows = [
+        (key, *(json.dumps(c.get(key, "—")) for c in configs.values()))
+        for key in keys
+        if len({json.dumps(c.get(key)) for c in configs.values()}) > 1
+    ]
+    return _table(rows, ("setting", *configs)) if rows else "<p>The settings are identical.</p>"
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"optim": {"lr": 0.1}}`` -> ``{"optim.lr": 0.1}``."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
+
+
+def _img(png: bytes, alt: str) -> str:
+    data = base64.b64encode(png).decode("ascii")
+    return f"<img alt='{html.escape(alt)}' src='data:image/png;base64,{data}'>"
+
+
+def _section(title: str, body: str) -> str:
+    return f"<section><h2>{html.escape(title)}</h2>{body}</section>"
+
+
+def _table(rows: list[tuple], head: tuple | None = None) -> str:
+    def cell(value: Any, tag: str = "td") -> str:
+        kind = " class='num'" if isinstance(value, int | float) else ""
+        return f"<{tag}{kind}>{html.escape(str(value))}</{tag}>"
+
+    header = "<tr>" + "".join(cell(h, "th") for h in head) + "</tr>" if head else ""
+    body = "".join("<tr>" + "".join(map(cell, row)) + "</tr>" for row in rows)
+    return f"<table>{header}{body}</table>"
+
+
+def _page(title: str, subtitle: str, sections: list[str]) -> str:
+    return (
+        f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
+        f"<meta http-equiv='Content-Security-Policy' content=\"{CSP}\">"
+        f"<title>{html.escape(title)}</title><style>{STYLE}</style></head><body>"
+        f"<h1>{html.escape(title)}</h1><p class='sub'>{subtitle}</p>"
+        + "".join(sections)
+        + CHECK_SCRIPT
+        + "</body></html>\n"
+    )

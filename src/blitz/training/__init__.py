@@ -1,0 +1,1 @@
+"""The loop and what it writes as it runs: checkpoints, run directory, metrics."""

@@ -1,0 +1,379 @@
+"""Predictions, the confusion matrix, and the figures that are views of it: accuracy, per-class
+precision, recall, F1 and support, balanced accuracy, macro and weighted F1. Top-5 accuracy
+alone needs more than the matrix: a flag per image, taken from the logits."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from blitz.config.settings import UNMIRRORED, Config
+from blitz.data.dataset import AnySplit
+from blitz.data.preprocess import normalize
+from blitz.training.devices import autocast
+from blitz.training.distributed import SINGLE, gather_rows, shard, sum_over_ranks
+
+TOP_K = 5  # top-5 accuracy, where there are more classes than that
+# classes up to which the terminal shows the confusion matrix (7 characters a cell: 10,000
+# classes would print 700 MB) and every class's row; past them, the most-confused pairs and
+# the worst classes' rows
+TEXT_CLASSES = 100
+TEXT_PAIRS = 10
+CLASS_COLUMNS = ("class", "correct", "total", "accuracy", "precision", "recall", "F1", "support")
+
+
+def _shift(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+    """Translate a batch by (dy, dx) pixels, filling from a reflection of the edge."""
+    pad = max(abs(dy), abs(dx))
+    padded = F.pad(x, (pad, pad, pad, pad), mode="reflect")
+    h, w = x.shape[-2:]
+    return padded[..., pad - dy : pad - dy + h, pad - dx : pad - dx + w]
+
+
+def tta_logits(model: nn.Module, x: torch.Tensor, tta: str) -> torch.Tensor:
+    """Logits averaged over test-time views: none, a mirror (flip), two 1-pixel shifts
+    (translate: what suits digits and text), or the mirrors of those three (flip-translate)."""
+
+    def view(v: torch.Tensor) -> torch.Tensor:
+        return 0.5 * (model(v) + model(v.flip(-1))) if tta in UNMIRRORED else model(v)
+
+    if tta in ("none", "flip"):
+        return view(x)
+    shifted = view(_shift(x, -1, -1)) + view(_shift(x, 1, 1))
+    return 0.5 * view(x) + 0.25 * shifted  # airbench's weighting
+
+
+@torch.inference_mode()
+def predict_logits(
+    model: nn.Module,
+    batches: Iterable[torch.Tensor],
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    tta: str = "none",
+    channels_last: bool = False,
+) -> torch.Tensor:
+    """Logits (N, K) for batches of uint8 images (B, C, H, W), on the model's device."""
+    device = next(model.parameters()).device
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    was_training = model.training
+    model.eval()
+    outputs = []
+    for images in batches:
+        x = normalize(images.to(device), mean, std)
+        outputs.append(tta_logits(model, x.contiguous(memory_format=memory_format), tta).float())
+    model.train(was_training)
+    return torch.cat(outputs) if outputs else torch.empty(0)  # (0,): a rank with no rows
+
+
+def confusion_matrix(
+    labels: torch.Tensor, predicted: torch.Tensor, num_classes: int
+) -> torch.Tensor:
+    """(K, K) int64 counts: row = true class, column = predicted class."""
+    flat = labels.to(torch.int64) * num_classes + predicted.to(torch.int64)
+    return torch.bincount(flat, minlength=num_classes**2).view(num_classes, num_classes)
+
+
+def accuracy(matrix: torch.Tensor) -> float:
+    """Fraction of all samples on the diagonal."""
+    return int(matrix.diag().sum()) / max(int(matrix.sum()), 1)
+
+
+def per_class_accuracy(matrix: torch.Tensor) -> list[float]:
+    """Recall per true class (row); 0 for a class with no samples."""
+    return _share(matrix.diag(), matrix.sum(1)).tolist()
+
+
+def _share(part: torch.Tensor, whole: torch.Tensor) -> torch.Tensor:
+    """part / whole as float64, 0 where whole is 0 (a count's part is then 0 too)."""
+    return part.double() / whole.clamp(min=1).double()
+
+
+@dataclass
+class ClassScores:
+    """Per-class figures (K,), views of one confusion matrix. Where a ratio has nothing to
+    divide by it is 0, not NaN: a class never predicted has precision 0, a class with no test
+    images recall 0, and F1 is 0 where both are. The averages leave out the classes a figure
+    does not exist for, as scikit-learn does: balanced accuracy averages recall over the
+    classes with test images, macro F1 averages F1 over the classes that are either in the
+    test set or predicted."""
+
+    precision: torch.Tensor  # (K,) float64: right / predicted as the class (column sums)
+    recall: torch.Tensor  # (K,) float64: right / test images of the class (row sums)
+    f1: torch.Tensor  # (K,) float64: harmonic mean of the two
+    support: torch.Tensor  # (K,) int64: test images of the class
+    predicted: torch.Tensor  # (K,) int64: test images predicted as the class
+
+    @property
+    def balanced_accuracy(self) -> float:
+        return _mean(self.recall[self.support > 0])
+
+    @property
+    def macro_f1(self) -> float:
+        return _mean(self.f1[(self.support > 0) | (self.predicted > 0)])
+
+    @property
+    def weighted_f1(self) -> float:
+        return float(_share((self.f1 * self.support).sum(), self.support.sum()))
+
+    def records(self, classes: list[str]) -> dict[str, dict[str, float | int]]:
+        """Class name -> its precision, recall, F1 and support (metrics.json's per_class)."""
+        columns = zip(self.precision.tolist(), self.recall.tolist(), self.f1.tolist())
+        return {
+            name: {"precision": p, "recall": r, "f1": f, "support": n}
+            for name, (p, r, f), n in zip(classes, columns, self.support.tolist())
+        }
+
+
+def _mean(values: torch.Tensor) -> float:
+    """The mean, 0 for no values (a matrix of no images)."""
+    return float(values.mean()) if len(values) else 0.0
+
+
+def class_scores(matrix: torch.Tensor) -> ClassScores:
+    """Precision, recall, F1 and support per class, from a (K, K) confusion matrix."""
+    right, support, predicted = matrix.diag(), matrix.sum(1), matrix.sum(0)
+    return ClassScores(
+        precision=_share(right, predicted),
+        recall=_share(right, support),
+        # 2PR / (P + R) with P = right / predicted, R = right / support, in counts: exact,
+        # and 0 without a division by zero when the class is neither present nor predicted
+        f1=_share(2 * right, support + predicted),
+        support=support,
+        predicted=predicted,
+    )
+
+
+def top_k_hits(logits: torch.Tensor, labels: torch.Tensor, k: int = TOP_K) -> torch.Tensor | None:
+    """(N,) bool: whether each image's true class is among its k highest logits; None with k
+    classes or fewer, where every image would count as a hit."""
+    if logits.shape[1] <= k:
+        return None
+    return (logits.topk(k, 1).indices == labels[:, None]).any(1)
+
+
+@dataclass
+class Evaluation:
+    """What testing a model on a split found: the confusion matrix, and per test image its
+    prediction, the prediction's probability and the loss (the logits are not kept)."""
+
+    matrix: torch.Tensor  # (K, K) confusion matrix
+    predicted: torch.Tensor  # (N,) int64
+    confidence: torch.Tensor  # (N,) softmax probability of the predicted class
+    loss: torch.Tensor  # (N,) cross-entropy against the true class
+    top5: torch.Tensor | None = None  # (N,) bool: true class in the 5 highest logits; K > 5 only
+
+    @property
+    def accuracy(self) -> float:
+        return accuracy(self.matrix)
+
+    @property
+    def top5_accuracy(self) -> float | None:
+        """The share of images whose true class is in their top 5; None with 5 classes or fewer."""
+        if self.top5 is None:
+            return None
+        return int(self.top5.sum()) / max(len(self.top5), 1)
+
+
+def score(logits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> Evaluation:
+    """The evaluation of logits (N, K) against labels (N,)."""
+    logits, labels = logits.reshape(-1, num_classes).float(), labels.to(logits.device)
+    confidence, predicted = logits.softmax(1).max(1)
+    loss = F.cross_entropy(logits, labels, reduction="none")
+    matrix = confusion_matrix(labels, predicted, num_classes)
+    return Evaluation(matrix, predicted, confidence, loss, top_k_hits(logits, labels))
+
+
+# pixels per channel in an evaluation batch: 1000 images up to 64 x 64, fewer of larger ones
+# (a batch of 1000 photos at 224 px would hold gigabytes of activations)
+EVAL_PIXELS = 1000 * 64 * 64
+
+
+def eval_batch_rows(cfg: Config) -> int:
+    """Images per evaluation batch: ``train.eval_batch_size``, fewer for large images."""
+    fits = max(1, EVAL_PIXELS // cfg.data.image_size**2)
+    return min(cfg.train.eval_batch_size, fits)
+
+
+def evaluate(
+    model: nn.Module, split: AnySplit, cfg: Config, num_classes: int, world=SINGLE
+) -> Evaluation:
+    """Test a model on every image of a split, with the run's normalisation and TTA. Under
+    torchrun each process tests its share: the confusion matrices are summed, and every
+    process gets every image's prediction (three numbers an image, four with a top-5 flag,
+    not its logits)."""
+    train = cfg.train
+    rows = shard(torch.arange(len(split)), world)
+    device = next(model.parameters()).device
+    batches = rows.split(eval_batch_rows(cfg))
+    images = (images for _, images, _ in split.load(batches, device))
+    with autocast(train.precision, device):
+        logits = predict_logits(
+            model, images, cfg.data.mean, cfg.data.std, train.tta, train.channels_last
+        )
+    mine = score(logits, split.labels[rows], num_classes)  # (0, K) logits: a process with no rows
+    matrix = sum_over_ranks(mine.matrix, world).cpu()
+    columns = [mine.predicted.double(), mine.confidence, mine.loss]
+    columns += [] if mine.top5 is None else [mine.top5.double()]  # every rank has the same K
+    every = gather_rows(torch.stack(columns, 1), world).cpu()  # class numbers exact in float64
+    top5 = None if mine.top5 is None else every[:, 3].bool()
+    return Evaluation(matrix, every[:, 0].long(), every[:, 1].float(), every[:, 2].float(), top5)
+
+
+def classification_figures(result: Evaluation, classes: list[str], digits: int) -> dict[str, Any]:
+    """What a run records beyond accuracy, rounded to ``digits``: balanced accuracy, macro and
+    weighted F1, top-5 accuracy (None with 5 classes or fewer), and per class its precision,
+    recall, F1 and support."""
+    scores, top5 = class_scores(result.matrix), result.top5_accuracy
+    per_class = scores.records(classes)
+    return {
+        "balanced_accuracy": round(scores.balanced_accuracy, digits),
+        "macro_f1": round(scores.macro_f1, digits),
+        "weighted_f1": round(scores.weighted_f1, digits),
+        "top5_accuracy": None if top5 is None else round(top5, digits),
+        "per_class": {
+            c: {key: round(value, digits) for key, value in record.items()}
+            for c, record in per_class.items()
+        },
+    }
+
+
+def format_accuracy(matrix: torch.Tensor, role: str = "test") -> str:
+    """The seed's headline sentence, with two decimals (``role``: which set's images)."""
+    total = int(matrix.sum())
+    return f"Accuracy of the network on the {total} {role} images: {100 * accuracy(matrix):.2f} %"
+
+
+def class_rows(
+    matrix: torch.Tensor, classes: list[str], order: list[int] | None = None
+) -> list[tuple[str, ...]]:
+    """The per-class table's rows as text, one per class (in ``order`` if given), under
+    ``CLASS_COLUMNS``: the seed's correct, total and accuracy, then precision, recall, F1 and
+    support as practitioners read them (recall is the accuracy, support the total)."""
+    s = class_scores(matrix)
+    columns = (matrix.diag(), s.support, s.recall, s.precision, s.recall, s.f1, s.support)
+    values = [c.tolist() for c in columns]
+    return [
+        (classes[i], *(_cell(v[i]) for v in values))
+        for i in (range(len(classes)) if order is None else order)
+    ]
+
+
+def _cell(value: float | int) -> str:
+    return f"{100 * value:.1f} %" if isinstance(value, float) else str(value)
+
+
+def format_per_class(matrix: torch.Tensor, classes: list[str]) -> str:
+    """A per-class table: correct, total, accuracy, precision, recall, F1, support; past
+    TEXT_CLASSES classes, only the worst by F1."""
+    order = worst_classes(matrix, TEXT_CLASSES) if len(classes) > TEXT_CLASSES else None
+    table = _text_table([CLASS_COLUMNS, *class_rows(matrix, classes, order)])
+    if order is None:
+        return table
+    return (
+        f"the {TEXT_CLASSES} classes of {len(classes)} with the lowest F1, worst first "
+        f"(metrics.json holds every class):\n{table}"
+    )
+
+
+def _text_table(rows: list[tuple[str, ...]]) -> str:
+    """Rows of cells as aligned text: the first column left, the others right."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    widths[0] = max(widths[0], 8)
+    return "\n".join(
+        f"{row[0]:<{widths[0]}}  " + "  ".join(f"{c:>{w}}" for c, w in zip(row[1:], widths[1:]))
+        for row in rows
+    )
+
+
+def summary_figures(matrix: torch.Tensor, top5_accuracy: float | None) -> list[tuple[str, str]]:
+    """(name, value) for balanced accuracy, macro and weighted F1, and top-5 accuracy where
+    there is one (more than 5 classes)."""
+    s = class_scores(matrix)
+    figures = [
+        ("balanced accuracy", s.balanced_accuracy),
+        ("macro F1", s.macro_f1),
+        ("weighted F1", s.weighted_f1),
+        ("top-5 accuracy", top5_accuracy),
+    ]
+    return [(name, f"{100 * value:.2f} %") for name, value in figures if value is not None]
+
+
+def format_summary(matrix: torch.Tensor, top5_accuracy: float | None) -> str:
+    """One line: balanced accuracy, macro F1, weighted F1 and top-5 accuracy."""
+    return ", ".join(f"{name} {value}" for name, value in summary_figures(matrix, top5_accuracy))
+
+
+def format_confusion(matrix: torch.Tensor, classes: list[str]) -> str:
+    """The confusion matrix as text (rows: truth, columns: prediction), short class names;
+    past TEXT_CLASSES classes, the most-confused pairs instead."""
+    if len(classes) > TEXT_CLASSES:
+        return _format_pairs(matrix, classes)
+    short = [c[:6] for c in classes]
+    width = max(6, len(str(int(matrix.max()))) if matrix.numel() else 1)
+    head = " " * 8 + " ".join(f"{s:>{width}}" for s in short)
+    rows = [
+        f"{s:<8}" + " ".join(f"{v:>{width}d}" for v in row)
+        for s, row in zip(short, matrix.tolist())
+    ]
+    return "\n".join(["confusion matrix (rows: truth, columns: predicted)", head, *rows])
+
+
+def _format_pairs(matrix: torch.Tensor, classes: list[str]) -> str:
+    k = len(classes)
+    pairs = [
+        f"  {classes[t]} -> {classes[p]}: {n}" for t, p, n in confused_pairs(matrix, TEXT_PAIRS)
+    ]
+    head = (
+        f"confusion matrix: {k} x {k}, too large to print (metrics.json holds it); "
+        "the most-confused pairs (true -> predicted: images):"
+    )
+    return "\n".join([head, *(pairs or ["  none: every image is right"])])
+
+
+def format_samples(labels: list[int], predicted: list[int], classes: list[str]) -> str:
+    """The seed's look at the first test images: ground truth vs predicted class names."""
+    truth = " ".join(f"{classes[i]:>5s}" for i in labels)
+    guess = " ".join(f"{classes[i]:>5s}" for i in predicted)
+    return f"GroundTruth:  {truth}\nPredicted:    {guess}"
+
+
+def worst_errors(result: Evaluation, labels: torch.Tensor, count: int) -> torch.Tensor:
+    """Indices of up to ``count`` misclassified samples, highest loss (surest mistake) first."""
+    wrong = result.predicted != labels
+    order = result.loss.masked_fill(~wrong, -math.inf).argsort(descending=True, stable=True)
+    return order[: min(count, int(wrong.sum()))]
+
+
+def confused_pairs(matrix: torch.Tensor, count: int) -> list[tuple[int, int, int]]:
+    """The ``count`` largest off-diagonal cells as (true class, predicted class, images)."""
+    # from the non-zero cells (at most one per image), not a sort of all K x K of them
+    cells = matrix.nonzero()  # (cells, 2) in row-major order: ties stay in it
+    cells = cells[cells[:, 0] != cells[:, 1]]
+    values = matrix[cells[:, 0], cells[:, 1]]
+    order = values.argsort(descending=True, stable=True)[:count]
+    return [(t, p, v) for (t, p), v in zip(cells[order].tolist(), values[order].tolist())]
+
+
+def worst_classes(matrix: torch.Tensor, count: int) -> list[int]:
+    """The ``count`` classes with the lowest F1, worst first."""
+    return class_scores(matrix).f1.argsort(stable=True)[:count].tolist()
+
+
+def chance_note(matrix: torch.Tensor) -> str | None:
+    """A warning when the accuracy is no better than always answering the largest class."""
+    counts = matrix.sum(1)
+    baseline = int(counts.max()) / max(int(counts.sum()), 1) if counts.numel() else 0.0
+    if accuracy(matrix) > baseline + 0.01:
+        return None
+    return (
+        f"warning: the model learned nothing useful: its accuracy ({100 * accuracy(matrix):.1f} "
+        f"%) is no better than always answering the largest class ({100 * baseline:.1f} %). "
+        "Train longer (--epochs), try another --lr, or check that the images differ between "
+        "classes"
+    )

@@ -1,0 +1,1 @@
+"""Small tools any layer may use: signals, file locks, careful file writes."""

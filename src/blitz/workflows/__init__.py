@@ -1,0 +1,1 @@
+"""Whole jobs built from the layers below: a training run, eval, lr-find."""

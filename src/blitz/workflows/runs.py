@@ -1,0 +1,408 @@
+"""A run from start to finish: set-up (the run context), fit, and finish (test, record, report)."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import platform
+import sys
+import time
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+from blitz.config.settings import HUB, Config
+from blitz.data.counts import class_counts, copies_note, find_copies, format_counts, imbalance_note
+from blitz.data.dataset import ImageData
+from blitz.data.roles import Assignment, record
+from blitz.data.sources import load_data, load_test_data, recorded_spec
+from blitz.errors import BlitzError
+from blitz.models import check_input_size, count_parameters, create_model
+from blitz.models.timm_models import fetch_hub_weights, load_pretrained
+from blitz.outputs.plots import save_image_grid
+from blitz.outputs.report import write_report
+from blitz.training.checkpoint import Checkpoint
+from blitz.training.compiling import use_compile_cache
+from blitz.training.context import Log, RunContext, silent
+from blitz.training.devices import device_name, fit_to_device, resolve_device
+from blitz.training.distributed import barrier, check_batch_size, init_world, local_device
+from blitz.training.engine import (
+    Loop,
+    NonFiniteLoss,
+    low_res_steps,
+    planned_steps,
+    steps_per_epoch,
+    train,
+)
+from blitz.training.evaluate import (
+    Evaluation,
+    chance_note,
+    classification_figures,
+    evaluate,
+    format_accuracy,
+    format_confusion,
+    format_per_class,
+    format_samples,
+    format_summary,
+    per_class_accuracy,
+)
+from blitz.training.progress import Progress
+from blitz.training.resume import Checkpointer, choose_kernels
+from blitz.training.rundir import Metrics, RunDir, matrix_record
+from blitz.training.warmstart import warm_start
+from blitz.utils.signals import stop_on_signals
+from blitz.version import __version__
+
+if TYPE_CHECKING:
+    from blitz.outputs.tracking import MlflowTracker
+
+SAMPLES = 8  # images in the grids (the seed shows 4)
+
+
+def elastic_resume(run_dir: RunDir) -> Checkpoint | None:
+    """The checkpoint to carry on from when torchrun restarted the worker group after a
+    failure (``--max-restarts``); None for a fresh start."""
+    restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
+    return run_dir.load_resumable() if restarted and run_dir.last.exists() else None
+
+
+def train_run(
+    cfg: Config,
+    run_dir: RunDir,
+    log: Log,
+    quiet: bool,
+    started: float,
+    resume: Checkpoint | None = None,
+    mlflow: str | None = None,
+) -> Metrics | None:
+    """Load data, train, test, and write config, checkpoint, pictures and metrics into the run
+    directory; with ``resume``, continue that run where it stopped; with ``mlflow`` (a tracking
+    URI, "" for the default), also log it to MLflow. Under torchrun every process trains; only
+    the first prints and writes (and returns the metrics)."""
+    ctx = set_up(cfg, run_dir, log, quiet, started)
+    if cfg.data.chosen:
+        ctx.log(f"auto {cfg.data.chosen}")
+    if resume is None and cfg.model.pretrained == HUB:  # weights that cannot be had: say so
+        fetch_hub_weights(cfg.model.name)  # before minutes of decoding, not after them
+    data = _load_data_once(ctx, run_dir.read_sets() if resume is not None else None)
+    _check_validation(ctx.cfg, data)
+    if resume is not None:
+        check_classes(data, resume, run_dir)
+        saved = resume.training
+        ctx.log(f"resuming {run_dir} after step {saved.step} (epoch {saved.epoch + 1})")
+    _fit_to_data(ctx, data)
+    # a model that cannot take the data fails before any write
+    model = build_model(ctx, data, fresh=resume is None)
+    if ctx.writes:
+        _record_start(ctx, data)
+    tracker = _tracker(ctx, mlflow, resume is not None)
+    with tracker or contextlib.nullcontext():
+        loop = fit(ctx, data, model, resume, tracker)
+        metrics = finish(ctx, data, model, loop)
+        if tracker and metrics:
+            tracker.finish(metrics.to_dict())
+    return metrics
+
+
+def _tracker(ctx: RunContext, mlflow: str | None, resumed: bool) -> MlflowTracker | None:
+    """The run's MLflow run (the first process only), or None without ``--mlflow``."""
+    if ctx.writes is None:
+        return None
+    if mlflow is None:
+        if resumed and ctx.writes.mlflow.exists():  # never a recorded server unasked
+            ctx.log(
+                f"this run was logged to MLflow ({ctx.writes.mlflow.name}): pass --mlflow URI "
+                "to go on logging it there"
+            )
+        return None
+    from blitz.outputs.tracking import MlflowTracker
+
+    tracker = MlflowTracker.start(mlflow or None, ctx.cfg.to_dict(), ctx.writes, resume=resumed)
+    ctx.log(f"tracking: {tracker}")
+    return tracker
+
+
+def set_up(
+    cfg: Config, run_dir: RunDir | None, log: Log, quiet: bool, started: float
+) -> RunContext:
+    """The run context: reproducibility, the process group, this process's device."""
+    choose_kernels(cfg)
+    device = resolve_device(cfg.train.device)
+    world = init_world(device)
+    check_batch_size(cfg.train.batch_size, world)
+    device = local_device(device, world)
+    if not world.is_main:
+        log, quiet = silent, True
+    cfg = fit_to_device(cfg, device, log)  # a preset's "auto" settings meet this machine
+    if cfg.train.compile:  # compiled kernels persist beside the data, for the next process
+        use_compile_cache()
+    return RunContext(cfg, device, world, run_dir, log, quiet, started)
+
+
+def build_model(ctx: RunContext, data: ImageData, fresh: bool = True) -> nn.Module:
+    """A model for ``data``, initialised from the seed, or from ``model.pretrained``'s or
+    ``train.init``'s weights when ``fresh`` (a resumed run takes its checkpoint's instead), on
+    the device in the run's memory format (what training and lr-find start from)."""
+    cfg = ctx.cfg
+    torch.manual_seed(cfg.train.seed)  # the weights' initialisation depends on the seed alone
+    model = create_model(cfg.model.name, len(data.classes), data.channels, **cfg.model.options)
+    if fresh and cfg.model.pretrained:
+        load_pretrained(model, cfg.model.pretrained, ctx.log)
+    if fresh and cfg.train.init:
+        warm_start(model, cfg, data.classes, data.channels, ctx.log)
+    model = model.to(ctx.device, memory_format=_memory_format(cfg))
+    for size in {cfg.data.image_size, cfg.data.low_res} - {0}:
+        check_input_size(model, cfg.model.name, data.channels, size)
+    return model
+
+
+def fit(
+    ctx: RunContext,
+    data: ImageData,
+    model: nn.Module,
+    resume: Checkpoint | None,
+    tracker: MlflowTracker | None = None,
+) -> Loop:
+    """Train with checkpoints (last, best, on a signal); a NaN loss keeps the last good one."""
+    resumed_step = resume.training.step if resume else 0
+    progress = Progress(ctx.cfg, ctx.log, ctx.quiet, ctx.writes, resumed_step, tracker)
+    with stop_on_signals() as stop:
+        hooks = Checkpointer(ctx, model, data.classes, stop, resume, progress)
+        try:
+            return train(ctx, data, model, progress, hooks)
+        except NonFiniteLoss as exc:
+            raise BlitzError(f"{exc}; {hooks.describe_kept()}") from None
+
+
+def finish(ctx: RunContext, data: ImageData, model: nn.Module, loop: Loop) -> Metrics | None:
+    """Test, then (first process) show the results, save the model, write metrics and report."""
+    started_eval = time.perf_counter()
+    result = evaluate(loop.eval_net, data.test, ctx.cfg, len(data.classes), ctx.world)  # synced
+    eval_seconds = time.perf_counter() - started_eval
+    validation = None
+    if data.val is not None and not data.test_is_val:
+        validation = evaluate(loop.eval_net, data.val, ctx.cfg, len(data.classes), ctx.world)
+    run_dir = ctx.writes
+    if run_dir is None:
+        return None
+    _show_results(result, data, run_dir, ctx.log)
+    run_dir.save_model(Checkpoint.of(model, ctx.cfg, data.classes))
+    metrics = _metrics(ctx, data, model, loop, result, eval_seconds)
+    if validation is not None:
+        metrics.validation = _figures(validation, data.classes)
+    run_dir.write_metrics(metrics)  # its presence marks the run finished
+    run_dir.drop_resume_point()
+    ctx.log(f"report: {write_report(run_dir, metrics, data.test, result)}")
+    return metrics
+
+
+def _metrics(
+    ctx: RunContext,
+    data: ImageData,
+    model: nn.Module,
+    loop: Loop,
+    result: Evaluation,
+    eval_seconds: float,
+) -> Metrics:
+    cfg, state = ctx.cfg, loop.state
+    versions = {"blitz": __version__, "torch": torch.__version__}
+    return Metrics(
+        test_accuracy=round(result.accuracy, 6),
+        classes=data.classes,
+        **matrix_record(result.matrix),
+        per_class_accuracy={
+            c: round(a, 6) for c, a in zip(data.classes, per_class_accuracy(result.matrix))
+        },
+        **classification_figures(result, data.classes, digits=6),
+        sets={role: len(split) for role, split in data.sets().items()},
+        test_set="val" if data.test_is_val else "test",
+        class_counts=class_counts(data),
+        **find_copies(data)._asdict(),
+        split=data.split,
+        kept_epoch=state.best_epoch if state.best_weights is not None else state.epoch,
+        kept="best" if state.best_weights is not None else "last",
+        train_seconds=round(state.train_seconds, 3),
+        eval_seconds=round(eval_seconds, 3),
+        compile_seconds=round(state.compile_seconds, 3),
+        total_seconds=round(time.perf_counter() - ctx.started, 3),
+        epochs=state.epoch,
+        steps=state.step,
+        steps_per_epoch=steps_per_epoch(cfg, len(data.train)),
+        train_images=len(data.train),
+        test_images=len(data.test),
+        seed=cfg.train.seed,
+        device=str(ctx.device),
+        device_name=device_name(ctx.device),
+        processes=ctx.world.size,
+        preset=cfg.preset,
+        data=data.name,
+        data_storage=data.storage(),
+        model=cfg.model.name,
+        parameters=count_parameters(model),
+        versions={**versions, "python": platform.python_version()},
+        history=state.history,
+    )
+
+
+def _figures(result: Evaluation, classes: list[str]) -> dict:
+    """A set's accuracy and the views of its confusion matrix, as metrics.json keeps them."""
+    return {"accuracy": round(result.accuracy, 6), **classification_figures(result, classes, 6)}
+
+
+def _check_validation(cfg: Config, data: ImageData) -> None:
+    """Early stopping is chosen by the validation set: there must be one."""
+    if cfg.train.patience and data.val is None:
+        raise BlitzError(
+            f"--patience {cfg.train.patience} stops when the validation accuracy stops "
+            f"improving, but {data.name} has no validation set: add a val/ folder, or split "
+            "one off with --val-fraction 0.1"
+        )
+
+
+def check_classes(data: ImageData, ckpt: Checkpoint, run_dir: RunDir) -> None:
+    """A checkpoint only fits data with the classes it was trained on, in the same order."""
+    if data.classes != ckpt.model.classes:
+        raise BlitzError(
+            f"{data.name} has classes {data.classes}, but the run in {run_dir} was trained on "
+            f"{ckpt.model.classes}: use data with the same classes"
+        )
+
+
+def _load_data_once(ctx: RunContext, recorded: Assignment | None) -> ImageData:
+    """The first process decodes (and caches); the others wait, then read the cache, or meet
+    the same error as the first one (rather than a broken barrier). ``recorded``: the sets
+    the run wrote down (a resumed run trains on exactly those)."""
+    if not ctx.is_main:
+        barrier(ctx.world)
+        return load_data(ctx.cfg.data, ctx.log, recorded)
+    try:
+        return load_data(ctx.cfg.data, ctx.log, recorded)
+    finally:
+        barrier(ctx.world)
+
+
+def _fit_to_data(ctx: RunContext, data: ImageData) -> None:
+    """``train.min_steps``: a dataset too small for the preset's budget trains more epochs
+    (recorded in config.json, so a resume replays them)."""
+    train = ctx.cfg.train
+    per_epoch = steps_per_epoch(ctx.cfg, len(data.train))
+    floor = min(train.min_steps, train.max_steps or train.min_steps)  # never past the cap
+    if train.epochs * per_epoch >= floor:
+        return
+    epochs = math.ceil(floor / per_epoch)
+    ctx.log(
+        f"{len(data.train)} training images are {per_epoch} step{'s' * (per_epoch > 1)} of "
+        f"batch {train.batch_size}: training {epochs} epochs to reach {floor} steps "
+        "(train.min_steps; --epochs N trains N)"
+    )
+    train.epochs = epochs
+
+
+def _record_start(ctx: RunContext, data: ImageData) -> None:
+    """The settings (``auto`` data as what it turned out to be and a path as an absolute one,
+    so that eval, report, --resume and a replay from elsewhere load the same data) and the
+    seed's look at the training images."""
+    if ctx.cfg.data.source == "auto":
+        ctx.cfg.data.source = data.name
+    ctx.cfg.data.source = recorded_spec(ctx.cfg.data.source)
+    ctx.dir.write_config(ctx.cfg)
+    ctx.dir.write_sets(record(data))
+    _show_training_images(data, ctx.dir, ctx.log)
+    _describe(ctx, data)
+
+
+def _describe(ctx: RunContext, data: ImageData) -> None:
+    cfg = ctx.cfg
+    processes = f" x {ctx.world.size} processes" if ctx.world.size > 1 else ""
+    sizes = ", ".join(f"{len(split)} {role}" for role, split in data.sets().items())
+    ctx.log(
+        f"data: {data.name} ({sizes} images, {len(data.classes)} classes, {data.storage()}); "
+        f"model: {cfg.model.name}; device: {ctx.device}{processes}"
+    )
+    counts = class_counts(data)
+    ctx.log(format_counts(data.classes, counts))
+    if note := imbalance_note(data.classes, counts["train"], cfg):
+        ctx.log(note)
+    sizes = {role: len(split) for role, split in data.sets().items()}
+    if note := copies_note(find_copies(data), sizes):  # said even under --quiet
+        print(f"blitz: {note}", file=sys.stderr)
+    per_epoch = steps_per_epoch(cfg, len(data.train))
+    steps = planned_steps(cfg, len(data.train))
+    if steps < cfg.train.epochs * per_epoch:  # say why "epoch 1/3" will end early
+        ctx.log(
+            f"training for {steps} steps of batch {cfg.train.batch_size} "
+            f"({steps / per_epoch:.2f} of {cfg.train.epochs} epochs): train.max_steps caps it "
+            "(--max-steps 0 lifts the cap)"
+        )
+    if cfg.data.low_res:
+        low = low_res_steps(cfg.data, steps)
+        side = cfg.data.low_res
+        ctx.log(
+            f"the first {low} of {steps} steps train on images downscaled to {side}x{side} "
+            f"(data.low_res, cheaper steps), the rest at {cfg.data.image_size}x"
+            f"{cfg.data.image_size} (the test's size)"
+        )
+
+
+def _memory_format(cfg: Config) -> torch.memory_format:
+    return torch.channels_last if cfg.train.channels_last else torch.contiguous_format
+
+
+def sample_rows(count: int, total: int) -> torch.Tensor:
+    """A fixed random choice of rows (folders are sorted by class: the first rows are one class)."""
+    return torch.randperm(total, generator=torch.Generator().manual_seed(0))[:count]
+
+
+def _show_training_images(data: ImageData, run_dir: RunDir, log: Log) -> None:
+    """The seed's first look at the data: a grid of training images and their labels."""
+    rows = sample_rows(SAMPLES, len(data.train))
+    names = [data.classes[i] for i in data.train.labels[rows].tolist()]
+    save_image_grid(data.train.images_at(rows), names, run_dir.train_images)
+    log(f"training images ({run_dir.train_images.name}): " + " ".join(f"{n:>5s}" for n in names))
+
+
+def _show_results(result: Evaluation, data: ImageData, run_dir: RunDir, log: Log) -> None:
+    """Print the seed's views of a test (samples, accuracy, per class) and save the grid."""
+    rows = sample_rows(SAMPLES, len(data.test))
+    truth = data.test.labels[rows].tolist()
+    guess = result.predicted[rows].tolist()
+    captions = [f"{data.classes[t]}\n→ {data.classes[p]}" for t, p in zip(truth, guess)]
+    save_image_grid(data.test.images_at(rows), captions, run_dir.test_predictions)
+    log(format_samples(truth, guess, data.classes))
+    log(format_accuracy(result.matrix, "validation" if data.test_is_val else "test"))
+    log(format_per_class(result.matrix, data.classes))
+    log(format_summary(result.matrix, result.top5_accuracy))
+    log(format_confusion(result.matrix, data.classes))
+    if note := chance_note(result.matrix):  # said even under --quiet: a user must not miss it
+        print(f"blitz: {note}", file=sys.stderr)
+
+
+def eval_run(run_dir: RunDir, source: str | None, log: Log) -> Evaluation:
+    """Test a finished run's checkpoint, on its own data or on ``source``."""
+    cfg, model, data = _load_run(run_dir, source, log)
+    result = evaluate(model, data.test, cfg, len(data.classes))
+    _show_results(result, data, run_dir, log)
+    return result
+
+
+def _load_run(run_dir: RunDir, source: str | None, log: Log) -> tuple[Config, nn.Module, ImageData]:
+    ckpt = run_dir.load_model()
+    cfg = ckpt.cfg
+    if source is None:  # the run's own split
+        data = load_data(cfg.data, log, run_dir.read_sets())
+        check_classes(data, ckpt, run_dir)
+    else:
+        data = load_test_data(replace(cfg.data, source=source), ckpt.model.classes, log)
+    device = resolve_device(cfg.train.device)
+    return cfg, ckpt.build_model().to(device, memory_format=_memory_format(cfg)), data
+
+
+def rebuild_report(run_dir: RunDir, log: Log) -> RunDir:
+    """Write ``report.html`` again from model.pt, metrics.json and the run's data."""
+    metrics = run_dir.read_metrics()
+    cfg, model, data = _load_run(run_dir, None, log)
+    result = evaluate(model, data.test, cfg, len(data.classes))
+    return write_report(run_dir, metrics, data.test, result)
