@@ -236,6 +236,7 @@ def test_load_refuses_a_folder_without_a_finished_run(tmp_path):
         blitz.load(tmp_path)
 
 
+@pytest.mark.subprocess
 def test_import_blitz_stays_light():
     code = "import blitz, sys; blitz.train; blitz.Run; print('torch' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

@@ -122,6 +122,8 @@ def test_archives_with_members_outside_are_refused(tmp_path, cache, suffix, memb
     assert not (tmp_path / "a").exists() and not list(cache.rglob("*.png"))
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_a_bad_image_fails_the_cli_cleanly_and_leaves_no_finished_run(tmp_path):
     folder = write_folder(tmp_path / "fruit", bad_files())
     env = {**os.environ, "BLITZ_DATA": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}

@@ -38,6 +38,7 @@ def run_dir(tmp_path_factory):
     return out, result
 
 
+@pytest.mark.slow
 def test_train_writes_a_complete_run_directory(run_dir):
     out, result = run_dir
     assert "Accuracy of the network on the 100 test images" in result.stdout
@@ -74,6 +75,8 @@ def test_train_writes_a_complete_run_directory(run_dir):
     assert config["train"]["batch_size"] == 16 and config["data"]["source"] == "shapes:500"
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_eval_reproduces_the_training_accuracy(run_dir):
     out, _ = run_dir
     metrics = json.loads((out / "metrics.json").read_text())
@@ -81,6 +84,8 @@ def test_eval_reproduces_the_training_accuracy(run_dir):
     assert f"{100 * metrics['test_accuracy']:.2f} %" in result.stdout
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_predict_prints_and_writes_csv(run_dir, tmp_path):
     out, _ = run_dir
     images = write_folder(
@@ -105,6 +110,8 @@ def test_predict_prints_and_writes_csv(run_dir, tmp_path):
     assert float(rows[0]["prob_1"]) >= float(rows[0]["prob_2"])
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_show_writes_the_seed_grid(tmp_path):
     folder = write_folder(tmp_path / "fruit", folder_files())
     result = blitz(
@@ -121,12 +128,16 @@ def test_show_writes_the_seed_grid(tmp_path):
     assert len(result.stdout.splitlines()[-2].split()) == 4
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_inspect_and_listings():
     assert "conv1.bias.grad after backward" in blitz("inspect").stdout
     assert "seed" in blitz("presets").stdout
     assert "lenet" in blitz("models").stdout
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_train_on_an_image_folder_archive_and_refuse_to_clobber(tmp_path):
     from conftest import write_tar
 
@@ -139,6 +150,8 @@ def test_train_on_an_image_folder_archive_and_refuse_to_clobber(tmp_path):
     assert again.returncode == 2 and "--overwrite" in again.stderr
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -170,6 +183,8 @@ def test_user_errors_are_one_clear_line(tmp_path, args, message):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_folder_of_one_class_is_a_clear_error(tmp_path):
     folder = write_folder(tmp_path / "flat", {"cat/1.png": folder_files()["train/apple/0_0.png"]})
     result = blitz("train", "--data", folder, check=False, cache=tmp_path / "cache")
@@ -177,12 +192,15 @@ def test_folder_of_one_class_is_a_clear_error(tmp_path):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.subprocess
 def test_typo_in_an_option_is_rejected_with_the_closest_option():
     result = blitz("train", "--epocs", "3", check=False)
     assert result.returncode == 2 and "unrecognized arguments: --epocs" in result.stderr
     assert "did you mean --epochs?" in result.stderr
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 @pytest.mark.parametrize(
     ("args", "hint"),
     [
@@ -199,12 +217,15 @@ def test_a_mistyped_name_gets_the_closest_one(tmp_path, args, hint):
     assert result.returncode == 2 and hint in result.stderr, result.stderr
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("args", [["--epoch", "2"], ["--batch", "8"]])
 def test_abbreviated_options_are_refused_not_guessed(args):
     result = blitz("train", *args, check=False)  # argparse would take --epoch for --epochs
     assert result.returncode == 2 and f"unrecognized arguments: {args[0]}" in result.stderr
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 @pytest.mark.parametrize("devices", ["0", "-2"])
 def test_devices_below_one_are_refused(devices, tmp_path):
     result = blitz("train", "--devices", devices, "--out", tmp_path / "r", check=False)
@@ -212,6 +233,8 @@ def test_devices_below_one_are_refused(devices, tmp_path):
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_a_small_dataset_trains_the_presets_steps_and_says_so(tmp_path):
     folder = write_folder(tmp_path / "fruit", folder_files())  # 12 images: 1 step an epoch
     out = tmp_path / "run"
@@ -226,12 +249,15 @@ def test_a_small_dataset_trains_the_presets_steps_and_says_so(tmp_path):
     assert "learned nothing useful" in mine.stderr or "100.00 %" in mine.stdout
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_auto_data_is_recorded_as_what_it_turned_out_to_be(tmp_path):
     out = tmp_path / "run"
     blitz("train", "--max-steps", "1", "--data", "auto", "--out", out, cache=tmp_path / "c")
     assert json.loads((out / "config.json").read_text())["data"]["source"] == "shapes"
 
 
+@pytest.mark.subprocess
 def test_parser_errors_are_one_paragraph():
     result = blitz("train", "--epochs", check=False)
     assert result.returncode == 2 and result.stderr.count("\n") == 1
@@ -244,6 +270,8 @@ def test_parser_errors_are_one_paragraph():
     )
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 @pytest.mark.parametrize("thread", [False, True])
 def test_the_command_leaves_after_its_exit_handlers_and_threads(thread):
     """``blitz`` skips Python's slow teardown, not what an exit must still do: exit handlers,
@@ -263,6 +291,8 @@ cli.run()
     assert ("thread finished" in result.stdout) == thread
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 @pytest.mark.parametrize(
     "shell, status, message",
     [
@@ -286,6 +316,8 @@ def test_the_last_flush_is_said_when_it_fails_and_quiet_when_the_reader_left(
         assert "fast-cpu" in (tmp_path / "out.txt").read_text()
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_outputs_are_checked_before_the_work(tmp_path):
     text = tmp_path / "notes.txt"
     text.write_text("mine")
@@ -299,6 +331,8 @@ def test_outputs_are_checked_before_the_work(tmp_path):
     assert run.returncode == 2 and "not a blitz run (notes.txt" in run.stderr
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_a_model_that_cannot_take_the_images_fails_before_writing_anything(tmp_path):
     out = tmp_path / "run"
     result = blitz("train", "--data", "shapes:20", "--model", "lenet", "--image-size", "64",

@@ -67,6 +67,7 @@ def damaged(folder) -> ImportError:
     return ImportError(f"{folder}/tl/ctlshgw.main.so: file too short")
 
 
+@pytest.mark.slow
 def test_a_damaged_cache_is_deleted_and_the_warm_up_tried_again(cache):
     folder = use_compile_cache()
     (folder / "stale").write_text("x")
@@ -104,6 +105,7 @@ def test_only_blitz_own_cache_is_ever_deleted(tmp_path):
     assert (folder / "kept").exists() and not lines and len(calls) == 1
 
 
+@pytest.mark.subprocess
 @pytest.mark.skipif(
     not os.environ.get("BLITZ_TEST_COMPILE"),
     reason="two real compiles, about 2 minutes on 2 cores: set BLITZ_TEST_COMPILE=1",

@@ -150,6 +150,7 @@ def test_decoding_on_several_threads_gives_what_one_thread_gives(tmp_path, monke
     assert any("resized 55 images" in line for line in one_logs)
 
 
+@pytest.mark.slow
 def test_decoding_processes_also_start_where_there_is_no_fork(tmp_path, monkeypatch):
     import multiprocessing
 
@@ -242,6 +243,8 @@ load_data(DataConfig(source=sys.argv[1], workers=2))
 """
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_sigterm_during_the_first_decode_ends_the_decoding_processes_too(tmp_path):
     import signal
     import subprocess
@@ -300,6 +303,7 @@ def test_cifar10_download_uses_the_official_archive(http_root, monkeypatch, cach
     assert len(load_data("auto").train) == 100  # auto now finds it in the cache
 
 
+@pytest.mark.slow
 def test_download_without_network_fails_fast_and_auto_falls_back(monkeypatch):
     monkeypatch.setattr(cifar10, "CIFAR10_URL", "http://127.0.0.1:9/cifar-10-python.tar.gz")
     started = time.perf_counter()

@@ -13,6 +13,8 @@ from blitz.training.checkpoint import load_checkpoint
 from blitz.training.distributed import SINGLE, World, check_batch_size, epoch_batches, shard
 from conftest import shapes_folder
 
+pytestmark = [pytest.mark.distributed, pytest.mark.slow]
+
 
 def test_shards_are_disjoint_and_cover_the_batch():
     rows = torch.arange(10)
@@ -58,6 +60,7 @@ def train(out, cache, *extra, data="shapes:200", launcher=(sys.executable, "-m",
     ).state_dict
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch built without distributed")
 def test_two_processes_train_like_one(tmp_path):
     # with a validation set, early stopping, class weights and the balanced sampler: every
@@ -83,6 +86,7 @@ def test_two_processes_train_like_one(tmp_path):
     assert losses[1] < losses[0]  # it learned something, so the comparison means something
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch built without distributed")
 def test_two_streaming_processes_train_like_one_in_memory(tmp_path):
     """DistributedSampler's shards, read by each process's DataLoader workers, make the same
@@ -118,6 +122,8 @@ raise SystemExit(cli.main(sys.argv[1:]))
 """
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch built without distributed")
 def test_torchrun_restarts_a_killed_worker_from_the_last_checkpoint(tmp_path, monkeypatch):
     worker, steps_log = tmp_path / "worker.py", tmp_path / "steps.log"

@@ -37,6 +37,7 @@ def test_cosine_warms_up_then_falls_to_zero_along_a_half_cosine():
     assert factors == pytest.approx([0.0, 0.5, 1.0, 0.5, 0.0])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("optimizer", OPTIMIZERS)
 def test_every_optimizer_trains_and_a_frozen_body_stays_put(optimizer):
     """Each update rule moves the weights; with the body frozen (optim.freeze) only the
@@ -84,6 +85,7 @@ def test_planned_steps_respects_max_steps():
     assert planned_steps(cfg, 95) == 7
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("optimizer", ["sgd", "nesterov", "adam", "rmsprop"])
 def test_training_on_shapes_learns(optimizer):
     lr = {"sgd": 0.03, "nesterov": 0.03, "adam": 0.003, "rmsprop": 0.001}[optimizer]
@@ -286,7 +288,7 @@ class StopAt(TrainHooks):
 
 def test_a_stopped_run_closes_its_logs(monkeypatch):
     closed = []
-    monkeypatch.setattr(Progress, "close", lambda self: closed.append(True))
+    monkeypatch.setattr(Progress, "close", lambda self, failed=False: closed.append(True))
     cfg, model = small_convnet({"train.max_steps": 6})
     with pytest.raises(KeyboardInterrupt):
         train(quiet_run(cfg), load_data("shapes:64"), model, hooks=StopAt())

@@ -90,6 +90,7 @@ def test_an_output_path_that_cannot_be_written_fails_before_the_export(tmp_path,
     assert not (tmp_path / "missing").exists()
 
 
+@pytest.mark.subprocess
 def test_a_checkpoint_that_claims_4096_pixel_images_is_refused_before_tracing(tmp_path):
     # a hand-edited run: a small model whose checkpoint says 4096 x 4096 (26.7 GB to trace)
     cfg = build_config("fast-cpu", {"model.name": "convnet", "data.image_size": 4096})

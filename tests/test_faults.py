@@ -151,6 +151,7 @@ def runs(tmp_path_factory):
     }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fault", FAULTS)
 def test_stopped_and_resumed_run_ends_bitwise_identical(runs, fault):
     reference, faulty = runs
@@ -206,6 +207,7 @@ def quiet_run(cfg, out):
     return train_run(cfg, RunDir(out), log=lambda message: None, quiet=True, started=0.0)
 
 
+@pytest.mark.slow
 def test_disk_full_keeps_the_previous_checkpoint_and_says_so(tmp_path, monkeypatch):
     real_save, calls = torch.save, [0]
 
@@ -235,19 +237,17 @@ def full_disk(monkeypatch):
         if full.is_set():
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    class FullFile(io.TextIOWrapper):
+    class FullFile(io.BufferedWriter):
         def flush(self):
             no_space()
             super().flush()
 
     real_flush = record_writer.RecordWriter.flush
 
-    def open_full(path, mode="r", **options):  # metrics.csv is written on the full disk
-        if mode != "w":
-            return open(path, mode, **options)  # noqa: SIM115 - the caller closes it
-        return FullFile(open(path, "wb"), newline="")  # noqa: SIM115
+    def open_full(path):  # metrics.csv is written on the full disk
+        return FullFile(io.FileIO(path, "w"))
 
-    monkeypatch.setattr(progress, "open", open_full, raising=False)
+    monkeypatch.setattr(progress, "open_new", open_full)
     monkeypatch.setattr(record_writer.RecordWriter, "flush", lambda w: no_space() or real_flush(w))
     return full
 
@@ -349,6 +349,7 @@ def test_an_unfinished_run_is_not_overwritten_by_accident(tmp_path):
     assert not (out / "last.pt").exists()
 
 
+@pytest.mark.slow
 def test_resume_and_eval_refuse_a_checkpoint_for_other_classes_or_model(
     tmp_path, capsys, monkeypatch
 ):
@@ -370,6 +371,7 @@ def test_resume_and_eval_refuse_a_checkpoint_for_other_classes_or_model(
     assert status == 2 and "does not fit" in err and "Traceback" not in err
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("minutes", "saved_at"), [(0, [3]), (1, [1, 2, 3, 3])])
 def test_checkpoints_by_the_clock(tmp_path, monkeypatch, minutes, saved_at):
     ticks = iter(range(0, 10**6, 100))  # a clock that moves 100 s each time it is read

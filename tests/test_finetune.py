@@ -37,6 +37,8 @@ from blitz.training.rundir import RunDir
 from conftest import folder_files, run_blitz, write_folder
 from test_faults import assert_same_run, start_blitz, wait_all
 
+pytestmark = [pytest.mark.timm]
+
 pytest.importorskip("timm", reason="the timm extra is not installed")
 
 RESNET = "timm:resnet10t"  # the smallest timm ResNet: pretrained at 176 px, ImageNet's mean
@@ -458,6 +460,8 @@ def test_huggingface_hubs_retry_lines_stay_out_of_the_terminal(monkeypatch, capf
 # -- the finetune preset ----------------------------------------------------------------------
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_the_finetune_preset_trains_from_timms_weights_offline(tmp_path, hub_weights):
     folder = write_folder(tmp_path / "fruit", folder_files())
     out = tmp_path / "run"
@@ -519,6 +523,7 @@ def onnx_probabilities(path: Path, images: np.ndarray) -> np.ndarray:
     return torch.from_numpy(logits).softmax(1).numpy()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("tta", TTAS)
 def test_evaluation_predict_and_the_export_see_the_same_images(tmp_path, capsys, tta):
     """The same pixels, and the same test-time views: predict and the export average the
@@ -578,6 +583,8 @@ RESUMABLE = [
 ]  # fmt: skip
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_a_fine_tuning_run_killed_while_frozen_resumes_exactly(tmp_path, cache, capsys):
     """Killed at step 4 (its last checkpoint at step 2, with the body frozen) and resumed in
     another process, a run with every new augmentation, layer decay and a frozen start ends

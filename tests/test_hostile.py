@@ -121,6 +121,8 @@ def test_special_files_in_a_data_folder_are_left_alone(tmp_path, max_memory):
     assert any(line.startswith("ignored 4 files") for line in logs)  # and the loop
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_hostile_names_are_escaped_in_the_report(tmp_path):
     evil = "<img src=x onerror=alert(1)>"
     files = {k.replace("apple", evil): v for k, v in folder_files().items()}

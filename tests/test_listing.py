@@ -40,6 +40,7 @@ def takes(model: nn.Module, name: str, size: int) -> bool:
     return True
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list_models())
 def test_every_model_is_listed_with_a_fresh_parameter_count(models_output, name):
     row, purpose = entry(models_output, name)
@@ -70,6 +71,7 @@ def test_lenet_takes_only_the_seeds_size_give_or_take_pooling(models_output):
     assert entry(models_output, "lenet")[0].split()[3:6] == ["32", "to", "35"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("preset", PRESETS)
 def test_every_preset_says_what_data_its_mirroring_suits(presets_output, preset):
     text = " ".join(" ".join(entry(presets_output, preset)).split())

@@ -35,6 +35,7 @@ def check_sweep(ctx: RunContext, steps: int) -> None:
     assert math.isfinite(sweep.losses[0]) and 0 < sweep.suggestion < 10
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", list_models())
 def test_lr_find_runs_for_every_model(model):
     check_sweep(quiet_run("seed", {"model.name": model, "train.batch_size": 16}), steps=5)
@@ -88,6 +89,8 @@ def test_every_command_offers_every_optimizer(command):
         assert build_parser().parse_args([command, "--optimizer", name]).optimizer == name
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_lr_find_command_with_muon_on_a_gpu_preset(tmp_path):
     out = tmp_path / "lr.png"
     args = ["--preset", "fast-gpu", "--model", "convnet", "--optimizer", "muon", "--steps", "5"]

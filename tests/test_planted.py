@@ -105,6 +105,7 @@ def fifo(path: Path) -> Path:
     return path
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize(
     "name, command",
     [("config.json", ["train", "--config"]), ("sets.csv", ["eval"]),
@@ -120,6 +121,7 @@ def test_a_pipe_in_a_run_directory_is_refused_not_waited_on(tmp_path, name, comm
     assert "not a regular file" in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.subprocess
 def test_a_pipe_given_as_settings_is_refused_not_waited_on(tmp_path):
     settings = fifo(tmp_path / "settings.toml")
     command = [sys.executable, "-m", "blitz", "train", "--config", str(settings)]
@@ -136,6 +138,7 @@ def test_a_run_file_that_links_elsewhere_is_not_read(tmp_path):
         RunDir(tmp_path).read_config()
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize(
     "preset", ["x/../../../../somewhere", "../escape", "/tmp/abs", "a\\..\\b", "..", ".hidden"]
 )

@@ -122,6 +122,8 @@ def test_names_that_are_not_utf8_are_printed_and_written_as_escapes(run_dir, tmp
     assert rows[0] == ["path", "class_1", "prob_1"] and rows[1][0].endswith("caf\\xe9.png")
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_the_cli_prints_the_good_names_the_bad_and_writes_the_csv(run_dir, tmp_path):
     good = tmp_path / "good.png"
     good.write_bytes(png_bytes((200, 30, 30)))

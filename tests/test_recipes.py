@@ -28,6 +28,7 @@ from conftest import run_blitz
 CPU = torch.device("cpu")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("preset", sorted(list_presets()))
 def test_every_preset_trains_a_few_steps_on_shapes(preset):
     quick = {"train.max_steps": 3, "train.batch_size": 32, "train.log_every": 0}
@@ -209,6 +210,8 @@ def test_a_cpu_preset_says_nothing_on_a_cpu():
     assert fit_to_device(cfg, CPU, lines.append) == cfg and lines == []
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_blitz_train_fits_a_gpu_preset_to_the_cpu_and_records_what_ran(tmp_path):
     out = tmp_path / "run"
     small = ["--set", "model.options.widths=[8,8,8]", "--batch-size", "32", "--max-steps", "2"]
@@ -219,6 +222,8 @@ def test_blitz_train_fits_a_gpu_preset_to_the_cpu_and_records_what_ran(tmp_path)
     assert saved["precision"] == resolve_precision("auto", CPU) and saved["compile"] is False
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_a_low_res_run_says_which_steps_are_downscaled(tmp_path):
     args = ["train", "--preset", "cpu-30s", "--data", "shapes:100", "--max-steps", "5"]
     result = run_blitz(*args, "--batch-size", "32", "--out", tmp_path / "run")

@@ -105,11 +105,13 @@ def _many_class_report(tmp_path, k: int) -> str:
     return write_report(RunDir(tmp_path), metrics, Split(images, labels), result).read_text()
 
 
+@pytest.mark.slow
 def test_report_at_100_classes_scrolls_instead_of_shrinking(tmp_path):
     page = _many_class_report(tmp_path, 100)
     assert page.count("<div class='scroll'>") == 2 and len(_images(page)) == 3
 
 
+@pytest.mark.slow
 def test_report_at_2000_classes_stays_bounded(tmp_path):
     page = _many_class_report(tmp_path, 2000)
     figures = _images(page)
@@ -168,6 +170,7 @@ def _pngs(page: str) -> list[bytes]:
     ]
 
 
+@pytest.mark.slow
 def test_train_writes_a_self_contained_report(runs):
     page = (runs / "a" / "report.html").read_text()
     for heading in (
@@ -226,6 +229,7 @@ def _section_between(page: str, start: str, end: str) -> str:
     return page[page.index(start) : page.index(end)]
 
 
+@pytest.mark.slow
 def test_report_table_of_thousands_of_classes_shows_the_100_worst_by_f1(tmp_path):
     page = _many_class_report(tmp_path, 2000)
     table = _section_between(page, "<h3>Per class</h3>", "<h3>Most-confused pairs</h3>")

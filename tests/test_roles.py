@@ -131,6 +131,7 @@ def blitz(capsys, *args):
 TINY = ["train", "--preset", "seed", "--batch-size", "8", "--quiet"]
 
 
+@pytest.mark.subprocess
 def test_a_run_records_its_sets_and_eval_uses_them(tmp_path, capsys):
     root = write_folder(tmp_path / "flat", images("", per_class=10))
     out = tmp_path / "run"
@@ -153,6 +154,7 @@ def test_a_run_records_its_sets_and_eval_uses_them(tmp_path, capsys):
     assert status == 2 and f"images are gone ({test[0]}" in shown.err
 
 
+@pytest.mark.subprocess
 def test_patience_needs_a_validation_set(tmp_path, capsys):
     out = tmp_path / "run"
     args = ["--data", "shapes:100", "--patience", "2", "--out", out]
@@ -180,6 +182,8 @@ STOPPING = [
 ]
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_early_stopping_keeps_the_best_epoch_and_survives_a_kill(tmp_path):
     """A flat folder (its sets split off and recorded), patience, class weights and the
     balanced sampler: killed and resumed, the run ends exactly where the one left alone does."""
@@ -254,6 +258,7 @@ def test_balanced_class_weights_make_each_class_weigh_the_same():
         build_config("seed", {"optim.loss": "mse", "optim.class_weights": "balanced"})
 
 
+@pytest.mark.subprocess
 def test_imbalance_is_noted_and_counts_are_shown(tmp_path, capsys):
     assert imbalance_note(["a", "b"], [20, 10], None) is None
     assert "consider --class-weights" in imbalance_note(["a", "b"], [30, 10], None)
@@ -270,6 +275,8 @@ def test_imbalance_is_noted_and_counts_are_shown(tmp_path, capsys):
     assert "images per class" in page and "imbalanced" in page
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_a_run_whose_output_pipe_closes_leaves_no_traceback_and_no_folder(tmp_path):
     out = tmp_path / "run"
     command = f"{sys.executable} -m blitz train --data shapes:200 --out {out} | head -1"
@@ -277,6 +284,7 @@ def test_a_run_whose_output_pipe_closes_leaves_no_traceback_and_no_folder(tmp_pa
     assert "Traceback" not in done.stderr and not out.exists(), done.stderr
 
 
+@pytest.mark.subprocess
 def test_a_preset_floor_of_steps_never_passes_an_explicit_cap(capsys, tmp_path):
     root = write_folder(tmp_path / "flat", images("", per_class=10))  # 21 train: 1 step/epoch
     status, shown = blitz(
@@ -295,6 +303,7 @@ def test_a_resumed_epoch_that_takes_no_step_keeps_its_step_in_the_rows():
     assert progress.last_step == 5
 
 
+@pytest.mark.subprocess
 def test_show_draws_a_runs_own_sets(tmp_path, capsys):
     root = write_folder(tmp_path / "flat", images("", per_class=10))
     run = tmp_path / "run"
@@ -327,6 +336,7 @@ def _shapes_of(root, counts: dict[str, int]):
     return root
 
 
+@pytest.mark.subprocess
 def test_eval_on_a_folder_scores_all_of_it_matching_classes_by_name(tmp_path, capsys):
     from blitz.api import Run
 
@@ -347,6 +357,7 @@ def test_eval_on_a_folder_scores_all_of_it_matching_classes_by_name(tmp_path, ca
     assert status == 2 and "1 class the run was not trained on ('star')" in shown.err
 
 
+@pytest.mark.subprocess
 def test_copies_of_training_images_in_the_test_set_are_warned_about_and_recorded(tmp_path, capsys):
     files = folder_files()  # its test/ is a copy of its train/
     files["test/apple/new.png"] = png_bytes((1, 2, 3))

@@ -129,6 +129,8 @@ def test_a_checkpoint_of_broken_numbers_with_a_valid_checksum_is_refused(tmp_pat
         RunDir(tmp_path).load_model()
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_a_held_run_directory_is_refused_to_a_second_writer(tmp_path):
     out = tmp_path / "run"
     with RunDir(out).lock():
@@ -138,6 +140,8 @@ def test_a_held_run_directory_is_refused_to_a_second_writer(tmp_path):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_refused_runs_leave_nothing_behind_and_name_a_file_out(tmp_path):
     missing = run_blitz("train", "--data", tmp_path / "nope", "--out", tmp_path / "run",
                         cache=tmp_path / "cache", check=False)  # fmt: skip
@@ -157,6 +161,8 @@ def test_a_refused_run_leaves_no_runs_folder_or_nested_out_behind(tmp_path, monk
     assert not any((tmp_path / "mine").iterdir())
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_a_single_class_is_refused(tmp_path):
     files = {k: v for k, v in folder_files().items() if "/apple/" in k}
     result = run_blitz("train", "--data", write_folder(tmp_path / "one", files), "--out",
@@ -194,6 +200,8 @@ def test_a_run_that_learned_nothing_says_so():
     assert chance_note(torch.eye(3, dtype=torch.int64) * 5) is None
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_every_command_reads_a_run_directory_of_the_previous_format(
     tmp_path, cache, capsys, monkeypatch
 ):

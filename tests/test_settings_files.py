@@ -21,6 +21,7 @@ def blitz(capsys, *args):
     return status, capsys.readouterr()
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("preset", list(list_presets()))
 def test_every_preset_printed_in_full_reads_back_as_the_same_settings(preset, tmp_path, capsys):
     status, shown = blitz(capsys, "presets", "--show", preset)
@@ -45,6 +46,8 @@ def test_a_settings_file_and_options_combine_options_winning(tmp_path):
     assert cfg.model.name == "lenet"  # what the file does not set: the defaults, not a preset's
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_a_run_replayed_from_its_config_json_ends_with_the_same_metrics(tmp_path, capsys):
     first, second = tmp_path / "first", tmp_path / "second"
     train = ["train", "--preset", "seed", "--data", "shapes:200", "--batch-size", "16"]
@@ -64,6 +67,7 @@ def test_a_run_replayed_from_its_config_json_ends_with_the_same_metrics(tmp_path
     assert config == json.loads((first / "config.json").read_text())
 
 
+@pytest.mark.subprocess
 def test_a_run_records_its_data_path_absolute_so_it_replays_from_elsewhere(
     tmp_path, monkeypatch, capsys
 ):
@@ -100,6 +104,7 @@ def test_bad_settings_files_are_named(tmp_path, content, name, message):
         build_config("seed", base=read_settings_file(path))
 
 
+@pytest.mark.subprocess
 def test_preset_and_config_together_are_refused(tmp_path, capsys):
     path = tmp_path / "a.toml"
     path.write_text("")
@@ -111,6 +116,7 @@ def nested(depth: int) -> str:
     return "[" * depth + "]" * depth
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("depth", [500, 100_000])  # past the recursion limit: in a copy, in parsing
 @pytest.mark.parametrize(
     ("file", "content", "command"),

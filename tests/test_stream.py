@@ -57,6 +57,8 @@ def test_streamed_images_are_the_decoded_images(tmp_path):
 PHOTO_AUGMENTATION = ["crop_scale=0.5", "auto_augment=trivial", "mixup=0.2", "cutmix=1.0"]
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 @pytest.mark.parametrize(
     ("preset", "augment"),
     [("seed", []), ("fast-cpu", []), ("fast-cpu", PHOTO_AUGMENTATION)],
@@ -118,6 +120,7 @@ def _out_of_memory(*args, **kwargs):
     raise MemoryError("cannot allocate")
 
 
+@pytest.mark.slow
 @forks
 @pytest.mark.parametrize(
     "failure, message",

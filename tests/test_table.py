@@ -113,6 +113,7 @@ ROWS = [f"img/{name}_{i}.png,{name}" for name in CLASSES for i in range(2)]
 SPLIT = [f"{row},train" for row in ROWS]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("lines", "message"),
     [
@@ -255,6 +256,8 @@ def test_a_streamed_table_reads_the_same_images(tmp_path):
         assert torch.equal(split.images_at(rows), other.images_at(rows))
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_train_on_a_table_through_the_command_line(tmp_path):
     path = table(tmp_path, ["path,label", *images(tmp_path)])
     out = tmp_path / "run"

@@ -15,6 +15,8 @@ from blitz.models.timm_models import load_pretrained
 from blitz.training.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from conftest import run_blitz
 
+pytestmark = [pytest.mark.timm]
+
 pytest.importorskip("timm", reason="the timm extra is not installed")
 
 # test_vit: timm's VisionTransformer at a tiny size (vit_tiny_patch16_224 takes 2 s to build)
@@ -40,6 +42,7 @@ def load(model, path) -> list[str]:
     return logged
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", MODELS)
 @pytest.mark.parametrize("classes", [2, 7])
 @pytest.mark.parametrize("channels", [1, 3])
@@ -173,6 +176,8 @@ def test_a_checkpoint_rebuilds_the_model_without_the_pretrained_file(tmp_path):
     assert ckpt.cfg.model.pretrained == str(weights)
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_train_and_export_a_timm_model_from_the_command_line(tmp_path):
     out = tmp_path / "run"
     result = run_blitz("train", "--data", "shapes:100", "--model", RESNET, "--image-size", "32",
@@ -183,6 +188,7 @@ def test_train_and_export_a_timm_model_from_the_command_line(tmp_path):
     assert "checked against PyTorch" in export.stdout and (out / "model.onnx").is_file()
 
 
+@pytest.mark.slow
 def test_train_starts_from_the_pretrained_file(tmp_path, capsys):
     weights = save(create_model(RESNET).state_dict(), tmp_path / "w.safetensors")
     train("shapes:100", model=RESNET, pretrained=weights, image_size=32, epochs=1, max_steps=1,

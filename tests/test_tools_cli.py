@@ -37,6 +37,7 @@ def run(tmp_path_factory):
     return root, result
 
 
+@pytest.mark.slow
 def test_train_prints_one_line_per_epoch_when_not_a_terminal(run):
     _, result = run
     lines = [line for line in result.stdout.splitlines() if line.startswith("epoch ")]
@@ -44,6 +45,8 @@ def test_train_prints_one_line_per_epoch_when_not_a_terminal(run):
     assert "val accuracy" in lines[0] and "images/s" in lines[0]
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_report_command_rebuilds_and_compares(run, tmp_path):
     root, _ = run
     (root / "run" / "report.html").unlink()
@@ -56,6 +59,8 @@ def test_report_command_rebuilds_and_compares(run, tmp_path):
     assert missing.returncode == 2 and "metrics.json" in missing.stderr
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
 def test_export_round_trip(run, tmp_path, fmt):
     if fmt == "onnx":
@@ -74,6 +79,7 @@ def test_export_round_trip(run, tmp_path, fmt):
     np.testing.assert_allclose(got.numpy(), expected.numpy(), atol=1e-4)
 
 
+@pytest.mark.subprocess
 def test_export_of_a_missing_run_is_a_clear_error(tmp_path):
     result = blitz("export", tmp_path / "nope", cache=tmp_path, check=False)
     assert result.returncode == 2 and "is not a folder: pass a run directory" in result.stderr
@@ -92,6 +98,8 @@ def test_smoothing_and_stop_rule_match_naive_code():
     assert suggest([0.1, 1.0, 10.0], [2.0, 1.0, float("inf")]) == pytest.approx(0.1)
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_lr_find_writes_a_plot_and_suggests_a_rate(tmp_path):
     out = tmp_path / "lr.png"
     result = blitz(
@@ -110,6 +118,8 @@ def test_lr_find_writes_a_plot_and_suggests_a_rate(tmp_path):
     assert 1e-7 < rate < 10 and out.read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_predict_handles_many_images_in_batches(run, tmp_path):
     root, _ = run
     files = folder_files(per_class=100)  # 600 images, more than one batch of 256
@@ -128,6 +138,8 @@ HEADLESS = [
 ]  # fmt: skip
 
 
+@pytest.mark.browser
+@pytest.mark.subprocess
 @pytest.mark.skipif(
     not BROWSER and not os.environ.get("BLITZ_REQUIRE_BROWSER"),
     reason="chromium is not installed (apt-get install chromium); .ci/run installs it",

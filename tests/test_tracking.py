@@ -70,6 +70,7 @@ def history(client, run_id: str, key: str) -> list[tuple[int, float]]:
     return [(m.step, m.value) for m in client.get_metric_history(run_id, key)]
 
 
+@pytest.mark.slow
 def test_a_run_logs_params_metrics_and_files(store, tmp_path):
     uri, client = store
     run_dir = new_run_dir(tmp_path)
@@ -200,6 +201,8 @@ def test_a_database_store_without_sqlalchemy_says_what_to_install(store, tmp_pat
         MlflowTracker.start("sqlite:///x.db", CFG, new_run_dir(tmp_path))
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_blitz_imports_mlflow_only_when_a_run_asks_for_it():
     modules = "blitz.cli, blitz.workflows.runs, blitz.outputs.tracking"
     code = f"import sys, {modules}; print('mlflow' in sys.modules)"
@@ -222,6 +225,8 @@ def test_settings_are_flattened_to_dotted_names():
     assert flatten(CFG) == {"preset": "seed", "optim.lr": 0.2, "model.options.widths": [16, 32]}
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_a_killed_and_resumed_training_run_is_one_mlflow_run(store, tmp_path):
     """End to end: ``blitz train --mlflow URI`` is stopped by SIGTERM, resumed with the same
     ``--mlflow URI``, and its MLflow run holds the settings, the steps, the final metrics and

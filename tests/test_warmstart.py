@@ -25,6 +25,7 @@ def weights(run_dir):
     return load_checkpoint(run_dir / "model.pt").state_dict
 
 
+@pytest.mark.slow
 def test_the_same_classes_start_from_every_weight(first, tmp_path):
     # a learning rate of 0 would be refused: this one moves nothing a float32 can show
     second = train(

@@ -26,6 +26,7 @@ from blitz.outputs.plots import (
     overlay_png,
     per_class_png,
 )
+from blitz.outputs.predict import printable
 from blitz.training.evaluate import (
     CLASS_COLUMNS,
     Evaluation,
@@ -290,7 +291,7 @@ def _errors_section(metrics: Metrics, test: AnySplit, result: Evaluation) -> str
         for t, p, c in zip(truth, predicted, result.confidence[rows].tolist())
     ]
     names = test.row_ids("test")  # the file, so that a mislabelled image can be found and fixed
-    files = [names[row] for row in rows.tolist()]
+    files = [printable(names[row]) for row in rows.tolist()]  # a non-UTF-8 name as \xNN
     figures = map(_thumbnail, test.images_at(rows), captions, files)
     note = (
         f"<p class='note'>Misclassified {_scored(metrics)} images with the highest loss: truth, "
