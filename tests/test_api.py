@@ -44,6 +44,7 @@ def images() -> torch.Tensor:
     return make_shapes(6, seed=7)[0]
 
 
+@pytest.mark.slow
 def test_train_returns_the_finished_run_with_its_settings(run):
     recorded = json.loads((run.path / "metrics.json").read_text())
     assert run.accuracy == recorded["test_accuracy"] == run.metrics.test_accuracy
@@ -171,6 +172,7 @@ def test_evaluate_reproduces_the_recorded_accuracy(run):
     assert result["macro_f1"] == run.metrics.macro_f1
 
 
+@pytest.mark.slow
 def test_report_and_onnx_export(run, images):
     assert run.report() == run.path / "report.html" and (run.path / "report.html").is_file()
     path = run.export("onnx")
@@ -183,6 +185,7 @@ def test_report_and_onnx_export(run, images):
         run.export("tflite")
 
 
+@pytest.mark.slow
 def test_the_jupyter_view_escapes_names_from_folders(tmp_path):
     names = {"apple": "<script>", "banana": "b&'q\"", "cherry": "cherry"}
     files = {

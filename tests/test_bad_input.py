@@ -151,6 +151,7 @@ def decoded_files(cache):
 RANDOM = {f"random bytes {seed}": random.Random(seed).randbytes(4096) for seed in (0, 2, 20, 195)}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["truncated", *RANDOM, "empty"])
 def test_a_damaged_decode_cache_is_said_deleted_and_rebuilt(image_folder, cache, damage):
     first, _ = load(image_folder)
@@ -190,6 +191,7 @@ def test_a_decode_cache_that_cannot_be_written_is_said_and_the_run_goes_on(
     assert cache.is_file() or not list((cache / "decoded").iterdir())  # no half-written file
 
 
+@pytest.mark.slow
 def test_downloads_into_a_cache_that_is_a_file_are_one_clear_error(cache):
     cache.write_text("not a folder")
     for source in ("cifar10", "mnist"):

@@ -257,6 +257,7 @@ def test_auto_data_is_recorded_as_what_it_turned_out_to_be(tmp_path):
     assert json.loads((out / "config.json").read_text())["data"]["source"] == "shapes"
 
 
+@pytest.mark.slow
 @pytest.mark.subprocess
 def test_parser_errors_are_one_paragraph():
     result = blitz("train", "--epochs", check=False)

@@ -81,6 +81,7 @@ def test_a_damaged_cache_is_deleted_and_the_warm_up_tried_again(cache):
     assert len(calls) >= 2 and loop.state.step == 0  # compiled again; the warm-up left no trace
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("again", [True, False])
 def test_a_compile_that_still_fails_is_one_error_naming_the_cache(cache, again):
     folder = use_compile_cache()

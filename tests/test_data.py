@@ -383,6 +383,7 @@ def test_normalize_maps_bytes_to_minus_one_one_like_the_seed():
     assert out == pytest.approx([-1.0, 1.0, 51 / 255 * 2 - 1])
 
 
+@pytest.mark.slow
 def test_an_archive_of_many_members_shows_progress_listing_decoding_and_extracting(
     tmp_path, monkeypatch, capsys
 ):

@@ -113,6 +113,7 @@ def test_training_on_shapes_learns(optimizer):
     assert state.history[-1]["train_loss"] < state.history[0]["train_loss"]
 
 
+@pytest.mark.slow
 def test_seed_format_running_loss_lines():
     cfg = build_config("seed", {"train.max_steps": 50, "train.log_every": 20})
     lines = []
@@ -138,6 +139,7 @@ def loop_for(cfg, model, data):
 FP16 = {"train.precision": "fp16", "optim.lr": 0.05, "train.batch_size": 32}
 
 
+@pytest.mark.slow
 def test_fp16_trains_through_a_loss_scaler_that_checkpoints_keep():
     cfg, model = small_convnet({**FP16, "train.epochs": 3, "train.eval_every_epoch": False})
     loop = train(quiet_run(cfg), load_data("shapes:256"), model)
@@ -193,6 +195,7 @@ class Snapshot(TrainHooks):
             )
 
 
+@pytest.mark.slow
 def test_an_fp16_run_resumed_from_its_saved_state_ends_bitwise_the_same():
     cfg, model = small_convnet({**FP16, "train.max_steps": 6, "train.eval_every_epoch": False})
     data = load_data("shapes:256")
@@ -205,6 +208,7 @@ def test_an_fp16_run_resumed_from_its_saved_state_ends_bitwise_the_same():
         assert torch.equal(tensor, resumed.state_dict()[name]), name
 
 
+@pytest.mark.slow
 def test_warm_up_tests_one_batch_and_restores_every_state():
     cfg, model = small_convnet(
         {

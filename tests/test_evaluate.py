@@ -109,6 +109,7 @@ def test_every_figure_matches_a_naive_count():
     assert 0 < result.top5_accuracy < 1 and result.top5_accuracy > result.accuracy
 
 
+@pytest.mark.slow
 def test_every_figure_matches_scikit_learn():
     metrics = pytest.importorskip("sklearn.metrics")
     logits, labels = random_case(seed=1)

@@ -45,6 +45,7 @@ def has_batch_norm(model: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", list(FORMATS))
 @pytest.mark.parametrize("name", list_models())
 def test_the_export_of_every_model_matches_it_in_eval_mode(tmp_path, name, fmt):
@@ -72,6 +73,7 @@ def test_an_export_that_gives_nan_is_refused(tmp_path, monkeypatch):
         export_model(ckpt.model, ckpt.build_model(), "torchscript", tmp_path / "m.pt")
 
 
+@pytest.mark.slow
 def test_a_model_with_nan_weights_is_not_exported_as_checked(tmp_path):
     ckpt = saved_checkpoint(tmp_path, "lenet")  # a checkpoint of NaNs is refused at load
     model = ckpt.build_model()
@@ -90,6 +92,7 @@ def test_an_output_path_that_cannot_be_written_fails_before_the_export(tmp_path,
     assert not (tmp_path / "missing").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.subprocess
 def test_a_checkpoint_that_claims_4096_pixel_images_is_refused_before_tracing(tmp_path):
     # a hand-edited run: a small model whose checkpoint says 4096 x 4096 (26.7 GB to trace)

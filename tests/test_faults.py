@@ -172,11 +172,13 @@ def test_stopped_and_resumed_run_ends_bitwise_identical(runs, fault):
         assert row["accuracy"] == pytest.approx(want["accuracy"], abs=1e-9), row["step"]
 
 
+@pytest.mark.slow
 def test_a_half_written_checkpoint_is_ignored(runs):
     run = runs[1]["SIGKILL while writing checkpoint 3"]
     assert run["half_written"] and run["step"] == 10  # checkpoint 2 was used, then replaced
 
 
+@pytest.mark.slow
 def test_sigterm_saves_and_says_how_to_resume(runs):
     run = runs[1]["SIGTERM at step 12"]
     assert f"blitz train --resume {run['out']}" in run["stopped"][1]
@@ -184,6 +186,7 @@ def test_sigterm_saves_and_says_how_to_resume(runs):
     assert run["step"] == 12
 
 
+@pytest.mark.slow
 def test_a_second_ctrl_c_exits_at_once_keeping_the_last_checkpoint(runs):
     run = runs[1]["Ctrl-C twice at step 14"]
     assert "blitz: interrupted" in run["stopped"][1] and "Traceback" not in run["stopped"][1]
@@ -305,6 +308,7 @@ def test_non_finite_loss_stops_names_step_and_rate_and_keeps_the_good_checkpoint
     assert not (out / "metrics.json").exists()
 
 
+@pytest.mark.slow
 def test_best_checkpoint_is_the_epoch_with_the_best_accuracy(runs):
     out, _ = runs
     history = finished(out)[1]["history"]
@@ -331,6 +335,7 @@ def test_resume_refuses_changed_settings(capsys, tmp_path, extra, message):
     assert status == 2 and message in err and "saved in it" in err
 
 
+@pytest.mark.slow
 def test_resume_needs_an_unfinished_run_with_a_checkpoint(capsys, tmp_path, runs):
     finished_run, _ = runs
     status, err = blitz_in_process(capsys, "train", "--resume", finished_run)

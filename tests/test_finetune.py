@@ -107,6 +107,7 @@ def test_a_presets_normalisation_is_dropped_with_its_model():
     assert overridden.data.image_size == 64
 
 
+@pytest.mark.slow
 def test_blitz_train_says_what_auto_chose_and_records_it(tmp_path, capsys):
     folder = write_folder(tmp_path / "fruit", folder_files(per_class=2))
     out, tiny = tmp_path / "run", "timm:test_efficientnet"  # 100k parameters, pretrained at 160
@@ -367,6 +368,7 @@ def cached_weights(hub: Path, name: str) -> dict[str, torch.Tensor]:
     return load_file(next(hub.glob(f"models--timm--{name}/snapshots/*/model.safetensors")))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("classes", "channels"), [(3, 3), (1000, 3), (3, 1)])
 def test_hub_weights_come_from_timms_cache(hub_weights, classes, channels):
     cached = cached_weights(hub_weights, "resnet18.a1_in1k")
@@ -419,6 +421,7 @@ def test_pretrained_with_no_file_offline_stops_with_one_paragraph(tmp_path, caps
     assert not out.exists()  # a run that never started leaves no directory
 
 
+@pytest.mark.slow
 def test_the_finetune_preset_without_weights_stops_before_decoding_and_says_how_to_go_on(
     tmp_path, capsys, cache
 ):

@@ -135,6 +135,7 @@ def test_hostile_names_are_escaped_in_the_report(tmp_path):
     assert "Content-Security-Policy" in page and "script-src 'sha256-" in page
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("container", ["folder", "tar"])
 def test_a_file_name_that_is_not_utf8_trains_and_is_found_again(tmp_path, capsys, container):
     """Its bytes are kept in sets.csv, so eval (and --resume) find the same file."""

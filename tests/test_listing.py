@@ -53,6 +53,7 @@ def test_every_model_is_listed_with_a_fresh_parameter_count(models_output, name)
     assert purpose.strip()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list_models())
 def test_the_listed_image_sizes_are_the_ones_the_model_takes(models_output, name):
     sizes = entry(models_output, name)[0].split()[3:6]
@@ -67,6 +68,7 @@ def test_the_listed_image_sizes_are_the_ones_the_model_takes(models_output, name
     assert largest is not None or takes(model, name, 3 * smallest + 5)
 
 
+@pytest.mark.slow
 def test_lenet_takes_only_the_seeds_size_give_or_take_pooling(models_output):
     assert entry(models_output, "lenet")[0].split()[3:6] == ["32", "to", "35"]
 
@@ -88,6 +90,7 @@ def test_every_preset_says_what_data_its_mirroring_suits(presets_output, preset)
         assert f"train.tta={tta}" in text and f"--set train.tta={UNMIRRORED[tta]}" in text
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("preset", PRESETS)
 def test_the_advice_to_stop_mirroring_works(presets_output, preset):
     words = " ".join(entry(presets_output, preset)).split()
@@ -97,5 +100,6 @@ def test_the_advice_to_stop_mirroring_works(presets_output, preset):
     assert cfg.data.flip == "none" and cfg.train.tta == UNMIRRORED.get(tta, tta)  # shifts kept
 
 
+@pytest.mark.slow
 def test_both_listings_fit_in_100_columns(models_output, presets_output):
     assert max(map(len, (models_output + presets_output).splitlines())) <= 100

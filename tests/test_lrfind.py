@@ -41,12 +41,14 @@ def test_lr_find_runs_for_every_model(model):
     check_sweep(quiet_run("seed", {"model.name": model, "train.batch_size": 16}), steps=5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("preset", sorted(list_presets()))
 def test_lr_find_runs_for_every_preset(preset):
     # 3 steps: torch.optim.Muon's bf16 matrix products on full-width airbench are slow on a CPU
     check_sweep(quiet_run(preset, {"train.batch_size": 16}), steps=3)
 
 
+@pytest.mark.slow
 def test_lr_find_trains_with_the_engine_step():
     # fast-gpu's recipe, small: whitening (prepare), flips and shifts, summed loss, Muon + SGD
     small = {"model.options.widths": [8, 16, 16], "train.batch_size": 32, "train.max_steps": 1}
@@ -64,6 +66,7 @@ def test_lr_find_trains_with_the_engine_step():
     assert abs(plain - sweep.losses[0]) > 1e-3
 
 
+@pytest.mark.slow
 def test_the_sweep_moves_every_group_with_the_schedules_proportions():
     ctx = quiet_run("fast-gpu", {"model.options.widths": [8, 8, 8], "train.batch_size": 16})
     data = load_data("shapes:64", silent)

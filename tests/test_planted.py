@@ -45,6 +45,7 @@ def untouched(targets: dict[Path, bytes]) -> bool:
     return all(target.read_bytes() == data for target, data in targets.items())
 
 
+@pytest.mark.slow
 def test_training_into_a_folder_of_planted_links_never_writes_through_them(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
@@ -55,6 +56,7 @@ def test_training_into_a_folder_of_planted_links_never_writes_through_them(tmp_p
         assert (run / name).is_file() and not (run / name).is_symlink(), name
 
 
+@pytest.mark.slow
 def test_tensorboard_never_writes_into_a_planted_folder_link(tmp_path):
     run, elsewhere = tmp_path / "run", tmp_path / "elsewhere"
     run.mkdir()
@@ -64,6 +66,7 @@ def test_tensorboard_never_writes_into_a_planted_folder_link(tmp_path):
     assert list(elsewhere.iterdir()) == [] and any((run / "tensorboard").iterdir())
 
 
+@pytest.mark.slow
 def test_report_export_and_predict_never_write_through_planted_links(tmp_path):
     run = tmp_path / "run"
     assert cli.main([*TRAIN, "--out", str(run)]) == 0
@@ -105,6 +108,7 @@ def fifo(path: Path) -> Path:
     return path
 
 
+@pytest.mark.slow
 @pytest.mark.subprocess
 @pytest.mark.parametrize(
     "name, command",
@@ -121,6 +125,7 @@ def test_a_pipe_in_a_run_directory_is_refused_not_waited_on(tmp_path, name, comm
     assert "not a regular file" in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.subprocess
 def test_a_pipe_given_as_settings_is_refused_not_waited_on(tmp_path):
     settings = fifo(tmp_path / "settings.toml")
@@ -138,6 +143,7 @@ def test_a_run_file_that_links_elsewhere_is_not_read(tmp_path):
         RunDir(tmp_path).read_config()
 
 
+@pytest.mark.slow
 @pytest.mark.subprocess
 @pytest.mark.parametrize(
     "preset", ["x/../../../../somewhere", "../escape", "/tmp/abs", "a\\..\\b", "..", ".hidden"]
@@ -158,6 +164,7 @@ def test_the_default_run_folder_stays_in_runs(preset):
     assert path.parent == Path("runs") and "/" not in path.name and ".." not in path.name
 
 
+@pytest.mark.slow
 def test_a_settings_file_named_oddly_still_runs(tmp_path, monkeypatch):
     settings = tmp_path / "fast (1).toml"
     settings.write_text('[data]\nsource = "shapes:40"\n[train]\nbatch_size = 8\n')

@@ -89,6 +89,7 @@ def _step_both(eager, compiled, lr: float) -> None:
     compiled()
 
 
+@pytest.mark.slow
 def test_compiled_muon_steps_as_eager_muon_through_a_changing_rate_and_a_restore(monkeypatch):
     # dynamo traces as it does for inductor; the "eager" backend runs the traced ops as they are
     monkeypatch.setattr(torch, "compile", lambda fn: torch._dynamo.optimize("eager")(fn))
@@ -161,6 +162,7 @@ def test_translate_tta_averages_two_shifts_and_never_mirrors():
     assert torch.allclose(tta_logits(model, x, "flip"), tta_logits(model, x.flip(-1), "flip"))
 
 
+@pytest.mark.slow
 def test_ema_weights_end_up_in_the_model():
     cfg = build_config(
         "seed",

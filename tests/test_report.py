@@ -120,6 +120,7 @@ def test_report_at_2000_classes_stays_bounded(tmp_path):
     assert max(map(len, figures)) < 2_000_000
 
 
+@pytest.mark.slow
 def test_a_run_of_many_classes_records_the_matrix_as_cells_and_reports_from_them(
     tmp_path, monkeypatch
 ):
@@ -194,6 +195,7 @@ def test_train_writes_a_self_contained_report(runs):
     ]  # 200 images, batches of 16
 
 
+@pytest.mark.slow
 def test_report_is_rebuilt_from_the_run_directory(runs, monkeypatch):
     monkeypatch.setenv("BLITZ_DATA", str(runs / "cache"))
     path = runs / "a" / "report.html"
@@ -202,6 +204,7 @@ def test_report_is_rebuilt_from_the_run_directory(runs, monkeypatch):
     assert len(_images(path.read_text())) == 5
 
 
+@pytest.mark.slow
 def test_comparison_page_shows_differences(runs, tmp_path):
     page = write_comparison([RunDir(runs / "a"), RunDir(runs / "b")], tmp_path / "c.html")
     page = page.read_text()
@@ -286,6 +289,7 @@ def test_each_worst_error_shows_its_file_name_escaped_under_its_thumbnail(tmp_pa
     assert thumbnail.size == (8, 8) and thumbnail.getpixel((0, 0)) == (1, 1, 1)  # row 1, as is
 
 
+@pytest.mark.slow
 def test_a_run_records_shows_and_reports_every_figure(runs, monkeypatch):
     metrics = json.loads((runs / "a" / "metrics.json").read_text())
     matrix = torch.tensor(metrics["confusion_matrix"])

@@ -41,6 +41,7 @@ def sizes(data):
     return {role: len(split) for role, split in data.sets().items()}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("folders", "expected", "on_val"),
     [
@@ -131,6 +132,7 @@ def blitz(capsys, *args):
 TINY = ["train", "--preset", "seed", "--batch-size", "8", "--quiet"]
 
 
+@pytest.mark.slow
 @pytest.mark.subprocess
 def test_a_run_records_its_sets_and_eval_uses_them(tmp_path, capsys):
     root = write_folder(tmp_path / "flat", images("", per_class=10))
@@ -207,6 +209,7 @@ def test_early_stopping_keeps_the_best_epoch_and_survives_a_kill(tmp_path):
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("keep", ["best", "last"])
 def test_a_run_with_a_validation_set_keeps_its_best_epoch_unless_told_and_says_which(
     tmp_path, capsys, keep
@@ -258,6 +261,7 @@ def test_balanced_class_weights_make_each_class_weigh_the_same():
         build_config("seed", {"optim.loss": "mse", "optim.class_weights": "balanced"})
 
 
+@pytest.mark.slow
 @pytest.mark.subprocess
 def test_imbalance_is_noted_and_counts_are_shown(tmp_path, capsys):
     assert imbalance_note(["a", "b"], [20, 10], None) is None
@@ -284,6 +288,7 @@ def test_a_run_whose_output_pipe_closes_leaves_no_traceback_and_no_folder(tmp_pa
     assert "Traceback" not in done.stderr and not out.exists(), done.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.subprocess
 def test_a_preset_floor_of_steps_never_passes_an_explicit_cap(capsys, tmp_path):
     root = write_folder(tmp_path / "flat", images("", per_class=10))  # 21 train: 1 step/epoch
@@ -303,6 +308,7 @@ def test_a_resumed_epoch_that_takes_no_step_keeps_its_step_in_the_rows():
     assert progress.last_step == 5
 
 
+@pytest.mark.slow
 @pytest.mark.subprocess
 def test_show_draws_a_runs_own_sets(tmp_path, capsys):
     root = write_folder(tmp_path / "flat", images("", per_class=10))
@@ -336,6 +342,7 @@ def _shapes_of(root, counts: dict[str, int]):
     return root
 
 
+@pytest.mark.slow
 @pytest.mark.subprocess
 def test_eval_on_a_folder_scores_all_of_it_matching_classes_by_name(tmp_path, capsys):
     from blitz.api import Run
@@ -357,6 +364,7 @@ def test_eval_on_a_folder_scores_all_of_it_matching_classes_by_name(tmp_path, ca
     assert status == 2 and "1 class the run was not trained on ('star')" in shown.err
 
 
+@pytest.mark.slow
 @pytest.mark.subprocess
 def test_copies_of_training_images_in_the_test_set_are_warned_about_and_recorded(tmp_path, capsys):
     files = folder_files()  # its test/ is a copy of its train/

@@ -67,6 +67,7 @@ def test_a_run_replayed_from_its_config_json_ends_with_the_same_metrics(tmp_path
     assert config == json.loads((first / "config.json").read_text())
 
 
+@pytest.mark.slow
 @pytest.mark.subprocess
 def test_a_run_records_its_data_path_absolute_so_it_replays_from_elsewhere(
     tmp_path, monkeypatch, capsys

@@ -162,6 +162,7 @@ def test_pretrained_is_for_timm_models_only(tmp_path):
         load(create_model("lenet"), tmp_path / "w.pt")
 
 
+@pytest.mark.slow
 def test_a_checkpoint_rebuilds_the_model_without_the_pretrained_file(tmp_path):
     weights = save(create_model(RESNET, num_classes=9).state_dict(), tmp_path / "w.safetensors")
     cfg = build_config("seed", {"model.name": RESNET, "model.pretrained": str(weights)})

@@ -79,6 +79,7 @@ def test_export_round_trip(run, tmp_path, fmt):
     np.testing.assert_allclose(got.numpy(), expected.numpy(), atol=1e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.subprocess
 def test_export_of_a_missing_run_is_a_clear_error(tmp_path):
     result = blitz("export", tmp_path / "nope", cache=tmp_path, check=False)
@@ -138,6 +139,7 @@ HEADLESS = [
 ]  # fmt: skip
 
 
+@pytest.mark.slow
 @pytest.mark.browser
 @pytest.mark.subprocess
 @pytest.mark.skipif(

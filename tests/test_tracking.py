@@ -99,6 +99,7 @@ def test_a_run_logs_params_metrics_and_files(store, tmp_path):
     assert json.loads(run_dir.mlflow.read_text())["run_id"] == tracker.run_id
 
 
+@pytest.mark.slow
 def test_resume_continues_the_same_mlflow_run(store, tmp_path):
     uri, client = store
     run_dir = new_run_dir(tmp_path)
@@ -115,6 +116,7 @@ def test_resume_continues_the_same_mlflow_run(store, tmp_path):
     assert [step for step, _ in history(client, again.run_id, "train/loss")] == [50, 100]
 
 
+@pytest.mark.slow
 def test_a_store_failing_during_training_is_a_clear_error(store, tmp_path):
     uri, client = store
     tracker = MlflowTracker.start(uri, CFG, new_run_dir(tmp_path), experiment="elsewhere")
@@ -124,6 +126,7 @@ def test_a_store_failing_during_training_is_a_clear_error(store, tmp_path):
         tracker.log_step(ROW, 50)
 
 
+@pytest.mark.slow
 def test_a_new_run_is_a_new_mlflow_run(store, tmp_path):
     """Without --resume (an --overwrite), or resuming a run that had no MLflow run."""
     uri, _ = store
@@ -135,6 +138,7 @@ def test_a_new_run_is_a_new_mlflow_run(store, tmp_path):
     assert json.loads(unrecorded.mlflow.read_text())["run_id"] == started.run_id
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "error, status",
     [(RuntimeError("boom"), "FAILED"), (KeyboardInterrupt(), "KILLED"), (None, "FINISHED")],
@@ -167,6 +171,7 @@ def test_a_bad_record_is_a_clear_error(tmp_path, content):
         MlflowTracker.start(None, CFG, run_dir, resume=True)
 
 
+@pytest.mark.slow
 def test_a_record_at_another_uri_or_of_a_lost_run_is_a_clear_error(store, tmp_path):
     uri, _ = store
     run_dir = new_run_dir(tmp_path)
@@ -179,6 +184,7 @@ def test_a_record_at_another_uri_or_of_a_lost_run_is_a_clear_error(store, tmp_pa
         MlflowTracker.start(uri, CFG, run_dir, resume=True)
 
 
+@pytest.mark.slow
 def test_an_unreachable_server_is_a_clear_error(store, tmp_path):
     with socket.socket() as s:  # a port that nothing listens on
         s.bind(("127.0.0.1", 0))
@@ -195,6 +201,7 @@ def test_a_missing_package_says_what_to_install(tmp_path, monkeypatch):
         MlflowTracker.start(None, CFG, new_run_dir(tmp_path))
 
 
+@pytest.mark.slow
 def test_a_database_store_without_sqlalchemy_says_what_to_install(store, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "alembic", None)
     with pytest.raises(BlitzError, match=r"pip install 'blitz\[mlflow\]'.*SQLAlchemy"):

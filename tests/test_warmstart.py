@@ -36,6 +36,7 @@ def test_the_same_classes_start_from_every_weight(first, tmp_path):
     assert load(second.path).config.train.init == str(first)  # recorded where they came from
 
 
+@pytest.mark.slow
 def test_other_classes_keep_the_body_and_make_a_new_head(first, tmp_path):
     colors = [(200, 30, 30), (30, 200, 30), (30, 30, 200)]
     files = {
@@ -51,6 +52,7 @@ def test_other_classes_keep_the_body_and_make_a_new_head(first, tmp_path):
     assert all(torch.equal(before[k], after[k]) for k in after if k not in head)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("settings", "message"),
     [
