@@ -1,3 +1,4 @@
+import dataclasses
 from typing import Literal, get_args, get_origin, get_type_hints
 
 import pytest
@@ -251,3 +252,12 @@ def test_parse_value_reads_toml_scalars():
     assert parse_value("true") is True
     assert parse_value("[1, 2]") == [1, 2]
     assert parse_value("cifar10") == "cifar10"
+
+
+def test_settings_cannot_change_once_built():
+    cfg = build_config("seed", {"train.epochs": 3})
+    for section, key in [(cfg.train, "epochs"), (cfg.data, "source"), (cfg, "preset")]:
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(section, key, 1)
+    changed = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=4))
+    assert (changed.train.epochs, cfg.train.epochs) == (4, 3)  # a new Config, checked again

@@ -60,6 +60,7 @@ MAX_IMAGE_SIZE = 4096
 MAX_BATCH_SIZE = 2**20
 MAX_EPOCHS = 10**6
 MODEL_PREPROCESSING = ("image_size", "mean", "std")  # data settings that belong to a model
+OWN_PREPROCESSING = {"image_size": 32, "mean": (0.5,) * 3, "std": (0.5,) * 3}  # blitz's models
 SIZED_FOR_IMAGES = ("low_res",)  # data settings made for a preset's image size
 
 
@@ -181,10 +182,11 @@ def check_type(key: str, value: Any, hint: Any) -> Any:
 
 
 def check_types(settings: Any, section: str = "") -> None:
-    """Check every field of a settings dataclass against its annotation, normalising in place."""
+    """Check every field of a settings dataclass against its annotation, normalising it (a
+    float for an int, a tuple for a list): part of building it, before anyone else sees it."""
     for name, hint in _annotations(type(settings)).items():
         key = f"{section}.{name}" if section else name
-        setattr(settings, name, check_type(key, getattr(settings, name), hint))
+        object.__setattr__(settings, name, check_type(key, getattr(settings, name), hint))
 
 
 def option(default: Any, flag: str, help: str, metavar: str = "", const: Any = None) -> Any:
@@ -231,7 +233,7 @@ def format_size(size: int) -> str:
     return f"{size} B"
 
 
-@dataclass
+@dataclass(frozen=True)
 class DataConfig:
     """Where images come from and how they are turned into tensors."""
 
@@ -312,16 +314,21 @@ class DataConfig:
     chosen = ""
 
     def __post_init__(self) -> None:
-        if isinstance(self.workers, str) and self.workers.isdigit():  # from the command line
-            self.workers = int(self.workers)
+        if isinstance(self.workers, str) and self.workers.isdigit():  # a string of digits
+            object.__setattr__(self, "workers", int(self.workers))
         check_types(self, "data")
-        # the settings left "auto" (an attribute, not a setting)
-        self.auto = [key for key in MODEL_PREPROCESSING if getattr(self, key) == "auto"]
-        self.resolve()  # for blitz's own models; Config resolves them again for its model
+        # the settings left "auto" (an attribute, not a setting): blitz's own models' values
+        # until ``resolved`` gives a timm model's
+        object.__setattr__(
+            self, "auto", [k for k in MODEL_PREPROCESSING if getattr(self, k) == "auto"]
+        )
+        for key in self.auto:
+            object.__setattr__(self, key, OWN_PREPROCESSING[key])
+        self._check_preprocessing()
         check_range("data.crop_scale", self.crop_scale, 0, 1)
         check_range("data.mixup", self.mixup, 0)
         check_range("data.cutmix", self.cutmix, 0)
-        self.max_memory = str(self.max_memory)
+        object.__setattr__(self, "max_memory", str(self.max_memory))
         parse_size(self.max_memory)
         if self.workers != "auto":
             check_range("data.workers", self.workers, 0)
@@ -338,18 +345,17 @@ class DataConfig:
                 "choose fractions whose sum is below 1 (e.g. 0.1 and 0.2)"
             )
 
-    def resolve(self, model: str = "", found: dict[str, Any] | None = None) -> None:
-        """The "auto" image size, mean and std made concrete: ``found``, the pretrained ones of
-        the timm model ``model``, else (blitz's own models, or no model named) 32 and the
-        seed's 0.5. ``chosen`` says what was taken from a timm model."""
-        defaults = dict(found) if found else {"image_size": 32, "mean": (0.5,) * 3}
-        defaults.setdefault("std", defaults["mean"])
-        for key in self.auto:
-            setattr(self, key, defaults[key])
-        if found and self.auto:
-            chosen = ", ".join(f"{key} {_shown(getattr(self, key))}" for key in self.auto)
-            self.chosen = f"{chosen}: {model}'s pretrained weights expect them"
-        self._check_preprocessing()
+    def resolved(self, model: str, found: dict[str, Any] | None) -> DataConfig:
+        """A copy whose settings left "auto" (image size, mean, std) are ``found``, the
+        pretrained ones of the timm model ``model``; itself for blitz's own models (None).
+        ``chosen`` says what was taken from the timm model."""
+        if not found or not self.auto:
+            return self
+        defaults = {"std": found["mean"], **found}
+        copy = dataclasses.replace(self, **{key: defaults[key] for key in self.auto})
+        chosen = ", ".join(f"{key} {_shown(getattr(copy, key))}" for key in self.auto)
+        object.__setattr__(copy, "chosen", f"{chosen}: {model}'s pretrained weights expect them")
+        return copy
 
     def _check_preprocessing(self) -> None:
         check_range("data.image_size", self.image_size, 8, MAX_IMAGE_SIZE)
@@ -372,7 +378,7 @@ def _shown(value: Any) -> str:
 HUB = "hub"  # model.pretrained: timm's own weights, from its hub (--pretrained with no file)
 
 
-@dataclass
+@dataclass(frozen=True)
 class ModelConfig:
     """Which network from the registry, and its keyword options."""
 
@@ -395,7 +401,7 @@ class ModelConfig:
         check_types(self, "model")  # the name and options: blitz.models.configs
 
 
-@dataclass
+@dataclass(frozen=True)
 class OptimConfig:
     """The update rule, the loss and the learning-rate schedule."""
 
@@ -461,7 +467,7 @@ class OptimConfig:
             check_value(self.momentum > 0, "optim.momentum", self.momentum, expected)
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
     """How long, in what batches, on which device, and how loudly."""
 
@@ -607,7 +613,7 @@ TRAIN_FLAGS = _flags()  # setting key -> its option, in the order the sections d
 FLAGS = {key: flag.flag for key, flag in TRAIN_FLAGS.items()}  # errors name both
 
 
-@dataclass
+@dataclass(frozen=True)
 class Config:
     """A whole run's settings; saved with every run and checkpoint."""
 

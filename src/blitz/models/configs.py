@@ -5,6 +5,7 @@ inputs become the model's."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from blitz.config.settings import Config, check_value, merge_settings, parse_config
@@ -22,8 +23,9 @@ def check_model_settings(cfg: Config) -> Config:
         expected += "start it from a run of yours with --init RUN_DIR)"
         check_value(name.startswith(PREFIX), "model.pretrained", cfg.model.pretrained, expected)
     found = model_preprocessing(name)
-    cfg.data.resolve(name, found._asdict() if found else None)
-    return cfg
+    return dataclasses.replace(
+        cfg, data=cfg.data.resolved(name, found._asdict() if found else None)
+    )
 
 
 def config_from_dict(raw: dict[str, Any], preset: str = "custom") -> Config:

@@ -93,7 +93,7 @@ def train_run(
         check_classes(data, resume, run_dir)
         saved = resume.training
         ctx.log(f"resuming {run_dir} after step {saved.step} (epoch {saved.epoch + 1})")
-    _fit_to_data(ctx, data)
+    ctx = _fit_to_data(ctx, data)
     # a model that cannot take the data fails before any write
     model = build_model(ctx, data, fresh=resume is None)
     if ctx.writes:
@@ -284,30 +284,38 @@ def _load_data_once(ctx: RunContext, recorded: Assignment | None) -> ImageData:
         barrier(ctx.world)
 
 
-def _fit_to_data(ctx: RunContext, data: ImageData) -> None:
-    """``train.min_steps``: a dataset too small for the preset's budget trains more epochs
-    (recorded in config.json, so a resume replays them)."""
+def _fit_to_data(ctx: RunContext, data: ImageData) -> RunContext:
+    """The run's settings as the data decides them, in one place, before anything uses or
+    records them (settings are never changed after): ``auto`` data as what it turned out to
+    be and a path as an absolute one (eval, report, --resume and a replay from elsewhere load
+    the same data); with ``train.min_steps``, a dataset too small for the preset's budget
+    trains more epochs (config.json records them, so a resume replays them)."""
+    cfg = ctx.cfg
+    source = recorded_spec(data.name if cfg.data.source == "auto" else cfg.data.source)
+    data_cfg = replace(cfg.data, source=source)
+    return replace(
+        ctx, cfg=replace(cfg, data=data_cfg, train=replace(cfg.train, epochs=_epochs(ctx, data)))
+    )
+
+
+def _epochs(ctx: RunContext, data: ImageData) -> int:
     train = ctx.cfg.train
     per_epoch = steps_per_epoch(ctx.cfg, len(data.train))
     floor = min(train.min_steps, train.max_steps or train.min_steps)  # never past the cap
     if train.epochs * per_epoch >= floor:
-        return
+        return train.epochs
     epochs = math.ceil(floor / per_epoch)
     ctx.log(
         f"{len(data.train)} training images are {per_epoch} step{'s' * (per_epoch > 1)} of "
         f"batch {train.batch_size}: training {epochs} epochs to reach {floor} steps "
         "(train.min_steps; --epochs N trains N)"
     )
-    train.epochs = epochs
+    return epochs
 
 
 def _record_start(ctx: RunContext, data: ImageData) -> None:
-    """The settings (``auto`` data as what it turned out to be and a path as an absolute one,
-    so that eval, report, --resume and a replay from elsewhere load the same data) and the
-    seed's look at the training images."""
-    if ctx.cfg.data.source == "auto":
-        ctx.cfg.data.source = data.name
-    ctx.cfg.data.source = recorded_spec(ctx.cfg.data.source)
+    """The settings (as ``_fit_to_data`` settled them) and the seed's look at the training
+    images."""
     ctx.dir.write_config(ctx.cfg)
     ctx.dir.write_sets(record(data))
     _show_training_images(data, ctx.dir, ctx.log)
