@@ -6,7 +6,7 @@ callers see either one as an ``AnySplit``. The sources that make datasets are in
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
@@ -133,6 +133,19 @@ class ImageData:
         return f"{self.train.storage}, {format_size(held)}" if held else self.train.storage
 
 
+def from_sets(name: str, classes: list[str], sets: Mapping[str, AnySplit]) -> ImageData:
+    """A dataset of its sets by role: "train", and "val" and "test" where it has them."""
+    return ImageData(name, classes, sets["train"], sets.get("test"), sets.get("val"))
+
+
+def in_memory(split: AnySplit) -> Split:
+    """``split`` as the ``Split`` it is where only sets held in memory can be (a source's
+    decoded sets): a set streamed from disk here is a bug of blitz."""
+    if not isinstance(split, Split):
+        raise TypeError(f"expected a set held in memory, not a {type(split).__name__}")
+    return split
+
+
 def silent(message: str) -> None:
     """A log that prints nothing (processes other than the first, ``--quiet``)."""
 
@@ -182,10 +195,11 @@ def resize_splits(data: ImageData, size: int, log: Log | None = None) -> ImageDa
     """A dataset held in memory (``Split`` sets), its images resized to ``size`` x ``size``."""
     from torchvision.transforms.v2.functional import resize
 
-    if data.train.images.shape[-1] == size and data.train.images.shape[-2] == size:
+    train = in_memory(data.train)
+    if train.images.shape[-1] == size and train.images.shape[-2] == size:
         return data
     if log:
         log(f"resizing {data.name} images to {size}x{size}")
-    for split in data.sets().values():
+    for split in map(in_memory, data.sets().values()):
         split.images = resize(split.images, [size, size], antialias=True)
     return data
