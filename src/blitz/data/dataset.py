@@ -120,6 +120,12 @@ class ImageData:
     def channels(self) -> int:
         return self.train.channels
 
+    def test_set(self) -> AnySplit:
+        """``test``, which every dataset has once ``blitz.data.roles`` has made its sets."""
+        if self.test is None:
+            raise AssertionError(f"{self.name} has no test set: blitz.data.roles never saw it")
+        return self.test
+
     def sets(self) -> dict[str, AnySplit]:
         """The distinct sets by role ("train", "val", "test"), in that order."""
         found = {"train": self.train, "val": self.val, "test": self.test}
