@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=_version())
     strict = functools.partial(_Parser, allow_abbrev=False)
-    sub = parser.add_subparsers(
+    sub = parser.add_subparsers(  # type: ignore[call-overload]  # typeshed wants a class; argparse calls it
         dest="command", required=True, metavar="COMMAND", parser_class=strict
     )
     _add_train(sub)
@@ -427,7 +427,7 @@ def _mirror_note(preset: str) -> list[str]:
     from blitz.models.configs import build_config
 
     cfg = build_config(preset)
-    mirrors = {}  # setting -> (its value, the value without mirroring)
+    mirrors: dict[str, tuple[str, str]] = {}  # setting -> (its value, without mirroring)
     if cfg.data.flip != "none":
         mirrors["data.flip"] = cfg.data.flip, "none"
     if cfg.train.tta in UNMIRRORED:
