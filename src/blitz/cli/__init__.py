@@ -144,7 +144,9 @@ def _add_setting_flag(p: argparse.ArgumentParser, flag: Flag) -> None:
 def options_table() -> str:
     """The README's table of ``blitz train``'s options, made from its parser (a test fails
     when the README's copy is stale: ``python tests/test_docs.py`` writes it)."""
-    train = build_parser()._subparsers._group_actions[0].choices["train"]  # type: ignore
+    actions = build_parser()._actions
+    subcommands = next(a for a in actions if isinstance(a, argparse._SubParsersAction))
+    train = subcommands.choices["train"]
     keys = {flag: key for key, flag in FLAGS.items()}
     rows = ["| option | setting | what it does |", "|---|---|---|"]
     for action in train._actions:
