@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=_version())
     strict = functools.partial(_Parser, allow_abbrev=False)
-    sub = parser.add_subparsers(
+    sub = parser.add_subparsers(  # type: ignore[call-overload]  # typeshed wants a class; argparse calls it
         dest="command", required=True, metavar="COMMAND", parser_class=strict
     )
     _add_train(sub)
@@ -144,7 +144,9 @@ def _add_setting_flag(p: argparse.ArgumentParser, flag: Flag) -> None:
 def options_table() -> str:
     """The README's table of ``blitz train``'s options, made from its parser (a test fails
     when the README's copy is stale: ``python tests/test_docs.py`` writes it)."""
-    train = build_parser()._subparsers._group_actions[0].choices["train"]  # type: ignore
+    actions = build_parser()._actions
+    subcommands = next(a for a in actions if isinstance(a, argparse._SubParsersAction))
+    train = subcommands.choices["train"]
     keys = {flag: key for key, flag in FLAGS.items()}
     rows = ["| option | setting | what it does |", "|---|---|---|"]
     for action in train._actions:
@@ -427,7 +429,7 @@ def _mirror_note(preset: str) -> list[str]:
     from blitz.models.configs import build_config
 
     cfg = build_config(preset)
-    mirrors = {}  # setting -> (its value, the value without mirroring)
+    mirrors: dict[str, tuple[str, str]] = {}  # setting -> (its value, without mirroring)
     if cfg.data.flip != "none":
         mirrors["data.flip"] = cfg.data.flip, "none"
     if cfg.train.tta in UNMIRRORED:

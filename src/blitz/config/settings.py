@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+from typing import Any, ClassVar, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
 from blitz.errors import BlitzError, did_you_mean
 from blitz.files import read_regular
@@ -181,10 +181,11 @@ def check_type(key: str, value: Any, hint: Any) -> Any:
         raise _invalid(key, value, _describe(hint) + hint_text) from None
 
 
-def check_types(settings: Any, section: str = "") -> None:
+def check_types(settings: object, section: str = "") -> None:
     """Check every field of a settings dataclass against its annotation, normalising it (a
     float for an int, a tuple for a list): part of building it, before anyone else sees it."""
-    for name, hint in _annotations(type(settings)).items():
+    # typeshed's functools.cache wants Hashable arguments, which a class is but type[X] is not
+    for name, hint in _annotations(type(settings)).items():  # type: ignore[arg-type]
         key = f"{section}.{name}" if section else name
         object.__setattr__(settings, name, check_type(key, getattr(settings, name), hint))
 
@@ -222,6 +223,18 @@ def parse_size(text: str) -> int | None:
     expected = "auto, or a size such as 8GB, 500MB or 0"
     check_value(0 <= value < float("inf"), "data.max_memory", text, expected)
     return int(value * SIZE_UNITS[unit])
+
+
+T = TypeVar("T")
+
+
+def concrete(value: T | Literal["auto"]) -> T:
+    """A setting that ``DataConfig`` (its own models' values, or ``resolved``'s) or
+    ``resolve_for_device`` has made concrete (image size, mean, std, compile), typed as such;
+    "auto" here is a bug of blitz, not of the user."""
+    if isinstance(value, str):
+        raise AssertionError(f"an 'auto' setting was used before it was resolved: {value!r}")
+    return value
 
 
 def format_size(size: int) -> str:
@@ -310,7 +323,9 @@ class DataConfig:
         metavar="F",
     )
     split_seed: int = 0  # which images those are (apart from train.seed: the split stays put)
-    # not settings (not annotated): what resolve() took from a timm model, and why
+    # not settings (not fields): the settings left "auto", and what ``resolved`` took from a
+    # timm model, and why
+    auto: ClassVar[list[str]]
     chosen = ""
 
     def __post_init__(self) -> None:
@@ -329,7 +344,7 @@ class DataConfig:
         check_range("data.mixup", self.mixup, 0)
         check_range("data.cutmix", self.cutmix, 0)
         object.__setattr__(self, "max_memory", str(self.max_memory))
-        parse_size(self.max_memory)
+        parse_size(str(self.max_memory))
         if self.workers != "auto":
             check_range("data.workers", self.workers, 0)
         check_range("data.split_seed", self.split_seed, 0, MAX_SEED)
@@ -358,16 +373,17 @@ class DataConfig:
         return copy
 
     def _check_preprocessing(self) -> None:
-        check_range("data.image_size", self.image_size, 8, MAX_IMAGE_SIZE)
+        size, mean, std = concrete(self.image_size), concrete(self.mean), concrete(self.std)
+        check_range("data.image_size", size, 8, MAX_IMAGE_SIZE)
         # reflect padding needs a pad below the image's side; a cutout cannot be larger than it
-        check_range("data.translate", self.translate, 0, self.image_size // 2)
-        check_range("data.cutout", self.cutout, 0, self.image_size)
+        check_range("data.translate", self.translate, 0, size // 2)
+        check_range("data.cutout", self.cutout, 0, size)
         if self.low_res:
-            check_range("data.low_res", self.low_res, 8, self.image_size)
+            check_range("data.low_res", self.low_res, 8, size)
         check_range("data.low_res_until", self.low_res_until, 0, 1)
-        positive = bool(self.std) and all(s > 0 for s in self.std)
-        check_value(positive, "data.std", list(self.std), "a non-empty list of numbers > 0")
-        same = len(self.mean) == len(self.std)
+        positive = bool(std) and all(s > 0 for s in std)
+        check_value(positive, "data.std", list(std), "a non-empty list of numbers > 0")
+        same = len(mean) == len(std)
         check_value(same, "data.mean", list(self.mean), "as many values as data.std")
 
 
@@ -669,7 +685,8 @@ def parse_config(raw: dict[str, Any], preset: str = "custom") -> Config:
 def list_presets() -> dict[str, str]:
     """Preset name -> one-line description, for every bundled TOML preset."""
     files = sorted(
-        p for p in resources.files("blitz.config.presets").iterdir() if p.name.endswith(".toml")
+        (p for p in resources.files("blitz.config.presets").iterdir() if p.name.endswith(".toml")),
+        key=lambda p: p.name,
     )
     return {p.name[:-5]: tomllib.loads(p.read_text())["description"] for p in files}
 

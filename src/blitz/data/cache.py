@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from blitz.data.dataset import ImageData, Log, Split
+from blitz.data.dataset import ImageData, Log, Split, from_sets, in_memory
 from blitz.data.folders import members
 from blitz.errors import BlitzError
 from blitz.files import atomic_file
@@ -95,7 +95,7 @@ def read_decoded(file: Path, name: str, log: Log) -> ImageData | None:
     try:
         raw = torch.load(file, weights_only=True)
         sets = {role: Split(*raw[role]) for role in ("train", "val", "test") if role in raw}
-        return ImageData(name, list(raw["classes"]), **sets)
+        return from_sets(name, list(raw["classes"]), sets)
     except DAMAGED:
         log(f"the decoded cache {file} is damaged (cut short or overwritten): rebuilding it")
     with contextlib.suppress(OSError):  # a read-only cache: writing it again will say so
@@ -103,11 +103,15 @@ def read_decoded(file: Path, name: str, log: Log) -> ImageData | None:
     return None
 
 
+def _in_memory_sets(data: ImageData) -> list[tuple[str, Split]]:
+    return [(role, in_memory(split)) for role, split in data.sets().items()]
+
+
 def write_decoded(data: ImageData, file: Path, log: Log) -> None:
     """Save a dataset's tensors; a cache that cannot be written is said, and the run goes on."""
     payload = {
         "classes": data.classes,
-        **{role: (s.images, s.labels, s.files) for role, s in data.sets().items()},
+        **{role: (s.images, s.labels, s.files) for role, s in _in_memory_sets(data)},
     }
     try:
         file.parent.mkdir(parents=True, exist_ok=True)

@@ -4,7 +4,7 @@ images in the validation and test sets (their accuracy then overstates the model
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, TypeGuard
 
 import torch
 
@@ -111,7 +111,7 @@ def find_copies(data: ImageData) -> Copies:
     return Copies(found, example)
 
 
-def _comparable(split: AnySplit, train: Split) -> bool:
+def _comparable(split: AnySplit, train: Split) -> TypeGuard[Split]:
     return isinstance(split, Split) and split.images.shape[1:] == train.images.shape[1:]
 
 

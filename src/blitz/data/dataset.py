@@ -6,7 +6,7 @@ callers see either one as an ``AnySplit``. The sources that make datasets are in
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
@@ -120,6 +120,12 @@ class ImageData:
     def channels(self) -> int:
         return self.train.channels
 
+    def test_set(self) -> AnySplit:
+        """``test``, which every dataset has once ``blitz.data.roles`` has made its sets."""
+        if self.test is None:
+            raise AssertionError(f"{self.name} has no test set: blitz.data.roles never saw it")
+        return self.test
+
     def sets(self) -> dict[str, AnySplit]:
         """The distinct sets by role ("train", "val", "test"), in that order."""
         found = {"train": self.train, "val": self.val, "test": self.test}
@@ -131,6 +137,19 @@ class ImageData:
         """Where the images live while training: "in memory, 184 MB" or "streamed from disk"."""
         held = sum(split.nbytes for split in self.sets().values())
         return f"{self.train.storage}, {format_size(held)}" if held else self.train.storage
+
+
+def from_sets(name: str, classes: list[str], sets: Mapping[str, AnySplit]) -> ImageData:
+    """A dataset of its sets by role: "train", and "val" and "test" where it has them."""
+    return ImageData(name, classes, sets["train"], sets.get("test"), sets.get("val"))
+
+
+def in_memory(split: AnySplit) -> Split:
+    """``split`` as the ``Split`` it is where only sets held in memory can be (a source's
+    decoded sets): a set streamed from disk here is a bug of blitz."""
+    if not isinstance(split, Split):
+        raise TypeError(f"expected a set held in memory, not a {type(split).__name__}")
+    return split
 
 
 def silent(message: str) -> None:
@@ -182,10 +201,11 @@ def resize_splits(data: ImageData, size: int, log: Log | None = None) -> ImageDa
     """A dataset held in memory (``Split`` sets), its images resized to ``size`` x ``size``."""
     from torchvision.transforms.v2.functional import resize
 
-    if data.train.images.shape[-1] == size and data.train.images.shape[-2] == size:
+    train = in_memory(data.train)
+    if train.images.shape[-1] == size and train.images.shape[-2] == size:
         return data
     if log:
         log(f"resizing {data.name} images to {size}x{size}")
-    for split in data.sets().values():
+    for split in map(in_memory, data.sets().values()):
         split.images = resize(split.images, [size, size], antialias=True)
     return data

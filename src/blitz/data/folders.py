@@ -41,11 +41,14 @@ MAX_EXPANSION = 100
 EXPANSION_ROOM = 64 * 2**20
 
 
+Kind = Literal["file", "dir", "other"]  # other: a link, device, pipe or unreadable entry
+
+
 class Member(NamedTuple):
     """An entry of a folder or archive: its checked relative name, what it is, and its size."""
 
     name: str  # relative POSIX path, never absolute, never through ".."
-    kind: Literal["file", "dir", "other"]  # other: a link, device, pipe or unreadable entry
+    kind: Kind
     size: int
     open: Callable[[], IO[bytes]]
     mtime_ns: int = 0  # files of a folder: when they last changed (the decode cache's key)
@@ -186,7 +189,7 @@ def extract(
     try:
         # one pass: reading a .tar.gz out of order re-reads it
         for member in progress_bar(members(archive), f"extracting {archive.name}", log, count):
-            if member.kind == "file" and listed.pop(member.name, None):
+            if member.kind == "file" and listed.pop(member.name, None) is not None:
                 with contextlib.suppress(*((BadImage,) if skip_bad else ())):
                     _write_new(tmp.joinpath(*member.name.split("/")), member)
     except BaseException as exc:  # a full disk, a bad member, Ctrl-C: nothing is left behind
@@ -301,7 +304,7 @@ def _zip_members(path: Path) -> Iterator[Member]:
     try:
         with zipfile.ZipFile(path) as zf:
             for name, info in _last_of_each_name(zf.infolist(), "filename", path):
-                kind = "dir" if info.is_dir() else "file"
+                kind: Kind = "dir" if info.is_dir() else "file"
                 yield Member(name, kind, info.file_size, functools.partial(zf.open, info))
     except (zipfile.BadZipFile, EOFError, OSError) as exc:
         raise BlitzError(f"cannot read archive {path}: {exc}") from None
@@ -313,10 +316,17 @@ def _tar_members(path: Path, log: Log) -> Iterator[Member]:
         with tarfile.open(path) as tar:
             for name, member in _last_of_each_name(infos, "name", path):
                 # links (hard or symbolic), devices and pipes are listed, never followed
-                kind = "file" if member.isfile() else "dir" if member.isdir() else "other"
-                yield Member(name, kind, member.size, functools.partial(tar.extractfile, member))
+                kind: Kind = "file" if member.isfile() else "dir" if member.isdir() else "other"
+                yield Member(name, kind, member.size, functools.partial(_tar_file, tar, member))
     except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
         raise BlitzError(f"cannot read archive {path}: {exc}") from None
+
+
+def _tar_file(tar: tarfile.TarFile, member: tarfile.TarInfo) -> IO[bytes]:
+    file = tar.extractfile(member)
+    if file is None:  # a link, device or folder: tar has no bytes of its own for it
+        raise OSError("not a regular file")
+    return file
 
 
 def _last_of_each_name(entries: list, attr: str, archive: Path) -> Iterable[tuple[str, Any]]:

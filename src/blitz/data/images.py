@@ -54,7 +54,7 @@ def decode_image(
                 _upright(img)
                 img = _to_8bit(img).convert(mode)
                 if img.size != (size, size):
-                    img = ImageOps.fit(img, (size, size), Image.BILINEAR)
+                    img = ImageOps.fit(img, (size, size), Image.Resampling.BILINEAR)
                     if resized is not None:
                         resized[0] += 1
                 return np.array(img).reshape(size, size, -1)  # writable: torch wants that

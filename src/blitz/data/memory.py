@@ -10,9 +10,9 @@ from blitz.config.settings import parse_size
 AUTO_SHARE = 4  # max_memory "auto": a quarter of the machine's memory (decoding needs more)
 
 
-def memory_budget(max_memory: str) -> int:
+def memory_budget(max_memory: int | str) -> int:
     """Bytes of decoded images that may be held in memory (``data.max_memory``)."""
-    size = parse_size(max_memory)
+    size = parse_size(str(max_memory))
     return physical_memory() // AUTO_SHARE if size is None else size
 
 

@@ -124,12 +124,12 @@ def _split_off(data: ImageData, split: Fractions, seed: int, log: Log) -> ImageD
         + ", ".join(f"{len(s)} {SET_NAMES[role]}" for role, s in sets.items())
         + f" (--val-fraction {split.val:g}, --test-fraction {split.test:g})"
     )
-    return ImageData(data.name, data.classes, sets["train"], **_kept(data, sets))
+    return ImageData(data.name, data.classes, sets["train"], *_kept(data, sets))
 
 
-def _kept(data: ImageData, sets: dict[str, AnySplit]) -> dict[str, AnySplit | None]:
-    """The validation and test sets: split off, or the data's own."""
-    return {role: sets.get(role, getattr(data, role)) for role in ("val", "test")}
+def _kept(data: ImageData, sets: dict[str, AnySplit]) -> tuple[AnySplit | None, AnySplit | None]:
+    """The test and validation sets (ImageData's order): split off, or the data's own."""
+    return sets.get("test", data.test), sets.get("val", data.val)
 
 
 def _counts(size: int, split: Fractions, name: str) -> tuple[int, int]:
@@ -165,12 +165,12 @@ def _apply(data: ImageData, recorded: Assignment) -> ImageData:
             where[image] = (role, row)
     sets = {}
     for role, images in recorded.items():
-        found = [where.get(image) for image, _ in images]
-        missing = [image for (image, _), place in zip(images, found) if place is None]
+        missing = [image for image, _ in images if image not in where]
         if missing:
             raise _changed(
                 data, f"{len(missing)} of its {SET_NAMES[role]} images are gone ({missing[0]}, ...)"
             )
+        found = [where[image] for image, _ in images]
         sources = {source for source, _ in found}
         if len(sources) != 1:
             raise _changed(data, f"its {SET_NAMES[role]} set was drawn from several sets")

@@ -284,9 +284,11 @@ def _adapt_stem(
 def _head_names(model: nn.Module, pretrained_cfg: dict) -> list[str]:
     """The classifier's module names: timm's pretrained_cfg says, or ``get_classifier()``."""
     names = _names(pretrained_cfg.get("classifier"))
-    if names or not hasattr(model, "get_classifier"):
+    # getattr: Module's own __getattr__ would type it a Tensor or Module, not a method
+    get_classifier = getattr(model, "get_classifier", None)
+    if names or get_classifier is None:
         return names
-    head = model.get_classifier()
+    head = get_classifier()
     return [name for name, module in model.named_modules() if module is head]
 
 

@@ -93,8 +93,9 @@ def _compare_updates(net: nn.Module, lr: float, out: Print) -> float:
     """One SGD step by hand (w -= lr * grad) and one by torch.optim.SGD, from the same gradients.
 
     Frozen parameters have no gradient: SGD leaves them alone, and so does the hand update."""
-    params = [p for p in net.parameters() if p.grad is not None]
-    by_hand = [p.detach() - lr * p.grad for p in params]
+    with_grads = [(p, p.grad) for p in net.parameters() if p.grad is not None]
+    params = [p for p, _ in with_grads]
+    by_hand = [p.detach() - lr * grad for p, grad in with_grads]
     torch.optim.SGD(params, lr=lr).step()
     diff = max((a - p.detach()).abs().max().item() for a, p in zip(by_hand, params))
     out("by hand:          for f in net.parameters(): f.data.sub_(f.grad.data * lr)")

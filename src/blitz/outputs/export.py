@@ -9,7 +9,7 @@ import io
 import math
 import warnings
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import torch
 from torch import nn
@@ -147,13 +147,13 @@ def random_images(facts: ModelFacts, count: int, seed: int) -> torch.Tensor:
 def _export_onnx(wrapper: nn.Module, example: torch.Tensor, out: IO[bytes]) -> None:
     # The TorchScript-based exporter (dynamo=False) needs no onnxscript and exists from torch
     # 2.4 to 2.14 at least; older versions have no `dynamo` argument and use it anyway.
-    legacy = (
+    legacy: dict[str, Any] = (
         {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
     )
     torch.onnx.export(
         wrapper,
         (example,),
-        out,
+        out,  # type: ignore[arg-type]  # torch's stub says a path; the legacy exporter takes a file
         input_names=["images"],
         output_names=["logits"],
         dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},

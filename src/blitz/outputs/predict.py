@@ -10,6 +10,7 @@ import stat
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -24,6 +25,7 @@ from blitz.training.evaluate import predict_logits
 from blitz.utils.writes import check_output_file, write_atomic
 
 Prediction = tuple[Path, list[tuple[str, float]]]
+Name = TypeVar("Name", Path, int)  # what a prediction is of: a file, or a place in a list
 BATCH_BYTES = 256 * 2**20  # decoded images per batch: 256 CIFAR images are 0.8 MB, 4096 px 48 MB
 OnSkip = Callable[[Path, str], None]  # (file, why it was skipped)
 
@@ -123,10 +125,10 @@ def _decode_files(
 def _classify(
     facts: ModelFacts,
     model: torch.nn.Module,
-    files: list[Path],
+    files: list[Name],
     arrays: list[np.ndarray],
     top_k: int,
-) -> list[Prediction]:
+) -> list[tuple[Name, list[tuple[str, float]]]]:
     classes = facts.classes
     images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
     probs = predict_logits(model, [images], facts.mean, facts.std, facts.tta).softmax(1)

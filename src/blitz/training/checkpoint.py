@@ -14,7 +14,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from blitz.config.settings import MAX_IMAGE_SIZE, Config, Tta, check_range, check_types, check_value
+from blitz.config.settings import (
+    MAX_IMAGE_SIZE,
+    Config,
+    Tta,
+    check_range,
+    check_types,
+    check_value,
+    concrete,
+)
 from blitz.errors import BlitzError, UnusableFile
 from blitz.files import atomic_file, open_regular
 from blitz.models import MAX_CHANNELS, create_model
@@ -102,10 +110,17 @@ class Checkpoint:
         """The checkpoint of ``model`` trained with ``cfg`` on ``classes``."""
         facts = ModelFacts(
             cfg.model.name, cfg.model.options, _in_channels(model), list(classes),
-            cfg.data.image_size, cfg.data.mean, cfg.data.std, cfg.train.tta,
+            concrete(cfg.data.image_size), concrete(cfg.data.mean), concrete(cfg.data.std),
+            cfg.train.tta,
         )  # fmt: skip
         weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
         return cls(facts, cfg.to_dict(), weights, training)
+
+    def saved_training(self) -> Training:
+        """``training``, which a checkpoint to resume has (``RunDir.load_resumable`` checks)."""
+        if self.training is None:
+            raise AssertionError("resuming from a checkpoint without a training state")
+        return self.training
 
     @property
     def cfg(self) -> Config:
@@ -268,7 +283,8 @@ def capture_rng(device: torch.device) -> dict[str, Any]:
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
     states = {
         "python": random.getstate(),
-        "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss),
+        # ignored: numpy's stub says get_state() gives a dict or a tuple; here it is the tuple
+        "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss),  # type: ignore[attr-defined]
         "torch": torch.get_rng_state(),
     }
     if device.type != "cpu":  # torch.cuda and torch.mps share this interface

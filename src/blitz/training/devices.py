@@ -9,7 +9,7 @@ from dataclasses import replace
 
 import torch
 
-from blitz.config.settings import Config
+from blitz.config.settings import Config, Precision
 from blitz.errors import BlitzError
 
 AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -54,7 +54,7 @@ def fast_bf16(device: torch.device) -> bool:
     return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
 
 
-def resolve_precision(precision: str, device: torch.device) -> str:
+def resolve_precision(precision: Precision, device: torch.device) -> Precision:
     """``auto`` is bf16 where it is fast (see ``fast_bf16``) and fp32 elsewhere (emulated bf16
     is slow); any other precision is kept."""
     if precision == "auto":
@@ -62,13 +62,13 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return precision
 
 
-def autocast(precision: str, device: torch.device) -> torch.autocast:
+def autocast(precision: Precision, device: torch.device) -> torch.autocast:
     """Mixed precision for forward passes, the same code on every device."""
     dtype = AUTOCAST_DTYPES[resolve_precision(precision, device)]
     return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
 
 
-def grad_scaler(precision: str, device: torch.device) -> torch.amp.GradScaler:
+def grad_scaler(precision: Precision, device: torch.device) -> torch.amp.GradScaler:
     """fp16 gradients underflow unless the loss is scaled up (and steps whose gradients
     overflowed are skipped); at other precisions a disabled scaler passes everything through,
     so the training step is one code path."""

@@ -80,7 +80,13 @@ def epoch_batches(
     alone, dealt out as ``DistributedSampler`` deals; together the ranks' k-th batches make
     the k-th global batch of ``batch_size`` rows, whatever the world size."""
     if weights is None:
-        sampler = DistributedSampler(range(size), world.size, world.rank, shuffle=True, seed=seed)
+        sampler: DistributedSampler[int] = DistributedSampler(
+            range(size),  # type: ignore[arg-type]  # torch's stub says Dataset; it takes len() only
+            world.size,
+            world.rank,
+            shuffle=True,
+            seed=seed,
+        )
         sampler.set_epoch(epoch)
         rows = torch.tensor(list(sampler), dtype=torch.long)
     else:

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from blitz.config.settings import Config, DataConfig, OptimConfig
+from blitz.config.settings import Config, DataConfig, OptimConfig, concrete
 from blitz.data import augment
 from blitz.data.counts import balanced_weights
 from blitz.data.dataset import AnySplit, Batch, ImageData, Split
@@ -48,13 +48,14 @@ def compute_loss(
     if cfg.loss == "mse":
         target = labels if soft else F.one_hot(labels, logits.shape[1])
         return F.mse_loss(logits, target.to(logits.dtype), reduction=cfg.reduction)
-    weighted_mean = soft and weights is not None and cfg.reduction == "mean"
-    reduction = "sum" if weighted_mean else cfg.reduction
+    # the weights a weighted mean of soft targets divides by (None: torch's reduction does)
+    mean_weights = weights if soft and cfg.reduction == "mean" else None
+    reduction = "sum" if mean_weights is not None else cfg.reduction
     loss = F.cross_entropy(
         logits, labels, weights, label_smoothing=cfg.label_smoothing, reduction=reduction
     )
     # torch divides by the labels' weights, but by the batch size for soft targets: the former
-    return loss / (labels @ weights).sum() if weighted_mean else loss
+    return loss / (labels @ mean_weights).sum() if mean_weights is not None else loss
 
 
 @dataclass
@@ -152,7 +153,7 @@ class Loop:
     @property
     def stateful(self) -> dict[str, Any]:
         """What a checkpoint saves besides the weights and the TrainState."""
-        named = {f"optimizer{i}": o for i, o in enumerate(self.optimizers)}
+        named: dict[str, Any] = {f"optimizer{i}": o for i, o in enumerate(self.optimizers)}
         if self.scaler.is_enabled():  # only then: checkpoints of other precisions stay as they were
             named["scaler"] = self.scaler
         return {**named, "ema": self.ema} if self.ema else named
@@ -174,7 +175,7 @@ def build_loop(
 ) -> Loop:
     """Set up optimizers, state and EMA for training ``model`` on ``data.train``."""
     cfg, device, world = ctx.cfg, ctx.device, ctx.world
-    compiled = cfg.train.compile
+    compiled = bool(cfg.train.compile)  # "auto": fit_to_device made it concrete for the device
     classes = len(data.classes)
     weights = balanced_weights(data.train.labels, classes)
     ema = None
@@ -188,7 +189,8 @@ def build_loop(
     return Loop(
         cfg=cfg,
         model=model,
-        net=torch.compile(net) if compiled else net,
+        # torch's stub types compile()'s result a function; given a Module it is an OptimizedModule
+        net=torch.compile(net) if compiled else net,  # type: ignore[arg-type]
         # testing stays eager: the filters' 2-D parametrisation is removed before the final test,
         # which would make a compiled copy compile again inside the timed evaluation
         eval_net=tested,
@@ -341,7 +343,7 @@ def _prepare_model(loop: Loop, device: torch.device) -> None:
     if prepare:
         cfg = loop.cfg.data
         images = loop.split.images_at(torch.arange(min(5000, len(loop.split))))
-        prepare(normalize(images.to(device), cfg.mean, cfg.std))
+        prepare(normalize(images.to(device), concrete(cfg.mean), concrete(cfg.std)))
         synchronize(device)
 
 
@@ -370,8 +372,9 @@ def warm_up(loop: Loop, data: ImageData, device: torch.device) -> float:
 def _one_test_batch(loop: Loop, data: ImageData, device: torch.device) -> Split:
     """One evaluation batch per process of the test set: compiling needs the shapes the test
     meets, not the whole test set."""
-    size = min(len(data.test), eval_batch_rows(loop.cfg) * loop.world.size)
-    _, images, labels = next(data.test.load([torch.arange(size)], device))
+    test = data.test_set()
+    size = min(len(test), eval_batch_rows(loop.cfg) * loop.world.size)
+    _, images, labels = next(test.load([torch.arange(size)], device))
     return Split(images, labels)
 
 
@@ -403,7 +406,7 @@ def prepare_batch(
     cfg, gen = loop.cfg.data, loop.state.augment
     if cfg.auto_augment != "none":
         images = augment.auto_augment(images, cfg.auto_augment, gen)
-    x = normalize(images, cfg.mean, cfg.std)
+    x = normalize(images, concrete(cfg.mean), concrete(cfg.std))
     if cfg.crop_scale:
         x = augment.resized_crop(x, cfg.crop_scale, gen)
     if cfg.flip == "random":

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from blitz.config.settings import UNMIRRORED, Config
+from blitz.config.settings import UNMIRRORED, Config, concrete
 from blitz.data.dataset import AnySplit
 from blitz.data.preprocess import normalize
 from blitz.training.devices import autocast
@@ -196,7 +196,7 @@ EVAL_PIXELS = 1000 * 64 * 64
 
 def eval_batch_rows(cfg: Config) -> int:
     """Images per evaluation batch: ``train.eval_batch_size``, fewer for large images."""
-    fits = max(1, EVAL_PIXELS // cfg.data.image_size**2)
+    fits = max(1, EVAL_PIXELS // concrete(cfg.data.image_size) ** 2)
     return min(cfg.train.eval_batch_size, fits)
 
 
@@ -213,9 +213,8 @@ def evaluate(
     batches = rows.split(eval_batch_rows(cfg))
     images = (images for _, images, _ in split.load(batches, device))
     with autocast(train.precision, device):
-        logits = predict_logits(
-            model, images, cfg.data.mean, cfg.data.std, train.tta, train.channels_last
-        )
+        mean, std = concrete(cfg.data.mean), concrete(cfg.data.std)
+        logits = predict_logits(model, images, mean, std, train.tta, train.channels_last)
     mine = score(logits, split.labels[rows], num_classes)  # (0, K) logits: a process with no rows
     matrix = sum_over_ranks(mine.matrix, world).cpu()
     columns = [mine.predicted.double(), mine.confidence, mine.loss]

@@ -59,10 +59,11 @@ def _layer_ids(model: nn.Module, named: list[tuple[str, nn.Parameter]]) -> dict[
     """Parameter name -> layer, counted from the input: timm's own grouping of its models'
     blocks, else a new layer at each weight matrix or filter bank (its bias and the norm
     after it belong to it)."""
-    if hasattr(model, "group_matcher"):
+    # getattr: Module's own __getattr__ would type it a Tensor or Module, not a method
+    if (group_matcher := getattr(model, "group_matcher", None)) is not None:
         from timm.models import group_parameters
 
-        return group_parameters(model, model.group_matcher(coarse=False), reverse=True)
+        return group_parameters(model, group_matcher(coarse=False), reverse=True)
     layers, layer = {}, -1
     for name, p in named:
         layer += p.ndim >= 2
@@ -121,7 +122,7 @@ def _renormalize_filters(optimizer: torch.optim.Optimizer, *_) -> None:
 def build_optimizers(model: nn.Module, cfg: OptimConfig) -> list[torch.optim.Optimizer]:
     """The update rules named in the config: SGD, Nesterov-SGD, Adam, RMSProp (the seed's), or
     Muon for conv filters with SGD-Nesterov for the rest."""
-    optimizers = []
+    optimizers: list[torch.optim.Optimizer] = []
     if cfg.name == "muon":
         muon = torch.optim.Muon(
             flatten_filters(model),
@@ -166,6 +167,7 @@ def stepper(
 ) -> Callable[[], None]:
     """What takes one step of every optimizer: through fp16's loss scaler (which skips a step
     whose gradients overflowed), or directly, Muon's compiled with ``train.compile``."""
+    steps: list[Callable[[], object]]
     if scaler.is_enabled():
         steps = [functools.partial(scaler.step, o) for o in optimizers]
     else:

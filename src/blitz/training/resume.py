@@ -46,6 +46,8 @@ class Checkpointer(TrainHooks):
         resume: Checkpoint | None = None,
         progress: Progress | None = None,
     ):
+        if ctx.dir is None:
+            raise ValueError("checkpoints need a run directory: RunContext.dir is None")
         self.run_dir, self.cfg, self.model, self.classes = ctx.dir, ctx.cfg, model, classes
         self.progress = progress  # its rows in progress are checkpointed too
         self.writes = ctx.writes is not None  # under torchrun only the first process writes
@@ -60,7 +62,7 @@ class Checkpointer(TrainHooks):
         self.stateful, self.total, state = loop.stateful, loop.total, loop.state
         if self.resume is None:
             return
-        training = self.resume.training
+        training = self.resume.saved_training()
         load_state(self.model, self.resume.state_dict, f"the {self.cfg.model.name} model")
         for name, obj in self.stateful.items():
             if name not in training.state_dicts:

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import torch
 
@@ -155,7 +155,14 @@ class Metrics:
             raise UnusableFile(str(exc).split(")", 1)[-1].strip() or str(exc)) from None
 
 
-def matrix_record(matrix: torch.Tensor) -> dict[str, list[list[int]]]:
+class MatrixRecord(TypedDict, total=False):
+    """The ``Metrics`` fields that hold a confusion matrix."""
+
+    confusion_matrix: list[list[int]]
+    confusion_cells: list[list[int]]
+
+
+def matrix_record(matrix: torch.Tensor) -> MatrixRecord:
     """A (K, K) confusion matrix as metrics.json holds it: whole up to DENSE_CLASSES classes,
     past them its non-zero cells (at most one per test image)."""
     if len(matrix) <= DENSE_CLASSES:

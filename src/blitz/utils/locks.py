@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import os
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -12,10 +13,11 @@ from pathlib import Path
 from blitz.errors import BlitzError
 from blitz.files import NOFOLLOW
 
-try:
-    import fcntl
-except ImportError:  # pragma: no cover - Windows: no advisory locks; blitz then does not lock
+# a platform check rather than try/except ImportError: the type checker then knows fcntl's type
+if sys.platform == "win32":  # pragma: no cover - no advisory locks; blitz then does not lock
     fcntl = None
+else:
+    import fcntl
 
 
 @contextmanager

@@ -9,12 +9,13 @@ import platform
 import sys
 import time
 from dataclasses import replace
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from blitz.config.settings import HUB, Config
+from blitz.config.settings import HUB, Config, concrete
 from blitz.data.counts import class_counts, copies_note, find_copies, format_counts, imbalance_note
 from blitz.data.dataset import ImageData
 from blitz.data.roles import Assignment, record
@@ -91,13 +92,13 @@ def train_run(
     _check_validation(ctx.cfg, data)
     if resume is not None:
         check_classes(data, resume, run_dir)
-        saved = resume.training
+        saved = resume.saved_training()
         ctx.log(f"resuming {run_dir} after step {saved.step} (epoch {saved.epoch + 1})")
     ctx = _fit_to_data(ctx, data)
     # a model that cannot take the data fails before any write
     model = build_model(ctx, data, fresh=resume is None)
     if ctx.writes:
-        _record_start(ctx, data)
+        _record_start(ctx, data, ctx.writes)
     tracker = _tracker(ctx, mlflow, resume is not None)
     with tracker or contextlib.nullcontext():
         loop = fit(ctx, data, model, resume, tracker)
@@ -153,8 +154,8 @@ def build_model(ctx: RunContext, data: ImageData, fresh: bool = True) -> nn.Modu
         load_pretrained(model, cfg.model.pretrained, ctx.log)
     if fresh and cfg.train.init:
         warm_start(model, cfg, data.classes, data.channels, ctx.log)
-    model = model.to(ctx.device, memory_format=_memory_format(cfg))
-    for size in {cfg.data.image_size, cfg.data.low_res} - {0}:
+    model = _on_device(model, ctx.device, cfg)
+    for size in {concrete(cfg.data.image_size), cfg.data.low_res} - {0}:
         check_input_size(model, cfg.model.name, data.channels, size)
     return model
 
@@ -167,7 +168,7 @@ def fit(
     tracker: MlflowTracker | None = None,
 ) -> Loop:
     """Train with checkpoints (last, best, on a signal); a NaN loss keeps the last good one."""
-    resumed_step = resume.training.step if resume else 0
+    resumed_step = resume.saved_training().step if resume else 0
     progress = Progress(ctx.cfg, ctx.log, ctx.quiet, ctx.writes, resumed_step, tracker)
     with stop_on_signals() as stop:
         hooks = Checkpointer(ctx, model, data.classes, stop, resume, progress)
@@ -180,7 +181,8 @@ def fit(
 def finish(ctx: RunContext, data: ImageData, model: nn.Module, loop: Loop) -> Metrics | None:
     """Test, then (first process) show the results, save the model, write metrics and report."""
     started_eval = time.perf_counter()
-    result = evaluate(loop.eval_net, data.test, ctx.cfg, len(data.classes), ctx.world)  # synced
+    test = data.test_set()
+    result = evaluate(loop.eval_net, test, ctx.cfg, len(data.classes), ctx.world)  # synced
     eval_seconds = time.perf_counter() - started_eval
     validation = None
     if data.val is not None and not data.test_is_val:
@@ -195,7 +197,7 @@ def finish(ctx: RunContext, data: ImageData, model: nn.Module, loop: Loop) -> Me
         metrics.validation = _figures(validation, data.classes)
     run_dir.write_metrics(metrics)  # its presence marks the run finished
     run_dir.drop_resume_point()
-    ctx.log(f"report: {write_report(run_dir, metrics, data.test, result)}")
+    ctx.log(f"report: {write_report(run_dir, metrics, test, result)}")
     return metrics
 
 
@@ -232,7 +234,7 @@ def _metrics(
         steps=state.step,
         steps_per_epoch=steps_per_epoch(cfg, len(data.train)),
         train_images=len(data.train),
-        test_images=len(data.test),
+        test_images=len(data.test_set()),
         seed=cfg.train.seed,
         device=str(ctx.device),
         device_name=device_name(ctx.device),
@@ -313,12 +315,12 @@ def _epochs(ctx: RunContext, data: ImageData) -> int:
     return epochs
 
 
-def _record_start(ctx: RunContext, data: ImageData) -> None:
+def _record_start(ctx: RunContext, data: ImageData, run_dir: RunDir) -> None:
     """The settings (as ``_fit_to_data`` settled them) and the seed's look at the training
     images."""
-    ctx.dir.write_config(ctx.cfg)
-    ctx.dir.write_sets(record(data))
-    _show_training_images(data, ctx.dir, ctx.log)
+    run_dir.write_config(ctx.cfg)
+    run_dir.write_sets(record(data))
+    _show_training_images(data, run_dir, ctx.log)
     _describe(ctx, data)
 
 
@@ -334,8 +336,8 @@ def _describe(ctx: RunContext, data: ImageData) -> None:
     ctx.log(format_counts(data.classes, counts))
     if note := imbalance_note(data.classes, counts["train"], cfg):
         ctx.log(note)
-    sizes = {role: len(split) for role, split in data.sets().items()}
-    if note := copies_note(find_copies(data), sizes):  # said even under --quiet
+    set_sizes = {role: len(split) for role, split in data.sets().items()}
+    if note := copies_note(find_copies(data), set_sizes):  # said even under --quiet
         print(f"blitz: {note}", file=sys.stderr)
     per_epoch = steps_per_epoch(cfg, len(data.train))
     steps = planned_steps(cfg, len(data.train))
@@ -355,8 +357,11 @@ def _describe(ctx: RunContext, data: ImageData) -> None:
         )
 
 
-def _memory_format(cfg: Config) -> torch.memory_format:
-    return torch.channels_last if cfg.train.channels_last else torch.contiguous_format
+def _on_device(model: nn.Module, device: torch.device, cfg: Config) -> nn.Module:
+    """``model`` on ``device``, in the run's memory format (``train.channels_last``)."""
+    memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
+    # torch's stub lacks the (device, memory_format=) overload that Module.to accepts
+    return model.to(device, memory_format=memory_format)  # type: ignore[call-overload]
 
 
 def sample_rows(count: int, total: int) -> torch.Tensor:
@@ -374,11 +379,12 @@ def _show_training_images(data: ImageData, run_dir: RunDir, log: Log) -> None:
 
 def _show_results(result: Evaluation, data: ImageData, run_dir: RunDir, log: Log) -> None:
     """Print the seed's views of a test (samples, accuracy, per class) and save the grid."""
-    rows = sample_rows(SAMPLES, len(data.test))
-    truth = data.test.labels[rows].tolist()
+    test = data.test_set()
+    rows = sample_rows(SAMPLES, len(test))
+    truth = test.labels[rows].tolist()
     guess = result.predicted[rows].tolist()
     captions = [f"{data.classes[t]}\n→ {data.classes[p]}" for t, p in zip(truth, guess)]
-    save_image_grid(data.test.images_at(rows), captions, run_dir.test_predictions)
+    save_image_grid(test.images_at(rows), captions, run_dir.test_predictions)
     log(format_samples(truth, guess, data.classes))
     log(format_accuracy(result.matrix, "validation" if data.test_is_val else "test"))
     log(format_per_class(result.matrix, data.classes))
@@ -391,7 +397,7 @@ def _show_results(result: Evaluation, data: ImageData, run_dir: RunDir, log: Log
 def eval_run(run_dir: RunDir, source: str | None, log: Log) -> Evaluation:
     """Test a finished run's checkpoint, on its own data or on ``source``."""
     cfg, model, data = _load_run(run_dir, source, log)
-    result = evaluate(model, data.test, cfg, len(data.classes))
+    result = evaluate(model, data.test_set(), cfg, len(data.classes))
     _show_results(result, data, run_dir, log)
     return result
 
@@ -405,12 +411,13 @@ def _load_run(run_dir: RunDir, source: str | None, log: Log) -> tuple[Config, nn
     else:
         data = load_test_data(replace(cfg.data, source=source), ckpt.model.classes, log)
     device = resolve_device(cfg.train.device)
-    return cfg, ckpt.build_model().to(device, memory_format=_memory_format(cfg)), data
+    return cfg, _on_device(ckpt.build_model(), device, cfg), data
 
 
-def rebuild_report(run_dir: RunDir, log: Log) -> RunDir:
+def rebuild_report(run_dir: RunDir, log: Log) -> Path:
     """Write ``report.html`` again from model.pt, metrics.json and the run's data."""
     metrics = run_dir.read_metrics()
     cfg, model, data = _load_run(run_dir, None, log)
-    result = evaluate(model, data.test, cfg, len(data.classes))
-    return write_report(run_dir, metrics, data.test, result)
+    test = data.test_set()
+    result = evaluate(model, test, cfg, len(data.classes))
+    return write_report(run_dir, metrics, test, result)

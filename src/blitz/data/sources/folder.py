@@ -9,8 +9,8 @@ from __future__ import annotations
 import multiprocessing
 import signal
 from collections import deque
-from collections.abc import Iterable, Iterator
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Iterable, Iterator, Mapping
+from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from blitz.config.settings import DataConfig, format_size
+from blitz.config.settings import DataConfig, concrete, format_size
 from blitz.data.cache import (
     cache_dir,
     cache_folder,
@@ -30,7 +30,15 @@ from blitz.data.cache import (
 )
 from blitz.data.cifar_format import is_cifar_python, read_cifar_python
 from blitz.data.counts import label_counts
-from blitz.data.dataset import AnySplit, ImageData, Log, Split, progress_bar, resize_splits
+from blitz.data.dataset import (
+    AnySplit,
+    ImageData,
+    Log,
+    Split,
+    from_sets,
+    progress_bar,
+    resize_splits,
+)
 from blitz.data.folders import (
     Layout,
     check_path,
@@ -70,7 +78,7 @@ def load_path(path: Path, cfg: DataConfig, log: Log, name: str | None = None) ->
     names, others = list_files(path, log)
     if is_cifar_python(names):
         data = read_cifar_python(read_files(path, set(names)), name)
-        data = resize_splits(data, cfg.image_size, log)
+        data = resize_splits(data, concrete(cfg.image_size), log)
         write_decoded(data, cached, log)
         return data
     layout = find_layout(names, others, path)
@@ -106,7 +114,7 @@ def _load_layout(
     """The images a folder's, archive's or table's layout lists: decoded and saved to the
     decode cache ``cached``, or streamed when decoded they would not fit ``data.max_memory``."""
     budget = memory_budget(cfg.max_memory)
-    decoded = layout.count * 3 * cfg.image_size**2
+    decoded = layout.count * 3 * concrete(cfg.image_size) ** 2
     if decoded > budget:
         log(
             f"{path}: {layout.count} images take {format_size(decoded)} decoded, more than "
@@ -140,14 +148,14 @@ def _stream(path: Path, layout: Layout, cfg: DataConfig, log: Log, name: str) ->
     sets, bad = {}, []
     for role, pairs in layout.sets.items():
         labels = torch.tensor([label for _, label in pairs], dtype=torch.long)
-        split = StreamSplit(root, [f for f, _ in pairs], labels, cfg.image_size, workers)
+        split = StreamSplit(root, [f for f, _ in pairs], labels, concrete(cfg.image_size), workers)
         if cfg.skip_bad_images:
             split, skipped = split.without_bad()
             bad += skipped
         sets[role] = split
     _report_bad_images(bad, skip_bad=True, log=log)
     _check_not_empty(sets, layout.classes, path)
-    return ImageData(name, layout.classes, **sets)
+    return from_sets(name, layout.classes, sets)
 
 
 def _extracted(archive: Path, layout: Layout, cfg: DataConfig, log: Log, name: str) -> Path:
@@ -169,7 +177,8 @@ def _extracted(archive: Path, layout: Layout, cfg: DataConfig, log: Log, name: s
 def _image_folder(path: Path, layout: Layout, cfg: DataConfig, log: Log, name: str) -> ImageData:
     workers = worker_count(cfg.workers)
     try:
-        decoded = _decode_splits(list(layout.sets.values()), path, cfg.image_size, workers, log)
+        size = concrete(cfg.image_size)
+        decoded = _decode_splits(list(layout.sets.values()), path, size, workers, log)
     except BrokenProcessPool:  # a decoder crashed (a native library, a hostile file) or was killed
         raise BlitzError(
             f"decoding {path} stopped: one of its {workers} decoding processes died. Run again "
@@ -187,7 +196,7 @@ def _image_folder(path: Path, layout: Layout, cfg: DataConfig, log: Log, name: s
         splits = [s.subset(rows, role) for s, rows, role in zip(splits, kept, layout.sets)]
     sets = dict(zip(layout.sets, splits))
     _check_not_empty(sets, layout.classes, path)
-    return ImageData(name, layout.classes, **sets)
+    return from_sets(name, layout.classes, sets)
 
 
 def _report_bad_images(bad: list[tuple[str, str]], skip_bad: bool, log: Log) -> None:
@@ -204,7 +213,7 @@ def _report_bad_images(bad: list[tuple[str, str]], skip_bad: bool, log: Log) -> 
     )
 
 
-def _check_not_empty(sets: dict[str, AnySplit], classes: list[str], path: Path) -> None:
+def _check_not_empty(sets: Mapping[str, AnySplit], classes: list[str], path: Path) -> None:
     for role, split in sets.items():
         counts = label_counts(split.labels, len(classes)).tolist()
         empty = [c for c, n in zip(classes, counts) if n == 0]
@@ -249,7 +258,7 @@ def _decode_splits(
     bad_rows = [torch.zeros(len(pairs), dtype=torch.bool) for pairs in splits]
     for s, row in bad:
         bad_rows[s][row] = True
-    decoded = [
+    decoded_splits = [
         Split(
             torch.from_numpy(x).permute(0, 3, 1, 2).contiguous(),
             torch.tensor([label for _, label in pairs], dtype=torch.long),
@@ -257,7 +266,7 @@ def _decode_splits(
         )
         for x, pairs in zip(images, splits)
     ]
-    return _Decoded(decoded, bad_rows, [bad[key] for key in sorted(bad)], resized)
+    return _Decoded(decoded_splits, bad_rows, [bad[key] for key in sorted(bad)], resized)
 
 
 Decoded = tuple[np.ndarray, bool] | BadImage  # the image and whether it was resized, or why not
@@ -278,7 +287,7 @@ def _decoded(
         return
     pool = ProcessPoolExecutor(workers, _start_method(), initializer=_ignore_interrupts)
     with pool, unwind_on_sigterm():  # Ctrl-C or SIGTERM: the processes end with this one
-        pending = deque()
+        pending: deque[Future[list[tuple[str, Decoded]]]] = deque()
         for chunk in _chunks(files):
             pending.append(pool.submit(_decode_chunk, chunk, size))
             if len(pending) >= 2 * workers:

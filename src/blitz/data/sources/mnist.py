@@ -3,7 +3,7 @@ to the image size (the seed's LeNet wants 32x32)."""
 
 from __future__ import annotations
 
-from blitz.config.settings import DataConfig
+from blitz.config.settings import DataConfig, concrete
 from blitz.data.cache import cache_dir, cache_folder
 from blitz.data.dataset import ImageData, Log, Split, resize_splits
 from blitz.data.download import downloading
@@ -22,4 +22,4 @@ def load_mnist(arg: str, cfg: DataConfig, log: Log) -> ImageData:
         sets = [MNIST(str(root), train=train, download=True) for train in (True, False)]
     train, test = (Split(s.data.unsqueeze(1), s.targets.long()) for s in sets)
     data = ImageData("mnist", [str(d) for d in range(10)], train, test)
-    return resize_splits(data, cfg.image_size, log)
+    return resize_splits(data, concrete(cfg.image_size), log)

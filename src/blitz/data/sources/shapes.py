@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from blitz.config.settings import DataConfig
+from blitz.config.settings import DataConfig, concrete
 from blitz.data.dataset import ImageData, Log, Split, resize_splits
 from blitz.data.sources import register_source
 from blitz.errors import BlitzError
@@ -92,7 +92,7 @@ def load_shapes(count: str, cfg: DataConfig, log: Log) -> ImageData:
     n = _check_count(count or str(DEFAULT_COUNT))
     train = Split(*make_shapes(n, seed=0))
     test = Split(*make_shapes(max(n // 5, MIN_COUNT), seed=1))
-    return resize_splits(ImageData("shapes", list(CLASSES), train, test), cfg.image_size)
+    return resize_splits(ImageData("shapes", list(CLASSES), train, test), concrete(cfg.image_size))
 
 
 def _check_count(count: str) -> int:
