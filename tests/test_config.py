@@ -165,6 +165,7 @@ SETTINGS = [
     (f"{section}.{name}", hint)
     for section, cls in SECTIONS.items()
     for name, hint in get_type_hints(cls).items()
+    if name in {f.name for f in dataclasses.fields(cls)}  # settings, not attributes
 ]
 
 
