@@ -65,7 +65,7 @@ img { max-width: 100%; } .scroll { overflow: auto; max-height: 900px; }
 .warn { background: #fff0f0; border-left: 4px solid #c33; padding: 0.5rem 1rem; }
 """
 # Lets a headless browser prove that every embedded image decoded: it writes each image's
-# natural width into the page, which `chromium --dump-dom` then shows (see tests/test_browser.py).
+# natural width into the page, which `chromium --dump-dom` then shows (see tests/test_tools_cli.py).
 CHECK_JS = """window.addEventListener("load", () => {
   document.getElementById("image-check").textContent =
     JSON.stringify(Array.from(document.images, (i) => i.naturalWidth));
