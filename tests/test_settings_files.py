@@ -40,7 +40,7 @@ def test_a_settings_file_and_options_combine_options_winning(tmp_path):
     args = cli.build_parser().parse_args(
         ["train", "--config", str(path), "--lr", "0.2", "--label-smoothing", "0.1"]
     )
-    cfg = cli._train_plan(args)[0]
+    cfg = cli.train.train_plan(args)[0]
     assert (cfg.optim.lr, cfg.optim.weight_decay, cfg.train.epochs) == (0.2, 0.001, 4)
     assert cfg.optim.label_smoothing == 0.1 and cfg.preset == "small"
     assert cfg.model.name == "lenet"  # what the file does not set: the defaults, not a preset's

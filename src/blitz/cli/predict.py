@@ -1,0 +1,40 @@
+"""``blitz predict``: classify image files with a trained run."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("predict", help="classify image files with a trained run")
+    p.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    p.add_argument("images", type=Path, nargs="+", metavar="IMAGE_OR_DIR")
+    p.add_argument("--top-k", type=int, default=1, help="classes per image (default: 1)")
+    p.add_argument("--csv", type=Path, metavar="FILE", help="also write the predictions as CSV")
+
+
+def main(args: argparse.Namespace) -> int:
+    """Exit status 1 when some files could not be classified (each is named on stderr)."""
+    from blitz.errors import BlitzError
+    from blitz.outputs.predict import collect_images, format_prediction, predict_files, write_csv
+    from blitz.training.rundir import RunDir
+    from blitz.utils.writes import check_output_file
+
+    if args.top_k < 1:
+        raise BlitzError(f"invalid --top-k {args.top_k}: expected an integer >= 1")
+    if args.csv:
+        check_output_file(args.csv, "the CSV")  # before the work, not after it
+    ckpt = RunDir(args.run_dir).load_model()
+    files = collect_images(args.images)
+    predictions = predict_files(ckpt.model, ckpt.build_model(), files, args.top_k)
+    for prediction in predictions:
+        print(format_prediction(prediction))
+    if args.csv:
+        write_csv(predictions, args.csv)
+        print(f"wrote {args.csv}")
+    skipped = len(files) - len(predictions)
+    if skipped:
+        print(f"blitz: skipped {skipped} of {len(files)} files (named above)", file=sys.stderr)
+    return 1 if skipped else 0
