@@ -165,11 +165,11 @@ def test_every_annotated_argument_of_the_api_is_checked(run):
     assert {"train(overwrite)", "export(format)", "evaluate(quiet)", "Run(metrics)"} <= set(checked)
 
 
-def test_evaluate_reproduces_the_recorded_accuracy(run):
+def test_evaluate_reproduces_the_recorded_figures_in_their_shape(run):
     result = run.evaluate(quiet=True)
-    assert result["accuracy"] == run.metrics.test_accuracy
-    assert set(result["per_class"]) == set(SHAPES)
-    assert result["macro_f1"] == run.metrics.macro_f1
+    assert result.accuracy == run.metrics.test_accuracy
+    assert set(result.per_class) == set(SHAPES)
+    assert result == run.metrics.test_scores  # one shape for a set's figures, and the same ones
 
 
 @pytest.mark.slow

@@ -567,7 +567,7 @@ def test_evaluation_predict_and_the_export_see_the_same_images(tmp_path, capsys,
     truth = by_predict[np.arange(len(files)), test.labels.numpy()]
     assert np.abs(np.exp(-evaluation.loss.numpy()) - truth).max() < 1e-4
     accuracy = float((by_predict.argmax(1) == test.labels.numpy()).mean())
-    assert run.evaluate(quiet=True)["accuracy"] == pytest.approx(accuracy, abs=1e-6)
+    assert run.evaluate(quiet=True).accuracy == pytest.approx(accuracy, abs=1e-6)
 
 
 # -- resume ----------------------------------------------------------------------------------

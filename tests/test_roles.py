@@ -356,7 +356,7 @@ def test_eval_on_a_folder_scores_all_of_it_matching_classes_by_name(tmp_path, ca
     assert status == 0, shown.err
     assert "all its 14 images are the test set" in shown.out
     assert "on the 14 test images" in shown.out
-    per_class = Run(out).evaluate(data=folder, quiet=True)["per_class"]
+    per_class = Run(out).evaluate(data=folder, quiet=True).per_class
     assert {name: per_class[name]["support"] for name in counts} == counts
     assert per_class["ring"]["support"] == 0
     write_folder(folder, {"star/0.png": png_bytes((9, 9, 9))})

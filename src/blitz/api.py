@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 
     from blitz.config.settings import Config
     from blitz.training.checkpoint import Checkpoint, ModelFacts
+    from blitz.training.evaluate import Scores
     from blitz.training.rundir import Metrics, RunDir
 
 # train()'s keywords (argparse's names for `blitz train`'s options) -> the settings they set
@@ -71,10 +72,13 @@ def checked(function: Function) -> Function:
 @cache
 def _types(function: Callable[..., Any]) -> dict[str, tuple[type, ...]]:
     """Parameter -> the classes its annotation allows (generics by their origin: ``dict[str,
-    Any]`` is ``dict``); none for ``Any``. Read at the first call: Metrics is imported here."""
+    Any]`` is ``dict``); none for ``Any``. Read at the first call: the classes that the
+    annotations name only for type checkers are imported here."""
+    from blitz.training.evaluate import Scores
     from blitz.training.rundir import Metrics
 
-    hints = typing.get_type_hints(function, localns={"Metrics": Metrics})
+    names = {"Metrics": Metrics, "Scores": Scores}
+    hints = typing.get_type_hints(function, localns=names)
     out = {}
     for name, hint in hints.items():
         union = typing.get_origin(hint) in (typing.Union, types.UnionType)
@@ -327,17 +331,17 @@ class Run:
         return _predict_in_memory(facts, model, _decoded(items, facts), top_k)
 
     @checked
-    def evaluate(self, data: str | os.PathLike | None = None, quiet: bool = False) -> dict:
+    def evaluate(self, data: str | os.PathLike | None = None, quiet: bool = False) -> Scores:
         """Test the model on the run's own test set, or on ``data`` (a spec as for train): its
-        accuracy and the views of its confusion matrix, as metrics.json records them."""
+        accuracy and the views of its confusion matrix, in the shape of
+        ``run.metrics.test_scores``."""
         from blitz.training.context import silent
-        from blitz.training.evaluate import classification_figures
+        from blitz.training.evaluate import scores
         from blitz.workflows.runs import eval_run
 
         source = None if data is None else os.fspath(data)
         result = eval_run(self._dir, source, silent if quiet else _print)
-        figures = classification_figures(result, self.classes, digits=6)
-        return {"accuracy": round(result.accuracy, 6), **figures}
+        return scores(result, self.classes)
 
     def report(self) -> Path:
         """Write report.html again (from the run's files and data); returns its path."""

@@ -7,7 +7,6 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -224,22 +223,33 @@ def evaluate(
     return Evaluation(matrix, every[:, 0].long(), every[:, 1].float(), every[:, 2].float(), top5)
 
 
-def classification_figures(result: Evaluation, classes: list[str], digits: int) -> dict[str, Any]:
-    """What a run records beyond accuracy, rounded to ``digits``: balanced accuracy, macro and
-    weighted F1, top-5 accuracy (None with 5 classes or fewer), and per class its precision,
-    recall, F1 and support."""
-    scores, top5 = class_scores(result.matrix), result.top5_accuracy
-    per_class = scores.records(classes)
-    return {
-        "balanced_accuracy": round(scores.balanced_accuracy, digits),
-        "macro_f1": round(scores.macro_f1, digits),
-        "weighted_f1": round(scores.weighted_f1, digits),
-        "top5_accuracy": None if top5 is None else round(top5, digits),
-        "per_class": {
+@dataclass(frozen=True)
+class Scores:
+    """A model's figures on one set of images, as metrics.json records them: accuracy, and the
+    views of the confusion matrix (per class: precision, recall, F1, support)."""
+
+    accuracy: float
+    balanced_accuracy: float
+    macro_f1: float
+    weighted_f1: float
+    top5_accuracy: float | None  # None with 5 classes or fewer
+    per_class: dict[str, dict[str, float]]
+
+
+def scores(result: Evaluation, classes: list[str], digits: int = 6) -> Scores:
+    """The figures of a test, rounded to ``digits``."""
+    views, top5 = class_scores(result.matrix), result.top5_accuracy
+    return Scores(
+        accuracy=round(result.accuracy, digits),
+        balanced_accuracy=round(views.balanced_accuracy, digits),
+        macro_f1=round(views.macro_f1, digits),
+        weighted_f1=round(views.weighted_f1, digits),
+        top5_accuracy=None if top5 is None else round(top5, digits),
+        per_class={
             c: {key: round(value, digits) for key, value in record.items()}
-            for c, record in per_class.items()
+            for c, record in views.records(classes).items()
         },
-    }
+    )
 
 
 def format_accuracy(matrix: torch.Tensor, role: str = "test") -> str:

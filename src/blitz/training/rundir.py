@@ -24,6 +24,7 @@ from blitz.errors import BlitzError, UnusableFile
 from blitz.files import read_regular, remove_temporary_files
 from blitz.models.configs import config_from_dict
 from blitz.training.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from blitz.training.evaluate import Scores
 from blitz.utils.locks import locked
 from blitz.utils.writes import write_atomic, write_json
 
@@ -131,6 +132,23 @@ class Metrics:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @staticmethod
+    def test_fields(figures: Scores) -> dict[str, Any]:
+        """The fields that hold the test set's figures (its accuracy is ``test_accuracy``)."""
+        fields = asdict(figures)
+        return {"test_accuracy": fields.pop("accuracy"), **fields}
+
+    @property
+    def test_scores(self) -> Scores | None:
+        """The test set's figures, in the shape ``Run.evaluate`` returns them; None in runs
+        written before they were all recorded."""
+        if self.balanced_accuracy is None or self.macro_f1 is None or self.weighted_f1 is None:
+            return None
+        return Scores(
+            self.test_accuracy, self.balanced_accuracy, self.macro_f1, self.weighted_f1,
+            self.top5_accuracy, self.per_class,
+        )  # fmt: skip
 
     def matrix(self) -> torch.Tensor:
         """The (K, K) confusion matrix, from whichever form the file holds it in."""

@@ -8,7 +8,7 @@ import os
 import platform
 import sys
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -41,7 +41,6 @@ from blitz.training.engine import (
 from blitz.training.evaluate import (
     Evaluation,
     chance_note,
-    classification_figures,
     evaluate,
     format_accuracy,
     format_confusion,
@@ -49,6 +48,7 @@ from blitz.training.evaluate import (
     format_samples,
     format_summary,
     per_class_accuracy,
+    scores,
 )
 from blitz.training.progress import Progress
 from blitz.training.resume import Checkpointer, choose_kernels
@@ -194,7 +194,7 @@ def finish(ctx: RunContext, data: ImageData, model: nn.Module, loop: Loop) -> Me
     run_dir.save_model(Checkpoint.of(model, ctx.cfg, data.classes))
     metrics = _metrics(ctx, data, model, loop, result, eval_seconds)
     if validation is not None:
-        metrics.validation = _figures(validation, data.classes)
+        metrics.validation = asdict(scores(validation, data.classes))
     run_dir.write_metrics(metrics)  # its presence marks the run finished
     run_dir.drop_resume_point()
     ctx.log(f"report: {write_report(run_dir, metrics, test, result)}")
@@ -212,13 +212,12 @@ def _metrics(
     cfg, state = ctx.cfg, loop.state
     versions = {"blitz": __version__, "torch": torch.__version__}
     return Metrics(
-        test_accuracy=round(result.accuracy, 6),
         classes=data.classes,
         **matrix_record(result.matrix),
         per_class_accuracy={
             c: round(a, 6) for c, a in zip(data.classes, per_class_accuracy(result.matrix))
         },
-        **classification_figures(result, data.classes, digits=6),
+        **Metrics.test_fields(scores(result, data.classes)),
         sets={role: len(split) for role, split in data.sets().items()},
         test_set="val" if data.test_is_val else "test",
         class_counts=class_counts(data),
@@ -247,11 +246,6 @@ def _metrics(
         versions={**versions, "python": platform.python_version()},
         history=state.history,
     )
-
-
-def _figures(result: Evaluation, classes: list[str]) -> dict:
-    """A set's accuracy and the views of its confusion matrix, as metrics.json keeps them."""
-    return {"accuracy": round(result.accuracy, 6), **classification_figures(result, classes, 6)}
 
 
 def _check_validation(cfg: Config, data: ImageData) -> None:
