@@ -1,3 +1,5 @@
+from dataclasses import asdict
+
 import pytest
 import torch
 
@@ -7,7 +9,6 @@ from blitz.models.configs import build_config
 from blitz.training.evaluate import (
     accuracy,
     class_scores,
-    classification_figures,
     confused_pairs,
     confusion_matrix,
     evaluate,
@@ -16,6 +17,7 @@ from blitz.training.evaluate import (
     format_summary,
     per_class_accuracy,
     score,
+    scores,
     top_k_hits,
 )
 
@@ -115,7 +117,7 @@ def test_every_figure_matches_scikit_learn():
     logits, labels = random_case(seed=1)
     truth, predicted = labels.numpy(), logits.argmax(1).numpy()
     result = score(logits, labels, K)
-    recorded = classification_figures(result, [str(c) for c in range(K)], digits=12)
+    recorded = asdict(scores(result, [str(c) for c in range(K)], digits=12))
     report = metrics.classification_report(
         truth, predicted, labels=list(range(K)), output_dict=True, zero_division=0
     )
@@ -143,7 +145,7 @@ def test_no_images_and_few_classes_divide_by_nothing():
     labels = torch.tensor([0, 1, 2, 2])
     few = score(torch.eye(5)[[0, 1, 1, 2]], labels, 5)  # 5 classes: no top-5
     assert few.top5 is None and few.top5_accuracy is None
-    figures = classification_figures(few, list("abcde"), digits=6)
+    figures = asdict(scores(few, list("abcde"), digits=6))
     assert figures["top5_accuracy"] is None
     assert figures["per_class"]["b"] == {
         "precision": 0.5,

@@ -5,7 +5,8 @@ import itertools
 import pytest
 from torch import nn
 
-from blitz.config.settings import UNMIRRORED, list_presets
+from blitz.config.loading import list_presets
+from blitz.config.settings import UNMIRRORED
 from blitz.errors import BlitzError
 from blitz.models import check_input_size, create_model, list_models, model_options
 from blitz.models.configs import build_config

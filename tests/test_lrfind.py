@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from blitz.cli import build_parser
-from blitz.config.settings import OPTIMIZERS, list_presets
+from blitz.config.loading import list_presets
+from blitz.config.settings import OPTIMIZERS
 from blitz.data.preprocess import normalize
 from blitz.data.sources import load_data
 from blitz.models import list_models

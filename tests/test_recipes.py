@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from blitz.config.settings import list_presets
+from blitz.config.loading import list_presets
 from blitz.data.sources import load_data
 from blitz.models import create_model
 from blitz.models.configs import build_config

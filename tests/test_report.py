@@ -19,11 +19,11 @@ from blitz.outputs.report import write_comparison, write_report
 from blitz.training.evaluate import (
     CLASS_COLUMNS,
     class_scores,
-    classification_figures,
     confused_pairs,
     confusion_matrix,
     per_class_accuracy,
     score,
+    scores,
     summary_figures,
     worst_errors,
 )
@@ -250,14 +250,14 @@ def test_report_shows_the_summary_figures_and_escapes_class_names(tmp_path):
     labels = torch.arange(40) % 8
     logits = torch.randn(40, 8, generator=torch.Generator().manual_seed(3))
     result = score(logits, labels, 8)
-    figures = classification_figures(result, classes, digits=6)
+    figures = scores(result, classes)
     metrics = Metrics(
-        test_accuracy=result.accuracy, classes=classes, confusion_matrix=result.matrix.tolist(),
-        per_class_accuracy={}, history=[{"epoch": 1, "train_loss": 2.0}], **figures,
+        classes=classes, confusion_matrix=result.matrix.tolist(), per_class_accuracy={},
+        history=[{"epoch": 1, "train_loss": 2.0}], **Metrics.test_fields(figures),
     )  # fmt: skip
     split = Split(torch.zeros(40, 3, 32, 32, dtype=torch.uint8), labels)
     page = write_report(RunDir(tmp_path), metrics, split, result).read_text()
-    for name, value in summary_figures(result.matrix, figures["top5_accuracy"]):
+    for name, value in summary_figures(result.matrix, figures.top5_accuracy):
         assert f"<td>{name}</td><td>{value}</td>" in page, name
     assert "<b>bold</b>" not in page and "&lt;b&gt;bold&lt;/b&gt; &amp; co" in page
     table = _section_between(page, "<h3>Per class</h3>", "<h3>Most-confused pairs</h3>")

@@ -8,7 +8,7 @@ import pytest
 
 import blitz as blitz_api
 from blitz import cli
-from blitz.config.settings import list_presets, read_settings_file
+from blitz.config.loading import list_presets, read_settings_file
 from blitz.errors import BlitzError
 from blitz.models.configs import build_config
 from blitz.outputs.tracking import read_record

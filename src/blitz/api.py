@@ -189,7 +189,7 @@ def plan_training(
     config: str | os.PathLike | None = None,
 ) -> TrainingPlan:
     """A new run: a preset (or a settings file, ``config``) with overrides, and its folder."""
-    from blitz.config.settings import read_settings_file
+    from blitz.config.loading import read_settings_file
     from blitz.models.configs import build_config
     from blitz.training.rundir import RunDir
     from blitz.workflows.runs import elastic_resume

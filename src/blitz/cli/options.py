@@ -7,7 +7,8 @@ import functools
 from typing import Literal, get_args, get_origin
 
 from blitz.api import KEYWORDS
-from blitz.config.settings import Flag, value_from_text
+from blitz.config.settings import Flag
+from blitz.config.types import value_from_text
 
 
 def add_setting_flag(p: argparse.ArgumentParser, flag: Flag) -> None:
@@ -28,7 +29,7 @@ def add_setting_flag(p: argparse.ArgumentParser, flag: Flag) -> None:
 def overrides(args: argparse.Namespace) -> dict[str, object]:
     """The settings given as options and with --set, by key."""
     from blitz.api import settings_overrides
-    from blitz.config.settings import parse_value
+    from blitz.config.loading import parse_value
     from blitz.errors import BlitzError
 
     pairs = {}

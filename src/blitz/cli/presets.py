@@ -13,7 +13,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace) -> None:
-    from blitz.config.settings import list_presets, settings_toml
+    from blitz.config.loading import list_presets, settings_toml
     from blitz.models.configs import build_config
 
     if args.show:

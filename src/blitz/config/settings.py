@@ -1,33 +1,21 @@
-"""Settings: one dataclass tree, TOML presets, command-line overrides, validated once.
+"""Settings: one tree of frozen dataclasses, each setting declared once (with its option, where
+it has one), checked once as it is built.
 
-This module imports nothing of blitz but its errors: what only the model registry knows (a model
-exists, takes these options, expects these inputs) is checked by ``blitz.models.configs``, which
-builds every Config a run uses (``build_config``, ``config_from_dict``)."""
+Imports nothing of blitz but its errors and ``config.types``: what only the model registry knows
+(a model exists, takes these options, expects these inputs) is checked by
+``blitz.models.configs``, which builds every Config a run uses; where settings come from
+(presets, files, overrides) is ``config.loading``."""
 
 from __future__ import annotations
 
-import contextlib
-import copy
 import dataclasses
-import functools
-import json
 import math
 import re
-import sys
-import types
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from importlib import resources
-from pathlib import Path
-from typing import Any, ClassVar, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
+from typing import Any, ClassVar, Literal, get_args
 
+from blitz.config.types import Mismatch, concrete, convert, describe, field_hints
 from blitz.errors import BlitzError, did_you_mean
-from blitz.files import read_regular
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 # The choices of each setting live in its annotation; the tuples are for the command line.
 Optimizer = Literal["sgd", "nesterov", "adam", "adamw", "rmsprop", "muon"]
@@ -90,102 +78,22 @@ def _check_fraction(key: str, value: float, what: str = "a number") -> None:
     check_value(0 <= value < 1, key, value, f"{what} in [0, 1)")
 
 
-# --- Types, checked against the dataclass annotations ------------------------------------------
-
-UNIONS = (Union, types.UnionType)
-WORDS = {  # a scalar annotation -> (one, a list of them), in messages
-    int: ("an integer", "integers"),
-    float: ("a finite number", "numbers"),
-    str: ("a string", "strings"),
-    bool: ("true or false", "booleans"),
-}
-
-
-class _Mismatch(Exception):
-    """A value that does not fit its annotation (the caller names the setting)."""
-
-
-def is_number(value: Any) -> bool:
-    """A finite int or float, not a bool (true is no number of epochs)."""
-    # bool is an int to Python, but true is no number of epochs; 10**400 is no float either
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return False
-    try:
-        return math.isfinite(value)
-    except OverflowError:
-        return False
-
-
-def _convert(value: Any, hint: Any) -> Any:
-    """``value`` as the annotation ``hint`` wants it (a float for an int, a tuple for a list)."""
-    origin, args = get_origin(hint), get_args(hint)
-    if origin in UNIONS:
-        return _first_fit(value, args)
-    if origin in (tuple, list) and isinstance(value, (list, tuple)):  # tuple[float, ...]
-        return origin(_convert(item, args[0]) for item in value)
-    if not _fits(value, hint, origin, args):
-        raise _Mismatch
-    return float(value) if hint is float else value
-
-
-def _fits(value: Any, hint: Any, origin: Any, args: tuple[Any, ...]) -> bool:
-    if origin is Literal:
-        return any(type(value) is type(choice) and value == choice for choice in args)
-    if origin is dict:
-        return isinstance(value, dict)
-    if hint is float:
-        return is_number(value)
-    if hint is int:  # a batch size of 64.0 or an epoch count of 2.5 is refused, not rounded
-        return is_number(value) and isinstance(value, int)
-    return origin is None and (hint is Any or isinstance(value, hint))  # str, bool, a section
-
-
-def _first_fit(value: Any, hints: tuple[Any, ...]) -> Any:
-    for hint in hints:
-        try:
-            return _convert(value, hint)
-        except _Mismatch:
-            pass
-    raise _Mismatch
-
-
-def _describe(hint: Any) -> str:
-    """What a setting of this annotation expects, in a user's words."""
-    origin, args = get_origin(hint), get_args(hint)
-    if origin is Literal:
-        return " | ".join(map(str, args))
-    if origin in UNIONS:
-        return " or ".join(map(_describe, args))
-    if origin in (tuple, list):
-        return f"a list of {WORDS[args[0]][1]}"
-    if origin is dict or dataclasses.is_dataclass(hint):
-        return "a table of settings"
-    return WORDS[hint][0]
-
-
-@functools.cache
-def _annotations(cls: type) -> dict[str, Any]:
-    # `from __future__ import annotations` leaves strings: resolve them once per section
-    hints = get_type_hints(cls)
-    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
-
-
 def check_type(key: str, value: Any, hint: Any) -> Any:
     """``value`` as the annotation ``hint`` wants it (a float for an int, a tuple for a list),
     or a BlitzError naming the setting ``key`` and what it expects."""
     try:
-        return _convert(value, hint)
-    except _Mismatch:
+        return convert(value, hint)
+    except Mismatch:
         words = [str(a) for a in get_args(hint) if isinstance(a, str)]  # a Literal's choices
         hint_text = did_you_mean(value, words) if isinstance(value, str) else ""
-        raise _invalid(key, value, _describe(hint) + hint_text) from None
+        raise _invalid(key, value, describe(hint) + hint_text) from None
 
 
 def check_types(settings: object, section: str = "") -> None:
     """Check every field of a settings dataclass against its annotation, normalising it (a
     float for an int, a tuple for a list): part of building it, before anyone else sees it."""
     # typeshed's functools.cache wants Hashable arguments, which a class is but type[X] is not
-    for name, hint in _annotations(type(settings)).items():  # type: ignore[arg-type]
+    for name, hint in field_hints(type(settings)).items():  # type: ignore[arg-type]
         key = f"{section}.{name}" if section else name
         object.__setattr__(settings, name, check_type(key, getattr(settings, name), hint))
 
@@ -195,16 +103,6 @@ def option(default: Any, flag: str, help: str, metavar: str = "", const: Any = N
     its flag, help and metavar are declared here, with the setting, and nowhere else."""
     meta = {"flag": flag, "help": help, "metavar": metavar, "const": const}
     return field(default=default, metadata=meta)
-
-
-def value_from_text(text: str, hint: Any) -> Any:
-    """An option's text as its setting's annotation wants it: a number where one is expected,
-    else the text itself (a word such as "auto", or a mistake for the checks to name)."""
-    for kind in get_args(hint) if get_origin(hint) in UNIONS else (hint,):
-        if kind in (int, float):
-            with contextlib.suppress(ValueError):
-                return kind(text)
-    return text
 
 
 SIZE_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
@@ -223,18 +121,6 @@ def parse_size(text: str) -> int | None:
     expected = "auto, or a size such as 8GB, 500MB or 0"
     check_value(0 <= value < float("inf"), "data.max_memory", text, expected)
     return int(value * SIZE_UNITS[unit])
-
-
-T = TypeVar("T")
-
-
-def concrete(value: T | Literal["auto"]) -> T:
-    """A setting that ``DataConfig`` (its own models' values, or ``resolved``'s) or
-    ``resolve_for_device`` has made concrete (image size, mean, std, compile), typed as such;
-    "auto" here is a bug of blitz, not of the user."""
-    if isinstance(value, str):
-        raise AssertionError(f"an 'auto' setting was used before it was resolved: {value!r}")
-    return value
 
 
 def format_size(size: int) -> str:
@@ -614,7 +500,7 @@ def _flags() -> dict[str, Flag]:
         f"{name}.{f.name}": Flag(
             f"{name}.{f.name}",
             f.metadata["flag"],
-            _annotations(cls)[f.name],
+            field_hints(cls)[f.name],
             f.metadata["help"],
             f.metadata["metavar"],
             f.metadata["const"],
@@ -680,159 +566,3 @@ def parse_config(raw: dict[str, Any], preset: str = "custom") -> Config:
     return Config(
         preset=raw.get("preset", preset), description=raw.get("description", ""), **sections
     )
-
-
-def list_presets() -> dict[str, str]:
-    """Preset name -> one-line description, for every bundled TOML preset."""
-    files = sorted(
-        (p for p in resources.files("blitz.config.presets").iterdir() if p.name.endswith(".toml")),
-        key=lambda p: p.name,
-    )
-    return {p.name[:-5]: tomllib.loads(p.read_text())["description"] for p in files}
-
-
-def load_preset(name: str) -> dict[str, Any]:
-    """The raw nested settings of a bundled preset (not yet validated)."""
-    presets = list_presets()
-    if name not in presets:
-        raise BlitzError(
-            f"unknown preset {name!r}{did_you_mean(name, presets)}: choose one of "
-            + ", ".join(presets)
-        )
-    raw = tomllib.loads(
-        resources.files("blitz.config.presets").joinpath(f"{name}.toml").read_text()
-    )
-    raw["preset"] = name
-    return raw
-
-
-MAX_SETTINGS_BYTES = 2**20  # a settings file is a few hundred bytes; a larger one is no such file
-# settings and run records nest 3 deep; far deeper, Python's recursion (the parser's, or a
-# copy's or a check's after it) runs out of stack: a RecursionError, not a message
-MAX_NESTING = 32
-
-
-def parse_nested(parse: Callable[[str], Any], text: str, what: str) -> Any:
-    """``parse(text)`` (``json.loads``, ``tomllib.loads``) of text from outside blitz; lists
-    and tables nested more than MAX_NESTING deep are a BlitzError naming ``what``."""
-    try:
-        raw = parse(text)
-        deep = _nests_deeper(raw, MAX_NESTING)
-    except RecursionError:
-        deep = True
-    if deep:
-        raise BlitzError(
-            f"{what} is nested too deeply (lists or tables more than {MAX_NESTING} levels deep, "
-            "where blitz's files have 3): it is not a blitz file; pass the one you meant"
-        )
-    return raw
-
-
-def _nests_deeper(value: Any, levels: int) -> bool:
-    """Level by level, not recursively: the check must not run out of stack itself."""
-    level = [value]
-    for _ in range(levels):  # the items ``levels`` deep: one that is a list or table is too deep
-        level = [v for c in level if isinstance(c, (dict, list))
-                 for v in (c.values() if isinstance(c, dict) else c)]  # fmt: skip
-    return any(isinstance(v, (dict, list)) for v in level)
-
-
-def read_settings_file(path: Path) -> dict[str, Any]:
-    """The raw nested settings of a file of one's own: a TOML file in the presets' format, or a
-    run's ``config.json`` (or its run directory), which replays that run's settings exactly.
-    Not yet validated; ``preset`` is the file's (a TOML file's: its name)."""
-    path = path / "config.json" if path.is_dir() else path
-    suffix = path.suffix.lower()
-    if suffix not in (".toml", ".json"):
-        raise BlitzError(
-            f"--config {path}: expected a .toml settings file (as `blitz presets --show NAME` "
-            "prints), or a run's config.json or run directory"
-        )
-    try:
-        text = read_regular(path, MAX_SETTINGS_BYTES).decode("utf-8")  # no pipe, no 1 GB
-        raw = parse_nested(
-            tomllib.loads if suffix == ".toml" else json.loads, text, f"--config {path}"
-        )
-    except OSError as exc:
-        raise BlitzError(f"cannot read --config {path}: {exc.strerror or exc}") from None
-    except (UnicodeDecodeError, tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
-        raise BlitzError(f"--config {path} is not valid {suffix[1:].upper()}: {exc}") from None
-    if not isinstance(raw, dict):
-        raise BlitzError(f"--config {path} holds no table of settings")
-    if suffix == ".toml":
-        raw.setdefault("preset", plain_name(path.stem))
-    return raw
-
-
-def settings_toml(cfg: Config) -> str:
-    """A whole Config as TOML in the presets' format (``--config`` reads it back; the file's
-    name is then the run's preset name)."""
-    import tomli_w
-
-    settings = cfg.to_dict()
-    del settings["preset"]
-    return tomli_w.dumps(settings)
-
-
-def parse_value(text: str, what: str = "a --set value") -> Any:
-    """A command-line value as TOML would read it (numbers, booleans, lists), else a string."""
-    try:
-        return parse_nested(tomllib.loads, f"v = {text}", what)["v"]
-    except tomllib.TOMLDecodeError:
-        return text
-
-
-def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    """Set dotted keys (``optim.lr``) in nested raw settings; returns a new dict."""
-    out = {k: dict(v) if isinstance(v, dict) else v for k, v in raw.items()}
-    for dotted, value in overrides.items():
-        section, _, key = dotted.partition(".")
-        if section not in SECTIONS or not key:
-            raise BlitzError(
-                f"invalid setting {dotted!r}: use SECTION.KEY with SECTION one of "
-                + ", ".join(SECTIONS)
-            )
-        node = out.setdefault(section, {})
-        *parents, leaf = key.split(".")
-        for parent in parents:  # model.options.width
-            node = node.setdefault(parent, {})
-            if not isinstance(node, dict):  # train.epochs.x: epochs holds no settings
-                raise BlitzError(f"invalid setting {dotted!r}: {parent} is not a table")
-        node[leaf] = value
-    return out
-
-
-def merge_settings(
-    preset: str, overrides: dict[str, Any] | None = None, base: dict[str, Any] | None = None
-) -> dict[str, Any]:
-    """The raw settings of a preset (or ``base``, e.g. a ``--config`` file) with overrides
-    applied and ``preset`` set; ``blitz.models.configs.build_config`` validates them. A preset's
-    model options, image size and normalisation are for its own model: another ``model.name``
-    starts from that model's defaults ("auto"), and only
-    another timm model keeps its pretrained weights (timm's own, for that model). Its
-    ``data.low_res`` is for its image size: another model or image size goes without. Likewise a
-    preset's step cap and floor are for its own epochs: an explicit ``train.epochs`` (without
-    ``train.max_steps`` or ``train.min_steps``) is obeyed whole."""
-    overrides = overrides or {}
-    raw = copy.deepcopy(load_preset(preset) if base is None else base)  # the caller's stays
-    preset = raw.get("preset", preset)
-    for name in SECTIONS:  # before any of them is read
-        values = raw.get(name, {})
-        check_value(isinstance(values, dict), name, values, f"a table of {name} settings")
-    model = raw.get("model", {})
-    name = overrides.get("model.name", model.get("name"))
-    if name != model.get("name"):  # timm's weights go with a timm model only
-        dropped = ("options",) if str(name).startswith("timm:") else ("options", "pretrained")
-        raw["model"] = {k: v for k, v in model.items() if k not in dropped}
-        data = raw.get("data", {})
-        raw["data"] = {k: v for k, v in data.items() if k not in MODEL_PREPROCESSING}
-    if name != model.get("name") or "data.image_size" in overrides:
-        for key in SIZED_FOR_IMAGES:
-            if f"data.{key}" not in overrides:
-                raw.get("data", {}).pop(key, None)
-    for bound in ("train.max_steps", "train.min_steps"):
-        if "train.epochs" in overrides and bound not in overrides:
-            raw.get("train", {}).pop(bound.split(".")[1], None)
-    raw = apply_overrides(raw, overrides)
-    raw["preset"] = preset
-    return raw

@@ -8,7 +8,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from blitz.config.settings import Config, check_value, merge_settings, parse_config
+from blitz.config.loading import merge_settings
+from blitz.config.settings import Config, check_value, parse_config
 from blitz.models import check_model_name, check_options, model_preprocessing
 from blitz.models.timm_models import PREFIX
 
@@ -37,6 +38,6 @@ def build_config(
     preset: str, overrides: dict[str, Any] | None = None, base: dict[str, Any] | None = None
 ) -> Config:
     """A preset (or the raw settings ``base``) with overrides applied, validated (see
-    ``blitz.config.settings.merge_settings`` for what a preset keeps when a model is changed)."""
+    ``blitz.config.loading.merge_settings`` for what a preset keeps when a model is changed)."""
     raw = merge_settings(preset, overrides, base)
     return config_from_dict(raw, raw["preset"])

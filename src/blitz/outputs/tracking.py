@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from blitz.config.settings import is_number, parse_nested
+from blitz.config.loading import parse_nested
+from blitz.config.types import is_number
 from blitz.errors import BlitzError
 from blitz.files import read_regular
 from blitz.training.rundir import RunDir

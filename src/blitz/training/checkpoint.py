@@ -14,15 +14,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from blitz.config.settings import (
-    MAX_IMAGE_SIZE,
-    Config,
-    Tta,
-    check_range,
-    check_types,
-    check_value,
-    concrete,
-)
+from blitz.config.settings import MAX_IMAGE_SIZE, Config, Tta, check_range, check_types, check_value
+from blitz.config.types import concrete
 from blitz.errors import BlitzError, UnusableFile
 from blitz.files import atomic_file, open_regular
 from blitz.models import MAX_CHANNELS, create_model

@@ -14,7 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from blitz.config.settings import Config, DataConfig, OptimConfig, concrete
+from blitz.config.settings import Config, DataConfig, OptimConfig
+from blitz.config.types import concrete
 from blitz.data import augment
 from blitz.data.counts import balanced_weights
 from blitz.data.dataset import AnySplit, Batch, ImageData, Split

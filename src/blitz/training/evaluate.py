@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from blitz.config.settings import UNMIRRORED, Config, concrete
+from blitz.config.settings import UNMIRRORED, Config
+from blitz.config.types import concrete
 from blitz.data.dataset import AnySplit
 from blitz.data.preprocess import normalize
 from blitz.training.devices import autocast

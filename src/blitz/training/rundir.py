@@ -18,7 +18,9 @@ from typing import Any, TypedDict
 
 import torch
 
-from blitz.config.settings import Config, check_types, is_number, parse_nested, plain_name
+from blitz.config.loading import parse_nested
+from blitz.config.settings import Config, check_types, plain_name
+from blitz.config.types import is_number
 from blitz.data.roles import ROLES, Assignment
 from blitz.errors import BlitzError, UnusableFile
 from blitz.files import read_regular, remove_temporary_files

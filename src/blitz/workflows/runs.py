@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from blitz.config.settings import HUB, Config, concrete
+from blitz.config.settings import HUB, Config
+from blitz.config.types import concrete
 from blitz.data.counts import class_counts, copies_note, find_copies, format_counts, imbalance_note
 from blitz.data.dataset import ImageData
 from blitz.data.roles import Assignment, record

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import torch
 
-from blitz.config.settings import DataConfig, concrete
+from blitz.config.settings import DataConfig
+from blitz.config.types import concrete
 from blitz.data.dataset import ImageData, Log, Split, resize_splits
 from blitz.data.sources import register_source
 from blitz.errors import BlitzError
