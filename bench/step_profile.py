@@ -19,16 +19,16 @@ import torch
 from torch.profiler import ProfilerActivity, profile, schedule
 
 from blitz import cli
-from blitz.training import engine
+from blitz.training import step as training_step
 
 
 def profiled_train_step(skip: int, steps: int, report: Callable) -> Callable:
-    """engine.train_step, stepping a profiler that records steps skip+1 .. skip+steps."""
+    """step.train_step, stepping a profiler that records steps skip+1 .. skip+steps."""
     activities = [ProfilerActivity.CPU]
     if torch.cuda.is_available():
         activities.append(ProfilerActivity.CUDA)
     prof = profile(activities=activities, schedule=schedule(wait=skip, warmup=2, active=steps))
-    real, clock = engine.train_step, {"count": 0}
+    real, clock = training_step.train_step, {"count": 0}
     window = skip + 2
 
     def step(*args, **kwargs):
@@ -78,7 +78,7 @@ def main() -> None:
     parser.add_argument("train_args", nargs=argparse.REMAINDER)
     args = parser.parse_args()
     train_args = [a for a in args.train_args if a != "--"]
-    engine.train_step = profiled_train_step(args.skip, args.steps, report_table(args.rows))
+    training_step.train_step = profiled_train_step(args.skip, args.steps, report_table(args.rows))
     raise SystemExit(cli.main(["train", *train_args]))
 
 

@@ -14,7 +14,8 @@ from blitz.models import create_model
 from blitz.models.configs import build_config
 from blitz.training.compiling import CACHE_VARIABLE, use_compile_cache
 from blitz.training.context import RunContext
-from blitz.training.engine import TrainHooks, build_loop, warm_up
+from blitz.training.engine import build_loop, warm_up
+from blitz.training.loop import TrainHooks
 from blitz.training.progress import Progress
 from conftest import run_blitz
 

@@ -108,7 +108,7 @@ DYING_WORKER = """
 import os, signal, sys
 from blitz import cli
 from blitz.training import engine
-step = engine._step
+step = engine.scheduled_step
 def dying_step(loop, *args):
     attempt = os.environ["TORCHELASTIC_RESTART_COUNT"]
     if loop.world.rank == 1:
@@ -117,7 +117,7 @@ def dying_step(loop, *args):
         if attempt == "0" and loop.state.step == 12:
             os.kill(os.getpid(), signal.SIGKILL)
     return step(loop, *args)
-engine._step = dying_step
+engine.scheduled_step = dying_step
 raise SystemExit(cli.main(sys.argv[1:]))
 """
 

@@ -10,19 +10,12 @@ from blitz.data.sources import load_data
 from blitz.models import create_model
 from blitz.models.configs import build_config
 from blitz.training.context import RunContext, silent
-from blitz.training.engine import (
-    TrainHooks,
-    build_loop,
-    compute_loss,
-    lr_factor,
-    planned_steps,
-    train,
-    train_step,
-    warm_up,
-)
+from blitz.training.engine import build_loop, lr_factor, train, warm_up
 from blitz.training.evaluate import evaluate
+from blitz.training.loop import TrainHooks, planned_steps
 from blitz.training.progress import Progress
 from blitz.training.resume import choose_kernels
+from blitz.training.step import compute_loss, train_step
 
 CPU = torch.device("cpu")
 

@@ -17,7 +17,7 @@ import torch
 from blitz import cli
 from blitz.errors import BlitzError
 from blitz.models.configs import build_config
-from blitz.training import engine, progress, resume
+from blitz.training import progress, resume, step
 from blitz.training.checkpoint import load_checkpoint
 from blitz.training.progress import CSV_FIELDS, Progress, read_metrics_csv
 from blitz.training.rundir import RunDir
@@ -53,7 +53,7 @@ STEPS = 39
 HARNESS = """
 import os, sys
 from blitz import cli
-from blitz.training import engine
+from blitz.training import step
 kind, at, signum, count = sys.argv[1], *map(int, sys.argv[2:5])
 calls = [0]
 def fault(original, counts=lambda *args: True):
@@ -67,7 +67,7 @@ def fault(original, counts=lambda *args: True):
 if kind == "writing":  # os.replace also renames config.json: count checkpoints only
     os.replace = fault(os.replace, lambda src, dst: str(dst).endswith("last.pt"))
 else:
-    engine.compute_loss = fault(engine.compute_loss)
+    step.compute_loss = fault(step.compute_loss)
 sys.exit(cli.main(sys.argv[5:]))
 """
 
@@ -291,13 +291,13 @@ def test_logs_that_cannot_be_written_are_one_clear_error(tmp_path, full_disk):
 def test_non_finite_loss_stops_names_step_and_rate_and_keeps_the_good_checkpoint(
     tmp_path, monkeypatch
 ):
-    real_loss, calls = engine.compute_loss, [0]
+    real_loss, calls = step.compute_loss, [0]
 
     def diverge_at_step_8(*args):
         calls[0] += 1
         return real_loss(*args) * (float("nan") if calls[0] == 8 else 1.0)
 
-    monkeypatch.setattr(engine, "compute_loss", diverge_at_step_8)
+    monkeypatch.setattr(step, "compute_loss", diverge_at_step_8)
     out = tmp_path / "run"
     message = r"NaN or infinite at step 8 \(learning rate 0\.05\).*--lr 0\.005.*\(step 5\)"
     with pytest.raises(BlitzError, match=message):

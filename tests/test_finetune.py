@@ -29,11 +29,13 @@ from blitz.models.configs import build_config
 from blitz.models.timm_models import fetch_hub_weights, load_pretrained
 from blitz.training.checkpoint import load_checkpoint
 from blitz.training.context import RunContext, silent
-from blitz.training.engine import TrainHooks, build_loop, compute_loss, prepare_batch, train
+from blitz.training.engine import build_loop, train
 from blitz.training.evaluate import evaluate
+from blitz.training.loop import TrainHooks
 from blitz.training.optim import build_optimizers
 from blitz.training.progress import Progress
 from blitz.training.rundir import RunDir
+from blitz.training.step import compute_loss, prepare_batch
 from conftest import folder_files, run_blitz, write_folder
 from test_faults import assert_same_run, start_blitz, wait_all
 

@@ -15,8 +15,9 @@ from blitz.models.configs import build_config
 from blitz.training.context import RunContext, silent
 from blitz.training.devices import fit_to_device
 from blitz.training.distributed import SINGLE, epoch_batches
-from blitz.training.engine import build_loop, compute_loss, train, train_at_factors
+from blitz.training.engine import build_loop, train, train_at_factors
 from blitz.training.progress import Progress
+from blitz.training.step import compute_loss
 from blitz.workflows.lrfind import lr_find, suggested_settings
 from blitz.workflows.runs import build_model
 from conftest import run_blitz

@@ -17,7 +17,7 @@ from blitz.errors import BlitzError
 from blitz.models.configs import build_config
 from blitz.training.checkpoint import load_checkpoint
 from blitz.training.distributed import SINGLE, World, epoch_batches
-from blitz.training.engine import compute_loss
+from blitz.training.step import compute_loss
 from conftest import CLASSES, folder_files, png_bytes, write_folder
 from test_faults import assert_same_run, start_blitz, wait_all
 

@@ -61,7 +61,7 @@ class ModelFacts:
 
 @dataclass
 class Training:
-    """What ``--resume`` needs besides the weights: the loop's state (``engine.TrainState``),
+    """What ``--resume`` needs besides the weights: the loop's state (``loop.TrainState``),
     the optimizers' (EMA's, scaler's) state dicts, every generator, and the rows in progress."""
 
     train_state: dict[str, Any]

@@ -1,5 +1,5 @@
 """Checkpoints during training (periodic, per epoch, best), resuming from them exactly, and
-stopping cleanly on a signal. The loop calls these through ``engine.TrainHooks``."""
+stopping cleanly on a signal. The loop calls these through ``loop.TrainHooks``."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ from blitz.config.settings import Config
 from blitz.errors import BlitzError
 from blitz.training.checkpoint import Checkpoint, Training, capture_rng, load_state, restore_rng
 from blitz.training.context import RunContext
-from blitz.training.engine import Loop, TrainHooks, TrainState, check_finite
+from blitz.training.engine import check_finite
+from blitz.training.loop import Loop, TrainHooks, TrainState
 from blitz.training.progress import Progress
 from blitz.utils.signals import StopFlag, StopRequested
 

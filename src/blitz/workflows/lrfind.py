@@ -12,7 +12,8 @@ from tqdm import tqdm
 from blitz.config.settings import OptimConfig
 from blitz.data.dataset import ImageData
 from blitz.training.context import RunContext, silent
-from blitz.training.engine import TrainHooks, build_loop, train_at_factors
+from blitz.training.engine import build_loop, train_at_factors
+from blitz.training.loop import TrainHooks
 from blitz.training.progress import Progress
 from blitz.workflows.runs import build_model
 

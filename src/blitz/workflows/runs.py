@@ -31,14 +31,7 @@ from blitz.training.compiling import use_compile_cache
 from blitz.training.context import Log, RunContext, silent
 from blitz.training.devices import device_name, fit_to_device, resolve_device
 from blitz.training.distributed import barrier, check_batch_size, init_world, local_device
-from blitz.training.engine import (
-    Loop,
-    NonFiniteLoss,
-    low_res_steps,
-    planned_steps,
-    steps_per_epoch,
-    train,
-)
+from blitz.training.engine import train
 from blitz.training.evaluate import (
     Evaluation,
     chance_note,
@@ -51,9 +44,11 @@ from blitz.training.evaluate import (
     per_class_accuracy,
     scores,
 )
+from blitz.training.loop import Loop, NonFiniteLoss, planned_steps, steps_per_epoch
 from blitz.training.progress import Progress
 from blitz.training.resume import Checkpointer, choose_kernels
 from blitz.training.rundir import Metrics, RunDir, matrix_record
+from blitz.training.step import low_res_steps
 from blitz.training.warmstart import warm_start
 from blitz.utils.signals import stop_on_signals
 from blitz.version import __version__
