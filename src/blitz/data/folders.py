@@ -412,7 +412,8 @@ def _no_layout(path: Path, flat: bool, groups: dict) -> str:
         return f"{path} has {found} but no train/ folder of images per class"
     return (
         f"{path} has no images in class folders: put one folder of images per class in it "
-        "(cat/1.jpg, dog/2.jpg, ...), or train/ and test/ (and val/) folders of those"
+        "(cat/1.jpg, dog/2.jpg, ...), or train/ and test/ (and val/) folders of those; or "
+        "list the files with their labels in a CSV table (columns path,label) and pass that"
     )
 
 
