@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Literal, NoReturn, get_args, get_origin
 
 from blitz.api import DEFAULT_PRESET, KEYWORDS  # light: no torch import
+from blitz.cli import serve
 from blitz.config.settings import (  # light: no torch import
     FLAGS,
     TRAIN_FLAGS,
@@ -73,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("presets", help="list the presets: what each does, and the data it suits")
     p.add_argument("--show", metavar="NAME", help="print one preset in full, as TOML (--config)")
     sub.add_parser("models", help="list the models: size, image sizes, options, what each is for")
+    serve.add_parser(sub)
     return parser
 
 
@@ -528,6 +530,7 @@ def main(argv: list[str] | None = None) -> int:
         "export": cmd_export,
         "presets": cmd_presets,
         "models": cmd_models,
+        "serve": serve.main,
     }
     try:
         if args.command == "train":
