@@ -88,6 +88,8 @@ class Metrics:
 
     registry: CollectorRegistry
     requests: Counter
+    errors: Counter
+    in_flight: Gauge
     latency: Histogram
     batch: Histogram
     queued: Gauge
@@ -100,6 +102,13 @@ class Metrics:
             Counter(
                 "blitz_requests", "HTTP requests answered", ["path", "status"], registry=registry
             ),
+            Counter(
+                "blitz_request_errors",
+                "requests answered with an error (4xx, 5xx)",
+                ["path", "status"],
+                registry=registry,
+            ),
+            Gauge("blitz_requests_in_flight", "requests being answered", registry=registry),
             Histogram(
                 "blitz_request_seconds",
                 "time to answer a request",
@@ -137,8 +146,12 @@ class Counting:
                 status = message["status"]
             await send(message)
 
+        self.metrics.in_flight.inc()
         try:
             await self.app(scope, receive, noted)
         finally:
+            self.metrics.in_flight.dec()
             self.metrics.requests.labels(path, str(status)).inc()
+            if status >= 400:
+                self.metrics.errors.labels(path, str(status)).inc()
             self.metrics.latency.labels(path).observe(time.perf_counter() - started)

@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from blitz.config.settings import check_range, check_value
+from blitz.config.settings import check_range, check_types, check_value
 from blitz.errors import BlitzError, did_you_mean
 
 BACKENDS = ("torch", "onnx")
@@ -39,6 +39,7 @@ class Options:
     workers: int = 1  # processes, each with its own model
 
     def __post_init__(self) -> None:
+        check_types(self)  # the Python API's keywords come unchecked
         check_value(self.backend in BACKENDS, "--backend", self.backend, " or ".join(BACKENDS))
         check_range("--port", self.port, 0, 65535)
         check_range("--max-batch", self.max_batch, 1, 4096)
@@ -49,7 +50,6 @@ class Options:
         check_range("--top-k", self.top_k, 1)
         check_range("--workers", self.workers, 1, 64)
         check_value(self.token != "", "--token", "", "a non-empty token")
-        object.__setattr__(self, "cors", tuple(self.cors))
 
     @property
     def max_bytes(self) -> int:
