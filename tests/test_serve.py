@@ -620,3 +620,101 @@ def test_readiness_waits_for_the_model():
         release.set()
         wait_for(lambda: client.get("/ready").status_code == 200, "ready")
         assert client.post("/predict", files=[("files", ("a.png", GOOD))]).status_code == 200
+
+
+# --- the page in a real browser ---
+
+BROWSER = shutil.which("chromium") or shutil.which("chromium-browser")
+HEADLESS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--no-first-run",
+]  # fmt: skip
+
+
+class DevTools:
+    """Chromium driven through the DevTools protocol over a pipe (``--remote-debugging-pipe``:
+    JSON messages ending in NUL on file descriptors 3 and 4), no driver library needed."""
+
+    def __init__(self, profile: Path) -> None:
+        to_browser, self._write = os.pipe()
+        self._read, from_browser = os.pipe()
+
+        def plumb() -> None:  # in the child: its fds 3 and 4 are the pipes' ends
+            os.dup2(to_browser, 3)
+            os.dup2(from_browser, 4)
+
+        self.proc = subprocess.Popen(
+            [BROWSER, *HEADLESS, "--remote-debugging-pipe", f"--user-data-dir={profile}"],
+            preexec_fn=plumb,
+            close_fds=False,  # fds 3 and 4 must reach chromium (Python's own are not inherited)
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        os.close(to_browser)
+        os.close(from_browser)
+        self._buffer, self._next = b"", 0
+
+    def call(self, method: str, session: str | None = None, **params) -> dict:
+        self._next += 1
+        message = {"id": self._next, "method": method, "params": params}
+        if session:
+            message["sessionId"] = session
+        os.write(self._write, json.dumps(message).encode() + b"\0")
+        while True:  # events come in between: skip them
+            reply = self._receive()
+            if reply.get("id") == self._next:
+                assert "error" not in reply, reply
+                return reply["result"]
+
+    def _receive(self) -> dict:
+        while b"\0" not in self._buffer:
+            data = os.read(self._read, 65536)
+            assert data, "chromium closed the DevTools pipe"
+            self._buffer += data
+        message, self._buffer = self._buffer.split(b"\0", 1)
+        return json.loads(message)
+
+    def evaluate(self, session: str, expression: str):
+        result = self.call("Runtime.evaluate", session, expression=expression, returnByValue=True)
+        return result["result"].get("value")
+
+    def close(self) -> None:
+        try:
+            self.call("Browser.close")
+        finally:
+            self.proc.wait(timeout=30)
+            os.close(self._read)
+            os.close(self._write)
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+@pytest.mark.subprocess
+@pytest.mark.skipif(
+    not BROWSER and not os.environ.get("BLITZ_REQUIRE_BROWSER"),
+    reason="chromium is not installed (apt-get install chromium); .ci/run installs it",
+)
+def test_the_page_classifies_an_image_picked_in_a_real_browser(server, tmp_path):
+    assert BROWSER, "BLITZ_REQUIRE_BROWSER is set but no chromium is on PATH"
+    picture = tmp_path / "photo.png"
+    picture.write_bytes(distinct_images(1)[0])
+    expected = answered(server.post(files=as_files([picture])))["photo.png"]
+    browser = DevTools(tmp_path / "profile")
+    try:
+        target = browser.call("Target.createTarget", url=server.url + "/")["targetId"]
+        session = browser.call("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
+        ready = "document.readyState === 'complete' && document.getElementById('run').textContent"
+        wait_for(lambda: "@" in (browser.evaluate(session, ready) or ""), "the page to load")
+        root = browser.call("DOM.getDocument", session)["root"]["nodeId"]
+        field = browser.call("DOM.querySelector", session, nodeId=root, selector="#files")
+        browser.call("DOM.setFileInputFiles", session, files=[str(picture)], nodeId=field["nodeId"])
+        shown = "[...document.querySelectorAll('#results .label, #results .error')]" \
+                ".map(e => e.textContent).join('|')"  # fmt: skip
+        wait_for(lambda: browser.evaluate(session, shown), "the page to show a prediction")
+        label = browser.evaluate(session, shown)
+        bars = browser.evaluate(session, "document.querySelectorAll('#results .bar').length")
+        names = browser.evaluate(session, "document.querySelector('#results .name').textContent")
+    finally:
+        browser.close()
+    best = max(expected, key=expected.get)
+    assert label == best and bars == len(expected) and names == "photo.png"
