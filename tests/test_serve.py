@@ -643,13 +643,15 @@ class DevTools:
             os.dup2(to_browser, 3)
             os.dup2(from_browser, 4)
 
-        self.proc = subprocess.Popen(
-            [BROWSER, *HEADLESS, "--remote-debugging-pipe", f"--user-data-dir={profile}"],
-            preexec_fn=plumb,
-            close_fds=False,  # fds 3 and 4 must reach chromium (Python's own are not inherited)
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        self.log = profile.with_name("chromium.log")
+        with self.log.open("wb") as log:
+            self.proc = subprocess.Popen(
+                [BROWSER, *HEADLESS, "--remote-debugging-pipe", f"--user-data-dir={profile}"],
+                preexec_fn=plumb,
+                close_fds=False,  # fds 3 and 4 must reach chromium (Python's are not inherited)
+                stdout=log,
+                stderr=log,
+            )
         os.close(to_browser)
         os.close(from_browser)
         self._buffer, self._next = b"", 0
@@ -669,7 +671,8 @@ class DevTools:
     def _receive(self) -> dict:
         while b"\0" not in self._buffer:
             data = os.read(self._read, 65536)
-            assert data, "chromium closed the DevTools pipe"
+            # (a memory limit such as ulimit -v 8000000 stops chromium as it starts)
+            assert data, f"chromium closed its DevTools pipe: {self.log.read_text()[-2000:]}"
             self._buffer += data
         message, self._buffer = self._buffer.split(b"\0", 1)
         return json.loads(message)

@@ -22,6 +22,8 @@ OPTIONS = [  # flag, type, metavar, help
     ("--token", str, "TOKEN", "a bearer token every request must carry (default: the "
      "BLITZ_TOKEN variable); /, /health and /ready stay open"),
     ("--workers", int, "N", "processes, each with its own model (default: 1)"),
+    ("--threads", int, "N", "torch's threads in each worker (default: its share of the cores "
+     "less one, left to the HTTP side)"),
 ]  # fmt: skip
 
 

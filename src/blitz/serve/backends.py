@@ -51,15 +51,15 @@ class Served:
         self.probabilities(list(_arrays(random_images(self.facts, 1, seed=3))))
 
 
-def load_run(run_dir: Path, backend: str) -> Served:
+def load_run(run_dir: Path, backend: str, threads: int = 0) -> Served:
     """The run in ``run_dir`` behind ``backend`` ("torch" or "onnx"), read with the same
-    checks as ``blitz predict``."""
+    checks as ``blitz predict``; ``threads``: ONNX Runtime's (0: its own choice)."""
     folder = RunDir(run_dir)
     ckpt = folder.load_model()
     facts, model = ckpt.model, ckpt.build_model()
     runner: Model = model
     if backend == "onnx":
-        runner = _onnx_runner(folder, facts, model)
+        runner = _onnx_runner(folder, facts, model, threads)
     run_id = f"{folder.path.resolve().name}@{_model_hash(folder.model)}"
     info = describe(folder, facts, run_id, backend)
     return Served(backend, facts, runner, run_id, info)
@@ -74,10 +74,10 @@ def ensure_export(run_dir: Path) -> Path:
     return path
 
 
-def _onnx_runner(folder: RunDir, facts: ModelFacts, model: torch.nn.Module) -> Model:
+def _onnx_runner(folder: RunDir, facts: ModelFacts, model: torch.nn.Module, threads: int) -> Model:
     path = ensure_export(folder.path)
     try:
-        runner = _OnnxRunner(path)
+        runner = _OnnxRunner(path, threads)
     except Exception as exc:  # onnxruntime's own errors: not an ONNX model
         raise BlitzError(f"{path} cannot be loaded by ONNX Runtime ({exc}): {_REEXPORT}") from None
     _check_against_torch(facts, model, runner, path)
@@ -88,10 +88,14 @@ class _OnnxRunner:
     """uint8 images (N, C, S, S) -> logits, on one ONNX Runtime session (normalisation and
     test-time views are inside the export)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, threads: int) -> None:
         import onnxruntime
 
-        self.session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads
+        self.session = onnxruntime.InferenceSession(
+            str(path), options, providers=["CPUExecutionProvider"]
+        )
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(self.session.run(None, {"images": images.numpy()})[0])

@@ -1,13 +1,15 @@
 """Dynamic batching: requests that arrive together share one forward pass. A request's images
-wait in a bounded queue; the model takes up to ``max_batch`` of them at once, waiting at most
-``max_wait`` for company when it is idle (while it works, the next batch gathers by itself),
-and every request gets back its own rows."""
+wait in a bounded queue; the model takes up to ``max_batch`` of them at once, and every request
+gets back its own rows. While the model works, the next batch gathers by itself; an idle model
+waits at most ``max_wait`` for company, and only while other requests are on their way (being
+read and decoded): a lone request is answered at once."""
 
 from __future__ import annotations
 
 import asyncio
 import collections
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -43,6 +45,7 @@ class Batcher:
         self.max_queue, self.on_batch = max_queue, on_batch
         self._waiting: collections.deque[_Job] = collections.deque()
         self._queued = 0  # images in _waiting
+        self._coming = 0  # requests being read and decoded, whose images will follow
         self._arrived = asyncio.Event()
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="blitz-forward")
         self._task: asyncio.Task[None] | None = None
@@ -59,6 +62,16 @@ class Batcher:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
         self._thread.shutdown(wait=True)
+
+    @contextlib.contextmanager
+    def arriving(self) -> Iterator[None]:
+        """Around reading and decoding a request: an idle model waits for it to join."""
+        self._coming += 1
+        try:
+            yield
+        finally:
+            self._coming -= 1
+            self._arrived.set()  # whether it joins or fails, the waiting batch need not wait
 
     async def submit(self, arrays: list[np.ndarray]) -> torch.Tensor:
         """The (len(arrays), K) rows for these images, once their batch has run."""
@@ -77,13 +90,15 @@ class Batcher:
 
     async def _next_batch(self) -> list[_Job]:
         """Jobs of at most max_batch images together (a larger request alone), first come
-        first served; waits up to max_wait for the batch to fill."""
+        first served; waits up to max_wait for the batch to fill while requests are coming."""
         while not self._waiting:
             self._arrived.clear()
             await self._arrived.wait()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.max_wait
-        while self._queued < self.max_batch and (left := deadline - loop.time()) > 0:
+        while (
+            self._coming and self._queued < self.max_batch and (left := deadline - loop.time()) > 0
+        ):
             self._arrived.clear()
             try:
                 await asyncio.wait_for(self._arrived.wait(), left)

@@ -37,6 +37,7 @@ class Options:
     token: str | None = None  # a bearer token every request but /, /health and /ready needs
     cors: tuple[str, ...] = ()  # origins whose pages may call the API
     workers: int = 1  # processes, each with its own model
+    threads: int | None = None  # torch's threads per worker; None: auto (model_threads)
 
     def __post_init__(self) -> None:
         check_types(self)  # the Python API's keywords come unchecked
@@ -49,6 +50,8 @@ class Options:
         check_range("--max-mb", self.max_mb, 0.001, 4096)
         check_range("--top-k", self.top_k, 1)
         check_range("--workers", self.workers, 1, 64)
+        if self.threads is not None:
+            check_range("--threads", self.threads, 1, 1024)
         check_value(self.token != "", "--token", "", "a non-empty token")
 
     @property
@@ -64,6 +67,15 @@ class Options:
             return ipaddress.ip_address(self.host).is_loopback
         except ValueError:  # a host name: it may resolve to anything
             return False
+
+    @property
+    def model_threads(self) -> int:
+        """torch's threads in each worker: as given, else the worker's share of the cores less
+        one, which the HTTP side (parsing, decoding) needs meanwhile: a model given every core
+        fights the server for them (measured: bench/RESULTS.md)."""
+        if self.threads is not None:
+            return self.threads
+        return max(1, (os.cpu_count() or 1) // self.workers - 1)
 
     def to_environment(self) -> str:
         return json.dumps(dataclasses.asdict(self))

@@ -25,7 +25,7 @@ GRACE_SECONDS = 10  # SIGTERM: what the requests in flight get to finish
 def serve(options: Options) -> None:
     """Serve ``options.run_dir`` until stopped (SIGTERM, Ctrl-C)."""
     # refuses a bad run now; exports it for the ONNX backend once, before any worker looks
-    served = load_run(Path(options.run_dir), options.backend)
+    served = load_run(Path(options.run_dir), options.backend, options.model_threads)
     _warn_if_exposed(options)
     where = f"http://{_url_host(options.host)}:{options.port}"
     print(
