@@ -108,7 +108,7 @@ def server(run_dir):
 
 def images(tmp_path: Path) -> list[Path]:
     """Files of every kind predict reads: sizes, modes, a sideways JPEG with its EXIF
-    orientation, grey, 16-bit, a palette GIF."""
+    orientation, grey, 16-bit, a palette GIF, a photo-sized JPEG."""
     rng = np.random.default_rng(0)
     folder = tmp_path / "images"
     folder.mkdir(exist_ok=True)
@@ -127,7 +127,11 @@ def images(tmp_path: Path) -> list[Path]:
     Image.fromarray(rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)).convert("P").save(
         folder / "palette.gif"
     )
-    return [*made, folder / "sideways.jpg", folder / "wide.png", folder / "palette.gif"]
+    # a photo's size: decoded in a thread, at a reduced scale (JPEG draft)
+    photo = Image.fromarray(rng.integers(0, 256, (400, 600, 3), dtype=np.uint8))
+    photo.save(folder / "photo.jpg", quality=85)
+    extra = ["sideways.jpg", "wide.png", "palette.gif", "photo.jpg"]
+    return [*made, *(folder / name for name in extra)]
 
 
 def predict_csv(run_dir: Path, files: list[Path], tmp_path: Path, k: int) -> dict[str, dict]:

@@ -9,8 +9,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import io
 import json
 import logging
+import os
+import warnings
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from importlib import resources
@@ -23,6 +26,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import HTMLResponse, JSONResponse, Response
+from PIL import Image
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
@@ -38,9 +42,11 @@ from blitz.version import __version__
 
 log = logging.getLogger("blitz.serve")
 RETRY_AFTER = "1"
-# encoded bytes decoded on the event loop itself: a thumbnail decodes in well under a
-# millisecond, less than handing it to a thread costs (profiled); larger ones go to a thread
-INLINE_BYTES = 64 * 2**10  # seconds: a full queue drains in about a batch's time
+# pixels of a request decoded on the event loop itself: thumbnails decode in well under a
+# millisecond, less than handing them to a thread costs (profiled); larger images go to one of
+# at most as many threads as cores (a decompression bomb just under PIL's bound holds
+# hundreds of MB while it decodes: so many at once, not one per request)
+INLINE_PIXELS = 256 * 256  # seconds: a full queue drains in about a batch's time
 KINDS = 'multipart/form-data (image files) or application/json ({"images": [base64, ...]})'
 PREDICT_BODY = {  # for the OpenAPI schema: the body is read by hand, so say what it takes
     "requestBody": {
@@ -81,6 +87,9 @@ class State:
     served: Served | None = None
     batcher: Batcher | None = None
     failure: str | None = None  # why the run could not be loaded
+    decoders: asyncio.Semaphore = field(
+        default_factory=lambda: asyncio.Semaphore(os.cpu_count() or 1)
+    )  # large images being decoded at once
 
 
 class Refused(HTTPException):
@@ -202,10 +211,7 @@ def _add_routes(app: FastAPI, state: State) -> None:
         with state.batcher.arriving():
             images, asked = await decode_request(request, state.options)
             k = _top_k(asked if asked is not None else top_k, state.options.top_k)
-            if sum(len(data) for _, data in images) <= INLINE_BYTES:
-                arrays = _decode_all(served, images)
-            else:  # a photo takes milliseconds: the loop keeps answering meanwhile
-                arrays = await run_in_threadpool(_decode_all, served, images)
+            arrays = await _decode_request_images(state, served, images)
         probs = await predict(state, arrays)
         return JSONResponse(encode_response(served, [name for name, _ in images], probs, k))
 
@@ -288,6 +294,27 @@ def _base64_image(index: int, item: Any) -> tuple[str, bytes]:
 
 def _too_many(limit: int) -> Refused:
     return Refused(413, f"too many images in one request: at most {limit} (--max-images)")
+
+
+async def _decode_request_images(
+    state: State, served: Served, images: list[tuple[str, bytes]]
+) -> list[np.ndarray]:
+    if sum(_pixels(data) for _, data in images) <= INLINE_PIXELS:
+        return _decode_all(served, images)
+    async with state.decoders:
+        return await run_in_threadpool(_decode_all, served, images)
+
+
+def _pixels(data: bytes) -> int:
+    """The pixels an image file says it has, from its header (0 if it is not an image:
+    decoding it will say so, at once)."""
+    try:
+        with warnings.catch_warnings():  # a bomb's warning: decoding refuses it, naming it
+            warnings.simplefilter("ignore")
+            with Image.open(io.BytesIO(data)) as image:
+                return image.width * image.height
+    except Exception:  # PIL raises many kinds for files that are not images
+        return 0
 
 
 def _decode_all(served: Served, images: list[tuple[str, bytes]]) -> list[np.ndarray]:
