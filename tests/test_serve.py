@@ -29,7 +29,7 @@ import torch
 from PIL import Image
 
 from blitz.errors import BlitzError
-from conftest import png_bytes, run_blitz
+from conftest import BROWSER, HEADLESS, needs_browser, png_bytes, run_blitz
 
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("fastapi")
@@ -628,12 +628,6 @@ def test_readiness_waits_for_the_model():
 
 # --- the page in a real browser ---
 
-BROWSER = shutil.which("chromium") or shutil.which("chromium-browser")
-HEADLESS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--no-first-run",
-]  # fmt: skip
-
 
 class DevTools:
     """Chromium driven through the DevTools protocol over a pipe (``--remote-debugging-pipe``:
@@ -697,10 +691,7 @@ class DevTools:
 @pytest.mark.slow
 @pytest.mark.browser
 @pytest.mark.subprocess
-@pytest.mark.skipif(
-    not BROWSER and not os.environ.get("BLITZ_REQUIRE_BROWSER"),
-    reason="chromium is not installed (apt-get install chromium); .ci/run installs it",
-)
+@needs_browser
 def test_the_page_classifies_an_image_picked_in_a_real_browser(server, tmp_path):
     assert BROWSER, "BLITZ_REQUIRE_BROWSER is set but no chromium is on PATH"
     picture = tmp_path / "photo.png"
