@@ -20,6 +20,17 @@ from PIL import Image
 
 CLASSES = ["apple", "banana", "cherry"]
 
+# headless chromium for the tests that open a page (the report, blitz serve's page)
+BROWSER = shutil.which("chromium") or shutil.which("chromium-browser")
+HEADLESS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--no-first-run",
+]  # fmt: skip
+needs_browser = pytest.mark.skipif(
+    not BROWSER and not os.environ.get("BLITZ_REQUIRE_BROWSER"),
+    reason="chromium is not installed (apt-get install chromium); .ci/run installs it",
+)
+
 # No test reaches the network: timm's hub is a cache made here, read offline (set before
 # huggingface_hub is imported, which reads them once; subprocesses inherit them).
 HUB_CACHE = Path(tempfile.mkdtemp(prefix="blitz-hub-"))

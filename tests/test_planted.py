@@ -72,7 +72,8 @@ def test_report_export_and_predict_never_write_through_planted_links(tmp_path):
     assert cli.main([*TRAIN, "--out", str(run)]) == 0
     image = tmp_path / "image.png"
     shutil.copy(run / "train_images.png", image)
-    written = ("report.html", "model.onnx", "model.torchscript.pt", "predictions.csv")
+    written = ("report.html", "model.onnx", "model.torchscript.pt", "predictions.csv",
+               "model.onnx.json", "model.torchscript.pt.json")  # fmt: skip
     targets = plant(run, written, tmp_path / "outside")
     assert cli.main(["report", str(run)]) == 0
     assert cli.main(["export", str(run)]) == 0

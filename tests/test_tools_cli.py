@@ -1,9 +1,7 @@
 """The report, export and lr-find commands end to end, and the report in a real browser."""
 
 import json
-import os
 import re
-import shutil
 import subprocess
 
 import numpy as np
@@ -14,7 +12,7 @@ from blitz.data.preprocess import normalize
 from blitz.outputs.export import random_images, run_export
 from blitz.training.checkpoint import load_checkpoint
 from blitz.workflows.lrfind import has_diverged, smooth, suggest
-from conftest import folder_files, run_blitz, write_folder
+from conftest import BROWSER, HEADLESS, folder_files, needs_browser, run_blitz, write_folder
 
 blitz = run_blitz
 
@@ -132,20 +130,10 @@ def test_predict_handles_many_images_in_batches(run, tmp_path):
     assert len((tmp_path / "p.csv").read_text().splitlines()) == len(files) + 1
 
 
-BROWSER = shutil.which("chromium") or shutil.which("chromium-browser")
-HEADLESS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--no-first-run",
-]  # fmt: skip
-
-
 @pytest.mark.slow
 @pytest.mark.browser
 @pytest.mark.subprocess
-@pytest.mark.skipif(
-    not BROWSER and not os.environ.get("BLITZ_REQUIRE_BROWSER"),
-    reason="chromium is not installed (apt-get install chromium); .ci/run installs it",
-)
+@needs_browser
 def test_report_renders_in_a_real_browser(run, tmp_path):
     assert BROWSER, "BLITZ_REQUIRE_BROWSER is set but no chromium is on PATH"
     root, _ = run

@@ -10,7 +10,7 @@ from typing import Any
 from blitz.errors import BlitzError  # light: what every blitz error is
 from blitz.version import __version__ as __version__
 
-__all__ = ["BlitzError", "Run", "load", "train"]
+__all__ = ["BlitzError", "Run", "load", "serve", "train"]
 
 
 def __getattr__(name: str) -> Any:
@@ -19,6 +19,10 @@ def __getattr__(name: str) -> Any:
         from blitz import api
 
         return getattr(api, name)
+    if name == "serve":  # the package blitz.serve, which is callable: blitz.serve(run_dir)
+        import importlib
+
+        return importlib.import_module("blitz.serve")
     raise AttributeError(f"module 'blitz' has no attribute {name!r}")
 
 

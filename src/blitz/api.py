@@ -135,6 +135,17 @@ def load(run_dir: str | os.PathLike) -> Run:
     return Run(run_dir)
 
 
+@checked
+def serve(run_dir: str | os.PathLike, **options: Any) -> None:
+    """Serve a finished run as ``blitz serve`` does, until stopped (Ctrl-C, SIGTERM): a page
+    at /, a JSON API at /predict. ``options``: that command's options as keywords
+    (``port=8080``, ``backend="onnx"``, ``max_batch=32``, ``token=...``, ``cors=("https://x",)``).
+    Needs ``pip install 'blitz[serve]'``."""
+    from blitz.serve import run
+
+    run(run_dir, **options)
+
+
 def settings_overrides(settings: dict[str, Any], extra: dict[str, Any] | None) -> dict[str, Any]:
     """train()'s keywords as settings (``max_steps`` -> ``train.max_steps``; None: not given),
     then ``extra``, already by key; an unknown keyword is named with what was meant."""
@@ -362,6 +373,10 @@ class Run:
         export_model(self._checkpoint.model, self.model, format, path)
         return path
 
+    def serve(self, **options: Any) -> None:
+        """Serve this run over HTTP until stopped: see ``blitz.serve``."""
+        serve(self.path, **options)
+
     def __repr__(self) -> str:
         m = self.metrics
         return f"Run({str(self.path)!r}: {m.model} on {m.data}, {self._scored})"
@@ -413,9 +428,8 @@ def _e(text: str) -> str:
 def _decoded(items: list[Any], facts: ModelFacts) -> Iterator[np.ndarray]:
     """Each in-memory image as blitz decodes a file: encoded losslessly (TIFF keeps every
     mode and the EXIF orientation), then decoded, converted and resized as files are."""
-    from blitz.data.images import decode_image
+    from blitz.outputs.predict import decode
 
-    mode = facts.image_mode
     for index, image in enumerate(_pil_images(items)):
         buffer = io.BytesIO()
         try:
@@ -425,7 +439,7 @@ def _decoded(items: list[Any], facts: ModelFacts) -> Iterator[np.ndarray]:
                 f"image {index} (mode {image.mode}) cannot be classified ({exc}): convert it "
                 "first, e.g. image.convert('RGB')"
             ) from None
-        yield decode_image(buffer.getvalue(), f"image {index}", facts.image_size, mode=mode)
+        yield decode(facts, buffer.getvalue(), f"image {index}")
 
 
 def _pil_images(items: list[Any]) -> Iterator[Image.Image]:
@@ -486,13 +500,13 @@ def _predict_in_memory(
     facts: ModelFacts, model: torch.nn.Module, arrays: Iterator[np.ndarray], top_k: int
 ) -> list[ImagePrediction]:
     """Classify decoded images in batches of at most ``predict.BATCH_BYTES``, as files are."""
-    from blitz.outputs.predict import BATCH_BYTES, _classify
+    from blitz.outputs.predict import BATCH_BYTES, classify
 
     per_batch = max(1, BATCH_BYTES // (facts.in_channels * facts.image_size**2))
     results: list[ImagePrediction] = []
     while batch := list(itertools.islice(arrays, per_batch)):
         places = list(range(len(results), len(results) + len(batch)))
-        results += [ImagePrediction(*p) for p in _classify(facts, model, places, batch, top_k)]
+        results += [ImagePrediction(*p) for p in classify(facts, model, places, batch, top_k)]
     if not results:
         raise BlitzError("no images to predict: pass at least one")
     return results

@@ -24,6 +24,7 @@ from blitz.cli import (  # light: each imports torch only when its command runs
     predict,
     presets,
     report,
+    serve,
     show,
     train,
 )
@@ -42,6 +43,7 @@ COMMANDS: dict[str, ModuleType] = {
     "export": export,
     "presets": presets,
     "models": models,
+    "serve": serve,
 }
 
 

@@ -14,6 +14,9 @@ IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".
 # 16-bit grey images: PIL's convert() would clip them to 255 (white); scale them down instead
 # (float images, mode "F", have their own scaling: see _scale_float)
 _WIDE_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N"}
+# how decode_image resizes: what an export's description tells its users (outputs.export)
+RESIZE_FILTER = Image.Resampling.BILINEAR
+RESIZE = "shorter side to the image size, then the middle cropped square (PIL ImageOps.fit)"
 
 
 class BadImage(BlitzError):
@@ -54,7 +57,7 @@ def decode_image(
                 _upright(img)
                 img = _to_8bit(img).convert(mode)
                 if img.size != (size, size):
-                    img = ImageOps.fit(img, (size, size), Image.Resampling.BILINEAR)
+                    img = ImageOps.fit(img, (size, size), RESIZE_FILTER)
                     if resized is not None:
                         resized[0] += 1
                 return np.array(img).reshape(size, size, -1)  # writable: torch wants that

@@ -15,11 +15,13 @@ import torch
 from torch import nn
 
 from blitz.config.settings import format_size
+from blitz.data.images import RESIZE, RESIZE_FILTER
 from blitz.data.preprocess import normalize
 from blitz.errors import BlitzError
 from blitz.training.checkpoint import ModelFacts
 from blitz.training.evaluate import tta_logits
-from blitz.utils.writes import check_output_file, write_atomic
+from blitz.utils.writes import check_output_file, write_atomic, write_json
+from blitz.version import __version__
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
 TOLERANCE = 1e-4  # max abs difference of logits between the export and PyTorch
@@ -53,10 +55,59 @@ def default_path(run_dir: Path, fmt: str) -> Path:
     return run_dir / f"model{FORMATS[fmt]}"
 
 
+def description_path(export: Path) -> Path:
+    """The JSON beside an export that says how to feed it: ``model.onnx.json``."""
+    return export.with_name(export.name + ".json")
+
+
+def preprocessing(facts: ModelFacts) -> dict[str, Any]:
+    """How blitz turns an image file into the model's input, and what the model does with it
+    (predict, serve's /info and an export's description say the same: this)."""
+    size = facts.image_size
+    return {
+        "decode": "EXIF orientation applied; 16-bit and float images scaled to 8 bits",
+        "mode": facts.image_mode,
+        "jpeg_draft": "a JPEG much larger than the size decodes at 1/2, 1/4 or 1/8 scale "
+        "(PIL Image.draft(mode, (size, size)))",
+        "resize": RESIZE,
+        "resize_filter": RESIZE_FILTER.name.lower(),
+        "image_size": [size, size],
+        "normalization": {"mean": list(facts.mean), "std": list(facts.std)},
+        "test_time_views": facts.tta,
+    }
+
+
+def description(facts: ModelFacts, fmt: str) -> dict[str, Any]:
+    """What a user of an export needs besides the file (written beside it as JSON)."""
+    size = facts.image_size
+    return {
+        "format": fmt,
+        "blitz_version": __version__,
+        "classes": facts.classes,
+        "input": {
+            "name": "images",
+            "layout": "NCHW",
+            "dtype": "uint8",
+            "shape": ["batch", facts.in_channels, size, size],
+            "value_range": [0, 255],
+            "mode": facts.image_mode,  # PIL's: "RGB", or "L" for grey
+        },
+        "output": {
+            "name": "logits",
+            "shape": ["batch", len(facts.classes)],
+            "probabilities": "softmax of the logits",
+        },  # fmt: skip
+        "preprocessing": preprocessing(facts),
+        "inside_the_model": ["normalization", "test_time_views"],
+    }
+
+
 def export_model(facts: ModelFacts, model: nn.Module, fmt: str, out: Path) -> float:
-    """Write the export to ``out``; returns its max abs difference to PyTorch (fails above
-    ``TOLERANCE``, or if either gives a NaN or infinite logit)."""
+    """Write the export to ``out`` and its description beside it (``description_path``);
+    returns its max abs difference to PyTorch (fails above ``TOLERANCE``, or if either gives
+    a NaN or infinite logit)."""
     check_output_file(out, f"the {fmt} export")
+    check_output_file(description_path(out), f"the {fmt} export's description")
     if fmt == "onnx":
         _require_onnx()  # before the export, which needs the onnx package too
     wrapper = Deployable(model.cpu(), facts)
@@ -65,7 +116,9 @@ def export_model(facts: ModelFacts, model: nn.Module, fmt: str, out: Path) -> fl
     with torch.inference_mode():  # the reference, before any exporter touches the model
         expected = wrapper(images)
     _write_export(wrapper, random_images(facts, 2, seed=0), fmt, out)
-    return _check_export(fmt, out, run_export(fmt, out, images), expected)
+    diff = _check_export(fmt, out, run_export(fmt, out, images), expected)
+    write_json(description_path(out), description(facts, fmt))
+    return diff
 
 
 def check_export_memory(wrapper: nn.Module, facts: ModelFacts) -> None:

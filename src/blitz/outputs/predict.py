@@ -28,6 +28,8 @@ Prediction = tuple[Path, list[tuple[str, float]]]
 Name = TypeVar("Name", Path, int)  # what a prediction is of: a file, or a place in a list
 BATCH_BYTES = 256 * 2**20  # decoded images per batch: 256 CIFAR images are 0.8 MB, 4096 px 48 MB
 OnSkip = Callable[[Path, str], None]  # (file, why it was skipped)
+# the network, or a runner of its export: uint8 images (N, C, S, S) -> logits (N, K)
+Model = torch.nn.Module | Callable[[torch.Tensor], torch.Tensor]
 
 
 def collect_images(paths: list[Path]) -> list[Path]:
@@ -68,7 +70,7 @@ def read_image_file(path: Path) -> bytes:
 
 def predict_files(
     facts: ModelFacts,
-    model: torch.nn.Module,
+    model: Model,
     files: list[Path],
     top_k: int,
     batch_size: int = 256,
@@ -92,7 +94,7 @@ def predict_files(
             chunk = files[start : start + batch_size]
             good, arrays = _decode_files(chunk, facts, skip)
             if good:
-                results += _classify(facts, model, good, arrays, top_k)
+                results += classify(facts, model, good, arrays, top_k)
             bar.update(len(chunk))
     if not results:
         raise _nothing_classified(len(files), *failed[0])
@@ -110,33 +112,55 @@ def _nothing_classified(count: int, path: Path, reason: str) -> BlitzError:
 def _decode_files(
     files: list[Path], facts: ModelFacts, skip: OnSkip
 ) -> tuple[list[Path], list[np.ndarray]]:
-    mode = facts.image_mode
     good, arrays = [], []
     for f in files:
         try:
-            data = read_image_file(f)
-            arrays.append(decode_image(data, printable(str(f)), facts.image_size, mode=mode))
+            arrays.append(decode(facts, read_image_file(f), printable(str(f))))
             good.append(f)
         except BadImage as exc:
             skip(f, exc.reason)
     return good, arrays
 
 
-def _classify(
+def decode(facts: ModelFacts, data: bytes, name: str) -> np.ndarray:
+    """An encoded image (a file's bytes, an upload) as the model takes it: (S, S, C) uint8,
+    upright, in the model's mode, resized and cropped (``data.images.decode_image``)."""
+    return decode_image(data, name, facts.image_size, mode=facts.image_mode)
+
+
+def probabilities(facts: ModelFacts, model: Model, arrays: list[np.ndarray]) -> torch.Tensor:
+    """Class probabilities (N, K) of decoded images (``decode``): the one place where blitz
+    turns images into probabilities (predict, the API, serve). ``model``: the network (the
+    run's normalisation and test-time views are applied here), or a runner of its export
+    (uint8 images in, logits out, both already inside)."""
+    images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)  # (N, C, S, S) uint8
+    if isinstance(model, torch.nn.Module):
+        logits = predict_logits(model, [images], facts.mean, facts.std, facts.tta)
+    else:
+        logits = model(images)
+    return logits.softmax(1)
+
+
+def top_classes(
+    facts: ModelFacts, probs: torch.Tensor, top_k: int
+) -> list[list[tuple[str, float]]]:
+    """Each row's ``top_k`` (class, probability), best first."""
+    top = probs.topk(min(top_k, len(facts.classes)), dim=1)
+    return [
+        [(facts.classes[c], prob) for c, prob in zip(i, p)]
+        for p, i in zip(top.values.tolist(), top.indices.tolist())
+    ]
+
+
+def classify(
     facts: ModelFacts,
-    model: torch.nn.Module,
-    files: list[Name],
+    model: Model,
+    names: list[Name],
     arrays: list[np.ndarray],
     top_k: int,
 ) -> list[tuple[Name, list[tuple[str, float]]]]:
-    classes = facts.classes
-    images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
-    probs = predict_logits(model, [images], facts.mean, facts.std, facts.tta).softmax(1)
-    top = probs.topk(min(top_k, len(classes)), dim=1)
-    return [
-        (f, [(classes[c], prob) for c, prob in zip(i, p)])
-        for f, p, i in zip(files, top.values.tolist(), top.indices.tolist())
-    ]
+    """(name, top-k classes) of each decoded image."""
+    return list(zip(names, top_classes(facts, probabilities(facts, model, arrays), top_k)))
 
 
 def _report_skip(path: Path, reason: str) -> None:
