@@ -482,6 +482,16 @@ def test_serving_what_is_not_a_run_is_an_error(tmp_path):
     assert bad.returncode == 2 and "--max-batch" in bad.stderr
 
 
+@pytest.mark.slow
+def test_a_runs_serve_method_takes_the_commands_options(run_dir):
+    import blitz
+
+    with pytest.raises(BlitzError, match="did you mean max_wait_ms"):
+        blitz.load(run_dir).serve(max_wait=3)
+    with pytest.raises(BlitzError, match="--max-images"):
+        blitz.load(run_dir).serve(max_images=0)
+
+
 # --- in this process ---
 
 
