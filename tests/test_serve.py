@@ -466,7 +466,10 @@ def test_a_stale_onnx_export_is_refused_at_start(run_dir, tmp_path):
 def test_several_workers_answer_and_stop_on_sigterm(run_dir):
     server = Server(run_dir, "--workers", "2").wait_ready()
     try:
-        assert answered(server.post(files=[("files", ("a.png", GOOD))]))
+        # a worker takes connections only once its model is loaded: never a 503 once ready
+        for _ in range(8):
+            assert answered(server.post(files=[("files", ("a.png", GOOD))]))
+        assert server.get("/info").json()["batching"]["workers"] == 2
     finally:
         assert server.stop() == 0
 
