@@ -466,7 +466,10 @@ def test_a_stale_onnx_export_is_refused_at_start(run_dir, tmp_path):
 def test_several_workers_answer_and_stop_on_sigterm(run_dir):
     server = Server(run_dir, "--workers", "2").wait_ready()
     try:
-        assert answered(server.post(files=[("files", ("a.png", GOOD))]))
+        # a worker takes connections only once its model is loaded: never a 503 once ready
+        for _ in range(8):
+            assert answered(server.post(files=[("files", ("a.png", GOOD))]))
+        assert server.get("/info").json()["batching"]["workers"] == 2
     finally:
         assert server.stop() == 0
 
@@ -480,6 +483,16 @@ def test_serving_what_is_not_a_run_is_an_error(tmp_path):
     )
     bad = run_blitz("serve", tmp_path, "--max-batch", "0", check=False)
     assert bad.returncode == 2 and "--max-batch" in bad.stderr
+
+
+@pytest.mark.slow
+def test_a_runs_serve_method_takes_the_commands_options(run_dir):
+    import blitz
+
+    with pytest.raises(BlitzError, match="did you mean max_wait_ms"):
+        blitz.load(run_dir).serve(max_wait=3)
+    with pytest.raises(BlitzError, match="--max-images"):
+        blitz.load(run_dir).serve(max_images=0)
 
 
 # --- in this process ---

@@ -106,13 +106,17 @@ def setup(state: State, preloaded: Served | None) -> None:
     state.served = served
 
 
-def create_app(options: Options, preloaded: Served | None = None) -> FastAPI:
-    """The server of ``options.run_dir``; ``preloaded``: the run, loaded already."""
+def create_app(options: Options, preloaded: Served | None = None, wait: bool = False) -> FastAPI:
+    """The server of ``options.run_dir``; ``preloaded``: the run, loaded already. The model
+    loads while the server answers (/ready says when it is done), or with ``wait`` before the
+    server takes any connection."""
     state = State(options)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         loading = asyncio.create_task(_start(state, preloaded))
+        if wait:
+            await loading
         yield
         loading.cancel()
         if state.batcher is not None:
@@ -143,8 +147,10 @@ def create_app(options: Options, preloaded: Served | None = None) -> FastAPI:
 
 
 def app_from_environment() -> FastAPI:
-    """The app of one of uvicorn's worker processes (``--workers``): each loads the run."""
-    return create_app(options_from_environment())
+    """The app of one of uvicorn's worker processes (``--workers``): each loads the run
+    before it takes connections, since the workers share one socket and a request must not
+    reach a worker still loading while /ready, answered by another, said ready."""
+    return create_app(options_from_environment(), wait=True)
 
 
 async def _start(state: State, preloaded: Served | None) -> None:
