@@ -14,7 +14,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace) -> None:
-    from blitz.outputs.export import default_path, export_model
+    from blitz.outputs.export import default_path, description_path, export_model
     from blitz.training.rundir import RunDir
 
     ckpt = RunDir(args.run_dir).load_model()
@@ -31,3 +31,4 @@ def main(args: argparse.Namespace) -> None:
         )
     )
     print(f"checked against PyTorch on random images: max abs difference {diff:.2e}")
+    print(f"wrote {description_path(out)}: what a user of the file needs (classes, preprocessing)")
