@@ -499,7 +499,7 @@ def test_a_runs_serve_method_takes_the_commands_options(run_dir):
 
 
 def test_options_are_checked_and_the_token_comes_from_the_environment(monkeypatch):
-    from blitz.serve.options import build_options
+    from blitz.serving.options import build_options
 
     with pytest.raises(BlitzError, match="did you mean port"):
         build_options("run", prot=80)
@@ -515,8 +515,8 @@ def test_options_are_checked_and_the_token_comes_from_the_environment(monkeypatc
 
 
 def test_a_public_address_without_a_token_is_warned_about(capsys, monkeypatch):
-    from blitz.serve.options import build_options
-    from blitz.serve.server import _warn_if_exposed
+    from blitz.serving.options import build_options
+    from blitz.serving.server import _warn_if_exposed
 
     monkeypatch.delenv("BLITZ_TOKEN", raising=False)
     _warn_if_exposed(build_options("run", host="0.0.0.0"))
@@ -528,12 +528,12 @@ def test_a_public_address_without_a_token_is_warned_about(capsys, monkeypatch):
 
 def test_blitz_serve_is_callable_and_refuses_unknown_options(tmp_path):
     import blitz
-    import blitz.serve.app  # noqa: F401  # the package is imported: still callable
+    import blitz.serving.app  # noqa: F401  # the package beside it changes nothing
 
     assert callable(blitz.serve)
     with pytest.raises(BlitzError, match="did you mean max_batch"):
         blitz.serve(tmp_path, max_batc=3)
-    with pytest.raises(BlitzError, match="run_dir must be a path"):
+    with pytest.raises(BlitzError, match="run_dir must be a string or a path"):
         blitz.serve(3)
 
 
@@ -543,7 +543,7 @@ def rows_of(arrays: list[np.ndarray]) -> torch.Tensor:
 
 
 def test_the_batcher_gathers_concurrent_requests_and_answers_each_its_own():
-    from blitz.serve.batching import Batcher
+    from blitz.serving.batching import Batcher
 
     sizes: list[int] = []
 
@@ -562,7 +562,7 @@ def test_the_batcher_gathers_concurrent_requests_and_answers_each_its_own():
 
 
 def test_a_full_queue_is_refused():
-    from blitz.serve.batching import Batcher, QueueFull
+    from blitz.serving.batching import Batcher, QueueFull
 
     started, release = threading.Event(), threading.Event()
 
@@ -592,8 +592,8 @@ def test_a_full_queue_is_refused():
 def test_a_full_queue_answers_503_with_retry_after(monkeypatch):
     from starlette.testclient import TestClient
 
-    from blitz.serve import app as app_module
-    from blitz.serve.batching import QueueFull
+    from blitz.serving import app as app_module
+    from blitz.serving.batching import QueueFull
 
     async def full(self, arrays):
         raise QueueFull("9 images are waiting already (--max-queue)")
@@ -608,13 +608,13 @@ def test_a_full_queue_answers_503_with_retry_after(monkeypatch):
 
 
 def served_options():
-    from blitz.serve.options import Options
+    from blitz.serving.options import Options
 
     return Options("run")
 
 
 def fake_served():
-    from blitz.serve.backends import Served
+    from blitz.serving.backends import Served
     from blitz.training.checkpoint import ModelFacts
 
     facts = ModelFacts("lenet", {}, 3, ["a", "b"], 32, (0.5,) * 3, (0.5,) * 3)
@@ -624,7 +624,7 @@ def fake_served():
 def test_readiness_waits_for_the_model():
     from starlette.testclient import TestClient
 
-    from blitz.serve import app as app_module
+    from blitz.serving import app as app_module
 
     release = threading.Event()
     served = fake_served()

@@ -15,14 +15,10 @@ __all__ = ["BlitzError", "Run", "load", "serve", "train"]
 
 def __getattr__(name: str) -> Any:
     # on first use, so that `import blitz` (and the CLI's start) stays light: no torch
-    if name in ("Run", "load", "train"):
+    if name in __all__:
         from blitz import api
 
         return getattr(api, name)
-    if name == "serve":  # the package blitz.serve, which is callable: blitz.serve(run_dir)
-        import importlib
-
-        return importlib.import_module("blitz.serve")
     raise AttributeError(f"module 'blitz' has no attribute {name!r}")
 
 

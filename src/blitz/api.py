@@ -141,7 +141,7 @@ def serve(run_dir: str | os.PathLike, **options: Any) -> None:
     at /, a JSON API at /predict. ``options``: that command's options as keywords
     (``port=8080``, ``backend="onnx"``, ``max_batch=32``, ``token=...``, ``cors=("https://x",)``).
     Needs ``pip install 'blitz[serve]'``."""
-    from blitz.serve import run
+    from blitz.serving import run
 
     run(run_dir, **options)
 

@@ -1,5 +1,5 @@
 """``blitz serve RUN_DIR``: a run as a web page and a JSON API (``blitz.serve``). The defaults
-live in ``blitz.serve.options.Options``; an option not given is None here."""
+live in ``blitz.serving.options.Options``; an option not given is None here."""
 
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from blitz.serve import run
+    from blitz.serving import run
 
     names = ["backend"] + [flag[2:].replace("-", "_") for flag, *_ in OPTIONS]
     run(args.run_dir, cors=tuple(args.cors or ()), **{name: getattr(args, name) for name in names})

@@ -15,9 +15,9 @@ from typing import Any
 import uvicorn
 
 from blitz.errors import BlitzError
-from blitz.serve.app import create_app
-from blitz.serve.backends import load_run
-from blitz.serve.options import ENVIRONMENT, Options
+from blitz.serving.app import create_app
+from blitz.serving.backends import load_run
+from blitz.serving.options import ENVIRONMENT, Options
 
 GRACE_SECONDS = 10  # SIGTERM: what the requests in flight get to finish
 
@@ -43,7 +43,7 @@ def serve(options: Options) -> None:
     if options.workers > 1:  # uvicorn's supervisor: it restarts a worker that dies
         del served  # each worker loads its own
         os.environ[ENVIRONMENT] = options.to_environment()
-        factory = "blitz.serve.app:app_from_environment"
+        factory = "blitz.serving.app:app_from_environment"
         uvicorn.run(factory, factory=True, workers=options.workers, **settings)
         return
     server = _Server(uvicorn.Config(create_app(options, served), **settings))

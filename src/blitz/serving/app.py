@@ -34,10 +34,10 @@ from starlette.exceptions import HTTPException
 
 from blitz.data.images import BadImage
 from blitz.outputs.predict import decode, printable, top_classes
-from blitz.serve.backends import Served, load_run
-from blitz.serve.batching import Batcher, QueueFull
-from blitz.serve.guards import BodyLimit, Counting, Metrics, Token, error
-from blitz.serve.options import Options, options_from_environment
+from blitz.serving.backends import Served, load_run
+from blitz.serving.batching import Batcher, QueueFull
+from blitz.serving.guards import BodyLimit, Counting, Metrics, Token, error
+from blitz.serving.options import Options, options_from_environment
 from blitz.version import __version__
 
 log = logging.getLogger("blitz.serve")
@@ -175,7 +175,7 @@ async def _start(state: State, preloaded: Served | None) -> None:
 def _add_routes(app: FastAPI, state: State) -> None:
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def page() -> HTMLResponse:
-        return HTMLResponse(resources.files("blitz.serve").joinpath("page.html").read_text())
+        return HTMLResponse(resources.files("blitz.serving").joinpath("page.html").read_text())
 
     @app.get("/health", summary="the server is alive")
     def health() -> dict[str, str]:
