@@ -118,8 +118,9 @@ def _nan_weight(ckpt):
         (_nan_weight, "holds NaN or infinite values"),
         (lambda ckpt: setattr(ckpt.model, "std", (0.5, 0.0, 0.5)), "model.std"),
         (lambda ckpt: setattr(ckpt.model, "mean", (0.5, torch.inf, 0.5)), "model.mean"),
+        (lambda ckpt: setattr(ckpt.model, "classes", ["a"] * 3), r"\['a'\] for model.classes"),
     ],
-    ids=["nan-weight", "zero-std", "infinite-mean"],
+    ids=["nan-weight", "zero-std", "infinite-mean", "a-class-twice"],
 )
 def test_a_checkpoint_of_broken_numbers_with_a_valid_checksum_is_refused(tmp_path, change, problem):
     ckpt = _checkpoint()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import random
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,9 @@ class ModelFacts:
         check_range("model.in_channels", self.in_channels, 1, MAX_CHANNELS)
         check_range("model.image_size", self.image_size, 8, MAX_IMAGE_SIZE)
         check_value(bool(self.classes), "model.classes", self.classes, "at least one class")
+        # a class named twice (a hand-edited file) would make two outputs one answer
+        twice = sorted(c for c, n in Counter(self.classes).items() if n > 1)[:3]
+        check_value(not twice, "model.classes", twice, "each class named once")
         # check_types refuses a NaN or infinite mean or std; a 0 would divide every pixel by it
         positive = all(s > 0 for s in self.std)
         check_value(positive, "model.std", list(self.std), "numbers > 0")
