@@ -69,6 +69,8 @@ def test_a_run_directory_of_the_previous_format_still_loads(tmp_path):
         ('{"test_accuracy": 0.5, "classes": ["a"], "confusion_matrix": [[1, 2]], '
          '"per_class_accuracy": {}}', "1 x 1"),
         ('{"classes": ["a"]}', "test_accuracy"),
+        ('{"test_accuracy": 5.0, "classes": ["a"], "confusion_matrix": [[1]], '
+         '"per_class_accuracy": {}}', r"accuracies are not in \[0, 1\]"),
     ],
 )  # fmt: skip
 def test_a_hand_edited_metrics_file_is_a_clear_error(tmp_path, content, problem):
