@@ -1,6 +1,8 @@
 """The run directory's typed records: today's and older files load; foreign, hand-edited or
 damaged ones are clear errors; one writer at a time; refused runs leave nothing behind."""
 
+import contextlib
+import errno
 import json
 
 import pytest
@@ -10,6 +12,7 @@ from blitz import cli
 from blitz.errors import BlitzError
 from blitz.models import create_model, list_models
 from blitz.models.configs import build_config
+from blitz.training import checkpoint
 from blitz.training.checkpoint import Checkpoint, Training, load_checkpoint, save_checkpoint
 from blitz.training.evaluate import chance_note, confusion_matrix
 from blitz.training.rundir import Metrics, RunDir, matrix_record
@@ -185,6 +188,37 @@ def test_a_full_disk_hidden_in_torch_saves_runtime_error_is_one_clear_error(tmp_
 
     monkeypatch.setattr(torch, "save", full)
     with pytest.raises(BlitzError, match="could not write checkpoint .*no checkpoint was kept"):
+        save_checkpoint(tmp_path / "last.pt", _checkpoint())
+    assert list(tmp_path.iterdir()) == []  # no temporary file left
+
+
+class _FillsUp:
+    """A file on a disk that is full after ``room`` bytes (its writes then fail as the OS's)."""
+
+    def __init__(self, file, room: int) -> None:
+        self.file, self.room = file, room
+
+    def write(self, data) -> int:
+        self.room -= len(data)
+        if self.room < 0:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return self.file.write(data)
+
+    def flush(self) -> None:
+        self.file.flush()
+
+
+def test_a_disk_that_fills_inside_torch_saves_zip_writer_is_one_clear_error(tmp_path, monkeypatch):
+    # the OSError of the write, then the writer's close raises RuntimeError("unexpected pos")
+    real = checkpoint.atomic_file
+
+    @contextlib.contextmanager
+    def filling(path):
+        with real(path) as f:
+            yield _FillsUp(f, 2000)
+
+    monkeypatch.setattr(checkpoint, "atomic_file", filling)
+    with pytest.raises(BlitzError, match="could not write checkpoint .*: No space left on device"):
         save_checkpoint(tmp_path / "last.pt", _checkpoint())
     assert list(tmp_path.iterdir()) == []  # no temporary file left
 

@@ -222,14 +222,28 @@ def save_checkpoint(path: Path, ckpt: Checkpoint) -> None:
         with atomic_file(path) as f:  # the previous checkpoint stays whole until it is renamed
             torch.save(ckpt.to_dict(), f)
     except (OSError, RuntimeError) as exc:  # disk full: torch.save may say it as RuntimeError
-        if isinstance(exc, RuntimeError) and not _is_write_error(exc):
+        failed = _failed_write(exc)
+        if failed is None:
             raise
         kept = "the previous checkpoint is intact" if path.exists() else "no checkpoint was kept"
-        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).strip()
+        why = failed.strerror if isinstance(failed, OSError) and failed.strerror else str(failed)
+        why = why.strip()
         raise BlitzError(
             f"could not write checkpoint {path}: {why.splitlines()[0]}; {kept}. "
             "Free some space (or fix the permissions) and run again"
         ) from None
+
+
+def _failed_write(exc: BaseException) -> BaseException | None:
+    """The write that failed behind ``exc``, or None if ``exc`` is no failed write. torch.save
+    into a Python file lets the file's OSError (ENOSPC, EFBIG) through, but its zip writer's
+    close then raises a RuntimeError ("unexpected pos") with that OSError as its context."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return exc if isinstance(exc, RuntimeError) and _is_write_error(exc) else None
 
 
 def _is_write_error(exc: RuntimeError) -> bool:
