@@ -225,6 +225,11 @@ def test_abbreviated_options_are_refused_not_guessed(args):
     assert result.returncode == 2 and f"unrecognized arguments: {args[0]}" in result.stderr
 
 
+def test_a_path_too_long_for_the_file_system_is_one_clear_error(capsys):
+    assert cli.main(["eval", "r" * 5000]) == 2  # ENAMETOOLONG, not an OSError traceback
+    assert "(5000 characters)' is longer than the file system takes" in capsys.readouterr().err
+
+
 def test_an_empty_out_is_refused_not_taken_for_the_current_folder(capsys):
     with pytest.raises(SystemExit) as exit:  # Path("") is "."
         cli.main(["train", "--out", "", "--data", "shapes:50"])

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 from urllib.parse import quote
 
 from blitz.config.settings import SECTIONS, TRAIN_FLAGS
-from blitz.errors import BlitzError
+from blitz.errors import BlitzError, path_too_long
 
 if TYPE_CHECKING:
     import numpy as np
@@ -64,7 +64,15 @@ def checked(function: Function) -> Function:
                     f"{where}: {name} must be {expected}, not "
                     f"{_short(value)} ({type(value).__name__})"
                 )
-        return function(*args, **kwargs)
+            if isinstance(value, str | os.PathLike) and "\0" in str(os.fspath(value)):
+                # no path holds one: os calls raise ValueError("embedded null byte")
+                raise BlitzError(f"{where}: {name} holds a NUL character: {_short(value)}")
+        try:
+            return function(*args, **kwargs)
+        except OSError as exc:  # a path too long, given or read from a file: said as such
+            if (error := path_too_long(exc)) is None:
+                raise
+            raise error from None
 
     return typing.cast(Function, call)
 
