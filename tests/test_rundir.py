@@ -62,6 +62,18 @@ def test_a_run_directory_of_the_previous_format_still_loads(tmp_path):
     assert run_dir.read_metrics().steps == 10 and run_dir.read_metrics().steps_per_epoch == 0
 
 
+def test_a_checkpoint_describing_a_bigger_model_than_its_weights_is_refused_before_building(
+    tmp_path,
+):
+    # a million classes: measured on the meta device (a 53 MB file naming 3 million, with wider
+    # layers, asked for 49 GB before its weights were compared)
+    ckpt = _checkpoint("convnet")
+    ckpt.model.classes = [f"c{i}" for i in range(1_000_000)]
+    save_checkpoint(tmp_path / "model.pt", ckpt)
+    with pytest.raises(BlitzError, match=r"model of 1,000,000 classes it describes \(head"):
+        RunDir(tmp_path).load_model().build_model()
+
+
 @pytest.mark.parametrize(
     ("content", "problem"),
     [

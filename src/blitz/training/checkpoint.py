@@ -126,9 +126,28 @@ class Checkpoint:
 
     def build_model(self) -> nn.Module:
         """The network with these weights, in evaluation mode."""
+        self._check_shapes()
         model = self.model.build()
         load_state(model, self.state_dict, f"the weights of a {self.model.name!r} model")
         return model.eval()
+
+    def _check_shapes(self) -> None:
+        """The network the facts describe, built on the meta device (nothing allocated), must
+        have the shapes of the weights the file holds: a hand-made file naming 3 million classes
+        and wide layers would otherwise allocate tens of GB before its weights are compared."""
+        with torch.device("meta"):
+            wanted = {k: tuple(v.shape) for k, v in self.model.build().state_dict().items()}
+        held = {k: tuple(v.shape) if isinstance(v, torch.Tensor) else None
+                for k, v in self.state_dict.items()}  # fmt: skip
+        if wanted != held:
+            keys = sorted(wanted.keys() | held.keys())
+            key = next(k for k in keys if wanted.get(k) != held.get(k))
+            raise BlitzError(
+                f"the checkpoint's weights do not fit the {self.model.name!r} model of "
+                f"{len(self.model.classes):,} classes it describes ({key}: the model has "
+                f"{wanted.get(key)}, the file {held.get(key)}): it was written by another model "
+                "or edited; use the run directory that goes with this model and data"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data and tensors (loads with ``weights_only=True``), with a checksum."""
