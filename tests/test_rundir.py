@@ -158,6 +158,13 @@ def test_a_held_run_directory_is_refused_to_a_second_writer(tmp_path):
     assert "Traceback" not in result.stderr
 
 
+def test_a_folder_planted_at_the_lock_files_name_is_a_clear_error(tmp_path):
+    (tmp_path / "run" / ".lock").mkdir(parents=True)  # was an IsADirectoryError traceback
+    lock = RunDir(tmp_path / "run").lock()
+    with pytest.raises(BlitzError, match=r"\.lock is a folder: blitz keeps an empty lock file"):
+        lock.__enter__()
+
+
 @pytest.mark.slow
 @pytest.mark.subprocess
 def test_refused_runs_leave_nothing_behind_and_name_a_file_out(tmp_path):
