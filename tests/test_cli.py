@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+from blitz import cli
 from conftest import folder_files, run_blitz, write_folder
 
 blitz = run_blitz
@@ -222,6 +223,18 @@ def test_a_mistyped_name_gets_the_closest_one(tmp_path, args, hint):
 def test_abbreviated_options_are_refused_not_guessed(args):
     result = blitz("train", *args, check=False)  # argparse would take --epoch for --epochs
     assert result.returncode == 2 and f"unrecognized arguments: {args[0]}" in result.stderr
+
+
+def test_a_path_too_long_for_the_file_system_is_one_clear_error(capsys):
+    assert cli.main(["eval", "r" * 5000]) == 2  # ENAMETOOLONG, not an OSError traceback
+    assert "(5000 characters)' is longer than the file system takes" in capsys.readouterr().err
+
+
+def test_an_empty_out_is_refused_not_taken_for_the_current_folder(capsys):
+    with pytest.raises(SystemExit) as exit:  # Path("") is "."
+        cli.main(["train", "--out", "", "--data", "shapes:50"])
+    assert exit.value.code == 2
+    assert "argument --out: an empty path" in capsys.readouterr().err
 
 
 @pytest.mark.slow

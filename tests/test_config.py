@@ -114,6 +114,8 @@ BAD_SETTINGS = [
     ("data.std", [0.5, 0, 0.5], "a non-empty list of numbers > 0"),
     ("data.flip", "sideways", "none | random | alternate"),
     ("data.source", 3, "a string"),
+    ("data.source", "data\0x", "no NUL character"),  # a settings file's "\u0000"
+    ("train.init", "run\0", "no NUL character"),
     ("data.skip_bad_images", "yes", "true or false"),
     ("data.workers", True, "an integer or auto"),
     ("data.workers", "-2", "an integer or auto"),

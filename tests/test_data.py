@@ -5,6 +5,7 @@ import os
 import struct
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -370,6 +371,11 @@ def test_mnist_is_one_channel_resized_to_32(cache):
             lambda p: write_tar(p / "evil.tar", {"../escape/train/a/x.png": b"x"}),
             "outside the archive",
         ),
+        # a pipe (any name) or a device: never opened, tarfile/zipfile would wait on a pipe
+        (lambda p: os.mkfifo(p / "pipe.tar") or p / "pipe.tar", "pipe.tar is not a folder or a"),
+        (lambda p: os.mkfifo(p / "pipe.zip") or p / "pipe.zip", "pipe.zip is not a folder or a"),
+        (lambda p: os.mkfifo(p / "pipe.png") or p / "pipe.png", "a pipe, a socket or a device"),
+        (lambda p: Path("/dev/zero"), "/dev/zero is not a folder or a regular file"),
     ],
 )
 def test_bad_sources_name_the_problem(tmp_path, make, message):

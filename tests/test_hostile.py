@@ -153,6 +153,21 @@ def test_a_file_name_that_is_not_utf8_trains_and_is_found_again(tmp_path, capsys
     assert cli.main(["eval", str(out)]) == 0, capsys.readouterr().err
 
 
+@pytest.mark.slow
+def test_a_class_folder_whose_name_is_not_utf8_is_drawn_and_reported_as_its_bytes(tmp_path, capsys):
+    """matplotlib's font and the page's UTF-8 cannot take its surrogates: shown as \\xNN."""
+    name = os.fsdecode(b"\xff\xfe")
+    files = {k.replace("apple", name): v for k, v in folder_files().items()}
+    data = write_folder(tmp_path / "fruit", files)
+    out = tmp_path / "run"
+    args = ["train", "--preset", "seed", "--data", data, "--max-steps", "1", "--out", out]
+    assert cli.main([*map(str, args), "--quiet"]) == 0, capsys.readouterr().err
+    assert (out / "train_images.png").is_file()
+    assert "\\xff\\xfe" in (out / "report.html").read_text()
+    assert cli.main(["report", str(out), str(out), "--out", str(tmp_path / "c.html")]) == 0
+    assert "\\xff\\xfe" in (tmp_path / "c.html").read_text()
+
+
 def test_linked_split_and_class_folders_are_followed(tmp_path):
     elsewhere = write_folder(tmp_path / "elsewhere", folder_files())
     root = tmp_path / "fruit"

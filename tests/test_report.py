@@ -106,6 +106,17 @@ def _many_class_report(tmp_path, k: int) -> str:
 
 
 @pytest.mark.slow
+def test_a_hand_made_metrics_csv_is_a_clear_error_not_a_csv_traceback_or_a_huge_read(tmp_path):
+    path = tmp_path / "metrics.csv"
+    path.write_text("step,loss\n" + "x" * 200_000 + "\n")  # past csv's field limit
+    with pytest.raises(BlitzError, match="field larger than field limit"):
+        read_metrics_csv(path)
+    with open(path, "wb") as f:  # 100 MB of zeros, in no blocks
+        f.truncate(100 * 2**20)
+    with pytest.raises(BlitzError, match="larger than 64 MB"):
+        read_metrics_csv(path)
+
+
 def test_report_at_100_classes_scrolls_instead_of_shrinking(tmp_path):
     page = _many_class_report(tmp_path, 100)
     assert page.count("<div class='scroll'>") == 2 and len(_images(page)) == 3

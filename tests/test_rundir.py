@@ -1,6 +1,8 @@
 """The run directory's typed records: today's and older files load; foreign, hand-edited or
 damaged ones are clear errors; one writer at a time; refused runs leave nothing behind."""
 
+import contextlib
+import errno
 import json
 
 import pytest
@@ -10,6 +12,7 @@ from blitz import cli
 from blitz.errors import BlitzError
 from blitz.models import create_model, list_models
 from blitz.models.configs import build_config
+from blitz.training import checkpoint
 from blitz.training.checkpoint import Checkpoint, Training, load_checkpoint, save_checkpoint
 from blitz.training.evaluate import chance_note, confusion_matrix
 from blitz.training.rundir import Metrics, RunDir, matrix_record
@@ -59,6 +62,18 @@ def test_a_run_directory_of_the_previous_format_still_loads(tmp_path):
     assert run_dir.read_metrics().steps == 10 and run_dir.read_metrics().steps_per_epoch == 0
 
 
+def test_a_checkpoint_describing_a_bigger_model_than_its_weights_is_refused_before_building(
+    tmp_path,
+):
+    # a million classes: measured on the meta device (a 53 MB file naming 3 million, with wider
+    # layers, asked for 49 GB before its weights were compared)
+    ckpt = _checkpoint("convnet")
+    ckpt.model.classes = [f"c{i}" for i in range(1_000_000)]
+    save_checkpoint(tmp_path / "model.pt", ckpt)
+    with pytest.raises(BlitzError, match=r"model of 1,000,000 classes it describes \(head"):
+        RunDir(tmp_path).load_model().build_model()
+
+
 @pytest.mark.parametrize(
     ("content", "problem"),
     [
@@ -69,6 +84,8 @@ def test_a_run_directory_of_the_previous_format_still_loads(tmp_path):
         ('{"test_accuracy": 0.5, "classes": ["a"], "confusion_matrix": [[1, 2]], '
          '"per_class_accuracy": {}}', "1 x 1"),
         ('{"classes": ["a"]}', "test_accuracy"),
+        ('{"test_accuracy": 5.0, "classes": ["a"], "confusion_matrix": [[1]], '
+         '"per_class_accuracy": {}}', r"accuracies are not in \[0, 1\]"),
     ],
 )  # fmt: skip
 def test_a_hand_edited_metrics_file_is_a_clear_error(tmp_path, content, problem):
@@ -118,8 +135,9 @@ def _nan_weight(ckpt):
         (_nan_weight, "holds NaN or infinite values"),
         (lambda ckpt: setattr(ckpt.model, "std", (0.5, 0.0, 0.5)), "model.std"),
         (lambda ckpt: setattr(ckpt.model, "mean", (0.5, torch.inf, 0.5)), "model.mean"),
+        (lambda ckpt: setattr(ckpt.model, "classes", ["a"] * 3), r"\['a'\] for model.classes"),
     ],
-    ids=["nan-weight", "zero-std", "infinite-mean"],
+    ids=["nan-weight", "zero-std", "infinite-mean", "a-class-twice"],
 )
 def test_a_checkpoint_of_broken_numbers_with_a_valid_checksum_is_refused(tmp_path, change, problem):
     ckpt = _checkpoint()
@@ -138,6 +156,13 @@ def test_a_held_run_directory_is_refused_to_a_second_writer(tmp_path):
                            cache=tmp_path / "cache", check=False)  # fmt: skip
     assert result.returncode == 2 and "another blitz process is writing" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_folder_planted_at_the_lock_files_name_is_a_clear_error(tmp_path):
+    (tmp_path / "run" / ".lock").mkdir(parents=True)  # was an IsADirectoryError traceback
+    lock = RunDir(tmp_path / "run").lock()
+    with pytest.raises(BlitzError, match=r"\.lock is a folder: blitz keeps an empty lock file"):
+        lock.__enter__()
 
 
 @pytest.mark.slow
@@ -182,6 +207,37 @@ def test_a_full_disk_hidden_in_torch_saves_runtime_error_is_one_clear_error(tmp_
 
     monkeypatch.setattr(torch, "save", full)
     with pytest.raises(BlitzError, match="could not write checkpoint .*no checkpoint was kept"):
+        save_checkpoint(tmp_path / "last.pt", _checkpoint())
+    assert list(tmp_path.iterdir()) == []  # no temporary file left
+
+
+class _FillsUp:
+    """A file on a disk that is full after ``room`` bytes (its writes then fail as the OS's)."""
+
+    def __init__(self, file, room: int) -> None:
+        self.file, self.room = file, room
+
+    def write(self, data) -> int:
+        self.room -= len(data)
+        if self.room < 0:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return self.file.write(data)
+
+    def flush(self) -> None:
+        self.file.flush()
+
+
+def test_a_disk_that_fills_inside_torch_saves_zip_writer_is_one_clear_error(tmp_path, monkeypatch):
+    # the OSError of the write, then the writer's close raises RuntimeError("unexpected pos")
+    real = checkpoint.atomic_file
+
+    @contextlib.contextmanager
+    def filling(path):
+        with real(path) as f:
+            yield _FillsUp(f, 2000)
+
+    monkeypatch.setattr(checkpoint, "atomic_file", filling)
+    with pytest.raises(BlitzError, match="could not write checkpoint .*: No space left on device"):
         save_checkpoint(tmp_path / "last.pt", _checkpoint())
     assert list(tmp_path.iterdir()) == []  # no temporary file left
 

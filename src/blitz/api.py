@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 from urllib.parse import quote
 
 from blitz.config.settings import SECTIONS, TRAIN_FLAGS
-from blitz.errors import BlitzError
+from blitz.errors import BlitzError, path_too_long
 
 if TYPE_CHECKING:
     import numpy as np
@@ -64,7 +64,15 @@ def checked(function: Function) -> Function:
                     f"{where}: {name} must be {expected}, not "
                     f"{_short(value)} ({type(value).__name__})"
                 )
-        return function(*args, **kwargs)
+            if isinstance(value, str | os.PathLike) and "\0" in str(os.fspath(value)):
+                # no path holds one: os calls raise ValueError("embedded null byte")
+                raise BlitzError(f"{where}: {name} holds a NUL character: {_short(value)}")
+        try:
+            return function(*args, **kwargs)
+        except OSError as exc:  # a path too long, given or read from a file: said as such
+            if (error := path_too_long(exc)) is None:
+                raise
+            raise error from None
 
     return typing.cast(Function, call)
 
@@ -157,6 +165,12 @@ def settings_overrides(settings: dict[str, Any], extra: dict[str, Any] | None) -
         for name, value in settings.items()
         if value is not None
     }
+    for key in extra or {}:  # the dict's type is checked, not its keys'
+        if not isinstance(key, str):
+            raise BlitzError(
+                f"blitz.train: the keys of set must be settings' names such as "
+                f"'optim.weight_decay', not {_short(key)} ({type(key).__name__})"
+            )
     return {**overrides, **(extra or {})}
 
 
@@ -453,6 +467,7 @@ def _pil_images(items: list[Any]) -> Iterator[Image.Image]:
             check_pixels(f"input {index}", *item.size)  # its copies would be the size again
             yield item
         elif isinstance(item, torch.Tensor):
+            _check_dense(item, index)
             batch = item if item.dim() == 4 else _one_image(item)
             check_pixels(f"input {index}", batch.shape[-1], batch.shape[-2])
             yield from (_tensor_to_pil(image) for image in batch)
@@ -461,6 +476,18 @@ def _pil_images(items: list[Any]) -> Iterator[Image.Image]:
                 f"cannot predict a {type(item).__name__}: pass image files or folders, PIL "
                 "images or tensors (a list of one kind)"
             )
+
+
+def _check_dense(tensor: torch.Tensor, index: int) -> None:
+    import torch
+
+    # a meta tensor has no values, a sparse or nested one no plain (C, H, W) layout
+    if tensor.is_meta or tensor.is_nested or tensor.layout != torch.strided:
+        kind = "meta" if tensor.is_meta else "nested" if tensor.is_nested else str(tensor.layout)
+        raise BlitzError(
+            f"input {index} is a {kind} tensor: pass a dense tensor that holds its values "
+            "(tensor.to_dense(), or one made on the CPU or a GPU)"
+        )
 
 
 def _one_image(tensor: torch.Tensor) -> torch.Tensor:

@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     args, unknown = parser.parse_known_args(argv)
     if unknown:
         _reject(unknown, parser, args.command)
-    from blitz.errors import BlitzError
+    from blitz.errors import BlitzError, path_too_long
     from blitz.utils.signals import StopRequested
 
     try:
@@ -132,6 +132,11 @@ def main(argv: list[str] | None = None) -> int:
             return COMMANDS[args.command].main(args) or 0
     except BlitzError as exc:
         print(f"blitz: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a path too long, from the command line or a file: said as such
+        if (error := path_too_long(exc)) is None:
+            raise
+        print(f"blitz: error: {error}", file=sys.stderr)
         return 2
     except StopRequested as exc:  # a checkpoint was saved; the message says how to resume
         if os.environ.get("RANK", "0") == "0":  # under torchrun: the process that saved it

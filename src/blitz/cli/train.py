@@ -42,7 +42,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="also log the run to MLflow: any tracking URI (default: MLFLOW_TRACKING_URI, "
         "else sqlite:///mlflow.db here); needs pip install 'blitz[mlflow]'",
     )
-    p.add_argument("--out", type=Path, metavar="DIR", help="run directory (default: runs/...)")
+    p.add_argument("--out", type=_folder, metavar="DIR", help="run directory (default: runs/...)")
     p.add_argument("--overwrite", action="store_true", help="replace a finished run in --out")
     p.add_argument(
         "--resume",
@@ -97,6 +97,15 @@ def train_plan(args: argparse.Namespace):
         _refuse_settings_with_resume(args)
         return plan_resume(args.resume)
     return plan_training(args.preset, overrides(args), args.out, args.config)
+
+
+def _folder(text: str) -> Path:
+    # Path("") is ".": `--out "$UNSET"` would write the run among the current folder's files
+    if not text.strip():
+        raise argparse.ArgumentTypeError(
+            "an empty path: name the run directory, or leave --out out"
+        )
+    return Path(text)
 
 
 def _without_devices(argv: list[str]) -> list[str]:

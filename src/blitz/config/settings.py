@@ -81,6 +81,8 @@ def _check_fraction(key: str, value: float, what: str = "a number") -> None:
 def check_type(key: str, value: Any, hint: Any) -> Any:
     """``value`` as the annotation ``hint`` wants it (a float for an int, a tuple for a list),
     or a BlitzError naming the setting ``key`` and what it expects."""
+    # a NUL in a path or a name (a settings file's "\u0000") fails every os call with ValueError
+    check_value(not (isinstance(value, str) and "\0" in value), key, value, "no NUL character")
     try:
         return convert(value, hint)
     except Mismatch:

@@ -87,6 +87,11 @@ def check_path(path: Path, sources: list[str], tables: tuple[str, ...] = ()) -> 
             "class, or train/ and test/ folders of those), an archive of one "
             f"({', '.join(ARCHIVE_SUFFIXES)}){table}, or one of {', '.join(sources)}"
         )
+    if not path.is_dir() and not path.is_file():  # opening a pipe to list it would wait for ever
+        raise BlitzError(
+            f"{path} is not a folder or a regular file (a pipe, a socket or a device): pass an "
+            f"image folder, an archive ({', '.join(ARCHIVE_SUFFIXES)}){table}"
+        )
     if path.is_file() and not path.name.lower().endswith(ARCHIVE_SUFFIXES + tables):
         raise BlitzError(
             f"{path} is not a folder or an archive{table and ' or a table'}: expected one of "

@@ -19,6 +19,7 @@ from matplotlib.ticker import LogFormatter, MaxNLocator  # noqa: E402
 from PIL import Image  # noqa: E402
 from torchvision.utils import make_grid  # noqa: E402
 
+from blitz.outputs.predict import printable  # noqa: E402
 from blitz.utils.writes import write_atomic  # noqa: E402
 
 PAD = 2
@@ -26,16 +27,28 @@ NUMBERS_UP_TO = 20  # classes up to which the confusion matrix prints its counts
 
 
 def plain_text(draw: Callable[..., bytes]) -> Callable[..., bytes]:
-    """Draw with names taken as they are: a class called "$5 $HOME" is not maths, and a name in
-    a script the font lacks costs a blank box, not a warning per glyph."""
+    """Draw with names taken as they are: a class called "$5 $HOME" is not maths, a name in
+    a script the font lacks costs a blank box, not a warning per glyph, and a folder name whose
+    bytes are not UTF-8 is drawn with them as \\xNN (the font cannot take its surrogates)."""
 
     @functools.wraps(draw)
     def drawn(*args, **kwargs) -> bytes:
+        args = tuple(_drawable(a) for a in args)
+        kwargs = {k: _drawable(v) for k, v in kwargs.items()}
         with plt.rc_context({"text.parse_math": False}), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Glyph .* missing from font")
             return draw(*args, **kwargs)
 
     return drawn
+
+
+def _drawable(value: object) -> object:
+    """A text argument (a title, a list of names) made printable; anything else as it is."""
+    if isinstance(value, str):
+        return printable(value)
+    if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+        return [printable(v) for v in value]
+    return value
 
 
 def figure_png(fig: plt.Figure) -> bytes:

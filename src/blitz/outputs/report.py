@@ -93,7 +93,9 @@ def write_report(run_dir: RunDir, metrics: Metrics, test: AnySplit, result: Eval
         _errors_section(metrics, test, result),
         _files_section(run_dir, metrics),
     ]
-    write_atomic(run_dir.report, _page(title, _subtitle(metrics), sections).encode())
+    # a class folder's name that is not UTF-8 is shown as \\xNN, as the terminal shows it
+    page = _page(title, _subtitle(metrics), sections)
+    write_atomic(run_dir.report, printable(page).encode())
     return run_dir.report
 
 
@@ -339,7 +341,7 @@ def write_comparison(run_dirs: list[RunDir], out: Path) -> Path:
         _section("Curves", _img(overlay_png(curves, "epochs", "epoch"), "curves overlaid")),
     ]
     page = _page("blitz: comparison of runs", html.escape(", ".join(names)), sections)
-    write_atomic(out, page.encode())
+    write_atomic(out, printable(page).encode())
     return out
 
 

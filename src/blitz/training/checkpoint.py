@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import random
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,9 @@ class ModelFacts:
         check_range("model.in_channels", self.in_channels, 1, MAX_CHANNELS)
         check_range("model.image_size", self.image_size, 8, MAX_IMAGE_SIZE)
         check_value(bool(self.classes), "model.classes", self.classes, "at least one class")
+        # a class named twice (a hand-edited file) would make two outputs one answer
+        twice = sorted(c for c, n in Counter(self.classes).items() if n > 1)[:3]
+        check_value(not twice, "model.classes", twice, "each class named once")
         # check_types refuses a NaN or infinite mean or std; a 0 would divide every pixel by it
         positive = all(s > 0 for s in self.std)
         check_value(positive, "model.std", list(self.std), "numbers > 0")
@@ -122,9 +126,28 @@ class Checkpoint:
 
     def build_model(self) -> nn.Module:
         """The network with these weights, in evaluation mode."""
+        self._check_shapes()
         model = self.model.build()
         load_state(model, self.state_dict, f"the weights of a {self.model.name!r} model")
         return model.eval()
+
+    def _check_shapes(self) -> None:
+        """The network the facts describe, built on the meta device (nothing allocated), must
+        have the shapes of the weights the file holds: a hand-made file naming 3 million classes
+        and wide layers would otherwise allocate tens of GB before its weights are compared."""
+        with torch.device("meta"):
+            wanted = {k: tuple(v.shape) for k, v in self.model.build().state_dict().items()}
+        held = {k: tuple(v.shape) if isinstance(v, torch.Tensor) else None
+                for k, v in self.state_dict.items()}  # fmt: skip
+        if wanted != held:
+            keys = sorted(wanted.keys() | held.keys())
+            key = next(k for k in keys if wanted.get(k) != held.get(k))
+            raise BlitzError(
+                f"the checkpoint's weights do not fit the {self.model.name!r} model of "
+                f"{len(self.model.classes):,} classes it describes ({key}: the model has "
+                f"{wanted.get(key)}, the file {held.get(key)}): it was written by another model "
+                "or edited; use the run directory that goes with this model and data"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data and tensors (loads with ``weights_only=True``), with a checksum."""
@@ -218,14 +241,28 @@ def save_checkpoint(path: Path, ckpt: Checkpoint) -> None:
         with atomic_file(path) as f:  # the previous checkpoint stays whole until it is renamed
             torch.save(ckpt.to_dict(), f)
     except (OSError, RuntimeError) as exc:  # disk full: torch.save may say it as RuntimeError
-        if isinstance(exc, RuntimeError) and not _is_write_error(exc):
+        failed = _failed_write(exc)
+        if failed is None:
             raise
         kept = "the previous checkpoint is intact" if path.exists() else "no checkpoint was kept"
-        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).strip()
+        why = failed.strerror if isinstance(failed, OSError) and failed.strerror else str(failed)
+        why = why.strip()
         raise BlitzError(
             f"could not write checkpoint {path}: {why.splitlines()[0]}; {kept}. "
             "Free some space (or fix the permissions) and run again"
         ) from None
+
+
+def _failed_write(exc: BaseException) -> BaseException | None:
+    """The write that failed behind ``exc``, or None if ``exc`` is no failed write. torch.save
+    into a Python file lets the file's OSError (ENOSPC, EFBIG) through, but its zip writer's
+    close then raises a RuntimeError ("unexpected pos") with that OSError as its context."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return exc if isinstance(exc, RuntimeError) and _is_write_error(exc) else None
 
 
 def _is_write_error(exc: RuntimeError) -> bool:

@@ -16,11 +16,12 @@ from tqdm import tqdm
 from blitz.config.settings import Config
 from blitz.data.dataset import Log
 from blitz.errors import BlitzError
-from blitz.files import open_new, open_regular
+from blitz.files import open_new, read_regular
 from blitz.training.rundir import RunDir
 from blitz.utils.writes import write_failed
 
 CSV_FIELDS = ("step", "epoch", "loss", "accuracy", "lr", "images_per_s")
+MAX_METRICS_CSV = 64 * 2**20  # a row per 50 steps: a million steps take about 1 MB
 EPOCH_LINES = 20  # epoch lines in a log at most (about)
 INTERVAL = 50  # steps per metrics.csv row and bar update: .item() syncs the device, so not always
 
@@ -111,10 +112,13 @@ def read_metrics_csv(path: Path) -> list[dict[str, float]]:
     if not path.is_file():
         return []
     try:  # a run directory may come from anyone: only a regular file of its own is read
-        with io.TextIOWrapper(open_regular(path, follow=False), "utf-8", "replace", "") as f:
-            return [row for row in map(_numbers, csv.DictReader(f)) if row]
+        data = read_regular(path, MAX_METRICS_CSV, follow=False)
+        rows = csv.DictReader(io.StringIO(data.decode("utf-8", "replace"), newline=""))
+        return [row for row in map(_numbers, rows) if row]
     except OSError as exc:
         raise BlitzError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except csv.Error as exc:  # a NUL, a field of megabytes: no metrics.csv blitz wrote
+        raise BlitzError(f"cannot read {path}: {exc}; delete it to report without it") from None
 
 
 def _numbers(row: dict[str, str]) -> dict[str, float] | None:

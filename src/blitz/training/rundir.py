@@ -103,6 +103,10 @@ class Metrics:
             "its history is not a list of records of numbers",
         )  # fmt: skip
         self._check_sets(k)
+        shares = (self.test_accuracy, self.balanced_accuracy, self.macro_f1, self.weighted_f1,
+                  self.top5_accuracy)  # fmt: skip
+        # a report of "500 %" from a hand-edited file would be believed
+        _require(all(v is None or 0 <= v <= 1 for v in shares), "its accuracies are not in [0, 1]")
 
     def _check_matrix(self, k: int) -> None:
         """The confusion matrix whole (K x K), or past DENSE_CLASSES classes its cells."""

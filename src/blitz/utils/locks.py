@@ -43,6 +43,11 @@ def _open_lock_file(path: Path) -> int:
     flags = os.O_RDWR | os.O_CREAT | NOFOLLOW
     try:
         return os.open(path, flags, 0o644)
+    except IsADirectoryError:  # a folder planted at its name (a run directory from anyone)
+        raise BlitzError(
+            f"{path} is a folder: blitz keeps an empty lock file there; remove the folder and "
+            "run again"
+        ) from None
     except OSError as exc:
         if exc.errno != errno.ELOOP:
             raise
