@@ -28,6 +28,7 @@ Prediction = tuple[Path, list[tuple[str, float]]]
 Name = TypeVar("Name", Path, int)  # what a prediction is of: a file, or a place in a list
 BATCH_BYTES = 256 * 2**20  # decoded images per batch: 256 CIFAR images are 0.8 MB, 4096 px 48 MB
 OnSkip = Callable[[Path, str], None]  # (file, why it was skipped)
+UNKNOWN = "unknown"  # the label of an image whose top probability is below --min-confidence
 
 
 def collect_images(paths: list[Path]) -> list[Path]:
@@ -73,10 +74,12 @@ def predict_files(
     top_k: int,
     batch_size: int = 256,
     on_skip: OnSkip | None = None,
+    calibrated: bool = True,
 ) -> list[Prediction]:
     """Top-k (class, probability) per file; images of any size or mode are converted and
     resized. A file that cannot be read or decoded is skipped and passed to ``on_skip``
-    (default: named on stderr), so the others' predictions are kept; none at all is an error."""
+    (default: named on stderr), so the others' predictions are kept; none at all is an error.
+    Probabilities are calibrated (the run's temperature) unless ``calibrated`` is False."""
     failed: list[tuple[Path, str]] = []
 
     def skip(path: Path, reason: str) -> None:
@@ -92,7 +95,7 @@ def predict_files(
             chunk = files[start : start + batch_size]
             good, arrays = _decode_files(chunk, facts, skip)
             if good:
-                results += _classify(facts, model, good, arrays, top_k)
+                results += _classify(facts, model, good, arrays, top_k, calibrated)
             bar.update(len(chunk))
     if not results:
         raise _nothing_classified(len(files), *failed[0])
@@ -128,10 +131,14 @@ def _classify(
     files: list[Name],
     arrays: list[np.ndarray],
     top_k: int,
+    calibrated: bool = True,
 ) -> list[tuple[Name, list[tuple[str, float]]]]:
     classes = facts.classes
     images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
-    probs = predict_logits(model, [images], facts.mean, facts.std, facts.tta).softmax(1)
+    logits = predict_logits(model, [images], facts.mean, facts.std, facts.tta)
+    # temperature scaling here and nowhere else: every prediction's probabilities pass this line
+    temperature = facts.temperature if calibrated else 1.0
+    probs = (logits / temperature).softmax(1)
     top = probs.topk(min(top_k, len(classes)), dim=1)
     return [
         (f, [(classes[c], prob) for c, prob in zip(i, p)])
@@ -155,24 +162,51 @@ def printable(text: str) -> str:
     return raw.decode("utf-8", "backslashreplace")
 
 
-def format_prediction(prediction: Prediction) -> str:
-    """``path: class 97.1 %, class 2.0 %``."""
+def check_min_confidence(value: float | None, what: str = "--min-confidence") -> None:
+    """A probability in [0, 1] (or None: always answer)."""
+    if value is None:
+        return
+    ok = not isinstance(value, bool) and isinstance(value, int | float) and 0 <= value <= 1
+    if not ok:  # NaN fails the comparison too
+        raise BlitzError(
+            f"invalid {what} {value!r}: expected a probability in [0, 1] (0.8: answer only "
+            "where the top class is at least 80 % likely)"
+        )
+
+
+def decide(top: list[tuple[str, float]], min_confidence: float | None) -> str:
+    """The top class, or UNKNOWN where its probability is below ``min_confidence``."""
+    if min_confidence is not None and top[0][1] < min_confidence:
+        return UNKNOWN
+    return top[0][0]
+
+
+def format_prediction(prediction: Prediction, min_confidence: float | None = None) -> str:
+    """``path: class 97.1 %, class 2.0 %``; below ``min_confidence``, ``path: unknown (below
+    80.0 %: class 41.0 %, ...)``."""
     path, top = prediction
-    return f"{printable(str(path))}: " + ", ".join(
-        f"{printable(c)} {100 * p:.1f} %" for c, p in top
-    )
+    shown = ", ".join(f"{printable(c)} {100 * p:.1f} %" for c, p in top)
+    if decide(top, min_confidence) == UNKNOWN and min_confidence is not None:
+        shown = f"{UNKNOWN} (below {100 * min_confidence:.1f} %: {shown})"
+    return f"{printable(str(path))}: {shown}"
 
 
-def write_csv(predictions: list[Prediction], path: Path) -> None:
-    """Columns: path, then class_i and prob_i for each of the top k. UTF-8, with the bytes of
-    non-UTF-8 names as ``\\xNN`` (as printed), so any CSV reader can read every row."""
+def write_csv(
+    predictions: list[Prediction], path: Path, min_confidence: float | None = None
+) -> None:
+    """Columns: path (then, with ``min_confidence``, label: the top class or unknown), then
+    class_i and prob_i for each of the top k. UTF-8, with the bytes of non-UTF-8 names as
+    ``\\xNN`` (as printed), so any CSV reader can read every row."""
     check_output_file(path, "the CSV")
     k = len(predictions[0][1]) if predictions else 0
-    header = ["path"] + [col for i in range(1, k + 1) for col in (f"class_{i}", f"prob_{i}")]
+    label = [] if min_confidence is None else ["label"]
+    header = ["path", *label]
+    header += [col for i in range(1, k + 1) for col in (f"class_{i}", f"prob_{i}")]
     out = io.StringIO()
     writer = csv.writer(out)
     writer.writerow(header)
     for file, top in predictions:
+        decided = [] if min_confidence is None else [printable(decide(top, min_confidence))]
         cells = [v for c, p in top for v in (printable(c), f"{p:.6f}")]
-        writer.writerow([printable(str(file)), *cells])
+        writer.writerow([printable(str(file)), *decided, *cells])
     write_atomic(path, out.getvalue().encode())

@@ -25,6 +25,7 @@ from blitz.models import check_input_size, count_parameters, create_model
 from blitz.models.timm_models import fetch_hub_weights, load_pretrained
 from blitz.outputs.plots import save_image_grid
 from blitz.outputs.report import write_report
+from blitz.training.calibration import Calibration, calibrate
 from blitz.training.checkpoint import Checkpoint
 from blitz.training.compiling import use_compile_cache
 from blitz.training.context import Log, RunContext, silent
@@ -191,14 +192,31 @@ def finish(ctx: RunContext, data: ImageData, model: nn.Module, loop: Loop) -> Me
     if run_dir is None:
         return None
     _show_results(result, data, run_dir, ctx.log)
-    run_dir.save_model(Checkpoint.of(model, ctx.cfg, data.classes))
+    calibration = _calibrate(result, validation, data)  # T from the validation set alone
+    ctx.log(calibration.summary("validation" if data.test_is_val else "test"))
+    ckpt = Checkpoint.of(model, ctx.cfg, data.classes, temperature=calibration.temperature)
+    run_dir.save_model(ckpt)
     metrics = _metrics(ctx, data, model, loop, result, eval_seconds)
+    metrics.calibration = calibration.record()
     if validation is not None:
         metrics.validation = _figures(validation, data.classes)
     run_dir.write_metrics(metrics)  # its presence marks the run finished
     run_dir.drop_resume_point()
-    ctx.log(f"report: {write_report(run_dir, metrics, test, result)}")
+    ctx.log(f"report: {write_report(run_dir, metrics, test, result, ckpt)}")
     return metrics
+
+
+def _calibrate(result: Evaluation, validation: Evaluation | None, data: ImageData) -> Calibration:
+    """The temperature fitted on the validation set's logits (the scored set's where it is the
+    validation set: the data has no test set), and the figures before and after it."""
+    if result.logits is None:
+        return Calibration(note="left out: too many images x classes to keep their logits")
+    labels = data.test_set().labels
+    if data.test_is_val:
+        return calibrate(result.logits, labels, result.logits, labels, test_is_val=True)
+    val = validation.logits if validation is not None else None
+    val_labels = data.val.labels if data.val is not None else None
+    return calibrate(result.logits, labels, val, val_labels)
 
 
 def _metrics(
@@ -420,4 +438,4 @@ def rebuild_report(run_dir: RunDir, log: Log) -> Path:
     cfg, model, data = _load_run(run_dir, None, log)
     test = data.test_set()
     result = evaluate(model, test, cfg, len(data.classes))
-    return write_report(run_dir, metrics, test, result)
+    return write_report(run_dir, metrics, test, result, run_dir.load_model())
