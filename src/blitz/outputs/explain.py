@@ -49,19 +49,20 @@ def require_grad_cam() -> ModuleType:
     return pytorch_grad_cam
 
 
-def target_layer(model: nn.Module, name: str) -> nn.Module:
-    """The layer to explain ``model`` (of the registry's ``name``) at."""
+def target_layer(model: nn.Module, name: str, in_channels: int = 3, side: int = 64) -> nn.Module:
+    """The layer to explain ``model`` (of the registry's ``name``, taking images of
+    ``in_channels`` x ``side`` x ``side``) at."""
     if name in TARGETS:
         return TARGETS[name](model)
     info = getattr(model, "feature_info", None)
     if name.startswith(PREFIX) and info:
         return model.get_submodule(info[-1]["module"])
-    return _last_spatial_layer(model)
+    return _last_spatial_layer(model, in_channels, side)
 
 
-def _last_spatial_layer(model: nn.Module) -> nn.Module:
+def _last_spatial_layer(model: nn.Module, in_channels: int = 3, side: int = 64) -> nn.Module:
     """A model the table does not know: its last module (in the order they run) whose output
-    is a (B, C, H, W) map larger than 1 x 1, found on one image of 64 x 64."""
+    is a (B, C, H, W) map larger than 1 x 1, found on one blank image."""
     found: list[nn.Module] = []
     hooks = [
         m.register_forward_hook(
@@ -74,10 +75,9 @@ def _last_spatial_layer(model: nn.Module) -> nn.Module:
         for m in model.modules()
         if m is not model
     ]
-    channels = next(p for p in model.parameters() if p.dim() == 4).shape[1]
     try:
         with torch.no_grad():
-            model.eval()(torch.zeros(1, channels, 64, 64))
+            model.eval()(torch.zeros(1, in_channels, side, side))
     finally:
         for hook in hooks:
             hook.remove()
@@ -95,7 +95,7 @@ def heat_maps(
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
     model = model.cpu().eval()
-    layer = target_layer(model, facts.name)
+    layer = target_layer(model, facts.name, facts.in_channels, facts.image_size)
     x = normalize(images, facts.mean, facts.std).float()
     wanted = [ClassifierOutputTarget(t) for t in targets]
     try:
