@@ -63,11 +63,13 @@ def logit_figures(
 
 
 def _figures(probs: torch.Tensor, log_true: torch.Tensor, labels: torch.Tensor, bins: int) -> dict:
-    confidence, predicted = probs.max(1)
-    correct = predicted == labels
-    found = reliability(confidence, correct, bins)
+    top, predicted = probs.max(1)
+    found = reliability(top, predicted == labels, bins)
     counts = torch.tensor(found.counts, dtype=torch.float64)
-    gaps = (torch.tensor(found.accuracy) - torch.tensor(found.confidence)).abs()
+    accuracy, confidence = (
+        torch.tensor(v, dtype=torch.float64) for v in (found.accuracy, found.confidence)
+    )
+    gaps = (accuracy - confidence).abs()
     n = max(len(labels), 1)
     one_hot = F.one_hot(labels.long(), probs.shape[1]).double()
     return {
