@@ -56,6 +56,7 @@ def test_report_command_rebuilds_and_compares(run, tmp_path):
     out = tmp_path / "cmp.html"
     blitz("report", root / "run", root / "run", "--out", out, cache=root / "cache")
     assert "Settings" in out.read_text() and "identical" in out.read_text()
+    assert "test ECE (before → after T)" in out.read_text()  # calibration, side by side
     missing = blitz("report", tmp_path, cache=root / "cache", check=False)
     assert missing.returncode == 2 and "metrics.json" in missing.stderr
 

@@ -424,6 +424,12 @@ def cmd_export(args: argparse.Namespace) -> None:
             if facts.tta != "none"
             else ""
         )
+        + (
+            f", divided by its temperature {facts.temperature:.4g} (their softmax: calibrated "
+            "probabilities)"
+            if facts.temperature != 1.0
+            else ""
+        )
     )
     print(f"checked against PyTorch on random images: max abs difference {diff:.2e}")
 

@@ -30,7 +30,12 @@ from blitz.outputs.plots import (
     per_class_png,
 )
 from blitz.outputs.predict import printable
-from blitz.outputs.trust import calibrated, calibration_section, heat_map_pngs
+from blitz.outputs.trust import (
+    calibrated,
+    calibration_rows,
+    calibration_section,
+    heat_map_pngs,
+)
 from blitz.training.checkpoint import Checkpoint
 from blitz.training.evaluate import (
     CLASS_COLUMNS,
@@ -382,6 +387,7 @@ def _side_by_side(metrics: dict[str, Metrics]) -> str:
         "epochs / steps": lambda m: f"{m.epochs} / {m.steps}",
         "training time": lambda m: f"{m.train_seconds:.1f} s",
         "device": lambda m: m.device,
+        **calibration_rows(),
     }
     rows = [(key, *(get(m) for m in metrics.values())) for key, get in keys.items()]
     classes = {tuple(m.classes) for m in metrics.values()}

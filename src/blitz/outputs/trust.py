@@ -5,6 +5,7 @@ choose ``--min-confidence``, and Grad-CAM heat maps of its worst errors."""
 from __future__ import annotations
 
 import html
+from collections.abc import Callable
 
 import torch
 
@@ -90,6 +91,28 @@ def _figures_table(record: dict) -> str:
 
 def _cell(key: str, value: float) -> str:
     return f"{100 * value:.2f} %" if key in ("ece", "mce") else f"{value:.4f}"
+
+
+def calibration_rows() -> dict[str, Callable[[Metrics], str]]:
+    """The comparison page's rows: test ECE and NLL before -> after temperature, and T."""
+
+    def change(key: str) -> Callable[[Metrics], str]:
+        def shown(m: Metrics) -> str:
+            figures = m.calibration.get("test") or {}
+            if "before" not in figures:
+                return "—"  # a run from before calibration was measured
+            before = _cell(key, figures["before"][key])
+            return (
+                f"{before} → {_cell(key, figures['after'][key])}" if "after" in figures else before
+            )
+
+        return shown
+
+    return {
+        "test ECE (before → after T)": change("ece"),
+        "test NLL (before → after T)": change("nll"),
+        "temperature": lambda m: f"{m.calibration['temperature']:.4g}" if m.calibration else "—",
+    }
 
 
 def heat_map_pngs(
