@@ -31,7 +31,8 @@ from blitz.training.calibration import (
 )
 from blitz.training.checkpoint import Checkpoint, _digest, load_checkpoint, save_checkpoint
 from blitz.training.evaluate import score
-from blitz.training.rundir import Metrics
+from blitz.training.rundir import Metrics, RunDir
+from blitz.workflows.runs import eval_run
 from conftest import run_blitz
 
 # fixed probabilities: 3 classes, top probabilities on bin edges (1/3, 0.4, 0.6, 1.0) and inside
@@ -267,6 +268,10 @@ def test_a_run_fits_its_temperature_on_the_validation_images_and_records_it(run)
     assert val["after"]["nll"] <= val["before"]["nll"]
     page = (trained.path / "report.html").read_text()
     assert "Calibration and abstaining" in page and f"T = {temperature:.4g}" in page
+    lines = []  # blitz eval says the same, with the temperature model.pt keeps
+    eval_run(RunDir(trained.path), None, lines.append)
+    after = f"{100 * record['test']['after']['ece']:.2f} %"
+    assert any(line.startswith("calibration (test") and after in line for line in lines), lines
 
 
 @pytest.mark.slow

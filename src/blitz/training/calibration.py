@@ -196,6 +196,16 @@ def calibrate(
     return Calibration(temperature, "validation", sets, note)
 
 
+def measure(logits: torch.Tensor, labels: torch.Tensor, temperature: float) -> Calibration:
+    """The figures of a set before and after a temperature already fitted (``blitz eval``)."""
+    if temperature == 1.0:
+        note = "the run has no temperature: no validation set, or a run from before"
+        return Calibration(1.0, None, {"test": {"before": logit_figures(logits, labels)}}, note)
+    return Calibration(
+        temperature, "validation", {"test": _before_after(logits, labels, temperature)}
+    )
+
+
 def _before_after(logits: torch.Tensor, labels: torch.Tensor, temperature: float) -> dict:
     return {
         "before": logit_figures(logits, labels),

@@ -25,7 +25,7 @@ from blitz.models import check_input_size, count_parameters, create_model
 from blitz.models.timm_models import fetch_hub_weights, load_pretrained
 from blitz.outputs.plots import save_image_grid
 from blitz.outputs.report import write_report
-from blitz.training.calibration import Calibration, calibrate
+from blitz.training.calibration import Calibration, calibrate, measure
 from blitz.training.checkpoint import Checkpoint
 from blitz.training.compiling import use_compile_cache
 from blitz.training.context import Log, RunContext, silent
@@ -414,13 +414,18 @@ def _show_results(result: Evaluation, data: ImageData, run_dir: RunDir, log: Log
 
 def eval_run(run_dir: RunDir, source: str | None, log: Log) -> Evaluation:
     """Test a finished run's checkpoint, on its own data or on ``source``."""
-    cfg, model, data = _load_run(run_dir, source, log)
-    result = evaluate(model, data.test_set(), cfg, len(data.classes))
+    ckpt, model, data = _load_run(run_dir, source, log)
+    result = evaluate(model, data.test_set(), ckpt.cfg, len(data.classes))
     _show_results(result, data, run_dir, log)
+    if result.logits is not None:  # the probabilities as predict gives them, and without T
+        temperature = ckpt.model.temperature
+        log(measure(result.logits, data.test_set().labels, temperature).summary())
     return result
 
 
-def _load_run(run_dir: RunDir, source: str | None, log: Log) -> tuple[Config, nn.Module, ImageData]:
+def _load_run(
+    run_dir: RunDir, source: str | None, log: Log
+) -> tuple[Checkpoint, nn.Module, ImageData]:
     ckpt = run_dir.load_model()
     cfg = ckpt.cfg
     if source is None:  # the run's own split
@@ -429,13 +434,13 @@ def _load_run(run_dir: RunDir, source: str | None, log: Log) -> tuple[Config, nn
     else:
         data = load_test_data(replace(cfg.data, source=source), ckpt.model.classes, log)
     device = resolve_device(cfg.train.device)
-    return cfg, _on_device(ckpt.build_model(), device, cfg), data
+    return ckpt, _on_device(ckpt.build_model(), device, cfg), data
 
 
 def rebuild_report(run_dir: RunDir, log: Log) -> Path:
     """Write ``report.html`` again from model.pt, metrics.json and the run's data."""
     metrics = run_dir.read_metrics()
-    cfg, model, data = _load_run(run_dir, None, log)
+    ckpt, model, data = _load_run(run_dir, None, log)
     test = data.test_set()
-    result = evaluate(model, test, cfg, len(data.classes))
-    return write_report(run_dir, metrics, test, result, run_dir.load_model())
+    result = evaluate(model, test, ckpt.cfg, len(data.classes))
+    return write_report(run_dir, metrics, test, result, ckpt)
