@@ -316,3 +316,22 @@ def test_predict_command_abstains_below_min_confidence_and_gives_raw(run, tmp_pa
     assert raw != run_blitz("predict", trained.path, folder).stdout
     bad = run_blitz("predict", trained.path, folder, "--min-confidence", "80", check=False)
     assert bad.returncode == 2 and "expected a probability in [0, 1]" in bad.stderr
+
+
+@pytest.mark.slow
+def test_the_api_explains_files_into_a_folder(run, tmp_path):
+    pytest.importorskip("pytorch_grad_cam")
+    from PIL import Image
+
+    trained, _ = run
+    images = random_images(load_checkpoint(trained.path / "model.pt").model, 2, seed=4)
+    for i, image in enumerate(images):
+        Image.fromarray(image.permute(1, 2, 0).numpy()).save(tmp_path / f"{i}.png")
+    written = trained.explain([tmp_path / "0.png", tmp_path / "1.png"], tmp_path / "heat")
+    predicted = [p.label for p in trained.predict([tmp_path / "0.png", tmp_path / "1.png"])]
+    assert [p.name for p in written] == [f"00{i + 1}-{i}-{c}.png" for i, c in enumerate(predicted)]
+    other = trained.classes[-1]
+    again = trained.explain(tmp_path / "0.png", tmp_path / "heat", class_name=other)
+    assert again[0].name == f"001-0-{other}.png" and again[0].is_file()
+    with pytest.raises(BlitzError, match="image files or folders"):
+        trained.explain(images, tmp_path / "heat")
