@@ -158,7 +158,7 @@ def _public(run):
 
 def test_every_annotated_argument_of_the_api_is_checked(run):
     """A new keyword or method is checked too (``api.checked``), whatever its annotation."""
-    required = {"run_dir": run.path, "path": run.path, "images": []}
+    required = {"run_dir": run.path, "path": run.path, "images": [], "out": run.path / "x"}
     checked = []
     for function in _public(run):
         for name, param in inspect.signature(function).parameters.items():

@@ -119,14 +119,15 @@ def test_a_hand_made_metrics_csv_is_a_clear_error_not_a_csv_traceback_or_a_huge_
 
 def test_report_at_100_classes_scrolls_instead_of_shrinking(tmp_path):
     page = _many_class_report(tmp_path, 100)
-    assert page.count("<div class='scroll'>") == 2 and len(_images(page)) == 3
+    # curves, bars, matrix; the reliability diagram and the risk-coverage curve
+    assert page.count("<div class='scroll'>") == 2 and len(_images(page)) == 5
 
 
 @pytest.mark.slow
 def test_report_at_2000_classes_stays_bounded(tmp_path):
     page = _many_class_report(tmp_path, 2000)
     figures = _images(page)
-    assert len(figures) == 2  # curves, the 100 worst classes' bars: no matrix
+    assert len(figures) == 4  # curves, the 100 worst classes' bars, calibration's two: no matrix
     assert "2000 x 2000 confusion matrix is left out" in page
     assert max(map(len, figures)) < 2_000_000
 
@@ -193,10 +194,11 @@ def test_train_writes_a_self_contained_report(runs):
         "Worst errors",
         "Training images",
         "62,006 parameters",
+        "Calibration and abstaining",
     ):
         assert heading in page, heading
-    images = _images(page)
-    assert len(images) == 5 and all(png[:4] == b"\x89PNG" for png in images)
+    images = _images(page)  # the 5 before, the reliability diagram and risk-coverage curve
+    assert len(images) == 7 and all(png[:4] == b"\x89PNG" for png in images)
     assert "http://" not in page and "https://" not in page and "<link" not in page
     metrics = json.loads((runs / "a" / "metrics.json").read_text())
     assert all("lr" in h and "train_accuracy" in h for h in metrics["history"])
@@ -212,7 +214,7 @@ def test_report_is_rebuilt_from_the_run_directory(runs, monkeypatch):
     path = runs / "a" / "report.html"
     path.unlink()
     assert rebuild_report(RunDir(runs / "a"), log=lambda m: None) == path
-    assert len(_images(path.read_text())) == 5
+    assert len(_images(path.read_text())) == 7
 
 
 @pytest.mark.slow

@@ -1,5 +1,6 @@
 """The report, export and lr-find commands end to end, and the report in a real browser."""
 
+import importlib.util
 import json
 import re
 import subprocess
@@ -53,6 +54,7 @@ def test_report_command_rebuilds_and_compares(run, tmp_path):
     out = tmp_path / "cmp.html"
     blitz("report", root / "run", root / "run", "--out", out, cache=root / "cache")
     assert "Settings" in out.read_text() and "identical" in out.read_text()
+    assert "test ECE (before → after T)" in out.read_text()  # calibration, side by side
     missing = blitz("report", tmp_path, cache=root / "cache", check=False)
     assert missing.returncode == 2 and "metrics.json" in missing.stderr
 
@@ -70,8 +72,10 @@ def test_export_round_trip(run, tmp_path, fmt):
     ckpt = load_checkpoint(root / "run" / "model.pt")
     model = ckpt.build_model()
     images = random_images(ckpt.model, 7, seed=3)  # another batch size than at export time
-    with torch.inference_mode():
+    with torch.inference_mode():  # the export divides by the temperature fitted on val
         expected = model(normalize(images, ckpt.model.mean, ckpt.model.std))
+        expected = expected / ckpt.model.temperature
+    assert ckpt.model.temperature != 1.0
     got = run_export(fmt, out, images)
     assert got.shape == (7, 10)
     np.testing.assert_allclose(got.numpy(), expected.numpy(), atol=1e-4)
@@ -145,7 +149,12 @@ def test_report_renders_in_a_real_browser(run, tmp_path):
     widths = json.loads(found.group(1))
     html_text = (root / "run" / "report.html").read_text()
     assert len(widths) == html_text.count("<img ") and all(w > 0 for w in widths)  # all decoded
-    assert sum(w > 100 for w in widths) >= 5  # the figures, beside the worst errors' thumbnails
+    # the figures (reliability diagram and risk-coverage curve among them), beside the worst
+    # errors' thumbnails (32 px) and their Grad-CAM heat maps (128 px, where grad-cam is)
+    figures = sum(w > 300 for w in widths)
+    assert figures >= 7 and "Calibration and abstaining" in html_text
+    if importlib.util.find_spec("pytorch_grad_cam"):
+        assert sum(w == 128 for w in widths) == sum(w == 32 for w in widths) > 0
     shot = tmp_path / "shot.png"
     subprocess.run([*base, "--window-size=1280,2400", f"--screenshot={shot}", page],
                    capture_output=True, timeout=120)  # fmt: skip

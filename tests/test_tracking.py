@@ -63,6 +63,14 @@ def metrics_dict() -> dict:
         steps=100,
         macro_f1=0.4,
         validation={"accuracy": 0.75, "top5_accuracy": None},
+        calibration={
+            "temperature": 1.5,
+            "fitted_on": "validation",
+            "bins": 15,
+            "test": {
+                "after": {"ece": 0.02, "mce": 0.1, "nll": 0.5, "brier": 0.2, "bin_counts": [1, 2]}
+            },
+        },  # fmt: skip
     ).to_dict()
 
 
@@ -93,6 +101,7 @@ def test_a_run_logs_params_metrics_and_files(store, tmp_path):
     assert history(client, tracker.run_id, "epoch/val_accuracy") == [(100, 0.5)]
     final = run.data.metrics
     assert final["test_accuracy"] == 0.5 and final["macro_f1"] == 0.4 and final["val/accuracy"]
+    assert final["calibration/temperature"] == 1.5 and final["calibration/test_after/ece"] == 0.02
     assert not {"top5_accuracy", "format", "seed", "train/step", "epoch/epoch"} & set(final)
     files = {f.path for f in client.list_artifacts(tracker.run_id)}
     assert files == {"config.json", "report.html", "model.pt", "sets.csv", "metrics.json"}

@@ -41,7 +41,7 @@ KEYWORDS = {flag.keyword: key for key, flag in TRAIN_FLAGS.items()}
 DEFAULT_PRESET = "fast-cpu"
 CLASSES_SHOWN = 10  # class names in a Run's summary
 KINDS = {str: "a string", os.PathLike: "a path", bool: "True or False", int: "an integer",
-         dict: "a dict", type(None): "None"}  # fmt: skip
+         float: "a number", dict: "a dict", type(None): "None"}  # fmt: skip
 Function = TypeVar("Function", bound=Callable[..., Any])
 
 
@@ -284,10 +284,12 @@ class ImagePrediction:
 
     image: Path | int  # the file, or the image's place among the images passed
     top: list[tuple[str, float]]  # (class, probability)
+    abstained: bool = False  # its top probability was below predict's min_confidence
 
     @property
     def label(self) -> str:
-        return self.top[0][0]
+        """The top class, or "unknown" where the prediction abstained."""
+        return "unknown" if self.abstained else self.top[0][0]
 
     @property
     def probability(self) -> float:
@@ -339,21 +341,56 @@ class Run:
         return self.model  # predict's own copy, built once
 
     @checked
-    def predict(self, images: Any, top_k: int = 1) -> list[ImagePrediction]:
+    def predict(
+        self,
+        images: Any,
+        top_k: int = 1,
+        calibrated: bool = True,
+        min_confidence: float | int | None = None,
+    ) -> list[ImagePrediction]:
         """The ``top_k`` classes of each image: files or folders of them (a file that cannot
         be read is named on stderr and left out), PIL images, or tensors, uint8 (C, H, W) or
         (N, C, H, W) in 0-255 or float in [0, 1]; a list of any one kind. Images are converted
-        and resized as ``blitz predict`` does."""
-        from blitz.outputs.predict import collect_images, predict_files
+        and resized as ``blitz predict`` does. Probabilities are calibrated by the run's
+        temperature (``calibrated=False``: the network's own); an image whose top probability
+        is below ``min_confidence`` is labelled "unknown" (``abstained``)."""
+        from blitz.outputs.predict import UNKNOWN, check_min_confidence, decide
 
         if isinstance(top_k, bool) or top_k < 1:  # an int (checked): True is one too
             raise BlitzError(f"invalid top_k {top_k!r}: expected an integer >= 1")
+        check_min_confidence(min_confidence, "min_confidence")
+        found = self._predictions(images, top_k, calibrated)
+        return [
+            ImagePrediction(name, top, decide(top, min_confidence) == UNKNOWN)
+            for name, top in found
+        ]
+
+    def _predictions(self, images: Any, top_k: int, calibrated: bool) -> list[tuple[Any, list]]:
+        from blitz.outputs.predict import collect_images, predict_files
+
         items = list(images) if isinstance(images, (list, tuple)) else [images]
         facts, model = self._checkpoint.model, self._model
         if items and all(isinstance(item, (str, os.PathLike)) for item in items):
             files = collect_images([Path(item) for item in items])
-            return [ImagePrediction(*p) for p in predict_files(facts, model, files, top_k)]
-        return _predict_in_memory(facts, model, _decoded(items, facts), top_k)
+            return list(predict_files(facts, model, files, top_k, calibrated=calibrated))
+        return _predict_in_memory(facts, model, _decoded(items, facts), top_k, calibrated)
+
+    @checked
+    def explain(
+        self, images: Any, out: str | os.PathLike, class_name: str | None = None
+    ) -> list[Path]:
+        """Grad-CAM heat maps over image files (or folders of them), written as PNGs into the
+        folder ``out``: each for its predicted class, or for ``class_name``. Needs the
+        grad-cam package (``pip install 'blitz[explain]'``); returns the files written."""
+        from blitz.outputs.explain import explain_files
+        from blitz.outputs.predict import collect_images
+
+        items = list(images) if isinstance(images, (list, tuple)) else [images]
+        if not all(isinstance(item, (str, os.PathLike)) for item in items):
+            raise BlitzError("explain takes image files or folders: save in-memory images first")
+        files = collect_images([Path(item) for item in items])
+        done = explain_files(self._checkpoint.model, self.model, files, Path(out), class_name)
+        return [explanation.written for explanation in done]
 
     @checked
     def evaluate(self, data: str | os.PathLike | None = None, quiet: bool = False) -> Scores:
@@ -524,16 +561,20 @@ def _tensor_to_pil(image: torch.Tensor) -> Image.Image:
 
 
 def _predict_in_memory(
-    facts: ModelFacts, model: torch.nn.Module, arrays: Iterator[np.ndarray], top_k: int
-) -> list[ImagePrediction]:
+    facts: ModelFacts,
+    model: torch.nn.Module,
+    arrays: Iterator[np.ndarray],
+    top_k: int,
+    calibrated: bool = True,
+) -> list[tuple[int, list[tuple[str, float]]]]:
     """Classify decoded images in batches of at most ``predict.BATCH_BYTES``, as files are."""
     from blitz.outputs.predict import BATCH_BYTES, classify
 
     per_batch = max(1, BATCH_BYTES // (facts.in_channels * facts.image_size**2))
-    results: list[ImagePrediction] = []
+    results: list[tuple[int, list[tuple[str, float]]]] = []
     while batch := list(itertools.islice(arrays, per_batch)):
         places = list(range(len(results), len(results) + len(batch)))
-        results += [ImagePrediction(*p) for p in classify(facts, model, places, batch, top_k)]
+        results += classify(facts, model, places, batch, top_k, calibrated)
     if not results:
         raise BlitzError("no images to predict: pass at least one")
     return results

@@ -17,6 +17,7 @@ from typing import NoReturn
 
 from blitz.cli import (  # light: each imports torch only when its command runs
     evaluate,
+    explain,
     export,
     inspect,
     lr_find,
@@ -41,6 +42,7 @@ COMMANDS: dict[str, ModuleType] = {
     "report": report,
     "lr-find": lr_find,
     "export": export,
+    "explain": explain,
     "presets": presets,
     "models": models,
     "serve": serve,

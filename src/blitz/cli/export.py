@@ -29,6 +29,12 @@ def main(args: argparse.Namespace) -> None:
             if facts.tta != "none"
             else ""
         )
+        + (
+            f", divided by its temperature {facts.temperature:.4g} (their softmax: calibrated "
+            "probabilities)"
+            if facts.temperature != 1.0
+            else ""
+        )
     )
     print(f"checked against PyTorch on random images: max abs difference {diff:.2e}")
     print(f"wrote {description_path(out)}: what a user of the file needs (classes, preprocessing)")

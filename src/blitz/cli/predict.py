@@ -13,26 +13,45 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("images", type=Path, nargs="+", metavar="IMAGE_OR_DIR")
     p.add_argument("--top-k", type=int, default=1, help="classes per image (default: 1)")
     p.add_argument("--csv", type=Path, metavar="FILE", help="also write the predictions as CSV")
+    p.add_argument(
+        "--min-confidence",
+        type=float,
+        metavar="P",
+        help="label an image unknown when its top (calibrated) probability is below P",
+    )
+    p.add_argument(
+        "--raw",
+        action="store_true",
+        help="the network's own probabilities, without the run's temperature scaling",
+    )
 
 
 def main(args: argparse.Namespace) -> int:
     """Exit status 1 when some files could not be classified (each is named on stderr)."""
     from blitz.errors import BlitzError
-    from blitz.outputs.predict import collect_images, format_prediction, predict_files, write_csv
+    from blitz.outputs.predict import (
+        check_min_confidence,
+        collect_images,
+        format_prediction,
+        predict_files,
+        write_csv,
+    )
     from blitz.training.rundir import RunDir
     from blitz.utils.writes import check_output_file
 
     if args.top_k < 1:
         raise BlitzError(f"invalid --top-k {args.top_k}: expected an integer >= 1")
+    check_min_confidence(args.min_confidence)
     if args.csv:
         check_output_file(args.csv, "the CSV")  # before the work, not after it
     ckpt = RunDir(args.run_dir).load_model()
     files = collect_images(args.images)
-    predictions = predict_files(ckpt.model, ckpt.build_model(), files, args.top_k)
+    model = ckpt.build_model()
+    predictions = predict_files(ckpt.model, model, files, args.top_k, calibrated=not args.raw)
     for prediction in predictions:
-        print(format_prediction(prediction))
+        print(format_prediction(prediction, args.min_confidence))
     if args.csv:
-        write_csv(predictions, args.csv)
+        write_csv(predictions, args.csv, args.min_confidence)
         print(f"wrote {args.csv}")
     skipped = len(files) - len(predictions)
     if skipped:

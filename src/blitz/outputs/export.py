@@ -32,13 +32,16 @@ EXPORT_MEMORY = 4 * 2**30
 
 
 class Deployable(nn.Module):
-    """The model with the seed's Normalize inside, and the run's test-time views (its logits
-    averaged over them, as the run was scored). Input: uint8 images (N, C, H, W), values 0-255,
-    RGB (or grey for 1 channel), at the run's image size. Output: logits (N, classes)."""
+    """The model with the seed's Normalize inside, the run's test-time views (its logits
+    averaged over them, as the run was scored) and its temperature (the logits divided by it,
+    so that their softmax gives the calibrated probabilities ``blitz predict`` prints). Input:
+    uint8 images (N, C, H, W), values 0-255, RGB (or grey for 1 channel), at the run's image
+    size. Output: logits (N, classes)."""
 
     def __init__(self, model: nn.Module, facts: ModelFacts) -> None:
         super().__init__()
         self.model, self.mean, self.std, self.tta = model, facts.mean, facts.std, facts.tta
+        self.temperature = facts.temperature
         self.eval()
 
     def train(self, mode: bool = True) -> Deployable:
@@ -47,7 +50,8 @@ class Deployable(nn.Module):
         return super().train(False)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return tta_logits(self.model, normalize(images, self.mean, self.std), self.tta)
+        logits = tta_logits(self.model, normalize(images, self.mean, self.std), self.tta)
+        return logits / self.temperature  # (N, classes)
 
 
 def default_path(run_dir: Path, fmt: str) -> Path:

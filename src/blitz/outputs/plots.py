@@ -20,6 +20,7 @@ from PIL import Image  # noqa: E402
 from torchvision.utils import make_grid  # noqa: E402
 
 from blitz.outputs.predict import printable  # noqa: E402
+from blitz.training.calibration import Reliability  # noqa: E402
 from blitz.utils.writes import write_atomic  # noqa: E402
 
 PAD = 2
@@ -214,5 +215,60 @@ def lr_find_png(lrs: list[float], losses: list[float], suggestion: float) -> byt
     ax.set_title("learning-rate range test")
     ax.legend()
     ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return figure_png(fig)
+
+
+@plain_text
+def reliability_png(panels: dict[str, Reliability]) -> bytes:
+    """Reliability diagrams side by side (title -> bins), e.g. before and after temperature
+    scaling: accuracy per bin of top probability against the diagonal of perfect calibration,
+    and under each the images in every bin."""
+    fig, axes = plt.subplots(2, len(panels), figsize=(4.6 * len(panels), 5.6), squeeze=False,
+                             gridspec_kw={"height_ratios": [3, 1]})  # fmt: skip
+    for column, (title, bins) in enumerate(panels.items()):
+        top, bottom = axes[0, column], axes[1, column]
+        lefts, width = bins.edges[:-1], bins.edges[1] - bins.edges[0]
+        shown = [a if n else 0.0 for a, n in zip(bins.accuracy, bins.counts)]
+        top.bar(lefts, shown, width, align="edge", color="#4c72b0", edgecolor="white",
+                label="accuracy")  # fmt: skip
+        gaps = [c - a if n else 0.0 for a, c, n in zip(shown, bins.confidence, bins.counts)]
+        top.bar(lefts, gaps, width, bottom=shown, align="edge", color="#dd8452", alpha=0.5,
+                label="gap to the mean top probability")  # fmt: skip
+        top.plot([0, 1], [0, 1], "--", color="gray", label="perfectly calibrated")
+        top.set(xlim=(0, 1), ylim=(0, 1), title=title, ylabel="accuracy in the bin")
+        top.legend(fontsize=7, loc="upper left")
+        bars = bottom.bar(lefts, bins.counts, width, align="edge", color="#999999")
+        bottom.bar_label(bars, fontsize=6, padding=1)
+        bottom.set(xlim=(0, 1), xlabel="top probability", ylabel="images")
+        bottom.set_ylim(0, max(max(bins.counts), 1) * 1.25)
+    fig.tight_layout()
+    return figure_png(fig)
+
+
+@plain_text
+def risk_coverage_png(
+    curves: dict[str, tuple[list[float], list[float], list[float]]],
+    thresholds: tuple[float, ...],
+) -> bytes:
+    """Accuracy on the images answered against the share answered, most confident first, one
+    line per name -> (coverage, accuracy, the top probability of each); the points where a
+    --min-confidence of each threshold would stop are marked on the first line."""
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for index, (name, (coverage, accuracy, confidence)) in enumerate(curves.items()):
+        ax.plot([100 * c for c in coverage], [100 * a for a in accuracy], label=name)
+        if index or not coverage:
+            continue
+        for p in thresholds:  # the last image answered at this threshold
+            answered = sum(c >= p for c in confidence)
+            if answered:
+                x, y = 100 * coverage[answered - 1], 100 * accuracy[answered - 1]
+                ax.plot(x, y, "o", color="tab:red")
+                ax.annotate(f"P={p:g}", (x, y), textcoords="offset points", xytext=(4, -12),
+                            fontsize=8)  # fmt: skip
+    ax.set(xlabel="images answered (%)", ylabel="accuracy on them (%)", xlim=(0, 101),
+           title="risk-coverage: abstaining below a top probability P")  # fmt: skip
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
     fig.tight_layout()
     return figure_png(fig)

@@ -30,6 +30,7 @@ BATCH_BYTES = 256 * 2**20  # decoded images per batch: 256 CIFAR images are 0.8 
 OnSkip = Callable[[Path, str], None]  # (file, why it was skipped)
 # the network, or a runner of its export: uint8 images (N, C, S, S) -> logits (N, K)
 Model = torch.nn.Module | Callable[[torch.Tensor], torch.Tensor]
+UNKNOWN = "unknown"  # the label of an image whose top probability is below --min-confidence
 
 
 def collect_images(paths: list[Path]) -> list[Path]:
@@ -75,10 +76,12 @@ def predict_files(
     top_k: int,
     batch_size: int = 256,
     on_skip: OnSkip | None = None,
+    calibrated: bool = True,
 ) -> list[Prediction]:
     """Top-k (class, probability) per file; images of any size or mode are converted and
     resized. A file that cannot be read or decoded is skipped and passed to ``on_skip``
-    (default: named on stderr), so the others' predictions are kept; none at all is an error."""
+    (default: named on stderr), so the others' predictions are kept; none at all is an error.
+    Probabilities are calibrated (the run's temperature) unless ``calibrated`` is False."""
     failed: list[tuple[Path, str]] = []
 
     def skip(path: Path, reason: str) -> None:
@@ -94,7 +97,7 @@ def predict_files(
             chunk = files[start : start + batch_size]
             good, arrays = _decode_files(chunk, facts, skip)
             if good:
-                results += classify(facts, model, good, arrays, top_k)
+                results += classify(facts, model, good, arrays, top_k, calibrated)
             bar.update(len(chunk))
     if not results:
         raise _nothing_classified(len(files), *failed[0])
@@ -128,17 +131,21 @@ def decode(facts: ModelFacts, data: bytes, name: str) -> np.ndarray:
     return decode_image(data, name, facts.image_size, mode=facts.image_mode)
 
 
-def probabilities(facts: ModelFacts, model: Model, arrays: list[np.ndarray]) -> torch.Tensor:
+def probabilities(
+    facts: ModelFacts, model: Model, arrays: list[np.ndarray], calibrated: bool = True
+) -> torch.Tensor:
     """Class probabilities (N, K) of decoded images (``decode``): the one place where blitz
     turns images into probabilities (predict, the API, serve). ``model``: the network (the
     run's normalisation and test-time views are applied here), or a runner of its export
-    (uint8 images in, logits out, both already inside)."""
+    (uint8 images in, logits out, with those and the temperature inside). Calibrated by the
+    run's temperature unless ``calibrated`` is False."""
     images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)  # (N, C, S, S) uint8
     if isinstance(model, torch.nn.Module):
         logits = predict_logits(model, [images], facts.mean, facts.std, facts.tta)
-    else:
-        logits = model(images)
-    return logits.softmax(1)
+    else:  # the export divided its logits by the temperature: undone, to be done once below
+        logits = model(images) * facts.temperature
+    # temperature scaling here and nowhere else: every prediction's probabilities pass this line
+    return (logits / (facts.temperature if calibrated else 1.0)).softmax(1)
 
 
 def top_classes(
@@ -158,9 +165,11 @@ def classify(
     names: list[Name],
     arrays: list[np.ndarray],
     top_k: int,
+    calibrated: bool = True,
 ) -> list[tuple[Name, list[tuple[str, float]]]]:
     """(name, top-k classes) of each decoded image."""
-    return list(zip(names, top_classes(facts, probabilities(facts, model, arrays), top_k)))
+    probs = probabilities(facts, model, arrays, calibrated)
+    return list(zip(names, top_classes(facts, probs, top_k)))
 
 
 def _report_skip(path: Path, reason: str) -> None:
@@ -179,24 +188,51 @@ def printable(text: str) -> str:
     return raw.decode("utf-8", "backslashreplace")
 
 
-def format_prediction(prediction: Prediction) -> str:
-    """``path: class 97.1 %, class 2.0 %``."""
+def check_min_confidence(value: float | None, what: str = "--min-confidence") -> None:
+    """A probability in [0, 1] (or None: always answer)."""
+    if value is None:
+        return
+    ok = not isinstance(value, bool) and isinstance(value, int | float) and 0 <= value <= 1
+    if not ok:  # NaN fails the comparison too
+        raise BlitzError(
+            f"invalid {what} {value!r}: expected a probability in [0, 1] (0.8: answer only "
+            "where the top class is at least 80 % likely)"
+        )
+
+
+def decide(top: list[tuple[str, float]], min_confidence: float | None) -> str:
+    """The top class, or UNKNOWN where its probability is below ``min_confidence``."""
+    if min_confidence is not None and top[0][1] < min_confidence:
+        return UNKNOWN
+    return top[0][0]
+
+
+def format_prediction(prediction: Prediction, min_confidence: float | None = None) -> str:
+    """``path: class 97.1 %, class 2.0 %``; below ``min_confidence``, ``path: unknown (below
+    80.0 %: class 41.0 %, ...)``."""
     path, top = prediction
-    return f"{printable(str(path))}: " + ", ".join(
-        f"{printable(c)} {100 * p:.1f} %" for c, p in top
-    )
+    shown = ", ".join(f"{printable(c)} {100 * p:.1f} %" for c, p in top)
+    if decide(top, min_confidence) == UNKNOWN and min_confidence is not None:
+        shown = f"{UNKNOWN} (below {100 * min_confidence:.1f} %: {shown})"
+    return f"{printable(str(path))}: {shown}"
 
 
-def write_csv(predictions: list[Prediction], path: Path) -> None:
-    """Columns: path, then class_i and prob_i for each of the top k. UTF-8, with the bytes of
-    non-UTF-8 names as ``\\xNN`` (as printed), so any CSV reader can read every row."""
+def write_csv(
+    predictions: list[Prediction], path: Path, min_confidence: float | None = None
+) -> None:
+    """Columns: path (then, with ``min_confidence``, label: the top class or unknown), then
+    class_i and prob_i for each of the top k. UTF-8, with the bytes of non-UTF-8 names as
+    ``\\xNN`` (as printed), so any CSV reader can read every row."""
     check_output_file(path, "the CSV")
     k = len(predictions[0][1]) if predictions else 0
-    header = ["path"] + [col for i in range(1, k + 1) for col in (f"class_{i}", f"prob_{i}")]
+    label = [] if min_confidence is None else ["label"]
+    header = ["path", *label]
+    header += [col for i in range(1, k + 1) for col in (f"class_{i}", f"prob_{i}")]
     out = io.StringIO()
     writer = csv.writer(out)
     writer.writerow(header)
     for file, top in predictions:
+        decided = [] if min_confidence is None else [printable(decide(top, min_confidence))]
         cells = [v for c, p in top for v in (printable(c), f"{p:.6f}")]
-        writer.writerow([printable(str(file)), *cells])
+        writer.writerow([printable(str(file)), *decided, *cells])
     write_atomic(path, out.getvalue().encode())

@@ -18,6 +18,9 @@ from blitz.data.counts import imbalance_note
 from blitz.data.dataset import AnySplit
 from blitz.data.roles import SET_NAMES
 from blitz.errors import BlitzError
+from blitz.outputs.html import img as _img
+from blitz.outputs.html import section as _section
+from blitz.outputs.html import table as _table
 from blitz.outputs.plots import (
     NUMBERS_UP_TO,
     confusion_png,
@@ -27,6 +30,13 @@ from blitz.outputs.plots import (
     per_class_png,
 )
 from blitz.outputs.predict import printable
+from blitz.outputs.trust import (
+    calibrated,
+    calibration_rows,
+    calibration_section,
+    heat_map_pngs,
+)
+from blitz.training.checkpoint import Checkpoint
 from blitz.training.evaluate import (
     CLASS_COLUMNS,
     Evaluation,
@@ -80,17 +90,27 @@ CSP = (
 )
 
 
-def write_report(run_dir: RunDir, metrics: Metrics, test: AnySplit, result: Evaluation) -> Path:
-    """``RUN_DIR/report.html`` from the run's metrics, its files and its test predictions."""
+def write_report(
+    run_dir: RunDir,
+    metrics: Metrics,
+    test: AnySplit,
+    result: Evaluation,
+    ckpt: Checkpoint | None = None,
+) -> Path:
+    """``RUN_DIR/report.html`` from the run's metrics, its files and its test predictions;
+    with its checkpoint ``ckpt``, probabilities after its temperature and heat maps."""
     cfg = _read_settings(run_dir)
     config = cfg.to_dict() if cfg else {}
     title = f"blitz run {run_dir.path.name}"
+    temperature = ckpt.model.temperature if ckpt else 1.0
+    scaled = calibrated(result, test.labels, temperature)
     sections = [
         _section("Summary", _table(_summary_rows(metrics, config))),
         _data_section(metrics, cfg),
         _section("Training curves", _img(_curves(run_dir, metrics), "training curves")),
         _results_section(metrics),
-        _errors_section(metrics, test, result),
+        calibration_section(metrics, result, test.labels, temperature),
+        _errors_section(metrics, test, scaled, ckpt),
         _files_section(run_dir, metrics),
     ]
     # a class folder's name that is not UTF-8 is shown as \\xNN, as the terminal shows it
@@ -282,7 +302,9 @@ def _pairs_table(matrix: torch.Tensor, classes: list[str]) -> str:
     return _table(rows, head) if rows else "<p>No confusions: every test image is right.</p>"
 
 
-def _errors_section(metrics: Metrics, test: AnySplit, result: Evaluation) -> str:
+def _errors_section(
+    metrics: Metrics, test: AnySplit, result: Evaluation, ckpt: Checkpoint | None
+) -> str:
     classes = metrics.classes
     rows = worst_errors(result, test.labels, WORST)
     if not len(rows):
@@ -294,18 +316,24 @@ def _errors_section(metrics: Metrics, test: AnySplit, result: Evaluation) -> str
     ]
     names = test.row_ids("test")  # the file, so that a mislabelled image can be found and fixed
     files = [printable(names[row]) for row in rows.tolist()]  # a non-UTF-8 name as \xNN
-    figures = map(_thumbnail, test.images_at(rows), captions, files)
+    images = test.images_at(rows)
+    heats, heat_note = heat_map_pngs(ckpt, images, predicted)
+    beside: list[bytes | None] = [*heats] or [None] * len(rows)
+    figures = map(_thumbnail, images, captions, files, beside)
     note = (
         f"<p class='note'>Misclassified {_scored(metrics)} images with the highest loss: truth, "
-        "then prediction and its confidence; under each, its file.</p>"
+        "then prediction and its confidence; under each, its file. "
+        f"{html.escape(heat_note)}</p>"
     )
     return _section("Worst errors", f"{note}<div class='gallery'>{''.join(figures)}</div>")
 
 
-def _thumbnail(image: torch.Tensor, caption: str, file: str) -> str:
-    """One image with its caption and file name under it (text, escaped: names come from disk)."""
+def _thumbnail(image: torch.Tensor, caption: str, file: str, heat: bytes | None = None) -> str:
+    """One image (and its heat map) with its caption and file name under it (text, escaped:
+    names come from disk)."""
+    shown = _img(image_png(image), file) + (_img(heat, f"heat map: {file}") if heat else "")
     return (
-        f"<figure>{_img(image_png(image), file)}<figcaption>{html.escape(caption)}<br>"
+        f"<figure>{shown}<figcaption>{html.escape(caption)}<br>"
         f"<code>{html.escape(file)}</code></figcaption></figure>"
     )
 
@@ -361,6 +389,7 @@ def _side_by_side(metrics: dict[str, Metrics]) -> str:
         "epochs / steps": lambda m: f"{m.epochs} / {m.steps}",
         "training time": lambda m: f"{m.train_seconds:.1f} s",
         "device": lambda m: m.device,
+        **calibration_rows(),
     }
     rows = [(key, *(get(m) for m in metrics.values())) for key, get in keys.items()]
     classes = {tuple(m.classes) for m in metrics.values()}
@@ -390,25 +419,6 @@ def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[prefix + key] = value
     return out
-
-
-def _img(png: bytes, alt: str) -> str:
-    data = base64.b64encode(png).decode("ascii")
-    return f"<img alt='{html.escape(alt)}' src='data:image/png;base64,{data}'>"
-
-
-def _section(title: str, body: str) -> str:
-    return f"<section><h2>{html.escape(title)}</h2>{body}</section>"
-
-
-def _table(rows: list[tuple], head: tuple | None = None) -> str:
-    def cell(value: Any, tag: str = "td") -> str:
-        kind = " class='num'" if isinstance(value, int | float) else ""
-        return f"<{tag}{kind}>{html.escape(str(value))}</{tag}>"
-
-    header = "<tr>" + "".join(cell(h, "th") for h in head) + "</tr>" if head else ""
-    body = "".join("<tr>" + "".join(map(cell, row)) + "</tr>" for row in rows)
-    return f"<table>{header}{body}</table>"
 
 
 def _page(title: str, subtitle: str, sections: list[str]) -> str:

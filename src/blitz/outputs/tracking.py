@@ -100,6 +100,7 @@ class MlflowTracker:
         ``val/...``), the run's files, and the end of the MLflow run as FINISHED."""
         figures = _numbers(metrics, "", NOT_METRICS)
         figures.update(_numbers(metrics.get("validation") or {}, "val/", ()))
+        figures.update(_calibration(metrics.get("calibration") or {}))
         self._log(figures, metrics.get("steps", 0))
         with self._reporting():
             for name in ARTIFACTS:
@@ -143,6 +144,15 @@ def _status(error: BaseException | None) -> str:
 
 def _numbers(values: dict[str, Any], prefix: str, skip: tuple[str, ...]) -> dict[str, float]:
     return {prefix + k: v for k, v in values.items() if k not in skip and is_number(v)}
+
+
+def _calibration(record: dict[str, Any]) -> dict[str, float]:
+    """``calibration/temperature`` and ``calibration/test_after/ece`` and the like."""
+    figures = _numbers(record, "calibration/", ("bins",))
+    for role in ("test", "validation"):
+        for when, found in (record.get(role) or {}).items():
+            figures.update(_numbers(found, f"calibration/{role}_{when}/", ()))
+    return figures
 
 
 def _client(uri: str) -> Any:

@@ -40,9 +40,13 @@ class ModelFacts:
     # the test-time views the run was scored with: predict and export average the same ones
     # (checkpoints from before it was recorded: none)
     tta: Tta = "none"
+    # temperature scaling (training.calibration): predict, the API and export divide the logits
+    # by it; 1 where no validation set fitted one, and in checkpoints from before it was recorded
+    temperature: float = 1.0
 
     def __post_init__(self) -> None:
         check_types(self, "model")
+        check_range("model.temperature", self.temperature, 1e-3, 1e3)
         check_range("model.in_channels", self.in_channels, 1, MAX_CHANNELS)
         check_range("model.image_size", self.image_size, 8, MAX_IMAGE_SIZE)
         check_value(bool(self.classes), "model.classes", self.classes, "at least one class")
@@ -102,13 +106,19 @@ class Checkpoint:
 
     @classmethod
     def of(
-        cls, model: nn.Module, cfg: Config, classes: list[str], training: Training | None = None
+        cls,
+        model: nn.Module,
+        cfg: Config,
+        classes: list[str],
+        training: Training | None = None,
+        temperature: float = 1.0,
     ) -> Checkpoint:
-        """The checkpoint of ``model`` trained with ``cfg`` on ``classes``."""
+        """The checkpoint of ``model`` trained with ``cfg`` on ``classes`` (``temperature``:
+        what its logits are divided by for calibrated probabilities)."""
         facts = ModelFacts(
             cfg.model.name, cfg.model.options, _in_channels(model), list(classes),
             concrete(cfg.data.image_size), concrete(cfg.data.mean), concrete(cfg.data.std),
-            cfg.train.tta,
+            cfg.train.tta, temperature,
         )  # fmt: skip
         weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
         return cls(facts, cfg.to_dict(), weights, training)

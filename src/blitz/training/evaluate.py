@@ -160,13 +160,15 @@ def top_k_hits(logits: torch.Tensor, labels: torch.Tensor, k: int = TOP_K) -> to
 @dataclass
 class Evaluation:
     """What testing a model on a split found: the confusion matrix, and per test image its
-    prediction, the prediction's probability and the loss (the logits are not kept)."""
+    prediction, the prediction's probability and the loss; and its logits, for calibration."""
 
     matrix: torch.Tensor  # (K, K) confusion matrix
     predicted: torch.Tensor  # (N,) int64
     confidence: torch.Tensor  # (N,) softmax probability of the predicted class
     loss: torch.Tensor  # (N,) cross-entropy against the true class
     top5: torch.Tensor | None = None  # (N,) bool: true class in the 5 highest logits; K > 5 only
+    # (N, K) float32 on the CPU, for calibration; None past KEPT_LOGITS values (or not asked)
+    logits: torch.Tensor | None = None
 
     @property
     def accuracy(self) -> float:
@@ -186,12 +188,15 @@ def score(logits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> Evalu
     confidence, predicted = logits.softmax(1).max(1)
     loss = F.cross_entropy(logits, labels, reduction="none")
     matrix = confusion_matrix(labels, predicted, num_classes)
-    return Evaluation(matrix, predicted, confidence, loss, top_k_hits(logits, labels))
+    return Evaluation(matrix, predicted, confidence, loss, top_k_hits(logits, labels), logits)
 
 
 # pixels per channel in an evaluation batch: 1000 images up to 64 x 64, fewer of larger ones
 # (a batch of 1000 photos at 224 px would hold gigabytes of activations)
 EVAL_PIXELS = 1000 * 64 * 64
+# logits an evaluation keeps for calibration (N x K values): ImageNet's 50,000 x 1,000 fit;
+# past it (a million images of 10,000 classes) the run says calibration was left out
+KEPT_LOGITS = 2**28
 
 
 def eval_batch_rows(cfg: Config) -> int:
@@ -205,8 +210,8 @@ def evaluate(
 ) -> Evaluation:
     """Test a model on every image of a split, with the run's normalisation and TTA. Under
     torchrun each process tests its share: the confusion matrices are summed, and every
-    process gets every image's prediction (three numbers an image, four with a top-5 flag,
-    not its logits)."""
+    process gets every image's prediction (three numbers an image, four with a top-5 flag)
+    and its logits (up to KEPT_LOGITS values in all)."""
     train = cfg.train
     rows = shard(torch.arange(len(split)), world)
     device = next(model.parameters()).device
@@ -221,7 +226,11 @@ def evaluate(
     columns += [] if mine.top5 is None else [mine.top5.double()]  # every rank has the same K
     every = gather_rows(torch.stack(columns, 1), world).cpu()  # class numbers exact in float64
     top5 = None if mine.top5 is None else every[:, 3].bool()
-    return Evaluation(matrix, every[:, 0].long(), every[:, 1].float(), every[:, 2].float(), top5)
+    kept = None  # calibration's logits: every image's, unless they would crowd out memory
+    if len(split) * num_classes <= KEPT_LOGITS and mine.logits is not None:
+        kept = gather_rows(mine.logits.reshape(-1, num_classes).cpu(), world)
+    scored = every[:, 0].long(), every[:, 1].float(), every[:, 2].float()
+    return Evaluation(matrix, *scored, top5, kept)
 
 
 @dataclass(frozen=True)

@@ -85,6 +85,9 @@ class Metrics:
     copies: dict[str, int] = field(default_factory=dict)
     copy_example: list[str] = field(default_factory=list)
     validation: dict[str, Any] = field(default_factory=dict)  # its accuracy and the views above
+    # temperature scaling (training.calibration.Calibration.record): the temperature, where it
+    # was fitted, and per set ECE, MCE, NLL, Brier before and after it; empty in runs before
+    calibration: dict[str, Any] = field(default_factory=dict)
     # the epoch whose weights model.pt holds, and which: "best" (validation accuracy) or "last"
     # (train.keep, or no validation set); None and "" in runs written before
     kept_epoch: int | None = None
@@ -135,6 +138,22 @@ class Metrics:
         _require(known and all(map(is_number, split.values())), "its split is not numbers")
         shown = [self.validation.get(key) for key in VALIDATION_FIGURES]
         _require(all(v is None or is_number(v) for v in shown), "its validation is not numbers")
+        self._check_calibration()
+
+    def _check_calibration(self) -> None:
+        """The calibration figures the report and compare show: numbers where numbers go."""
+        record = self.calibration
+        if not record:
+            return
+        _require(is_number(record.get("temperature")), "its calibration has no temperature")
+        for role in ("test", "validation"):
+            sets = record.get(role) or {}
+            _require(isinstance(sets, dict), f"its calibration of the {role} set is not a record")
+            for figures in sets.values():
+                ok = isinstance(figures, dict) and all(
+                    is_number(figures.get(key)) for key in ("ece", "mce", "nll", "brier")
+                )
+                _require(ok, f"its calibration of the {role} set is not numbers")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -26,6 +26,7 @@ from blitz.models import check_input_size, count_parameters, create_model
 from blitz.models.timm_models import fetch_hub_weights, load_pretrained
 from blitz.outputs.plots import save_image_grid
 from blitz.outputs.report import write_report
+from blitz.training.calibration import Calibration, calibrate, measure
 from blitz.training.checkpoint import Checkpoint
 from blitz.training.compiling import use_compile_cache
 from blitz.training.context import Log, RunContext, silent
@@ -187,14 +188,31 @@ def finish(ctx: RunContext, data: ImageData, model: nn.Module, loop: Loop) -> Me
     if run_dir is None:
         return None
     _show_results(result, data, run_dir, ctx.log)
-    run_dir.save_model(Checkpoint.of(model, ctx.cfg, data.classes))
+    calibration = _calibrate(result, validation, data)  # T from the validation set alone
+    ctx.log(calibration.summary("validation" if data.test_is_val else "test"))
+    ckpt = Checkpoint.of(model, ctx.cfg, data.classes, temperature=calibration.temperature)
+    run_dir.save_model(ckpt)
     metrics = _metrics(ctx, data, model, loop, result, eval_seconds)
+    metrics.calibration = calibration.record()
     if validation is not None:
         metrics.validation = asdict(scores(validation, data.classes))
     run_dir.write_metrics(metrics)  # its presence marks the run finished
     run_dir.drop_resume_point()
-    ctx.log(f"report: {write_report(run_dir, metrics, test, result)}")
+    ctx.log(f"report: {write_report(run_dir, metrics, test, result, ckpt)}")
     return metrics
+
+
+def _calibrate(result: Evaluation, validation: Evaluation | None, data: ImageData) -> Calibration:
+    """The temperature fitted on the validation set's logits (the scored set's where it is the
+    validation set: the data has no test set), and the figures before and after it."""
+    if result.logits is None:
+        return Calibration(note="left out: too many images x classes to keep their logits")
+    labels = data.test_set().labels
+    if data.test_is_val:
+        return calibrate(result.logits, labels, result.logits, labels, test_is_val=True)
+    val = validation.logits if validation is not None else None
+    val_labels = data.val.labels if data.val is not None else None
+    return calibrate(result.logits, labels, val, val_labels)
 
 
 def _metrics(
@@ -386,13 +404,18 @@ def _show_results(result: Evaluation, data: ImageData, run_dir: RunDir, log: Log
 
 def eval_run(run_dir: RunDir, source: str | None, log: Log) -> Evaluation:
     """Test a finished run's checkpoint, on its own data or on ``source``."""
-    cfg, model, data = _load_run(run_dir, source, log)
-    result = evaluate(model, data.test_set(), cfg, len(data.classes))
+    ckpt, model, data = _load_run(run_dir, source, log)
+    result = evaluate(model, data.test_set(), ckpt.cfg, len(data.classes))
     _show_results(result, data, run_dir, log)
+    if result.logits is not None:  # the probabilities as predict gives them, and without T
+        temperature = ckpt.model.temperature
+        log(measure(result.logits, data.test_set().labels, temperature).summary())
     return result
 
 
-def _load_run(run_dir: RunDir, source: str | None, log: Log) -> tuple[Config, nn.Module, ImageData]:
+def _load_run(
+    run_dir: RunDir, source: str | None, log: Log
+) -> tuple[Checkpoint, nn.Module, ImageData]:
     ckpt = run_dir.load_model()
     cfg = ckpt.cfg
     if source is None:  # the run's own split
@@ -401,13 +424,13 @@ def _load_run(run_dir: RunDir, source: str | None, log: Log) -> tuple[Config, nn
     else:
         data = load_test_data(replace(cfg.data, source=source), ckpt.model.classes, log)
     device = resolve_device(cfg.train.device)
-    return cfg, _on_device(ckpt.build_model(), device, cfg), data
+    return ckpt, _on_device(ckpt.build_model(), device, cfg), data
 
 
 def rebuild_report(run_dir: RunDir, log: Log) -> Path:
     """Write ``report.html`` again from model.pt, metrics.json and the run's data."""
     metrics = run_dir.read_metrics()
-    cfg, model, data = _load_run(run_dir, None, log)
+    ckpt, model, data = _load_run(run_dir, None, log)
     test = data.test_set()
-    result = evaluate(model, test, cfg, len(data.classes))
-    return write_report(run_dir, metrics, test, result)
+    result = evaluate(model, test, ckpt.cfg, len(data.classes))
+    return write_report(run_dir, metrics, test, result, ckpt)
