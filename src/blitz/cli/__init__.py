@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Literal, NoReturn, get_args, get_origin
 
 from blitz.api import DEFAULT_PRESET, KEYWORDS  # light: no torch import
+from blitz.cli import doctor
 from blitz.config.settings import (  # light: no torch import
     FLAGS,
     TRAIN_FLAGS,
@@ -70,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=1, help="classes per image (default: 1)")
     p.add_argument("--csv", type=Path, metavar="FILE", help="also write the predictions as CSV")
     _add_report_tools(sub)
+    doctor.add_parser(sub)
     p = sub.add_parser("presets", help="list the presets: what each does, and the data it suits")
     p.add_argument("--show", metavar="NAME", help="print one preset in full, as TOML (--config)")
     sub.add_parser("models", help="list the models: size, image sizes, options, what each is for")
@@ -528,6 +530,7 @@ def main(argv: list[str] | None = None) -> int:
         "export": cmd_export,
         "presets": cmd_presets,
         "models": cmd_models,
+        "doctor": doctor.main,
     }
     try:
         if args.command == "train":

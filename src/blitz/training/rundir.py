@@ -81,6 +81,7 @@ class Metrics:
     # val and test images that are copies of training images, and one [copy, original] pair
     copies: dict[str, int] = field(default_factory=dict)
     copy_example: list[str] = field(default_factory=list)
+    excluded: list[str] = field(default_factory=list)  # images --exclude left out, by id
     validation: dict[str, Any] = field(default_factory=dict)  # its accuracy and the views above
     # the epoch whose weights model.pt holds, and which: "best" (validation accuracy) or "last"
     # (train.keep, or no validation set); None and "" in runs written before
