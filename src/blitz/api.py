@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 from urllib.parse import quote
 
 from blitz.config.settings import SECTIONS, TRAIN_FLAGS
-from blitz.doctor.findings import DEFAULT_FOLDS, NEAR_BITS, Diagnosis  # light: no torch
+from blitz.diagnosis.findings import DEFAULT_FOLDS, NEAR_BITS, Diagnosis  # light: no torch
 from blitz.errors import BlitzError
 
 if TYPE_CHECKING:
@@ -150,8 +150,8 @@ def doctor(
     and likely label errors by ``folds``-fold cross-validation with ``preset`` (``steps``
     each; 0: the preset's). Writes doctor.html and doctor.csv into ``out``; nothing is ever
     deleted or moved. ``settings``: data settings by key (``{"data.test_fraction": 0.2}``)."""
-    from blitz.doctor.check import Checks
-    from blitz.doctor.main import run_doctor
+    from blitz.diagnosis.check import Checks
+    from blitz.diagnosis.main import run_doctor
     from blitz.training.context import silent
 
     checks = Checks(preset, folds, steps, near_bits, dict(settings or {}))

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from blitz.api import DEFAULT_PRESET  # light: no torch import
-from blitz.doctor.findings import DEFAULT_FOLDS, NEAR_BITS
+from blitz.diagnosis.findings import DEFAULT_FOLDS, NEAR_BITS
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -50,7 +50,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def main(args: argparse.Namespace) -> int:
     """Check, write the page and the table, print the summary."""
     from blitz.api import doctor
-    from blitz.doctor.summary import format_summary
+    from blitz.diagnosis.summary import format_summary
 
     settings = {
         f"data.{key}": value

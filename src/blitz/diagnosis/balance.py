@@ -8,7 +8,7 @@ from __future__ import annotations
 from blitz.data.counts import IMBALANCE, class_counts, imbalance_note
 from blitz.data.dataset import ImageData, similar_classes_note
 from blitz.data.roles import SET_NAMES
-from blitz.doctor.findings import Finding
+from blitz.diagnosis.findings import Finding
 
 SHARE_FACTOR = 2.0  # a class this many times more (or less) common in a held-out set
 

@@ -8,7 +8,7 @@ import csv
 import io
 from pathlib import Path
 
-from blitz.doctor.findings import Finding
+from blitz.diagnosis.findings import Finding
 from blitz.utils.writes import write_atomic
 
 COLUMNS = ("kind", "image", "set", "label", "suggested", "score", "other", "other_set",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from blitz.data.counts import format_counts
-from blitz.doctor.findings import KINDS, Diagnosis, Finding, by_kind
+from blitz.diagnosis.findings import KINDS, Diagnosis, Finding, by_kind
 from blitz.outputs.predict import printable
 
 EXAMPLES = 3  # per kind, in the terminal

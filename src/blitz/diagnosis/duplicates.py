@@ -9,8 +9,8 @@ from collections.abc import Iterator
 import numpy as np
 
 from blitz.data.roles import SET_NAMES
-from blitz.doctor.findings import NEAR_BITS, Finding
-from blitz.doctor.scan import ImageFacts
+from blitz.diagnosis.findings import NEAR_BITS, Finding
+from blitz.diagnosis.scan import ImageFacts
 
 # A near pair's 16x16 grey thumbnails differ by at most this much per pixel (of 255), on
 # average: resized and re-encoded copies of CIFAR-10 images differ by under 4, while distinct

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from blitz.config.settings import Config, concrete
 from blitz.data.dataset import AnySplit, ImageData, Log, silent
-from blitz.doctor.findings import Finding
+from blitz.diagnosis.findings import Finding
 from blitz.training.devices import autocast
 from blitz.training.engine import steps_per_epoch, train
 from blitz.training.evaluate import eval_batch_rows, predict_logits

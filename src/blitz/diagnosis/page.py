@@ -10,7 +10,7 @@ from pathlib import Path
 
 from blitz.data.counts import format_counts
 from blitz.data.roles import SET_NAMES
-from blitz.doctor.findings import ADVICE, KINDS, Diagnosis, Finding, by_kind
+from blitz.diagnosis.findings import ADVICE, KINDS, Diagnosis, Finding, by_kind
 from blitz.outputs.predict import printable
 
 # the report's page parts: one look, one escaping, one content security policy
@@ -19,7 +19,7 @@ from blitz.utils.writes import write_atomic
 
 SHOWN = 120  # findings of one kind with thumbnails on the page (doctor.csv lists all)
 GALLERY_STYLE = (
-    "<style>.finding { width: 250px; } .finding .pair { display: flex; gap: 4px; } "
+    "<style>.gallery figure.finding { width: 232px; } .finding .pair { display: flex; gap: 4px; } "
     ".finding .pair img { width: 112px; image-rendering: pixelated; } "
     ".finding .missing { width: 112px; height: 112px; background: #eee; font-size: 0.7rem; "
     "display: flex; align-items: center; justify-content: center; }</style>"
@@ -81,13 +81,10 @@ def _figure(f: Finding, thumbnails: dict[str, bytes]) -> str:
     pictures = _picture(f.image, thumbnails) + (_picture(f.other, thumbnails) if f.other else "")
     label = f.label + (f" → {f.suggested}" if f.suggested else "")
     lines = [
-        f"<b>{html.escape(label)}</b> score {f.score:.2f}",
+        f"<b>{_e(label)}</b> score {f.score:.2f}",
         f"{html.escape(SET_NAMES.get(f.role, f.role))}: <code>{_e(f.image)}</code>",
-        html.escape(f.detail),
+        _e(f.detail),
     ]
-    if f.other:
-        lines.insert(2, f"with {html.escape(SET_NAMES[f.other_role])} "
-                        f"<code>{_e(f.other)}</code> ({html.escape(f.other_label)})")  # fmt: skip
     caption = "<br>".join(lines)
     return (
         f"<figure class='finding'><div class='pair'>{pictures}</div>"

@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from blitz.data.dataset import Log
-from blitz.doctor.check import Checks, diagnose
-from blitz.doctor.csvout import write_csv
-from blitz.doctor.findings import Diagnosis
-from blitz.doctor.page import write_page
+from blitz.diagnosis.check import Checks, diagnose
+from blitz.diagnosis.csvout import write_csv
+from blitz.diagnosis.findings import Diagnosis
+from blitz.diagnosis.page import write_page
 from blitz.errors import BlitzError
 
 

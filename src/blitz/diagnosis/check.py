@@ -14,12 +14,12 @@ from blitz.config.settings import Config
 from blitz.data.counts import class_counts
 from blitz.data.dataset import ImageData, Log
 from blitz.data.sources import load_data
-from blitz.doctor.balance import balance_findings, class_name_findings
-from blitz.doctor.duplicates import exact_findings, exact_groups, near_findings
-from blitz.doctor.files import odd_image_findings, unreadable_findings
-from blitz.doctor.findings import DEFAULT_FOLDS, NEAR_BITS, Diagnosis, Finding, ordered
-from blitz.doctor.labels import cross_validate, label_findings, run_model_probabilities
-from blitz.doctor.scan import scan
+from blitz.diagnosis.balance import balance_findings, class_name_findings
+from blitz.diagnosis.duplicates import exact_findings, exact_groups, near_findings
+from blitz.diagnosis.files import odd_image_findings, unreadable_findings
+from blitz.diagnosis.findings import DEFAULT_FOLDS, NEAR_BITS, Diagnosis, Finding, ordered
+from blitz.diagnosis.labels import cross_validate, label_findings, run_model_probabilities
+from blitz.diagnosis.scan import scan
 from blitz.errors import BlitzError
 from blitz.models.configs import build_config
 from blitz.outputs.plots import image_png

@@ -7,8 +7,8 @@ import math
 import statistics
 from collections import Counter
 
-from blitz.doctor.findings import Finding
-from blitz.doctor.scan import ImageFacts
+from blitz.diagnosis.findings import Finding
+from blitz.diagnosis.scan import ImageFacts
 
 RARE_MODE = 0.01  # a mode held by fewer than this share of the images is odd
 SIZE_FACTOR = 4.0  # a side this many times smaller or larger than the median's is odd
