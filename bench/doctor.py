@@ -45,7 +45,7 @@ def main() -> None:
     work = Path(args.work or tempfile.mkdtemp(prefix="blitz-doctor-bench-"))
     root = work / "cifar"
     planted = build(Path(args.data), root, args)
-    print(f"data: {root} ({_count(root)} images); planted: "
+    print(f"data: {root} ({_image_count(root)} images); planted: "
           + ", ".join(f"{len(v)} {k}" for k, v in planted.items()))  # fmt: skip
     reference = _train(root, work / "reference")
     started = time.perf_counter()
@@ -83,13 +83,17 @@ def build(archive: Path, root: Path, args: argparse.Namespace) -> dict[str, set[
     """The subset as a folder, with the faults planted; kind -> the ids doctor should name."""
     limits = {"train": args.train_per_class, "test": args.test_per_class}
     with tarfile.open(archive) as tar:
-        members = sorted((m for m in tar if m.isfile()), key=lambda m: m.name)
+        members = [m for m in tar if m.isfile()]
         taken: dict[tuple[str, str], int] = {}
-        for member in members:
+        chosen = set()
+        for member in sorted(members, key=lambda m: m.name):
             role, cls, _ = member.name.split("/")[-3:]
             if taken.get((role, cls), 0) < limits[role]:
                 taken[role, cls] = taken.get((role, cls), 0) + 1
-                path = root / role / cls / Path(member.name).name
+                chosen.add(member.name)
+        for member in members:  # in the archive's order: a .tar.gz is read front to back
+            if member.name in chosen:
+                path = root / Path(*member.name.split("/")[-3:])
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_bytes(tar.extractfile(member).read())  # type: ignore[union-attr]
     return plant(root, args)
@@ -162,21 +166,23 @@ def score(findings: list, planted: dict[str, set[str]]) -> list[dict]:
 
 
 def _figures(kind: str, named: list[str], truth: set[str]) -> dict:
-    hits = len(set(named) & truth)
-    return {"fault": kind, "planted": len(truth), "named": len(named), "right": hits,
-            "precision": hits / max(len(named), 1), "recall": hits / max(len(truth), 1)}  # fmt: skip
+    return {"fault": kind, **_counts(len(truth), len(named), len(set(named) & truth))}
+
+
+def _counts(planted: int, named: int, right: int) -> dict:
+    precision, recall = right / max(named, 1), right / max(planted, 1)
+    return {"planted": planted, "named": named, "right": right, "precision": precision,
+            "recall": recall}  # fmt: skip
 
 
 def _at_recall(ranked: list[str], truth: set[str], recall: float) -> dict:
-    """Precision of the top of a ranking that first reaches ``recall``."""
+    """Precision of the top of a ranking that first reaches ``recall`` (or all of it)."""
     hits = 0
     for n, image in enumerate(ranked, 1):
         hits += image in truth
         if hits >= recall * len(truth):
-            return {"planted": len(truth), "named": n, "right": hits,
-                    "precision": hits / n, "recall": hits / len(truth)}  # fmt: skip
-    return {"planted": len(truth), "named": len(ranked), "right": hits,
-            "precision": hits / max(len(ranked), 1), "recall": hits / max(len(truth), 1)}  # fmt: skip
+            return _counts(len(truth), n, hits)
+    return _counts(len(truth), len(ranked), hits)
 
 
 def compare_near(root: Path, truth: set[str]) -> list[dict]:
@@ -206,7 +212,7 @@ def compare_near(root: Path, truth: set[str]) -> list[dict]:
     return rows
 
 
-def _count(root: Path) -> int:
+def _image_count(root: Path) -> int:
     return sum(1 for _ in root.glob("*/*/*"))
 
 

@@ -278,6 +278,13 @@ def test_train_exclude_leaves_out_what_doctor_csv_lists(doctored, tmp_path):
     assert metrics["excluded"] == sorted(listed & whole)
     assert json.loads((run / "config.json").read_text())["data"]["exclude"]
     assert (root / expected["label"]).is_file()  # nothing deleted or moved
+    # the cheap check every run makes: the leaked copy is warned of, in the report too
+    assert metrics["copies"] == {} and "copies of training images" not in (
+        run / "report.html").read_text(encoding="utf-8")  # fmt: skip
+    whole_metrics = json.loads((tmp_path / "whole" / "metrics.json").read_text())
+    assert whole_metrics["copies"] == {"test": 1}
+    assert "copies of training images" in (tmp_path / "whole" / "report.html").read_text()
+    assert "left out (--exclude)" in (run / "report.html").read_text(encoding="utf-8")
 
 
 @pytest.mark.slow
