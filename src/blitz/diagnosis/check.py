@@ -53,14 +53,12 @@ class Checks:
 def diagnose(spec: str | None, run: Path | None, checks: Checks, log: Log) -> Diagnosis:
     """Check the data ``spec`` (its sets as ``blitz train`` makes them), or with ``run`` the
     sets that run recorded, for every kind of finding."""
-    cfg, data, model = _load(spec, run, checks, log)
     timer = _Timer()
+    cfg, data, model = timer("load", lambda: _load(spec, run, checks, log))
     facts = timer("scan", lambda: scan(data, cfg.data.source, log, only_sets=run is not None))
     findings = unreadable_findings(facts, data.classes) + odd_image_findings(facts, data.classes)
-    groups = exact_groups(facts)
-    findings += exact_findings(groups, data.classes)
-    near = timer("near copies", lambda: near_findings(facts, data.classes, checks.near_bits))
-    findings += near
+    findings += exact_findings(exact_groups(facts), data.classes)
+    findings += timer("near copies", lambda: near_findings(facts, data.classes, checks.near_bits))
     findings += balance_findings(data) + class_name_findings(data.classes)
     labels, notes = timer("labels", lambda: _labels(data, cfg, checks, model, log))
     findings += labels
