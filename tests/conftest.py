@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import pickle
+import re
 import shutil
 import subprocess
 import sys
@@ -167,3 +169,38 @@ def shapes_folder(root: Path, count: int = 120) -> Path:
             path.parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(image.permute(1, 2, 0).numpy()).save(path)
     return root
+
+
+BROWSER = shutil.which("chromium") or shutil.which("chromium-browser")
+HEADLESS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--no-first-run",
+]  # fmt: skip
+needs_browser = pytest.mark.skipif(
+    not BROWSER and not os.environ.get("BLITZ_REQUIRE_BROWSER"),
+    reason="chromium is not installed (apt-get install chromium); .ci/run installs it",
+)
+
+
+def _browser(profile: Path) -> list[str]:
+    assert BROWSER, "BLITZ_REQUIRE_BROWSER is set but no chromium is on PATH"
+    return [BROWSER, *HEADLESS, f"--user-data-dir={profile / 'profile'}"]
+
+
+def rendered_image_widths(page: Path, profile: Path) -> list[int]:
+    """The natural width of every image of a blitz page (a report, doctor.html) as headless
+    chromium decoded it (0: it did not decode): the page's own check script writes them."""
+    uri = page.resolve().as_uri()
+    dom = subprocess.run([*_browser(profile), "--dump-dom", uri], capture_output=True,
+                         text=True, timeout=120)  # fmt: skip
+    found = re.search(r'<pre id="image-check"[^>]*>(.*?)</pre>', dom.stdout)
+    assert found, dom.stderr[-2000:]
+    return json.loads(found.group(1))
+
+
+def screenshot(page: Path, profile: Path, size: str = "1280,2400") -> Path:
+    """A screenshot of a page in headless chromium."""
+    shot = profile / "shot.png"
+    subprocess.run([*_browser(profile), f"--window-size={size}", f"--screenshot={shot}",
+                    page.resolve().as_uri()], capture_output=True, timeout=120)  # fmt: skip
+    return shot

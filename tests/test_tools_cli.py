@@ -1,9 +1,7 @@
 """The report, export and lr-find commands end to end, and the report in a real browser."""
 
 import importlib.util
-import json
 import re
-import subprocess
 
 import numpy as np
 import pytest
@@ -13,7 +11,14 @@ from blitz.data.preprocess import normalize
 from blitz.outputs.export import random_images, run_export
 from blitz.training.checkpoint import load_checkpoint
 from blitz.workflows.lrfind import has_diverged, smooth, suggest
-from conftest import BROWSER, HEADLESS, folder_files, needs_browser, run_blitz, write_folder
+from conftest import (
+    folder_files,
+    needs_browser,
+    rendered_image_widths,
+    run_blitz,
+    screenshot,
+    write_folder,
+)
 
 blitz = run_blitz
 
@@ -139,15 +144,10 @@ def test_predict_handles_many_images_in_batches(run, tmp_path):
 @pytest.mark.subprocess
 @needs_browser
 def test_report_renders_in_a_real_browser(run, tmp_path):
-    assert BROWSER, "BLITZ_REQUIRE_BROWSER is set but no chromium is on PATH"
     root, _ = run
-    page = (root / "run" / "report.html").resolve().as_uri()
-    base = [BROWSER, *HEADLESS, f"--user-data-dir={tmp_path / 'profile'}"]
-    dom = subprocess.run([*base, "--dump-dom", page], capture_output=True, text=True, timeout=120)
-    found = re.search(r'<pre id="image-check"[^>]*>(.*?)</pre>', dom.stdout)
-    assert found, dom.stderr[-2000:]
-    widths = json.loads(found.group(1))
-    html_text = (root / "run" / "report.html").read_text()
+    page = root / "run" / "report.html"
+    widths = rendered_image_widths(page, tmp_path)
+    html_text = page.read_text()
     assert len(widths) == html_text.count("<img ") and all(w > 0 for w in widths)  # all decoded
     # the figures (reliability diagram and risk-coverage curve among them), beside the worst
     # errors' thumbnails (32 px) and their Grad-CAM heat maps (128 px, where grad-cam is)
@@ -155,7 +155,5 @@ def test_report_renders_in_a_real_browser(run, tmp_path):
     assert figures >= 7 and "Calibration and abstaining" in html_text
     if importlib.util.find_spec("pytorch_grad_cam"):
         assert sum(w == 128 for w in widths) == sum(w == 32 for w in widths) > 0
-    shot = tmp_path / "shot.png"
-    subprocess.run([*base, "--window-size=1280,2400", f"--screenshot={shot}", page],
-                   capture_output=True, timeout=120)  # fmt: skip
+    shot = screenshot(page, tmp_path)
     assert shot.read_bytes()[:4] == b"\x89PNG" and shot.stat().st_size > 50_000

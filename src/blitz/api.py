@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 from urllib.parse import quote
 
 from blitz.config.settings import SECTIONS, TRAIN_FLAGS
+from blitz.diagnosis.findings import DEFAULT_FOLDS, NEAR_BITS, Diagnosis  # light: no torch
 from blitz.errors import BlitzError, path_too_long
 
 if TYPE_CHECKING:
@@ -152,6 +153,34 @@ def serve(run_dir: str | os.PathLike, **options: Any) -> None:
     from blitz.serving import run
 
     run(run_dir, **options)
+
+
+@checked
+def doctor(
+    data: str | os.PathLike | None = None,
+    *,
+    run: str | os.PathLike | None = None,
+    out: str | os.PathLike = "doctor",
+    preset: str = DEFAULT_PRESET,
+    folds: int = DEFAULT_FOLDS,
+    steps: int = 0,
+    near_bits: int = NEAR_BITS,
+    settings: dict[str, Any] | None = None,
+    quiet: bool = False,
+) -> Diagnosis:
+    """Check ``data`` (any source train takes, its sets as train makes them) or, with ``run``,
+    the sets a finished run used: leakage and copies, unreadable and odd files, class balance,
+    and likely label errors by ``folds``-fold cross-validation with ``preset`` (``steps``
+    each; 0: the preset's). Writes doctor.html and doctor.csv into ``out``; nothing is ever
+    deleted or moved. ``settings``: data settings by key (``{"data.test_fraction": 0.2}``)."""
+    from blitz.diagnosis.check import Checks
+    from blitz.diagnosis.main import run_doctor
+    from blitz.training.context import silent
+
+    checks = Checks(preset, folds, steps, near_bits, dict(settings or {}))
+    source = None if data is None else os.fspath(data)
+    where = None if run is None else Path(run)
+    return run_doctor(source, where, checks, Path(out), silent if quiet else _print)
 
 
 def settings_overrides(settings: dict[str, Any], extra: dict[str, Any] | None) -> dict[str, Any]:

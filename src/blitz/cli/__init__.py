@@ -16,6 +16,7 @@ from types import ModuleType
 from typing import NoReturn
 
 from blitz.cli import (  # light: each imports torch only when its command runs
+    doctor,
     evaluate,
     explain,
     export,
@@ -46,6 +47,7 @@ COMMANDS: dict[str, ModuleType] = {
     "presets": presets,
     "models": models,
     "serve": serve,
+    "doctor": doctor,
 }
 
 

@@ -211,6 +211,15 @@ class DataConfig:
         metavar="F",
     )
     split_seed: int = 0  # which images those are (apart from train.seed: the split stays put)
+    # a file naming images to leave out of every set (blitz doctor's doctor.csv, or a list of
+    # image ids as sets.csv names them, one a line); "": none
+    exclude: str = option(
+        "",
+        "--exclude",
+        "leave out the images a file names: blitz doctor's doctor.csv (its image column) or a "
+        "list, one image a line as sets.csv names it; nothing is deleted",
+        metavar="FILE",
+    )
     # not settings (not fields): the settings left "auto", and what ``resolved`` took from a
     # timm model, and why
     auto: ClassVar[list[str]]

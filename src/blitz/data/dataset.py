@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
 import torch
@@ -115,6 +115,7 @@ class ImageData:
     val: AnySplit | None = None
     test_is_val: bool = False
     split: dict[str, float] | None = None  # what blitz.data.roles split off the training images
+    excluded: list[str] = field(default_factory=list)  # ids left out by --exclude
 
     @property
     def channels(self) -> int:

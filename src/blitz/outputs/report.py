@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from blitz.config.settings import Config
-from blitz.data.counts import imbalance_note
+from blitz.data.counts import Copies, copies_note, imbalance_note
 from blitz.data.dataset import AnySplit
 from blitz.data.roles import SET_NAMES
 from blitz.errors import BlitzError
@@ -244,10 +244,17 @@ def _data_section(metrics: Metrics, cfg: Config | None) -> str:
     shown = list(zip(metrics.classes, *counts.values()))[:FIGURE_CLASSES]
     head = ("class", *(SET_NAMES[role] for role in counts))
     note = imbalance_note(metrics.classes, counts["train"], cfg) if "train" in counts else None
+    copies = copies_note(Copies(metrics.copies, metrics.copy_example), metrics.sets)
+    left_out = (
+        f"<p class='note'>{len(metrics.excluded):,} images left out (--exclude): "
+        f"{html.escape(', '.join(metrics.excluded[:5]))}{', ...' * (len(metrics.excluded) > 5)}"
+        "</p>" if metrics.excluded else ""
+    )  # fmt: skip
     body = (
         _table(rows, ("set", "images"))
         + made
-        + (f"<p class='warn'>{html.escape(note)}</p>" if note else "")
+        + left_out
+        + "".join(f"<p class='warn'>{html.escape(n)}</p>" for n in (copies, note) if n)
         + f"<h3>Images per class</h3>{_table(shown, head)}"
         + _validation(metrics)
     )

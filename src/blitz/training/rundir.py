@@ -84,6 +84,7 @@ class Metrics:
     # val and test images that are copies of training images, and one [copy, original] pair
     copies: dict[str, int] = field(default_factory=dict)
     copy_example: list[str] = field(default_factory=list)
+    excluded: list[str] = field(default_factory=list)  # images --exclude left out, by id
     validation: dict[str, Any] = field(default_factory=dict)  # its accuracy and the views above
     # temperature scaling (training.calibration.Calibration.record): the temperature, where it
     # was fitted, and per set ECE, MCE, NLL, Brier before and after it; empty in runs before

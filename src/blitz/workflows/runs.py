@@ -236,6 +236,7 @@ def _metrics(
         test_set="val" if data.test_is_val else "test",
         class_counts=class_counts(data),
         **find_copies(data)._asdict(),
+        excluded=data.excluded,
         split=data.split,
         kept_epoch=state.best_epoch if state.best_weights is not None else state.epoch,
         kept="best" if state.best_weights is not None else "last",

@@ -11,6 +11,7 @@ from typing import NamedTuple
 
 from blitz.config.settings import DataConfig
 from blitz.data.dataset import ImageData, Log, check_class_count, similar_classes_note
+from blitz.data.exclude import exclude_images
 from blitz.data.roles import Assignment, as_test_set, assign_roles
 
 Loader = Callable[[str, DataConfig, Log], ImageData]  # load(argument, settings, log)
@@ -69,7 +70,10 @@ def load_data(
     check_class_count(data.name, data.classes)
     if note := similar_classes_note(data.classes):
         log(note)
-    return assign_roles(data, cfg, log, recorded)
+    data = assign_roles(data, cfg, log, recorded)
+    if cfg.exclude and recorded is None:  # a run's record lists its sets without them already
+        data = exclude_images(data, Path(cfg.exclude).expanduser(), log)
+    return data
 
 
 def load_test_data(cfg: DataConfig, classes: list[str], log: Log = print) -> ImageData:

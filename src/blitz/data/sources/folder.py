@@ -88,6 +88,17 @@ def load_path(path: Path, cfg: DataConfig, log: Log, name: str | None = None) ->
     return _load_layout(path, layout, cfg, log, name, cached)
 
 
+def list_layout(path: Path, log: Log) -> Layout | None:
+    """The image files a folder, archive or table lists, by set and class, none of them read
+    (``blitz doctor`` reads each one itself); None for the CIFAR-10 python archive, whose
+    images are batches, not files."""
+    check_path(path, list_sources(), tuple(TABLE_SUFFIXES))
+    if is_table(path):
+        return read_table(path).layout
+    names, others = list_files(path, log)
+    return None if is_cifar_python(names) else find_layout(names, others, path)
+
+
 def _load_table(path: Path, cfg: DataConfig, log: Log, name: str) -> ImageData:
     """A table's images. The table is read first: the decode cache's key is what it lists, not
     everything its folder holds (which may be a home folder, or hold the cache itself)."""
@@ -128,7 +139,7 @@ def _load_layout(
     return data
 
 
-def _read_images(path: Path, names: set[str]) -> Iterator[tuple[str, bytes | BadImage]]:
+def read_images(path: Path, names: set[str]) -> Iterator[tuple[str, bytes | BadImage]]:
     """The named images' bytes: a table's where it lists them (relative to its folder), a
     folder's or archive's in one pass over it."""
     return iter_listed(path.parent, names) if is_table(path) else iter_files(path, names)
@@ -246,7 +257,7 @@ def _decode_splits(
         file: (s, row) for s, pairs in enumerate(splits) for row, (file, _) in enumerate(pairs)
     }
     resized, bad = 0, {}
-    files = _decoded(_read_images(path, set(where)), size, workers)
+    files = _decoded(read_images(path, set(where)), size, workers)
     for file, decoded in progress_bar(files, f"decoding {path.name}", log, len(where)):
         s, row = where.pop(file)
         if isinstance(decoded, BadImage):
