@@ -1,7 +1,7 @@
 """blitz: train and test image classifiers with PyTorch (the 60 Minute Blitz as real software).
 
 From Python: ``blitz.train(data="shapes", epochs=3)`` and ``blitz.load(run_dir)`` give a
-``blitz.Run`` (see ``blitz.api``)."""
+``blitz.Run`` (see ``blitz.api``); ``blitz.tune(...)`` searches the settings."""
 
 from __future__ import annotations
 
@@ -10,12 +10,12 @@ from typing import Any
 from blitz.errors import BlitzError  # light: what every blitz error is
 from blitz.version import __version__ as __version__
 
-__all__ = ["BlitzError", "Run", "load", "train"]
+__all__ = ["BlitzError", "Run", "load", "train", "tune"]
 
 
 def __getattr__(name: str) -> Any:
     # on first use, so that `import blitz` (and the CLI's start) stays light: no torch
-    if name in ("Run", "load", "train"):
+    if name in ("Run", "load", "train", "tune"):
         from blitz import api
 
         return getattr(api, name)
