@@ -112,6 +112,7 @@ def test_space_file_is_read_with_option_and_setting_names(tmp_path):
         ({"timeout": 0}, "invalid --timeout"),
         ({"jobs": 0}, "invalid --jobs 0"),
         ({"pruner": "asha"}, "unknown pruner 'asha'"),
+        ({"search": "grid"}, "unknown search 'grid'"),
         ({"storage": "sqlite:////no/such/folder/study.db"}, "cannot open the study's storage"),
         ({"storage": "nosuchdb://user:secret@host/db"}, "cannot open the study's storage"),
     ],
@@ -127,6 +128,18 @@ def test_resume_needs_a_study_and_takes_no_settings(tmp_path, no_training):
         blitz.tune(out=tmp_path / "study", resume=True)
     with pytest.raises(BlitzError, match="drop data or settings"):
         blitz.tune(out=tmp_path / "study", resume=True, max_steps=5)
+
+
+def test_the_command_line_takes_train_options_as_fixed_settings():
+    from blitz.cli import build_parser
+    from blitz.cli.options import overrides
+
+    args = build_parser().parse_args(
+        ["tune", "shapes:200", "--out", "x", "--lr", "0.1", "--sampler", "balanced", "--search",
+         "random", "--set", "optim.ema=0.9"]
+    )  # fmt: skip
+    assert args.source == "shapes:200" and args.search == "random"
+    assert overrides(args) == {"optim.lr": 0.1, "train.sampler": "balanced", "optim.ema": 0.9}
 
 
 def test_trials_must_be_an_integer():

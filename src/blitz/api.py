@@ -148,6 +148,7 @@ def tune(
     resume: bool = False,
     search_only: bool = False,
     search_seed: int = 0,
+    search: str = "tpe",
     quiet: bool = False,
     set: dict[str, Any] | None = None,
     **settings: Any,
@@ -157,7 +158,8 @@ def tune(
     to ``out/best.toml``, and it is trained again and tested once (``result.tested``).
     ``settings`` (``train``'s keywords) and ``set`` are fixed for every trial; ``space`` is a
     TOML file with a [space] table, or that table as a dict; ``resume`` continues the study in
-    ``out`` (or ``storage``) with its recorded settings. Needs pip install 'blitz[tune]'."""
+    ``out`` (or ``storage``) with its recorded settings; ``search="random"``: random search
+    instead of TPE. Needs pip install 'blitz[tune]'."""
     from blitz.tuning.search import Options
     from blitz.tuning.search import tune as run_study
 
@@ -165,7 +167,7 @@ def tune(
         settings["data"] = data
     fixed = settings_overrides(settings, set)
     opts = Options(Path(out), trials, timeout, jobs, storage, study, resume, search_only, quiet,
-                   search_seed)  # fmt: skip
+                   search_seed, search)  # fmt: skip
     if resume:
         starts = {"data or settings": fixed, "preset": preset, "config": config, "space": space}
         given = [name for name, value in starts.items() if value]

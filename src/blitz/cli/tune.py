@@ -67,6 +67,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="run trials only: no results, no test (a worker on another machine)",
     )
+    p.add_argument(
+        "--search",
+        choices=("tpe", "random"),
+        default="tpe",
+        help="how trials' settings are drawn (default: tpe; random: a baseline)",
+    )
     p.add_argument("--search-seed", type=int, default=0, metavar="N",
                    help="seed of the sampler (default: 0)")  # fmt: skip
     for flag in TRAIN_FLAGS.values():  # fixed for every trial
@@ -100,6 +106,7 @@ def main(args: argparse.Namespace) -> None:
         resume=args.resume,
         search_only=args.search_only,
         search_seed=args.search_seed,
+        search=args.search,
         quiet=args.quiet,
         set=fixed,
     )

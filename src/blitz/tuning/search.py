@@ -26,6 +26,7 @@ from blitz.tuning.results import best_toml, keep_top, leaderboard, ranked, write
 from blitz.tuning.space import check_space
 from blitz.tuning.study import (
     COUNTED,
+    SAMPLERS,
     TARGET,
     counted,
     default_storage,
@@ -58,6 +59,7 @@ class Options:
     search_only: bool = False  # trials only: no results, no test (a helper, another machine)
     quiet: bool = False
     seed: int = 0  # the sampler's
+    sampler: str = "tpe"  # or "random"
 
 
 def check_options(opts: Options) -> None:
@@ -66,6 +68,8 @@ def check_options(opts: Options) -> None:
         raise BlitzError(f"invalid --trials {opts.trials}: expected an integer >= 1")
     if opts.timeout is not None and not opts.timeout > 0:
         raise BlitzError(f"invalid --timeout {opts.timeout}: expected seconds > 0")
+    if opts.sampler not in SAMPLERS:
+        raise BlitzError(f"unknown search {opts.sampler!r}: choose " + ", ".join(SAMPLERS))
     if opts.jobs < 1:
         raise BlitzError(f"invalid --jobs {opts.jobs}: expected an integer >= 1")
 
@@ -98,7 +102,8 @@ def tune(job: Job | None, opts: Options, log: Log = print) -> Result:
         )
     if job is not None and not opts.resume:
         job = with_validation(job, log)
-    study, job = open_study(storage, opts.study, job, opts.seed + _started(storage, opts.study))
+    seed = opts.seed + _started(storage, opts.study)
+    study, job = open_study(storage, opts.study, job, seed, opts.sampler)
     if failed := fail_dead_trials(study, storage):
         log(f"{failed} trial(s) of a killed process marked failed; the study goes on")
     target = opts.trials or study.user_attrs.get(TARGET) or DEFAULT_TRIALS
@@ -157,7 +162,8 @@ def _start_helpers(opts: Options, url: str, target: int, count: int) -> list[tup
     for k in range(1, count + 1):
         cmd = [sys.executable, "-m", "blitz", "tune", "--resume", "--search-only", "--quiet",
                "--out", str(opts.out), "--storage", url, "--study", opts.study,
-               "--trials", str(target), "--search-seed", str(opts.seed + 1000 * k)]  # fmt: skip
+               "--trials", str(target), "--search-seed", str(opts.seed + 1000 * k),
+               "--search", opts.sampler]  # fmt: skip
         if opts.timeout:
             cmd += ["--timeout", str(opts.timeout)]
         errors = tempfile.TemporaryFile()  # noqa: SIM115  (closed by _stop, after the helper)

@@ -54,18 +54,20 @@ def has_study(storage: optuna.storages.BaseStorage, name: str) -> bool:
     return any(s.study_name == name for s in storage.get_all_studies())
 
 
+SAMPLERS = ("tpe", "random")
+
+
 def open_study(
-    storage: optuna.storages.RDBStorage, name: str, job: Job | None, seed: int
+    storage: optuna.storages.RDBStorage, name: str, job: Job | None, seed: int, sampler: str = "tpe"
 ) -> tuple[optuna.Study, Job]:
     """Create the study ``name`` with ``job``, or load it: ``job`` None takes its record (a
     resumed study); a given one must be what the study was made with (a joined one)."""
     pruner = build_pruner(job.pruner if job else _recorded(storage, name).pruner)
-    sampler = optuna.samplers.TPESampler(seed=seed)
     study = optuna.create_study(
         storage=storage,
         study_name=name,
         direction="maximize",
-        sampler=sampler,
+        sampler=build_sampler(sampler, seed),
         pruner=pruner,
         load_if_exists=True,
     )
@@ -101,6 +103,15 @@ def _difference(then: dict[str, Any], now: dict[str, Any]) -> str:
 def _short(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 160 else text[:157] + "..."
+
+
+def build_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
+    """TPE (Optuna's default), or random search (a baseline with the same budget)."""
+    if name not in SAMPLERS:
+        raise BlitzError(f"unknown sampler {name!r}: choose " + ", ".join(SAMPLERS))
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed)
 
 
 def build_pruner(name: str) -> optuna.pruners.BasePruner:
