@@ -130,6 +130,20 @@ def test_resume_needs_a_study_and_takes_no_settings(tmp_path, no_training):
         blitz.tune(out=tmp_path / "study", resume=True, max_steps=5)
 
 
+def test_a_study_is_not_started_over_nor_joined_with_other_settings(tmp_path, no_training):
+    out = tmp_path / "study"
+    out.mkdir()
+    url = f"sqlite:///{out / 'study.db'}"
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(study_name="blitz", storage=url)
+    with pytest.raises(BlitzError, match="holds a study already: continue it with --resume"):
+        tune_tiny(out)
+    study.set_user_attr("blitz_job", {"preset": "fast-cpu", "base": None, "fixed": {},
+                                      "space": {}, "pruner": "median", "notes": []})  # fmt: skip
+    with pytest.raises(BlitzError, match="made with other settings \\(its preset"):
+        tune_tiny(tmp_path / "elsewhere", storage=url)
+
+
 def test_the_command_line_takes_train_options_as_fixed_settings():
     from blitz.cli import build_parser
     from blitz.cli.options import overrides
