@@ -113,14 +113,17 @@ def test_space_file_is_read_with_option_and_setting_names(tmp_path):
         ({"jobs": 0}, "invalid --jobs 0"),
         ({"pruner": "asha"}, "unknown pruner 'asha'"),
         ({"search": "grid"}, "unknown search 'grid'"),
-        ({"storage": "sqlite:////no/such/folder/study.db"}, "cannot open the study's storage"),
+        ({"storage": "sqlite:///TMP/missing/study.db"}, "cannot open the study's storage"),
         ({"storage": "nosuchdb://user:secret@host/db"}, "cannot open the study's storage"),
     ],
 )
 def test_bad_options_are_refused_before_training(tmp_path, no_training, options, message):
+    options = {k: v.replace("TMP", str(tmp_path)) if k == "storage" else v
+               for k, v in options.items()}  # fmt: skip
     with pytest.raises(BlitzError, match=message) as caught:
         tune_tiny(tmp_path / "study", **options)
     assert "secret" not in str(caught.value)  # a password is never echoed
+    assert not (tmp_path / "missing").exists()  # nothing made where the user pointed
 
 
 def test_resume_needs_a_study_and_takes_no_settings(tmp_path, no_training):

@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +15,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from blitz.errors import BlitzError
 from blitz.tuning.job import Job
+from blitz.utils.locks import locked
 
 JOB = "blitz_job"  # the study's user attribute holding its Job
 TARGET = "blitz_trials"  # how many trials (finished or pruned) the study is to have
@@ -40,7 +43,8 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
     # SQLite shared by several processes: wait for a writer, rather than fail at once
     kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
     try:
-        return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+        with _creating(url):
+            return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
     except Exception as exc:  # a driver missing, a host unreachable, a bad URL: all the same here
         reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
         raise BlitzError(
@@ -48,6 +52,20 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
             "database URL Optuna supports, e.g. sqlite:///study.db or "
             "postgresql://user@host/db, with its driver installed)"
         ) from None
+
+
+@contextlib.contextmanager
+def _creating(url: str) -> Iterator[None]:
+    """Two processes making one new SQLite file's tables at once collide (a unique constraint
+    of Optuna's schema version): they take turns, by a lock beside the file."""
+    from sqlalchemy.engine import make_url
+
+    database = make_url(url).database if url.startswith("sqlite") else None
+    if not database or database == ":memory:" or not Path(database).parent.is_dir():
+        yield  # no file to share, or a folder that is not there: SQLite says so
+        return
+    with locked(Path(database).with_name(Path(database).name + ".lock")):
+        yield
 
 
 def has_study(storage: optuna.storages.BaseStorage, name: str) -> bool:
