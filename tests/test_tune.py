@@ -159,6 +159,23 @@ def test_the_command_line_takes_train_options_as_fixed_settings():
     assert overrides(args) == {"optim.lr": 0.1, "train.sampler": "balanced", "optim.ema": 0.9}
 
 
+def test_holding_out_the_test_set_needs_a_validation_set_apart():
+    import torch
+
+    from blitz.data.dataset import ImageData, Split
+    from blitz.data.roles import hold_out_test
+
+    def split(n: int) -> Split:
+        return Split(torch.zeros(n, 3, 8, 8, dtype=torch.uint8), torch.arange(n) % 2)
+
+    train, val, test = split(6), split(4), split(2)
+    held = hold_out_test(ImageData("d", ["a", "b"], train, test, val))
+    assert held.test is val and held.val is val and held.test_is_val
+    assert all(s is not test for s in held.sets().values())
+    with pytest.raises(BlitzError, match="needs a validation set and a test set apart"):
+        hold_out_test(ImageData("d", ["a", "b"], train, test))
+
+
 def test_trials_must_be_an_integer():
     with pytest.raises(BlitzError, match="trials must be an integer or None"):
         blitz.tune("shapes:200", out="x", trials="3")
@@ -315,3 +332,15 @@ def test_two_processes_share_one_sqlite_study(tmp_path):
     assert len({t.number for t in trials}) == len(trials)
     assert len({t.user_attrs["pid"] for t in done}) == 2  # both worked on it
     assert (tmp_path / "a" / "trials").is_dir() and (tmp_path / "b" / "trials").is_dir()
+
+
+@pytest.mark.slow
+@pytest.mark.subprocess
+def test_jobs_run_trials_in_several_processes(tmp_path):
+    out = tmp_path / "study"
+    tune_tiny(out, trials=4, jobs=2, search_only=True, pruner="none")
+    done = _study(f"sqlite:///{out / 'study.db'}").get_trials(
+        states=(optuna.trial.TrialState.COMPLETE,)
+    )
+    assert len(done) >= 4
+    assert len({t.user_attrs["pid"] for t in done}) == 2  # this process and one helper
