@@ -42,6 +42,7 @@ from blitz.utils.writes import write_atomic
 from blitz.workflows.runs import train_run
 
 TESTED = "blitz_tested"  # the study's record of the winner's one test
+POLL_SECONDS = 1.0  # how often the bar looks at the study while --jobs workers run trials
 DEFAULT_TRIALS = 20
 
 
@@ -125,38 +126,53 @@ def _started(storage: optuna.storages.BaseStorage, name: str) -> int:
 def _run_trials(
     study: optuna.Study, job: Job, opts: Options, url: str, target: int, log: Log
 ) -> None:
-    """Trials until the study has ``target`` finished or pruned ones (all processes counted)."""
+    """Trials until the study has ``target`` finished or pruned ones (all processes counted):
+    here, or with --jobs J in J worker processes while this one shows their progress."""
     remaining = target - counted(study)
     if remaining <= 0:
         return
     bar = tqdm(total=target, initial=counted(study), unit="trial", desc="tune",
                disable=opts.quiet, dynamic_ncols=True)  # fmt: skip
-    helpers = _start_helpers(opts, url, target, min(opts.jobs, remaining) - 1)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(max(1, threads // opts.jobs))  # the helpers share the cores
-
-    def progress(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        bar.n = min(counted(study), target)
-        best = ranked(study.get_trials(deepcopy=False))
-        if best:
-            bar.set_postfix_str(f"best {100 * float(best[0].value or 0):.2f} % (trial "
-                                f"{best[0].number})")  # fmt: skip
-        bar.refresh()
-
-    stop = optuna.study.MaxTrialsCallback(target, states=COUNTED)
     try:
+        if opts.jobs > 1 and remaining > 1:
+            _in_workers(study, opts, url, target, min(opts.jobs, remaining), bar, log)
+            return
+        stop = optuna.study.MaxTrialsCallback(target, states=COUNTED)
         study.optimize(objective(job, opts.out), n_trials=remaining, timeout=opts.timeout,
-                       callbacks=[stop, progress], catch=(BlitzError,))  # fmt: skip
-        _wait(helpers, log)
+                       callbacks=[stop, lambda study, _: _show(study, bar, target)],
+                       catch=(BlitzError,))  # fmt: skip
     finally:
-        _stop(helpers)
-        torch.set_num_threads(threads)
         bar.close()
 
 
+def _show(study: optuna.Study, bar: tqdm, target: int) -> None:
+    """The bar: trials counted so far (every process's), and the best."""
+    bar.n = min(counted(study), target)
+    best = ranked(study.get_trials(deepcopy=False))
+    if best:
+        bar.set_postfix_str(f"best {100 * float(best[0].value or 0):.2f} % (trial "
+                            f"{best[0].number})")  # fmt: skip
+    bar.refresh()
+
+
+def _in_workers(
+    study: optuna.Study, opts: Options, url: str, target: int, count: int, bar: tqdm, log: Log
+) -> None:
+    helpers = _start_helpers(opts, url, target, count)
+    try:
+        while any(process.poll() is None for process, _ in helpers):
+            _show(study, bar, target)
+            time.sleep(POLL_SECONDS)
+        _show(study, bar, target)
+        _wait(helpers, log)
+    finally:
+        _stop(helpers)
+
+
 def _start_helpers(opts: Options, url: str, target: int, count: int) -> list[tuple]:
-    """``count`` processes that join the study (``blitz tune --resume --search-only``): each
-    trial is one process's, so trials stay as reproducible as single runs."""
+    """``count`` processes that join the study (``blitz tune --resume --search-only``), the
+    cores divided between them: each trial is one process's, so trials stay as reproducible as
+    single runs (threads would share torch's global seed)."""
     helpers = []
     env = {**os.environ, "OMP_NUM_THREADS": str(max(1, torch.get_num_threads() // opts.jobs))}
     for k in range(1, count + 1):
