@@ -127,8 +127,12 @@ def test_bad_options_are_refused_before_training(tmp_path, no_training, options,
 
 
 def test_resume_needs_a_study_and_takes_no_settings(tmp_path, no_training):
-    with pytest.raises(BlitzError, match="no study 'blitz' .* to resume"):
+    with pytest.raises(BlitzError, match="no study in .* to resume"):
         blitz.tune(out=tmp_path / "study", resume=True)
+    assert not (tmp_path / "study").exists()
+    url = f"sqlite:///{tmp_path / 'elsewhere.db'}"
+    with pytest.raises(BlitzError, match="no study 'blitz' .* to resume"):
+        blitz.tune(out=tmp_path / "study", resume=True, storage=url)
     with pytest.raises(BlitzError, match="drop data or settings"):
         blitz.tune(out=tmp_path / "study", resume=True, max_steps=5)
 

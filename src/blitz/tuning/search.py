@@ -27,6 +27,7 @@ from blitz.tuning.space import check_space
 from blitz.tuning.study import (
     COUNTED,
     SAMPLERS,
+    STUDY_FILE,
     TARGET,
     counted,
     default_storage,
@@ -88,6 +89,8 @@ def tune(job: Job | None, opts: Options, log: Log = print) -> Result:
     if job is not None:
         check_job(job)
     url = opts.storage or default_storage(opts.out)
+    if opts.storage is None and opts.resume and not (opts.out / STUDY_FILE).is_file():
+        raise BlitzError(f"no study in {opts.out} to resume ({STUDY_FILE} is not there)")
     if opts.storage is None:
         opts.out.mkdir(parents=True, exist_ok=True)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
