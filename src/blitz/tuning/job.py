@@ -69,8 +69,9 @@ def with_validation(job: Job, log: Log) -> Job:
             "which blitz tune scores every trial on: give a fraction such as 0.1"
         )
     note = (
-        f"{data.name} has no validation set: every trial splits {VAL_FRACTION:g} of the "
-        f"training images off as one ({option_name(key)} {VAL_FRACTION:g}, kept in best.toml)"
+        f"{data.name} has no validation set: every trial splits {100 * VAL_FRACTION:g} % of the "
+        f"training images off as one ({option_name(key).split()[0]} {VAL_FRACTION:g}, kept in "
+        "best.toml)"
     )
     log(note)
     return replace(job, fixed={**job.fixed, key: VAL_FRACTION}, notes=[*job.notes, note])
