@@ -180,6 +180,24 @@ def test_holding_out_the_test_set_needs_a_validation_set_apart():
         hold_out_test(ImageData("d", ["a", "b"], train, test))
 
 
+@pytest.mark.slow
+def test_tune_html_escapes_every_string(tmp_path):
+    from blitz.tuning.job import Job
+    from blitz.tuning.page import write_page
+    from blitz.tuning.space import parse_space, space_to_raw
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(study_name="<b>x</b>", direction="maximize")
+    choices = ["<img src=x onerror=alert(1)>", "plain"]
+    study.optimize(lambda t: float(len(t.suggest_categorical("train.init", choices))), 3)
+    space = space_to_raw(parse_space({"init": choices}, "test"))
+    job = Job("seed", None, {"data.source": "<script>alert(1)</script>"}, space, notes=["<i>"])
+    write_page(tmp_path / "tune.html", study, job, None)
+    page = (tmp_path / "tune.html").read_text()
+    assert "<script>alert" not in page and "<img src=x" not in page and "<b>x" not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page and page.count("<img ") >= 3
+
+
 def test_trials_must_be_an_integer():
     with pytest.raises(BlitzError, match="trials must be an integer or None"):
         blitz.tune("shapes:200", out="x", trials="3")
