@@ -39,19 +39,22 @@ def extract_subset(archive: Path, root: Path, per_class: dict[str, int]) -> None
     """root/train/<class>/ and root/test/<class>/, the first images by file name; only regular
     files, at paths built here from checked names."""
     with tarfile.open(archive) as tar:
-        members = sorted((m for m in tar.getmembers() if m.isfile()), key=lambda m: m.name)
+        members = [m for m in tar.getmembers() if m.isfile()]
         taken: dict[tuple[str, str], int] = {}
-        for member in members:
+        chosen = set()
+        for member in sorted(members, key=lambda m: m.name):
             parts = member.name.split("/")
             if len(parts) != 3 or parts[0] not in per_class or not parts[2].endswith(".jpg"):
                 continue
-            split, cls, file = parts
-            if not cls.isalnum() or taken.get((split, cls), 0) >= per_class[split]:
-                continue
-            taken[split, cls] = taken.get((split, cls), 0) + 1
-            target = root / split / cls / file
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(tar.extractfile(member).read())
+            split, cls, _ = parts
+            if cls.isalnum() and taken.get((split, cls), 0) < per_class[split]:
+                taken[split, cls] = taken.get((split, cls), 0) + 1
+                chosen.add(member.name)
+        for member in members:  # in archive order: the gzip stream is read forward once
+            if member.name in chosen:
+                target = root.joinpath(*member.name.split("/"))
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(tar.extractfile(member).read())
 
 
 def blitz(*args: str) -> float:
