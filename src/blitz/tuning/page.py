@@ -10,6 +10,7 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 import optuna
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 from optuna.trial import FrozenTrial, TrialState
 
 from blitz.outputs.plots import figure_png, plain_text
@@ -102,6 +103,7 @@ def history_png(trials: list[FrozenTrial]) -> bytes:
         line.append(best)
     ax.step([t.number for t in done], line, where="post", color="tab:red", label="best so far")
     ax.set_xlabel("trial")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("validation accuracy (%)")
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
@@ -134,7 +136,11 @@ def slices_png(trials: list[FrozenTrial], space: Space) -> bytes:
             ax.set_xticks(range(len(labels)), labels, fontsize=8)
             points = [(labels.index(str(x)), y) for x, y in points]
         if dim and dim.kind == "log":
-            ax.set_xscale("log")
+            ax.set_xscale("log")  # plain tick labels: plain_text would show mathtext as written
+            ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+            ax.xaxis.set_minor_formatter(NullFormatter())
+            ax.tick_params(axis="x", labelsize=7)
         ax.scatter([x for x, _ in points], [y for _, y in points], c=range(len(points)),
                    cmap="viridis", s=18)  # fmt: skip
         ax.set_title(key, fontsize=9)
