@@ -47,7 +47,7 @@ class Checkpointer(TrainHooks):
         stop: StopFlag,
         resume: Checkpoint | None = None,
         progress: Progress | None = None,
-        on_epoch: Callable[[TrainState], None] | None = None,
+        on_epoch: Callable[[TrainState, int], None] | None = None,
     ):
         if ctx.dir is None:
             raise ValueError("checkpoints need a run directory: RunContext.dir is None")
@@ -55,7 +55,8 @@ class Checkpointer(TrainHooks):
         self.progress = progress  # its rows in progress are checkpointed too
         self.writes = ctx.writes is not None  # under torchrun only the first process writes
         self.stop, self.resume = stop, resume
-        self.on_epoch = on_epoch  # after each epoch's checkpoint (blitz tune's pruning)
+        # after each epoch's checkpoint, with the planned steps (blitz tune's pruning)
+        self.on_epoch = on_epoch
         self.total = 0  # the loop's planned steps, known at start()
         self.device = next(model.parameters()).device
         self.stateful: dict[str, Any] = {}
@@ -95,7 +96,7 @@ class Checkpointer(TrainHooks):
         self.save(state, best)
         self._stop_if_asked(state)
         if self.on_epoch:
-            self.on_epoch(state)
+            self.on_epoch(state, self.total)
 
     def _stop_if_asked(self, state: TrainState) -> None:
         if not self.stop.signum:

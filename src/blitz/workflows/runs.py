@@ -82,15 +82,15 @@ def train_run(
     resume: Checkpoint | None = None,
     mlflow: str | None = None,
     test: bool = True,
-    on_epoch: Callable[[TrainState], None] | None = None,
+    on_epoch: Callable[[TrainState, int], None] | None = None,
 ) -> Metrics | None:
     """Load data, train, test, and write config, checkpoint, pictures and metrics into the run
     directory; with ``resume``, continue that run where it stopped; with ``mlflow`` (a tracking
     URI, "" for the default), also log it to MLflow. Under torchrun every process trains; only
     the first prints and writes (and returns the metrics). ``test=False`` holds the test set
     out: the run is scored on validation and never looks at a test image (blitz tune's trials,
-    which write no report.html either: seconds each); ``on_epoch`` is called after each epoch's
-    checkpoint."""
+    which write no report.html either: seconds each); ``on_epoch(state, planned_steps)`` is
+    called after each epoch's checkpoint."""
     ctx = set_up(cfg, run_dir, log, quiet, started)
     if cfg.data.chosen:
         ctx.log(f"auto {cfg.data.chosen}")
@@ -176,7 +176,7 @@ def fit(
     model: nn.Module,
     resume: Checkpoint | None,
     tracker: MlflowTracker | None = None,
-    on_epoch: Callable[[TrainState], None] | None = None,
+    on_epoch: Callable[[TrainState, int], None] | None = None,
 ) -> Loop:
     """Train with checkpoints (last, best, on a signal); a NaN loss keeps the last good one."""
     resumed_step = resume.saved_training().step if resume else 0
