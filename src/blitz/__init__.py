@@ -1,7 +1,8 @@
 """blitz: train and test image classifiers with PyTorch (the 60 Minute Blitz as real software).
 
 From Python: ``blitz.train(data="shapes", epochs=3)`` and ``blitz.load(run_dir)`` give a
-``blitz.Run`` (see ``blitz.api``); ``blitz.doctor(data)`` checks data before a run."""
+``blitz.Run`` (see ``blitz.api``); ``blitz.doctor(data)`` checks data before a run,
+``blitz.tune(...)`` searches the settings, ``blitz.serve(run_dir)`` serves a run."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Any
 from blitz.errors import BlitzError  # light: what every blitz error is
 from blitz.version import __version__ as __version__
 
-__all__ = ["BlitzError", "Run", "doctor", "load", "serve", "train"]
+__all__ = ["BlitzError", "Run", "doctor", "load", "serve", "train", "tune"]
 
 
 def __getattr__(name: str) -> Any:

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from blitz.training.checkpoint import Checkpoint, ModelFacts
     from blitz.training.evaluate import Scores
     from blitz.training.rundir import Metrics, RunDir
+    from blitz.tuning.job import Result as TuneResult
 
 # train()'s keywords (argparse's names for `blitz train`'s options) -> the settings they set
 KEYWORDS = {flag.keyword: key for key, flag in TRAIN_FLAGS.items()}
@@ -85,8 +86,9 @@ def _types(function: Callable[..., Any]) -> dict[str, tuple[type, ...]]:
     annotations name only for type checkers are imported here."""
     from blitz.training.evaluate import Scores
     from blitz.training.rundir import Metrics
+    from blitz.tuning.job import Result
 
-    names = {"Metrics": Metrics, "Scores": Scores}
+    names = {"Metrics": Metrics, "Scores": Scores, "TuneResult": Result}
     hints = typing.get_type_hints(function, localns=names)
     out = {}
     for name, hint in hints.items():
@@ -136,6 +138,76 @@ def train(
         plan = plan_training(preset, overrides, out, config)
     metrics = run_training(plan, overwrite, quiet, mlflow, started)
     return Run(plan.run_dir.path, metrics)
+
+
+@checked
+def tune(
+    data: str | os.PathLike | None = None,
+    preset: str | None = None,
+    *,
+    out: str | os.PathLike,
+    config: str | os.PathLike | None = None,
+    space: str | os.PathLike | dict[str, Any] | None = None,
+    trials: int | None = None,
+    timeout: int | float | None = None,
+    jobs: int = 1,
+    pruner: str = "median",
+    storage: str | None = None,
+    study: str = "blitz",
+    resume: bool = False,
+    search_only: bool = False,
+    search_seed: int = 0,
+    search: str = "tpe",
+    quiet: bool = False,
+    set: dict[str, Any] | None = None,
+    **settings: Any,
+) -> TuneResult:
+    """Search the settings as ``blitz tune`` does (Optuna: TPE, pruned on each epoch's
+    validation accuracy): trials are runs scored on validation only; the winner's settings go
+    to ``out/best.toml``, and it is trained again and tested once (``result.tested``).
+    ``settings`` (``train``'s keywords) and ``set`` are fixed for every trial; ``space`` is a
+    TOML file with a [space] table, or that table as a dict; ``resume`` continues the study in
+    ``out`` (or ``storage``) with its recorded settings; ``search="random"``: random search
+    instead of TPE. Needs pip install 'blitz[tune]'."""
+    from blitz.tuning.search import Options
+    from blitz.tuning.search import tune as run_study
+
+    if data is not None:
+        settings["data"] = data
+    fixed = settings_overrides(settings, set)
+    opts = Options(Path(out), trials, timeout, jobs, storage, study, resume, search_only, quiet,
+                   search_seed, search)  # fmt: skip
+    if resume:
+        starts = {"data or settings": fixed, "preset": preset, "config": config, "space": space}
+        given = [name for name, value in starts.items() if value]
+        refuse_changes_on_resume("--resume", out, given + ["pruner"] * (pruner != "median"))
+        return run_study(None, opts, _print)
+    return run_study(_tune_job(preset, config, space, fixed, pruner), opts, _print)
+
+
+def _tune_job(
+    preset: str | None,
+    config: str | os.PathLike | None,
+    space: str | os.PathLike | dict[str, Any] | None,
+    fixed: dict[str, Any],
+    pruner: str,
+) -> Any:
+    """What a new study searches (``blitz.tuning.job.Job``)."""
+    from blitz.config.loading import read_settings_file
+    from blitz.tuning.job import Job
+    from blitz.tuning.space import default_space, parse_space, read_space, space_to_raw
+
+    if preset and config:
+        raise BlitzError("--preset and --config both name the settings to start from: give one")
+    base = read_settings_file(Path(config)) if config else None
+    job = Job(preset or DEFAULT_PRESET, base, fixed, {}, pruner)
+    if isinstance(space, dict):
+        dims = parse_space(space, "space")
+    elif space is not None:
+        dims = read_space(Path(space))
+    else:
+        dims = default_space(job.config({}), fixed)
+    return dataclasses.replace(job, space=space_to_raw(dims))
 
 
 @checked

@@ -29,6 +29,7 @@ from blitz.cli import (  # light: each imports torch only when its command runs
     serve,
     show,
     train,
+    tune,
 )
 from blitz.config.settings import FLAGS
 from blitz.errors import did_you_mean
@@ -36,6 +37,7 @@ from blitz.errors import did_you_mean
 # subcommand -> its module, in the order `blitz --help` lists them
 COMMANDS: dict[str, ModuleType] = {
     "train": train,
+    "tune": tune,
     "eval": evaluate,
     "show": show,
     "inspect": inspect,

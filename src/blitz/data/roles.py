@@ -84,6 +84,19 @@ def assign_roles(
     return data
 
 
+def hold_out_test(data: ImageData) -> ImageData:
+    """``data`` with its test set out of reach: a run of it is scored on validation (as a run
+    of data without a test set is), and the test images are never looked at (blitz tune's
+    trials: a search that peeks at the test set gives a number that lies)."""
+    if data.val is None or data.test_is_val:
+        raise BlitzError(
+            f"{data.name} needs a validation set and a test set apart to hold the test set out: "
+            "add val/ and test/ folders, or split them off with --val-fraction 0.1 "
+            f"--test-fraction {AUTO_TEST}"
+        )
+    return ImageData(data.name, data.classes, data.train, data.val, data.val, True, data.split)
+
+
 def as_test_set(data: ImageData, classes: list[str], log: Log) -> ImageData:
     """Data handed to a trained run to score: its own test set (validation set) where it has
     one, else all its images (a flat folder), its labels renumbered to the run's ``classes``

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -46,6 +47,7 @@ class Checkpointer(TrainHooks):
         stop: StopFlag,
         resume: Checkpoint | None = None,
         progress: Progress | None = None,
+        on_epoch: Callable[[TrainState, int], None] | None = None,
     ):
         if ctx.dir is None:
             raise ValueError("checkpoints need a run directory: RunContext.dir is None")
@@ -53,6 +55,8 @@ class Checkpointer(TrainHooks):
         self.progress = progress  # its rows in progress are checkpointed too
         self.writes = ctx.writes is not None  # under torchrun only the first process writes
         self.stop, self.resume = stop, resume
+        # after each epoch's checkpoint, with the planned steps (blitz tune's pruning)
+        self.on_epoch = on_epoch
         self.total = 0  # the loop's planned steps, known at start()
         self.device = next(model.parameters()).device
         self.stateful: dict[str, Any] = {}
@@ -91,6 +95,8 @@ class Checkpointer(TrainHooks):
         best = "val_accuracy" in state.history[-1] and state.best_epoch == state.epoch
         self.save(state, best)
         self._stop_if_asked(state)
+        if self.on_epoch:
+            self.on_epoch(state, self.total)
 
     def _stop_if_asked(self, state: TrainState) -> None:
         if not self.stop.signum:

@@ -8,6 +8,7 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -19,7 +20,7 @@ from blitz.config.settings import HUB, Config
 from blitz.config.types import concrete
 from blitz.data.counts import class_counts, copies_note, find_copies, format_counts, imbalance_note
 from blitz.data.dataset import ImageData
-from blitz.data.roles import Assignment, record
+from blitz.data.roles import Assignment, hold_out_test, record
 from blitz.data.sources import load_data, load_test_data, recorded_spec
 from blitz.errors import BlitzError
 from blitz.models import check_input_size, count_parameters, create_model
@@ -45,7 +46,13 @@ from blitz.training.evaluate import (
     per_class_accuracy,
     scores,
 )
-from blitz.training.loop import Loop, NonFiniteLoss, planned_steps, steps_per_epoch
+from blitz.training.loop import (
+    Loop,
+    NonFiniteLoss,
+    TrainState,
+    planned_steps,
+    steps_per_epoch,
+)
 from blitz.training.progress import Progress
 from blitz.training.resume import Checkpointer, choose_kernels
 from blitz.training.rundir import Metrics, RunDir, matrix_record
@@ -75,17 +82,24 @@ def train_run(
     started: float,
     resume: Checkpoint | None = None,
     mlflow: str | None = None,
+    test: bool = True,
+    on_epoch: Callable[[TrainState, int], None] | None = None,
 ) -> Metrics | None:
     """Load data, train, test, and write config, checkpoint, pictures and metrics into the run
     directory; with ``resume``, continue that run where it stopped; with ``mlflow`` (a tracking
     URI, "" for the default), also log it to MLflow. Under torchrun every process trains; only
-    the first prints and writes (and returns the metrics)."""
+    the first prints and writes (and returns the metrics). ``test=False`` holds the test set
+    out: the run is scored on validation and never looks at a test image (blitz tune's trials,
+    which write no report.html either: seconds each); ``on_epoch(state, planned_steps)`` is
+    called after each epoch's checkpoint."""
     ctx = set_up(cfg, run_dir, log, quiet, started)
     if cfg.data.chosen:
         ctx.log(f"auto {cfg.data.chosen}")
     if resume is None and cfg.model.pretrained == HUB:  # weights that cannot be had: say so
         fetch_hub_weights(cfg.model.name)  # before minutes of decoding, not after them
     data = _load_data_once(ctx, run_dir.read_sets() if resume is not None else None)
+    if not test:
+        data = hold_out_test(data)
     _check_validation(ctx.cfg, data)
     if resume is not None:
         check_classes(data, resume, run_dir)
@@ -98,8 +112,8 @@ def train_run(
         _record_start(ctx, data, ctx.writes)
     tracker = _tracker(ctx, mlflow, resume is not None)
     with tracker or contextlib.nullcontext():
-        loop = fit(ctx, data, model, resume, tracker)
-        metrics = finish(ctx, data, model, loop)
+        loop = fit(ctx, data, model, resume, tracker, on_epoch)
+        metrics = finish(ctx, data, model, loop, report=test)
         if tracker and metrics:
             tracker.finish(metrics.to_dict())
     return metrics
@@ -163,20 +177,24 @@ def fit(
     model: nn.Module,
     resume: Checkpoint | None,
     tracker: MlflowTracker | None = None,
+    on_epoch: Callable[[TrainState, int], None] | None = None,
 ) -> Loop:
     """Train with checkpoints (last, best, on a signal); a NaN loss keeps the last good one."""
     resumed_step = resume.saved_training().step if resume else 0
     progress = Progress(ctx.cfg, ctx.log, ctx.quiet, ctx.writes, resumed_step, tracker)
     with stop_on_signals() as stop:
-        hooks = Checkpointer(ctx, model, data.classes, stop, resume, progress)
+        hooks = Checkpointer(ctx, model, data.classes, stop, resume, progress, on_epoch)
         try:
             return train(ctx, data, model, progress, hooks)
         except NonFiniteLoss as exc:
             raise BlitzError(f"{exc}; {hooks.describe_kept()}") from None
 
 
-def finish(ctx: RunContext, data: ImageData, model: nn.Module, loop: Loop) -> Metrics | None:
-    """Test, then (first process) show the results, save the model, write metrics and report."""
+def finish(
+    ctx: RunContext, data: ImageData, model: nn.Module, loop: Loop, report: bool = True
+) -> Metrics | None:
+    """Test, then (first process) show the results, save the model, write metrics and report
+    (``report=False``: none; ``blitz report RUN`` writes it later)."""
     started_eval = time.perf_counter()
     test = data.test_set()
     result = evaluate(loop.eval_net, test, ctx.cfg, len(data.classes), ctx.world)  # synced
@@ -198,7 +216,8 @@ def finish(ctx: RunContext, data: ImageData, model: nn.Module, loop: Loop) -> Me
         metrics.validation = asdict(scores(validation, data.classes))
     run_dir.write_metrics(metrics)  # its presence marks the run finished
     run_dir.drop_resume_point()
-    ctx.log(f"report: {write_report(run_dir, metrics, test, result, ckpt)}")
+    if report:
+        ctx.log(f"report: {write_report(run_dir, metrics, test, result, ckpt)}")
     return metrics
 
 
