@@ -2,11 +2,15 @@
 from the parser, which is made from the settings' own declarations (``config.option``).
 ``python tests/test_docs.py`` writes the table afresh."""
 
+import re
 from pathlib import Path
+
+import pytest
 
 from blitz.cli import options_table
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
 START = "<!-- options-table: made by python tests/test_docs.py from blitz train's parser -->\n"
 END = "<!-- /options-table -->"
 
@@ -33,6 +37,26 @@ def test_every_setting_with_a_flag_is_an_option_of_train_and_a_keyword_of_the_ap
     for key, flag in TRAIN_FLAGS.items():
         action = train._option_string_actions[flag.flag]
         assert action.help == flag.help and KEYWORDS[action.dest] == key
+
+
+def test_the_readme_stays_a_door_of_at_most_350_lines():
+    assert len(README.read_text(encoding="utf-8").splitlines()) <= 350
+
+
+def _anchor(heading: str) -> str:
+    """GitHub's anchor of a Markdown heading: lower case, punctuation dropped, spaces to -."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+@pytest.mark.parametrize("doc", ["README.md", "ARCHITECTURE.md", "docs/guide.md"])
+def test_every_link_to_a_file_or_section_of_ours_resolves(doc):
+    source = ROOT / doc
+    for target, anchor in re.findall(r"\]\(([^)#:\s]*)(?:#([^)\s]*))?\)", source.read_text()):
+        path = (source.parent / target).resolve() if target else source
+        assert path.exists(), f"{doc} links to {target}, which is not there"
+        if anchor and path.suffix == ".md":
+            headings = re.findall(r"^#+ (.*)$", path.read_text(), flags=re.M)
+            assert anchor in {_anchor(h) for h in headings}, f"{doc}: no #{anchor} in {target}"
 
 
 if __name__ == "__main__":
