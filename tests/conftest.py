@@ -171,17 +171,6 @@ def shapes_folder(root: Path, count: int = 120) -> Path:
     return root
 
 
-BROWSER = shutil.which("chromium") or shutil.which("chromium-browser")
-HEADLESS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--no-first-run",
-]  # fmt: skip
-needs_browser = pytest.mark.skipif(
-    not BROWSER and not os.environ.get("BLITZ_REQUIRE_BROWSER"),
-    reason="chromium is not installed (apt-get install chromium); .ci/run installs it",
-)
-
-
 def _browser(profile: Path) -> list[str]:
     assert BROWSER, "BLITZ_REQUIRE_BROWSER is set but no chromium is on PATH"
     return [BROWSER, *HEADLESS, f"--user-data-dir={profile / 'profile'}"]
