@@ -234,6 +234,7 @@ def test_the_command_finds_each_planted_problem_and_the_wrong_label(doctored):
     assert wrong["label"] == "blue" and wrong["suggested"] == "red"
     assert rows[0]["kind"] == "leak" and "Same image in two sets (leakage): 1" in stdout
     assert "wrote" in stdout and (out / "doctor.html").is_file()
+    assert "cross-validated fast-cpu models agree with" in stdout  # how far to trust them
 
 
 @pytest.mark.slow

@@ -116,6 +116,7 @@ def _labels(
         log(f"cross-validating: {checks.folds} models of {cfg.preset}, each trained on "
             f"{checks.folds - 1}/{checks.folds} of the training images")  # fmt: skip
         probabilities = cross_validate(data, cfg, checks.folds, log).probabilities
+        notes.append(_agreement(data, probabilities["train"], cfg.preset))
     else:
         notes.append("the training images' labels were not checked (--folds 0)")
     if model is not None:
@@ -124,6 +125,17 @@ def _labels(
         notes.append("no labels were checked: give --folds K or --run RUN_DIR")
         return [], notes
     return label_findings(data, probabilities), notes
+
+
+def _agreement(data: ImageData, probabilities: torch.Tensor, preset: str) -> str:
+    """How often the out-of-sample models agree with the training labels: label findings are
+    only as good as they are (a weak model names many right labels too)."""
+    agree = float((probabilities.argmax(1) == data.train.labels.cpu()).float().mean())
+    return (
+        f"the cross-validated {preset} models agree with {100 * agree:.1f} % of the training "
+        "labels; the label findings are as reliable as they are (a stronger --preset, such as "
+        "cpu-30s, names fewer right labels as errors)"
+    )
 
 
 def thumbnails(data: ImageData, findings: list[Finding]) -> dict[str, bytes]:
