@@ -111,6 +111,8 @@ def test_a_hand_made_metrics_csv_is_a_clear_error_not_a_csv_traceback_or_a_huge_
     path.write_text("step,loss\n" + "x" * 200_000 + "\n")  # past csv's field limit
     with pytest.raises(BlitzError, match="field larger than field limit"):
         read_metrics_csv(path)
+    path.write_text("step,<b>loss</b>\n1,2\n")  # a row without the curves' figures: left out
+    assert read_metrics_csv(path) == []
     with open(path, "wb") as f:  # 100 MB of zeros, in no blocks
         f.truncate(100 * 2**20)
     with pytest.raises(BlitzError, match="larger than 64 MB"):

@@ -65,13 +65,18 @@ def test_a_run_directory_of_the_previous_format_still_loads(tmp_path):
 def test_a_checkpoint_describing_a_bigger_model_than_its_weights_is_refused_before_building(
     tmp_path,
 ):
-    # a million classes: measured on the meta device (a 53 MB file naming 3 million, with wider
-    # layers, asked for 49 GB before its weights were compared)
+    # measured on the meta device: a 53 MB file naming 3 million classes, with a wide layer,
+    # asked for 49 GB before its weights were compared; more than 10,000 are refused at once
     ckpt = _checkpoint("convnet")
-    ckpt.model.classes = [f"c{i}" for i in range(1_000_000)]
+    ckpt.model.classes = [f"c{i}" for i in range(10_000)]
+    ckpt.model.options = {"widths": [8, 16, 4096]}
     save_checkpoint(tmp_path / "model.pt", ckpt)
-    with pytest.raises(BlitzError, match=r"model of 1,000,000 classes it describes \(head"):
+    with pytest.raises(BlitzError, match=r"model of 10,000 classes it describes \(features"):
         RunDir(tmp_path).load_model().build_model()
+    ckpt.model.classes.append("one more")
+    save_checkpoint(tmp_path / "model.pt", ckpt)
+    with pytest.raises(BlitzError, match="names 10,001 classes, more than blitz takes"):
+        RunDir(tmp_path).load_model()
 
 
 @pytest.mark.parametrize(

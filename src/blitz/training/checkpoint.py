@@ -17,6 +17,7 @@ from torch import nn
 
 from blitz.config.settings import MAX_IMAGE_SIZE, Config, Tta, check_range, check_types, check_value
 from blitz.config.types import concrete
+from blitz.data.dataset import MAX_CLASSES
 from blitz.errors import BlitzError, UnusableFile
 from blitz.files import atomic_file, open_regular
 from blitz.models import MAX_CHANNELS, create_model
@@ -176,6 +177,7 @@ class Checkpoint:
         """Check what a file holds before using it: a foreign or damaged file is a BlitzError."""
         try:
             raw = _upgrade(raw)
+            _check_class_count(raw)  # before the checksum walks every name
             if "digest" in raw and raw["digest"] != _digest(raw):
                 raise UnusableFile("its checksum does not match: the file is damaged")
             training = raw.get("training")
@@ -193,6 +195,15 @@ class Checkpoint:
                 f"{path} is not a usable blitz checkpoint ({why}): pass a run directory "
                 "written by blitz train, or train again"
             ) from None
+
+
+def _check_class_count(raw: dict[str, Any]) -> None:
+    # no run has more (data.dataset refuses them): millions of names in a hand-made file would
+    # take minutes to check and, with wide layers, a network of tens of GB to compare
+    classes = raw["model"].get("classes") if isinstance(raw.get("model"), dict) else None
+    if isinstance(classes, list) and len(classes) > MAX_CLASSES:
+        raise UnusableFile(f"it names {len(classes):,} classes, more than blitz takes "
+                           f"({MAX_CLASSES:,})")  # fmt: skip
 
 
 def _check_finite(state_dict: dict[str, Any]) -> None:

@@ -124,9 +124,11 @@ def read_metrics_csv(path: Path) -> list[dict[str, float]]:
 def _numbers(row: dict[str, str]) -> dict[str, float] | None:
     """A row as numbers; a row edited into something else is left out, not a crash."""
     try:
-        return {k: float(v) for k, v in row.items() if k in CSV_FIELDS}
+        numbers = {k: float(v) for k, v in row.items() if k in CSV_FIELDS}
     except (TypeError, ValueError):
         return None
+    # the curves are drawn from these: a row without them (a header edited) is left out too
+    return numbers if {"step", "loss", "lr"} <= numbers.keys() else None
 
 
 def open_tensorboard(folder: Path):
