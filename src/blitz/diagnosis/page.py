@@ -11,10 +11,10 @@ from pathlib import Path
 from blitz.data.counts import format_counts
 from blitz.data.roles import SET_NAMES
 from blitz.diagnosis.findings import ADVICE, KINDS, Diagnosis, Finding, by_kind
-from blitz.outputs.predict import printable
 
 # the report's page parts: one look, one escaping, one content security policy
-from blitz.outputs.report import _img, _page, _section, _table
+from blitz.outputs.html import img, page, section, table
+from blitz.outputs.predict import printable
 from blitz.utils.writes import write_atomic
 
 SHOWN = 120  # findings of one kind with thumbnails on the page (doctor.csv lists all)
@@ -37,8 +37,8 @@ def write_page(diagnosis: Diagnosis, path: Path) -> Path:
     sections = [_summary(d), _counts(d)]
     sections += [_kind(kind, found, d) for kind, found in by_kind(d.findings).items()]
     title = f"blitz doctor: {d.data}"
-    page = _page(title, html.escape(subtitle), [GALLERY_STYLE, *sections])
-    write_atomic(path, page.encode("utf-8", "backslashreplace"))
+    text = page(title, html.escape(subtitle), [GALLERY_STYLE, *sections])
+    write_atomic(path, text.encode("utf-8", "backslashreplace"))
     return path
 
 
@@ -52,11 +52,11 @@ def _summary(d: Diagnosis) -> str:
         f"{len(d.excluded())} images (each finding's first image; nothing is deleted). Delete "
         "the rows you disagree with first.</p>"
     )
-    return _section("Summary", _table(rows, head) + excluded + notes)
+    return section("Summary", table(rows, head) + excluded + notes)
 
 
 def _counts(d: Diagnosis) -> str:
-    return _section(
+    return section(
         "Images per class", f"<pre>{html.escape(format_counts(d.classes, d.counts))}</pre>"
     )
 
@@ -66,14 +66,14 @@ def _kind(kind: str, found: list[Finding], d: Diagnosis) -> str:
     advice = f"<p class='note'>{html.escape(ADVICE[kind])}</p>"
     if not any(f.image for f in found):
         items = "".join(f"<li>{html.escape(f.detail)}</li>" for f in found)
-        return _section(KINDS[kind], f"{advice}<ul>{items}</ul>")
+        return section(KINDS[kind], f"{advice}<ul>{items}</ul>")
     figures = "".join(_figure(f, d.thumbnails) for f in found[:SHOWN])
     more = (
         f"<p class='note'>and {len(found) - SHOWN} more, listed in doctor.csv</p>"
         if len(found) > SHOWN else ""
     )  # fmt: skip
     title = f"{KINDS[kind]} ({len(found)})"
-    return _section(title, f"{advice}<div class='gallery'>{figures}</div>{more}")
+    return section(title, f"{advice}<div class='gallery'>{figures}</div>{more}")
 
 
 def _figure(f: Finding, thumbnails: dict[str, bytes]) -> str:
@@ -94,7 +94,7 @@ def _figure(f: Finding, thumbnails: dict[str, bytes]) -> str:
 
 def _picture(image: str, thumbnails: dict[str, bytes]) -> str:
     if image in thumbnails:
-        return _img(thumbnails[image], printable(image))
+        return img(thumbnails[image], printable(image))
     return "<div class='missing'>no picture: it does not decode</div>"
 
 

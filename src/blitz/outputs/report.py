@@ -3,8 +3,6 @@ self-contained file (images embedded as base64 PNG, no scripts or fonts from the
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import html
 import json
 from datetime import datetime
@@ -18,9 +16,7 @@ from blitz.data.counts import Copies, copies_note, imbalance_note
 from blitz.data.dataset import AnySplit
 from blitz.data.roles import SET_NAMES
 from blitz.errors import BlitzError
-from blitz.outputs.html import img as _img
-from blitz.outputs.html import section as _section
-from blitz.outputs.html import table as _table
+from blitz.outputs.html import img, page, section, table
 from blitz.outputs.plots import (
     NUMBERS_UP_TO,
     confusion_png,
@@ -54,40 +50,6 @@ from blitz.utils.writes import write_atomic
 WORST = 24  # images in the gallery of worst errors
 FIGURE_CLASSES = 100  # classes drawn in the report's figures (more: the worst ones, a table)
 PAIRS = 10  # rows in the table of most-confused pairs
-STYLE = """
-body { font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 1200px; color: #222;
-       padding: 0 1rem; background: #fafafa; }
-h1 { margin-bottom: 0.2rem; } .sub { color: #666; margin-top: 0; }
-section { background: white; border: 1px solid #ddd; border-radius: 6px; padding: 1rem 1.5rem;
-          margin: 1rem 0; }
-h2 { margin-top: 0; font-size: 1.2rem; }
-table { border-collapse: collapse; } td, th { padding: 0.25rem 0.8rem; text-align: left;
-  border-bottom: 1px solid #eee; } th { background: #f3f3f3; }
-td.num { text-align: right; font-variant-numeric: tabular-nums; }
-img { max-width: 100%; } .scroll { overflow: auto; max-height: 900px; }
-.scroll img { max-width: none; } .row { display: flex; gap: 1.5rem; flex-wrap: wrap; }
-.row > div { flex: 1 1 420px; } .same { color: #999; } .diff { background: #fff6d6; }
-.note { color: #666; font-size: 0.9rem; }
-.gallery { display: flex; flex-wrap: wrap; gap: 0.6rem; }
-.gallery figure { margin: 0; width: 112px; }
-.gallery img { width: 112px; image-rendering: pixelated; }
-.gallery figcaption { font-size: 0.75rem; overflow-wrap: anywhere; }
-.warn { background: #fff0f0; border-left: 4px solid #c33; padding: 0.5rem 1rem; }
-"""
-# Lets a headless browser prove that every embedded image decoded: it writes each image's
-# natural width into the page, which `chromium --dump-dom` then shows (see tests/test_tools_cli.py).
-CHECK_JS = """window.addEventListener("load", () => {
-  document.getElementById("image-check").textContent =
-    JSON.stringify(Array.from(document.images, (i) => i.naturalWidth));
-});"""
-CHECK_SCRIPT = f'<pre id="image-check" hidden></pre><script>{CHECK_JS}</script>'
-# Defence in depth: should a string ever reach the page unescaped, the browser still runs no
-# script but the check above, loads nothing from anywhere, and submits nothing.
-_JS_HASH = base64.b64encode(hashlib.sha256(CHECK_JS.encode()).digest()).decode()
-CSP = (
-    "default-src 'none'; img-src data:; style-src 'unsafe-inline'; "
-    f"script-src 'sha256-{_JS_HASH}'; form-action 'none'; base-uri 'none'"
-)
 
 
 def write_report(
@@ -105,17 +67,17 @@ def write_report(
     temperature = ckpt.model.temperature if ckpt else 1.0
     scaled = calibrated(result, test.labels, temperature)
     sections = [
-        _section("Summary", _table(_summary_rows(metrics, config))),
+        section("Summary", table(_summary_rows(metrics, config))),
         _data_section(metrics, cfg),
-        _section("Training curves", _img(_curves(run_dir, metrics), "training curves")),
+        section("Training curves", img(_curves(run_dir, metrics), "training curves")),
         _results_section(metrics),
         calibration_section(metrics, result, test.labels, temperature),
         _errors_section(metrics, test, scaled, ckpt),
         _files_section(run_dir, metrics),
     ]
     # a class folder's name that is not UTF-8 is shown as \\xNN, as the terminal shows it
-    page = _page(title, _subtitle(metrics), sections)
-    write_atomic(run_dir.report, printable(page).encode())
+    text = page(title, _subtitle(metrics), sections)
+    write_atomic(run_dir.report, printable(text).encode())
     return run_dir.report
 
 
@@ -205,14 +167,14 @@ def _results_section(metrics: Metrics) -> str:
     bars = per_class_png([classes[i] for i in shown], [accuracies[i] for i in shown])
     # many classes: figures at full size in scrolling boxes, rather than shrunk unreadable
     box = "<div class='scroll'>" if len(classes) > NUMBERS_UP_TO else "<div>"
-    figures = f"{box}{_img(bars, 'per-class accuracy')}</div>"
+    figures = f"{box}{img(bars, 'per-class accuracy')}</div>"
     if len(classes) <= FIGURE_CLASSES:
-        figures += f"{box}{_img(confusion_png(matrix, classes), 'confusion matrix')}</div>"
+        figures += f"{box}{img(confusion_png(matrix, classes), 'confusion matrix')}</div>"
     warning = chance_note(matrix)
     body = (
         (f"<p class='warn'>{html.escape(warning)}</p>" if warning else "")
         + _many_classes_note(len(classes))
-        + _table(summary_figures(matrix, metrics.top5_accuracy))
+        + table(summary_figures(matrix, metrics.top5_accuracy))
         + f"<div class='row'>{figures}</div>"
         + f"<h3>Per class</h3>{_class_table(matrix, classes)}"
         + f"<h3>Most-confused pairs</h3>{_pairs_table(matrix, classes)}"
@@ -220,7 +182,7 @@ def _results_section(metrics: Metrics) -> str:
     scored = (
         "validation set (the data has no test set)" if metrics.test_set == "val" else "test set"
     )
-    return _section(f"Results on the {scored}", body)
+    return section(f"Results on the {scored}", body)
 
 
 def _data_section(metrics: Metrics, cfg: Config | None) -> str:
@@ -251,14 +213,14 @@ def _data_section(metrics: Metrics, cfg: Config | None) -> str:
         "</p>" if metrics.excluded else ""
     )  # fmt: skip
     body = (
-        _table(rows, ("set", "images"))
+        table(rows, ("set", "images"))
         + made
         + left_out
         + "".join(f"<p class='warn'>{html.escape(n)}</p>" for n in (copies, note) if n)
-        + f"<h3>Images per class</h3>{_table(shown, head)}"
+        + f"<h3>Images per class</h3>{table(shown, head)}"
         + _validation(metrics)
     )
-    return _section("Data", body)
+    return section("Data", body)
 
 
 def _validation(metrics: Metrics) -> str:
@@ -271,20 +233,20 @@ def _validation(metrics: Metrics) -> str:
         for name in VALIDATION_FIGURES
         if figures.get(name) is not None
     ]
-    return "<h3>Validation (scored each epoch; the final weights here)</h3>" + _table(rows)
+    return "<h3>Validation (scored each epoch; the final weights here)</h3>" + table(rows)
 
 
 def _class_table(matrix: torch.Tensor, classes: list[str]) -> str:
     """The terminal's per-class table; past FIGURE_CLASSES classes only the worst by F1, so
     that the page stays bounded (every class is in metrics.json)."""
     if len(classes) <= FIGURE_CLASSES:
-        return _table(class_rows(matrix, classes), CLASS_COLUMNS)
+        return table(class_rows(matrix, classes), CLASS_COLUMNS)
     worst = worst_classes(matrix, FIGURE_CLASSES)
     note = (
         f"<p class='note'>The {FIGURE_CLASSES} classes of {len(classes)} with the lowest F1, "
         "worst first; every class is in metrics.json.</p>"
     )
-    return note + _table(class_rows(matrix, classes, worst), CLASS_COLUMNS)
+    return note + table(class_rows(matrix, classes, worst), CLASS_COLUMNS)
 
 
 def _many_classes_note(count: int) -> str:
@@ -306,7 +268,7 @@ def _pairs_table(matrix: torch.Tensor, classes: list[str]) -> str:
         for t, p, count in confused_pairs(matrix, PAIRS)
     ]
     head = ("true class", "predicted as", "images", "share of the true class")
-    return _table(rows, head) if rows else "<p>No confusions: every test image is right.</p>"
+    return table(rows, head) if rows else "<p>No confusions: every test image is right.</p>"
 
 
 def _errors_section(
@@ -315,7 +277,7 @@ def _errors_section(
     classes = metrics.classes
     rows = worst_errors(result, test.labels, WORST)
     if not len(rows):
-        return _section("Worst errors", f"<p>No errors on the {_scored(metrics)} set.</p>")
+        return section("Worst errors", f"<p>No errors on the {_scored(metrics)} set.</p>")
     truth, predicted = test.labels[rows].tolist(), result.predicted[rows].tolist()
     captions = [
         f"{classes[t]} → {classes[p]} {100 * c:.0f}%"
@@ -332,13 +294,13 @@ def _errors_section(
         "then prediction and its confidence; under each, its file. "
         f"{html.escape(heat_note)}</p>"
     )
-    return _section("Worst errors", f"{note}<div class='gallery'>{''.join(figures)}</div>")
+    return section("Worst errors", f"{note}<div class='gallery'>{''.join(figures)}</div>")
 
 
 def _thumbnail(image: torch.Tensor, caption: str, file: str, heat: bytes | None = None) -> str:
     """One image (and its heat map) with its caption and file name under it (text, escaped:
     names come from disk)."""
-    shown = _img(image_png(image), file) + (_img(heat, f"heat map: {file}") if heat else "")
+    shown = img(image_png(image), file) + (img(heat, f"heat map: {file}") if heat else "")
     return (
         f"<figure>{shown}<figcaption>{html.escape(caption)}<br>"
         f"<code>{html.escape(file)}</code></figcaption></figure>"
@@ -349,14 +311,14 @@ def _files_section(run_dir: RunDir, metrics: Metrics) -> str:
     """The pictures the run already wrote: the seed's test grid and a few training images."""
     scored = _scored(metrics).capitalize()
     parts = [
-        f"<h3>{html.escape(caption)}</h3>{_img(path.read_bytes(), caption)}"
+        f"<h3>{html.escape(caption)}</h3>{img(path.read_bytes(), caption)}"
         for path, caption in (
             (run_dir.test_predictions, f"{scored} images: truth → prediction (the seed's look)"),
             (run_dir.train_images, "Training images"),
         )
         if path.is_file()
     ]
-    return _section("Images", "".join(parts)) if parts else ""
+    return section("Images", "".join(parts)) if parts else ""
 
 
 def write_comparison(run_dirs: list[RunDir], out: Path) -> Path:
@@ -371,12 +333,12 @@ def write_comparison(run_dirs: list[RunDir], out: Path) -> Path:
         for n, d in zip(names, run_dirs)
     }
     sections = [
-        _section("Metrics", _side_by_side(metrics)),
-        _section("Settings that differ", _config_diff(configs)),
-        _section("Curves", _img(overlay_png(curves, "epochs", "epoch"), "curves overlaid")),
+        section("Metrics", _side_by_side(metrics)),
+        section("Settings that differ", _config_diff(configs)),
+        section("Curves", img(overlay_png(curves, "epochs", "epoch"), "curves overlaid")),
     ]
-    page = _page("blitz: comparison of runs", html.escape(", ".join(names)), sections)
-    write_atomic(out, printable(page).encode())
+    text = page("blitz: comparison of runs", html.escape(", ".join(names)), sections)
+    write_atomic(out, printable(text).encode())
     return out
 
 
@@ -404,7 +366,7 @@ def _side_by_side(metrics: dict[str, Metrics]) -> str:
         for c in next(iter(classes)):
             share = [f"{100 * m.per_class_accuracy[c]:.1f} %" for m in metrics.values()]
             rows.append((f"accuracy: {c}", *share))
-    return _table(rows, ("", *metrics))
+    return table(rows, ("", *metrics))
 
 
 def _config_diff(configs: dict[str, dict[str, Any]]) -> str:
@@ -414,7 +376,7 @@ def _config_diff(configs: dict[str, dict[str, Any]]) -> str:
         for key in keys
         if len({json.dumps(c.get(key)) for c in configs.values()}) > 1
     ]
-    return _table(rows, ("setting", *configs)) if rows else "<p>The settings are identical.</p>"
+    return table(rows, ("setting", *configs)) if rows else "<p>The settings are identical.</p>"
 
 
 def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -426,15 +388,3 @@ def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[prefix + key] = value
     return out
-
-
-def _page(title: str, subtitle: str, sections: list[str]) -> str:
-    return (
-        f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
-        f"<meta http-equiv='Content-Security-Policy' content=\"{CSP}\">"
-        f"<title>{html.escape(title)}</title><style>{STYLE}</style></head><body>"
-        f"<h1>{html.escape(title)}</h1><p class='sub'>{subtitle}</p>"
-        + "".join(sections)
-        + CHECK_SCRIPT
-        + "</body></html>\n"
-    )

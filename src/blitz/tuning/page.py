@@ -13,8 +13,8 @@ import optuna
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 from optuna.trial import FrozenTrial, TrialState
 
+from blitz.outputs.html import img, page, section, table  # one page style for blitz
 from blitz.outputs.plots import figure_png, plain_text
-from blitz.outputs.report import _img, _page, _section, _table  # one page style for blitz
 from blitz.tuning.job import Job
 from blitz.tuning.results import Tested, ranked, settings_text, tested_line
 from blitz.tuning.space import Space
@@ -28,16 +28,16 @@ def write_page(path: Path, study: optuna.Study, job: Job, tested: Tested | None)
     trials = study.get_trials(deepcopy=False)
     space = job.dimensions
     sections = [
-        _section("Leaderboard", _leaderboard(trials, tested)),
-        _section("Optimisation history", _img(history_png(trials), "optimisation history")),
-        _section("Parameter importances", _importances(study)),
-        _section("Slices", _img(slices_png(trials, space), "validation accuracy by setting")),
-        _section("Search", _search(job, space)),
+        section("Leaderboard", _leaderboard(trials, tested)),
+        section("Optimisation history", img(history_png(trials), "optimisation history")),
+        section("Parameter importances", _importances(study)),
+        section("Slices", img(slices_png(trials, space), "validation accuracy by setting")),
+        section("Search", _search(job, space)),
     ]
     subtitle = html.escape(
         f"study {study.study_name}: {len(trials)} trials, scored on validation only"
     )
-    write_atomic(path, _page("blitz tune", subtitle, sections).encode())
+    write_atomic(path, page("blitz tune", subtitle, sections).encode())
 
 
 def _leaderboard(trials: list[FrozenTrial], tested: Tested | None) -> str:
@@ -47,7 +47,7 @@ def _leaderboard(trials: list[FrozenTrial], tested: Tested | None) -> str:
          else "removed", settings_text(t.params))
         for rank, t in enumerate(ranked(trials)[:ROWS], 1)
     ]  # fmt: skip
-    table = _table(rows, ("rank", "trial", "validation", "seconds", "run", "settings"))
+    leaders = table(rows, ("rank", "trial", "validation", "seconds", "run", "settings"))
     test = f"<p><b>{html.escape(tested_line(tested))}</b></p>" if tested else ""
     others = [t for t in trials if t.state != TrialState.COMPLETE]
     pruned = sum(t.state == TrialState.PRUNED for t in others)
@@ -56,7 +56,7 @@ def _leaderboard(trials: list[FrozenTrial], tested: Tested | None) -> str:
         "(tune.csv has every trial; pruned trials' runs are removed, and all but the top "
         "three finished ones')</p>"
     )
-    return test + table + note
+    return test + leaders + note
 
 
 def _search(job: Job, space: Space) -> str:
@@ -65,8 +65,8 @@ def _search(job: Job, space: Space) -> str:
     notes = "".join(f"<p class='note'>{html.escape(n)}</p>" for n in job.notes)
     return (
         f"<p>{html.escape(f'from preset {job.preset}, pruner {job.pruner}')}</p>"
-        + _table(rows, ("searched", "over"))
-        + (_table(fixed, ("fixed for every trial", "value")) if fixed else "")
+        + table(rows, ("searched", "over"))
+        + (table(fixed, ("fixed for every trial", "value")) if fixed else "")
         + notes
     )
 
@@ -82,7 +82,7 @@ def _importances(study: optuna.Study) -> str:
         return f"<p class='note'>{html.escape(f'no importances: {exc}')}</p>"
     if not found:
         return "<p class='note'>not enough finished trials to say</p>"
-    return _img(importances_png(found), "parameter importances")
+    return img(importances_png(found), "parameter importances")
 
 
 @plain_text
