@@ -73,7 +73,7 @@ def defaults(data: Path, out: Path, args: argparse.Namespace) -> list[str]:
                     "0.1", *shlex.split(args.budget), "--out", str(out), "--quiet")  # fmt: skip
     metrics = read_json(out / "metrics.json")
     return ["preset defaults (1 run)", _pct(metrics["validation"]["accuracy"]),
-            _pct(metrics["test_accuracy"]), "1", f"{seconds:.0f}"]  # fmt: skip
+            _pct(metrics["test_accuracy"]), "-", f"{seconds:.0f}"]  # fmt: skip
 
 
 def search(data: Path, out: Path, args: argparse.Namespace, sampler: str) -> list[str]:
