@@ -139,6 +139,9 @@ def main(argv: list[str] | None = None) -> int:
     except BlitzError as exc:
         print(f"blitz: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `blitz ... | head`: the reader left; say nothing more to it
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except OSError as exc:  # a path too long, from the command line or a file: said as such
         if (error := path_too_long(exc)) is None:
             raise
@@ -151,9 +154,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("blitz: interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:  # `blitz ... | head`: the reader left; say nothing more to it
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 1
     return 0
 
 
