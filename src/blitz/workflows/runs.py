@@ -25,8 +25,6 @@ from blitz.data.sources import load_data, load_test_data, recorded_spec
 from blitz.errors import BlitzError
 from blitz.models import check_input_size, count_parameters, create_model
 from blitz.models.timm_models import fetch_hub_weights, load_pretrained
-from blitz.outputs.plots import save_image_grid
-from blitz.outputs.report import write_report
 from blitz.training.calibration import Calibration, calibrate, measure
 from blitz.training.checkpoint import Checkpoint
 from blitz.training.compiling import use_compile_cache
@@ -84,6 +82,7 @@ def train_run(
     mlflow: str | None = None,
     test: bool = True,
     on_epoch: Callable[[TrainState, int], None] | None = None,
+    on_result: Callable[[Metrics], None] | None = None,
 ) -> Metrics | None:
     """Load data, train, test, and write config, checkpoint, pictures and metrics into the run
     directory; with ``resume``, continue that run where it stopped; with ``mlflow`` (a tracking
@@ -91,7 +90,8 @@ def train_run(
     the first prints and writes (and returns the metrics). ``test=False`` holds the test set
     out: the run is scored on validation and never looks at a test image (blitz tune's trials,
     which write no report.html either: seconds each); ``on_epoch(state, planned_steps)`` is
-    called after each epoch's checkpoint."""
+    called after each epoch's checkpoint, ``on_result(metrics)`` once they are written, before
+    the pictures and the report (seconds of plotting that need not delay the result)."""
     ctx = set_up(cfg, run_dir, log, quiet, started)
     if cfg.data.chosen:
         ctx.log(f"auto {cfg.data.chosen}")
@@ -113,7 +113,7 @@ def train_run(
     tracker = _tracker(ctx, mlflow, resume is not None)
     with tracker or contextlib.nullcontext():
         loop = fit(ctx, data, model, resume, tracker, on_epoch)
-        metrics = finish(ctx, data, model, loop, report=test)
+        metrics = finish(ctx, data, model, loop, test, on_result)
         if tracker and metrics:
             tracker.finish(metrics.to_dict())
     return metrics
@@ -191,10 +191,16 @@ def fit(
 
 
 def finish(
-    ctx: RunContext, data: ImageData, model: nn.Module, loop: Loop, report: bool = True
+    ctx: RunContext,
+    data: ImageData,
+    model: nn.Module,
+    loop: Loop,
+    report: bool = True,
+    on_result: Callable[[Metrics], None] | None = None,
 ) -> Metrics | None:
-    """Test, then (first process) show the results, save the model, write metrics and report
-    (``report=False``: none; ``blitz report RUN`` writes it later)."""
+    """Test, then (first process) show the results, save the model, write the metrics, hand
+    them to ``on_result``, then draw the pictures and the report (``report=False``: none;
+    ``blitz report RUN`` writes it later)."""
     started_eval = time.perf_counter()
     test = data.test_set()
     result = evaluate(loop.eval_net, test, ctx.cfg, len(data.classes), ctx.world)  # synced
@@ -205,7 +211,7 @@ def finish(
     run_dir = ctx.writes
     if run_dir is None:
         return None
-    _show_results(result, data, run_dir, ctx.log)
+    _show_results(result, data, ctx.log)
     calibration = _calibrate(result, validation, data)  # T from the validation set alone
     ctx.log(calibration.summary("validation" if data.test_is_val else "test"))
     ckpt = Checkpoint.of(model, ctx.cfg, data.classes, temperature=calibration.temperature)
@@ -216,7 +222,12 @@ def finish(
         metrics.validation = asdict(scores(validation, data.classes))
     run_dir.write_metrics(metrics)  # its presence marks the run finished
     run_dir.drop_resume_point()
+    if on_result:
+        on_result(metrics)
+    _save_grids(data, result, run_dir)
     if report:
+        from blitz.outputs.report import write_report  # matplotlib, torchvision, grad-cam
+
         ctx.log(f"report: {write_report(run_dir, metrics, test, result, ckpt)}")
     return metrics
 
@@ -348,7 +359,7 @@ def _record_start(ctx: RunContext, data: ImageData, run_dir: RunDir) -> None:
     images."""
     run_dir.write_config(ctx.cfg)
     run_dir.write_sets(record(data))
-    _show_training_images(data, run_dir, ctx.log)
+    _show_training_labels(data, run_dir, ctx.log)
     _describe(ctx, data)
 
 
@@ -397,22 +408,35 @@ def sample_rows(count: int, total: int) -> torch.Tensor:
     return torch.randperm(total, generator=torch.Generator().manual_seed(0))[:count]
 
 
-def _show_training_images(data: ImageData, run_dir: RunDir, log: Log) -> None:
-    """The seed's first look at the data: a grid of training images and their labels."""
+def _show_training_labels(data: ImageData, run_dir: RunDir, log: Log) -> None:
+    """The seed's first look at the data: the labels of the training images whose grid
+    ``_save_grids`` draws once the result is out (drawing needs seconds of imports)."""
     rows = sample_rows(SAMPLES, len(data.train))
     names = [data.classes[i] for i in data.train.labels[rows].tolist()]
-    save_image_grid(data.train.images_at(rows), names, run_dir.train_images)
     log(f"training images ({run_dir.train_images.name}): " + " ".join(f"{n:>5s}" for n in names))
 
 
-def _show_results(result: Evaluation, data: ImageData, run_dir: RunDir, log: Log) -> None:
-    """Print the seed's views of a test (samples, accuracy, per class) and save the grid."""
+def _save_grids(data: ImageData, result: Evaluation, run_dir: RunDir) -> None:
+    """The seed's pictures: the training images ``_show_training_labels`` named, and the test
+    images ``_show_results`` named, captioned truth -> prediction."""
+    from blitz.outputs.plots import save_image_grid  # matplotlib and torchvision: seconds
+
+    rows = sample_rows(SAMPLES, len(data.train))
+    names = [data.classes[i] for i in data.train.labels[rows].tolist()]
+    save_image_grid(data.train.images_at(rows), names, run_dir.train_images)
+    test = data.test_set()
+    rows = sample_rows(SAMPLES, len(test))
+    pairs = zip(test.labels[rows].tolist(), result.predicted[rows].tolist())
+    captions = [f"{data.classes[t]}\n→ {data.classes[p]}" for t, p in pairs]
+    save_image_grid(test.images_at(rows), captions, run_dir.test_predictions)
+
+
+def _show_results(result: Evaluation, data: ImageData, log: Log) -> None:
+    """Print the seed's views of a test: samples, accuracy, per class, confusion."""
     test = data.test_set()
     rows = sample_rows(SAMPLES, len(test))
     truth = test.labels[rows].tolist()
     guess = result.predicted[rows].tolist()
-    captions = [f"{data.classes[t]}\n→ {data.classes[p]}" for t, p in zip(truth, guess)]
-    save_image_grid(test.images_at(rows), captions, run_dir.test_predictions)
     log(format_samples(truth, guess, data.classes))
     log(format_accuracy(result.matrix, "validation" if data.test_is_val else "test"))
     log(format_per_class(result.matrix, data.classes))
@@ -426,7 +450,7 @@ def eval_run(run_dir: RunDir, source: str | None, log: Log) -> Evaluation:
     """Test a finished run's checkpoint, on its own data or on ``source``."""
     ckpt, model, data = _load_run(run_dir, source, log)
     result = evaluate(model, data.test_set(), ckpt.cfg, len(data.classes))
-    _show_results(result, data, run_dir, log)
+    _show_results(result, data, log)
     if result.logits is not None:  # the probabilities as predict gives them, and without T
         temperature = ckpt.model.temperature
         log(measure(result.logits, data.test_set().labels, temperature).summary())
@@ -453,4 +477,6 @@ def rebuild_report(run_dir: RunDir, log: Log) -> Path:
     ckpt, model, data = _load_run(run_dir, None, log)
     test = data.test_set()
     result = evaluate(model, test, ckpt.cfg, len(data.classes))
+    from blitz.outputs.report import write_report
+
     return write_report(run_dir, metrics, test, result, ckpt)
