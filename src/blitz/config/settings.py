@@ -358,6 +358,9 @@ class OptimConfig:
     layer_decay: float = 0.0
     muon_lr: float = 0.02  # with name = "muon": torch.optim.Muon for conv filters, SGD-Nesterov
     muon_momentum: float = 0.95  # (lr, momentum, weight_decay) for everything else
+    # Muon's update of all same-shaped filter banks as one stack (one Newton-Schulz per shape,
+    # as the Hiverge cifar10-speedrun did; the same maths): off until a GPU measures it faster
+    muon_batched: bool = False
 
     def __post_init__(self) -> None:
         check_types(self, "optim")
