@@ -2,15 +2,16 @@
 seed on one GPU, on the same images; one table with the ratios (issue 33).
 
     python bench/compare.py ARCHIVE OUT_DIR [--seeds 10] [--budget SECONDS] [--ab-seeds 3]
-        [--contenders blitz batched train94 muon] [--blitz-args "..."]
+        [--contenders blitz batched share train94 muon] [--blitz-args "..."]
     python bench/compare.py --table OUT_DIR/compare.json      # the table again, from its JSON
 
 First a fresh `blitz train --preset fast-gpu` process, timed from its launch to its printed
 accuracy (the compile cache should be warm: bench/gpu.sh runs the step profile before). Then one
 long-lived worker per contender (bench/contender.py), each warmed up once, untimed and one after
 the other (no two compile or autotune at once); then seed by seed each trains once, in an order
-that rotates, so that drift of the machine touches all alike. ``batched`` (blitz with
-``optim.muon_batched``: the A/B of that candidate) runs on the first --ab-seeds seeds only. After
+that rotates, so that drift of the machine touches all alike. The candidates of
+issue 33 (``batched``: ``optim.muon_batched``; ``share``: ``train.tta_share=0.25``) run on the
+first --ab-seeds seeds only, each an A/B against plain fast-gpu. After
 every round the table and OUT_DIR/compare.json are written again, and no round starts that would
 end past --budget seconds (from this script's start): a budget cut short still leaves a table.
 """
@@ -34,13 +35,26 @@ HERE = Path(__file__).resolve().parent
 LABELS = {
     "blitz": "blitz fast-gpu",
     "batched": "blitz fast-gpu + optim.muon_batched",
+    "share": "blitz fast-gpu + train.tta_share=0.25",
     "train94": "airbench train94 (PyPI 0.1.8)",
     "muon": "airbench94_muon",
 }
-KINDS = {"blitz": "blitz", "batched": "blitz", "train94": "train94", "muon": "muon"}
-BATCHED = ["--set", "optim.muon_batched=true"]
+WARMUP_ORDER = ["muon", "train94", "blitz", "batched", "share"]
+KINDS = {
+    "blitz": "blitz",
+    "batched": "blitz",
+    "share": "blitz",
+    "train94": "train94",
+    "muon": "muon",
+}
+# issue 33's candidates, each against plain fast-gpu on the first --ab-seeds seeds
+VARIANTS = {
+    "batched": ["--set", "optim.muon_batched=true"],
+    "share": ["--set", "train.tta_share=0.25"],
+}
 GOAL_ACCURACY, GOAL_SEEDS, GOAL_RATIO, MOONSHOT, GOAL_PROCESS = 0.9075, 10, 1.0, 0.8, 15.0
-ACCURACY_LINE = "Accuracy of the network"
+ACCURACY_LINES = ("Accuracy of the network", "test accuracy")  # the seed's; --quiet's
+SEED_TIMEOUT = 180  # seconds for one seed's run (a few on a GPU): beyond it, a worker is stuck
 
 
 class Worker:
@@ -48,7 +62,7 @@ class Worker:
 
     def __init__(self, name: str, archive: str, out: Path, blitz_args: list[str]):
         self.name, self.log = name, out / f"{name}.log"
-        extra = blitz_args + (BATCHED if name == "batched" else [])
+        extra = blitz_args + VARIANTS.get(name, [])
         work = out / (name if KINDS[name] == "blitz" else "airbench")  # its cifar10/*.pt
         command = [sys.executable, str(HERE / "contender.py"), KINDS[name], archive]
         command += [str(work), "--", *extra]
@@ -100,7 +114,7 @@ def fresh_process(archive: str, out: Path, blitz_args: list[str]) -> dict:
         assert process.stdout is not None
         for line in process.stdout:
             print(line, end="", file=sys.stderr)
-            if printed is None and ACCURACY_LINE in line:
+            if printed is None and line.startswith(ACCURACY_LINES):
                 printed = time.perf_counter() - started
         ended = time.perf_counter() - started
     if process.returncode:
@@ -120,7 +134,9 @@ def compare(args: argparse.Namespace, payload: dict, started: float) -> None:
     out, archive = args.out_dir, os.path.abspath(args.archive)
     left = lambda: args.budget - (time.perf_counter() - started)  # noqa: E731
     workers = {}
-    for name in args.contenders:
+    # the record's warm-up first: the longest (its max-autotune compile), and the one the
+    # comparison cannot do without; the table keeps LABELS' order
+    for name in sorted(args.contenders, key=WARMUP_ORDER.index):
         entry = payload["contenders"].setdefault(name, {"label": LABELS[name], "runs": []})
         if name == "muon":
             entry["label"] += f" ({record_commit()})"
@@ -141,13 +157,13 @@ def compare(args: argparse.Namespace, payload: dict, started: float) -> None:
             payload["stopped"] = f"budget: {index} of {args.seeds} seeds ran"
             break
         round_started = time.perf_counter()
-        names = [n for n in workers if n != "batched" or index < args.ab_seeds]
+        names = [n for n in LABELS if n in workers and (n not in VARIANTS or index < args.ab_seeds)]
         shift = index % max(len(names), 1)
         for name in names[shift:] + names[:shift]:
             if name not in workers:
                 continue
             try:
-                result = workers[name].ask(seed, min(left() + 60, 300))
+                result = workers[name].ask(seed, SEED_TIMEOUT)
             except RuntimeError as exc:
                 payload["contenders"][name]["error"] = str(exc)
                 del workers[name]
@@ -208,7 +224,7 @@ def render(payload: dict) -> str:
 
 
 def goals(payload: dict, runs: dict[str, list[dict]]) -> list[str]:
-    """Issue 33's goals, each met or missed, and the A/B of the batched Muon step."""
+    """Issue 33's goals, each met or missed, and the A/B of each candidate."""
     lines = [""]
     if payload.get("stopped"):
         lines.append(f"Stopped early ({payload['stopped']}).")
@@ -222,7 +238,8 @@ def goals(payload: dict, runs: dict[str, list[dict]]) -> list[str]:
             f"{fresh['compile_seconds']:.1f}."
         )
     elif fresh:
-        lines.append(f"The fresh blitz process failed: {fresh.get('error')}.")
+        why = fresh.get("error") or "no accuracy line seen in its output"
+        lines.append(f"The fresh blitz process gave no time: {why}.")
     ours, record = runs.get("blitz"), runs.get("muon")
     if ours:
         accuracy = _mean(ours, "accuracy")
@@ -240,23 +257,24 @@ def goals(payload: dict, runs: dict[str, list[dict]]) -> list[str]:
             f"Time goal (<= {GOAL_RATIO}x airbench94_muon's, moonshot {MOONSHOT}x): "
             f"{verdict} ({ratio:.2f}x, means over the seeds each ran)."
         )
-    if ours and runs.get("batched"):
-        lines.append(ab_line(ours, runs["batched"]))
+    for name in VARIANTS:
+        if ours and runs.get(name):
+            lines.append(ab_line(LABELS[name], ours, runs[name]))
     return lines
 
 
-def ab_line(plain: list[dict], batched: list[dict]) -> str:
-    """The batched Muon step against the plain one, on the seeds both ran."""
+def ab_line(label: str, plain: list[dict], variant: list[dict]) -> str:
+    """A candidate against plain fast-gpu, on the seeds both ran."""
     by_seed = {r["seed"]: r for r in plain}
-    pairs = [(by_seed[r["seed"]], r) for r in batched if r["seed"] in by_seed]
+    pairs = [(by_seed[r["seed"]], r) for r in variant if r["seed"] in by_seed]
     if not pairs:
-        return "A/B optim.muon_batched: no seed ran on both sides."
+        return f"A/B {label}: no seed ran on both sides."
     ratio = statistics.mean(b["seconds"] / a["seconds"] for a, b in pairs)
     points = statistics.mean(100 * (b["accuracy"] - a["accuracy"]) for a, b in pairs)
     return (
-        f"A/B optim.muon_batched on the same {len(pairs)} seeds: time {ratio:.3f}x the plain "
-        f"step's (mean of per-seed ratios), accuracy {points:+.2f} points: keep it only if "
-        "faster at equal accuracy over more seeds."
+        f"A/B {label} on the same {len(pairs)} seeds: train + eval time {ratio:.3f}x plain "
+        f"fast-gpu's (mean of per-seed ratios), accuracy {points:+.2f} points: keep it only "
+        "if faster at equal accuracy over more seeds."
     )
 
 
@@ -268,7 +286,7 @@ def main() -> None:
     parser.add_argument("out_dir", nargs="?", type=Path)
     parser.add_argument("--seeds", type=int, default=10)
     parser.add_argument("--first-seed", type=int, default=0)
-    parser.add_argument("--ab-seeds", type=int, default=3, help="seeds of the batched-Muon A/B")
+    parser.add_argument("--ab-seeds", type=int, default=3, help="seeds of each candidate's A/B")
     parser.add_argument("--budget", type=float, default=float("inf"), help="seconds in all")
     parser.add_argument("--contenders", nargs="+", default=list(LABELS), choices=list(LABELS))
     parser.add_argument("--blitz-args", type=shlex.split, default=[], help="added to each run")

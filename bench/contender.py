@@ -104,6 +104,8 @@ def airbench_runner(kind: str, work: Path) -> Callable[[int], dict]:
         with contextlib.redirect_stdout(printed):
             train(seed)
         print(printed.getvalue(), file=sys.stderr)
+        if seed is None:  # a warm-up: train94's stops after one step, without a final row
+            return {}
         accuracy, seconds = final_row(printed.getvalue())
         return {"accuracy": accuracy, "seconds": seconds}
 
@@ -111,12 +113,15 @@ def airbench_runner(kind: str, work: Path) -> Callable[[int], dict]:
 
 
 def cpu_stand_ins() -> None:
-    """BENCH_CPU_DRY: airbench's CUDA calls made harmless on a CPU, and no compiling."""
+    """BENCH_CPU_DRY: airbench's CUDA calls made harmless on a CPU; no compiling, and fp32 for
+    its fp16 (minutes a step on a CPU)."""
     import torch
 
     torch.Tensor.cuda = lambda self, *a, **k: self  # type: ignore[method-assign]
     torch.nn.Module.cuda = lambda self, *a, **k: self  # type: ignore[method-assign]
     torch.nn.Module.compile = lambda self, *a, **k: None  # type: ignore[method-assign]
+    torch.nn.Module.half = lambda self: self.float()  # type: ignore[method-assign]
+    torch.Tensor.half = lambda self, *a, **k: self.float()  # type: ignore[method-assign]
     torch.compile = lambda fn=None, **k: fn if fn is not None else (lambda f: f)
     load = torch.load
     torch.load = lambda *a, **k: load(*a, **{**k, "map_location": "cpu"})

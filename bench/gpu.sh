@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# Issue 33's GPU run, one prepared script (about 8 minutes on an H200; BENCH_BUDGET bounds it):
+# Issue 33's GPU run, one prepared script (8 minutes on an H200: BENCH_BUDGET bounds it):
 #   1. decode the archive into blitz's cache (untimed, as a user's first command would);
 #   2. the step profile of fast-gpu (bench/step_profile.py: GPU time by kind of kernel and the
 #      idle time per step, as markdown); its compile also fills the compile cache;
 #   3. bench/compare.py: a fresh `blitz train --preset fast-gpu` process timed from its launch to
 #      its printed accuracy (warm cache), then blitz fast-gpu, the `airbench` package's train94
 #      and Keller Jordan's airbench94_muon as long-lived workers, each warmed up once, untimed,
-#      interleaved seed by seed on the same images, plus the A/B of optim.muon_batched on the
-#      first BENCH_AB_SEEDS seeds; one table with the ratios, rewritten after every seed.
+#      interleaved seed by seed on the same images, plus the A/B of issue 33's two candidates
+#      (optim.muon_batched, train.tta_share=0.25) on the first BENCH_AB_SEEDS seeds; one table
+#      with the ratios, rewritten after every seed.
 # Everything lands in OUT_DIR; gpu.md holds the tables for bench/RESULTS.md.
 #
 #   bench/gpu.sh ARCHIVE [SEEDS=10] [OUT_DIR=$OUT or bench/results]
@@ -17,12 +18,12 @@
 #   mkdir -p data && cp /work/shared/data/cifar10-jpeg.tar.gz data/   # /data/ is ignored too
 # and then one call of the run tool (H200 or H100; 15 minutes of device time in all):
 #   run(command="bench/gpu.sh data/cifar10-jpeg.tar.gz 10 $OUT",
-#       carry=["bench/external", "data"], timeout_s=570)
+#       carry=["bench/external", "data"], timeout_s=590)
 #
-# BENCH_BUDGET (seconds, default 450): no seed round starts that would end later than this
+# BENCH_BUDGET (seconds, default 480): no seed round starts that would end later than this
 # after the script's start, and the profile gets at most a quarter of it; a table is always
 # written. The airbench94_muon warm-up alone (max-autotune) took about 155 s on an H200.
-# BENCH_AB_SEEDS (default 3): seeds of the batched-Muon A/B (0: none).
+# BENCH_AB_SEEDS (default 3): seeds of each candidate's A/B (0: none).
 # BENCH_PROFILE: options of bench/step_profile.py (default: profile steps 33-52 of 200).
 # BENCH_EXTRA adds options to each `blitz train`, e.g. a dry run on a CPU with a small archive
 # (BENCH_CPU_DRY=1 runs the airbench contenders on the CPU, uncompiled: plumbing only):
@@ -32,7 +33,7 @@ set -euo pipefail
 archive=$(realpath "${1:?usage: bench/gpu.sh ARCHIVE [SEEDS] [OUT_DIR]}")
 seeds=${2:-10}
 out=$(realpath -m "${3:-${OUT:-bench/results}}")
-budget=${BENCH_BUDGET:-450}
+budget=${BENCH_BUDGET:-480}
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 export BLITZ_DATA="${BLITZ_DATA:-$PWD/.cache/blitz}"
@@ -41,7 +42,8 @@ mkdir -p "$out"
   date -u
   git log --oneline -1 2>/dev/null || true
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
-  python3 -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__)"
+  python3 -c "import torch; print('torch', torch.__version__, 'CUDA', torch.version.cuda)" || true
+  python3 -c "import torchvision; print('torchvision', torchvision.__version__)" || true
   cat bench/external/COMMIT 2>/dev/null || echo "bench/external missing: run bench/get_airbench.sh"
 } | tee "$out/machine.txt"
 python3 -m blitz show --data "$archive" --count 8 --out "$out/train_images.png"

@@ -87,6 +87,9 @@ def kernel_times(prof: profile) -> dict[str, tuple[float, int]]:
     kernels = [e for e in averages if e.device_type == DeviceType.CUDA]
     if kernels:
         return {e.key: (e.self_device_time_total / 1000, e.count) for e in kernels}
+    if torch.cuda.is_available():  # no kernel rows: the ops' own device time, as before
+        own = [e for e in averages if e.self_device_time_total > 0]
+        return {e.key: (e.self_device_time_total / 1000, e.count) for e in own}
     return {
         e.key: (e.self_cpu_time_total / 1000, e.count)
         for e in averages
