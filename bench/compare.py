@@ -9,11 +9,11 @@ First a fresh `blitz train --preset fast-gpu` process, timed from its launch to 
 accuracy (the compile cache should be warm: bench/gpu.sh runs the step profile before). Then one
 long-lived worker per contender (bench/contender.py), each warmed up once, untimed and one after
 the other (no two compile or autotune at once); then seed by seed each trains once, in an order
-that rotates, so that drift of the machine touches all alike. The candidates of
-issue 33 (``batched``: ``optim.muon_batched``; ``share``: ``train.tta_share=0.25``) run on the
-first --ab-seeds seeds only, each an A/B against plain fast-gpu. After
-every round the table and OUT_DIR/compare.json are written again, and no round starts that would
-end past --budget seconds (from this script's start): a budget cut short still leaves a table.
+that rotates, so that drift of the machine touches all alike. Then, budget left, the candidates
+of issue 33 (``batched``: ``optim.muon_batched``; ``share``: ``train.tta_share=0.25``) on the
+first --ab-seeds seeds, interleaved with plain fast-gpu again: an A/B each. After every round
+the table and OUT_DIR/compare.json are written again, and no round starts that would end past
+--budget seconds (from this script's start): a budget cut short still leaves a table.
 """
 
 from __future__ import annotations
@@ -129,51 +129,89 @@ def record_commit() -> str:
     return path.read_text().split()[0][:10] if path.exists() else "commit unknown"
 
 
+class Contest:
+    """The workers of one comparison, its budget and its record (``payload``)."""
+
+    def __init__(self, args: argparse.Namespace, payload: dict, started: float):
+        self.args, self.payload, self.started = args, payload, started
+        self.workers: dict[str, Worker] = {}
+
+    def left(self) -> float:
+        return self.args.budget - (time.perf_counter() - self.started)
+
+    def warm_up(self, names: list[str], need: float = 0) -> None:
+        """Start and warm up each worker, one after the other (no two compile at once), while
+        more than ``need`` seconds of the budget are left."""
+        for name in names:
+            entry = self.payload["contenders"][name]
+            if self.left() <= need:
+                entry["error"] = "not started: budget spent"
+                continue
+            worker = Worker(
+                name, os.path.abspath(self.args.archive), self.args.out_dir, self.args.blitz_args
+            )
+            try:
+                entry["warmup"] = worker.answer(self.left())["warmup"]
+                self.workers[name] = worker
+            except RuntimeError as exc:
+                entry["error"] = str(exc)
+            print(f"{name}: {entry.get('warmup') or entry['error']}", flush=True)
+            save(self.args, self.payload)
+
+    def rounds(self, block: str, names: list[str], seeds: list[int], sinks: dict) -> None:
+        """Each seed once by each worker named, in an order that rotates; no round starts
+        that the budget would cut short (judged by the longest round so far)."""
+        took: list[float] = []
+        for index, seed in enumerate(seeds):
+            if took and self.left() < 1.2 * max(took):
+                stopped = f"{block}: {index} of {len(seeds)} seeds ran before the budget's end"
+                self.payload.setdefault("stopped", []).append(stopped)
+                return
+            started = time.perf_counter()
+            shift = index % len(names)
+            for name in names[shift:] + names[:shift]:
+                if name not in self.workers:
+                    continue
+                try:
+                    result = self.workers[name].ask(seed, SEED_TIMEOUT)
+                except RuntimeError as exc:
+                    self.payload["contenders"][name]["error"] = str(exc)
+                    del self.workers[name]
+                    continue
+                sinks[name].append(result)
+                print(f"seed {seed} {name}: {result}", flush=True)
+            took.append(time.perf_counter() - started)
+            save(self.args, self.payload)
+
+    def stop(self, names: list[str]) -> None:
+        for name in names:
+            if name in self.workers:
+                self.workers.pop(name).stop()
+
+
 def compare(args: argparse.Namespace, payload: dict, started: float) -> None:
-    """Warm up each contender, then run the seeds interleaved, saving after each round."""
-    out, archive = args.out_dir, os.path.abspath(args.archive)
-    left = lambda: args.budget - (time.perf_counter() - started)  # noqa: E731
-    workers = {}
-    # the record's warm-up first: the longest (its max-autotune compile), and the one the
-    # comparison cannot do without; the table keeps LABELS' order
-    for name in sorted(args.contenders, key=WARMUP_ORDER.index):
+    """The three-way comparison first, over every seed the budget allows; then the candidates'
+    A/B on the first --ab-seeds seeds, each round with plain fast-gpu again (pairs close in
+    time), so that the A/B never costs the main table a seed."""
+    for name in args.contenders:
         entry = payload["contenders"].setdefault(name, {"label": LABELS[name], "runs": []})
         if name == "muon":
             entry["label"] += f" ({record_commit()})"
-        if left() <= 0:
-            entry["error"] = "not started: budget spent"
-            continue
-        worker = Worker(name, archive, out, args.blitz_args)
-        try:
-            entry["warmup"] = worker.answer(left())["warmup"]
-            workers[name] = worker
-        except RuntimeError as exc:
-            entry["error"] = str(exc)
-        print(f"{name}: {entry.get('warmup') or entry['error']}", flush=True)
-        save(args, payload)
-    rounds: list[float] = []
-    for index, seed in enumerate(range(args.first_seed, args.first_seed + args.seeds)):
-        if rounds and left() < 1.2 * max(rounds):
-            payload["stopped"] = f"budget: {index} of {args.seeds} seeds ran"
-            break
-        round_started = time.perf_counter()
-        names = [n for n in LABELS if n in workers and (n not in VARIANTS or index < args.ab_seeds)]
-        shift = index % max(len(names), 1)
-        for name in names[shift:] + names[:shift]:
-            if name not in workers:
-                continue
-            try:
-                result = workers[name].ask(seed, SEED_TIMEOUT)
-            except RuntimeError as exc:
-                payload["contenders"][name]["error"] = str(exc)
-                del workers[name]
-                continue
-            payload["contenders"][name]["runs"].append(result)
-            print(f"seed {seed} {name}: {result}", flush=True)
-        rounds.append(time.perf_counter() - round_started)
-        save(args, payload)
-    for worker in workers.values():
-        worker.stop()
+    contest = Contest(args, payload, started)
+    # the record's warm-up first: the longest (its max-autotune compile), and the one the
+    # comparison cannot do without; the table keeps LABELS' order
+    main = [n for n in WARMUP_ORDER if n in args.contenders and n not in VARIANTS]
+    contest.warm_up(main)
+    seeds = list(range(args.first_seed, args.first_seed + args.seeds))
+    sinks = {n: payload["contenders"][n]["runs"] for n in args.contenders}
+    contest.rounds("the comparison", [n for n in LABELS if n in main], seeds, sinks)
+    contest.stop([n for n in main if n != "blitz"])
+    variants = [n for n in VARIANTS if n in args.contenders]
+    if variants and "blitz" in contest.workers and args.ab_seeds and "stopped" not in payload:
+        contest.warm_up(variants, need=60)  # a warm-up, then at least a round or two
+        sinks["blitz"] = payload.setdefault("ab_plain", [])
+        contest.rounds("the A/B", ["blitz", *variants], seeds[: args.ab_seeds], sinks)
+    contest.stop(list(contest.workers))
 
 
 def save(args: argparse.Namespace, payload: dict) -> None:
@@ -227,7 +265,7 @@ def goals(payload: dict, runs: dict[str, list[dict]]) -> list[str]:
     """Issue 33's goals, each met or missed, and the A/B of each candidate."""
     lines = [""]
     if payload.get("stopped"):
-        lines.append(f"Stopped early ({payload['stopped']}).")
+        lines.append(f"Stopped early: {'; '.join(payload['stopped'])}.")
     fresh = payload.get("fresh_process") or {}
     if fresh.get("to_accuracy"):
         verdict = "met" if fresh["to_accuracy"] <= GOAL_PROCESS else "missed"
@@ -259,7 +297,7 @@ def goals(payload: dict, runs: dict[str, list[dict]]) -> list[str]:
         )
     for name in VARIANTS:
         if ours and runs.get(name):
-            lines.append(ab_line(LABELS[name], ours, runs[name]))
+            lines.append(ab_line(LABELS[name], payload.get("ab_plain") or ours, runs[name]))
     return lines
 
 

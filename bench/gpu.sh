@@ -6,9 +6,9 @@
 #   3. bench/compare.py: a fresh `blitz train --preset fast-gpu` process timed from its launch to
 #      its printed accuracy (warm cache), then blitz fast-gpu, the `airbench` package's train94
 #      and Keller Jordan's airbench94_muon as long-lived workers, each warmed up once, untimed,
-#      interleaved seed by seed on the same images, plus the A/B of issue 33's two candidates
-#      (optim.muon_batched, train.tta_share=0.25) on the first BENCH_AB_SEEDS seeds; one table
-#      with the ratios, rewritten after every seed.
+#      interleaved seed by seed on the same images; then, budget left, the A/B of issue 33's
+#      two candidates (optim.muon_batched, train.tta_share=0.25) against plain fast-gpu on the
+#      first BENCH_AB_SEEDS seeds; one table with the ratios, rewritten after every seed.
 # Everything lands in OUT_DIR; gpu.md holds the tables for bench/RESULTS.md.
 #
 #   bench/gpu.sh ARCHIVE [SEEDS=10] [OUT_DIR=$OUT or bench/results]
