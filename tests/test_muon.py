@@ -7,7 +7,7 @@ import torch
 
 from blitz.models import create_model
 from blitz.models.configs import build_config
-from blitz.training.muon import BatchedMuon
+from blitz.training.muon import BatchedMuon, newton_schulz
 from blitz.training.optim import CompiledStep, build_optimizers
 
 
@@ -115,3 +115,12 @@ def test_compiled_batched_muon_steps_as_torch_muon(fp32_newton_schulz, monkeypat
         _step_both(plain, compiled, lr)
     assert batched.param_groups[0]["lr"] == 0.0  # floats between steps, as CompiledStep's
     assert _max_difference(plain, batched) < 1e-6
+
+
+def test_newton_schulz_with_its_products_apart_is_the_same_maths(fp32_newton_schulz):
+    # some torch versions' Muon sums its products apart from them (use_addmm off)
+    stack = torch.randn(3, 16, 40)
+    fused = newton_schulz(stack, (3.4445, -4.7750, 2.0315), 3, 1e-7)
+    apart = newton_schulz(stack, (3.4445, -4.7750, 2.0315), 3, 1e-7, fused=False)
+    assert torch.allclose(fused, apart, atol=1e-5)
+    assert fused.abs().max() > 0.1  # an update of substance, not zeros

@@ -48,7 +48,13 @@ class BatchedMuon(torch.optim.Muon):
         buffer.lerp_(grad, 1 - momentum)
         torch._foreach_copy_(buffers, list(buffer.unbind(0)))
         update = grad.lerp(buffer, momentum) if group["nesterov"] else buffer
-        update = newton_schulz(update, group["ns_coefficients"], group["ns_steps"], group["eps"])
+        update = newton_schulz(
+            update,
+            group["ns_coefficients"],
+            group["ns_steps"],
+            group["eps"],
+            group.get("use_addmm", True),  # an option of some torch versions (off there)
+        )
         adjusted = lr * _lr_ratio(group["adjust_lr_fn"], params[0].shape)
         if weight_decay:  # torch's multiplies by 1 always; skipping a 1 changes nothing
             torch._foreach_mul_(params, 1 - lr * weight_decay)
@@ -57,10 +63,15 @@ class BatchedMuon(torch.optim.Muon):
 
 
 def newton_schulz(
-    stack: torch.Tensor, coefficients: tuple[float, float, float], steps: int, eps: float
+    stack: torch.Tensor,
+    coefficients: tuple[float, float, float],
+    steps: int,
+    eps: float,
+    fused: bool = True,
 ) -> torch.Tensor:
     """torch.optim.Muon's orthogonalisation (quintic Newton-Schulz in bf16) of each matrix of
-    a stack (K, A, B) at once."""
+    a stack (K, A, B) at once; ``fused``: its products with their sums in one call (addmm), as
+    torch does (or, where its ``use_addmm`` is off, apart: the same maths, rounded apart)."""
     a, b, c = coefficients
     x = stack.bfloat16()
     tall = stack.size(-2) > stack.size(-1)
@@ -69,8 +80,12 @@ def newton_schulz(
     x = x / x.norm(dim=(-2, -1), keepdim=True).clamp(min=eps)  # spectral norms <= 1
     for _ in range(steps):
         gram = x @ x.mT
-        gram = torch.baddbmm(gram, gram, gram, beta=b, alpha=c)
-        x = torch.baddbmm(x, gram, x, beta=a)
+        if fused:
+            gram = torch.baddbmm(gram, gram, gram, beta=b, alpha=c)
+            x = torch.baddbmm(x, gram, x, beta=a)
+        else:
+            gram = b * gram + c * gram @ gram
+            x = a * x + gram @ x
     return x.mT if tall else x
 
 
