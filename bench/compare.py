@@ -81,7 +81,7 @@ class Worker:
         line = self.process.stdout.readline() if ready else ""
         if not line:
             self.stop()
-            tail = self.log.read_text(errors="replace").strip().splitlines()[-8:]
+            tail = self.log.read_text(errors="replace").strip().splitlines()[-3:]
             why = "no answer in time" if not ready else "it exited"
             raise RuntimeError(f"{self.name}: {why}: " + " / ".join(tail))
         return json.loads(line)
@@ -236,6 +236,12 @@ def _warmup(entry: dict) -> str:
     return "" if wall is None else f"{wall:.1f}"
 
 
+def _compiling(runs: list[dict]) -> str:
+    """blitz's compile_seconds (each run compiles its new model): airbench's reuse theirs."""
+    values = [r["compile_seconds"] for r in runs if r.get("compile_seconds") is not None]
+    return f"{statistics.median(values):.1f}" if values else ""
+
+
 def render(payload: dict) -> str:
     """The one table: a column per contender, then the goals and the A/B in words."""
     entries = {n: e for n, e in payload["contenders"].items() if e.get("runs") or e.get("error")}
@@ -250,6 +256,7 @@ def render(payload: dict) -> str:
         row("test accuracy, mean +- std", lambda n, r: mean_std([x["accuracy"] for x in r])),
         row("train + eval seconds, mean (median; min-max)", lambda n, r: _seconds(r)),
         row("warm-up, untimed (s)", lambda n, r: _warmup(entries[n])),
+        row("compiling per run in its worker, untimed (s, median)", lambda n, r: _compiling(r)),
     ]
     for other in ("muon", "train94"):
         if runs.get(other):
