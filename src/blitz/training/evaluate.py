@@ -36,9 +36,17 @@ def _shift(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
     return padded[..., pad - dy : pad - dy + h, pad - dx : pad - dx + w]
 
 
-def tta_logits(model: nn.Module, x: torch.Tensor, tta: str) -> torch.Tensor:
+def tta_logits(model: nn.Module, x: torch.Tensor, tta: str, share: float = 1.0) -> torch.Tensor:
     """Logits averaged over test-time views: none, a mirror (flip), two 1-pixel shifts
-    (translate: what suits digits and text), or the mirrors of those three (flip-translate)."""
+    (translate: what suits digits and text), or the mirrors of those three (flip-translate).
+    ``share`` < 1 (``train.tta_share``): only that share of the batch, its least confident
+    images by the plain view's top probability, sees them; the rest keep the plain view's
+    logits. A fixed count per batch: the same shapes each time, no recompiling."""
+    count = math.ceil(share * len(x))
+    if tta != "none" and count < len(x):
+        logits = model(x)
+        doubt = logits.float().softmax(1).amax(1).topk(count, largest=False).indices
+        return logits.index_copy(0, doubt, tta_logits(model, x[doubt], tta).to(logits.dtype))
 
     def view(v: torch.Tensor) -> torch.Tensor:
         return 0.5 * (model(v) + model(v.flip(-1))) if tta in UNMIRRORED else model(v)
@@ -57,8 +65,10 @@ def predict_logits(
     std: tuple[float, ...],
     tta: str = "none",
     channels_last: bool = False,
+    share: float = 1.0,
 ) -> torch.Tensor:
-    """Logits (N, K) for batches of uint8 images (B, C, H, W), on the model's device."""
+    """Logits (N, K) for batches of uint8 images (B, C, H, W), on the model's device (TTA on
+    ``share`` of each batch: see ``tta_logits``)."""
     device = next(model.parameters()).device
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     was_training = model.training
@@ -66,7 +76,8 @@ def predict_logits(
     outputs = []
     for images in batches:
         x = normalize(images.to(device), mean, std)
-        outputs.append(tta_logits(model, x.contiguous(memory_format=memory_format), tta).float())
+        x = x.contiguous(memory_format=memory_format)
+        outputs.append(tta_logits(model, x, tta, share).float())
     model.train(was_training)
     return torch.cat(outputs) if outputs else torch.empty(0)  # (0,): a rank with no rows
 
@@ -219,7 +230,9 @@ def evaluate(
     images = (images for _, images, _ in split.load(batches, device))
     with autocast(train.precision, device):
         mean, std = concrete(cfg.data.mean), concrete(cfg.data.std)
-        logits = predict_logits(model, images, mean, std, train.tta, train.channels_last)
+        logits = predict_logits(
+            model, images, mean, std, train.tta, train.channels_last, train.tta_share
+        )
     mine = score(logits, split.labels[rows], num_classes)  # (0, K) logits: a process with no rows
     matrix = sum_over_ranks(mine.matrix, world).cpu()
     columns = [mine.predicted.double(), mine.confidence, mine.loss]

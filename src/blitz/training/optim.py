@@ -12,6 +12,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from blitz.config.settings import OptimConfig
+from blitz.training.muon import BatchedMuon
 
 
 def param_groups(
@@ -124,7 +125,7 @@ def build_optimizers(model: nn.Module, cfg: OptimConfig) -> list[torch.optim.Opt
     Muon for conv filters with SGD-Nesterov for the rest."""
     optimizers: list[torch.optim.Optimizer] = []
     if cfg.name == "muon":
-        muon = torch.optim.Muon(
+        muon = (BatchedMuon if cfg.muon_batched else torch.optim.Muon)(
             flatten_filters(model),
             lr=cfg.muon_lr,
             momentum=cfg.muon_momentum,
