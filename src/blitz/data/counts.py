@@ -17,7 +17,9 @@ TABLE_CLASSES = 20  # more classes than this: a one-line summary instead of the 
 
 
 def label_counts(labels: torch.Tensor, classes: int) -> torch.Tensor:
-    """Images per class, (classes,) int64 on the CPU."""
+    """Images per class, (classes,) int64 on the CPU (multi-hot rows: images with the label)."""
+    if labels.ndim == 2:
+        return labels.cpu().sum(0).long()
     return torch.bincount(labels.cpu(), minlength=classes)
 
 
@@ -31,6 +33,8 @@ def balanced_weights(labels: torch.Tensor, classes: int) -> torch.Tensor:
     """Per class, n / (classes * its count) (scikit-learn's "balanced"): every class weighs
     the same in the loss in total (--class-weights balanced, --sampler balanced)."""
     counts = label_counts(labels, classes).float()
+    if labels.ndim == 2:  # multi-label: BCE's pos_weight, negatives / positives per class
+        return (len(labels) - counts) / counts.clamp(min=1)
     return len(labels) / (classes * counts.clamp(min=1))
 
 

@@ -54,7 +54,7 @@ class Member(NamedTuple):
     mtime_ns: int = 0  # files of a folder: when they last changed (the decode cache's key)
 
 
-Pairs = list[tuple[str, int]]  # (file, label)
+Pairs = list[tuple[str, Any]]  # (file, label): a class number, or a tuple of them (multi-label)
 
 
 @dataclass
