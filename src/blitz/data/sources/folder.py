@@ -192,8 +192,8 @@ def _image_folder(path: Path, layout: Layout, cfg: DataConfig, log: Log, name: s
     workers = worker_count(cfg.workers)
     try:
         size = concrete(cfg.image_size)
-        splits = list(layout.sets.values())
-        decoded = _decode_splits(splits, len(layout.classes), path, size, workers, log)
+        listed = list(layout.sets.values())
+        decoded = _decode_splits(listed, len(layout.classes), path, size, workers, log)
     except BrokenProcessPool:  # a decoder crashed (a native library, a hostile file) or was killed
         raise BlitzError(
             f"decoding {path} stopped: one of its {workers} decoding processes died. Run again "

@@ -190,8 +190,8 @@ def _columns(path: Path, header: tuple[int, list[str]]) -> dict[str, int | None]
     known = {name for choices in COLUMNS.values() for name in choices}
     classes = {f.strip(): i for i, f in enumerate(fields) if f.strip() and names[i] not in known}
     if not set(names) & set(COLUMNS["label"]) and len(classes) >= 2:
-        found = _columns(path, (line, [*fields, "label"]))  # path and split as usual
-        return {**found, "label": None, **classes}
+        usual = _columns(path, (line, [*fields, "label"]))  # path and split as usual
+        return {**usual, "label": None, **classes}
     found: dict[str, int | None] = {}
     for column, choices in COLUMNS.items():
         at = [i for i, name in enumerate(names) if name in choices]
