@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from blitz.config.settings import Config
     from blitz.training.checkpoint import Checkpoint, ModelFacts
     from blitz.training.evaluate import Scores
+    from blitz.training.multilabel import MultiLabelScores
     from blitz.training.rundir import Metrics, RunDir
     from blitz.tuning.job import Result as TuneResult
 
@@ -85,10 +86,12 @@ def _types(function: Callable[..., Any]) -> dict[str, tuple[type, ...]]:
     Any]`` is ``dict``); none for ``Any``. Read at the first call: the classes that the
     annotations name only for type checkers are imported here."""
     from blitz.training.evaluate import Scores
+    from blitz.training.multilabel import MultiLabelScores
     from blitz.training.rundir import Metrics
     from blitz.tuning.job import Result
 
-    names = {"Metrics": Metrics, "Scores": Scores, "TuneResult": Result}
+    names = {"Metrics": Metrics, "Scores": Scores, "TuneResult": Result,
+             "MultiLabelScores": MultiLabelScores}  # fmt: skip
     hints = typing.get_type_hints(function, localns=names)
     out = {}
     for name, hint in hints.items():
@@ -494,16 +497,21 @@ class Run:
         return [explanation.written for explanation in done]
 
     @checked
-    def evaluate(self, data: str | os.PathLike | None = None, quiet: bool = False) -> Scores:
+    def evaluate(
+        self, data: str | os.PathLike | None = None, quiet: bool = False
+    ) -> Scores | MultiLabelScores:
         """Test the model on the run's own test set, or on ``data`` (a spec as for train): its
         accuracy and the views of its confusion matrix, in the shape of
-        ``run.metrics.test_scores``."""
+        ``run.metrics.test_scores``; a multi-label run's figures at its thresholds (mAP, F1,
+        subset accuracy, Hamming loss, per class), as ``run.metrics.multilabel`` has them."""
         from blitz.training.context import silent
-        from blitz.training.evaluate import scores
+        from blitz.training.evaluate import Evaluation, scores
         from blitz.workflows.runs import eval_run
 
         source = None if data is None else os.fspath(data)
         result = eval_run(self._dir, source, silent if quiet else _print)
+        if not isinstance(result, Evaluation):
+            return result.scores
         return scores(result, self.classes)
 
     def report(self) -> Path:

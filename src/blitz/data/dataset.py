@@ -167,12 +167,24 @@ def label_tensor(labels: Sequence[int | tuple[int, ...]], classes: int) -> torch
     return hot
 
 
+def label_sets(labels: torch.Tensor, classes: list[str]) -> list[list[str]]:
+    """Each row's classes: its one class, or a multi-hot row's (in the classes' order)."""
+    if not is_multi_hot(labels):
+        return [[classes[i]] for i in labels.tolist()]
+    return [[c for c, on in zip(classes, row) if on] for row in labels.cpu().bool().tolist()]
+
+
 def label_names(labels: torch.Tensor, classes: list[str]) -> list[str]:
-    """Each row's label as text: its class, or a multi-hot row's classes as a JSON list."""
+    """Each row's label as a run records it: its class, or a multi-hot row's classes as a JSON
+    list (a class name may hold any delimiter)."""
     if not is_multi_hot(labels):
         return [classes[i] for i in labels.tolist()]
-    rows = labels.cpu().bool().tolist()
-    return [json.dumps([c for c, on in zip(classes, row) if on]) for row in rows]
+    return [json.dumps(names) for names in label_sets(labels, classes)]
+
+
+def label_text(labels: torch.Tensor, classes: list[str]) -> list[str]:
+    """Each row's label as people read it: ``cat``, ``cat, dog``, or ``(none)``."""
+    return [", ".join(names) or "(none)" for names in label_sets(labels, classes)]
 
 
 def in_memory(split: AnySplit) -> Split:
