@@ -389,6 +389,7 @@ class ImagePrediction:
     image: Path | int  # the file, or the image's place among the images passed
     top: list[tuple[str, float]]  # (class, probability)
     abstained: bool = False  # its top probability was below predict's min_confidence
+    labels: list[str] | None = None  # a multi-label run's: every label over its threshold
 
     @property
     def label(self) -> str:
@@ -463,11 +464,16 @@ class Run:
         if isinstance(top_k, bool) or top_k < 1:  # an int (checked): True is one too
             raise BlitzError(f"invalid top_k {top_k!r}: expected an integer >= 1")
         check_min_confidence(min_confidence, "min_confidence")
+        facts = self._checkpoint.model
+        if facts.multi_label and min_confidence is not None:
+            raise BlitzError("min_confidence is for single-label runs: a multi-label run answers "
+                             "every label over its class's threshold")  # fmt: skip
         found = self._predictions(images, top_k, calibrated)
         return [
-            ImagePrediction(name, top, decide(top, min_confidence) == UNKNOWN)
+            ImagePrediction(name, top, decide(top, min_confidence) == UNKNOWN,
+                            facts.labels_over(top))
             for name, top in found
-        ]
+        ]  # fmt: skip
 
     def _predictions(self, images: Any, top_k: int, calibrated: bool) -> list[tuple[Any, list]]:
         from blitz.outputs.predict import collect_images, predict_files
@@ -543,9 +549,9 @@ class Run:
 
     @property
     def _scored(self) -> str:
-        """``test accuracy 93.75 %`` (validation, for a run without a test set)."""
-        role = "validation" if self.metrics.test_set == "val" else "test"
-        return f"{role} accuracy {100 * self.accuracy:.2f} %"
+        """``test accuracy 93.75 %`` (validation, for a run without a test set; a multi-label
+        run's macro mAP)."""
+        return self.metrics.headline
 
     def _repr_html_(self) -> str:
         """Jupyter's view: the figures, the training curves and a link to report.html.

@@ -78,11 +78,9 @@ def main(args: argparse.Namespace, started: float, argv: list[str]) -> None:
     metrics = run_training(plan, args.overwrite, args.quiet, args.mlflow, started)
     if metrics is None:  # not the first process: it prints nothing
         return
-    scored = "validation" if metrics.test_set == "val" else "test"
     kept = "best validation" if metrics.kept == "best" else "last"
     print(
-        f"{scored} accuracy {100 * metrics.test_accuracy:.2f} %"
-        f" | weights of epoch {metrics.kept_epoch} of {metrics.epochs} ({kept})"
+        metrics.headline + f" | weights of epoch {metrics.kept_epoch} of {metrics.epochs} ({kept})"
         f" | training {metrics.train_seconds:.1f} s | total {metrics.total_seconds:.1f} s"
         f" | run directory: {plan.run_dir}"
     )

@@ -66,6 +66,19 @@ class ModelFacts:
         check_value(positive, "model.std", list(self.std), "numbers > 0")
 
     @property
+    def multi_label(self) -> bool:
+        return self.task == "multi-label"
+
+    def labels_over(self, probabilities: list[tuple[str, float]]) -> list[str] | None:
+        """A multi-label model's answer: the labels of ``(class, probability)`` pairs at or over
+        their class's threshold (0.5 in a checkpoint saved before they were chosen), in the
+        pairs' order; None for a single-label model."""
+        if not self.multi_label:
+            return None
+        cut = dict(zip(self.classes, self.thresholds or (0.5,) * len(self.classes)))
+        return [name for name, p in probabilities if p >= cut[name]]
+
+    @property
     def image_mode(self) -> str:
         """The PIL mode images are decoded in for this model: grey or RGB."""
         return "L" if self.in_channels == 1 else "RGB"

@@ -193,6 +193,14 @@ class Metrics:
     def multi_label(self) -> bool:
         return self.task == "multi-label"
 
+    @property
+    def headline(self) -> str:
+        """``test accuracy 93.75 %``, or a multi-label run's ``test macro mAP 95.10 %``."""
+        role = "validation" if self.test_set == "val" else "test"
+        if self.multi_label:
+            return f"{role} macro mAP {100 * self.multilabel['map']:.2f} %"
+        return f"{role} accuracy {100 * self.test_accuracy:.2f} %"
+
     def matrix(self) -> torch.Tensor:
         """The (K, K) confusion matrix, from whichever form the file holds it in."""
         if self.confusion_matrix:
