@@ -143,12 +143,12 @@ def format_size(size: int) -> str:
 class DataConfig:
     """Where images come from and how they are turned into tensors."""
 
-    # auto | cifar10 | mnist | shapes[:N] | PATH (folder or archive)
+    # auto | cifar10 | mnist | shapes[:N] | multishapes[:N] | PATH (folder, archive or table)
     source: str = option(
         "auto",
         "--data",
-        "auto | cifar10 | mnist | shapes[:N] | PATH (an image folder, an archive of one, a "
-        "table of files and labels)",
+        "auto | cifar10 | mnist | shapes[:N] | multishapes[:N] | PATH (an image folder, an "
+        "archive of one, a table of files and labels)",
         metavar="SPEC",
     )
     # side of the square images the model sees, and the normalisation; "auto": a timm model's

@@ -29,8 +29,8 @@ def stratified_rows(
         label = int(torch.where(counts > 0, counts, n + 1).argmin())  # the rarest label left
         for row in torch.nonzero(left[:, label])[:, 0].tolist():
             # the set that wants the label most; ties: more room left, then train first
-            room = capacity.clamp(min=0)
-            key = wanted[:, label] * (room > 0) + 1e-9 * room
+            key = wanted[:, label] + 1e-9 * capacity
+            key[capacity <= 0] = -torch.inf  # a full set takes no more
             role = int(key.argmax())
             placed[row] = role
             wanted[role] -= hot[row].double()

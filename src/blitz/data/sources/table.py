@@ -322,7 +322,7 @@ def _layout(rows: list[Row], path: Path, multi: bool, log: Log) -> Layout:
             sets[role] = sorted(pairs, key=lambda pair: (pair[1], pair[0]))
             continue
         _check_label_sets(mine, set(classes), path, log)
-        listed = [(row.file, tuple(index[label] for label in row.labels)) for row in mine]
+        listed = [(row.file, tuple(sorted(index[label] for label in row.labels))) for row in mine]
         sets[role] = sorted(listed)
     return Layout(classes, sets, flat=list(sets) == ["train"])
 
