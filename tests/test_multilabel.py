@@ -357,3 +357,44 @@ def test_eval_report_and_sets_of_a_multi_label_run(table_run):
     assert "&lt;circle&gt;" in page and "<circle>" not in page
     sets = (run.path / "sets.csv").read_text().splitlines()
     assert sets[0] == "set,class,image" and '"[""' in sets[1]
+
+
+# SIGTERM at the start of step AT: the run saves its checkpoint and stops, to be resumed
+STOP_AT = """
+import os, sys
+from blitz import cli
+from blitz.training import step
+at, calls, original = int(sys.argv[1]), [0], step.bce_loss
+def stopping(*args, **kwargs):
+    calls[0] += 1
+    if calls[0] == at:
+        os.kill(os.getpid(), 15)
+    return original(*args, **kwargs)
+step.bce_loss = stopping
+sys.exit(cli.main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.subprocess
+def test_a_stopped_multi_label_run_resumes_to_the_same_model(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from test_faults import finished, start_blitz, wait_all
+
+    train = ["train", "--preset", "seed", "--data", "multishapes:220", "--val-fraction", "0.1",
+             "--batch-size", "16", "--epochs", "2", "--lr", "0.05", "--checkpoint-every", "5",
+             "--quiet"]  # fmt: skip
+    cache, alone, stopped = tmp_path / "cache", tmp_path / "alone", tmp_path / "stopped"
+    env = {**os.environ, "BLITZ_DATA": str(cache), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-c", STOP_AT, "12", *train, "--out", str(stopped)]
+    stopping = subprocess.Popen(command, env=env, text=True, stderr=subprocess.PIPE)
+    ran = wait_all([start_blitz([*train, "--out", alone], cache), stopping])
+    assert ran[0][0] == 0 and ran[1][0] != 0 and not (stopped / "metrics.json").exists()
+    resumed = wait_all([start_blitz(["train", "--resume", stopped, "--quiet"], cache)])
+    assert resumed[0][0] == 0, resumed[0][1]
+    (weights_a, metrics_a), (weights_b, metrics_b) = finished(alone), finished(stopped)
+    assert all(torch.equal(weights_a[k], weights_b[k]) for k in weights_a)
+    assert metrics_a["multilabel"] == metrics_b["multilabel"] and metrics_a["task"] == "multi-label"
