@@ -398,3 +398,17 @@ def test_a_stopped_multi_label_run_resumes_to_the_same_model(tmp_path):
     (weights_a, metrics_a), (weights_b, metrics_b) = finished(alone), finished(stopped)
     assert all(torch.equal(weights_a[k], weights_b[k]) for k in weights_a)
     assert metrics_a["multilabel"] == metrics_b["multilabel"] and metrics_a["task"] == "multi-label"
+
+
+@pytest.mark.slow
+@pytest.mark.subprocess
+@pytest.mark.distributed
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch built without distributed")
+def test_two_processes_give_one_process_figures_and_thresholds(tmp_path):
+    args = ["train", "--data", "multishapes:300", "--val-fraction", "0.1", "--preset", "seed",
+            "--batch-size", "16", "--max-steps", "20", "--quiet"]  # fmt: skip
+    found = []
+    for out, extra in (("one", []), ("two", ["--devices", "2"])):
+        run_blitz(*args, *extra, "--out", tmp_path / out, cache=tmp_path / "cache")
+        found.append(json.loads((tmp_path / out / "metrics.json").read_text())["multilabel"])
+    assert found[0] == found[1]
