@@ -355,6 +355,12 @@ def test_eval_report_and_sets_of_a_multi_label_run(table_run):
     assert "AP per class" in page and "precision-recall curves" in page
     assert "Worst predictions" in page and " → " in page
     assert "&lt;circle&gt;" in page and "<circle>" not in page
+    out = root / "compare.html"
+    run_blitz("report", run.path, run.path, "--out", out)
+    compared = out.read_text()
+    shown = f"{100 * run.metrics.multilabel['map']:.2f} %"
+    assert f"<tr><td>macro mAP</td><td>{shown}</td><td>{shown}</td></tr>" in compared
+    assert "<td>AP: &lt;circle&gt;</td>" in compared
     sets = (run.path / "sets.csv").read_text().splitlines()
     assert sets[0] == "set,class,image" and '"[""' in sets[1]
 
