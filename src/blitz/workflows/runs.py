@@ -375,7 +375,8 @@ def _show_training_images(data: ImageData, run_dir: RunDir, log: Log) -> None:
     rows = sample_rows(SAMPLES, len(data.train))
     names = label_text(data.train.labels[rows], data.classes)
     save_image_grid(data.train.images_at(rows), names, run_dir.train_images)
-    log(f"training images ({run_dir.train_images.name}): " + " ".join(f"{n:>5s}" for n in names))
+    shown = " | ".join(names) if data.multi_label else " ".join(f"{n:>5s}" for n in names)
+    log(f"training images ({run_dir.train_images.name}): {shown}")
 
 
 def _show_results(result: Evaluation, data: ImageData, run_dir: RunDir, log: Log) -> None:
