@@ -66,15 +66,22 @@ def imbalance_note(classes: list[str], train: list[int], cfg: Config | None) -> 
     if high < IMBALANCE * max(low, 1):
         return None
     on = [f"--{name.replace('_', '-')} balanced" for name, value in _remedies(cfg) if value]
+    multi = cfg is not None and cfg.data.task == "multi-label"
     answer = (
         f"this run uses {' and '.join(on)}"
         if on
+        else "consider --class-weights balanced (per-class positive weights)"
+        if multi
         else "consider --class-weights balanced or --sampler balanced"
+    )
+    reading = (
+        "Subset accuracy and micro F1 favour the common labels: read macro mAP and macro F1"
+        if multi
+        else "Accuracy favours the large classes: read balanced accuracy and macro F1"
     )
     return (
         f"the classes are imbalanced: {_spread(classes, train)} training images per class "
-        f"({high / max(low, 1):.1f}x). Accuracy favours the large classes: read balanced "
-        f"accuracy and macro F1 too; {answer}"
+        f"({high / max(low, 1):.1f}x). {reading} too; {answer}"
     )
 
 
