@@ -157,6 +157,29 @@ def test_a_split_off_table_says_which_labels_a_set_lacks(tmp_path):
     assert any("split 40 training images, stratified by label" in line for line in said)
 
 
+def test_a_streamed_multi_label_table_loads_multi_hot_batches(tmp_path):
+    rows = write_images(tmp_path, 30, seed=0)
+    table = write_table(tmp_path / "t.csv", [(f, " ".join(labels)) for f, labels in rows])
+    data = load_data(DataConfig(source=str(table), workers=0, max_memory="0"), silent)
+    assert data.train.storage == "streamed from disk" and data.multi_label
+    _, images, labels = next(data.train.load([torch.arange(4)], torch.device("cpu")))
+    assert images.shape == (4, 3, 32, 32) and labels.shape == (4, 6)
+    names = [name for name, _ in rows]
+    first = data.train.row_ids("train")[0]
+    expected = {label for name, labels in rows if name == first for label in labels}
+    assert {data.classes[c] for c in torch.nonzero(labels[0])[:, 0].tolist()} == expected
+    assert first in names
+
+
+def test_other_data_is_scored_with_its_labels_in_the_runs_order():
+    from blitz.data.dataset import ImageData, Split
+    from blitz.data.roles import as_test_set
+
+    split = Split(torch.zeros(2, 3, 8, 8, dtype=torch.uint8), torch.tensor([[1.0, 0], [1, 1]]))
+    other = as_test_set(ImageData("t", ["b", "a"], split), ["a", "b", "c"], silent)
+    assert other.test_set().labels.tolist() == [[0, 1, 0], [1, 1, 0]]
+
+
 # --- training and figures ---
 
 
