@@ -389,6 +389,18 @@ def test_normalize_maps_bytes_to_minus_one_one_like_the_seed():
     assert out == pytest.approx([-1.0, 1.0, 51 / 255 * 2 - 1])
 
 
+def test_normalize_is_the_seeds_formula_in_two_passes():
+    images = torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8)
+    mean, std = (0.49, 0.48, 0.45), (0.25, 0.24, 0.26)
+    plain = (images.float() / 255 - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(
+        1, 3, 1, 1
+    )
+    torch.testing.assert_close(normalize(images, mean, std), plain, rtol=1e-6, atol=1e-6)
+    floats = images.float()
+    normalize(floats, mean, std)  # a float batch is copied, never changed in place
+    assert torch.equal(floats, images.float())
+
+
 @pytest.mark.slow
 def test_an_archive_of_many_members_shows_progress_listing_decoding_and_extracting(
     tmp_path, monkeypatch, capsys

@@ -1,6 +1,7 @@
-"""The README's generated parts are current: its table of ``blitz train``'s options is made
-from the parser, which is made from the settings' own declarations (``config.option``).
-``python tests/test_docs.py`` writes the table afresh."""
+"""The generated parts are current: the README's table of ``blitz train``'s options is made
+from the parser, which is made from the settings' own declarations (``config.option``), and the
+facts ``blitz models`` prints from the registry. ``python tests/test_docs.py`` writes both
+afresh."""
 
 import re
 from pathlib import Path
@@ -8,9 +9,11 @@ from pathlib import Path
 import pytest
 
 from blitz.cli import options_table
+from blitz.cli.models import FACTS, facts_json
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
+MODEL_FACTS = ROOT / "src" / "blitz" / "cli" / FACTS
 START = "<!-- options-table: made by python tests/test_docs.py from blitz train's parser -->\n"
 END = "<!-- /options-table -->"
 
@@ -26,6 +29,11 @@ def test_the_readme_lists_every_option_as_declared():
     assert head and tail, f"{README} lost its options table's markers"
     stale = "the README's options table is stale: run python tests/test_docs.py"
     assert table == options_table(), stale
+
+
+def test_the_stored_model_facts_are_the_registrys():
+    stale = f"{MODEL_FACTS} is stale (blitz models prints it): run python tests/test_docs.py"
+    assert MODEL_FACTS.read_text(encoding="utf-8") == facts_json(), stale
 
 
 def test_every_setting_with_a_flag_is_an_option_of_train_and_a_keyword_of_the_api():
@@ -63,3 +71,5 @@ if __name__ == "__main__":
     head, _, tail = _split(README.read_text(encoding="utf-8"))
     README.write_text(head + START + options_table() + END + tail, encoding="utf-8")
     print(f"wrote the options table into {README}")
+    MODEL_FACTS.write_text(facts_json(), encoding="utf-8")
+    print(f"wrote the models' facts into {MODEL_FACTS}")

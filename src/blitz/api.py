@@ -341,9 +341,15 @@ def plan_resume(run_dir: str | os.PathLike) -> TrainingPlan:
 
 
 def run_training(
-    plan: TrainingPlan, overwrite: bool, quiet: bool, mlflow: str | None, started: float
+    plan: TrainingPlan,
+    overwrite: bool,
+    quiet: bool,
+    mlflow: str | None,
+    started: float,
+    on_result: Callable[[Metrics], None] | None = None,
 ) -> Metrics | None:
-    """Carry out a plan (``started``: when the caller began, for the run's total time). Under
+    """Carry out a plan (``started``: when the caller began, for the run's total time;
+    ``on_result``: called with the metrics before the pictures and report are drawn). Under
     torchrun every process trains and only the first returns the metrics."""
     from blitz.training.context import silent
     from blitz.training.distributed import finish
@@ -354,7 +360,7 @@ def run_training(
         if resume is None and _first_process():
             run_dir.prepare(overwrite)
         log = silent if quiet else _print
-        metrics = train_run(cfg, run_dir, log, quiet, started, resume, mlflow)
+        metrics = train_run(cfg, run_dir, log, quiet, started, resume, mlflow, on_result=on_result)
     finish()
     return metrics
 

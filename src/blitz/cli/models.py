@@ -1,10 +1,20 @@
-"""``blitz models``: the model registry, with sizes, options and what each is for."""
+"""``blitz models``: the model registry, with sizes, options and what each is for.
+
+The facts come from ``models.json`` beside this module: computing them builds every model,
+which needs torch (seconds to import), and a listing should answer at once. ``current_facts``
+computes them from the registry; ``python tests/test_docs.py`` writes the file afresh, and a test
+fails when it is stale."""
 
 from __future__ import annotations
 
 import argparse
+import json
+from importlib import resources
+from typing import Any
 
 from blitz.cli.options import wrap
+
+FACTS = "models.json"
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -12,11 +22,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace) -> None:
-    from blitz.models import list_models
-
+    facts = json.loads(resources.files(__package__).joinpath(FACTS).read_text(encoding="utf-8"))
     print(f"{'model':<10}{'parameters':>11}{'per class':>11}  {'image sizes':<13}options")
-    for name in list_models():
-        print(_model_row(name))
+    for model in facts:
+        print(_model_row(model))
     note = (
         "parameters: with 10 classes and 3 input channels; the classifier head holds 'per class' "
         "more for each further class. image sizes: the sides (--image-size) a model takes. "
@@ -30,24 +39,50 @@ def main(args: argparse.Namespace) -> None:
     print("\n" + wrap(note, ""))
 
 
-def _model_row(name: str) -> str:
-    """Two lines: the model's facts, then what it is for."""
+def current_facts() -> list[dict[str, Any]]:
+    """Each registered model's facts, from the registry itself (builds every model)."""
     from blitz.models import (
         count_parameters,
         create_model,
         input_sizes,
+        list_models,
         model_summary,
         option_defaults,
     )
 
-    model = create_model(name, num_classes=10, in_channels=3)
-    count = count_parameters(model)
-    per_class = count_parameters(create_model(name, num_classes=11, in_channels=3)) - count
-    smallest, largest = input_sizes(model, name, 3)
+    facts = []
+    for name in list_models():
+        model = create_model(name, num_classes=10, in_channels=3)
+        count = count_parameters(model)
+        per_class = count_parameters(create_model(name, num_classes=11, in_channels=3)) - count
+        smallest, largest = input_sizes(model, name, 3)
+        options = {key: _toml(value) for key, value in option_defaults(name).items()}
+        facts.append(
+            {
+                "name": name,
+                "parameters": count,
+                "per_class": per_class,
+                "sizes": [smallest, largest],
+                "options": options,
+                "summary": model_summary(name),
+            }
+        )
+    return facts
+
+
+def facts_json() -> str:
+    """The text of ``models.json``, as ``current_facts`` finds them."""
+    return json.dumps(current_facts(), indent=1) + "\n"
+
+
+def _model_row(model: dict[str, Any]) -> str:
+    """Two lines: the model's facts, then what it is for."""
+    smallest, largest = model["sizes"]
     sizes = f">= {smallest}" if largest is None else f"{smallest} to {largest}"
-    options = [f"{key}={_toml(value)}" for key, value in option_defaults(name).items()]
-    facts = f"{name:<10}{count:>11,}{per_class:>11,}  {sizes:<13}{' '.join(options) or 'none'}"
-    return facts + "\n" + wrap(" " * 10 + model_summary(name), " " * 10)
+    options = " ".join(f"{key}={value}" for key, value in model["options"].items()) or "none"
+    name = model["name"]
+    facts = f"{name:<10}{model['parameters']:>11,}{model['per_class']:>11,}  {sizes:<13}{options}"
+    return facts + "\n" + wrap(" " * 10 + model["summary"], " " * 10)
 
 
 def _toml(value: object) -> str:

@@ -14,9 +14,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def main(args: argparse.Namespace) -> None:
     from blitz.config.loading import list_presets, settings_toml
-    from blitz.models.configs import build_config
 
-    if args.show:
+    if args.show:  # resolved against the model registry (torch): its "auto" sizes filled in
+        from blitz.models.configs import build_config
+
         print(settings_toml(build_config(args.show)), end="")
         return
     presets = list_presets()
@@ -30,10 +31,11 @@ def main(args: argparse.Namespace) -> None:
 def _mirror_note(preset: str) -> list[str]:
     """What data the preset suits as far as its mirroring goes (read from its settings, so it
     cannot drift), and how to stop it: lines to print."""
-    from blitz.config.settings import UNMIRRORED
-    from blitz.models.configs import build_config
+    from blitz.config.loading import merge_settings
+    from blitz.config.settings import UNMIRRORED, parse_config
 
-    cfg = build_config(preset)
+    # the settings alone, without the model registry's checks: the listing needs no torch
+    cfg = parse_config(merge_settings(preset, None, None), preset)
     mirrors: dict[str, tuple[str, str]] = {}  # setting -> (its value, without mirroring)
     if cfg.data.flip != "none":
         mirrors["data.flip"] = cfg.data.flip, "none"

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from blitz.api import DEFAULT_PRESET, KEYWORDS
 from blitz.cli.options import add_setting_flag, overrides
 from blitz.config.settings import FLAGS, TRAIN_FLAGS
+
+if TYPE_CHECKING:
+    from blitz.training.rundir import Metrics
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -75,15 +79,18 @@ def main(args: argparse.Namespace, started: float, argv: list[str]) -> None:
         pinned = [] if args.resume else ["--out", str(plan.run_dir), "--overwrite"]
         launch(args.devices, _without_devices(argv) + pinned)
         return
-    metrics = run_training(plan, args.overwrite, args.quiet, args.mlflow, started)
-    if metrics is None:  # not the first process: it prints nothing
-        return
-    kept = "best validation" if metrics.kept == "best" else "last"
-    print(
-        metrics.headline + f" | weights of epoch {metrics.kept_epoch} of {metrics.epochs} ({kept})"
-        f" | training {metrics.train_seconds:.1f} s | total {metrics.total_seconds:.1f} s"
-        f" | run directory: {plan.run_dir}"
-    )
+
+    def summary(metrics: Metrics) -> None:  # the result, before seconds of drawing the report
+        kept = "best validation" if metrics.kept == "best" else "last"
+        print(
+            metrics.headline  # test accuracy, or a multi-label run's macro mAP
+            + f" | weights of epoch {metrics.kept_epoch} of {metrics.epochs} ({kept})"
+            f" | training {metrics.train_seconds:.1f} s | total {metrics.total_seconds:.1f} s"
+            f" | run directory: {plan.run_dir}",
+            flush=True,
+        )
+
+    run_training(plan, args.overwrite, args.quiet, args.mlflow, started, summary)
 
 
 def train_plan(args: argparse.Namespace):

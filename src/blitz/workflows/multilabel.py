@@ -5,6 +5,7 @@ same figures for ``blitz eval`` and ``blitz report`` of a finished run."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,7 +14,6 @@ from torch import nn
 
 from blitz.config.settings import Config, option_name
 from blitz.data.dataset import AnySplit, ImageData, label_text
-from blitz.outputs.plots import save_image_grid
 from blitz.training.checkpoint import Checkpoint
 from blitz.training.context import Log, RunContext
 from blitz.training.distributed import SINGLE
@@ -28,9 +28,7 @@ from blitz.training.multilabel import (
     split_logits,
 )
 from blitz.training.rundir import Metrics, RunDir
-from blitz.workflows.record import run_metrics
-
-SAMPLES = 8  # test images in the grid, as a single-label run shows
+from blitz.workflows.record import SAMPLES, run_metrics, sample_rows
 
 
 @dataclass
@@ -83,10 +81,16 @@ def fit_thresholds(
 
 
 def finish_multilabel(
-    ctx: RunContext, data: ImageData, model: nn.Module, loop: Loop, report: bool = True
+    ctx: RunContext,
+    data: ImageData,
+    model: nn.Module,
+    loop: Loop,
+    report: bool = True,
+    on_result: Callable[[Metrics], None] | None = None,
 ) -> Metrics | None:
     """Choose the thresholds on validation, test, and (first process) show the results, save
-    the model with its thresholds, write metrics.json and the report."""
+    the model with its thresholds, write metrics.json, hand it to ``on_result``, then draw the
+    pictures and the report."""
     classes = data.classes
     thresholds = fit_thresholds(loop.eval_net, data, ctx.cfg, ctx.log, ctx.world)
     started = time.perf_counter()
@@ -98,7 +102,7 @@ def finish_multilabel(
     run_dir = ctx.writes
     if run_dir is None:
         return None
-    show_results(test, data, run_dir, ctx.log)
+    show_results(test, data, ctx.log)
     ctx.log("calibration: left out (temperature scaling calibrates a softmax over one class)")
     ckpt = Checkpoint.of(model, ctx.cfg, classes, thresholds=tuple(thresholds))
     run_dir.save_model(ckpt)
@@ -108,6 +112,10 @@ def finish_multilabel(
                               **validation.scores.record()}  # fmt: skip
     run_dir.write_metrics(metrics)  # its presence marks the run finished
     run_dir.drop_resume_point()
+    if on_result:
+        on_result(metrics)
+    save_training_grid(data, run_dir)
+    save_test_grid(test, data, run_dir)
     if report:
         ctx.log(f"report: {write_report(run_dir, metrics, data.test_set(), test, ckpt)}")
     return metrics
@@ -126,19 +134,37 @@ def test_fields(scores: MultiLabelScores) -> dict[str, Any]:
     }
 
 
-def show_results(test: Scored, data: ImageData, run_dir: RunDir, log: Log) -> None:
-    """The test's figures on the terminal, and the grid of test images with their true and
-    predicted label sets."""
-    split = data.test_set()
-    rows = torch.randperm(len(split), generator=torch.Generator().manual_seed(0))[:SAMPLES]
+def _sample_sets(test: Scored, data: ImageData) -> tuple[torch.Tensor, list[str], list[str]]:
+    """The grid's test rows, and their true and predicted label sets as text."""
+    rows = sample_rows(SAMPLES, len(test.labels))
     truth = label_text(test.labels[rows], data.classes)
-    guess = label_text(
-        predicted_sets(test.probs[rows], test.scores.thresholds).float(), data.classes
-    )
-    captions = [f"{t}\n→ {g}" for t, g in zip(truth, guess)]
-    save_image_grid(split.images_at(rows), captions, run_dir.test_predictions)
+    hot = predicted_sets(test.probs[rows], test.scores.thresholds).float()
+    return rows, truth, label_text(hot, data.classes)
+
+
+def show_results(test: Scored, data: ImageData, log: Log) -> None:
+    """The test's figures on the terminal, after the sample images' true and predicted sets."""
+    _, truth, guess = _sample_sets(test, data)
     log("\n".join(f"{t}  ->  {g}" for t, g in zip(truth, guess)))
     log(format_scores(test.scores, "validation" if data.test_is_val else "test"))
+
+
+def save_test_grid(test: Scored, data: ImageData, run_dir: RunDir) -> None:
+    """The sample test images, captioned true -> predicted label sets."""
+    from blitz.outputs.plots import save_image_grid  # matplotlib and torchvision: seconds
+
+    rows, truth, guess = _sample_sets(test, data)
+    captions = [f"{t}\n→ {g}" for t, g in zip(truth, guess)]
+    save_image_grid(data.test_set().images_at(rows), captions, run_dir.test_predictions)
+
+
+def save_training_grid(data: ImageData, run_dir: RunDir) -> None:
+    """The sample training images with their labels (the seed's first look at the data)."""
+    from blitz.outputs.plots import save_image_grid  # matplotlib and torchvision: seconds
+
+    rows = sample_rows(SAMPLES, len(data.train))
+    names = label_text(data.train.labels[rows], data.classes)
+    save_image_grid(data.train.images_at(rows), names, run_dir.train_images)
 
 
 def write_report(run_dir: RunDir, metrics: Metrics, split: AnySplit, test: Scored,
@@ -154,5 +180,5 @@ def eval_multilabel(ckpt: Checkpoint, model: nn.Module, data: ImageData, run_dir
     """``blitz eval`` of a multi-label run: its test set's figures at the run's thresholds."""
     thresholds = list(ckpt.model.thresholds)
     test = score_split(model, data.test_set(), ckpt.cfg, data.classes, thresholds)
-    show_results(test, data, run_dir, log)
+    show_results(test, data, log)
     return test

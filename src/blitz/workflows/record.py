@@ -1,5 +1,5 @@
 """metrics.json's record of a finished run (single- or multi-label): what it measured, on
-which sets, and how long it took."""
+which sets, and how long it took; and which images its grids show."""
 
 from __future__ import annotations
 
@@ -18,6 +18,13 @@ from blitz.training.devices import device_name
 from blitz.training.loop import Loop, steps_per_epoch
 from blitz.training.rundir import Metrics
 from blitz.version import __version__
+
+SAMPLES = 8  # images in the grids (the seed shows 4)
+
+
+def sample_rows(count: int, total: int) -> torch.Tensor:
+    """A fixed random choice of rows (folders are sorted by class: the first rows are one class)."""
+    return torch.randperm(total, generator=torch.Generator().manual_seed(0))[:count]
 
 
 def run_metrics(

@@ -24,8 +24,6 @@ from blitz.data.sources import load_data, load_test_data, recorded_spec
 from blitz.errors import BlitzError
 from blitz.models import check_input_size, create_model
 from blitz.models.timm_models import fetch_hub_weights, load_pretrained
-from blitz.outputs.plots import save_image_grid
-from blitz.outputs.report import write_report
 from blitz.training.calibration import Calibration, calibrate, measure
 from blitz.training.checkpoint import Checkpoint
 from blitz.training.compiling import use_compile_cache
@@ -63,15 +61,14 @@ from blitz.workflows.multilabel import (
     Scored,
     eval_multilabel,
     finish_multilabel,
+    save_training_grid,
     score_split,
 )
 from blitz.workflows.multilabel import write_report as write_multilabel
-from blitz.workflows.record import run_metrics
+from blitz.workflows.record import SAMPLES, run_metrics, sample_rows
 
 if TYPE_CHECKING:
     from blitz.outputs.tracking import MlflowTracker
-
-SAMPLES = 8  # images in the grids (the seed shows 4)
 
 
 def elastic_resume(run_dir: RunDir) -> Checkpoint | None:
@@ -91,6 +88,7 @@ def train_run(
     mlflow: str | None = None,
     test: bool = True,
     on_epoch: Callable[[TrainState, int], None] | None = None,
+    on_result: Callable[[Metrics], None] | None = None,
 ) -> Metrics | None:
     """Load data, train, test, and write config, checkpoint, pictures and metrics into the run
     directory; with ``resume``, continue that run where it stopped; with ``mlflow`` (a tracking
@@ -98,7 +96,8 @@ def train_run(
     the first prints and writes (and returns the metrics). ``test=False`` holds the test set
     out: the run is scored on validation and never looks at a test image (blitz tune's trials,
     which write no report.html either: seconds each); ``on_epoch(state, planned_steps)`` is
-    called after each epoch's checkpoint."""
+    called after each epoch's checkpoint, ``on_result(metrics)`` once they are written, before
+    the pictures and the report (seconds of plotting that need not delay the result)."""
     ctx = set_up(cfg, run_dir, log, quiet, started)
     if cfg.data.chosen:
         ctx.log(f"auto {cfg.data.chosen}")
@@ -121,7 +120,7 @@ def train_run(
     tracker = _tracker(ctx, mlflow, resume is not None)
     with tracker or contextlib.nullcontext():
         loop = fit(ctx, data, model, resume, tracker, on_epoch)
-        metrics = finish(ctx, data, model, loop, report=test)
+        metrics = finish(ctx, data, model, loop, test, on_result)
         if tracker and metrics:
             tracker.finish(metrics.to_dict())
     return metrics
@@ -199,12 +198,18 @@ def fit(
 
 
 def finish(
-    ctx: RunContext, data: ImageData, model: nn.Module, loop: Loop, report: bool = True
+    ctx: RunContext,
+    data: ImageData,
+    model: nn.Module,
+    loop: Loop,
+    report: bool = True,
+    on_result: Callable[[Metrics], None] | None = None,
 ) -> Metrics | None:
-    """Test, then (first process) show the results, save the model, write metrics and report
-    (``report=False``: none; ``blitz report RUN`` writes it later)."""
+    """Test, then (first process) show the results, save the model, write the metrics, hand
+    them to ``on_result``, then draw the pictures and the report (``report=False``: none;
+    ``blitz report RUN`` writes it later)."""
     if data.multi_label:
-        return finish_multilabel(ctx, data, model, loop, report)
+        return finish_multilabel(ctx, data, model, loop, report, on_result)
     started_eval = time.perf_counter()
     test = data.test_set()
     result = evaluate(loop.eval_net, test, ctx.cfg, len(data.classes), ctx.world)  # synced
@@ -215,7 +220,7 @@ def finish(
     run_dir = ctx.writes
     if run_dir is None:
         return None
-    _show_results(result, data, run_dir, ctx.log)
+    _show_results(result, data, ctx.log)
     calibration = _calibrate(result, validation, data)  # T from the validation set alone
     ctx.log(calibration.summary("validation" if data.test_is_val else "test"))
     ckpt = Checkpoint.of(model, ctx.cfg, data.classes, temperature=calibration.temperature)
@@ -226,7 +231,12 @@ def finish(
         metrics.validation = asdict(scores(validation, data.classes))
     run_dir.write_metrics(metrics)  # its presence marks the run finished
     run_dir.drop_resume_point()
+    if on_result:
+        on_result(metrics)
+    _save_grids(data, result, run_dir)
     if report:
+        from blitz.outputs.report import write_report  # matplotlib, torchvision, grad-cam
+
         ctx.log(f"report: {write_report(run_dir, metrics, test, result, ckpt)}")
     return metrics
 
@@ -321,7 +331,7 @@ def _record_start(ctx: RunContext, data: ImageData, run_dir: RunDir) -> None:
     images."""
     run_dir.write_config(ctx.cfg)
     run_dir.write_sets(record(data))
-    _show_training_images(data, run_dir, ctx.log)
+    _show_training_labels(data, run_dir, ctx.log)
     _describe(ctx, data)
 
 
@@ -365,28 +375,34 @@ def _on_device(model: nn.Module, device: torch.device, cfg: Config) -> nn.Module
     return model.to(device, memory_format=memory_format)  # type: ignore[call-overload]
 
 
-def sample_rows(count: int, total: int) -> torch.Tensor:
-    """A fixed random choice of rows (folders are sorted by class: the first rows are one class)."""
-    return torch.randperm(total, generator=torch.Generator().manual_seed(0))[:count]
-
-
-def _show_training_images(data: ImageData, run_dir: RunDir, log: Log) -> None:
-    """The seed's first look at the data: a grid of training images and their labels."""
+def _show_training_labels(data: ImageData, run_dir: RunDir, log: Log) -> None:
+    """The seed's first look at the data: the labels of the training images whose grid
+    ``_save_grids`` draws once the result is out (drawing needs seconds of imports)."""
     rows = sample_rows(SAMPLES, len(data.train))
     names = label_text(data.train.labels[rows], data.classes)
-    save_image_grid(data.train.images_at(rows), names, run_dir.train_images)
     shown = " | ".join(names) if data.multi_label else " ".join(f"{n:>5s}" for n in names)
     log(f"training images ({run_dir.train_images.name}): {shown}")
 
 
-def _show_results(result: Evaluation, data: ImageData, run_dir: RunDir, log: Log) -> None:
-    """Print the seed's views of a test (samples, accuracy, per class) and save the grid."""
+def _save_grids(data: ImageData, result: Evaluation, run_dir: RunDir) -> None:
+    """The seed's pictures: the training images ``_show_training_labels`` named, and the test
+    images ``_show_results`` named, captioned truth -> prediction."""
+    from blitz.outputs.plots import save_image_grid  # matplotlib and torchvision: seconds
+
+    save_training_grid(data, run_dir)
+    test = data.test_set()
+    rows = sample_rows(SAMPLES, len(test))
+    pairs = zip(test.labels[rows].tolist(), result.predicted[rows].tolist())
+    captions = [f"{data.classes[t]}\n→ {data.classes[p]}" for t, p in pairs]
+    save_image_grid(test.images_at(rows), captions, run_dir.test_predictions)
+
+
+def _show_results(result: Evaluation, data: ImageData, log: Log) -> None:
+    """Print the seed's views of a test: samples, accuracy, per class, confusion."""
     test = data.test_set()
     rows = sample_rows(SAMPLES, len(test))
     truth = test.labels[rows].tolist()
     guess = result.predicted[rows].tolist()
-    captions = [f"{data.classes[t]}\n→ {data.classes[p]}" for t, p in zip(truth, guess)]
-    save_image_grid(test.images_at(rows), captions, run_dir.test_predictions)
     log(format_samples(truth, guess, data.classes))
     log(format_accuracy(result.matrix, "validation" if data.test_is_val else "test"))
     log(format_per_class(result.matrix, data.classes))
@@ -403,7 +419,7 @@ def eval_run(run_dir: RunDir, source: str | None, log: Log) -> Evaluation | Scor
     if ckpt.model.task == "multi-label":
         return eval_multilabel(ckpt, model, data, run_dir, log)
     result = evaluate(model, data.test_set(), ckpt.cfg, len(data.classes))
-    _show_results(result, data, run_dir, log)
+    _show_results(result, data, log)
     if result.logits is not None:  # the probabilities as predict gives them, and without T
         temperature = ckpt.model.temperature
         log(measure(result.logits, data.test_set().labels, temperature).summary())
@@ -434,4 +450,6 @@ def rebuild_report(run_dir: RunDir, log: Log) -> Path:
         scored = score_split(model, test, ckpt.cfg, data.classes, thresholds)
         return write_multilabel(run_dir, metrics, test, scored, ckpt)
     result = evaluate(model, test, ckpt.cfg, len(data.classes))
+    from blitz.outputs.report import write_report
+
     return write_report(run_dir, metrics, test, result, ckpt)
