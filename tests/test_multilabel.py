@@ -441,3 +441,19 @@ def test_two_processes_give_one_process_figures_and_thresholds(tmp_path):
         run_blitz(*args, *extra, "--out", tmp_path / out, cache=tmp_path / "cache")
         found.append(json.loads((tmp_path / out / "metrics.json").read_text())["multilabel"])
     assert found[0] == found[1]
+
+
+@pytest.mark.slow
+@pytest.mark.subprocess
+def test_a_multi_label_run_prints_its_result_before_importing_what_draws(tmp_path):
+    from test_startup import DRAWING, TRAINING, python
+
+    code = TRAINING.replace("{drawing}", repr(DRAWING)).replace(
+        "runs._save_grids = grids",
+        "runs.finish_multilabel.__globals__['save_training_grid'] = grids",
+    )
+    args = ["train", "--data", "multishapes:60", "--max-steps", "2", "--out", str(tmp_path / "r")]
+    lines = python(code, *args).splitlines()
+    result = next(i for i, line in enumerate(lines) if "| run directory: " in line)
+    assert lines[result].startswith("test macro mAP ")
+    assert lines[result + 1] == "imported before the result: []"
