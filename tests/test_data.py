@@ -22,7 +22,7 @@ from conftest import cifar_archive, folder_files, write_folder, write_tar, write
 
 
 def test_every_source_is_registered_by_name():
-    assert list_sources() == ["auto", "cifar10", "mnist", "shapes"]
+    assert list_sources() == ["auto", "cifar10", "mnist", "multishapes", "shapes"]
 
 
 @pytest.mark.parametrize(

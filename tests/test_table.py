@@ -159,7 +159,7 @@ SPLIT = [f"{row},train" for row in ROWS]
         (
             ["path,label", *ROWS, 'img/x.png,"apple, banana"'],
             r"line 8: the label 'apple, banana' lists several classes \('apple', 'banana'\).*"
-            "multi-label tables .* are not supported yet",
+            "but the task is single-label: pass --task multi-label --label-delimiter ','",
         ),  # fmt: skip
         (["path,label", *ROWS[:3], "img/x.png,cherry|apple", *ROWS[3:]], "line 5: the label"),
         (["path,label", *(f"{row};{row[-1]}" for row in ROWS)], "line 2: the label 'apple;e'"),

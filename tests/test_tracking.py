@@ -108,6 +108,20 @@ def test_a_run_logs_params_metrics_and_files(store, tmp_path):
     assert json.loads(run_dir.mlflow.read_text())["run_id"] == tracker.run_id
 
 
+def test_a_multi_label_run_logs_its_figures(store, tmp_path):
+    uri, client = store
+    figures = {"map": 0.9, "micro_f1": 0.8, "macro_f1": 0.7, "subset_accuracy": 0.5,
+               "hamming_loss": 0.1, "thresholds": [0.4, 0.6], "per_class": {}}  # fmt: skip
+    record = Metrics(test_accuracy=0.5, classes=["a", "b"], confusion_matrix=[],
+                     per_class_accuracy={}, task="multi-label", multilabel=figures,
+                     validation={"accuracy": 0.4, "map": 0.85}).to_dict()  # fmt: skip
+    tracker = MlflowTracker.start(uri, CFG, new_run_dir(tmp_path))
+    tracker.finish(record)
+    final = client.get_run(tracker.run_id).data.metrics
+    assert final["multilabel/map"] == 0.9 and final["multilabel/hamming_loss"] == 0.1
+    assert final["val/map"] == 0.85 and final["test_accuracy"] == 0.5
+
+
 @pytest.mark.slow
 def test_resume_continues_the_same_mlflow_run(store, tmp_path):
     uri, client = store

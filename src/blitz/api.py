@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from blitz.config.settings import Config
     from blitz.training.checkpoint import Checkpoint, ModelFacts
     from blitz.training.evaluate import Scores
+    from blitz.training.multilabel import MultiLabelScores
     from blitz.training.rundir import Metrics, RunDir
     from blitz.tuning.job import Result as TuneResult
 
@@ -85,10 +86,12 @@ def _types(function: Callable[..., Any]) -> dict[str, tuple[type, ...]]:
     Any]`` is ``dict``); none for ``Any``. Read at the first call: the classes that the
     annotations name only for type checkers are imported here."""
     from blitz.training.evaluate import Scores
+    from blitz.training.multilabel import MultiLabelScores
     from blitz.training.rundir import Metrics
     from blitz.tuning.job import Result
 
-    names = {"Metrics": Metrics, "Scores": Scores, "TuneResult": Result}
+    names = {"Metrics": Metrics, "Scores": Scores, "TuneResult": Result,
+             "MultiLabelScores": MultiLabelScores}  # fmt: skip
     hints = typing.get_type_hints(function, localns=names)
     out = {}
     for name, hint in hints.items():
@@ -392,6 +395,7 @@ class ImagePrediction:
     image: Path | int  # the file, or the image's place among the images passed
     top: list[tuple[str, float]]  # (class, probability)
     abstained: bool = False  # its top probability was below predict's min_confidence
+    labels: list[str] | None = None  # a multi-label run's: every label over its threshold
 
     @property
     def label(self) -> str:
@@ -466,11 +470,16 @@ class Run:
         if isinstance(top_k, bool) or top_k < 1:  # an int (checked): True is one too
             raise BlitzError(f"invalid top_k {top_k!r}: expected an integer >= 1")
         check_min_confidence(min_confidence, "min_confidence")
+        facts = self._checkpoint.model
+        if facts.multi_label and min_confidence is not None:
+            raise BlitzError("min_confidence is for single-label runs: a multi-label run answers "
+                             "every label over its class's threshold")  # fmt: skip
         found = self._predictions(images, top_k, calibrated)
         return [
-            ImagePrediction(name, top, decide(top, min_confidence) == UNKNOWN)
+            ImagePrediction(name, top, decide(top, min_confidence) == UNKNOWN,
+                            facts.labels_over(top))
             for name, top in found
-        ]
+        ]  # fmt: skip
 
     def _predictions(self, images: Any, top_k: int, calibrated: bool) -> list[tuple[Any, list]]:
         from blitz.outputs.predict import collect_images, predict_files
@@ -500,16 +509,21 @@ class Run:
         return [explanation.written for explanation in done]
 
     @checked
-    def evaluate(self, data: str | os.PathLike | None = None, quiet: bool = False) -> Scores:
+    def evaluate(
+        self, data: str | os.PathLike | None = None, quiet: bool = False
+    ) -> Scores | MultiLabelScores:
         """Test the model on the run's own test set, or on ``data`` (a spec as for train): its
         accuracy and the views of its confusion matrix, in the shape of
-        ``run.metrics.test_scores``."""
+        ``run.metrics.test_scores``; a multi-label run's figures at its thresholds (mAP, F1,
+        subset accuracy, Hamming loss, per class), as ``run.metrics.multilabel`` has them."""
         from blitz.training.context import silent
-        from blitz.training.evaluate import scores
+        from blitz.training.evaluate import Evaluation, scores
         from blitz.workflows.runs import eval_run
 
         source = None if data is None else os.fspath(data)
         result = eval_run(self._dir, source, silent if quiet else _print)
+        if not isinstance(result, Evaluation):
+            return result.scores
         return scores(result, self.classes)
 
     def report(self) -> Path:
@@ -541,9 +555,9 @@ class Run:
 
     @property
     def _scored(self) -> str:
-        """``test accuracy 93.75 %`` (validation, for a run without a test set)."""
-        role = "validation" if self.metrics.test_set == "val" else "test"
-        return f"{role} accuracy {100 * self.accuracy:.2f} %"
+        """``test accuracy 93.75 %`` (validation, for a run without a test set; a multi-label
+        run's macro mAP)."""
+        return self.metrics.headline
 
     def _repr_html_(self) -> str:
         """Jupyter's view: the figures, the training curves and a link to report.html.

@@ -45,13 +45,20 @@ def main(args: argparse.Namespace) -> int:
     if args.csv:
         check_output_file(args.csv, "the CSV")  # before the work, not after it
     ckpt = RunDir(args.run_dir).load_model()
+    if ckpt.model.multi_label and args.min_confidence is not None:
+        raise BlitzError(
+            "--min-confidence is for single-label runs: a multi-label run answers every label "
+            "over its class's threshold (chosen on the validation set)"
+        )
     files = collect_images(args.images)
     model = ckpt.build_model()
     predictions = predict_files(ckpt.model, model, files, args.top_k, calibrated=not args.raw)
-    for prediction in predictions:
-        print(format_prediction(prediction, args.min_confidence))
+    labels = [ckpt.model.labels_over(top) for _, top in predictions]
+    for prediction, over in zip(predictions, labels):
+        print(format_prediction(prediction, args.min_confidence, over))
     if args.csv:
-        write_csv(predictions, args.csv, args.min_confidence)
+        sets = None if not ckpt.model.multi_label else [over or [] for over in labels]
+        write_csv(predictions, args.csv, args.min_confidence, sets, ckpt.cfg.data.label_delimiter)
         print(f"wrote {args.csv}")
     skipped = len(files) - len(predictions)
     if skipped:

@@ -18,6 +18,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace) -> None:
+    from blitz.data.dataset import label_text
     from blitz.errors import BlitzError
     from blitz.outputs.plots import save_image_grid
     from blitz.utils.writes import check_output_file
@@ -32,9 +33,9 @@ def main(args: argparse.Namespace) -> None:
         missing = "validation" if args.split == "val" else "test"
         raise BlitzError(f"{data.name} has no {missing} set: add a {args.split}/ folder to it")
     rows = sample_rows(args.count, len(split))
-    names = [data.classes[i] for i in split.labels[rows].tolist()]
+    names = label_text(split.labels[rows], data.classes)  # a multi-label image's: "cat, dog"
     save_image_grid(split.images_at(rows), names, args.out)
-    print(" ".join(f"{n:>5s}" for n in names))
+    print(" | ".join(names) if data.multi_label else " ".join(f"{n:>5s}" for n in names))
     print(f"wrote {args.out}")
 
 

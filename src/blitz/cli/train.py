@@ -81,11 +81,10 @@ def main(args: argparse.Namespace, started: float, argv: list[str]) -> None:
         return
 
     def summary(metrics: Metrics) -> None:  # the result, before seconds of drawing the report
-        scored = "validation" if metrics.test_set == "val" else "test"
         kept = "best validation" if metrics.kept == "best" else "last"
         print(
-            f"{scored} accuracy {100 * metrics.test_accuracy:.2f} %"
-            f" | weights of epoch {metrics.kept_epoch} of {metrics.epochs} ({kept})"
+            metrics.headline  # test accuracy, or a multi-label run's macro mAP
+            + f" | weights of epoch {metrics.kept_epoch} of {metrics.epochs} ({kept})"
             f" | training {metrics.train_seconds:.1f} s | total {metrics.total_seconds:.1f} s"
             f" | run directory: {plan.run_dir}",
             flush=True,

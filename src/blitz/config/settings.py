@@ -31,6 +31,7 @@ Device = Literal["auto", "cpu", "cuda", "mps"]
 ClassWeights = Literal["none", "balanced"]
 Keep = Literal["best", "last"]
 Sampler = Literal["shuffle", "balanced"]
+Task = Literal["auto", "single-label", "multi-label"]
 OPTIMIZERS = get_args(Optimizer)
 LOSSES = get_args(Loss)
 REDUCTIONS = get_args(Reduction)
@@ -41,6 +42,10 @@ PRECISIONS = get_args(Precision)
 DEVICES = get_args(Device)
 CLASS_WEIGHTS = get_args(ClassWeights)
 SAMPLERS = get_args(Sampler)
+TASKS = get_args(Task)
+# how a table's label cell lists several labels: a space, as fastai's label_delim and Kaggle's
+# multi-label tables (Planet, Human Protein Atlas) write them
+LABEL_DELIMITER = " "
 
 # Far beyond any real run, and low enough that a typo fails here rather than deep in torch.
 MAX_SEED = 2**63 - 1  # the engine seeds generators with seed + 1 + rank: it must stay < 2**64
@@ -138,12 +143,12 @@ def format_size(size: int) -> str:
 class DataConfig:
     """Where images come from and how they are turned into tensors."""
 
-    # auto | cifar10 | mnist | shapes[:N] | PATH (folder or archive)
+    # auto | cifar10 | mnist | shapes[:N] | multishapes[:N] | PATH (folder, archive or table)
     source: str = option(
         "auto",
         "--data",
-        "auto | cifar10 | mnist | shapes[:N] | PATH (an image folder, an archive of one, a "
-        "table of files and labels)",
+        "auto | cifar10 | mnist | shapes[:N] | multishapes[:N] | PATH (an image folder, an "
+        "archive of one, a table of files and labels)",
         metavar="SPEC",
     )
     # side of the square images the model sees, and the normalisation; "auto": a timm model's
@@ -210,6 +215,21 @@ class DataConfig:
         "data has no test/ folder (auto: 0.2 for a flat folder, else 0)",
         metavar="F",
     )
+    # one class per image, or several (or none): "auto" is what the data is (a table says
+    # which when it lists several labels in a cell, or has one 0/1 column per class)
+    task: Task = option(
+        "auto",
+        "--task",
+        "single-label (one class per image) or multi-label (a table's images with several "
+        "labels, or none); auto: detected from the data, and said",
+    )
+    label_delimiter: str = option(
+        LABEL_DELIMITER,
+        "--label-delimiter",
+        "what separates the labels in a table's label cell (multi-label; default a space, as "
+        "fastai and Kaggle write them)",
+        metavar="TEXT",
+    )
     split_seed: int = 0  # which images those are (apart from train.seed: the split stays put)
     # a file naming images to leave out of every set (blitz doctor's doctor.csv, or a list of
     # image ids as sets.csv names them, one a line); "": none
@@ -245,6 +265,9 @@ class DataConfig:
         if self.workers != "auto":
             check_range("data.workers", self.workers, 0)
         check_range("data.split_seed", self.split_seed, 0, MAX_SEED)
+        delimiter = self.label_delimiter
+        usable = bool(delimiter) and not set(delimiter) & set('\r\n"')
+        check_value(usable, "data.label_delimiter", delimiter, "text without quotes or line ends")
         given = {}
         for key in ("val_fraction", "test_fraction"):
             if (value := getattr(self, key)) != "auto":
@@ -458,6 +481,15 @@ class TrainConfig:
         "train.checkpoint_minutes)",
         metavar="N",
     )
+    # multi-label: the probability over which a label is predicted; "auto": one per class,
+    # chosen on the validation set to maximise that class's F1
+    threshold: float | Literal["auto"] = option(
+        "auto",
+        "--threshold",
+        "multi-label: predict each label whose probability is over this (auto: one threshold "
+        "per class, chosen on the validation set for its best F1)",
+        metavar="P",
+    )
     checkpoint_minutes: float = 10.0  # also checkpoint when this long has passed (0: never)
     deterministic: bool = True  # deterministic kernels: a resumed run matches one left alone
 
@@ -477,6 +509,10 @@ class TrainConfig:
         check_range("train.log_every", self.log_every, 0)
         check_range("train.checkpoint_every", self.checkpoint_every, 0)
         check_range("train.checkpoint_minutes", self.checkpoint_minutes, 0)
+        if self.threshold != "auto":
+            check_value(
+                0 < self.threshold < 1, "train.threshold", self.threshold, "auto or 0 < P < 1"
+            )
 
 
 PLAIN_NAME = "a name of at most 64 letters, digits, spaces, '.', '_' or '-' (no '/' or '..')"

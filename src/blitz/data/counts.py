@@ -17,7 +17,9 @@ TABLE_CLASSES = 20  # more classes than this: a one-line summary instead of the 
 
 
 def label_counts(labels: torch.Tensor, classes: int) -> torch.Tensor:
-    """Images per class, (classes,) int64 on the CPU."""
+    """Images per class, (classes,) int64 on the CPU (multi-hot rows: images with the label)."""
+    if labels.ndim == 2:
+        return labels.cpu().sum(0).long()
     return torch.bincount(labels.cpu(), minlength=classes)
 
 
@@ -31,6 +33,8 @@ def balanced_weights(labels: torch.Tensor, classes: int) -> torch.Tensor:
     """Per class, n / (classes * its count) (scikit-learn's "balanced"): every class weighs
     the same in the loss in total (--class-weights balanced, --sampler balanced)."""
     counts = label_counts(labels, classes).float()
+    if labels.ndim == 2:  # multi-label: BCE's pos_weight, negatives / positives per class
+        return (len(labels) - counts) / counts.clamp(min=1)
     return len(labels) / (classes * counts.clamp(min=1))
 
 
@@ -62,15 +66,22 @@ def imbalance_note(classes: list[str], train: list[int], cfg: Config | None) -> 
     if high < IMBALANCE * max(low, 1):
         return None
     on = [f"--{name.replace('_', '-')} balanced" for name, value in _remedies(cfg) if value]
+    multi = cfg is not None and cfg.data.task == "multi-label"
     answer = (
         f"this run uses {' and '.join(on)}"
         if on
+        else "consider --class-weights balanced (per-class positive weights)"
+        if multi
         else "consider --class-weights balanced or --sampler balanced"
+    )
+    reading = (
+        "Subset accuracy and micro F1 favour the common labels: read macro mAP and macro F1"
+        if multi
+        else "Accuracy favours the large classes: read balanced accuracy and macro F1"
     )
     return (
         f"the classes are imbalanced: {_spread(classes, train)} training images per class "
-        f"({high / max(low, 1):.1f}x). Accuracy favours the large classes: read balanced "
-        f"accuracy and macro F1 too; {answer}"
+        f"({high / max(low, 1):.1f}x). {reading} too; {answer}"
     )
 
 

@@ -5,6 +5,7 @@ callers see either one as an ``AnySplit``. The sources that make datasets are in
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ MAX_CLASSES = 10_000
 class AnySplit(Protocol):
     """What every split offers, whether its images are in memory or on disk."""
 
-    labels: torch.Tensor  # (N,) int64
+    labels: torch.Tensor  # (N,) int64, or (N, K) float32 multi-hot (multi-label)
     storage: str  # where its images live while training: "in memory", "streamed from disk"
 
     @property
@@ -121,6 +122,11 @@ class ImageData:
     def channels(self) -> int:
         return self.train.channels
 
+    @property
+    def multi_label(self) -> bool:
+        """Whether an image has a set of labels (multi-hot rows) rather than one class."""
+        return is_multi_hot(self.train.labels)
+
     def test_set(self) -> AnySplit:
         """``test``, which every dataset has once ``blitz.data.roles`` has made its sets."""
         if self.test is None:
@@ -143,6 +149,42 @@ class ImageData:
 def from_sets(name: str, classes: list[str], sets: Mapping[str, AnySplit]) -> ImageData:
     """A dataset of its sets by role: "train", and "val" and "test" where it has them."""
     return ImageData(name, classes, sets["train"], sets.get("test"), sets.get("val"))
+
+
+def is_multi_hot(labels: torch.Tensor) -> bool:
+    """Whether ``labels`` are multi-hot rows (N, K), a multi-label set's, not classes (N,)."""
+    return labels.ndim == 2
+
+
+def label_tensor(labels: Sequence[int | tuple[int, ...]], classes: int) -> torch.Tensor:
+    """A set's labels as a tensor: class numbers (N,) int64, or, where each is a tuple of
+    class numbers (multi-label; empty: none), multi-hot rows (N, classes) float32."""
+    if not labels or not isinstance(labels[0], tuple):
+        return torch.tensor(labels, dtype=torch.long)
+    hot = torch.zeros(len(labels), classes)
+    for row, present in enumerate(labels):
+        hot[row, list(present)] = 1.0  # type: ignore[arg-type]
+    return hot
+
+
+def label_sets(labels: torch.Tensor, classes: list[str]) -> list[list[str]]:
+    """Each row's classes: its one class, or a multi-hot row's (in the classes' order)."""
+    if not is_multi_hot(labels):
+        return [[classes[i]] for i in labels.tolist()]
+    return [[c for c, on in zip(classes, row) if on] for row in labels.cpu().bool().tolist()]
+
+
+def label_names(labels: torch.Tensor, classes: list[str]) -> list[str]:
+    """Each row's label as a run records it: its class, or a multi-hot row's classes as a JSON
+    list (a class name may hold any delimiter)."""
+    if not is_multi_hot(labels):
+        return [classes[i] for i in labels.tolist()]
+    return [json.dumps(names) for names in label_sets(labels, classes)]
+
+
+def label_text(labels: torch.Tensor, classes: list[str]) -> list[str]:
+    """Each row's label as people read it: ``cat``, ``cat, dog``, or ``(none)``."""
+    return [", ".join(names) or "(none)" for names in label_sets(labels, classes)]
 
 
 def in_memory(split: AnySplit) -> Split:

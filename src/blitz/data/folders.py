@@ -54,7 +54,8 @@ class Member(NamedTuple):
     mtime_ns: int = 0  # files of a folder: when they last changed (the decode cache's key)
 
 
-Pairs = list[tuple[str, int]]  # (file, label)
+Label = int | tuple[int, ...]  # a class number, or (multi-label) the numbers of an image's labels
+Pairs = list[tuple[str, Label]]  # (file, label)
 
 
 @dataclass
@@ -224,7 +225,7 @@ def find_layout(names: list[str], others: list[str], path: Path) -> Layout:
     for role, by_class in groups.items():
         if sorted(by_class) != classes:
             raise BlitzError(_class_mismatch(path, role, set(by_class), set(classes)))
-    sets = {
+    sets: dict[str, Pairs] = {
         role: [(f, i) for i, c in enumerate(classes) for f in by_class[c]]
         for role, by_class in groups.items()
     }

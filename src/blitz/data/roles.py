@@ -12,14 +12,16 @@ from dataclasses import dataclass, replace
 import torch
 
 from blitz.config.settings import DataConfig, option_name
-from blitz.data.dataset import AnySplit, ImageData, Log
+from blitz.data.dataset import AnySplit, ImageData, Log, is_multi_hot, label_names
+from blitz.data.stratify import lacking_labels, stratified_rows
 from blitz.errors import BlitzError
 
 AUTO_TEST = 0.2  # a folder without test/ holds out a fifth of its images (fastai's valid_pct)
 AUTO_VAL = 0.1  # and, without val/ either, a tenth for validation
 ROLES = ("train", "val", "test")
 SET_NAMES = {"train": "training", "val": "validation", "test": "test"}  # in a user's words
-Assignment = dict[str, list[tuple[str, str]]]  # role -> (image id, class name), as recorded
+# role -> (image id, class name), as recorded (multi-label: its labels' names, a JSON list)
+Assignment = dict[str, list[tuple[str, str]]]
 
 
 @dataclass
@@ -114,12 +116,51 @@ def as_test_set(data: ImageData, classes: list[str], log: Log) -> ImageData:
         )
     # a folder's classes are sorted by name, a built-in set's are not: match them by name
     renumber = torch.tensor([classes.index(name) for name in data.classes], dtype=torch.long)
-    test = replace(test, labels=renumber[test.labels.cpu()])
+    if is_multi_hot(test.labels):  # the columns move to the run's order
+        hot = torch.zeros(len(test), len(classes))
+        hot[:, renumber] = test.labels.cpu()
+        test = replace(test, labels=hot)
+    else:
+        test = replace(test, labels=renumber[test.labels.cpu()])
     # only the test set is used; it stands in for the training set an ImageData must have
     return ImageData(data.name, classes, test, test, test_is_val=role == "val")
 
 
 def _split_off(data: ImageData, split: Fractions, seed: int, log: Log) -> ImageData:
+    if data.multi_label:
+        picked = stratified_rows(data.train.labels, {"val": split.val, "test": split.test}, seed)
+        _say_lacking(data, picked, log)
+    else:
+        picked = _per_class(data, split, seed)
+    sets = {role: data.train.subset(r, "train") for role, r in picked.items() if len(r)}
+    how = "stratified by label" if data.multi_label else "per class"
+    log(
+        f"split {len(data.train)} training images, {how}, with split seed {seed}: "
+        + ", ".join(f"{len(s)} {SET_NAMES[role]}" for role, s in sets.items())
+        + f" (--val-fraction {split.val:g}, --test-fraction {split.test:g})"
+    )
+    return ImageData(data.name, data.classes, sets["train"], *_kept(data, sets))
+
+
+def _say_lacking(data: ImageData, picked: dict[str, torch.Tensor], log: Log) -> None:
+    """Name the labels a multi-label split could not put in every set (too few images)."""
+    for role, rows in picked.items():
+        if lacking := lacking_labels(data.train.labels, rows):
+            names = ", ".join(repr(data.classes[i]) for i in lacking[:10])
+            log(
+                f"note: the {SET_NAMES[role]} set has no image labelled {names}"
+                f"{' (and more)' if len(lacking) > 10 else ''}: too few images carry "
+                f"{'it' if len(lacking) == 1 else 'them'} to be in every set"
+                + (
+                    ""
+                    if role == "train"
+                    else f"; {'it is' if len(lacking) == 1 else 'they are'}"
+                    f" not scored on the {SET_NAMES[role]} set"
+                )
+            )
+
+
+def _per_class(data: ImageData, split: Fractions, seed: int) -> dict[str, torch.Tensor]:
     labels = data.train.labels.cpu()
     rows: dict[str, list[torch.Tensor]] = {role: [] for role in ROLES}
     for label, name in enumerate(data.classes):
@@ -130,14 +171,7 @@ def _split_off(data: ImageData, split: Fractions, seed: int, log: Log) -> ImageD
         rows["test"].append(order[:test])
         rows["val"].append(order[test : test + val])
         rows["train"].append(order[test + val :])
-    picked = {role: torch.sort(torch.cat(parts)).values for role, parts in rows.items()}
-    sets = {role: data.train.subset(r, "train") for role, r in picked.items() if len(r)}
-    log(
-        f"split {len(data.train)} training images, per class, with split seed {seed}: "
-        + ", ".join(f"{len(s)} {SET_NAMES[role]}" for role, s in sets.items())
-        + f" (--val-fraction {split.val:g}, --test-fraction {split.test:g})"
-    )
-    return ImageData(data.name, data.classes, sets["train"], *_kept(data, sets))
+    return {role: torch.sort(torch.cat(parts)).values for role, parts in rows.items()}
 
 
 def _kept(data: ImageData, sets: dict[str, AnySplit]) -> tuple[AnySplit | None, AnySplit | None]:
@@ -165,8 +199,7 @@ def record(data: ImageData) -> Assignment:
     """Which image (by id) is in which set, and its class: what a run writes down."""
     out = {}
     for role, split in data.sets().items():
-        ids = split.row_ids(role)
-        out[role] = [(i, data.classes[label]) for i, label in zip(ids, split.labels.tolist())]
+        out[role] = list(zip(split.row_ids(role), label_names(split.labels, data.classes)))
     return out
 
 
@@ -203,7 +236,7 @@ def _all_rows(rows: torch.Tensor, size: int) -> bool:
 
 
 def _check_classes(data: ImageData, split: AnySplit, images: list, role: str) -> None:
-    now = [data.classes[label] for label in split.labels.tolist()]
+    now = label_names(split.labels, data.classes)
     for (image, then), label in zip(images, now):
         if then != label:
             raise _changed(

@@ -87,6 +87,18 @@ def _load(
     spec: str | None, run: Path | None, checks: Checks, log: Log
 ) -> tuple[Config, ImageData, Model | None]:
     """The settings the folds train with, the data with its sets, and the run's model."""
+    cfg, data, model = _load_any(spec, run, checks, log)
+    if data.multi_label:  # its label errors, balance and placements are single-label figures
+        raise BlitzError(
+            f"blitz doctor checks single-label data, and {data.name} is multi-label (several "
+            "labels per image): its label-error search (one class per image) does not apply"
+        )
+    return cfg, data, model
+
+
+def _load_any(
+    spec: str | None, run: Path | None, checks: Checks, log: Log
+) -> tuple[Config, ImageData, Model | None]:
     overrides = {**checks.settings, "data.skip_bad_images": True}
     if checks.steps:
         overrides["train.max_steps"] = checks.steps

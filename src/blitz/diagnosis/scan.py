@@ -63,7 +63,8 @@ def scan(data: ImageData, spec: str, log: Log, only_sets: bool = False) -> list[
     if layout is None:
         facts = _in_memory(data)
         return list(progress_bar(facts, "checking images", log, len(where)))
-    listed = {f: (role, label) for role, pairs in layout.sets.items() for f, label in pairs}
+    # a multi-label layout never gets here (blitz doctor refuses multi-label data)
+    listed = {f: (role, int(label)) for role, pairs in layout.sets.items() for f, label in pairs}  # type: ignore[arg-type]
     wanted = where if only_sets else {**listed, **where}
     files = read_images(Path(spec).expanduser(), set(wanted))
     seen = [

@@ -99,10 +99,24 @@ def description(facts: ModelFacts, fmt: str) -> dict[str, Any]:
         "output": {
             "name": "logits",
             "shape": ["batch", len(facts.classes)],
-            "probabilities": "softmax of the logits",
+            "probabilities": "sigmoid of each logit (one probability per class)"
+            if facts.multi_label
+            else "softmax of the logits",
         },  # fmt: skip
         "preprocessing": preprocessing(facts),
         "inside_the_model": ["normalization", "test_time_views"],
+        **_task(facts),
+    }
+
+
+def _task(facts: ModelFacts) -> dict[str, Any]:
+    """A multi-label model's answer: each class's sigmoid, and the labels over their thresholds."""
+    if not facts.multi_label:
+        return {"task": facts.task}
+    return {
+        "task": facts.task,
+        "thresholds": dict(zip(facts.classes, facts.thresholds or (0.5,) * len(facts.classes))),
+        "labels": "every class whose probability is at least its threshold",
     }
 
 

@@ -152,8 +152,9 @@ def _epochs(history: list[dict]) -> list[int]:
 
 
 @plain_text
-def per_class_png(classes: list[str], accuracies: list[float]) -> bytes:
-    """Horizontal bars of per-class accuracy, worst class at the top."""
+def per_class_png(classes: list[str], accuracies: list[float], what: str = "accuracy") -> bytes:
+    """Horizontal bars of a per-class figure (accuracy; ``what``: another share, as AP),
+    worst class at the top."""
     order = sorted(range(len(classes)), key=lambda i: accuracies[i])
     height = max(2.5, 0.28 * len(classes) + 1)
     fig, ax = plt.subplots(figsize=(6.5, height))
@@ -161,10 +162,25 @@ def per_class_png(classes: list[str], accuracies: list[float]) -> bytes:
     bars = ax.barh(range(len(order)), values, color="#4c72b0")
     ax.set_yticks(range(len(order)), [classes[i] for i in order], fontsize=_font(len(classes)))
     ax.invert_yaxis()
-    ax.set(xlim=(0, 108), xlabel="accuracy (%)", title="accuracy per class (worst first)")
+    ax.set(xlim=(0, 108), xlabel=f"{what} (%)", title=f"{what} per class (worst first)")
     if len(classes) <= NUMBERS_UP_TO:
         ax.bar_label(bars, fmt="%.1f", padding=2, fontsize=8)
     ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    return figure_png(fig)
+
+
+@plain_text
+def pr_curves_png(curves: dict[str, tuple[list[float], list[float]]]) -> bytes:
+    """Precision against recall, a curve per class (``curves``: name -> (recall, precision))."""
+    fig, ax = plt.subplots(figsize=(6.5, 5))
+    for name, (recall, precision) in curves.items():
+        ax.step(recall, precision, where="post", label=name, alpha=0.8)
+    ax.set(xlim=(0, 1.02), ylim=(0, 1.05), xlabel="recall", ylabel="precision",
+           title="precision-recall per class")  # fmt: skip
+    if curves and len(curves) <= NUMBERS_UP_TO:
+        ax.legend(fontsize=7, loc="lower left")
+    ax.grid(alpha=0.3)
     fig.tight_layout()
     return figure_png(fig)
 

@@ -138,12 +138,15 @@ def probabilities(
     turns images into probabilities (predict, the API, serve). ``model``: the network (the
     run's normalisation and test-time views are applied here), or a runner of its export
     (uint8 images in, logits out, with those and the temperature inside). Calibrated by the
-    run's temperature unless ``calibrated`` is False."""
+    run's temperature unless ``calibrated`` is False. A multi-label model's probabilities are
+    each class's own (a sigmoid), which no temperature calibrates."""
     images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)  # (N, C, S, S) uint8
     if isinstance(model, torch.nn.Module):
         logits = predict_logits(model, [images], facts.mean, facts.std, facts.tta)
     else:  # the export divided its logits by the temperature: undone, to be done once below
         logits = model(images) * facts.temperature
+    if facts.multi_label:
+        return logits.sigmoid()
     # temperature scaling here and nowhere else: every prediction's probabilities pass this line
     return (logits / (facts.temperature if calibrated else 1.0)).softmax(1)
 
@@ -151,8 +154,10 @@ def probabilities(
 def top_classes(
     facts: ModelFacts, probs: torch.Tensor, top_k: int
 ) -> list[list[tuple[str, float]]]:
-    """Each row's ``top_k`` (class, probability), best first."""
-    top = probs.topk(min(top_k, len(facts.classes)), dim=1)
+    """Each row's ``top_k`` (class, probability), best first (a multi-label model's: every
+    class, since its answer is every label over its threshold)."""
+    k = len(facts.classes) if facts.multi_label else min(top_k, len(facts.classes))
+    top = probs.topk(k, dim=1)
     return [
         [(facts.classes[c], prob) for c, prob in zip(i, p)]
         for p, i in zip(top.values.tolist(), top.indices.tolist())
@@ -207,32 +212,44 @@ def decide(top: list[tuple[str, float]], min_confidence: float | None) -> str:
     return top[0][0]
 
 
-def format_prediction(prediction: Prediction, min_confidence: float | None = None) -> str:
+def format_prediction(
+    prediction: Prediction, min_confidence: float | None = None, labels: list[str] | None = None
+) -> str:
     """``path: class 97.1 %, class 2.0 %``; below ``min_confidence``, ``path: unknown (below
-    80.0 %: class 41.0 %, ...)``."""
+    80.0 %: class 41.0 %, ...)``; a multi-label model's ``labels``, ``path: cat, dog (cat 97.1
+    %, dog 80.3 %, bird 2.0 %)``."""
     path, top = prediction
     shown = ", ".join(f"{printable(c)} {100 * p:.1f} %" for c, p in top)
+    if labels is not None:
+        return f"{printable(str(path))}: {printable(', '.join(labels)) or '(none)'} ({shown})"
     if decide(top, min_confidence) == UNKNOWN and min_confidence is not None:
         shown = f"{UNKNOWN} (below {100 * min_confidence:.1f} %: {shown})"
     return f"{printable(str(path))}: {shown}"
 
 
 def write_csv(
-    predictions: list[Prediction], path: Path, min_confidence: float | None = None
+    predictions: list[Prediction],
+    path: Path,
+    min_confidence: float | None = None,
+    labels: list[list[str]] | None = None,
+    delimiter: str = " ",
 ) -> None:
-    """Columns: path (then, with ``min_confidence``, label: the top class or unknown), then
-    class_i and prob_i for each of the top k. UTF-8, with the bytes of non-UTF-8 names as
-    ``\\xNN`` (as printed), so any CSV reader can read every row."""
+    """Columns: path (then, with ``min_confidence``, label: the top class or unknown; with a
+    multi-label model's ``labels``, labels: each image's, joined by ``delimiter``, as the run's
+    table listed them), then class_i and prob_i for each of the top k. UTF-8, with the bytes of
+    non-UTF-8 names as ``\\xNN`` (as printed), so any CSV reader can read every row."""
     check_output_file(path, "the CSV")
     k = len(predictions[0][1]) if predictions else 0
     label = [] if min_confidence is None else ["label"]
+    label += [] if labels is None else ["labels"]
     header = ["path", *label]
     header += [col for i in range(1, k + 1) for col in (f"class_{i}", f"prob_{i}")]
     out = io.StringIO()
     writer = csv.writer(out)
     writer.writerow(header)
-    for file, top in predictions:
+    for row, (file, top) in enumerate(predictions):
         decided = [] if min_confidence is None else [printable(decide(top, min_confidence))]
+        decided += [] if labels is None else [printable(delimiter.join(labels[row]))]
         cells = [v for c, p in top for v in (printable(c), f"{p:.6f}")]
         writer.writerow([printable(str(file)), *decided, *cells])
     write_atomic(path, out.getvalue().encode())

@@ -43,6 +43,7 @@ from blitz.training.evaluate import (
     worst_classes,
     worst_errors,
 )
+from blitz.training.multilabel import FIGURES, NAMES
 from blitz.training.progress import read_metrics_csv
 from blitz.training.rundir import VALIDATION_FIGURES, Metrics, RunDir
 from blitz.utils.writes import write_atomic
@@ -360,13 +361,41 @@ def _side_by_side(metrics: dict[str, Metrics]) -> str:
         "device": lambda m: m.device,
         **calibration_rows(),
     }
+    if any(m.multi_label for m in metrics.values()):
+        keys = {**keys, **_multilabel_rows()}
     rows = [(key, *(get(m) for m in metrics.values())) for key, get in keys.items()]
     classes = {tuple(m.classes) for m in metrics.values()}
     if len(classes) == 1 and len(next(iter(classes))) <= NUMBERS_UP_TO:  # same classes, few
         for c in next(iter(classes)):
-            share = [f"{100 * m.per_class_accuracy[c]:.1f} %" for m in metrics.values()]
-            rows.append((f"accuracy: {c}", *share))
+            rows.append((f"{_class_figure(metrics)}: {c}",
+                         *(_per_class(m, c) for m in metrics.values())))  # fmt: skip
     return table(rows, ("", *metrics))
+
+
+def _multilabel_rows() -> dict[str, Any]:
+    """Compare's rows of the multi-label figures ("" for a single-label run)."""
+
+    def figure(key: str) -> Any:
+        def shown(m: Metrics) -> str:
+            if not m.multi_label:
+                return ""
+            value = m.multilabel[key]
+            return f"{value:.4f}" if key == "hamming_loss" else f"{100 * value:.2f} %"
+
+        return shown
+
+    return {NAMES[key]: figure(key) for key in FIGURES}
+
+
+def _class_figure(metrics: dict[str, Metrics]) -> str:
+    """What compare shows per class: accuracy, or a multi-label run's AP (or both, mixed)."""
+    kinds = {m.multi_label for m in metrics.values()}
+    return "AP" if kinds == {True} else "accuracy / AP" if len(kinds) > 1 else "accuracy"
+
+
+def _per_class(m: Metrics, name: str) -> str:
+    share = m.per_class[name]["ap"] if m.multi_label else m.per_class_accuracy[name]
+    return f"{100 * share:.1f} %"
 
 
 def _config_diff(configs: dict[str, dict[str, Any]]) -> str:

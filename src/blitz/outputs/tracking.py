@@ -101,6 +101,8 @@ class MlflowTracker:
         figures = _numbers(metrics, "", NOT_METRICS)
         figures.update(_numbers(metrics.get("validation") or {}, "val/", ()))
         figures.update(_calibration(metrics.get("calibration") or {}))
+        # a multi-label run's mAP, F1s, subset accuracy, Hamming loss (per class: metrics.json)
+        figures.update(_numbers(metrics.get("multilabel") or {}, "multilabel/", ()))
         self._log(figures, metrics.get("steps", 0))
         with self._reporting():
             for name in ARTIFACTS:

@@ -342,11 +342,14 @@ async def predict(state: State, arrays: list[np.ndarray]) -> torch.Tensor:
 def encode_response(
     served: Served, names: list[str], probs: torch.Tensor, top_k: int
 ) -> dict[str, Any]:
-    """Per image: its name, label, probability and top-k; the run's id once for them all."""
+    """Per image: its name, label, probability and top-k (a multi-label run's: its labels, every
+    one over its class's threshold, and every class's probability); the run's id once."""
     answers = []
     for name, top in zip(names, top_classes(served.facts, probs, top_k)):
         ranked = [{"label": label, "probability": p} for label, p in top]
-        answers.append({"name": name, **ranked[0], "top": ranked})
+        labels = served.facts.labels_over(top)
+        found = {} if labels is None else {"labels": labels}
+        answers.append({"name": name, **ranked[0], **found, "top": ranked})
     return {"run": served.run_id, "backend": served.backend, "predictions": answers}
 
 

@@ -9,7 +9,7 @@ import random
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -44,10 +44,17 @@ class ModelFacts:
     # temperature scaling (training.calibration): predict, the API and export divide the logits
     # by it; 1 where no validation set fitted one, and in checkpoints from before it was recorded
     temperature: float = 1.0
+    # several labels per image: sigmoid probabilities, and each label predicted at a probability
+    # of at least its class's threshold (chosen on the validation set; empty until the run ends)
+    task: Literal["single-label", "multi-label"] = "single-label"
+    thresholds: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         check_types(self, "model")
         check_range("model.temperature", self.temperature, 1e-3, 1e3)
+        fits = not self.thresholds or len(self.thresholds) == len(self.classes)
+        fits = fits and all(0 <= t <= 1 for t in self.thresholds)
+        check_value(fits, "model.thresholds", list(self.thresholds), "a probability per class")
         check_range("model.in_channels", self.in_channels, 1, MAX_CHANNELS)
         check_range("model.image_size", self.image_size, 8, MAX_IMAGE_SIZE)
         check_value(bool(self.classes), "model.classes", self.classes, "at least one class")
@@ -57,6 +64,19 @@ class ModelFacts:
         # check_types refuses a NaN or infinite mean or std; a 0 would divide every pixel by it
         positive = all(s > 0 for s in self.std)
         check_value(positive, "model.std", list(self.std), "numbers > 0")
+
+    @property
+    def multi_label(self) -> bool:
+        return self.task == "multi-label"
+
+    def labels_over(self, probabilities: list[tuple[str, float]]) -> list[str] | None:
+        """A multi-label model's answer: the labels of ``(class, probability)`` pairs at or over
+        their class's threshold (0.5 in a checkpoint saved before they were chosen), in the
+        pairs' order; None for a single-label model."""
+        if not self.multi_label:
+            return None
+        cut = dict(zip(self.classes, self.thresholds or (0.5,) * len(self.classes)))
+        return [name for name, p in probabilities if p >= cut[name]]
 
     @property
     def image_mode(self) -> str:
@@ -113,13 +133,14 @@ class Checkpoint:
         classes: list[str],
         training: Training | None = None,
         temperature: float = 1.0,
+        thresholds: tuple[float, ...] = (),
     ) -> Checkpoint:
         """The checkpoint of ``model`` trained with ``cfg`` on ``classes`` (``temperature``:
         what its logits are divided by for calibrated probabilities)."""
         facts = ModelFacts(
             cfg.model.name, cfg.model.options, _in_channels(model), list(classes),
             concrete(cfg.data.image_size), concrete(cfg.data.mean), concrete(cfg.data.std),
-            cfg.train.tta, temperature,
+            cfg.train.tta, temperature, _task(cfg), tuple(thresholds),
         )  # fmt: skip
         weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
         return cls(facts, cfg.to_dict(), weights, training)
@@ -165,7 +186,7 @@ class Checkpoint:
         out = {
             "format": FORMAT,
             "model": {**dataclasses.asdict(self.model), "mean": list(self.model.mean),
-                      "std": list(self.model.std)},
+                      "std": list(self.model.std), "thresholds": list(self.model.thresholds)},
             "config": self.config,
             "state_dict": self.state_dict,
             "training": None if self.training is None else dataclasses.asdict(self.training),
@@ -195,6 +216,11 @@ class Checkpoint:
                 f"{path} is not a usable blitz checkpoint ({why}): pass a run directory "
                 "written by blitz train, or train again"
             ) from None
+
+
+def _task(cfg: Config) -> Literal["single-label", "multi-label"]:
+    """The run's task (``data.task`` as the data settled it: a run records it concrete)."""
+    return "multi-label" if cfg.data.task == "multi-label" else "single-label"
 
 
 def _check_class_count(raw: dict[str, Any]) -> None:

@@ -29,6 +29,12 @@ from blitz.training.loop import (
     new_state,
     planned_steps,
 )
+from blitz.training.multilabel import (
+    DEFAULT_THRESHOLD,
+    exact_hits,
+    multilabel_scores,
+    split_logits,
+)
 from blitz.training.optim import (
     build_optimizers,
     lr_factor,
@@ -70,6 +76,7 @@ def build_loop(
         split=data.train.to(device),
         val=data.val if cfg.train.eval_every_epoch else None,
         classes=classes,
+        multi_label=data.multi_label,
         loss_weights=weights.to(device) if cfg.optim.class_weights == "balanced" else None,
         row_weights=weights[data.train.labels.cpu()] if cfg.train.sampler == "balanced" else None,
         total=planned_steps(cfg, len(data.train)),
@@ -163,8 +170,9 @@ def _keep_weights(loop: Loop, ctx: RunContext) -> None:
     if state.best_weights is None:  # train.keep "last"
         ctx.log(f"{why}; keeping the weights of the last epoch ({state.epoch}; train.keep=last)")
         return
+    figure = "mAP" if loop.multi_label else "accuracy"
     ctx.log(
-        f"{why}; keeping the weights of epoch {state.best_epoch} (best validation accuracy "
+        f"{why}; keeping the weights of epoch {state.best_epoch} (best validation {figure} "
         f"{100 * state.best_accuracy:.2f} %; --set train.keep=last keeps the last epoch's)"
     )
     loop.eval_net.load_state_dict(state.best_weights)
@@ -199,7 +207,10 @@ def _finish_epoch(loop: Loop, steps: int) -> None:
         "lr": loop.optimizers[-1].param_groups[0]["lr"],  # at the epoch's last step
     }
     state.batch, state.epoch_seconds = 0, 0.0
-    if loop.val is not None:
+    if loop.val is not None and loop.multi_label:  # the epoch is chosen by mAP
+        record["val_accuracy"], record["val_map"] = _multilabel_figures(loop, loop.val)
+        _note_best(loop, record["val_map"])
+    elif loop.val is not None:
         record["val_accuracy"] = _accuracy(loop, loop.val)
         _note_best(loop, record["val_accuracy"])
     state.history.append(record)
@@ -229,7 +240,8 @@ def warm_up(loop: Loop, data: ImageData, device: torch.device) -> float:
             first = _epoch_batches(loop)[: min(2, loop.total)]  # the shapes training uses
             for batch in loop.split.load(first, device):
                 scheduled_step(loop, *batch)
-            _accuracy(loop, _one_test_batch(loop, data, device))
+            if not loop.multi_label:
+                _accuracy(loop, _one_test_batch(loop, data, device))
         finally:  # a failed try leaves no trace for the next one, nor for training
             _restore(loop, saved, device)
 
@@ -266,6 +278,14 @@ def _accuracy(loop: Loop, split: AnySplit) -> float:
     return round(result.accuracy, 6)
 
 
+def _multilabel_figures(loop: Loop, split: AnySplit) -> tuple[float, float]:
+    """A multi-label set's subset accuracy (at 0.5) and macro mAP."""
+    logits, labels = split_logits(loop.eval_net, split, loop.cfg, loop.world)
+    k = labels.shape[1]
+    figures = multilabel_scores(logits.sigmoid(), labels, [DEFAULT_THRESHOLD] * k, [""] * k)
+    return figures.subset_accuracy, figures.map
+
+
 def _epoch_batches(loop: Loop) -> list[torch.Tensor]:
     """This rank's batches of the current epoch (a function of the seed and the epoch alone, so a
     resumed epoch replays the same order)."""
@@ -294,7 +314,10 @@ def _train_epoch(loop: Loop, device: torch.device) -> int:
         state.batch += 1
         _note_non_finite(state, loss)
         state.epoch_loss += loss
-        correct = (logits.argmax(1) == labels).sum()
+        if loop.multi_label:  # an image is right when its whole label set is
+            correct = exact_hits(logits, labels)
+        else:
+            correct = (logits.argmax(1) == labels).sum()
         state.epoch_correct += correct
         loop.progress.step(state.step, loss, correct, len(labels), loop.optimizers[-1])
         clock = _tick(state, clock)  # a checkpoint saves the time spent so far

@@ -223,16 +223,7 @@ def evaluate(
     torchrun each process tests its share: the confusion matrices are summed, and every
     process gets every image's prediction (three numbers an image, four with a top-5 flag)
     and its logits (up to KEPT_LOGITS values in all)."""
-    train = cfg.train
-    rows = shard(torch.arange(len(split)), world)
-    device = next(model.parameters()).device
-    batches = rows.split(eval_batch_rows(cfg))
-    images = (images for _, images, _ in split.load(batches, device))
-    with autocast(train.precision, device):
-        mean, std = concrete(cfg.data.mean), concrete(cfg.data.std)
-        logits = predict_logits(
-            model, images, mean, std, train.tta, train.channels_last, train.tta_share
-        )
+    logits, rows = rank_logits(model, split, cfg, world)
     mine = score(logits, split.labels[rows], num_classes)  # (0, K) logits: a process with no rows
     matrix = sum_over_ranks(mine.matrix, world).cpu()
     columns = [mine.predicted.double(), mine.confidence, mine.loss]
@@ -244,6 +235,24 @@ def evaluate(
         kept = gather_rows(mine.logits.reshape(-1, num_classes).cpu(), world)
     scored = every[:, 0].long(), every[:, 1].float(), every[:, 2].float()
     return Evaluation(matrix, *scored, top5, kept)
+
+
+def rank_logits(
+    model: nn.Module, split: AnySplit, cfg: Config, world=SINGLE
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """This process's share of a split's rows, and their logits, with the run's normalisation
+    and TTA."""
+    train = cfg.train
+    rows = shard(torch.arange(len(split)), world)
+    device = next(model.parameters()).device
+    batches = rows.split(eval_batch_rows(cfg))
+    images = (images for _, images, _ in split.load(batches, device))
+    with autocast(train.precision, device):
+        mean, std = concrete(cfg.data.mean), concrete(cfg.data.std)
+        logits = predict_logits(
+            model, images, mean, std, train.tta, train.channels_last, train.tta_share
+        )
+    return logits, rows
 
 
 @dataclass(frozen=True)
@@ -304,7 +313,7 @@ def format_per_class(matrix: torch.Tensor, classes: list[str]) -> str:
     """A per-class table: correct, total, accuracy, precision, recall, F1, support; past
     TEXT_CLASSES classes, only the worst by F1."""
     order = worst_classes(matrix, TEXT_CLASSES) if len(classes) > TEXT_CLASSES else None
-    table = _text_table([CLASS_COLUMNS, *class_rows(matrix, classes, order)])
+    table = text_table([CLASS_COLUMNS, *class_rows(matrix, classes, order)])
     if order is None:
         return table
     return (
@@ -313,7 +322,7 @@ def format_per_class(matrix: torch.Tensor, classes: list[str]) -> str:
     )
 
 
-def _text_table(rows: list[tuple[str, ...]]) -> str:
+def text_table(rows: list[tuple[str, ...]]) -> str:
     """Rows of cells as aligned text: the first column left, the others right."""
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     widths[0] = max(widths[0], 8)

@@ -103,6 +103,7 @@ class Loop:
     split: AnySplit  # the training images (on the training device, or streamed)
     val: AnySplit | None  # the validation images, scored after each epoch
     classes: int
+    multi_label: bool  # several labels per image: sigmoid outputs, binary cross-entropy
     loss_weights: torch.Tensor | None  # per class (optim.class_weights), on the device
     row_weights: torch.Tensor | None  # per training image, how often it is drawn (train.sampler)
     total: int  # planned optimizer steps: the schedule's horizon

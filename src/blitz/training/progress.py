@@ -290,5 +290,7 @@ def format_epoch(record: dict[str, Any], epochs: int, images_per_s: float) -> st
     parts.append(f"train accuracy {100 * record['train_accuracy']:.1f} %")
     if "val_accuracy" in record:
         parts.append(f"val accuracy {100 * record['val_accuracy']:.1f} %")
+    if "val_map" in record:  # multi-label: the accuracies are of whole label sets
+        parts.append(f"val mAP {100 * record['val_map']:.1f} %")
     parts += [f"lr {record['lr']:.3g}", f"{images_per_s:.0f} images/s", f"{record['seconds']} s"]
     return f"epoch {record['epoch']}/{epochs}: " + ", ".join(parts)

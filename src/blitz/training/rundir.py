@@ -27,6 +27,7 @@ from blitz.files import read_regular, remove_temporary_files
 from blitz.models.configs import config_from_dict
 from blitz.training.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from blitz.training.evaluate import Scores
+from blitz.training.multilabel import FIGURES as MULTILABEL_FIGURES
 from blitz.utils.locks import locked
 from blitz.utils.writes import write_atomic, write_json
 
@@ -95,6 +96,11 @@ class Metrics:
     kept: str = ""
     # [true class, predicted class, images] per non-zero cell, past DENSE_CLASSES classes
     confusion_cells: list[list[int]] = field(default_factory=list)
+    # "multi-label": several labels per image; test_accuracy is then the subset accuracy, the
+    # confusion matrix is empty, and ``multilabel`` holds the figures that fit (mAP, micro and
+    # macro F1, Hamming loss, the thresholds, per class precision, recall, F1, AP, support)
+    task: str = "single-label"
+    multilabel: dict[str, Any] = field(default_factory=dict)
     format: int = METRICS_FORMAT
 
     def __post_init__(self) -> None:
@@ -113,7 +119,14 @@ class Metrics:
         _require(all(v is None or 0 <= v <= 1 for v in shares), "its accuracies are not in [0, 1]")
 
     def _check_matrix(self, k: int) -> None:
-        """The confusion matrix whole (K x K), or past DENSE_CLASSES classes its cells."""
+        """The confusion matrix whole (K x K), or past DENSE_CLASSES classes its cells; a
+        multi-label run has none, but its figures."""
+        _require(self.task in ("single-label", "multi-label"), "its task is unknown")
+        if self.task == "multi-label":
+            figures = [self.multilabel.get(key) for key in MULTILABEL_FIGURES]
+            _require(all(map(is_number, figures)), "its multi-label figures are not numbers")
+            _require(not self.confusion_matrix, "it is multi-label but has a confusion matrix")
+            return
         if self.confusion_matrix or k <= DENSE_CLASSES:
             rows = self.confusion_matrix
             square = len(rows) == k and all(len(r) == k for r in rows)
@@ -175,6 +188,18 @@ class Metrics:
             self.test_accuracy, self.balanced_accuracy, self.macro_f1, self.weighted_f1,
             self.top5_accuracy, self.per_class,
         )  # fmt: skip
+
+    @property
+    def multi_label(self) -> bool:
+        return self.task == "multi-label"
+
+    @property
+    def headline(self) -> str:
+        """``test accuracy 93.75 %``, or a multi-label run's ``test macro mAP 95.10 %``."""
+        role = "validation" if self.test_set == "val" else "test"
+        if self.multi_label:
+            return f"{role} macro mAP {100 * self.multilabel['map']:.2f} %"
+        return f"{role} accuracy {100 * self.test_accuracy:.2f} %"
 
     def matrix(self) -> torch.Tensor:
         """The (K, K) confusion matrix, from whichever form the file holds it in."""

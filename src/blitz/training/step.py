@@ -15,6 +15,7 @@ from blitz.data import augment
 from blitz.data.preprocess import normalize
 from blitz.training.devices import autocast
 from blitz.training.loop import Loop
+from blitz.training.multilabel import bce_loss
 from blitz.training.optim import body_frozen, lr_factor
 
 
@@ -47,6 +48,7 @@ def prepare_batch(
     per-image loop for ``auto_augment`` only); returns the inputs and their targets: the
     labels, or soft targets (N, classes) when MixUp or CutMix mixed the images."""
     cfg, gen = loop.cfg.data, loop.state.augment
+    mixing = (cfg.mixup or cfg.cutmix) and not loop.multi_label  # off for multi-label: said
     if cfg.auto_augment != "none":
         images = augment.auto_augment(images, cfg.auto_augment, gen)
     x = normalize(images, concrete(cfg.mean), concrete(cfg.std))
@@ -60,7 +62,7 @@ def prepare_batch(
         x = augment.translate(x, cfg.translate, gen)
     if cfg.cutout:
         x = augment.cutout(x, cfg.cutout, gen)
-    if cfg.mixup or cfg.cutmix:
+    if mixing:
         x, labels = augment.mix(x, labels, loop.classes, cfg.mixup, cfg.cutmix, gen)
     if at_low_res(loop):
         x = augment.downscale(x, cfg.low_res)
@@ -121,7 +123,10 @@ def train_step(
     with autocast(cfg.train.precision, labels.device):  # the forward pass only
         inputs, targets = prepare_batch(loop, images, rows, labels)
         logits = loop.net(inputs).float()
-        loss = compute_loss(logits, targets, cfg.optim, loop.loss_weights)
+        if loop.multi_label:
+            loss = bce_loss(logits, targets, cfg.optim, loop.loss_weights)
+        else:
+            loss = compute_loss(logits, targets, cfg.optim, loop.loss_weights)
     # DDP averages gradients over ranks: right for a mean loss, a world too small for a sum
     scale = loop.world.size if cfg.optim.reduction == "sum" else 1
     loop.scaler.scale(loss * scale).backward()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import platform
 import sys
 import time
 from collections.abc import Callable
@@ -16,20 +15,20 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from blitz.config.settings import HUB, Config
+from blitz.config.settings import HUB, Config, Task
 from blitz.config.types import concrete
 from blitz.data.counts import class_counts, copies_note, find_copies, format_counts, imbalance_note
-from blitz.data.dataset import ImageData
+from blitz.data.dataset import ImageData, label_text
 from blitz.data.roles import Assignment, hold_out_test, record
 from blitz.data.sources import load_data, load_test_data, recorded_spec
 from blitz.errors import BlitzError
-from blitz.models import check_input_size, count_parameters, create_model
+from blitz.models import check_input_size, create_model
 from blitz.models.timm_models import fetch_hub_weights, load_pretrained
 from blitz.training.calibration import Calibration, calibrate, measure
 from blitz.training.checkpoint import Checkpoint
 from blitz.training.compiling import use_compile_cache
 from blitz.training.context import Log, RunContext, silent
-from blitz.training.devices import device_name, fit_to_device, resolve_device
+from blitz.training.devices import fit_to_device, resolve_device
 from blitz.training.distributed import barrier, check_batch_size, init_world, local_device
 from blitz.training.engine import train
 from blitz.training.evaluate import (
@@ -51,18 +50,25 @@ from blitz.training.loop import (
     planned_steps,
     steps_per_epoch,
 )
+from blitz.training.multilabel import check_settings
 from blitz.training.progress import Progress
 from blitz.training.resume import Checkpointer, choose_kernels
 from blitz.training.rundir import Metrics, RunDir, matrix_record
 from blitz.training.step import low_res_steps
 from blitz.training.warmstart import warm_start
 from blitz.utils.signals import stop_on_signals
-from blitz.version import __version__
+from blitz.workflows.multilabel import (
+    Scored,
+    eval_multilabel,
+    finish_multilabel,
+    save_training_grid,
+    score_split,
+)
+from blitz.workflows.multilabel import write_report as write_multilabel
+from blitz.workflows.record import SAMPLES, run_metrics, sample_rows
 
 if TYPE_CHECKING:
     from blitz.outputs.tracking import MlflowTracker
-
-SAMPLES = 8  # images in the grids (the seed shows 4)
 
 
 def elastic_resume(run_dir: RunDir) -> Checkpoint | None:
@@ -101,6 +107,7 @@ def train_run(
     if not test:
         data = hold_out_test(data)
     _check_validation(ctx.cfg, data)
+    check_settings(ctx.cfg, data.multi_label, ctx.log)
     if resume is not None:
         check_classes(data, resume, run_dir)
         saved = resume.saved_training()
@@ -201,6 +208,8 @@ def finish(
     """Test, then (first process) show the results, save the model, write the metrics, hand
     them to ``on_result``, then draw the pictures and the report (``report=False``: none;
     ``blitz report RUN`` writes it later)."""
+    if data.multi_label:
+        return finish_multilabel(ctx, data, model, loop, report, on_result)
     started_eval = time.perf_counter()
     test = data.test_set()
     result = evaluate(loop.eval_net, test, ctx.cfg, len(data.classes), ctx.world)  # synced
@@ -216,7 +225,7 @@ def finish(
     ctx.log(calibration.summary("validation" if data.test_is_val else "test"))
     ckpt = Checkpoint.of(model, ctx.cfg, data.classes, temperature=calibration.temperature)
     run_dir.save_model(ckpt)
-    metrics = _metrics(ctx, data, model, loop, result, eval_seconds)
+    metrics = run_metrics(ctx, data, model, loop, _test_fields(result, data), eval_seconds)
     metrics.calibration = calibration.record()
     if validation is not None:
         metrics.validation = asdict(scores(validation, data.classes))
@@ -232,6 +241,16 @@ def finish(
     return metrics
 
 
+def _test_fields(result: Evaluation, data: ImageData) -> dict:
+    """The Metrics fields of a single-label test: its confusion matrix and its views."""
+    per_class = per_class_accuracy(result.matrix)
+    return {
+        **matrix_record(result.matrix),
+        "per_class_accuracy": {c: round(a, 6) for c, a in zip(data.classes, per_class)},
+        **Metrics.test_fields(scores(result, data.classes)),
+    }
+
+
 def _calibrate(result: Evaluation, validation: Evaluation | None, data: ImageData) -> Calibration:
     """The temperature fitted on the validation set's logits (the scored set's where it is the
     validation set: the data has no test set), and the figures before and after it."""
@@ -243,54 +262,6 @@ def _calibrate(result: Evaluation, validation: Evaluation | None, data: ImageDat
     val = validation.logits if validation is not None else None
     val_labels = data.val.labels if data.val is not None else None
     return calibrate(result.logits, labels, val, val_labels)
-
-
-def _metrics(
-    ctx: RunContext,
-    data: ImageData,
-    model: nn.Module,
-    loop: Loop,
-    result: Evaluation,
-    eval_seconds: float,
-) -> Metrics:
-    cfg, state = ctx.cfg, loop.state
-    versions = {"blitz": __version__, "torch": torch.__version__}
-    return Metrics(
-        classes=data.classes,
-        **matrix_record(result.matrix),
-        per_class_accuracy={
-            c: round(a, 6) for c, a in zip(data.classes, per_class_accuracy(result.matrix))
-        },
-        **Metrics.test_fields(scores(result, data.classes)),
-        sets={role: len(split) for role, split in data.sets().items()},
-        test_set="val" if data.test_is_val else "test",
-        class_counts=class_counts(data),
-        **find_copies(data)._asdict(),
-        excluded=data.excluded,
-        split=data.split,
-        kept_epoch=state.best_epoch if state.best_weights is not None else state.epoch,
-        kept="best" if state.best_weights is not None else "last",
-        train_seconds=round(state.train_seconds, 3),
-        eval_seconds=round(eval_seconds, 3),
-        compile_seconds=round(state.compile_seconds, 3),
-        total_seconds=round(time.perf_counter() - ctx.started, 3),
-        epochs=state.epoch,
-        steps=state.step,
-        steps_per_epoch=steps_per_epoch(cfg, len(data.train)),
-        train_images=len(data.train),
-        test_images=len(data.test_set()),
-        seed=cfg.train.seed,
-        device=str(ctx.device),
-        device_name=device_name(ctx.device),
-        processes=ctx.world.size,
-        preset=cfg.preset,
-        data=data.name,
-        data_storage=data.storage(),
-        model=cfg.model.name,
-        parameters=count_parameters(model),
-        versions={**versions, "python": platform.python_version()},
-        history=state.history,
-    )
 
 
 def _check_validation(cfg: Config, data: ImageData) -> None:
@@ -333,7 +304,8 @@ def _fit_to_data(ctx: RunContext, data: ImageData) -> RunContext:
     trains more epochs (config.json records them, so a resume replays them)."""
     cfg = ctx.cfg
     source = recorded_spec(data.name if cfg.data.source == "auto" else cfg.data.source)
-    data_cfg = replace(cfg.data, source=source)
+    task: Task = "multi-label" if data.multi_label else "single-label"  # as the data is
+    data_cfg = replace(cfg.data, source=source, task=task)
     return replace(
         ctx, cfg=replace(cfg, data=data_cfg, train=replace(cfg.train, epochs=_epochs(ctx, data)))
     )
@@ -403,17 +375,13 @@ def _on_device(model: nn.Module, device: torch.device, cfg: Config) -> nn.Module
     return model.to(device, memory_format=memory_format)  # type: ignore[call-overload]
 
 
-def sample_rows(count: int, total: int) -> torch.Tensor:
-    """A fixed random choice of rows (folders are sorted by class: the first rows are one class)."""
-    return torch.randperm(total, generator=torch.Generator().manual_seed(0))[:count]
-
-
 def _show_training_labels(data: ImageData, run_dir: RunDir, log: Log) -> None:
     """The seed's first look at the data: the labels of the training images whose grid
     ``_save_grids`` draws once the result is out (drawing needs seconds of imports)."""
     rows = sample_rows(SAMPLES, len(data.train))
-    names = [data.classes[i] for i in data.train.labels[rows].tolist()]
-    log(f"training images ({run_dir.train_images.name}): " + " ".join(f"{n:>5s}" for n in names))
+    names = label_text(data.train.labels[rows], data.classes)
+    shown = " | ".join(names) if data.multi_label else " ".join(f"{n:>5s}" for n in names)
+    log(f"training images ({run_dir.train_images.name}): {shown}")
 
 
 def _save_grids(data: ImageData, result: Evaluation, run_dir: RunDir) -> None:
@@ -421,9 +389,7 @@ def _save_grids(data: ImageData, result: Evaluation, run_dir: RunDir) -> None:
     images ``_show_results`` named, captioned truth -> prediction."""
     from blitz.outputs.plots import save_image_grid  # matplotlib and torchvision: seconds
 
-    rows = sample_rows(SAMPLES, len(data.train))
-    names = [data.classes[i] for i in data.train.labels[rows].tolist()]
-    save_image_grid(data.train.images_at(rows), names, run_dir.train_images)
+    save_training_grid(data, run_dir)
     test = data.test_set()
     rows = sample_rows(SAMPLES, len(test))
     pairs = zip(test.labels[rows].tolist(), result.predicted[rows].tolist())
@@ -446,9 +412,12 @@ def _show_results(result: Evaluation, data: ImageData, log: Log) -> None:
         print(f"blitz: {note}", file=sys.stderr)
 
 
-def eval_run(run_dir: RunDir, source: str | None, log: Log) -> Evaluation:
-    """Test a finished run's checkpoint, on its own data or on ``source``."""
+def eval_run(run_dir: RunDir, source: str | None, log: Log) -> Evaluation | Scored:
+    """Test a finished run's checkpoint, on its own data or on ``source`` (a multi-label run:
+    its figures at its thresholds)."""
     ckpt, model, data = _load_run(run_dir, source, log)
+    if ckpt.model.task == "multi-label":
+        return eval_multilabel(ckpt, model, data, run_dir, log)
     result = evaluate(model, data.test_set(), ckpt.cfg, len(data.classes))
     _show_results(result, data, log)
     if result.logits is not None:  # the probabilities as predict gives them, and without T
@@ -476,6 +445,10 @@ def rebuild_report(run_dir: RunDir, log: Log) -> Path:
     metrics = run_dir.read_metrics()
     ckpt, model, data = _load_run(run_dir, None, log)
     test = data.test_set()
+    if ckpt.model.task == "multi-label":
+        thresholds = list(ckpt.model.thresholds)
+        scored = score_split(model, test, ckpt.cfg, data.classes, thresholds)
+        return write_multilabel(run_dir, metrics, test, scored, ckpt)
     result = evaluate(model, test, ckpt.cfg, len(data.classes))
     from blitz.outputs.report import write_report
 

@@ -13,6 +13,7 @@ from blitz.config.settings import DataConfig
 from blitz.data.dataset import ImageData, Log, check_class_count, similar_classes_note
 from blitz.data.exclude import exclude_images
 from blitz.data.roles import Assignment, as_test_set, assign_roles
+from blitz.errors import BlitzError
 
 Loader = Callable[[str, DataConfig, Log], ImageData]  # load(argument, settings, log)
 PATH = "PATH"  # the source of every spec that names no other (a folder may be called anything)
@@ -67,6 +68,7 @@ def load_data(
     down); a string is a source with the other data settings at their defaults."""
     cfg = DataConfig(source=cfg) if isinstance(cfg, str) else cfg
     data = load_source(cfg, log)
+    check_task(data, cfg.task)
     check_class_count(data.name, data.classes)
     if note := similar_classes_note(data.classes):
         log(note)
@@ -76,10 +78,28 @@ def load_data(
     return data
 
 
+def check_task(data: ImageData, task: str) -> None:
+    """``data.task`` set by hand must be what the data is: nothing becomes single-label (or
+    multi-label) silently."""
+    if task == "multi-label" and not data.multi_label:
+        raise BlitzError(
+            f"--task multi-label, but {data.name} gives each image one class (a folder per "
+            "class cannot hold several labels per image): list the images and their labels in "
+            "a table (path,labels), or drop --task"
+        )
+    if task == "single-label" and data.multi_label:
+        raise BlitzError(
+            f"--task single-label, but {data.name} gives images several labels (or none): "
+            "drop --task to train it multi-label"
+        )
+
+
 def load_test_data(cfg: DataConfig, classes: list[str], log: Log = print) -> ImageData:
     """``data.source`` as a test set for a model trained on ``classes`` (``roles.as_test_set``):
     its own test set, or all of it."""
-    return as_test_set(load_source(cfg, log), classes, log)
+    data = load_source(cfg, log)
+    check_task(data, cfg.task)
+    return as_test_set(data, classes, log)
 
 
 def load_source(cfg: DataConfig, log: Log) -> ImageData:

@@ -37,11 +37,13 @@ from blitz.data.dataset import (
     Log,
     Split,
     from_sets,
+    label_tensor,
     progress_bar,
     resize_splits,
 )
 from blitz.data.folders import (
     Layout,
+    Pairs,
     check_path,
     extract,
     find_layout,
@@ -102,7 +104,7 @@ def list_layout(path: Path, log: Log) -> Layout | None:
 def _load_table(path: Path, cfg: DataConfig, log: Log, name: str) -> ImageData:
     """A table's images. The table is read first: the decode cache's key is what it lists, not
     everything its folder holds (which may be a home folder, or hold the cache itself)."""
-    table = read_table(path)
+    table = read_table(path, cfg.task, cfg.label_delimiter, log)
     cached = decoded_file(name, fingerprint(path, _options(cfg), table.stamp))
     if data := _read_cache(cached, cfg, name, log):
         return data
@@ -111,7 +113,7 @@ def _load_table(path: Path, cfg: DataConfig, log: Log, name: str) -> ImageData:
 
 def _options(cfg: DataConfig) -> str:
     """The settings the decoded tensors depend on (part of the decode cache's key)."""
-    return f"{cfg.image_size}|{cfg.skip_bad_images}"
+    return f"{cfg.image_size}|{cfg.skip_bad_images}|{cfg.task}|{cfg.label_delimiter}"
 
 
 def _read_cache(cached: Path, cfg: DataConfig, name: str, log: Log) -> ImageData | None:
@@ -159,7 +161,7 @@ def _stream(path: Path, layout: Layout, cfg: DataConfig, log: Log, name: str) ->
         root = _extracted(path, layout, cfg, log, name) if path.is_file() else path
     sets, bad = {}, []
     for role, pairs in layout.sets.items():
-        labels = torch.tensor([label for _, label in pairs], dtype=torch.long)
+        labels = label_tensor([label for _, label in pairs], len(layout.classes))
         split = StreamSplit(root, [f for f, _ in pairs], labels, concrete(cfg.image_size), workers)
         if cfg.skip_bad_images:
             split, skipped = split.without_bad()
@@ -190,7 +192,8 @@ def _image_folder(path: Path, layout: Layout, cfg: DataConfig, log: Log, name: s
     workers = worker_count(cfg.workers)
     try:
         size = concrete(cfg.image_size)
-        decoded = _decode_splits(list(layout.sets.values()), path, size, workers, log)
+        listed = list(layout.sets.values())
+        decoded = _decode_splits(listed, len(layout.classes), path, size, workers, log)
     except BrokenProcessPool:  # a decoder crashed (a native library, a hostile file) or was killed
         raise BlitzError(
             f"decoding {path} stopped: one of its {workers} decoding processes died. Run again "
@@ -227,6 +230,8 @@ def _report_bad_images(bad: list[tuple[str, str]], skip_bad: bool, log: Log) -> 
 
 def _check_not_empty(sets: Mapping[str, AnySplit], classes: list[str], path: Path) -> None:
     for role, split in sets.items():
+        if split.labels.ndim == 2 and role != "train":  # multi-label: a set may lack a label
+            continue
         counts = label_counts(split.labels, len(classes)).tolist()
         empty = [c for c, n in zip(classes, counts) if n == 0]
         if empty:
@@ -247,7 +252,7 @@ class _Decoded:
 
 
 def _decode_splits(
-    splits: list[list[tuple[str, int]]], path: Path, size: int, workers: int, log: Log
+    splits: list[Pairs], classes: int, path: Path, size: int, workers: int, log: Log
 ) -> _Decoded:
     """Decode each split's (file, label) pairs in one pass over the folder, archive or table's
     files, in ``workers`` processes; each file is decoded as it is read, so the files' bytes are
@@ -273,7 +278,7 @@ def _decode_splits(
     decoded_splits = [
         Split(
             torch.from_numpy(x).permute(0, 3, 1, 2).contiguous(),
-            torch.tensor([label for _, label in pairs], dtype=torch.long),
+            label_tensor([label for _, label in pairs], classes),
             [file for file, _ in pairs],
         )
         for x, pairs in zip(images, splits)

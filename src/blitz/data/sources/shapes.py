@@ -1,9 +1,12 @@
 """``shapes`` and ``shapes:N``: a dataset blitz draws itself, 10 classes of 32x32 RGB patterns,
-offline and deterministic; N training images (default 10,000) and N/5 test images."""
+offline and deterministic; N training images (default 10,000) and N/5 test images.
+``multishapes[:N]``: its multi-label sibling, each image a 2 x 2 grid of tiles, each tile one of
+MULTI_CLASSES' shapes or blank; an image's labels are the shapes it shows (none, for some)."""
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from blitz.config.settings import DataConfig
 from blitz.config.types import concrete
@@ -96,10 +99,37 @@ def load_shapes(count: str, cfg: DataConfig, log: Log) -> ImageData:
     return resize_splits(ImageData("shapes", list(CLASSES), train, test), concrete(cfg.image_size))
 
 
-def _check_count(count: str) -> int:
+MULTI_CLASSES = 6  # multishapes draws the first six shapes: each readable on a 16 px tile
+BLANK = 0.4  # the chance that a tile is blank
+
+
+def make_multishapes(count: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``count`` images (N, 3, 32, 32) uint8 of four tiles each, and their multi-hot labels
+    (N, MULTI_CLASSES) float32; the same for the same seed."""
+    gen = torch.Generator().manual_seed(seed)
+    kinds = torch.randint(MULTI_CLASSES, (count, 4), generator=gen)
+    kinds[torch.rand(count, 4, generator=gen) < BLANK] = -1  # -1: no shape's mask, background
+    tiles = F.avg_pool2d(_draw(kinds.flatten(), gen).float(), 2).round().to(torch.uint8)
+    half = SIZE // 2
+    grid = tiles.view(count, 2, 2, 3, half, half).permute(0, 3, 1, 4, 2, 5)
+    labels = torch.zeros(count, MULTI_CLASSES + 1).scatter_(1, kinds + 1, 1.0)[:, 1:]
+    return grid.reshape(count, 3, SIZE, SIZE).contiguous(), labels
+
+
+@register_source("multishapes", takes_arg=True)
+def load_multishapes(count: str, cfg: DataConfig, log: Log) -> ImageData:
+    """``count`` (default 10,000) multi-label training images, and a fifth as many test images."""
+    n = _check_count(count or str(DEFAULT_COUNT), "multishapes")
+    train = Split(*make_multishapes(n, seed=0))
+    test = Split(*make_multishapes(max(n // 5, MIN_COUNT), seed=1))
+    data = ImageData("multishapes", list(CLASSES[:MULTI_CLASSES]), train, test)
+    return resize_splits(data, concrete(cfg.image_size))
+
+
+def _check_count(count: str, name: str = "shapes") -> int:
     if not count.isdigit() or not MIN_COUNT <= int(count) <= MAX_COUNT:
         raise BlitzError(
-            f"invalid data spec 'shapes:{count}': use shapes or shapes:N with N from "
+            f"invalid data spec '{name}:{count}': use {name} or {name}:N with N from "
             f"{MIN_COUNT} to {MAX_COUNT:,} (drawing takes about 40 KB of memory per image)"
         )
     return int(count)

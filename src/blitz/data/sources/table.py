@@ -1,9 +1,12 @@
 """``PATH.csv`` or ``PATH.tsv``: a table of image files and their labels, for images that do
 not live in class folders. A header row names the columns: the file (path, file, filename or
-image), its label (label or class) and optionally its set (split or set: train, val, test, or
-a folder name blitz.data.folders knows); other columns are ignored. Files are relative to the
-table's folder and never lead out of it. Without a split column every row is a training image
-(blitz.data.roles splits the other sets off, as for a flat folder)."""
+image), its label (label, labels or class) and optionally its set (split or set: train, val,
+test, or a folder name blitz.data.folders knows); other columns are ignored. A multi-label
+table (``blitz.data.sources.labellists``) lists an image's labels in its label cell, separated
+by ``data.label_delimiter`` (empty: none), or has no label column but one 0/1 column per
+class. Files are relative to the table's folder and never lead out of it. Without a split
+column every row is a training image (blitz.data.roles splits the other sets off, as for a
+flat folder)."""
 
 from __future__ import annotations
 
@@ -13,15 +16,16 @@ import hashlib
 import io
 import os
 import posixpath
-import re
 import stat
 from collections.abc import Iterator
 from pathlib import Path, PureWindowsPath
 from typing import NamedTuple
 
-from blitz.data.dataset import check_class_count
+from blitz.config.settings import LABEL_DELIMITER
+from blitz.data.dataset import Log, check_class_count, silent
 from blitz.data.folders import SET_FOLDERS, Layout, Member, read_member
 from blitz.data.images import BadImage
+from blitz.data.sources.labellists import SINGLE, decide_task, split_labels
 from blitz.errors import BlitzError
 from blitz.files import open_regular
 
@@ -29,11 +33,11 @@ TABLE_SUFFIXES = {".csv": ",", ".tsv": "\t"}  # suffix -> the delimiter of its f
 MAX_TABLE_BYTES = 256 * 2**20  # a million rows take ~50 MB; a larger table is no list of files
 COLUMNS = {  # column -> the header names (any case) that name it
     "path": ("path", "file", "filename", "image"),
-    "label": ("label", "class"),
+    "label": ("label", "labels", "class"),
     "split": ("split", "set"),
 }
 NAMED = 10  # missing files named in one error
-LIST_SEPARATORS = re.compile(r"\s*[,;|]\s*")  # how a table lists several labels in one cell
+ONE_HOT = ("0", "1")  # what a class column holds in a table of one 0/1 column per class
 
 
 class Row(NamedTuple):
@@ -41,8 +45,9 @@ class Row(NamedTuple):
 
     line: int
     file: str
-    label: str
+    label: str  # the label cell as written ("" in a table of 0/1 columns)
     role: str  # "train", "val" or "test"
+    labels: tuple[str, ...] = ()  # multi-label: the labels it lists (or has a 1 for)
 
 
 class Table(NamedTuple):
@@ -57,16 +62,29 @@ def is_table(path: Path) -> bool:
     return path.suffix.lower() in TABLE_SUFFIXES and not path.is_dir()
 
 
-def read_table(path: Path) -> Table:
+def read_table(
+    path: Path, task: str = "auto", delimiter: str = LABEL_DELIMITER, log: Log = silent
+) -> Table:
     """The classes and labelled files of a table, every row checked and every file a regular
-    file inside the table's folder (a BlitzError naming the table and line otherwise)."""
-    rows = _parse(path, _read_text(path))
+    file inside the table's folder (a BlitzError naming the table and line otherwise); ``task``
+    and ``delimiter``: the data settings that say how its label cells are read."""
+    rows, one_hot = _parse(path, _read_text(path))
     _check_unique(rows, path)
-    _check_one_label_each(rows, path)
-    layout = _layout(rows, path)
-    digest = hashlib.sha1()
+    if one_hot:
+        multi, said = True, f"{path}: task multi-label (one 0/1 column per class)"
+        if task == SINGLE:
+            raise BlitzError(f"{path} has one 0/1 column per class, a multi-label table: drop "
+                             f"--task {SINGLE}, or give it a label column")  # fmt: skip
+    else:
+        cells, lines = [row.label for row in rows], [row.line for row in rows]
+        multi, said = decide_task(cells, lines, task, delimiter, path)
+        if multi:
+            rows = [row._replace(labels=split_labels(row.label, delimiter)) for row in rows]
+    log(said)
+    layout = _layout(rows, path, multi, log)
+    digest = hashlib.sha1(f"{multi}|{delimiter}".encode())
     for row, stamp in zip(rows, _check_files(rows, path)):
-        digest.update(f"{row.role}|{row.label}|{row.file}|{stamp}\n".encode())
+        digest.update(f"{row.role}|{row.label}|{row.labels}|{row.file}|{stamp}\n".encode())
     return Table(layout, digest.hexdigest()[:16])
 
 
@@ -120,11 +138,13 @@ def _records(path: Path, text: str) -> list[tuple[int, list[str]]]:
     return records
 
 
-def _parse(path: Path, text: str) -> list[Row]:
+def _parse(path: Path, text: str) -> tuple[list[Row], list[str]]:
+    """The rows, and the class columns of a table of 0/1 columns ([]: it has a label column)."""
     records = _records(path, text)
     if not records or not _names_columns(records[0][1]):
         raise BlitzError(_no_header(path, records))
     columns = _columns(path, records[0])
+    one_hot = [name for name in columns if name not in COLUMNS]
     rows = []
     for line, fields in records[1:]:
         if _looks_like_header(fields):  # two tables joined, or the header repeated
@@ -135,7 +155,7 @@ def _parse(path: Path, text: str) -> list[Row]:
         rows.append(_row(path, line, fields, columns))
     if not rows:
         raise BlitzError(f"{path} has a header but no rows: add one row per image")
-    return rows
+    return rows, one_hot
 
 
 def _names_columns(fields: list[str]) -> bool:
@@ -163,9 +183,15 @@ def _no_header(path: Path, records: list[tuple[int, list[str]]]) -> str:
 
 
 def _columns(path: Path, header: tuple[int, list[str]]) -> dict[str, int | None]:
-    """column -> its field (None: no split column)."""
+    """column -> its field (None: no split column); without a label column, each other named
+    column is a class's 0/1 column, by its name as written."""
     line, fields = header
     names = [field.strip().lower() for field in fields]
+    known = {name for choices in COLUMNS.values() for name in choices}
+    classes = {f.strip(): i for i, f in enumerate(fields) if f.strip() and names[i] not in known}
+    if not set(names) & set(COLUMNS["label"]) and len(classes) >= 2:
+        usual = _columns(path, (line, [*fields, "label"]))  # path and split as usual
+        return {**usual, "label": None, **classes}
     found: dict[str, int | None] = {}
     for column, choices in COLUMNS.items():
         at = [i for i, name in enumerate(names) if name in choices]
@@ -175,9 +201,10 @@ def _columns(path: Path, header: tuple[int, list[str]]) -> dict[str, int | None]
                 f"({', '.join(fields[i].strip() for i in at)}): rename all but one"
             )
         if not at and column != "split":
+            also = " or one 0/1 column per class" if column == "label" else ""
             raise BlitzError(
                 f"{path}, line {line}: the header has no {column} column (name it "
-                f"{' or '.join(choices)}); it names {_shown(fields)}"
+                f"{' or '.join(choices)}{also}); it names {_shown(fields)}"
             )
         found[column] = at[0] if at else None
     return found
@@ -192,16 +219,25 @@ def _row(path: Path, line: int, fields: list[str], columns: dict[str, int | None
             f"names {needed} columns ({_shown(fields)}): fill in the missing ones"
         )
     cells = {column: fields[i].strip() for column, i in columns.items() if i is not None}
-    for column in ("path", "label"):
-        if not cells[column]:
-            raise BlitzError(f"{where} has an empty {column}: fill it in or remove the row")
+    if not cells["path"]:
+        raise BlitzError(f"{where} has an empty path: fill it in or remove the row")
     role = SET_FOLDERS.get(cells.get("split", "train").lower())
     if role is None:
         raise BlitzError(
             f"{where}: unknown split {cells['split']!r}: use one of "
             f"{', '.join(SET_FOLDERS)} (any case)"
         )
-    return Row(line, _file_name(cells["path"], where), cells["label"], role)
+    file = _file_name(cells["path"], where)
+    if columns["label"] is not None:
+        return Row(line, file, cells["label"], role)
+    classes = [column for column in columns if column not in COLUMNS]
+    for column in classes:
+        if cells[column] not in ONE_HOT:
+            raise BlitzError(
+                f"{where}: class column {column!r} holds {cells[column]!r}, not 0 or 1 (a table "
+                "without a label column has one 0/1 column per class): fix the cell"
+            )
+    return Row(line, file, "", role, tuple(sorted(c for c in classes if cells[c] == "1")))
 
 
 def _file_name(text: str, where: str) -> str:
@@ -231,26 +267,6 @@ def _check_unique(rows: list[Row], path: Path) -> None:
                 "does): keep one row per image"
             )
         first[row.file] = row.line
-
-
-def _check_one_label_each(rows: list[Row], path: Path) -> None:
-    """A label that lists several (``8,9``, ``cat;dog``) is refused: multi-label tables are
-    not supported yet. It is a list when its parts are all labels of other rows, or when most
-    labels are lists; so a class name with a comma ("Washington, D.C.") still works."""
-    labels = {row.label for row in rows}
-    parts = {row.label: LIST_SEPARATORS.split(row.label) for row in rows}
-    lists = [row for row in rows if len(parts[row.label]) > 1 and all(parts[row.label])]
-    found = [row for row in lists if set(parts[row.label]) <= labels]
-    if 2 * len(lists) > len(rows):
-        found = lists
-    if found:
-        row = found[0]
-        raise BlitzError(
-            f"{path}, line {row.line}: the label {row.label!r} lists several classes "
-            f"({', '.join(map(repr, parts[row.label]))}), as {len(found)} row"
-            f"{'s' * (len(found) > 1)} do: multi-label tables (several classes per image) "
-            "are not supported yet; give each image one label"
-        )
 
 
 def _check_files(rows: list[Row], path: Path) -> list[str]:
@@ -283,24 +299,51 @@ def _check_files(rows: list[Row], path: Path) -> list[str]:
     return stamps
 
 
-def _layout(rows: list[Row], path: Path) -> Layout:
+def _layout(rows: list[Row], path: Path, multi: bool, log: Log) -> Layout:
     """Classes (sorted, from the training rows) and (file, label) per set, as an image folder
-    has them: by class, then by file name."""
-    classes = sorted({row.label for row in rows if row.role == "train"})
+    has them: by class, then by file name (multi-label: (file, its classes) by file name)."""
+    labels = (row.labels if multi else (row.label,) for row in rows if row.role == "train")
+    classes = sorted({label for each in labels for label in each})
     if not classes:
         raise BlitzError(
-            f"{path} has no training rows (split train): blitz learns the classes from them"
+            f"{path} has no training rows (split train) with labels: blitz learns the classes "
+            "from them"
         )
     check_class_count(str(path), classes)
     index = {name: i for i, name in enumerate(classes)}
-    sets = {}
+    sets: dict = {}
     for role in ("train", "val", "test"):
         mine = [row for row in rows if row.role == role]
-        if mine:
+        if not mine:
+            continue
+        if not multi:
             _check_labels(mine, set(classes), path)
             pairs = [(row.file, index[row.label]) for row in mine]
             sets[role] = sorted(pairs, key=lambda pair: (pair[1], pair[0]))
+            continue
+        _check_label_sets(mine, set(classes), path, log)
+        listed = [(row.file, tuple(sorted(index[label] for label in row.labels))) for row in mine]
+        sets[role] = sorted(listed)
     return Layout(classes, sets, flat=list(sets) == ["train"])
+
+
+def _check_label_sets(rows: list[Row], classes: set[str], path: Path, log: Log) -> None:
+    """A multi-label set's labels are training labels; one it lacks is said (its AP there
+    does not exist), not refused: a rare label may be on too few images for every set."""
+    role = rows[0].role
+    for row in rows:
+        if unknown := [label for label in row.labels if label not in classes]:
+            raise BlitzError(
+                f"{path}, line {row.line}: unknown label {unknown[0]!r} in a {role} row: no "
+                "training row has it (a class is learned from training images): fix the "
+                "label or add training rows of it"
+            )
+    lacking = sorted(classes - {label for row in rows for label in row.labels})
+    if lacking and role != "train":
+        log(
+            f"note: {path}'s {role} rows have no image labelled {', '.join(map(repr, lacking))}: "
+            f"those labels are not scored on the {role} set"
+        )
 
 
 def _check_labels(rows: list[Row], classes: set[str], path: Path) -> None:
