@@ -354,6 +354,17 @@ def test_an_unfinished_run_is_not_overwritten_by_accident(tmp_path):
     assert not (out / "last.pt").exists()
 
 
+def test_overwriting_a_run_removes_its_model_and_exports_and_keeps_other_files(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    old = ["metrics.json", "model.pt", "best.pt", "model.onnx", "model.onnx.json"]
+    for name in [*old, "notes.txt"]:
+        (out / name).write_bytes(b"old")
+    (out / "model.d").mkdir()  # a folder of that name is not an export: left alone
+    RunDir(out).prepare(overwrite=True)
+    assert sorted(p.name for p in out.iterdir()) == ["model.d", "notes.txt"]
+
+
 @pytest.mark.slow
 def test_resume_and_eval_refuse_a_checkpoint_for_other_classes_or_model(
     tmp_path, capsys, monkeypatch

@@ -301,7 +301,10 @@ class RunDir:
                 "or pass --overwrite to start again"
             )
         self._make()
-        for old in (self.metrics, self.model, self.last, self.best):  # the old results go first
+        # the old results go first, with the old model's exports (model.onnx and its JSON, ...):
+        # served or shipped beside the new run, they would answer for a model that is gone
+        exports = [p for p in self.path.glob("model.*") if p.is_symlink() or not p.is_dir()]
+        for old in (self.metrics, self.last, self.best, *exports):
             old.unlink(missing_ok=True)
 
     def _foreign_files(self) -> list[str]:
