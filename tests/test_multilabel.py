@@ -26,7 +26,12 @@ from blitz.models.configs import build_config
 from blitz.training.context import RunContext, silent
 from blitz.training.engine import build_loop
 from blitz.training.loop import TrainHooks
-from blitz.training.multilabel import bce_loss, choose_thresholds, multilabel_scores
+from blitz.training.multilabel import (
+    bce_loss,
+    chance_note,
+    choose_thresholds,
+    multilabel_scores,
+)
 from blitz.training.progress import Progress
 from blitz.training.step import train_step
 from conftest import run_blitz
@@ -457,3 +462,14 @@ def test_a_multi_label_run_prints_its_result_before_importing_what_draws(tmp_pat
     result = next(i for i, line in enumerate(lines) if "| run directory: " in line)
     assert lines[result].startswith("test macro mAP ")
     assert lines[result + 1] == "imported before the result: []"
+
+
+def test_a_model_no_better_than_random_scores_is_said_to_have_learned_nothing():
+    gen = torch.Generator().manual_seed(0)
+    labels = (torch.rand(400, 4, generator=gen) < 0.3).float()
+    names = ["a", "b", "c", "d"]
+    random = multilabel_scores(torch.rand(400, 4, generator=gen), labels, [0.5] * 4, names)
+    note = chance_note(random, labels)
+    assert note is not None and "learned nothing useful" in note and "averaged: 3" in note
+    learned = labels * 0.8 + torch.rand(400, 4, generator=gen) * 0.2  # positives score higher
+    assert chance_note(multilabel_scores(learned, labels, [0.5] * 4, names), labels) is None

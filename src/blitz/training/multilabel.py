@@ -161,6 +161,23 @@ def multilabel_scores(
     )
 
 
+def chance_note(scores: MultiLabelScores, labels: torch.Tensor) -> str | None:
+    """A warning when the macro mAP is no better than random scores give: a class's AP is then
+    its share of positive images, so the baseline is those shares' mean (the classes present)."""
+    present = labels.sum(0) > 0
+    if not present.any():
+        return None
+    baseline = float(labels.float().mean(0)[present].mean())
+    if scores.map > baseline + 0.02:  # random scores' APs scatter a little around their share
+        return None
+    return (
+        f"warning: the model learned nothing useful: its macro mAP ({100 * scores.map:.1f} %) is "
+        f"no better than random scores give (each label's share of the images, averaged: "
+        f"{100 * baseline:.1f} %). Train longer (--epochs), try another --lr, or check that the "
+        "images differ with their labels"
+    )
+
+
 def format_scores(scores: MultiLabelScores, role: str) -> str:
     """The figures as the terminal shows them: a line, then a table of the classes."""
     line = ", ".join(

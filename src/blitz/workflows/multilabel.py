@@ -4,6 +4,7 @@ same figures for ``blitz eval`` and ``blitz report`` of a finished run."""
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from blitz.training.loop import Loop
 from blitz.training.multilabel import (
     DEFAULT_THRESHOLD,
     MultiLabelScores,
+    chance_note,
     choose_thresholds,
     format_scores,
     multilabel_scores,
@@ -147,6 +149,8 @@ def show_results(test: Scored, data: ImageData, log: Log) -> None:
     _, truth, guess = _sample_sets(test, data)
     log("\n".join(f"{t}  ->  {g}" for t, g in zip(truth, guess)))
     log(format_scores(test.scores, "validation" if data.test_is_val else "test"))
+    if note := chance_note(test.scores, test.labels):  # said even under --quiet
+        print(f"blitz: {note}", file=sys.stderr)
 
 
 def save_test_grid(test: Scored, data: ImageData, run_dir: RunDir) -> None:
