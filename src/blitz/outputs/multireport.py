@@ -17,13 +17,13 @@ from blitz.outputs.predict import printable
 from blitz.outputs.report import (
     FIGURE_CLASSES,
     WORST,
-    _curves,
-    _data_section,
-    _files_section,
-    _read_settings,
-    _scored,
-    _summary_rows,
-    _thumbnail,
+    curves_of,
+    data_section,
+    files_section,
+    read_settings,
+    scored_set,
+    summary_rows,
+    thumbnail,
 )
 from blitz.training.checkpoint import Checkpoint
 from blitz.training.multilabel import FIGURES, NAMES, predicted_sets
@@ -42,17 +42,17 @@ def write_multilabel_report(
     ckpt: Checkpoint,
 ) -> Path:
     """``RUN_DIR/report.html`` from the run's metrics and its test set's probabilities."""
-    cfg = _read_settings(run_dir)
+    cfg = read_settings(run_dir)
     config = cfg.to_dict() if cfg else {}
-    head = f"{metrics.model} on {metrics.data}: {_scored(metrics)} macro mAP "
+    head = f"{metrics.model} on {metrics.data}: {scored_set(metrics)} macro mAP "
     subtitle = html.escape(head) + f"<b>{100 * metrics.multilabel['map']:.2f} %</b>"
     sections = [
-        section("Summary", table(_summary_rows(metrics, config))),
-        _data_section(metrics, cfg),
-        section("Training curves", img(_curves(run_dir, metrics), "training curves")),
+        section("Summary", table(summary_rows(metrics, config))),
+        data_section(metrics, cfg),
+        section("Training curves", img(curves_of(run_dir, metrics), "training curves")),
         _results_section(metrics, probs, labels),
         _worst_section(metrics, test, probs, labels, list(ckpt.model.thresholds)),
-        _files_section(run_dir, metrics),
+        files_section(run_dir, metrics),
     ]
     text = page(f"blitz run {run_dir.path.name}", subtitle, sections)
     write_atomic(run_dir.report, printable(text).encode())
@@ -87,7 +87,7 @@ def _results_section(metrics: Metrics, probs: torch.Tensor, labels: torch.Tensor
         "probability is at least its class's threshold (chosen on the validation set).</p>"
         + table(figures, CLASS_HEAD)
     )
-    return section(f"Results on the {_scored(metrics)} set", body)
+    return section(f"Results on the {scored_set(metrics)} set", body)
 
 
 def _worst_section(
@@ -102,16 +102,16 @@ def _worst_section(
     rows = order[: min(WORST, int(wrong.sum()))]
     if not len(rows):
         return section(
-            "Worst predictions", f"<p>Every {_scored(metrics)} image's set is right.</p>"
+            "Worst predictions", f"<p>Every {scored_set(metrics)} image's set is right.</p>"
         )
     truth = label_text(labels[rows], metrics.classes)
     predicted = label_text(guess[rows].float(), metrics.classes)
     captions = [f"{t} → {p}" for t, p in zip(truth, predicted)]
     names = test.row_ids("test")
     files = [printable(names[row]) for row in rows.tolist()]
-    figures = map(_thumbnail, test.images_at(rows), captions, files)
+    figures = map(thumbnail, test.images_at(rows), captions, files)
     note = (
-        f"<p class='note'>{_scored(metrics).capitalize()} images whose predicted label set is "
+        f"<p class='note'>{scored_set(metrics).capitalize()} images whose predicted label set is "
         "wrong, the surest mistakes first: true labels → predicted labels; under each, its "
         "file.</p>"
     )

@@ -62,19 +62,19 @@ def write_report(
 ) -> Path:
     """``RUN_DIR/report.html`` from the run's metrics, its files and its test predictions;
     with its checkpoint ``ckpt``, probabilities after its temperature and heat maps."""
-    cfg = _read_settings(run_dir)
+    cfg = read_settings(run_dir)
     config = cfg.to_dict() if cfg else {}
     title = f"blitz run {run_dir.path.name}"
     temperature = ckpt.model.temperature if ckpt else 1.0
     scaled = calibrated(result, test.labels, temperature)
     sections = [
-        section("Summary", table(_summary_rows(metrics, config))),
-        _data_section(metrics, cfg),
-        section("Training curves", img(_curves(run_dir, metrics), "training curves")),
+        section("Summary", table(summary_rows(metrics, config))),
+        data_section(metrics, cfg),
+        section("Training curves", img(curves_of(run_dir, metrics), "training curves")),
         _results_section(metrics),
         calibration_section(metrics, result, test.labels, temperature),
         _errors_section(metrics, test, scaled, ckpt),
-        _files_section(run_dir, metrics),
+        files_section(run_dir, metrics),
     ]
     # a class folder's name that is not UTF-8 is shown as \\xNN, as the terminal shows it
     text = page(title, _subtitle(metrics), sections)
@@ -82,7 +82,7 @@ def write_report(
     return run_dir.report
 
 
-def _read_settings(run_dir: RunDir) -> Config | None:
+def read_settings(run_dir: RunDir) -> Config | None:
     """The run's saved settings, or None if they cannot be read."""
     try:
         return run_dir.read_config()
@@ -92,22 +92,22 @@ def _read_settings(run_dir: RunDir) -> Config | None:
 
 def _read_config(run_dir: RunDir) -> dict[str, Any]:
     """The settings as plain data: the saved ones, or none if they cannot be read."""
-    cfg = _read_settings(run_dir)
+    cfg = read_settings(run_dir)
     return cfg.to_dict() if cfg else {}
 
 
-def _scored(metrics: Metrics) -> str:
+def scored_set(metrics: Metrics) -> str:
     """The set the run's figures are on: "test", or "validation" where there is no test set."""
     return "validation" if metrics.test_set == "val" else "test"
 
 
-def _curves(run_dir: RunDir, metrics: Metrics) -> bytes:
+def curves_of(run_dir: RunDir, metrics: Metrics) -> bytes:
     return curves_png(metrics.history, read_metrics_csv(run_dir.csv))
 
 
 def _subtitle(metrics: Metrics) -> str:
     # names come from files and folders: every piece is escaped, like every other string
-    head = html.escape(f"{metrics.model} on {metrics.data}: {_scored(metrics)} accuracy ")
+    head = html.escape(f"{metrics.model} on {metrics.data}: {scored_set(metrics)} accuracy ")
     tail = html.escape(f" after {_duration(metrics)}")
     return f"{head}<b>{100 * metrics.test_accuracy:.2f} %</b>{tail}"
 
@@ -121,7 +121,7 @@ def _duration(metrics: Metrics) -> str:
     return f"{metrics.steps} steps ({epochs:.2f} epochs)"
 
 
-def _summary_rows(metrics: Metrics, config: dict[str, Any]) -> list[tuple[str, str]]:
+def summary_rows(metrics: Metrics, config: dict[str, Any]) -> list[tuple[str, str]]:
     optim, train = config.get("optim", {}), config.get("train", {})
     versions = ", ".join(f"{k} {v}" for k, v in metrics.versions.items())
     return [
@@ -139,7 +139,7 @@ def _summary_rows(metrics: Metrics, config: dict[str, Any]) -> list[tuple[str, s
         ),
         *_kept(metrics),
         ("device, seed", f"{metrics.device}, {metrics.seed}"),
-        (f"{_scored(metrics)} accuracy", f"{100 * metrics.test_accuracy:.2f} %"),
+        (f"{scored_set(metrics)} accuracy", f"{100 * metrics.test_accuracy:.2f} %"),
         (
             "time",
             f"training {metrics.train_seconds:.1f} s, total {metrics.total_seconds:.1f} s",
@@ -186,7 +186,7 @@ def _results_section(metrics: Metrics) -> str:
     return section(f"Results on the {scored}", body)
 
 
-def _data_section(metrics: Metrics, cfg: Config | None) -> str:
+def data_section(metrics: Metrics, cfg: Config | None) -> str:
     """The sets, how they were made, the images per class in each, and any imbalance."""
     if not metrics.sets:  # a run written before the sets were recorded
         return ""
@@ -278,7 +278,7 @@ def _errors_section(
     classes = metrics.classes
     rows = worst_errors(result, test.labels, WORST)
     if not len(rows):
-        return section("Worst errors", f"<p>No errors on the {_scored(metrics)} set.</p>")
+        return section("Worst errors", f"<p>No errors on the {scored_set(metrics)} set.</p>")
     truth, predicted = test.labels[rows].tolist(), result.predicted[rows].tolist()
     captions = [
         f"{classes[t]} → {classes[p]} {100 * c:.0f}%"
@@ -289,16 +289,16 @@ def _errors_section(
     images = test.images_at(rows)
     heats, heat_note = heat_map_pngs(ckpt, images, predicted)
     beside: list[bytes | None] = [*heats] or [None] * len(rows)
-    figures = map(_thumbnail, images, captions, files, beside)
+    figures = map(thumbnail, images, captions, files, beside)
     note = (
-        f"<p class='note'>Misclassified {_scored(metrics)} images with the highest loss: truth, "
+        f"<p class='note'>Misclassified {scored_set(metrics)} images with the highest loss: truth, "
         "then prediction and its confidence; under each, its file. "
         f"{html.escape(heat_note)}</p>"
     )
     return section("Worst errors", f"{note}<div class='gallery'>{''.join(figures)}</div>")
 
 
-def _thumbnail(image: torch.Tensor, caption: str, file: str, heat: bytes | None = None) -> str:
+def thumbnail(image: torch.Tensor, caption: str, file: str, heat: bytes | None = None) -> str:
     """One image (and its heat map) with its caption and file name under it (text, escaped:
     names come from disk)."""
     shown = img(image_png(image), file) + (img(heat, f"heat map: {file}") if heat else "")
@@ -308,9 +308,9 @@ def _thumbnail(image: torch.Tensor, caption: str, file: str, heat: bytes | None 
     )
 
 
-def _files_section(run_dir: RunDir, metrics: Metrics) -> str:
+def files_section(run_dir: RunDir, metrics: Metrics) -> str:
     """The pictures the run already wrote: the seed's test grid and a few training images."""
-    scored = _scored(metrics).capitalize()
+    scored = scored_set(metrics).capitalize()
     parts = [
         f"<h3>{html.escape(caption)}</h3>{img(path.read_bytes(), caption)}"
         for path, caption in (
