@@ -104,6 +104,30 @@ def test_decoded_cache_is_reused_and_refreshed_when_the_source_changes(image_fol
     assert len(list((cache / "decoded").glob("*.pt"))) == 1  # the older copy is dropped
 
 
+def test_decoded_cache_keeps_each_image_s_file_name(image_folder, cache, tmp_path):
+    """The names are stored as one string (fast to load); caches holding lists still read."""
+    first = load_data(str(image_folder))
+    [cached] = (cache / "decoded").glob("*.pt")
+    assert isinstance(torch.load(cached, weights_only=True)["train"][2], str)
+    second = load_data(str(image_folder))
+    for role in ("train", "test"):
+        assert getattr(second, role).files == getattr(first, role).files
+    raw = torch.load(cached, weights_only=True)
+    raw["train"] = (*raw["train"][:2], first.train.files)  # as blitz wrote it before
+    torch.save(raw, cached)
+    assert load_data(str(image_folder)).train.files == first.train.files
+    assert decoded_names(None) is None and decoded_names([]) == []
+    odd = ["a\0b", "c"]  # no file system allows it; a table could still name it
+    assert decoded_names(odd) == odd
+
+
+def decoded_names(files):
+    """File names through the cache's writing and reading."""
+    from blitz.data.cache import _joined_names, _read_split
+
+    return _read_split(torch.zeros(0), torch.zeros(0), _joined_names(files)).files
+
+
 def test_other_sources_and_options_keep_their_decoded_copies(tmp_path, cache):
     one = write_folder(tmp_path / "a" / "fruit", folder_files())
     two = write_folder(tmp_path / "b" / "fruit", folder_files())  # the same name elsewhere
