@@ -32,7 +32,7 @@ from blitz.training.calibration import (
 from blitz.training.checkpoint import Checkpoint, _digest, load_checkpoint, save_checkpoint
 from blitz.training.evaluate import score
 from blitz.training.rundir import Metrics, RunDir
-from blitz.workflows.runs import eval_run
+from blitz.workflows.finished import eval_run
 from conftest import run_blitz
 
 # fixed probabilities: 3 classes, top probabilities on bin edges (1/3, 0.4, 0.6, 1.0) and inside

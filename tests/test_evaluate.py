@@ -12,14 +12,12 @@ from blitz.training.evaluate import (
     confused_pairs,
     confusion_matrix,
     evaluate,
-    format_confusion,
-    format_per_class,
-    format_summary,
     per_class_accuracy,
     score,
     scores,
     top_k_hits,
 )
+from blitz.training.tables import format_confusion, format_per_class, format_summary
 
 
 def naive_confusion(labels, predicted, k):

@@ -17,19 +17,19 @@ from blitz.errors import BlitzError
 from blitz.models.configs import build_config
 from blitz.outputs.report import write_comparison, write_report
 from blitz.training.evaluate import (
-    CLASS_COLUMNS,
     class_scores,
     confused_pairs,
     confusion_matrix,
     per_class_accuracy,
     score,
     scores,
-    summary_figures,
     worst_errors,
 )
 from blitz.training.progress import CSV_FIELDS, INTERVAL, Progress, read_metrics_csv
 from blitz.training.rundir import Metrics, RunDir
-from blitz.workflows.runs import eval_run, rebuild_report, train_run
+from blitz.training.tables import CLASS_COLUMNS, summary_figures
+from blitz.workflows.finished import eval_run, rebuild_report
+from blitz.workflows.runs import train_run
 
 
 def test_worst_errors_match_a_naive_sort():
@@ -140,7 +140,7 @@ def test_a_run_of_many_classes_records_the_matrix_as_cells_and_reports_from_them
 ):
     # the bounds of 10,000 classes, met by shapes' 10: a real run of that many takes minutes
     monkeypatch.setattr("blitz.training.rundir.DENSE_CLASSES", 4)
-    monkeypatch.setattr("blitz.training.evaluate.TEXT_CLASSES", 4)
+    monkeypatch.setattr("blitz.training.tables.TEXT_CLASSES", 4)
     monkeypatch.setenv("BLITZ_DATA", str(tmp_path / "cache"))
     lines = []
     cfg = build_config("seed", {"data.source": "shapes:200", "train.max_steps": 3})

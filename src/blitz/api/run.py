@@ -175,7 +175,7 @@ class Run:
         subset accuracy, Hamming loss, per class), as ``run.metrics.multilabel`` has them."""
         from blitz.training.context import silent
         from blitz.training.evaluate import Evaluation, scores
-        from blitz.workflows.runs import eval_run
+        from blitz.workflows.finished import eval_run
 
         source = None if data is None else os.fspath(data)
         result = eval_run(self._dir, source, silent if quiet else echo)
@@ -186,7 +186,7 @@ class Run:
     def report(self) -> Path:
         """Write report.html again (from the run's files and data); returns its path."""
         from blitz.training.context import silent
-        from blitz.workflows.runs import rebuild_report
+        from blitz.workflows.finished import rebuild_report
 
         return Path(rebuild_report(self._dir, silent))
 

@@ -15,7 +15,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def main(args: argparse.Namespace) -> None:
     from blitz.training.rundir import RunDir
-    from blitz.workflows.runs import eval_run
+    from blitz.workflows.finished import eval_run
 
     eval_run(RunDir(args.run_dir), args.data, print if not args.quiet else _results_only())
 

@@ -22,7 +22,7 @@ def main(args: argparse.Namespace) -> None:
     from blitz.outputs.report import write_comparison
     from blitz.training.rundir import RunDir
     from blitz.utils.writes import check_output_file
-    from blitz.workflows.runs import rebuild_report
+    from blitz.workflows.finished import rebuild_report
 
     run_dirs = [RunDir(d) for d in args.run_dirs]
     if len(args.run_dirs) == 1:

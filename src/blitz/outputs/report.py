@@ -34,18 +34,16 @@ from blitz.outputs.trust import (
 )
 from blitz.training.checkpoint import Checkpoint
 from blitz.training.evaluate import (
-    CLASS_COLUMNS,
     Evaluation,
     chance_note,
-    class_rows,
     confused_pairs,
-    summary_figures,
     worst_classes,
     worst_errors,
 )
 from blitz.training.multilabel import FIGURES, NAMES
 from blitz.training.progress import read_metrics_csv
 from blitz.training.rundir import VALIDATION_FIGURES, Metrics, RunDir
+from blitz.training.tables import CLASS_COLUMNS, class_rows, summary_figures
 from blitz.utils.writes import write_atomic
 
 WORST = 24  # images in the gallery of worst errors

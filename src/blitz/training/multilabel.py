@@ -16,7 +16,8 @@ from blitz.config.settings import Config, OptimConfig, option_name
 from blitz.data.dataset import AnySplit
 from blitz.errors import BlitzError
 from blitz.training.distributed import SINGLE, gather_rows
-from blitz.training.evaluate import rank_logits, text_table
+from blitz.training.evaluate import rank_logits
+from blitz.training.tables import text_table
 
 DEFAULT_THRESHOLD = 0.5  # a class the validation set has no positive image of keeps this
 FIGURES = ("map", "micro_f1", "macro_f1", "subset_accuracy", "hamming_loss")

@@ -30,7 +30,7 @@ from blitz.training.multilabel import (
     split_logits,
 )
 from blitz.training.rundir import Metrics, RunDir
-from blitz.workflows.record import SAMPLES, run_metrics, sample_rows
+from blitz.workflows.record import SAMPLES, publish, run_metrics, sample_rows
 
 
 @dataclass
@@ -112,10 +112,7 @@ def finish_multilabel(
     if validation is not None:
         metrics.validation = {"accuracy": validation.scores.subset_accuracy,
                               **validation.scores.record()}  # fmt: skip
-    run_dir.write_metrics(metrics)  # its presence marks the run finished
-    run_dir.drop_resume_point()
-    if on_result:
-        on_result(metrics)
+    publish(run_dir, metrics, on_result)
     save_training_grid(data, run_dir)
     save_test_grid(test, data, run_dir)
     if report:

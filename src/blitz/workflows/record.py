@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import platform
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -16,7 +17,7 @@ from blitz.models import count_parameters
 from blitz.training.context import RunContext
 from blitz.training.devices import device_name
 from blitz.training.loop import Loop, steps_per_epoch
-from blitz.training.rundir import Metrics
+from blitz.training.rundir import Metrics, RunDir
 from blitz.version import __version__
 
 SAMPLES = 8  # images in the grids (the seed shows 4)
@@ -71,3 +72,12 @@ def run_metrics(
         versions={**versions, "python": platform.python_version()},
         history=state.history,
     )
+
+
+def publish(run_dir: RunDir, metrics: Metrics, on_result: Callable[[Metrics], None] | None) -> None:
+    """Write metrics.json (its presence marks the run finished), drop the resume point, and hand
+    the metrics to ``on_result``: before the pictures and the report are drawn."""
+    run_dir.write_metrics(metrics)
+    run_dir.drop_resume_point()
+    if on_result:
+        on_result(metrics)

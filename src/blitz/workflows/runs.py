@@ -9,7 +9,6 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, replace
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
@@ -20,11 +19,11 @@ from blitz.config.types import concrete
 from blitz.data.counts import class_counts, copies_note, find_copies, format_counts, imbalance_note
 from blitz.data.dataset import ImageData, label_text
 from blitz.data.roles import Assignment, hold_out_test, record
-from blitz.data.sources import load_data, load_test_data, recorded_spec
+from blitz.data.sources import load_data, recorded_spec
 from blitz.errors import BlitzError
 from blitz.models import check_input_size, create_model
 from blitz.models.timm_models import fetch_hub_weights, load_pretrained
-from blitz.training.calibration import Calibration, calibrate, measure
+from blitz.training.calibration import Calibration, calibrate
 from blitz.training.checkpoint import Checkpoint
 from blitz.training.compiling import use_compile_cache
 from blitz.training.context import Log, RunContext, silent
@@ -35,11 +34,6 @@ from blitz.training.evaluate import (
     Evaluation,
     chance_note,
     evaluate,
-    format_accuracy,
-    format_confusion,
-    format_per_class,
-    format_samples,
-    format_summary,
     per_class_accuracy,
     scores,
 )
@@ -55,17 +49,17 @@ from blitz.training.progress import Progress
 from blitz.training.resume import Checkpointer, choose_kernels
 from blitz.training.rundir import Metrics, RunDir, matrix_record
 from blitz.training.step import low_res_steps
+from blitz.training.tables import (
+    format_accuracy,
+    format_confusion,
+    format_per_class,
+    format_samples,
+    format_summary,
+)
 from blitz.training.warmstart import warm_start
 from blitz.utils.signals import stop_on_signals
-from blitz.workflows.multilabel import (
-    Scored,
-    eval_multilabel,
-    finish_multilabel,
-    save_training_grid,
-    score_split,
-)
-from blitz.workflows.multilabel import write_report as write_multilabel
-from blitz.workflows.record import SAMPLES, run_metrics, sample_rows
+from blitz.workflows.multilabel import finish_multilabel, save_training_grid
+from blitz.workflows.record import SAMPLES, publish, run_metrics, sample_rows
 
 if TYPE_CHECKING:
     from blitz.outputs.tracking import MlflowTracker
@@ -172,7 +166,7 @@ def build_model(ctx: RunContext, data: ImageData, fresh: bool = True) -> nn.Modu
         load_pretrained(model, cfg.model.pretrained, ctx.log)
     if fresh and cfg.train.init:
         warm_start(model, cfg, data.classes, data.channels, ctx.log)
-    model = _on_device(model, ctx.device, cfg)
+    model = on_device(model, ctx.device, cfg)
     for size in {concrete(cfg.data.image_size), cfg.data.low_res} - {0}:
         check_input_size(model, cfg.model.name, data.channels, size)
     return model
@@ -220,7 +214,7 @@ def finish(
     run_dir = ctx.writes
     if run_dir is None:
         return None
-    _show_results(result, data, ctx.log)
+    show_results(result, data, ctx.log)
     calibration = _calibrate(result, validation, data)  # T from the validation set alone
     ctx.log(calibration.summary("validation" if data.test_is_val else "test"))
     ckpt = Checkpoint.of(model, ctx.cfg, data.classes, temperature=calibration.temperature)
@@ -229,10 +223,7 @@ def finish(
     metrics.calibration = calibration.record()
     if validation is not None:
         metrics.validation = asdict(scores(validation, data.classes))
-    run_dir.write_metrics(metrics)  # its presence marks the run finished
-    run_dir.drop_resume_point()
-    if on_result:
-        on_result(metrics)
+    publish(run_dir, metrics, on_result)
     _save_grids(data, result, run_dir)
     if report:
         from blitz.outputs.report import write_report  # matplotlib, torchvision, grad-cam
@@ -368,7 +359,7 @@ def _describe(ctx: RunContext, data: ImageData) -> None:
         )
 
 
-def _on_device(model: nn.Module, device: torch.device, cfg: Config) -> nn.Module:
+def on_device(model: nn.Module, device: torch.device, cfg: Config) -> nn.Module:
     """``model`` on ``device``, in the run's memory format (``train.channels_last``)."""
     memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
     # torch's stub lacks the (device, memory_format=) overload that Module.to accepts
@@ -386,7 +377,7 @@ def _show_training_labels(data: ImageData, run_dir: RunDir, log: Log) -> None:
 
 def _save_grids(data: ImageData, result: Evaluation, run_dir: RunDir) -> None:
     """The seed's pictures: the training images ``_show_training_labels`` named, and the test
-    images ``_show_results`` named, captioned truth -> prediction."""
+    images ``show_results`` named, captioned truth -> prediction."""
     from blitz.outputs.plots import save_image_grid  # matplotlib and torchvision: seconds
 
     save_training_grid(data, run_dir)
@@ -397,7 +388,7 @@ def _save_grids(data: ImageData, result: Evaluation, run_dir: RunDir) -> None:
     save_image_grid(test.images_at(rows), captions, run_dir.test_predictions)
 
 
-def _show_results(result: Evaluation, data: ImageData, log: Log) -> None:
+def show_results(result: Evaluation, data: ImageData, log: Log) -> None:
     """Print the seed's views of a test: samples, accuracy, per class, confusion."""
     test = data.test_set()
     rows = sample_rows(SAMPLES, len(test))
@@ -410,46 +401,3 @@ def _show_results(result: Evaluation, data: ImageData, log: Log) -> None:
     log(format_confusion(result.matrix, data.classes))
     if note := chance_note(result.matrix):  # said even under --quiet: a user must not miss it
         print(f"blitz: {note}", file=sys.stderr)
-
-
-def eval_run(run_dir: RunDir, source: str | None, log: Log) -> Evaluation | Scored:
-    """Test a finished run's checkpoint, on its own data or on ``source`` (a multi-label run:
-    its figures at its thresholds)."""
-    ckpt, model, data = _load_run(run_dir, source, log)
-    if ckpt.model.task == "multi-label":
-        return eval_multilabel(ckpt, model, data, run_dir, log)
-    result = evaluate(model, data.test_set(), ckpt.cfg, len(data.classes))
-    _show_results(result, data, log)
-    if result.logits is not None:  # the probabilities as predict gives them, and without T
-        temperature = ckpt.model.temperature
-        log(measure(result.logits, data.test_set().labels, temperature).summary())
-    return result
-
-
-def _load_run(
-    run_dir: RunDir, source: str | None, log: Log
-) -> tuple[Checkpoint, nn.Module, ImageData]:
-    ckpt = run_dir.load_model()
-    cfg = ckpt.cfg
-    if source is None:  # the run's own split
-        data = load_data(cfg.data, log, run_dir.read_sets())
-        check_classes(data, ckpt, run_dir)
-    else:
-        data = load_test_data(replace(cfg.data, source=source), ckpt.model.classes, log)
-    device = resolve_device(cfg.train.device)
-    return ckpt, _on_device(ckpt.build_model(), device, cfg), data
-
-
-def rebuild_report(run_dir: RunDir, log: Log) -> Path:
-    """Write ``report.html`` again from model.pt, metrics.json and the run's data."""
-    metrics = run_dir.read_metrics()
-    ckpt, model, data = _load_run(run_dir, None, log)
-    test = data.test_set()
-    if ckpt.model.task == "multi-label":
-        thresholds = list(ckpt.model.thresholds)
-        scored = score_split(model, test, ckpt.cfg, data.classes, thresholds)
-        return write_multilabel(run_dir, metrics, test, scored, ckpt)
-    result = evaluate(model, test, ckpt.cfg, len(data.classes))
-    from blitz.outputs.report import write_report
-
-    return write_report(run_dir, metrics, test, result, ckpt)
