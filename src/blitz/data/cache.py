@@ -17,7 +17,7 @@ from blitz.data.folders import members
 from blitz.errors import BlitzError
 from blitz.files import atomic_file
 
-CACHE_FORMAT = 4  # bump when decoding or its layout changes, so old caches are rebuilt
+CACHE_FORMAT = 5  # bump when decoding or its layout changes, so old caches are rebuilt
 # what torch.load raises on a file cut short or overwritten: zip (OSError "invalid argument",
 # RuntimeError), pickle and layout errors (random bytes have also made its unpickler raise
 # IndexError: tests/test_bad_input.py draws them afresh each run)
@@ -105,7 +105,8 @@ def read_decoded(file: Path, name: str, log: Log) -> ImageData | None:
 
 # A split's file names are stored as one string, NUL between them (no file name holds a NUL):
 # torch.load's weights-only unpickler takes 0.6 s for CIFAR-10's 60,000 names as a list of
-# strings, and no time for one string. A list (caches written before, a name with a NUL) reads too.
+# strings, and no time for one string (CACHE_FORMAT 5: older blitz versions keep their own
+# files). A list (a name with a NUL) reads too.
 SEPARATOR = "\0"
 
 
