@@ -21,8 +21,9 @@ torch.set_num_threads(1)
 torch.manual_seed(0)
 x, conv = torch.randn(128, 3, 32, 32), torch.nn.Conv2d(3, 16, 3, padding=1)
 for size in (24, 32):
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    for _ in range(20):
+    for step in range(20):
+        if step == 10:  # the last 10 steps at 32 px: steady, past any first-use cost
+            before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         y = conv(torch.nn.functional.interpolate(x, size=size))
         y.relu().sum().backward()
 print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
@@ -38,7 +39,7 @@ def page_faults(mode: str) -> int:
 
 @pytest.mark.skipif(not GLIBC, reason="mallopt thresholds are glibc's")
 def test_kept_memory_spares_the_page_faults_of_each_step():
-    assert page_faults("kept") < page_faults("default") / 2  # measured: 6,640 against 24,456
+    assert page_faults("kept") < page_faults("default") / 4  # measured: 0-900 against 8,000-22,000
 
 
 def test_elsewhere_nothing_happens(monkeypatch):

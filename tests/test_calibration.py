@@ -31,7 +31,8 @@ from blitz.training.calibration import (
 )
 from blitz.training.checkpoint import Checkpoint, _digest, load_checkpoint, save_checkpoint
 from blitz.training.evaluate import score
-from blitz.training.rundir import Metrics, RunDir
+from blitz.training.metrics import Metrics
+from blitz.training.rundir import RunDir
 from blitz.workflows.finished import eval_run
 from conftest import run_blitz
 

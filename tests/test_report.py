@@ -25,8 +25,9 @@ from blitz.training.evaluate import (
     scores,
     worst_errors,
 )
+from blitz.training.metrics import Metrics
 from blitz.training.progress import CSV_FIELDS, INTERVAL, Progress, read_metrics_csv
-from blitz.training.rundir import Metrics, RunDir
+from blitz.training.rundir import RunDir
 from blitz.training.tables import CLASS_COLUMNS, summary_figures
 from blitz.workflows.finished import eval_run, rebuild_report
 from blitz.workflows.runs import train_run
@@ -139,7 +140,7 @@ def test_a_run_of_many_classes_records_the_matrix_as_cells_and_reports_from_them
     tmp_path, monkeypatch
 ):
     # the bounds of 10,000 classes, met by shapes' 10: a real run of that many takes minutes
-    monkeypatch.setattr("blitz.training.rundir.DENSE_CLASSES", 4)
+    monkeypatch.setattr("blitz.training.metrics.DENSE_CLASSES", 4)
     monkeypatch.setattr("blitz.training.tables.TEXT_CLASSES", 4)
     monkeypatch.setenv("BLITZ_DATA", str(tmp_path / "cache"))
     lines = []

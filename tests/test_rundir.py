@@ -15,7 +15,8 @@ from blitz.models.configs import build_config
 from blitz.training import checkpoint
 from blitz.training.checkpoint import Checkpoint, Training, load_checkpoint, save_checkpoint
 from blitz.training.evaluate import chance_note, confusion_matrix
-from blitz.training.rundir import Metrics, RunDir, matrix_record
+from blitz.training.metrics import Metrics, matrix_record
+from blitz.training.rundir import RunDir
 from blitz.utils.writes import write_atomic
 from conftest import folder_files, png_bytes, run_blitz, write_folder
 

@@ -14,7 +14,8 @@ import pytest
 
 from blitz.errors import BlitzError
 from blitz.outputs.tracking import QUICK, MlflowTracker, absolute, default_uri, flatten
-from blitz.training.rundir import Metrics, RunDir
+from blitz.training.metrics import Metrics
+from blitz.training.rundir import RunDir
 from blitz.utils.signals import StopRequested
 
 # MLflow's SQL store with SQLAlchemy 2.1 (theirs to fix; users do not see DeprecationWarnings)

@@ -57,8 +57,8 @@ def _types(function: Callable[..., Any]) -> dict[str, tuple[type, ...]]:
     Any]`` is ``dict``); none for ``Any``. Read at the first call: the classes that the
     annotations name only for type checkers are imported here."""
     from blitz.training.evaluate import Scores
+    from blitz.training.metrics import Metrics
     from blitz.training.multilabel import MultiLabelScores
-    from blitz.training.rundir import Metrics
     from blitz.tuning.job import Result
 
     names = {"Metrics": Metrics, "Scores": Scores, "TuneResult": Result,

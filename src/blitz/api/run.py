@@ -22,8 +22,8 @@ if TYPE_CHECKING:
     from blitz.config.settings import Config
     from blitz.training.checkpoint import Checkpoint
     from blitz.training.evaluate import Scores
+    from blitz.training.metrics import Metrics
     from blitz.training.multilabel import MultiLabelScores
-    from blitz.training.rundir import Metrics
 
 CLASSES_SHOWN = 10  # class names in a Run's summary
 

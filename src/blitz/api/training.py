@@ -21,7 +21,8 @@ from blitz.errors import BlitzError
 if TYPE_CHECKING:
     from blitz.config.settings import Config
     from blitz.training.checkpoint import Checkpoint
-    from blitz.training.rundir import Metrics, RunDir
+    from blitz.training.metrics import Metrics
+    from blitz.training.rundir import RunDir
 
 # train()'s keywords (argparse's names for `blitz train`'s options) -> the settings they set
 KEYWORDS = {flag.keyword: key for key, flag in TRAIN_FLAGS.items()}

@@ -11,7 +11,7 @@ from blitz.cli.options import add_setting_flag, overrides
 from blitz.config.settings import FLAGS, TRAIN_FLAGS
 
 if TYPE_CHECKING:
-    from blitz.training.rundir import Metrics
+    from blitz.training.metrics import Metrics
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

@@ -26,8 +26,9 @@ from blitz.outputs.report import (
     thumbnail,
 )
 from blitz.training.checkpoint import Checkpoint
+from blitz.training.metrics import Metrics
 from blitz.training.multilabel import FIGURES, NAMES, predicted_sets
-from blitz.training.rundir import Metrics, RunDir
+from blitz.training.rundir import RunDir
 from blitz.utils.writes import write_atomic
 
 CLASS_HEAD = ("class", "precision", "recall", "F1", "AP", "support", "threshold")

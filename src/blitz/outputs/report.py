@@ -40,9 +40,10 @@ from blitz.training.evaluate import (
     worst_classes,
     worst_errors,
 )
+from blitz.training.metrics import VALIDATION_FIGURES, Metrics
 from blitz.training.multilabel import FIGURES, NAMES
 from blitz.training.progress import read_metrics_csv
-from blitz.training.rundir import VALIDATION_FIGURES, Metrics, RunDir
+from blitz.training.rundir import RunDir
 from blitz.training.tables import CLASS_COLUMNS, class_rows, summary_figures
 from blitz.utils.writes import write_atomic
 

@@ -22,7 +22,7 @@ from blitz.training.calibration import (
 )
 from blitz.training.checkpoint import Checkpoint
 from blitz.training.evaluate import Evaluation, score
-from blitz.training.rundir import Metrics
+from blitz.training.metrics import Metrics
 
 NAMES = {"ece": "ECE", "mce": "MCE", "nll": "NLL", "brier": "Brier score"}
 

@@ -25,7 +25,8 @@ from blitz.outputs.export import (
 )
 from blitz.outputs.predict import Model, probabilities
 from blitz.training.checkpoint import ModelFacts
-from blitz.training.rundir import Metrics, RunDir
+from blitz.training.metrics import Metrics
+from blitz.training.rundir import RunDir
 from blitz.version import __version__
 
 HASH_CHARS = 12  # of model.pt's SHA-256, in the run's id

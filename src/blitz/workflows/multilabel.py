@@ -19,6 +19,7 @@ from blitz.training.checkpoint import Checkpoint
 from blitz.training.context import Log, RunContext
 from blitz.training.distributed import SINGLE
 from blitz.training.loop import Loop
+from blitz.training.metrics import Metrics
 from blitz.training.multilabel import (
     DEFAULT_THRESHOLD,
     MultiLabelScores,
@@ -29,7 +30,7 @@ from blitz.training.multilabel import (
     predicted_sets,
     split_logits,
 )
-from blitz.training.rundir import Metrics, RunDir
+from blitz.training.rundir import RunDir
 from blitz.workflows.record import SAMPLES, publish, run_metrics, sample_rows
 
 

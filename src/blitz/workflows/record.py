@@ -17,7 +17,8 @@ from blitz.models import count_parameters
 from blitz.training.context import RunContext
 from blitz.training.devices import device_name
 from blitz.training.loop import Loop, steps_per_epoch
-from blitz.training.rundir import Metrics, RunDir
+from blitz.training.metrics import Metrics
+from blitz.training.rundir import RunDir
 from blitz.version import __version__
 
 SAMPLES = 8  # images in the grids (the seed shows 4)

@@ -44,10 +44,11 @@ from blitz.training.loop import (
     planned_steps,
     steps_per_epoch,
 )
+from blitz.training.metrics import Metrics, matrix_record
 from blitz.training.multilabel import check_settings
 from blitz.training.progress import Progress
 from blitz.training.resume import Checkpointer, choose_kernels
-from blitz.training.rundir import Metrics, RunDir, matrix_record
+from blitz.training.rundir import RunDir
 from blitz.training.step import low_res_steps
 from blitz.training.tables import (
     format_accuracy,
