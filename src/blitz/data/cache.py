@@ -104,7 +104,7 @@ def read_decoded(file: Path, name: str, log: Log) -> ImageData | None:
 
 
 # A split's file names are stored as one string, NUL between them (no file name holds a NUL):
-# torch.load's weights-only unpickler takes 0.6 s for CIFAR-10's 60,000 names as a list of
+# torch.load's weights-only unpickler takes 0.2-0.3 s for CIFAR-10's 60,000 names as a list of
 # strings, and no time for one string (CACHE_FORMAT 5: older blitz versions keep their own
 # files). A list (a name with a NUL) reads too.
 SEPARATOR = "\0"
