@@ -34,11 +34,10 @@ def test_overrides_and_round_trip():
 
 
 def test_another_model_does_not_inherit_the_presets_model_options():
-    assert build_config("fast-cpu").model.options == {"widths": [8, 16, 32]}
+    options = {"widths": [16, 16, 64], "whiten": True}
+    assert build_config("fast-cpu").model.options == options
     assert build_config("fast-cpu", {"model.name": "lenet"}).model.options == {}
-    assert build_config("fast-cpu", {"model.name": "convnet"}).model.options == {
-        "widths": [8, 16, 32]
-    }
+    assert build_config("fast-cpu", {"model.name": "convnet"}).model.options == options
     mine = {"model.name": "convnet", "model.options.widths": [4, 4, 4]}
     assert build_config("seed", mine).model.options == {"widths": [4, 4, 4]}
 
@@ -56,7 +55,7 @@ def test_a_presets_low_res_goes_with_its_model_and_image_size():
 
 
 def test_explicit_epochs_are_obeyed_whole_not_cut_by_the_presets_step_cap():
-    assert build_config("fast-cpu").train.max_steps == 300
+    assert build_config("fast-cpu").train.max_steps == 150
     assert build_config("fast-cpu", {"train.epochs": 3}).train.max_steps == 0
     both = {"train.epochs": 3, "train.max_steps": 50}
     assert build_config("fast-cpu", both).train.max_steps == 50

@@ -3,6 +3,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from blitz.config.settings import OPTIMIZERS, DataConfig
 from blitz.data import augment
@@ -262,6 +263,16 @@ def test_downscale_averages_over_what_each_pixel_covers():
     halved = augment.downscale(stripes, 16)[..., 1:-1]  # the edge pixels weigh fewer neighbours
     assert torch.allclose(halved, torch.full((1, 1, 16, 14), 0.5), atol=1e-6)
     assert augment.downscale(stripes, 32) is stripes
+
+
+@pytest.mark.parametrize(
+    ("shape", "size"),
+    [((5, 3, 32, 32), 24), ((4, 1, 40, 28), 20), ((2, 3, 17, 33), 16), ((2, 3, 20, 20), 24)],
+)
+def test_downscale_is_torchs_antialiased_bilinear_resize(shape, size):
+    images = torch.randn(shape).contiguous(memory_format=torch.channels_last)
+    expected = F.interpolate(images, size=(size, size), mode="bilinear", antialias=True)
+    assert torch.allclose(augment.downscale(images, size), expected, atol=1e-5)
 
 
 def test_kernels_are_deterministic_or_the_fastest_as_the_run_asks():

@@ -7,6 +7,8 @@ import pytest
 import torch
 
 from blitz.config.loading import list_presets
+from blitz.config.types import concrete
+from blitz.data.preprocess import normalize
 from blitz.data.sources import load_data
 from blitz.models import create_model
 from blitz.models.configs import build_config
@@ -141,6 +143,57 @@ def test_whitening_layer_decorrelates_patches():
     half = out[:, :12].permute(0, 2, 3, 1).reshape(-1, 12)
     covariance = half.T @ half / len(half)
     assert torch.allclose(covariance, torch.eye(12), atol=0.05)
+
+
+def _correlated_images(count: int = 64, size: int = 16) -> torch.Tensor:
+    mixing = torch.tensor([[1.0, 0.8, 0.2], [0.0, 1.0, 0.5], [0.0, 0.0, 1.0]])
+    return torch.einsum("dc,nchw->ndhw", mixing, torch.randn(count, 3, size, size))
+
+
+def test_a_whitened_convnet_keeps_its_patches_leading_directions_decorrelated_and_frozen():
+    torch.manual_seed(0)
+    model = create_model("convnet", 10, 3, widths=[16, 16], whiten=True)
+    conv = model.first_conv()
+    assert not conv.weight.requires_grad and model.prepare_images > 0
+    images = _correlated_images()
+    model.prepare(images)
+    with torch.no_grad():
+        out = torch.nn.functional.conv2d(images, conv.weight)  # whole 3x3 patches only
+    half = out[:, :8].permute(0, 2, 3, 1).reshape(-1, 8)
+    assert torch.allclose(half.T @ half / len(half), torch.eye(8), atol=0.05)
+    assert torch.allclose(out[:, 8:], -out[:, :8])  # each filter and its negative
+    patches = torch.nn.functional.unfold(images, 3).transpose(1, 2).reshape(-1, 27)
+    leading = torch.linalg.eigvalsh(patches.T @ patches / len(patches))[-8:]
+    norms = conv.weight[:8].flatten(1).norm(dim=1)  # 1 / sqrt(eigenvalue + eps) each
+    assert torch.allclose(norms.pow(-2) - 5e-4, leading, rtol=1e-3)
+
+
+def test_whitening_a_narrow_input_sets_as_many_filter_pairs_as_a_patch_has_values():
+    torch.manual_seed(0)
+    model = create_model("convnet", 2, 1, widths=[32], whiten=True)  # 9 values, 16 pairs
+    before = model.first_conv().weight.clone()
+    model.prepare(torch.randn(8, 1, 12, 12))
+    changed = (model.first_conv().weight != before).flatten(1).any(dim=1)
+    assert changed[:18].all() and not changed[18:].any()
+    tiny = create_model("convnet", 2, 3, widths=[8], whiten=True)
+    unchanged = tiny.first_conv().weight.clone()
+    tiny.prepare(torch.randn(4, 3, 2, 2))  # smaller than a patch: nothing to learn from
+    assert torch.equal(tiny.first_conv().weight, unchanged)
+
+
+def test_training_whitens_from_the_first_images_and_leaves_that_layer_alone():
+    cfg = build_config(
+        "fast-cpu", {"train.max_steps": 4, "train.batch_size": 32, "train.log_every": 0}
+    )
+    data = load_data("shapes:100")
+    torch.manual_seed(0)
+    model = create_model(cfg.model.name, 10, 3, **cfg.model.options)
+    model.prepare_images = 40
+    train(RunContext(cfg, CPU, log=silent, quiet=True), data, model)
+    expected = create_model(cfg.model.name, 10, 3, **cfg.model.options)
+    first = data.train.images_at(torch.arange(40))
+    expected.prepare(normalize(first, concrete(cfg.data.mean), concrete(cfg.data.std)))
+    assert torch.allclose(model.first_conv().weight, expected.first_conv().weight, atol=1e-6)
 
 
 def test_tta_shift_moves_pixels_by_one():

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from blitz.models import check_widths, register_model
+from blitz.models.whitening import whiten_filters
 
 
 class BatchNorm(nn.BatchNorm2d):
@@ -49,6 +50,8 @@ class ConvGroup(nn.Sequential):
 class AirbenchNet(nn.Module):
     """whiten (2x2 patches) -> GELU -> 3 conv groups -> max-pool -> linear / temperature."""
 
+    prepare_images = 5000  # the training images prepare() whitens from
+
     def __init__(self, num_classes: int, in_channels: int, widths: tuple[int, ...]):
         super().__init__()
         patch = 2
@@ -64,19 +67,10 @@ class AirbenchNet(nn.Module):
         with torch.no_grad():
             self.head.weight /= self.head.weight.std()  # unit-scale logits at the start
 
-    @torch.no_grad()
-    def prepare(self, images: torch.Tensor, eps: float = 5e-4) -> None:
-        """Whitening: the first layer's filters become the eigenvectors of the covariance of
-        2x2 patches of (normalised) training images, scaled by 1/sqrt(eigenvalue)."""
-        c, (h, w) = images.shape[1], self.whiten.weight.shape[2:]
-        patches = images.float().unfold(2, h, 1).unfold(3, w, 1)  # (N, C, H', W', h, w)
-        patches = patches.permute(0, 2, 3, 1, 4, 5).reshape(-1, c * h * w)
-        covariance = patches.T @ patches / len(patches)
-        eigenvalues, eigenvectors = torch.linalg.eigh(covariance)
-        scaled = eigenvectors.T.reshape(-1, c, h, w) / torch.sqrt(eigenvalues + eps).view(
-            -1, 1, 1, 1
-        )
-        self.whiten.weight.copy_(torch.cat((scaled, -scaled)).to(self.whiten.weight))
+    def prepare(self, images: torch.Tensor) -> None:
+        """Whitening: the first layer's filters from 2x2 patches of (normalised) training
+        images (``whiten_filters``)."""
+        whiten_filters(self.whiten, images)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.whiten(x)  # (B, 24, 31, 31)

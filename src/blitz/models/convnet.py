@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from typing import Literal
 
+import torch
 from torch import nn
 
 from blitz.config.settings import check_range
 from blitz.models import MAX_CHANNELS, check_widths, register_model
+from blitz.models.whitening import whiten_filters
 
 MAX_DEPTH = 64  # convs per stage: far past where a plain (residual-free) stack trains well
+WHITEN_IMAGES = 1000  # ~900,000 patches of 32 px images: plenty for a 27 x 27 covariance
 
 
 def conv_bn(c_in: int, c_out: int) -> list[nn.Module]:
@@ -44,6 +47,7 @@ class ConvNet(nn.Module):
         depth: int,
         stem: int,
         pool: str,
+        whiten: bool,
     ):
         super().__init__()
         stem_layers = conv_bn(in_channels, stem) if stem else []
@@ -54,6 +58,17 @@ class ConvNet(nn.Module):
         self.features = nn.Sequential(*stem_layers, *blocks)
         self.pool = nn.AdaptiveMaxPool2d(1)
         self.head = nn.Linear(prev, num_classes)
+        self.prepare_images = WHITEN_IMAGES if whiten else 0  # the engine's: for prepare()
+        if whiten:
+            self.first_conv().weight.requires_grad = False  # set from the data by prepare()
+
+    def first_conv(self) -> nn.Conv2d:
+        return next(m for m in self.features.modules() if isinstance(m, nn.Conv2d))
+
+    def prepare(self, images: torch.Tensor) -> None:
+        """With ``whiten``: the first conv's (frozen) filters from its patches of the
+        (normalised) training images (``whiten_filters``)."""
+        whiten_filters(self.first_conv(), images)
 
     def forward(self, x):
         x = self.features(x)  # (B, widths[-1], H / 2^len(widths), W / 2^len(widths))
@@ -68,13 +83,16 @@ def convnet(
     depth: int = 1,
     stem: int = 0,
     pool: Literal["max", "stride"] = "max",
+    whiten: bool = False,
 ) -> nn.Module:
     """Small batch-normalised conv net: good accuracy in seconds to minutes on a CPU.
 
     ``widths`` (channels, one stage per halving), ``depth`` (convs per stage), ``stem`` (channels
-    of a first full-resolution conv; 0: none), ``pool`` (max | stride).
+    of a first full-resolution conv; 0: none), ``pool`` (max | stride), ``whiten`` (the first
+    conv's filters whitening its 3x3 patches, computed from the training images and frozen:
+    a head start for short runs, and no gradient to compute for that layer).
     """
     check_widths(widths)
     check_range("model.options.depth", depth, 1, MAX_DEPTH)
     check_range("model.options.stem", stem, 0, MAX_CHANNELS)
-    return ConvNet(num_classes, in_channels, tuple(widths), depth, stem, pool)
+    return ConvNet(num_classes, in_channels, tuple(widths), depth, stem, pool, whiten)

@@ -218,12 +218,13 @@ def _finish_epoch(loop: Loop, steps: int) -> None:
 
 
 def _prepare_model(loop: Loop, device: torch.device) -> None:
-    """Data-dependent initialisation (airbench's whitening layer), from up to 5000 images."""
-    prepare = getattr(loop.model, "prepare", None)
-    if prepare:
+    """Data-dependent initialisation (a whitening first layer): a model with ``prepare(images)``
+    gets its first ``prepare_images`` training images, normalised."""
+    count = min(getattr(loop.model, "prepare_images", 0), len(loop.split))
+    if count:
         cfg = loop.cfg.data
-        images = loop.split.images_at(torch.arange(min(5000, len(loop.split))))
-        prepare(normalize(images.to(device), concrete(cfg.mean), concrete(cfg.std)))
+        images = loop.split.images_at(torch.arange(count))
+        loop.model.prepare(normalize(images.to(device), concrete(cfg.mean), concrete(cfg.std)))
         synchronize(device)
 
 
