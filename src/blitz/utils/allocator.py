@@ -5,8 +5,8 @@ as blocks are freed) back to the system, and a heap whose top grows past the tri
 cut back: the next batch's activations, megabytes each, then come from fresh pages that the
 kernel must fault in and zero, step after step. Fixed thresholds keep that memory for reuse,
 as the allocators PyTorch's CPU performance guide suggests preloading (jemalloc, TCMalloc) do.
-Measured on blitz's 2-core CPU, fast-cpu's 300 steps, 5 pairs of processes back to back: 4.74 s
-against 5.26 s (medians; faster in every pair), the same weights.
+Measured on blitz's 2-core CPU, fast-cpu's 300 steps (its recipe then), 5 pairs of processes
+back to back: 4.74 s against 5.26 s (medians; faster in every pair), the same weights.
 """
 
 from __future__ import annotations
