@@ -254,8 +254,8 @@ def test_a_small_dataset_trains_the_presets_steps_and_says_so(tmp_path):
     result = blitz("train", "--data", folder, "--out", out, "--quiet", cache=tmp_path / "c")
     assert result.returncode == 0
     saved = json.loads((out / "config.json").read_text())
-    assert saved["train"]["epochs"] == 200 and saved["data"]["source"] == str(folder)
-    assert json.loads((out / "metrics.json").read_text())["steps"] == 200
+    assert saved["train"]["epochs"] == 150 and saved["data"]["source"] == str(folder)
+    assert json.loads((out / "metrics.json").read_text())["steps"] == 150
     mine = blitz("train", "--data", folder, "--epochs", "2", "--out", tmp_path / "two",
                  cache=tmp_path / "c")  # fmt: skip
     assert json.loads((tmp_path / "two" / "metrics.json").read_text())["steps"] == 2

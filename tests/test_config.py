@@ -55,7 +55,7 @@ def test_a_presets_low_res_goes_with_its_model_and_image_size():
 
 
 def test_explicit_epochs_are_obeyed_whole_not_cut_by_the_presets_step_cap():
-    assert build_config("fast-cpu").train.max_steps == 200
+    assert build_config("fast-cpu").train.max_steps == 150
     assert build_config("fast-cpu", {"train.epochs": 3}).train.max_steps == 0
     both = {"train.epochs": 3, "train.max_steps": 50}
     assert build_config("fast-cpu", both).train.max_steps == 50

@@ -98,10 +98,10 @@ def doctored(planted, tmp_path_factory) -> tuple[Path, dict[str, str], Path, str
     root, expected = planted
     out = tmp_path_factory.mktemp("doctor-out")
     cache = tmp_path_factory.mktemp("cache")
-    # the preset's own budget (200 steps a fold): at 100-150 the wrong label's 'red' stays
-    # just under confident learning's threshold for 'red' (which twice.png, a blue image
+    # 300 steps a fold (fast-cpu's own budget is 150): at 100-150 steps the wrong label's 'red'
+    # stays just under confident learning's threshold for 'red' (which twice.png, a blue image
     # labelled red, lowers); at 200 and 300 both planted label errors are found
-    result = run_blitz("doctor", root, "--out", out, "--folds", "2", cache=cache)
+    result = run_blitz("doctor", root, "--out", out, "--folds", "2", "--steps", "300", cache=cache)
     return root, expected, out, result.stdout
 
 
