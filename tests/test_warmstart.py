@@ -53,6 +53,22 @@ def test_other_classes_keep_the_body_and_make_a_new_head(first, tmp_path):
 
 
 @pytest.mark.slow
+def test_a_whitened_first_layer_comes_from_the_init_not_from_the_new_images(tmp_path):
+    quick = {"preset": "fast-cpu", "max_steps": 2, "batch_size": 16, "quiet": True}
+    source = train(data="shapes:200", out=tmp_path / "shapes", **quick)
+    colors = [(200, 30, 30), (30, 200, 30), (30, 30, 200)]
+    files = {
+        f"{c}/{i}.png": png_bytes(color) for c, color in zip(CLASSES, colors) for i in range(4)
+    }
+    root = write_folder(tmp_path / "fruit", files)
+    run = train(data=root, init=source.path, out=tmp_path / "fruit-run", **quick)
+    key = "features.0.0.weight"  # the frozen whitening filters
+    assert torch.equal(weights(source.path)[key], weights(run.path)[key])
+    fresh = train(data=root, out=tmp_path / "fresh", **quick)  # whitened on these images
+    assert not torch.equal(weights(fresh.path)[key], weights(run.path)[key])
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("settings", "message"),
     [
