@@ -222,11 +222,12 @@ def _prepare_model(loop: Loop, device: torch.device) -> None:
     gets its first ``prepare_images`` training images, normalised. Not after a warm start: its
     weights, that layer's included, came from ``--init`` (whitened anew on other images, the
     filters could come out in another order or sign than the layers after them learned)."""
+    prepare = getattr(loop.model, "prepare", None)
     count = min(getattr(loop.model, "prepare_images", 0), len(loop.split))
-    if count and not loop.cfg.train.init:
+    if prepare and count and not loop.cfg.train.init:
         cfg = loop.cfg.data
         images = loop.split.images_at(torch.arange(count))
-        loop.model.prepare(normalize(images.to(device), concrete(cfg.mean), concrete(cfg.std)))
+        prepare(normalize(images.to(device), concrete(cfg.mean), concrete(cfg.std)))
         synchronize(device)
 
 
