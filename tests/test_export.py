@@ -95,7 +95,7 @@ def test_an_output_path_that_cannot_be_written_fails_before_the_export(tmp_path,
 @pytest.mark.slow
 @pytest.mark.subprocess
 def test_a_checkpoint_that_claims_4096_pixel_images_is_refused_before_tracing(tmp_path):
-    # a hand-edited run: a small model whose checkpoint says 4096 x 4096 (26.7 GB to trace)
+    # a hand-edited run: a small model whose checkpoint says 4096 x 4096 (45.9 GB to trace)
     cfg = build_config("fast-cpu", {"model.name": "convnet", "data.image_size": 4096})
     save_checkpoint(
         tmp_path / "model.pt",
@@ -103,6 +103,6 @@ def test_a_checkpoint_that_claims_4096_pixel_images_is_refused_before_tracing(tm
     )
     result = run_blitz("export", tmp_path, "--format", "torchscript", check=False)
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert "image size 4096x4096 needs about 26.7 GB" in result.stderr
+    assert "image size 4096x4096 needs about 45.9 GB" in result.stderr
     assert "more than the 4 GB an export may take" in result.stderr
     assert not list(tmp_path.glob("model.torchscript.pt*"))

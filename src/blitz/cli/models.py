@@ -82,9 +82,11 @@ def _model_row(model: dict[str, Any]) -> str:
     options = " ".join(f"{key}={value}" for key, value in model["options"].items()) or "none"
     name = model["name"]
     facts = f"{name:<10}{model['parameters']:>11,}{model['per_class']:>11,}  {sizes:<13}{options}"
-    return facts + "\n" + wrap(" " * 10 + model["summary"], " " * 10)
+    return wrap(facts, " " * 47) + "\n" + wrap(" " * 10 + model["summary"], " " * 10)
 
 
 def _toml(value: object) -> str:
-    """A default as --set takes it: tuples as lists."""
-    return str(list(value)) if isinstance(value, tuple) else str(value)
+    """A default as --set takes it: ``[32,64,128]``, ``true``."""
+    if isinstance(value, (tuple, list)):
+        return "[" + ",".join(_toml(v) for v in value) + "]"
+    return str(value).lower() if isinstance(value, bool) else str(value)
