@@ -82,7 +82,8 @@ def _model_row(model: dict[str, Any]) -> str:
     options = " ".join(f"{key}={value}" for key, value in model["options"].items()) or "none"
     name = model["name"]
     facts = f"{name:<10}{model['parameters']:>11,}{model['per_class']:>11,}  {sizes:<13}{options}"
-    return wrap(facts, " " * 47) + "\n" + wrap(" " * 10 + model["summary"], " " * 10)
+    under_options = " " * (len(facts) - len(options))  # a long list goes on in its column
+    return wrap(facts, under_options) + "\n" + wrap(" " * 10 + model["summary"], " " * 10)
 
 
 def _toml(value: object) -> str:
