@@ -2,6 +2,7 @@
 folder, members too large to be images, two processes at once, and strings that try to become
 HTML. Each must stay inside its place, or be refused with a clear message."""
 
+import csv
 import io
 import os
 import tarfile
@@ -13,8 +14,12 @@ import pytest
 from blitz import cli
 from blitz.config.settings import DataConfig
 from blitz.data import folders
+from blitz.data.exclude import read_excluded
 from blitz.data.sources import load_data
+from blitz.diagnosis.csvout import write_csv
+from blitz.diagnosis.findings import Finding
 from blitz.errors import BlitzError
+from blitz.utils.cells import FORMULA_STARTS, cell_text, text_cell
 from conftest import folder_files, run_blitz, write_folder, write_tar, write_zip
 
 
@@ -133,6 +138,40 @@ def test_hostile_names_are_escaped_in_the_report(tmp_path):
     page = (out / "report.html").read_text()
     assert "<img src=x" not in page and "&lt;img src=x onerror=alert(1)&gt;" in page
     assert "Content-Security-Policy" in page and "script-src 'sha256-" in page
+
+
+FORMULAS = ["=HYPERLINK(1)", "+1", "-2", "@x", "'=3", "''"]
+
+
+def test_a_text_cell_never_begins_like_a_formula_and_reads_back_as_it_was():
+    for text in [*FORMULAS, "\tx", "\rx", "plain", "a=b", ""]:
+        cell = text_cell(text)
+        assert not cell.startswith(FORMULA_STARTS) and cell_text(cell) == text
+
+
+def test_names_that_begin_like_formulas_are_text_in_every_csv_and_found_again(tmp_path, capsys):
+    """A class "=HYPERLINK(1)" and files "-2.png" ...: sets.csv, the predictions' CSV and
+    doctor.csv hold them as text (an apostrophe in front), and blitz reads them back."""
+    files = {k.removeprefix("train/"): v for k, v in folder_files().items() if "train/" in k}
+    files = {k.replace("apple", FORMULAS[0]): v for k, v in files.items()}
+    for name in FORMULAS[1:]:
+        files[f"{FORMULAS[0]}/{name}.png"] = files[f"{FORMULAS[0]}/0_0.png"]
+    data = write_folder(tmp_path / "fruit", files)
+    out, predicted = tmp_path / "run", tmp_path / "predicted.csv"
+    args = ["train", "--preset", "seed", "--data", data, "--max-steps", "1", "--out", out]
+    assert cli.main([*map(str, args), "--quiet"]) == 0, capsys.readouterr().err
+    assert cli.main(["eval", str(out)]) == 0, capsys.readouterr().err  # the same sets found
+    images = data / FORMULAS[0]
+    assert (
+        cli.main(["predict", str(out), str(images), "--top-k", "2", "--csv", str(predicted)]) == 0
+    )
+    finding = Finding("label", image=f"{FORMULAS[0]}/-2.png", label=FORMULAS[0], detail="@x")
+    doctor = write_csv([finding], tmp_path / "doctor.csv")
+    for table in (out / "sets.csv", predicted, doctor):
+        cells = [c for row in csv.reader(table.open(newline="")) for c in row]
+        assert f"'{FORMULAS[0]}" in "".join(cells)
+        assert not [c for c in cells if c.startswith(FORMULA_STARTS)], table
+    assert read_excluded(doctor) == {f"{FORMULAS[0]}/-2.png"}
 
 
 @pytest.mark.slow

@@ -15,6 +15,7 @@ from blitz.data.dataset import ImageData, Log
 from blitz.data.roles import SET_NAMES
 from blitz.errors import BlitzError
 from blitz.files import read_regular
+from blitz.utils.cells import cell_text
 
 MAX_LIST_BYTES = 256 * 2**20  # a list of a million ids takes ~50 MB
 
@@ -36,7 +37,8 @@ def read_excluded(path: Path) -> set[str]:
     if "image" in head:  # a table: doctor.csv, sets.csv
         column = head.index("image")
         rows = csv.reader(io.StringIO(text, newline=""))
-        return {row[column] for row in list(rows)[1:] if len(row) > column and row[column]}
+        cells = (row[column] for row in list(rows)[1:] if len(row) > column and row[column])
+        return set(map(cell_text, cells))  # doctor.csv's and sets.csv's text cells
     return {line.strip() for line in lines if line.strip() and not line.startswith("#")}
 
 

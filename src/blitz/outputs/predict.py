@@ -22,6 +22,7 @@ from blitz.errors import BlitzError
 from blitz.files import open_regular
 from blitz.training.checkpoint import ModelFacts
 from blitz.training.evaluate import predict_logits
+from blitz.utils.cells import text_cell
 from blitz.utils.writes import check_output_file, write_atomic
 
 Prediction = tuple[Path, list[tuple[str, float]]]
@@ -193,6 +194,11 @@ def printable(text: str) -> str:
     return raw.decode("utf-8", "backslashreplace")
 
 
+def _text(text: str) -> str:
+    """A text cell of the predictions' CSV: printable, and no spreadsheet formula."""
+    return text_cell(printable(text))
+
+
 def check_min_confidence(value: float | None, what: str = "--min-confidence") -> None:
     """A probability in [0, 1] (or None: always answer)."""
     if value is None:
@@ -237,7 +243,8 @@ def write_csv(
     """Columns: path (then, with ``min_confidence``, label: the top class or unknown; with a
     multi-label model's ``labels``, labels: each image's, joined by ``delimiter``, as the run's
     table listed them), then class_i and prob_i for each of the top k. UTF-8, with the bytes of
-    non-UTF-8 names as ``\\xNN`` (as printed), so any CSV reader can read every row."""
+    non-UTF-8 names as ``\\xNN`` (as printed), so any CSV reader can read every row; a text that
+    begins like a spreadsheet formula (``=``, ``+``, ``-``, ``@``) with an apostrophe in front."""
     check_output_file(path, "the CSV")
     k = len(predictions[0][1]) if predictions else 0
     label = [] if min_confidence is None else ["label"]
@@ -248,8 +255,8 @@ def write_csv(
     writer = csv.writer(out)
     writer.writerow(header)
     for row, (file, top) in enumerate(predictions):
-        decided = [] if min_confidence is None else [printable(decide(top, min_confidence))]
-        decided += [] if labels is None else [printable(delimiter.join(labels[row]))]
-        cells = [v for c, p in top for v in (printable(c), f"{p:.6f}")]
-        writer.writerow([printable(str(file)), *decided, *cells])
+        decided = [] if min_confidence is None else [_text(decide(top, min_confidence))]
+        decided += [] if labels is None else [_text(delimiter.join(labels[row]))]
+        cells = [v for c, p in top for v in (_text(c), f"{p:.6f}")]
+        writer.writerow([_text(str(file)), *decided, *cells])
     write_atomic(path, out.getvalue().encode())

@@ -23,6 +23,7 @@ from blitz.files import read_regular, remove_temporary_files
 from blitz.models.configs import config_from_dict
 from blitz.training.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from blitz.training.metrics import Metrics
+from blitz.utils.cells import cell_text, text_cell
 from blitz.utils.locks import locked
 from blitz.utils.writes import write_atomic, write_json
 
@@ -155,7 +156,8 @@ class RunDir:
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\n")
         writer.writerow(SETS_HEADER)
-        writer.writerows((role, cls, image) for role, rows in sets.items() for image, cls in rows)
+        rows = ((role, cls, image) for role, rows in sets.items() for image, cls in rows)
+        writer.writerows(map(text_cell, row) for row in rows)  # as a spreadsheet's text
         # a file name that is not UTF-8 keeps its bytes, so read_sets finds the same file
         write_atomic(self.sets, out.getvalue().encode("utf-8", NAME_BYTES))
 
@@ -167,7 +169,7 @@ class RunDir:
         try:
             data = read_regular(self.sets, MAX_SETS_BYTES, follow=False)
             reader = csv.reader(io.StringIO(data.decode("utf-8", NAME_BYTES), newline=""))
-            rows = [(reader.line_num, row) for row in reader]
+            rows = [(reader.line_num, list(map(cell_text, row))) for row in reader]
         except (OSError, csv.Error) as exc:
             raise BlitzError(f"{problem} ({exc})") from None
         if not rows or rows[0][1] != list(SETS_HEADER):

@@ -16,6 +16,7 @@ from blitz.config.loading import settings_toml
 from blitz.training.rundir import RunDir
 from blitz.tuning.job import Job, Tested
 from blitz.tuning.trial import remove_run, trial_dir
+from blitz.utils.cells import text_cell
 from blitz.utils.writes import write_atomic
 
 KEPT = 3  # the top trials whose run directories stay
@@ -39,11 +40,16 @@ def csv_text(trials: list[FrozenTrial], keys: list[str]) -> str:
         kept = attrs.get("run_dir", "") if Path(attrs.get("run_dir", "-")).is_dir() else ""
         writer.writerow([
             t.number, t.state.name.lower(), "" if t.value is None else t.value,
-            attrs.get("seconds", ""), attrs.get("epochs", ""), kept,
-            *(t.params.get(key, "") for key in keys),
-            attrs.get("error", ""),
+            attrs.get("seconds", ""), attrs.get("epochs", ""), text_cell(kept),
+            *(_cell(t.params.get(key, "")) for key in keys),
+            text_cell(attrs.get("error", "")),
         ])  # fmt: skip
     return buf.getvalue()
+
+
+def _cell(value: Any) -> Any:
+    """A setting's cell: a number as it is, a choice's text as no spreadsheet formula."""
+    return text_cell(value) if isinstance(value, str) else value
 
 
 def best_toml(job: Job, best: FrozenTrial, total: int) -> str:
