@@ -44,9 +44,9 @@ def no_training(monkeypatch):
     monkeypatch.setattr("blitz.tuning.search.train_run", refuse)
 
 
-def tune_tiny(out: Path, **kwargs):
+def tune_tiny(out: Path, data: str = "shapes:200", **kwargs):
     kwargs = {"space": SPACE, "trials": 3, "quiet": True, **TINY, **kwargs}
-    return blitz.tune("shapes:200", "seed", out=out, **kwargs)
+    return blitz.tune(data, "seed", out=out, **kwargs)
 
 
 # --- bad input: clear errors before any training ---------------------------------------------
@@ -278,6 +278,32 @@ def test_the_best_toml_trains_as_blitz_train_config(tmp_path):
     result = tune_tiny(tmp_path / "study", trials=2, pruner="none")
     run = blitz.train(config=tmp_path / "study" / "best.toml", out=tmp_path / "replay", quiet=True)
     assert run.metrics.validation["accuracy"] == pytest.approx(result.best_validation)
+
+
+@pytest.mark.slow
+def test_a_study_of_several_labels_an_image_is_scored_and_pruned_by_macro_map(tmp_path):
+    reported = {}  # trial -> the figures it reported, by the share of its steps done
+    pruner = optuna.pruners.NopPruner()
+    pruner.prune = lambda study, trial: reported.update(
+        {trial.number: dict(trial.intermediate_values)}
+    )
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("blitz.tuning.study.build_pruner", lambda name: pruner)
+        result = tune_tiny(tmp_path / "study", trials=2, data="multishapes:300")
+    rows = list(csv.DictReader((tmp_path / "study" / "tune.csv").open()))
+    assert "val_map" in rows[0] and "val_accuracy" not in rows[0]
+    for row in rows:  # each trial's score is its run's validation mAP, as the pruner saw it
+        run = blitz.load(row["run_dir"]).metrics
+        assert float(row["val_map"]) == pytest.approx(run.multilabel["map"])
+        assert reported[int(row["trial"])][100] == run.history[-1]["val_map"]
+    tested = result.tested
+    assert (
+        tested.figure == "macro mAP"
+        and "validation macro mAP" in (tmp_path / "study" / "tune.html").read_text()
+    )
+    best = blitz.load(tested.run_dir).metrics
+    assert tested.test == best.multilabel["map"] and tested.validation == best.validation["map"]
+    assert "validation macro mAP" in (tmp_path / "study" / "best.toml").read_text()
 
 
 def _tune_process(out: Path, *args: str) -> subprocess.Popen:

@@ -40,7 +40,8 @@ def tune(
     **settings: Any,
 ) -> TuneResult:
     """Search the settings as ``blitz tune`` does (Optuna: TPE, pruned on each epoch's
-    validation accuracy): trials are runs scored on validation only; the winner's settings go
+    validation accuracy, or macro mAP for several labels an image): trials are runs scored on
+    validation only; the winner's settings go
     to ``out/best.toml``, and it is trained again and tested once (``result.tested``).
     ``settings`` (``train``'s keywords) and ``set`` are fixed for every trial; ``space`` is a
     TOML file with a [space] table, or that table as a dict; ``resume`` continues the study in

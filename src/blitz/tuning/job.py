@@ -13,6 +13,7 @@ from blitz.data.sources import load_data, recorded_spec
 from blitz.errors import BlitzError
 from blitz.models.configs import build_config
 from blitz.training.context import Log, silent
+from blitz.training.metrics import Metrics
 from blitz.tuning.space import Space, space_from_raw
 
 VAL_FRACTION = 0.1  # split off as the validation set where the data has none
@@ -29,6 +30,21 @@ class Job:
     space: dict[str, dict[str, Any]]  # key -> Dimension.to_raw()
     pruner: str = "median"
     notes: list[str] = field(default_factory=list)  # what tune decided for the user, said once
+    multi_label: bool = False  # several labels an image: trials are scored by macro mAP
+
+    @property
+    def figure(self) -> str:
+        """What trials are scored by, as the page and the lines name it."""
+        return "macro mAP" if self.multi_label else "accuracy"
+
+    @property
+    def key(self) -> str:
+        """That figure's key in a run's validation record (an epoch's has ``val_`` before it)."""
+        return "map" if self.multi_label else "accuracy"
+
+    def test_score(self, metrics: Metrics) -> float:
+        """A run's figure on its test set (a trial's run holds its test set out: validation's)."""
+        return metrics.multilabel["map"] if self.multi_label else metrics.test_accuracy
 
     def config(self, params: dict[str, Any]) -> Config:
         """A trial's settings: the fixed ones with its ``params`` (setting key -> value)."""
@@ -53,7 +69,8 @@ def with_validation(job: Job, log: Log) -> Job:
     cfg = job.config({}).data
     data = load_data(cfg, silent)
     # a path as an absolute one: helpers, a resumed study and best.toml read the same data
-    job = replace(job, fixed={**job.fixed, "data.source": recorded_spec(cfg.source)})
+    source = recorded_spec(cfg.source)
+    job = replace(job, fixed={**job.fixed, "data.source": source}, multi_label=data.multi_label)
     if data.test_is_val:
         raise BlitzError(
             f"{data.name} has no test set: blitz tune scores trials on validation and tests the "
@@ -88,9 +105,10 @@ class Tested:
 
     trial: int  # the winning trial's number
     run_dir: str
-    validation: float  # the retrained run's validation accuracy (the trial's, if it replays)
-    test: float  # its test accuracy: the only test the study takes
+    validation: float  # the retrained run's validation figure (the trial's, if it replays)
+    test: float  # its test figure: the only test the study takes
     retrained: bool = True  # False: the test was taken before (by this or another process)
+    figure: str = "accuracy"  # the figure both are (``Job.figure``)
 
 
 @dataclass(frozen=True)

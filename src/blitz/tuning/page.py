@@ -27,15 +27,16 @@ SLICES_PER_ROW = 3
 def write_page(path: Path, study: optuna.Study, job: Job, tested: Tested | None) -> None:
     trials = study.get_trials(deepcopy=False)
     space = job.dimensions
+    figure = job.figure
     sections = [
         section("Leaderboard", _leaderboard(trials, tested)),
-        section("Optimisation history", img(history_png(trials), "optimisation history")),
-        section("Parameter importances", _importances(study)),
-        section("Slices", img(slices_png(trials, space), "validation accuracy by setting")),
+        section("Optimisation history", img(history_png(trials, figure), "optimisation history")),
+        section("Parameter importances", _importances(study, figure)),
+        section("Slices", img(slices_png(trials, space, figure), f"{figure} by setting")),
         section("Search", _search(job, space)),
     ]
     subtitle = html.escape(
-        f"study {study.study_name}: {len(trials)} trials, scored on validation only"
+        f"study {study.study_name}: {len(trials)} trials, scored by their validation {figure} only"
     )
     write_atomic(path, page("blitz tune", subtitle, sections).encode())
 
@@ -71,7 +72,7 @@ def _search(job: Job, space: Space) -> str:
     )
 
 
-def _importances(study: optuna.Study) -> str:
+def _importances(study: optuna.Study, figure: str) -> str:
     """Optuna's PED-ANOVA importances (it needs no scikit-learn), drawn here."""
     try:
         with warnings.catch_warnings():  # "experimental"
@@ -82,12 +83,12 @@ def _importances(study: optuna.Study) -> str:
         return f"<p class='note'>{html.escape(f'no importances: {exc}')}</p>"
     if not found:
         return "<p class='note'>not enough finished trials to say</p>"
-    return img(importances_png(found), "parameter importances")
+    return img(importances_png(found, figure), "parameter importances")
 
 
 @plain_text
-def history_png(trials: list[FrozenTrial]) -> bytes:
-    """Each trial's validation accuracy by its number (pruned ones at their last epoch's), and
+def history_png(trials: list[FrozenTrial], figure: str) -> bytes:
+    """Each trial's validation ``figure`` by its number (pruned ones at their last epoch's), and
     the best so far."""
     fig, ax = plt.subplots(figsize=(7, 3.6))
     done = sorted((t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: t.number)
@@ -104,25 +105,25 @@ def history_png(trials: list[FrozenTrial]) -> bytes:
     ax.step([t.number for t in done], line, where="post", color="tab:red", label="best so far")
     ax.set_xlabel("trial")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_ylabel("validation accuracy (%)")
+    ax.set_ylabel(f"validation {figure} (%)")
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     return figure_png(fig)
 
 
 @plain_text
-def importances_png(importances: dict[str, float]) -> bytes:
+def importances_png(importances: dict[str, float], figure: str) -> bytes:
     names = list(importances)[::-1]
     fig, ax = plt.subplots(figsize=(6, 0.45 * len(names) + 1))
     ax.barh(names, [importances[n] for n in names], color="tab:blue")
-    ax.set_xlabel("importance for the validation accuracy (PED-ANOVA)")
+    ax.set_xlabel(f"importance for the validation {figure} (PED-ANOVA)")
     fig.tight_layout()
     return figure_png(fig)
 
 
 @plain_text
-def slices_png(trials: list[FrozenTrial], space: Space) -> bytes:
-    """Validation accuracy against each setting searched, one panel a setting."""
+def slices_png(trials: list[FrozenTrial], space: Space, figure: str) -> bytes:
+    """The validation ``figure`` against each setting searched, one panel a setting."""
     done = [t for t in trials if t.state == TrialState.COMPLETE]
     keys = list(space) or ["(none)"]
     cols = min(SLICES_PER_ROW, len(keys))
@@ -144,7 +145,7 @@ def slices_png(trials: list[FrozenTrial], space: Space) -> bytes:
         ax.scatter([x for x, _ in points], [y for _, y in points], c=range(len(points)),
                    cmap="viridis", s=18)  # fmt: skip
         ax.set_title(key, fontsize=9)
-        ax.set_ylabel("validation (%)", fontsize=8)
+        ax.set_ylabel(f"validation {figure} (%)", fontsize=8)
     for ax in list(axes.flat)[len(keys) :]:
         ax.axis("off")
     fig.tight_layout()

@@ -24,16 +24,18 @@ SHOWN = 5  # rows of the printed leaderboard
 
 
 def ranked(trials: list[FrozenTrial]) -> list[FrozenTrial]:
-    """Finished trials, best validation accuracy first (the earlier trial first on a tie)."""
+    """Finished trials, best validation figure first (the earlier trial first on a tie)."""
     done = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
     return sorted(done, key=lambda t: (-float(t.value or 0), t.number))
 
 
-def csv_text(trials: list[FrozenTrial], keys: list[str]) -> str:
-    """tune.csv: trial, state, validation accuracy, seconds, epochs, kept run, settings, error."""
+def csv_text(trials: list[FrozenTrial], job: Job) -> str:
+    """tune.csv: trial, state, validation figure (``val_accuracy``, or ``val_map`` for several
+    labels an image), seconds, epochs, kept run, settings, error."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["trial", "state", "val_accuracy", "seconds", "epochs", "run_dir", *keys,
+    keys = list(job.space)
+    writer.writerow(["trial", "state", f"val_{job.key}", "seconds", "epochs", "run_dir", *keys,
                      "error"])  # fmt: skip
     for t in sorted(trials, key=lambda t: t.number):
         attrs = t.user_attrs
@@ -56,7 +58,7 @@ def best_toml(job: Job, best: FrozenTrial, total: int) -> str:
     """The winner's whole settings as a settings file (``blitz train --config best.toml``)."""
     cfg = job.config(best.params)
     about = (
-        f"blitz tune's best of {total} trials: trial {best.number}, validation accuracy "
+        f"blitz tune's best of {total} trials: trial {best.number}, validation {job.figure} "
         f"{100 * float(best.value or 0):.2f} %"
     )
     return f"# {about}\n" + settings_toml(replace(cfg, description=about))
@@ -104,11 +106,11 @@ def leaderboard(study: optuna.Study, tested: Tested | None) -> list[str]:
 def tested_line(tested: Tested) -> str:
     how = "retrained from best.toml" if tested.retrained else "retrained from best.toml earlier"
     return (
-        f"winner: trial {tested.trial}, {how} into {tested.run_dir}: validation "
+        f"winner: trial {tested.trial}, {how} into {tested.run_dir}: validation {tested.figure} "
         f"{100 * tested.validation:.2f} %, test {100 * tested.test:.2f} % (the test set's only "
         "use: trials never saw it)"
     )
 
 
-def write_csv(path: Path, trials: list[FrozenTrial], keys: list[str]) -> None:
-    write_atomic(path, csv_text(trials, keys).encode())
+def write_csv(path: Path, trials: list[FrozenTrial], job: Job) -> None:
+    write_atomic(path, csv_text(trials, job).encode())

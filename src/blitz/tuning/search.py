@@ -216,16 +216,16 @@ def finish(study: optuna.Study, job: Job, opts: Options, log: Log) -> Result:
     with locked(out / ".finish.lock"):  # two processes of one --out finish one at a time
         trials = study.get_trials(deepcopy=False)
         files = {"csv": out / "tune.csv", "page": out / "tune.html", "best": out / "best.toml"}
-        write_csv(files["csv"], trials, list(job.space))
+        write_csv(files["csv"], trials, job)
         top = ranked(trials)
         if not top:
-            raise BlitzError(_none_finished(trials, files["csv"]))
+            raise BlitzError(_none_finished(trials, files["csv"], job))
         best = top[0]
         write_atomic(files["best"], best_toml(job, best, len(trials)).encode())
-        tested = _test_winner(study, best.number, files["best"], out, opts.quiet, log)
+        tested = _test_winner(study, job, best.number, files["best"], out, log)
         keep_top(trials, out)
         write_page(files["page"], study, job, tested)
-        write_csv(files["csv"], trials, list(job.space))  # which runs were kept
+        write_csv(files["csv"], trials, job)  # which runs were kept
     for line in leaderboard(study, tested):
         log(line)
     log(f"wrote {files['csv']}, {files['page']}, {files['best']} (blitz train --config "
@@ -234,7 +234,7 @@ def finish(study: optuna.Study, job: Job, opts: Options, log: Log) -> Result:
 
 
 def _test_winner(
-    study: optuna.Study, number: int, toml: Path, out: Path, quiet: bool, log: Log
+    study: optuna.Study, job: Job, number: int, toml: Path, out: Path, log: Log
 ) -> Tested:
     """Train the winner again from best.toml (as ``blitz train --config`` would) and test it:
     the study's one look at the test set. A winner already tested is not tested again."""
@@ -249,17 +249,17 @@ def _test_winner(
         metrics = train_run(cfg, run_dir, silent, True, time.perf_counter())
     if metrics is None or metrics.validation is None:  # pragma: no cover - tune ensured both
         raise AssertionError("the winner's run has no validation figures")
-    tested = Tested(number, str(run_dir.path), metrics.validation["accuracy"],
-                    metrics.test_accuracy)  # fmt: skip
+    validation, test = metrics.validation[job.key], job.test_score(metrics)
+    tested = Tested(number, str(run_dir.path), validation, test, figure=job.figure)
     study.set_user_attr(TESTED, {k: v for k, v in asdict(tested).items() if k != "retrained"})
     return tested
 
 
-def _none_finished(trials: list, csv_path: Path) -> str:
+def _none_finished(trials: list, csv_path: Path, job: Job) -> str:
     errors = [t.user_attrs["error"] for t in trials if "error" in t.user_attrs]
     first = f" (the first error: {errors[0]})" if errors else ""
     return (
-        f"no trial finished: {len(trials)} trials, none with a validation accuracy{first}; "
+        f"no trial finished: {len(trials)} trials, none with a validation {job.figure}{first}; "
         f"see {csv_path}. Loosen the space or give a larger budget (--max-steps)"
     )
 

@@ -1,5 +1,6 @@
 """One trial: one blitz training run with the trial's settings, its test set held out, scored
-on validation; each epoch's validation accuracy goes to the pruner."""
+on validation (accuracy, or macro mAP for several labels an image: ``Job.figure``); each
+epoch's validation figure goes to the pruner."""
 
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ def trial_dir(out: Path, number: int) -> Path:
 
 
 def objective(job: Job, out: Path) -> Callable[[optuna.Trial], float]:
-    """Optuna's objective: train a trial's run, return its validation accuracy."""
+    """Optuna's objective: train a trial's run, return its validation figure."""
     space = job.dimensions
 
     def run(trial: optuna.Trial) -> float:
@@ -52,7 +53,7 @@ def _train(trial: optuna.Trial, job: Job, params: dict, out: Path) -> float:
         with run_dir.lock(), contextlib.redirect_stderr(notes):
             run_dir.prepare(overwrite=True)
             metrics = train_run(cfg, run_dir, silent, True, time.perf_counter(), test=False,
-                                on_epoch=_pruning(trial))  # fmt: skip
+                                on_epoch=_pruning(trial, job))  # fmt: skip
     except optuna.TrialPruned:
         remove_run(run_dir)
         raise
@@ -73,26 +74,26 @@ def _train(trial: optuna.Trial, job: Job, params: dict, out: Path) -> float:
         raise AssertionError("a trial's run returned no metrics")
     trial.set_user_attr("run_dir", str(run_dir.path))
     trial.set_user_attr("epochs", metrics.epochs)
-    return metrics.test_accuracy  # on validation: the test set was held out
+    return job.test_score(metrics)  # on validation: the test set was held out
 
 
-def _pruning(trial: optuna.Trial) -> Callable[[TrainState, int], None]:
-    """After each epoch: report its validation accuracy at the percentage of the trial's planned
+def _pruning(trial: optuna.Trial, job: Job) -> Callable[[TrainState, int], None]:
+    """After each epoch: report its validation figure at the percentage of the trial's planned
     steps done, and stop if the pruner says so. Not at the epoch's number: with the batch size
     searched, epoch 1 is half of one trial's budget and a fifth of another's, and a pruner
     compares trials at equal steps."""
 
     def after_epoch(state: TrainState, total: int) -> None:
-        accuracy = state.history[-1].get("val_accuracy")
-        if accuracy is None:
+        figure = state.history[-1].get(f"val_{job.key}")
+        if figure is None:
             return
         done = round(100 * state.step / max(total, 1))
-        trial.report(accuracy, done)
+        trial.report(figure, done)
         if trial.should_prune():
             trial.set_user_attr("epochs", state.epoch)
             raise optuna.TrialPruned(
                 f"pruned after epoch {state.epoch} ({done} % of its steps): validation "
-                f"accuracy {100 * accuracy:.2f} %"
+                f"{job.figure} {100 * figure:.2f} %"
             )
 
     return after_epoch
