@@ -82,13 +82,14 @@ def _value(value: Any) -> str:
     return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
-def leaderboard(study: optuna.Study, tested: Tested | None) -> list[str]:
-    """The top trials and what the test said, as printed lines."""
+def leaderboard(study: optuna.Study, tested: Tested | None, figure: str) -> list[str]:
+    """The top trials by their validation ``figure`` and what the test said, as printed lines."""
     trials = study.get_trials(deepcopy=False)
     states = {s: sum(t.state == s for t in trials) for s in TrialState}
     lines = [
-        f"{len(trials)} trials: {states[TrialState.COMPLETE]} finished, "
-        f"{states[TrialState.PRUNED]} pruned, {states[TrialState.FAIL]} failed"
+        f"{len(trials)} trials, scored by validation {figure}: "
+        f"{states[TrialState.COMPLETE]} finished, {states[TrialState.PRUNED]} pruned, "
+        f"{states[TrialState.FAIL]} failed"
         + (f", {states[TrialState.RUNNING]} running" if states[TrialState.RUNNING] else ""),
         f"{'rank':>4}  {'trial':>5}  {'validation':>10}  {'seconds':>7}  settings",
     ]

@@ -226,7 +226,7 @@ def finish(study: optuna.Study, job: Job, opts: Options, log: Log) -> Result:
         keep_top(trials, out)
         write_page(files["page"], study, job, tested)
         write_csv(files["csv"], trials, job)  # which runs were kept
-    for line in leaderboard(study, tested):
+    for line in leaderboard(study, tested, job.figure):
         log(line)
     log(f"wrote {files['csv']}, {files['page']}, {files['best']} (blitz train --config "
         f"{files['best']} replays the winner)")  # fmt: skip
