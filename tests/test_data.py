@@ -88,6 +88,30 @@ def test_image_folder_in_every_layout(tmp_path, layout):
     assert red == [200, 30, 30]
 
 
+@pytest.mark.parametrize("container", ["dir", "zip"])
+@pytest.mark.parametrize("flat", [False, True])
+def test_images_within_class_folders_count_and_hidden_files_do_not(tmp_path, container, flat):
+    """cat/2019/1.jpg is a cat, as ImageFolder reads it; .ipynb_checkpoints, macOS's ._1.jpg
+    (not images: they would fail to decode) and a Mac zip's __MACOSX are no part of the data."""
+    files = {}
+    for name, data in folder_files().items():
+        split, cls, file = name.split("/")
+        nested = f"{cls}/{2019 + int(file[2])}/{file}"  # apple/2019/0_0.png
+        if not (flat and split == "test"):
+            files[nested if flat else f"{split}/{nested}"] = data
+    first = next(iter(files))
+    hidden = [".ipynb_checkpoints/x-checkpoint.png", f"{first.rpartition('/')[0]}/._x.png",
+              f"__MACOSX/{first}", ".git/objects/ab.png"]  # fmt: skip
+    files.update(dict.fromkeys(hidden, b"\x00\x05\x16\x07 not an image"))
+    if container == "dir":
+        path = write_folder(tmp_path / "fruit", files)
+    else:
+        path = write_zip(tmp_path / "fruit.zip", files)
+    data = load_data(str(path))
+    assert data.classes == FRUIT
+    assert len(data.train) + len(data.val or []) + len(data.test) == (12 if flat else 24)
+
+
 def test_decoded_cache_is_reused_and_refreshed_when_the_source_changes(image_folder, cache):
     first = load_data(str(image_folder))
     cached = list((cache / "decoded").glob("*.pt"))

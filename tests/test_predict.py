@@ -49,6 +49,16 @@ def hostile_folder(root: Path) -> Path:
     return root
 
 
+def test_hidden_files_in_a_folder_are_not_predicted_unless_named(tmp_path):
+    folder = tmp_path / "images"
+    for name in ["a.png", "2019/b.png", "._a.png", ".thumbs/c.png", "__MACOSX/._a.png"]:
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(b"")
+    found = [p.relative_to(folder).as_posix() for p in collect_images([folder])]
+    assert found == ["2019/b.png", "a.png"]
+    assert collect_images([folder / "._a.png"]) == [folder / "._a.png"]  # named: read
+
+
 def test_good_images_are_classified_and_each_bad_one_is_skipped_and_named(run_dir, tmp_path):
     folder = hostile_folder(tmp_path / "images")
     files = collect_images([folder])

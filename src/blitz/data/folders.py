@@ -1,6 +1,9 @@
 """Image folders and archives of them: their files listed and read, and their layout turned
 into classes and (file, label) pairs per set: ``[top/]train|val|test/<class>/<image>`` (val
-also named valid, validation or dev), or flat, ``[top/]<class>/<image>``."""
+also named valid, validation or dev), or flat, ``[top/]<class>/<image>``; as torchvision's
+``ImageFolder``, an image in a folder within a class folder (``cat/2019/1.jpg``) is of that
+class. Hidden files and folders (``.ipynb_checkpoints``, macOS's ``._1.jpg``) and ``__MACOSX``
+are no part of a dataset."""
 
 from __future__ import annotations
 
@@ -108,6 +111,8 @@ def list_files(path: Path, log: Log = silent) -> tuple[list[str], list[str]]:
     others: list[str] = []
     size = 0
     for member in members(path, log):
+        if is_hidden(member.name):
+            continue
         if member.kind == "file" and _is_wanted(member.name):
             wanted.append(member.name)
             size += member.size
@@ -252,6 +257,12 @@ def other_files_note(others: list[str]) -> str | None:
     return f"ignored {len(skipped)} files that are not images (e.g. {skipped[0]})"
 
 
+def is_hidden(name: str) -> bool:
+    """A name that is hidden, or in a hidden folder or ``__MACOSX`` (a zip made on a Mac); an
+    archive's ``./`` (``tar -C DIR .``) is no hidden folder."""
+    return any((p.startswith(".") and p != ".") or p == "__MACOSX" for p in name.split("/"))
+
+
 def _is_wanted(name: str) -> bool:
     return Path(name).suffix.lower() in IMAGE_EXTENSIONS or Path(name).name in CIFAR_FILES
 
@@ -284,6 +295,7 @@ def _folder_members(root: Path) -> Iterator[Member]:
             yield Member(rel, "other", 0, _no_open)
             continue
         seen.add((here.st_dev, here.st_ino))
+        dirs[:] = [d for d in dirs if not is_hidden(d)]  # never walk .git or .ipynb_checkpoints
         if rel != ".":
             yield Member(rel, "dir", 0, _no_open)
         prefix = "" if rel == "." else rel + "/"
@@ -361,7 +373,8 @@ def _stamp(path: Path) -> tuple[int, ...]:
 
 class _Tree(NamedTuple):
     """How a folder's names map to sets and classes: without the one top-level folder around
-    everything (if there is one), ``SET/CLASS/FILE``, or flat, ``CLASS/FILE``."""
+    everything (if there is one), ``SET/CLASS/...FILE``, or flat, ``CLASS/...FILE`` (a file
+    in folders within a class folder is of that class)."""
 
     top: str  # "" or "name/", the folder around everything
     flat: bool
@@ -370,8 +383,8 @@ class _Tree(NamedTuple):
         """(role, class) of a file, or None if it is outside the layout."""
         parts = name.removeprefix(self.top).split("/")
         if self.flat:
-            return ("train", parts[0]) if len(parts) == 2 else None
-        role = SET_FOLDERS.get(parts[0].lower()) if len(parts) == 3 else None
+            return ("train", parts[0]) if len(parts) >= 2 else None
+        role = SET_FOLDERS.get(parts[0].lower()) if len(parts) >= 3 else None
         return (role, parts[1]) if role else None
 
 

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from blitz.data.folders import Member, read_member
+from blitz.data.folders import Member, is_hidden, read_member
 from blitz.data.images import IMAGE_EXTENSIONS, BadImage, decode_image
 from blitz.errors import BlitzError
 from blitz.files import open_regular
@@ -35,13 +35,15 @@ UNKNOWN = "unknown"  # the label of an image whose top probability is below --mi
 
 
 def collect_images(paths: list[Path]) -> list[Path]:
-    """Image files named directly or found (recursively) in the folders given. Entries that
-    are not regular files (pipes, devices, dangling links) are kept: reading one names it."""
+    """Image files named directly or found (recursively) in the folders given, not hidden ones
+    (as in a dataset: ``data.folders.is_hidden``). Entries that are not regular files (pipes,
+    devices, dangling links) are kept: reading one names it."""
     files: list[Path] = []
     for path in paths:
         if path.is_dir():  # a folder named x.png is a folder: its images are found below
             found = (p for p in path.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
-            files += sorted(p for p in found if not p.is_dir())
+            shown = (p for p in found if not is_hidden(p.relative_to(path).as_posix()))
+            files += sorted(p for p in shown if not p.is_dir())
         elif os.path.lexists(path):
             files.append(path)
         else:
