@@ -161,6 +161,17 @@ def test_without_a_validation_set_the_temperature_stays_one_and_says_why():
     assert "no validation set" in found.summary() and "after" not in found.sets["test"]
 
 
+def test_too_few_or_only_right_validation_images_fit_no_temperature():
+    logits, labels = over_confident(100, seed=5)
+    few = calibrate(logits, labels, logits[:19], labels[:19])
+    assert few.temperature == 1.0 and few.fitted_on is None and "19 validation images" in few.note
+    assert calibrate(logits, labels, logits[:20], labels[:20]).fitted_on == "validation"
+    right = logits.argmax(1) == labels
+    sure = calibrate(logits, labels, logits[right], labels[right])  # T would fall to 0.05
+    assert sure.temperature == 1.0 and "every validation image is predicted right" in sure.note
+    assert "after" not in sure.sets["test"] and "probabilities are left as" in sure.summary()
+
+
 def _metrics(**extra) -> dict:
     return {"test_accuracy": 0.5, "classes": ["a", "b"], "confusion_matrix": [[1, 0], [1, 0]],
             "per_class_accuracy": {"a": 1.0, "b": 0.0}, **extra}  # fmt: skip

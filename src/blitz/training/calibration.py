@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 BINS = 15  # Guo et al.'s equal-width bins of the top probability
 TEMPERATURE_RANGE = (0.05, 20.0)  # past these, a fit is a degenerate set, not a calibration
+MIN_FIT_IMAGES = 20  # validation images a temperature is fitted on, at least
 FIGURES = ("ece", "mce", "nll", "brier")
 THRESHOLDS = (0.5, 0.7, 0.9)  # --min-confidence values marked on the risk-coverage curve
 
@@ -178,13 +179,14 @@ def calibrate(
     test_is_val: bool = False,
 ) -> Calibration:
     """Fit T on the validation logits (never the test set's) and measure both sets before and
-    after it. Without a validation set T stays 1 and the note says why."""
-    if val_logits is None or val_labels is None or not len(val_labels):
+    after it. Where no temperature can be fitted (``_unfit``) T stays 1 and the note says why."""
+    if val_logits is None or val_labels is None:
+        why = "no validation set to fit a temperature on (--val-fraction 0.1 splits one off)"
+    else:
+        why = _unfit(val_logits, val_labels)
+    if why or val_logits is None or val_labels is None:
         before = logit_figures(test_logits, test_labels)
-        note = (
-            "no validation set to fit a temperature on, so probabilities are left as the model "
-            "gives them (--val-fraction 0.1 splits one off)"
-        )
+        note = f"{why}: probabilities are left as the model gives them"
         return Calibration(1.0, None, {"test": {"before": before}}, note)
     temperature = fit_temperature(val_logits, val_labels)
     sets = {"test": _before_after(test_logits, test_labels, temperature)}
@@ -196,10 +198,27 @@ def calibrate(
     return Calibration(temperature, "validation", sets, note)
 
 
+def _unfit(logits: torch.Tensor, labels: torch.Tensor) -> str:
+    """Why these validation images cannot fit a temperature ("" if they can): too few of them
+    (the fit follows their noise), or every one predicted right (their NLL falls as T shrinks,
+    without end: T would stop at the range's floor and every probability at 100 %)."""
+    if len(labels) < MIN_FIT_IMAGES:
+        return (
+            f"{len(labels)} validation images are too few to fit a temperature on (it takes "
+            f"{MIN_FIT_IMAGES})"
+        )
+    if bool((logits.argmax(1) == labels).all()):
+        return "every validation image is predicted right: no error to fit a temperature on"
+    return ""
+
+
 def measure(logits: torch.Tensor, labels: torch.Tensor, temperature: float) -> Calibration:
     """The figures of a set before and after a temperature already fitted (``blitz eval``)."""
     if temperature == 1.0:
-        note = "the run has no temperature: no validation set, or a run from before"
+        note = (
+            "the run has no temperature: its validation set could not fit one (metrics.json's "
+            "calibration note says why), or it is older"
+        )
         return Calibration(1.0, None, {"test": {"before": logit_figures(logits, labels)}}, note)
     return Calibration(
         temperature, "validation", {"test": _before_after(logits, labels, temperature)}
