@@ -95,8 +95,10 @@ def test_an_output_path_that_cannot_be_written_fails_before_the_export(tmp_path,
 @pytest.mark.slow
 @pytest.mark.subprocess
 def test_a_checkpoint_that_claims_4096_pixel_images_is_refused_before_tracing(tmp_path):
-    # a hand-edited run: a small model whose checkpoint says 4096 x 4096 (45.9 GB to trace)
-    cfg = build_config("fast-cpu", {"model.name": "convnet", "data.image_size": 4096})
+    # a hand-edited run: a small model whose checkpoint says 4096 x 4096 (45.9 GB to trace
+    # with three test-time views)
+    settings = {"model.options.widths": [16, 16, 64], "train.tta": "translate"}
+    cfg = build_config("fast-cpu", {"model.name": "convnet", "data.image_size": 4096, **settings})
     save_checkpoint(
         tmp_path / "model.pt",
         Checkpoint.of(create_model("convnet", 3, 3, **cfg.model.options), cfg, ["a", "b", "c"]),
