@@ -41,8 +41,8 @@ def tune(
 ) -> TuneResult:
     """Search the settings as ``blitz tune`` does (Optuna: TPE, pruned on each epoch's
     validation accuracy, or macro mAP for several labels an image): trials are runs scored on
-    validation only; the winner's settings go
-    to ``out/best.toml``, and it is trained again and tested once (``result.tested``).
+    validation only; the winner's settings go to ``out/best.toml``, and it is trained again and
+    tested once (``result.tested``).
     ``settings`` (``train``'s keywords) and ``set`` are fixed for every trial; ``space`` is a
     TOML file with a [space] table, or that table as a dict; ``resume`` continues the study in
     ``out`` (or ``storage``) with its recorded settings; ``search="random"``: random search

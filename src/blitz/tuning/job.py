@@ -38,7 +38,7 @@ class Job:
         return "macro mAP" if self.multi_label else "accuracy"
 
     @property
-    def key(self) -> str:
+    def figure_key(self) -> str:
         """That figure's key in a run's validation record (an epoch's has ``val_`` before it)."""
         return "map" if self.multi_label else "accuracy"
 

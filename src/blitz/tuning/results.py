@@ -34,9 +34,8 @@ def csv_text(trials: list[FrozenTrial], job: Job) -> str:
     labels an image), seconds, epochs, kept run, settings, error."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    keys = list(job.space)
-    writer.writerow(["trial", "state", f"val_{job.key}", "seconds", "epochs", "run_dir", *keys,
-                     "error"])  # fmt: skip
+    keys, score = list(job.space), f"val_{job.figure_key}"
+    writer.writerow(["trial", "state", score, "seconds", "epochs", "run_dir", *keys, "error"])
     for t in sorted(trials, key=lambda t: t.number):
         attrs = t.user_attrs
         kept = attrs.get("run_dir", "") if Path(attrs.get("run_dir", "-")).is_dir() else ""

@@ -249,7 +249,7 @@ def _test_winner(
         metrics = train_run(cfg, run_dir, silent, True, time.perf_counter())
     if metrics is None or metrics.validation is None:  # pragma: no cover - tune ensured both
         raise AssertionError("the winner's run has no validation figures")
-    validation, test = metrics.validation[job.key], job.test_score(metrics)
+    validation, test = metrics.validation[job.figure_key], job.test_score(metrics)
     tested = Tested(number, str(run_dir.path), validation, test, figure=job.figure)
     study.set_user_attr(TESTED, {k: v for k, v in asdict(tested).items() if k != "retrained"})
     return tested

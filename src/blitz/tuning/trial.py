@@ -84,7 +84,7 @@ def _pruning(trial: optuna.Trial, job: Job) -> Callable[[TrainState, int], None]
     compares trials at equal steps."""
 
     def after_epoch(state: TrainState, total: int) -> None:
-        figure = state.history[-1].get(f"val_{job.key}")
+        figure = state.history[-1].get(f"val_{job.figure_key}")
         if figure is None:
             return
         done = round(100 * state.step / max(total, 1))
