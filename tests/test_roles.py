@@ -32,6 +32,15 @@ def images(prefix: str, per_class: int = 10, classes=CLASSES) -> dict[str, bytes
     }
 
 
+def sets_within_classes(files: dict[str, bytes]) -> dict[str, bytes]:
+    """``train/apple/0.png`` as ``apple/train/0.png``: the sets inside the class folders."""
+    moved = {}
+    for name, data in files.items():
+        role, cls, file = name.split("/")
+        moved[f"{cls}/{role}/{file}"] = data
+    return moved
+
+
 def load(path, **settings):
     logs = []
     return load_data(DataConfig(source=str(path), **settings), log=logs.append), logs
@@ -97,8 +106,10 @@ def test_fractions_split_off_what_the_data_lacks(tmp_path):
         (images("train/") | images("val/") | images("dev/"), {}, "both dev/ and val/"),
         (images("", classes=CLASSES[:1]), {}, "single class"),
         (images(""), {"val_fraction": 0, "test_fraction": 0}, "no test or validation images"),
+        (sets_within_classes(images("train/") | images("test/")), {},
+         "apple/test/ is a set folder inside class folder apple/, and blitz reads the sets at"),
     ],
-)
+)  # fmt: skip
 def test_bad_layouts_and_splits_are_named(tmp_path, files, settings, message):
     with pytest.raises(BlitzError, match=message):
         load(write_folder(tmp_path / "bad", files), **settings)

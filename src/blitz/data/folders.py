@@ -223,6 +223,7 @@ def _write_new(target: Path, member: Member) -> None:
 def find_layout(names: list[str], others: list[str], path: Path) -> Layout:
     """Classes and labelled files of an image-folder dataset, checked for a usable layout."""
     tree = _tree(names)
+    _check_no_set_within_a_class(names, tree, path)
     groups = _group(names, tree, path)
     _check_no_empty_class(others, tree, groups, path)
     classes = sorted(groups["train"])
@@ -423,6 +424,19 @@ def _group(names: list[str], tree: _Tree, path: Path) -> dict[str, dict[str, lis
     if "train" not in groups:
         raise BlitzError(_no_layout(path, tree.flat, groups))
     return {role: groups[role] for role in ("train", "val", "test") if role in groups}
+
+
+def _check_no_set_within_a_class(names: list[str], tree: _Tree, path: Path) -> None:
+    """``cat/test/1.jpg``: set folders inside the class folders would be read as more images of
+    each class, and the split the user made lost; it is named instead."""
+    for name in names if tree.flat else []:
+        cls, *inner = name.removeprefix(tree.top).split("/")
+        if len(inner) > 1 and inner[0].lower() in SET_FOLDERS:
+            raise BlitzError(
+                f"{path}: {cls}/{inner[0]}/ is a set folder inside class folder {cls}/, and "
+                f"blitz reads the sets at the top ({inner[0]}/{cls}/...): move the set folders "
+                f"up, or rename {cls}/{inner[0]}/ if it is no set"
+            )
 
 
 def _no_layout(path: Path, flat: bool, groups: dict) -> str:
