@@ -17,8 +17,8 @@ import torch
 from PIL import Image
 
 from blitz.data.dataset import ImageData, Log, progress_bar
-from blitz.data.folders import Layout
 from blitz.data.images import BadImage
+from blitz.data.layout import Layout
 from blitz.data.sources import find_source
 from blitz.data.sources.folder import list_layout, load_spec_path, read_images
 

@@ -42,17 +42,15 @@ from blitz.data.dataset import (
     resize_splits,
 )
 from blitz.data.folders import (
-    Layout,
-    Pairs,
     check_path,
     extract,
-    find_layout,
     iter_files,
     list_files,
     other_files_note,
     read_files,
 )
 from blitz.data.images import BadImage, decode_image
+from blitz.data.layout import Layout, Pairs, find_layout
 from blitz.data.memory import memory_budget
 from blitz.data.sources import PATH, list_sources, register_source
 from blitz.data.sources.table import TABLE_SUFFIXES, is_table, iter_listed, read_table

@@ -1,7 +1,7 @@
 """``PATH.csv`` or ``PATH.tsv``: a table of image files and their labels, for images that do
 not live in class folders. A header row names the columns: the file (path, file, filename or
 image), its label (label, labels or class) and optionally its set (split or set: train, val,
-test, or a folder name blitz.data.folders knows); other columns are ignored. A multi-label
+test, or a folder name blitz.data.layout knows); other columns are ignored. A multi-label
 table (``blitz.data.sources.labellists``) lists an image's labels in its label cell, separated
 by ``data.label_delimiter`` (empty: none), or has no label column but one 0/1 column per
 class. Files are relative to the table's folder and never lead out of it. Without a split
@@ -23,8 +23,9 @@ from typing import NamedTuple
 
 from blitz.config.settings import LABEL_DELIMITER
 from blitz.data.dataset import Log, check_class_count, silent
-from blitz.data.folders import SET_FOLDERS, Layout, Member, read_member
+from blitz.data.folders import Member, read_member
 from blitz.data.images import BadImage
+from blitz.data.layout import SET_FOLDERS, Layout
 from blitz.data.sources.labellists import SINGLE, decide_task, split_labels
 from blitz.errors import BlitzError
 from blitz.files import open_regular
