@@ -15,7 +15,8 @@ from PIL import Image
 from blitz.data.dataset import Split
 from blitz.errors import BlitzError
 from blitz.models.configs import build_config
-from blitz.outputs.report import write_comparison, write_report
+from blitz.outputs.comparison import write_comparison
+from blitz.outputs.report import write_report
 from blitz.training.evaluate import (
     class_scores,
     confused_pairs,

@@ -12,8 +12,9 @@ import sys
 
 import pytest
 
+from blitz.config.loading import flatten
 from blitz.errors import BlitzError
-from blitz.outputs.tracking import QUICK, MlflowTracker, absolute, default_uri, flatten
+from blitz.outputs.tracking import QUICK, MlflowTracker, absolute, default_uri
 from blitz.training.metrics import Metrics
 from blitz.training.rundir import RunDir
 from blitz.utils.signals import StopRequested

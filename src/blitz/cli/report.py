@@ -19,7 +19,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace) -> None:
-    from blitz.outputs.report import write_comparison
+    from blitz.outputs.comparison import write_comparison
     from blitz.training.rundir import RunDir
     from blitz.utils.writes import check_output_file
     from blitz.workflows.finished import rebuild_report

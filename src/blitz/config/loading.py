@@ -75,6 +75,17 @@ def parse_nested(parse: Callable[[str], Any], text: str, what: str) -> Any:
     return raw
 
 
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested settings as dotted keys: ``{"optim": {"lr": 0.2}}`` -> ``{"optim.lr": 0.2}``."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[prefix + key] = value
+    return flat
+
+
 def _nests_deeper(value: Any, levels: int) -> bool:
     """Level by level, not recursively: the check must not run out of stack itself."""
     level = [value]

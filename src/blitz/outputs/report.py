@@ -1,10 +1,9 @@
-"""The report pages: ``report.html`` for one run and a comparison of several, each a single
-self-contained file (images embedded as base64 PNG, no scripts or fonts from the network)."""
+"""``report.html``: one run's page, a single self-contained file (images embedded as base64
+PNG, no scripts or fonts from the network); ``outputs.comparison`` sets runs side by side."""
 
 from __future__ import annotations
 
 import html
-import json
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -22,13 +21,11 @@ from blitz.outputs.plots import (
     confusion_png,
     curves_png,
     image_png,
-    overlay_png,
     per_class_png,
 )
 from blitz.outputs.predict import printable
 from blitz.outputs.trust import (
     calibrated,
-    calibration_rows,
     calibration_section,
     heat_map_pngs,
 )
@@ -41,7 +38,6 @@ from blitz.training.evaluate import (
     worst_errors,
 )
 from blitz.training.metrics import VALIDATION_FIGURES, Metrics
-from blitz.training.multilabel import FIGURES, NAMES
 from blitz.training.progress import read_metrics_csv
 from blitz.training.rundir import RunDir
 from blitz.training.tables import CLASS_COLUMNS, class_rows, summary_figures
@@ -87,12 +83,6 @@ def read_settings(run_dir: RunDir) -> Config | None:
         return run_dir.read_config()
     except BlitzError:
         return None
-
-
-def _read_config(run_dir: RunDir) -> dict[str, Any]:
-    """The settings as plain data: the saved ones, or none if they cannot be read."""
-    cfg = read_settings(run_dir)
-    return cfg.to_dict() if cfg else {}
 
 
 def scored_set(metrics: Metrics) -> str:
@@ -319,100 +309,3 @@ def files_section(run_dir: RunDir, metrics: Metrics) -> str:
         if path.is_file()
     ]
     return section("Images", "".join(parts)) if parts else ""
-
-
-def write_comparison(run_dirs: list[RunDir], out: Path) -> Path:
-    """A page comparing runs: metrics side by side, config differences, curves overlaid."""
-    names = [d.path.name for d in run_dirs]
-    if len(set(names)) < len(names):  # runs/a/run and runs/b/run (or a run twice): number them
-        names = [f"{i}. {d}" for i, d in enumerate(run_dirs, 1)]
-    metrics = {n: d.read_metrics() for n, d in zip(names, run_dirs)}
-    configs = {n: _flatten(_read_config(d)) for n, d in zip(names, run_dirs)}
-    curves = {
-        n: (metrics[n].history, _in_epochs(read_metrics_csv(d.csv), metrics[n]))
-        for n, d in zip(names, run_dirs)
-    }
-    sections = [
-        section("Metrics", _side_by_side(metrics)),
-        section("Settings that differ", _config_diff(configs)),
-        section("Curves", img(overlay_png(curves, "epochs", "epoch"), "curves overlaid")),
-    ]
-    text = page("blitz: comparison of runs", html.escape(", ".join(names)), sections)
-    write_atomic(out, printable(text).encode())
-    return out
-
-
-def _in_epochs(rows: list[dict], metrics: Metrics) -> list[dict]:
-    """Rows with an ``epochs`` column (steps / steps per epoch): runs with other batch sizes
-    take other numbers of steps, so only epochs line their curves up."""
-    per_epoch = metrics.steps_per_epoch or metrics.steps / max(metrics.epochs, 1)
-    return [{**row, "epochs": row["step"] / per_epoch} for row in rows]
-
-
-def _side_by_side(metrics: dict[str, Metrics]) -> str:
-    keys = {
-        "test accuracy": lambda m: f"{100 * m.test_accuracy:.2f} %",
-        "model": lambda m: f"{m.model} ({m.parameters:,} parameters)",
-        "data": lambda m: m.data,
-        "preset": lambda m: m.preset,
-        "epochs / steps": lambda m: f"{m.epochs} / {m.steps}",
-        "training time": lambda m: f"{m.train_seconds:.1f} s",
-        "device": lambda m: m.device,
-        **calibration_rows(),
-    }
-    if any(m.multi_label for m in metrics.values()):
-        keys = {**keys, **_multilabel_rows()}
-    rows = [(key, *(get(m) for m in metrics.values())) for key, get in keys.items()]
-    classes = {tuple(m.classes) for m in metrics.values()}
-    if len(classes) == 1 and len(next(iter(classes))) <= NUMBERS_UP_TO:  # same classes, few
-        for c in next(iter(classes)):
-            rows.append((f"{_class_figure(metrics)}: {c}",
-                         *(_per_class(m, c) for m in metrics.values())))  # fmt: skip
-    return table(rows, ("", *metrics))
-
-
-def _multilabel_rows() -> dict[str, Any]:
-    """Compare's rows of the multi-label figures ("" for a single-label run)."""
-
-    def figure(key: str) -> Any:
-        def shown(m: Metrics) -> str:
-            if not m.multi_label:
-                return ""
-            value = m.multilabel[key]
-            return f"{value:.4f}" if key == "hamming_loss" else f"{100 * value:.2f} %"
-
-        return shown
-
-    return {NAMES[key]: figure(key) for key in FIGURES}
-
-
-def _class_figure(metrics: dict[str, Metrics]) -> str:
-    """What compare shows per class: accuracy, or a multi-label run's AP (or both, mixed)."""
-    kinds = {m.multi_label for m in metrics.values()}
-    return "AP" if kinds == {True} else "accuracy / AP" if len(kinds) > 1 else "accuracy"
-
-
-def _per_class(m: Metrics, name: str) -> str:
-    share = m.per_class[name]["ap"] if m.multi_label else m.per_class_accuracy[name]
-    return f"{100 * share:.1f} %"
-
-
-def _config_diff(configs: dict[str, dict[str, Any]]) -> str:
-    keys = sorted(set().union(*configs.values()))
-    rows = [
-        (key, *(json.dumps(c.get(key, "—")) for c in configs.values()))
-        for key in keys
-        if len({json.dumps(c.get(key)) for c in configs.values()}) > 1
-    ]
-    return table(rows, ("setting", *configs)) if rows else "<p>The settings are identical.</p>"
-
-
-def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"optim": {"lr": 0.1}}`` -> ``{"optim.lr": 0.1}``."""
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict) and value:
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[prefix + key] = value
-    return out

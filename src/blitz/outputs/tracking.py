@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from blitz.config.loading import parse_nested
+from blitz.config.loading import flatten, parse_nested
 from blitz.config.types import is_number
 from blitz.errors import BlitzError
 from blitz.files import read_regular
@@ -214,17 +214,6 @@ def _reopen(client: Any, run_id: str, run_dir: RunDir) -> str:
         )
     client.update_run(run_id, status="RUNNING")
     return run_id
-
-
-def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested settings as dotted keys: ``{"optim": {"lr": 0.2}}`` -> ``{"optim.lr": 0.2}``."""
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{prefix}{key}."))
-        else:
-            flat[prefix + key] = value
-    return flat
 
 
 def absolute(uri: str) -> str:
