@@ -56,7 +56,7 @@ from summary import (
     write_json,
 )
 
-from blitz.config.settings import format_size
+from blitz.config.checks import format_size
 from blitz.data.cache import cache_dir
 
 # issues 15's and 33's targets: test accuracy at least, median training time at most (a fraction

@@ -3,8 +3,9 @@ from typing import Literal, get_args, get_origin, get_type_hints
 
 import pytest
 
+from blitz.config.checks import FLAGS
 from blitz.config.loading import list_presets, parse_value
-from blitz.config.settings import FLAGS, SECTIONS
+from blitz.config.settings import SECTIONS
 from blitz.errors import BlitzError
 from blitz.models.configs import build_config, config_from_dict
 

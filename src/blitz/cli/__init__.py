@@ -31,7 +31,7 @@ from blitz.cli import (  # light: each imports torch only when its command runs
     train,
     tune,
 )
-from blitz.config.settings import FLAGS
+from blitz.config.checks import FLAGS
 from blitz.errors import did_you_mean
 
 # subcommand -> its module, in the order `blitz --help` lists them

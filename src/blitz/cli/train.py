@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING
 
 from blitz.api import DEFAULT_PRESET, KEYWORDS
 from blitz.cli.options import add_setting_flag, overrides
-from blitz.config.settings import FLAGS, TRAIN_FLAGS
+from blitz.config.checks import FLAGS
+from blitz.config.settings import TRAIN_FLAGS
 
 if TYPE_CHECKING:
     from blitz.training.metrics import Metrics

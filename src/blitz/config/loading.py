@@ -12,14 +12,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from blitz.config.settings import (
-    MODEL_PREPROCESSING,
-    SECTIONS,
-    SIZED_FOR_IMAGES,
-    Config,
-    check_value,
-    plain_name,
-)
+from blitz.config.checks import check_value, plain_name
+from blitz.config.settings import MODEL_PREPROCESSING, SECTIONS, SIZED_FOR_IMAGES, Config
 from blitz.errors import BlitzError, did_you_mean
 from blitz.files import read_regular
 

@@ -1,7 +1,8 @@
 """Settings: one tree of frozen dataclasses, each setting declared once (with its option, where
 it has one), checked once as it is built.
 
-Imports nothing of blitz but its errors and ``config.types``: what only the model registry knows
+Imports nothing of blitz but its errors, ``config.types`` and ``config.checks`` (how a value
+is checked and named): what only the model registry knows
 (a model exists, takes these options, expects these inputs) is checked by
 ``blitz.models.configs``, which builds every Config a run uses; where settings come from
 (presets, files, overrides) is ``config.loading``."""
@@ -9,12 +10,22 @@ Imports nothing of blitz but its errors and ``config.types``: what only the mode
 from __future__ import annotations
 
 import dataclasses
-import math
-import re
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, get_args
 
-from blitz.config.types import Mismatch, concrete, convert, describe, field_hints
+from blitz.config.checks import (
+    FLAGS,
+    PLAIN_NAME,
+    check_fraction,
+    check_range,
+    check_types,
+    check_value,
+    is_plain_name,
+    option,
+    option_name,
+    parse_size,
+)
+from blitz.config.types import concrete, field_hints
 from blitz.errors import BlitzError, did_you_mean
 
 # The choices of each setting live in its annotation; the tuples are for the command line.
@@ -55,88 +66,6 @@ MAX_EPOCHS = 10**6
 MODEL_PREPROCESSING = ("image_size", "mean", "std")  # data settings that belong to a model
 OWN_PREPROCESSING = {"image_size": 32, "mean": (0.5,) * 3, "std": (0.5,) * 3}  # blitz's models
 SIZED_FOR_IMAGES = ("low_res",)  # data settings made for a preset's image size
-
-
-def option_name(key: str) -> str:
-    """How a user types the setting ``key`` (``optim.lr``): ``--lr (optim.lr)``, or the key."""
-    return f"{FLAGS[key]} ({key})" if key in FLAGS else key
-
-
-def _invalid(key: str, value: Any, expected: str) -> BlitzError:
-    return BlitzError(f"invalid value {value!r} for {option_name(key)}: expected {expected}")
-
-
-def check_value(condition: bool, key: str, value: Any, expected: str) -> None:
-    """A BlitzError naming the setting ``key`` and what it expects, unless ``condition``."""
-    if not condition:
-        raise _invalid(key, value, expected)
-
-
-def check_range(key: str, value: float, low: float, high: float = math.inf) -> None:
-    """A BlitzError naming the setting ``key`` unless ``low <= value <= high``."""
-    kind = "an integer" if isinstance(value, int) else "a number"
-    expected = f"{kind} >= {low}" if high == math.inf else f"{kind} in [{low}, {high}]"
-    check_value(low <= value <= high, key, value, expected)
-
-
-def _check_fraction(key: str, value: float, what: str = "a number") -> None:
-    check_value(0 <= value < 1, key, value, f"{what} in [0, 1)")
-
-
-def check_type(key: str, value: Any, hint: Any) -> Any:
-    """``value`` as the annotation ``hint`` wants it (a float for an int, a tuple for a list),
-    or a BlitzError naming the setting ``key`` and what it expects."""
-    # a NUL in a path or a name (a settings file's "\u0000") fails every os call with ValueError
-    check_value(not (isinstance(value, str) and "\0" in value), key, value, "no NUL character")
-    try:
-        return convert(value, hint)
-    except Mismatch:
-        words = [str(a) for a in get_args(hint) if isinstance(a, str)]  # a Literal's choices
-        hint_text = did_you_mean(value, words) if isinstance(value, str) else ""
-        raise _invalid(key, value, describe(hint) + hint_text) from None
-
-
-def check_types(settings: object, section: str = "") -> None:
-    """Check every field of a settings dataclass against its annotation, normalising it (a
-    float for an int, a tuple for a list): part of building it, before anyone else sees it."""
-    # typeshed's functools.cache wants Hashable arguments, which a class is but type[X] is not
-    for name, hint in field_hints(type(settings)).items():  # type: ignore[arg-type]
-        key = f"{section}.{name}" if section else name
-        object.__setattr__(settings, name, check_type(key, getattr(settings, name), hint))
-
-
-def option(default: Any, flag: str, help: str, metavar: str = "", const: Any = None) -> Any:
-    """A setting that is also an option of ``blitz train`` (and a keyword of ``blitz.train``):
-    its flag, help and metavar are declared here, with the setting, and nowhere else."""
-    meta = {"flag": flag, "help": help, "metavar": metavar, "const": const}
-    return field(default=default, metadata=meta)
-
-
-SIZE_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
-
-
-def parse_size(text: str) -> int | None:
-    """Bytes in a size such as 8GB, 1.5G, 500MB or 0 (binary units); None for "auto"."""
-    if text == "auto":
-        return None
-    number = text.upper().removesuffix("IB").removesuffix("B")
-    unit = number[-1:] if number[-1:] in SIZE_UNITS else ""
-    try:
-        value = float(number.removesuffix(unit)) if number else -1
-    except ValueError:
-        value = -1
-    expected = "auto, or a size such as 8GB, 500MB or 0"
-    check_value(0 <= value < float("inf"), "data.max_memory", text, expected)
-    return int(value * SIZE_UNITS[unit])
-
-
-def format_size(size: int) -> str:
-    """Bytes in the largest binary unit that keeps a number >= 1 (``184 MB``)."""
-    for unit in ("TB", "GB", "MB", "KB"):
-        scale = 2 ** (10 * ("KMGT".index(unit[0]) + 1))
-        if size >= scale:
-            return f"{size / scale:.3g} {unit}"
-    return f"{size} B"
 
 
 @dataclass(frozen=True)
@@ -271,7 +200,7 @@ class DataConfig:
         given = {}
         for key in ("val_fraction", "test_fraction"):
             if (value := getattr(self, key)) != "auto":
-                _check_fraction(f"data.{key}", value, "auto or a fraction")
+                check_fraction(f"data.{key}", value, "auto or a fraction")
                 given[key] = value
         if sum(given.values()) >= 1:
             both = " and ".join(f"{option_name(f'data.{k}')} {v:g}" for k, v in given.items())
@@ -388,16 +317,16 @@ class OptimConfig:
     def __post_init__(self) -> None:
         check_types(self, "optim")
         check_value(self.lr > 0, "optim.lr", self.lr, "a number > 0")
-        _check_fraction("optim.momentum", self.momentum)
+        check_fraction("optim.momentum", self.momentum)
         check_range("optim.weight_decay", self.weight_decay, 0)
-        _check_fraction("optim.label_smoothing", self.label_smoothing)
-        _check_fraction("optim.warmup", self.warmup, "a fraction")
-        _check_fraction("optim.freeze", self.freeze, "a fraction")
-        _check_fraction("optim.ema", self.ema, "a decay")
+        check_fraction("optim.label_smoothing", self.label_smoothing)
+        check_fraction("optim.warmup", self.warmup, "a fraction")
+        check_fraction("optim.freeze", self.freeze, "a fraction")
+        check_fraction("optim.ema", self.ema, "a decay")
         check_range("optim.head_lr", self.head_lr, 0)
         check_range("optim.layer_decay", self.layer_decay, 0, 1)
         check_value(self.muon_lr > 0, "optim.muon_lr", self.muon_lr, "a number > 0")
-        _check_fraction("optim.muon_momentum", self.muon_momentum)
+        check_fraction("optim.muon_momentum", self.muon_momentum)
         if self.class_weights != "none":  # they weigh cross-entropy's classes
             expected = f"cross-entropy with optim.class_weights {self.class_weights}"
             check_value(self.loss == "cross-entropy", "optim.loss", self.loss, expected)
@@ -515,22 +444,6 @@ class TrainConfig:
             )
 
 
-PLAIN_NAME = "a name of at most 64 letters, digits, spaces, '.', '_' or '-' (no '/' or '..')"
-
-
-def is_plain_name(name: str) -> bool:
-    """A preset's name: a word that is safe as part of a file name on any system."""
-    allowed = all(c.isalnum() or c in " ._-" for c in name)
-    return 0 < len(name) <= 64 and allowed and ".." not in name and not name.startswith(".")
-
-
-def plain_name(text: str) -> str:
-    """``text`` reduced to ASCII letters, digits, '.', '_' and '-' (a file name's stem, or a
-    preset's name as part of a folder's name), or "custom" if nothing is left."""
-    name = re.sub(r"(?:[^\w.-]|\.{2,})+", "-", text, flags=re.ASCII).strip(".-")[:64]
-    return name or "custom"
-
-
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "optim": OptimConfig, "train": TrainConfig}
 
 
@@ -568,7 +481,7 @@ def _flags() -> dict[str, Flag]:
 
 
 TRAIN_FLAGS = _flags()  # setting key -> its option, in the order the sections declare them
-FLAGS = {key: flag.flag for key, flag in TRAIN_FLAGS.items()}  # errors name both
+FLAGS.update({key: flag.flag for key, flag in TRAIN_FLAGS.items()})  # errors name both
 
 
 @dataclass(frozen=True)

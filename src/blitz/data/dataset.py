@@ -14,7 +14,7 @@ from typing import Protocol, TypeVar
 import torch
 from tqdm import tqdm
 
-from blitz.config.settings import format_size
+from blitz.config.checks import format_size
 from blitz.errors import BlitzError
 
 Log = Callable[[str], None]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 
-from blitz.config.settings import parse_size
+from blitz.config.checks import parse_size
 
 AUTO_SHARE = 4  # max_memory "auto": a quarter of the machine's memory (decoding needs more)
 

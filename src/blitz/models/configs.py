@@ -8,8 +8,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from blitz.config.checks import check_value
 from blitz.config.loading import merge_settings
-from blitz.config.settings import Config, check_value, parse_config
+from blitz.config.settings import Config, parse_config
 from blitz.models import check_model_name, check_options, model_preprocessing
 from blitz.models.timm_models import PREFIX
 

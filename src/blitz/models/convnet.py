@@ -7,7 +7,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from blitz.config.settings import check_range
+from blitz.config.checks import check_range
 from blitz.models import MAX_CHANNELS, check_widths, register_model
 from blitz.models.whitening import whiten_filters
 

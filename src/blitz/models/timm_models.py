@@ -17,7 +17,8 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
-from blitz.config.settings import HUB, format_size
+from blitz.config.checks import format_size
+from blitz.config.settings import HUB
 from blitz.errors import BlitzError
 
 PREFIX = "timm:"

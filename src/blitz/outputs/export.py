@@ -14,7 +14,7 @@ from typing import IO, Any
 import torch
 from torch import nn
 
-from blitz.config.settings import format_size
+from blitz.config.checks import format_size
 from blitz.data.images import RESIZE, RESIZE_FILTER
 from blitz.data.preprocess import normalize
 from blitz.errors import BlitzError

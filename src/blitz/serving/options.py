@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from blitz.config.settings import check_range, check_types, check_value
+from blitz.config.checks import check_range, check_types, check_value
 from blitz.errors import BlitzError, did_you_mean
 
 BACKENDS = ("torch", "onnx")

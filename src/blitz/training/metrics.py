@@ -8,7 +8,7 @@ from typing import Any, TypedDict
 
 import torch
 
-from blitz.config.settings import check_types
+from blitz.config.checks import check_types
 from blitz.config.types import is_number
 from blitz.data.roles import ROLES
 from blitz.errors import UnusableFile

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from blitz.config.settings import Config, OptimConfig, option_name
+from blitz.config.checks import option_name
+from blitz.config.settings import Config, OptimConfig
 from blitz.data.dataset import AnySplit
 from blitz.errors import BlitzError
 from blitz.training.distributed import SINGLE, gather_rows

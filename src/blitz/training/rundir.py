@@ -15,8 +15,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from blitz.config.checks import plain_name
 from blitz.config.loading import parse_nested
-from blitz.config.settings import Config, plain_name
+from blitz.config.settings import Config
 from blitz.data.roles import ROLES, Assignment
 from blitz.errors import BlitzError
 from blitz.files import read_regular, remove_temporary_files

@@ -8,7 +8,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from blitz.config.settings import Config, option_name
+from blitz.config.checks import option_name
+from blitz.config.settings import Config
 from blitz.data.sources import load_data, recorded_spec
 from blitz.errors import BlitzError
 from blitz.models.configs import build_config

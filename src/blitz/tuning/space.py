@@ -11,8 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, get_args, get_origin
 
+from blitz.config.checks import option_name
 from blitz.config.loading import MAX_SETTINGS_BYTES, parse_nested
-from blitz.config.settings import SECTIONS, TRAIN_FLAGS, Config, option_name
+from blitz.config.settings import SECTIONS, TRAIN_FLAGS, Config
 from blitz.config.types import field_hints, is_number
 from blitz.errors import BlitzError, did_you_mean
 from blitz.files import read_regular

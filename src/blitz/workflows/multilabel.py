@@ -13,7 +13,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from blitz.config.settings import Config, option_name
+from blitz.config.checks import option_name
+from blitz.config.settings import Config
 from blitz.data.dataset import AnySplit, ImageData, label_text
 from blitz.training.checkpoint import Checkpoint
 from blitz.training.context import Log, RunContext

@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from blitz.config.settings import DataConfig, format_size
+from blitz.config.checks import format_size
+from blitz.config.settings import DataConfig
 from blitz.config.types import concrete
 from blitz.data.cache import (
     cache_dir,

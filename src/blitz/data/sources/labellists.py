@@ -7,7 +7,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from blitz.config.settings import LABEL_DELIMITER, option_name
+from blitz.config.checks import option_name
+from blitz.config.settings import LABEL_DELIMITER
 from blitz.errors import BlitzError
 
 SEPARATORS = (",", ";", "|", "\t", " ")  # how tables list several labels in a cell
