@@ -21,7 +21,7 @@ from dataclasses import replace
 import torch
 from summary import markdown_table, spread, write_json
 
-from blitz.config.settings import DataConfig
+from blitz.config.data_settings import DataConfig
 from blitz.data.sources import load_data
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from summary import markdown_table, mean_std, spread, write_json
 
-from blitz.config.settings import DataConfig
+from blitz.config.data_settings import DataConfig
 from blitz.data.sources import load_source
 
 

@@ -17,7 +17,7 @@ import pytest
 import torch
 from PIL import Image
 
-from blitz.config.settings import DataConfig
+from blitz.config.data_settings import DataConfig
 from blitz.data import folders
 from blitz.data.sources import load_data
 from blitz.errors import BlitzError

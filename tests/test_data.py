@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from blitz.config.settings import DataConfig
+from blitz.config.data_settings import DataConfig
 from blitz.data import sources
 from blitz.data.dataset import ImageData, Split
 from blitz.data.preprocess import normalize
@@ -280,7 +280,7 @@ def test_a_name_twice_in_an_archive_is_its_last_copy(tmp_path, suffix):
 
 SLOW_DECODE = """
 import os, sys, time
-from blitz.config.settings import DataConfig
+from blitz.config.data_settings import DataConfig
 from blitz.data.sources import folder, load_data
 real = folder._decode_chunk
 def slow(chunk, size):

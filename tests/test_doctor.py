@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from blitz import cli
-from blitz.config.settings import DataConfig
+from blitz.config.data_settings import DataConfig
 from blitz.data.dataset import silent
 from blitz.data.exclude import read_excluded
 from blitz.data.roles import record

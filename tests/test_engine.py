@@ -5,7 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from blitz.config.settings import OPTIMIZERS, DataConfig
+from blitz.config.data_settings import DataConfig
+from blitz.config.settings import OPTIMIZERS
 from blitz.data import augment
 from blitz.data.sources import load_data
 from blitz.models import create_model

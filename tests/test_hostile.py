@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from blitz import cli
-from blitz.config.settings import DataConfig
+from blitz.config.data_settings import DataConfig
 from blitz.data import folders
 from blitz.data.exclude import read_excluded
 from blitz.data.sources import load_data

@@ -14,8 +14,8 @@ import torch
 from PIL import Image
 
 import blitz
+from blitz.config.data_settings import DataConfig
 from blitz.config.loading import list_presets
-from blitz.config.settings import DataConfig
 from blitz.data.sources import load_data
 from blitz.data.sources.shapes import CLASSES, MULTI_CLASSES, make_multishapes
 from blitz.data.sources.table import read_table

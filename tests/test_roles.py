@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from blitz import cli
-from blitz.config.settings import DataConfig
+from blitz.config.data_settings import DataConfig
 from blitz.data.counts import balanced_weights, imbalance_note
 from blitz.data.roles import record
 from blitz.data.sources import load_data

@@ -9,7 +9,7 @@ import signal
 import pytest
 import torch
 
-from blitz.config.settings import DataConfig
+from blitz.config.data_settings import DataConfig
 from blitz.data import stream
 from blitz.data.dataset import Split
 from blitz.data.sources import load_data

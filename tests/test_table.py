@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 
-from blitz.config.settings import DataConfig
+from blitz.config.data_settings import DataConfig
 from blitz.data.dataset import Split
 from blitz.data.sources import load_data, load_source
 from blitz.data.stream import StreamSplit

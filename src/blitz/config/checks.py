@@ -17,6 +17,13 @@ from blitz.errors import BlitzError, did_you_mean
 FLAGS: dict[str, str] = {}  # setting key -> its option (optim.lr -> --lr): config.settings's
 
 
+# Far beyond any real run, and low enough that a typo fails here rather than deep in torch.
+MAX_SEED = 2**63 - 1  # the engine seeds generators with seed + 1 + rank: it must stay < 2**64
+MAX_IMAGE_SIZE = 4096
+MAX_BATCH_SIZE = 2**20
+MAX_EPOCHS = 10**6
+
+
 def option_name(key: str) -> str:
     """How a user types the setting ``key`` (``optim.lr``): ``--lr (optim.lr)``, or the key."""
     return f"{FLAGS[key]} ({key})" if key in FLAGS else key

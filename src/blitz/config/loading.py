@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from blitz.config.checks import check_value, plain_name
-from blitz.config.settings import MODEL_PREPROCESSING, SECTIONS, SIZED_FOR_IMAGES, Config
+from blitz.config.data_settings import MODEL_PREPROCESSING, SIZED_FOR_IMAGES
+from blitz.config.settings import SECTIONS, Config
 from blitz.errors import BlitzError, did_you_mean
 from blitz.files import read_regular
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from blitz.config.checks import option_name
-from blitz.config.settings import DataConfig
+from blitz.config.data_settings import DataConfig
 from blitz.data.dataset import AnySplit, ImageData, Log, is_multi_hot, label_names
 from blitz.data.stratify import lacking_labels, stratified_rows
 from blitz.errors import BlitzError

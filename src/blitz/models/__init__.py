@@ -10,8 +10,7 @@ from typing import Any, get_type_hints
 import torch
 from torch import nn
 
-from blitz.config.checks import check_range, check_type, check_value
-from blitz.config.settings import MAX_IMAGE_SIZE
+from blitz.config.checks import MAX_IMAGE_SIZE, check_range, check_type, check_value
 from blitz.errors import BlitzError, did_you_mean
 from blitz.models.timm_models import (
     INSTALL,

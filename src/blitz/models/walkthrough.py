@@ -7,8 +7,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from blitz.config.checks import check_range
-from blitz.config.settings import MAX_SEED
+from blitz.config.checks import MAX_SEED, check_range
 from blitz.models import check_channels, create_model
 
 Print = Callable[[str], None]

@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from blitz.config.checks import check_range, check_types, check_value
-from blitz.config.settings import MAX_IMAGE_SIZE, Config, Tta
+from blitz.config.checks import MAX_IMAGE_SIZE, check_range, check_types, check_value
+from blitz.config.settings import Config, Tta
 from blitz.config.types import concrete
 from blitz.data.dataset import MAX_CLASSES
 from blitz.errors import BlitzError, UnusableFile

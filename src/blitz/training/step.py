@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from blitz.config.settings import DataConfig, OptimConfig
+from blitz.config.data_settings import DataConfig
+from blitz.config.settings import OptimConfig
 from blitz.config.types import concrete
 from blitz.data import augment
 from blitz.data.preprocess import normalize

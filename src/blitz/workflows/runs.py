@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from blitz.config.settings import HUB, Config, Task
+from blitz.config.data_settings import Task
+from blitz.config.settings import HUB, Config
 from blitz.config.types import concrete
 from blitz.data.counts import class_counts, copies_note, find_copies, format_counts, imbalance_note
 from blitz.data.dataset import ImageData, label_text

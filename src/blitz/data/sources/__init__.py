@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
-from blitz.config.settings import DataConfig
+from blitz.config.data_settings import DataConfig
 from blitz.data.dataset import ImageData, Log, check_class_count, similar_classes_note
 from blitz.data.exclude import exclude_images
 from blitz.data.roles import Assignment, as_test_set, assign_roles

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from blitz.config.settings import DataConfig
+from blitz.config.data_settings import DataConfig
 from blitz.data.cache import cache_dir
 from blitz.data.dataset import ImageData, Log
 from blitz.data.sources import load_source, register_source

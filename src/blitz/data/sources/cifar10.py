@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from blitz.config.settings import DataConfig
+from blitz.config.data_settings import DataConfig
 from blitz.data.cache import cache_dir, cache_folder
 from blitz.data.dataset import ImageData, Log
 from blitz.data.download import downloading

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from blitz.config.checks import format_size
-from blitz.config.settings import DataConfig
+from blitz.config.data_settings import DataConfig
 from blitz.config.types import concrete
 from blitz.data.cache import (
     cache_dir,

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from blitz.config.checks import option_name
-from blitz.config.settings import LABEL_DELIMITER
+from blitz.config.data_settings import LABEL_DELIMITER
 from blitz.errors import BlitzError
 
 SEPARATORS = (",", ";", "|", "\t", " ")  # how tables list several labels in a cell

@@ -3,7 +3,7 @@ to the image size (the seed's LeNet wants 32x32)."""
 
 from __future__ import annotations
 
-from blitz.config.settings import DataConfig
+from blitz.config.data_settings import DataConfig
 from blitz.config.types import concrete
 from blitz.data.cache import cache_dir, cache_folder
 from blitz.data.dataset import ImageData, Log, Split, resize_splits

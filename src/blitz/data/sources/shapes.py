@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from blitz.config.settings import DataConfig
+from blitz.config.data_settings import DataConfig
 from blitz.config.types import concrete
 from blitz.data.dataset import ImageData, Log, Split, resize_splits
 from blitz.data.sources import register_source

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path, PureWindowsPath
 from typing import NamedTuple
 
-from blitz.config.settings import LABEL_DELIMITER
+from blitz.config.data_settings import LABEL_DELIMITER
 from blitz.data.dataset import Log, check_class_count, silent
 from blitz.data.folders import Member, read_member
 from blitz.data.images import BadImage
