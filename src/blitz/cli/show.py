@@ -22,7 +22,7 @@ def main(args: argparse.Namespace) -> None:
     from blitz.errors import BlitzError
     from blitz.outputs.plots import save_image_grid
     from blitz.utils.writes import check_output_file
-    from blitz.workflows.runs import sample_rows
+    from blitz.workflows.record import sample_rows
 
     if args.count < 1:
         raise BlitzError(f"invalid --count {args.count}: expected an integer >= 1")

@@ -18,7 +18,8 @@ from blitz.training.evaluate import Evaluation, evaluate
 from blitz.training.rundir import RunDir
 from blitz.workflows.multilabel import Scored, eval_multilabel, score_split
 from blitz.workflows.multilabel import write_report as write_multilabel
-from blitz.workflows.runs import check_classes, on_device, show_results
+from blitz.workflows.printouts import show_results
+from blitz.workflows.runs import check_classes, on_device
 
 
 def eval_run(run_dir: RunDir, source: str | None, log: Log) -> Evaluation | Scored:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, replace
@@ -17,8 +16,7 @@ from torch import nn
 from blitz.config.data_settings import Task
 from blitz.config.settings import HUB, Config
 from blitz.config.types import concrete
-from blitz.data.counts import class_counts, copies_note, find_copies, format_counts, imbalance_note
-from blitz.data.dataset import ImageData, label_text
+from blitz.data.dataset import ImageData
 from blitz.data.roles import Assignment, hold_out_test, record
 from blitz.data.sources import load_data, recorded_spec
 from blitz.errors import BlitzError
@@ -33,7 +31,6 @@ from blitz.training.distributed import barrier, check_batch_size, init_world, lo
 from blitz.training.engine import train
 from blitz.training.evaluate import (
     Evaluation,
-    chance_note,
     evaluate,
     per_class_accuracy,
     scores,
@@ -42,7 +39,6 @@ from blitz.training.loop import (
     Loop,
     NonFiniteLoss,
     TrainState,
-    planned_steps,
     steps_per_epoch,
 )
 from blitz.training.metrics import Metrics, matrix_record
@@ -50,18 +46,11 @@ from blitz.training.multilabel import check_settings
 from blitz.training.progress import Progress
 from blitz.training.resume import Checkpointer, choose_kernels
 from blitz.training.rundir import RunDir
-from blitz.training.step import low_res_steps
-from blitz.training.tables import (
-    format_accuracy,
-    format_confusion,
-    format_per_class,
-    format_samples,
-    format_summary,
-)
 from blitz.training.warmstart import warm_start
 from blitz.utils.signals import stop_on_signals
-from blitz.workflows.multilabel import finish_multilabel, save_training_grid
-from blitz.workflows.record import SAMPLES, publish, run_metrics, sample_rows
+from blitz.workflows.multilabel import finish_multilabel
+from blitz.workflows.printouts import describe, save_grids, show_results, show_training_labels
+from blitz.workflows.record import publish, run_metrics
 
 if TYPE_CHECKING:
     from blitz.outputs.tracking import MlflowTracker
@@ -226,7 +215,7 @@ def finish(
     if validation is not None:
         metrics.validation = asdict(scores(validation, data.classes))
     publish(run_dir, metrics, on_result)
-    _save_grids(data, result, run_dir)
+    save_grids(data, result, run_dir)
     if report:
         from blitz.outputs.report import write_report  # matplotlib, torchvision, grad-cam
 
@@ -324,41 +313,8 @@ def _record_start(ctx: RunContext, data: ImageData, run_dir: RunDir) -> None:
     images."""
     run_dir.write_config(ctx.cfg)
     run_dir.write_sets(record(data))
-    _show_training_labels(data, run_dir, ctx.log)
-    _describe(ctx, data)
-
-
-def _describe(ctx: RunContext, data: ImageData) -> None:
-    cfg = ctx.cfg
-    processes = f" x {ctx.world.size} processes" if ctx.world.size > 1 else ""
-    sizes = ", ".join(f"{len(split)} {role}" for role, split in data.sets().items())
-    ctx.log(
-        f"data: {data.name} ({sizes} images, {len(data.classes)} classes, {data.storage()}); "
-        f"model: {cfg.model.name}; device: {ctx.device}{processes}"
-    )
-    counts = class_counts(data)
-    ctx.log(format_counts(data.classes, counts))
-    if note := imbalance_note(data.classes, counts["train"], cfg):
-        ctx.log(note)
-    set_sizes = {role: len(split) for role, split in data.sets().items()}
-    if note := copies_note(find_copies(data), set_sizes):  # said even under --quiet
-        print(f"blitz: {note}", file=sys.stderr)
-    per_epoch = steps_per_epoch(cfg, len(data.train))
-    steps = planned_steps(cfg, len(data.train))
-    if steps < cfg.train.epochs * per_epoch:  # say why "epoch 1/3" will end early
-        ctx.log(
-            f"training for {steps} steps of batch {cfg.train.batch_size} "
-            f"({steps / per_epoch:.2f} of {cfg.train.epochs} epochs): train.max_steps caps it "
-            "(--max-steps 0 lifts the cap)"
-        )
-    if cfg.data.low_res:
-        low = low_res_steps(cfg.data, steps)
-        side = cfg.data.low_res
-        ctx.log(
-            f"the first {low} of {steps} steps train on images downscaled to {side}x{side} "
-            f"(data.low_res, cheaper steps), the rest at {cfg.data.image_size}x"
-            f"{cfg.data.image_size} (the test's size)"
-        )
+    show_training_labels(data, run_dir, ctx.log)
+    describe(ctx, data)
 
 
 def on_device(model: nn.Module, device: torch.device, cfg: Config) -> nn.Module:
@@ -366,40 +322,3 @@ def on_device(model: nn.Module, device: torch.device, cfg: Config) -> nn.Module:
     memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
     # torch's stub lacks the (device, memory_format=) overload that Module.to accepts
     return model.to(device, memory_format=memory_format)  # type: ignore[call-overload]
-
-
-def _show_training_labels(data: ImageData, run_dir: RunDir, log: Log) -> None:
-    """The seed's first look at the data: the labels of the training images whose grid
-    ``_save_grids`` draws once the result is out (drawing needs seconds of imports)."""
-    rows = sample_rows(SAMPLES, len(data.train))
-    names = label_text(data.train.labels[rows], data.classes)
-    shown = " | ".join(names) if data.multi_label else " ".join(f"{n:>5s}" for n in names)
-    log(f"training images ({run_dir.train_images.name}): {shown}")
-
-
-def _save_grids(data: ImageData, result: Evaluation, run_dir: RunDir) -> None:
-    """The seed's pictures: the training images ``_show_training_labels`` named, and the test
-    images ``show_results`` named, captioned truth -> prediction."""
-    from blitz.outputs.plots import save_image_grid  # matplotlib and torchvision: seconds
-
-    save_training_grid(data, run_dir)
-    test = data.test_set()
-    rows = sample_rows(SAMPLES, len(test))
-    pairs = zip(test.labels[rows].tolist(), result.predicted[rows].tolist())
-    captions = [f"{data.classes[t]}\n→ {data.classes[p]}" for t, p in pairs]
-    save_image_grid(test.images_at(rows), captions, run_dir.test_predictions)
-
-
-def show_results(result: Evaluation, data: ImageData, log: Log) -> None:
-    """Print the seed's views of a test: samples, accuracy, per class, confusion."""
-    test = data.test_set()
-    rows = sample_rows(SAMPLES, len(test))
-    truth = test.labels[rows].tolist()
-    guess = result.predicted[rows].tolist()
-    log(format_samples(truth, guess, data.classes))
-    log(format_accuracy(result.matrix, "validation" if data.test_is_val else "test"))
-    log(format_per_class(result.matrix, data.classes))
-    log(format_summary(result.matrix, result.top5_accuracy))
-    log(format_confusion(result.matrix, data.classes))
-    if note := chance_note(result.matrix):  # said even under --quiet: a user must not miss it
-        print(f"blitz: {note}", file=sys.stderr)
