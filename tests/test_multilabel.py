@@ -454,7 +454,7 @@ def test_a_multi_label_run_prints_its_result_before_importing_what_draws(tmp_pat
     from test_startup import DRAWING, TRAINING, python
 
     code = TRAINING.replace("{drawing}", repr(DRAWING)).replace(
-        "runs._save_grids = grids",
+        "runs.save_grids = grids",
         "runs.finish_multilabel.__globals__['save_training_grid'] = grids",
     )
     args = ["train", "--data", "multishapes:60", "--max-steps", "2", "--out", str(tmp_path / "r")]
