@@ -61,7 +61,7 @@ def describe(ctx: RunContext, data: ImageData) -> None:
 
 def show_training_labels(data: ImageData, run_dir: RunDir, log: Log) -> None:
     """The seed's first look at the data: the labels of the training images whose grid
-    ``_save_grids`` draws once the result is out (drawing needs seconds of imports)."""
+    ``save_grids`` draws once the result is out (drawing needs seconds of imports)."""
     rows = sample_rows(SAMPLES, len(data.train))
     names = label_text(data.train.labels[rows], data.classes)
     shown = " | ".join(names) if data.multi_label else " ".join(f"{n:>5s}" for n in names)
@@ -69,7 +69,7 @@ def show_training_labels(data: ImageData, run_dir: RunDir, log: Log) -> None:
 
 
 def save_grids(data: ImageData, result: Evaluation, run_dir: RunDir) -> None:
-    """The seed's pictures: the training images ``_show_training_labels`` named, and the test
+    """The seed's pictures: the training images ``show_training_labels`` named, and the test
     images ``show_results`` named, captioned truth -> prediction."""
     from blitz.outputs.plots import save_image_grid  # matplotlib and torchvision: seconds
 
