@@ -157,7 +157,7 @@ class RunDir:
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\n")
         writer.writerow(SETS_HEADER)
-        rows = ((role, cls, image) for role, rows in sets.items() for image, cls in rows)
+        rows = ((role, cls, image) for role, listed in sets.items() for image, cls in listed)
         writer.writerows(map(text_cell, row) for row in rows)  # as a spreadsheet's text
         # a file name that is not UTF-8 keeps its bytes, so read_sets finds the same file
         write_atomic(self.sets, out.getvalue().encode("utf-8", NAME_BYTES))
