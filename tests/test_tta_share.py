@@ -8,7 +8,8 @@ from blitz.data.sources import load_data
 from blitz.errors import BlitzError
 from blitz.models import create_model
 from blitz.models.configs import build_config
-from blitz.training.evaluate import evaluate, predict_logits, tta_logits
+from blitz.training.evaluate import certainty, evaluate, predict_logits, tta_logits
+from blitz.training.multilabel import split_logits
 
 TTA = "flip-translate"
 
@@ -28,6 +29,26 @@ def test_tta_on_a_share_augments_the_least_confident_images_only():
     assert torch.allclose(mixed[doubt], full[doubt], atol=1e-6)
     assert torch.equal(mixed[kept], plain[kept])
     assert not torch.allclose(full[doubt], plain[doubt])  # the views changed those logits
+
+
+def test_with_several_labels_an_image_the_doubtful_are_those_with_a_label_near_even_odds():
+    logits = torch.tensor([[4.0, -5.0], [0.1, 6.0], [-3.0, -0.2], [8.0, 9.0]])
+    doubtful = certainty(logits, multi_label=True).argsort()
+    assert doubtful[:2].sort().values.tolist() == [1, 2]  # a label at 0.1 and one at -0.2
+    assert doubtful[-1] == certainty(logits).argmin() == 3  # softmax's least sure: both on
+    cfg = build_config("seed", {"train.tta": TTA, "train.tta_share": 0.25})
+    data = load_data("multishapes:40")
+    torch.manual_seed(0)
+    model = create_model(cfg.model.name, len(data.classes), 3).eval()
+    images = [data.test.images_at(torch.arange(len(data.test)))]
+    by = {
+        m: predict_logits(
+            model, images, cfg.data.mean, cfg.data.std, TTA, share=0.25, multi_label=m
+        )
+        for m in (True, False)
+    }
+    assert not torch.allclose(by[True], by[False])  # the two measures pick other images
+    assert torch.allclose(split_logits(model, data.test, cfg)[0], by[True])  # the run's test
 
 
 def test_tta_on_a_share_that_rounds_up_to_the_whole_batch_is_plain_tta():

@@ -199,7 +199,7 @@ class TrainConfig:
     # it, or the mirrors of those
     tta: Tta = "none"
     # the share of each test batch, its least confident images (the plain view's top
-    # probability), that TTA sees; the rest keep the plain view's logits. 1: every image. The
+    # probability; with several labels an image, its label nearest even odds), that TTA sees; the rest keep the plain view's logits. 1: every image. The
     # run's test only (predict and export give every image every view): issue 33's candidate,
     # kept at 1 until a GPU measures the shorter test at equal accuracy
     tta_share: float = 1.0

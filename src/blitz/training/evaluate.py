@@ -30,16 +30,26 @@ def _shift(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
     return padded[..., pad - dy : pad - dy + h, pad - dx : pad - dx + w]
 
 
-def tta_logits(model: nn.Module, x: torch.Tensor, tta: str, share: float = 1.0) -> torch.Tensor:
+def certainty(logits: torch.Tensor, multi_label: bool = False) -> torch.Tensor:
+    """(N,) how sure a model is of each image: its top class's probability, or with several
+    labels an image, its least certain label's distance from even odds (the smallest
+    |logit|: one label near probability 0.5 makes the image's label set doubtful)."""
+    logits = logits.float()
+    return logits.abs().amin(1) if multi_label else logits.softmax(1).amax(1)
+
+
+def tta_logits(
+    model: nn.Module, x: torch.Tensor, tta: str, share: float = 1.0, multi_label: bool = False
+) -> torch.Tensor:
     """Logits averaged over test-time views: none, a mirror (flip), two 1-pixel shifts
     (translate: what suits digits and text), or the mirrors of those three (flip-translate).
     ``share`` < 1 (``train.tta_share``): only that share of the batch, its least confident
-    images by the plain view's top probability, sees them; the rest keep the plain view's
+    images by the plain view (``certainty``), sees them; the rest keep the plain view's
     logits. A fixed count per batch: the same shapes each time, no recompiling."""
     count = math.ceil(share * len(x))
     if tta != "none" and count < len(x):
         logits = model(x)
-        doubt = logits.float().softmax(1).amax(1).topk(count, largest=False).indices
+        doubt = certainty(logits, multi_label).topk(count, largest=False).indices
         return logits.index_copy(0, doubt, tta_logits(model, x[doubt], tta).to(logits.dtype))
 
     def view(v: torch.Tensor) -> torch.Tensor:
@@ -60,6 +70,7 @@ def predict_logits(
     tta: str = "none",
     channels_last: bool = False,
     share: float = 1.0,
+    multi_label: bool = False,
 ) -> torch.Tensor:
     """Logits (N, K) for batches of uint8 images (B, C, H, W), on the model's device (TTA on
     ``share`` of each batch: see ``tta_logits``)."""
@@ -71,7 +82,7 @@ def predict_logits(
     for images in batches:
         x = normalize(images.to(device), mean, std)
         x = x.contiguous(memory_format=memory_format)
-        outputs.append(tta_logits(model, x, tta, share).float())
+        outputs.append(tta_logits(model, x, tta, share, multi_label).float())
     model.train(was_training)
     return torch.cat(outputs) if outputs else torch.empty(0)  # (0,): a rank with no rows
 
@@ -243,8 +254,9 @@ def rank_logits(
     images = (images for _, images, _ in split.load(batches, device))
     with autocast(train.precision, device):
         mean, std = concrete(cfg.data.mean), concrete(cfg.data.std)
+        multi_label = split.labels.ndim == 2
         logits = predict_logits(
-            model, images, mean, std, train.tta, train.channels_last, train.tta_share
+            model, images, mean, std, train.tta, train.channels_last, train.tta_share, multi_label
         )
     return logits, rows
 
