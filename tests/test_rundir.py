@@ -16,7 +16,7 @@ from blitz.training import checkpoint
 from blitz.training.checkpoint import Checkpoint, Training, load_checkpoint, save_checkpoint
 from blitz.training.evaluate import chance_note, confusion_matrix
 from blitz.training.metrics import Metrics, matrix_record
-from blitz.training.rundir import RunDir
+from blitz.training.rundir import RunDir, check_output
 from blitz.utils.writes import write_atomic
 from conftest import folder_files, png_bytes, run_blitz, write_folder
 
@@ -129,6 +129,42 @@ def test_foreign_and_damaged_checkpoints_are_refused(tmp_path):
     assert "model.image_size" in size
     epoch = _damaged(tmp_path, lambda raw: raw["training"]["train_state"].pop("epoch"))
     assert "training.train_state.epoch" in epoch
+
+
+@pytest.mark.parametrize("kind", ["torchscript", "truncated", "empty"])
+def test_a_file_of_another_kind_in_a_checkpoints_place_is_refused_without_torchs_advice(
+    tmp_path, kind
+):
+    path = tmp_path / "model.pt"
+    if kind == "torchscript":  # an export named model.pt: torch's error advises weights_only=False
+        torch.jit.script(torch.nn.Linear(2, 2)).save(path)
+    else:
+        save_checkpoint(path, _checkpoint())
+        path.write_bytes(path.read_bytes()[: 1000 if kind == "truncated" else 0])
+    with pytest.raises(BlitzError, match="damaged, or not a checkpoint blitz wrote") as error:
+        load_checkpoint(path)
+    assert "weights_only" not in str(error.value)
+
+
+def test_a_run_stopped_while_training_is_named_unfinished_with_the_resume_command(tmp_path):
+    save_checkpoint(tmp_path / "last.pt", _checkpoint())
+    with pytest.raises(BlitzError, match=f"has not finished .*blitz train --resume {tmp_path}"):
+        RunDir(tmp_path).load_model()
+
+
+def test_no_export_csv_or_page_is_written_over_a_file_of_a_run(tmp_path, capsys):
+    run_dir = RunDir(tmp_path / "run")
+    run_dir.path.mkdir()
+    run_dir.write_config(build_config("seed"))
+    for own in (run_dir.model, run_dir.metrics, run_dir.sets, run_dir.report, run_dir.config):
+        with pytest.raises(BlitzError, match="that is a file of the run in"):
+            check_output(own, "the export")
+    check_output(run_dir.path / "model.onnx", "the export")  # an export beside the run: fine
+    check_output(tmp_path / "model.pt", "the export")  # a model.pt of no run: the user's to name
+    compare = ["report", str(run_dir), str(run_dir), "--out", str(run_dir.report)]
+    assert cli.main(compare) == 2 and "file of the run" in capsys.readouterr().err
+    assert cli.main(["report", str(run_dir), "--out", "x.html"]) == 2
+    assert "--out names the page that compares two or more runs" in capsys.readouterr().err
 
 
 def _nan_weight(ckpt):

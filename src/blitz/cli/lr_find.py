@@ -26,13 +26,14 @@ def main(args: argparse.Namespace) -> None:
     from blitz.errors import BlitzError
     from blitz.models.configs import build_config
     from blitz.outputs.plots import lr_find_png
-    from blitz.utils.writes import check_output_file, write_atomic
+    from blitz.training.rundir import check_output
+    from blitz.utils.writes import write_atomic
     from blitz.workflows.lrfind import lr_find, suggested_settings
     from blitz.workflows.runs import set_up
 
     if args.steps < 5:
         raise BlitzError(f"invalid --steps {args.steps}: expected an integer >= 5")
-    check_output_file(args.out, "the lr-find plot", ".png")
+    check_output(args.out, "the lr-find plot", ".png")
     cfg = build_config(args.preset, overrides(args))
     ctx = set_up(cfg, None, print, args.quiet, time.perf_counter())  # as train's, writing nothing
     sweep = lr_find(ctx, load_data(ctx.cfg.data), args.steps)

@@ -36,14 +36,13 @@ def main(args: argparse.Namespace) -> int:
         predict_files,
         write_csv,
     )
-    from blitz.training.rundir import RunDir
-    from blitz.utils.writes import check_output_file
+    from blitz.training.rundir import RunDir, check_output
 
     if args.top_k < 1:
         raise BlitzError(f"invalid --top-k {args.top_k}: expected an integer >= 1")
     check_min_confidence(args.min_confidence)
     if args.csv:
-        check_output_file(args.csv, "the CSV")  # before the work, not after it
+        check_output(args.csv, "the CSV")  # before the work, not after it
     ckpt = RunDir(args.run_dir).load_model()
     if ckpt.model.multi_label and args.min_confidence is not None:
         raise BlitzError(

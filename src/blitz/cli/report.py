@@ -12,21 +12,26 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--out",
         type=Path,
-        default=Path("compare.html"),
         metavar="FILE",
         help="the comparison page, with two or more runs (default: compare.html)",
     )
 
 
 def main(args: argparse.Namespace) -> None:
+    from blitz.errors import BlitzError
     from blitz.outputs.comparison import write_comparison
-    from blitz.training.rundir import RunDir
-    from blitz.utils.writes import check_output_file
+    from blitz.training.rundir import RunDir, check_output
     from blitz.workflows.finished import rebuild_report
 
     run_dirs = [RunDir(d) for d in args.run_dirs]
-    if len(args.run_dirs) == 1:
+    if len(run_dirs) == 1 and args.out:
+        raise BlitzError(
+            f"--out names the page that compares two or more runs; one run's report is always "
+            f"{run_dirs[0].report}: leave --out out, or name more runs"
+        )
+    if len(run_dirs) == 1:
         print(f"wrote {rebuild_report(run_dirs[0], log=print)}")
     else:
-        check_output_file(args.out, "the comparison page", ".html")
-        print(f"wrote {write_comparison(run_dirs, args.out)}")
+        out = args.out or Path("compare.html")
+        check_output(out, "the comparison page", ".html")
+        print(f"wrote {write_comparison(run_dirs, out)}")

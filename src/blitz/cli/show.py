@@ -21,12 +21,12 @@ def main(args: argparse.Namespace) -> None:
     from blitz.data.dataset import label_text
     from blitz.errors import BlitzError
     from blitz.outputs.plots import save_image_grid
-    from blitz.utils.writes import check_output_file
+    from blitz.training.rundir import check_output
     from blitz.workflows.record import sample_rows
 
     if args.count < 1:
         raise BlitzError(f"invalid --count {args.count}: expected an integer >= 1")
-    check_output_file(args.out, "the image grid", ".png")
+    check_output(args.out, "the image grid", ".png")
     data = _show_data(args)
     split = getattr(data, args.split)
     if split is None or (args.split == "test" and data.test_is_val):

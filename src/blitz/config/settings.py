@@ -199,9 +199,10 @@ class TrainConfig:
     # it, or the mirrors of those
     tta: Tta = "none"
     # the share of each test batch, its least confident images (the plain view's top
-    # probability; with several labels an image, its label nearest even odds), that TTA sees; the rest keep the plain view's logits. 1: every image. The
-    # run's test only (predict and export give every image every view): issue 33's candidate,
-    # kept at 1 until a GPU measures the shorter test at equal accuracy
+    # probability; with several labels an image, its label nearest even odds), that TTA sees;
+    # the rest keep the plain view's logits. 1: every image. The run's test only (predict and
+    # export give every image every view): issue 33's candidate, kept at 1 until a GPU
+    # measures the shorter test at equal accuracy
     tta_share: float = 1.0
     channels_last: bool = False  # memory format of images and weights (faster convs on some CPUs)
     # autocast for forward passes ("auto": bf16 if fast)

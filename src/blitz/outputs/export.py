@@ -20,7 +20,8 @@ from blitz.data.preprocess import normalize
 from blitz.errors import BlitzError
 from blitz.training.checkpoint import ModelFacts
 from blitz.training.evaluate import tta_logits
-from blitz.utils.writes import check_output_file, write_atomic, write_json
+from blitz.training.rundir import check_output
+from blitz.utils.writes import write_atomic, write_json
 from blitz.version import __version__
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
@@ -124,8 +125,8 @@ def export_model(facts: ModelFacts, model: nn.Module, fmt: str, out: Path) -> fl
     """Write the export to ``out`` and its description beside it (``description_path``);
     returns its max abs difference to PyTorch (fails above ``TOLERANCE``, or if either gives
     a NaN or infinite logit)."""
-    check_output_file(out, f"the {fmt} export")
-    check_output_file(description_path(out), f"the {fmt} export's description")
+    check_output(out, f"the {fmt} export")
+    check_output(description_path(out), f"the {fmt} export's description")
     if fmt == "onnx":
         _require_onnx()  # before the export, which needs the onnx package too
     wrapper = Deployable(model.cpu(), facts)

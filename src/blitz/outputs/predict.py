@@ -22,8 +22,9 @@ from blitz.errors import BlitzError
 from blitz.files import open_regular
 from blitz.training.checkpoint import ModelFacts
 from blitz.training.evaluate import predict_logits
+from blitz.training.rundir import check_output
 from blitz.utils.cells import text_cell
-from blitz.utils.writes import check_output_file, write_atomic
+from blitz.utils.writes import write_atomic
 
 Prediction = tuple[Path, list[tuple[str, float]]]
 Name = TypeVar("Name", Path, int)  # what a prediction is of: a file, or a place in a list
@@ -247,7 +248,7 @@ def write_csv(
     table listed them), then class_i and prob_i for each of the top k. UTF-8, with the bytes of
     non-UTF-8 names as ``\\xNN`` (as printed), so any CSV reader can read every row; a text that
     begins like a spreadsheet formula (``=``, ``+``, ``-``, ``@``) with an apostrophe in front."""
-    check_output_file(path, "the CSV")
+    check_output(path, "the CSV")
     k = len(predictions[0][1]) if predictions else 0
     label = [] if min_confidence is None else ["label"]
     label += [] if labels is None else ["labels"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import random
+import warnings
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -329,11 +330,15 @@ def load_checkpoint(path: Path) -> Checkpoint:
     if not path.exists():  # anything else there (a folder, a pipe) is refused when read
         raise BlitzError(f"no checkpoint at {path}: pass a run directory written by blitz train")
     try:
-        with open_regular(path) as f:  # a pipe in its place would hang torch.load
+        with open_regular(path) as f, warnings.catch_warnings():  # a pipe would hang torch.load
+            warnings.filterwarnings("ignore", "'torch.load' received a zip file")  # TorchScript
             raw = torch.load(f, map_location="cpu", weights_only=True)
     except Exception as exc:  # any unpickling failure means "not a checkpoint we can trust"
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise BlitzError(f"cannot read checkpoint {path}: {first}") from None
+        # torch's own words may advise weights_only=False, which would let the file run code
+        raise BlitzError(
+            f"cannot read checkpoint {path}: it is damaged, or not a checkpoint blitz wrote "
+            f"(such as a TorchScript or ONNX export) ({type(exc).__name__})"
+        ) from None
     return Checkpoint.from_dict(raw, path)
 
 

@@ -26,7 +26,7 @@ from blitz.training.checkpoint import Checkpoint, load_checkpoint, save_checkpoi
 from blitz.training.metrics import Metrics
 from blitz.utils.cells import cell_text, text_cell
 from blitz.utils.locks import locked
-from blitz.utils.writes import write_atomic, write_json
+from blitz.utils.writes import check_output_file, write_atomic, write_json
 
 SETS_HEADER = ("set", "class", "image")
 MAX_SETS_BYTES = 2**30  # a line per image: far more than any dataset blitz reads in a run
@@ -213,7 +213,20 @@ class RunDir:
     def load_model(self) -> Checkpoint:
         if not self.path.is_dir():
             raise BlitzError(f"{self} is not a folder: pass a run directory written by blitz train")
+        if not self.model.exists() and self.last.exists():
+            raise BlitzError(
+                f"the run in {self} has not finished (it was stopped while training): continue "
+                f"it with blitz train --resume {self}"
+            )
         return load_checkpoint(self.model)
+
+    def owns(self, path: Path) -> bool:
+        """Whether ``path`` is one of this run's own files (its settings, sets, checkpoints,
+        metrics, report, pictures, lock), which no export or CSV may be written over."""
+        own = (self.config, self.metrics, self.model, self.last, self.best, self.csv, self.sets)
+        more = (self.mlflow, self.report, self.train_images, self.test_predictions)
+        names = {p.name for p in (*own, *more, self.tensorboard, self.lock_file)}
+        return self.config.exists() and path.name in names
 
     def load_resumable(self) -> Checkpoint:
         """The newest complete checkpoint of an unfinished run (what --resume continues from)."""
@@ -249,3 +262,14 @@ def _assignment(rows: list[tuple[int, list[str]]], problem: str) -> Assignment:
         first_line[row[2]] = line
         sets.setdefault(row[0], []).append((row[2], row[1]))
     return sets
+
+
+def check_output(path: Path, what: str, suffix: str = "") -> None:
+    """``check_output_file``, and no file of a run directory (``RunDir.owns``): an export
+    named ``model.pt`` beside the run's own would destroy the run."""
+    check_output_file(path, what, suffix)
+    if RunDir(path.parent).owns(path):
+        raise BlitzError(
+            f"cannot write {what} to {path}: that is a file of the run in {path.parent}; "
+            "choose another name"
+        )
