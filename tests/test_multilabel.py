@@ -379,6 +379,8 @@ def test_eval_report_and_sets_of_a_multi_label_run(table_run):
     root, run = table_run
     scores = run.evaluate(quiet=True)
     assert scores.map == pytest.approx(run.metrics.multilabel["map"], abs=1e-5)
+    quiet = run_blitz("eval", run.path, "--quiet").stdout.splitlines()
+    assert len(quiet) == 1 and quiet[0].startswith("multi-label figures on the test set: macro mAP")
     page = run.report().read_text()
     assert "AP per class" in page and "precision-recall curves" in page
     assert "Worst predictions" in page and " → " in page

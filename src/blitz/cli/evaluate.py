@@ -20,9 +20,12 @@ def main(args: argparse.Namespace) -> None:
     eval_run(RunDir(args.run_dir), args.data, print if not args.quiet else _results_only())
 
 
+RESULTS = ("Accuracy of the network", "multi-label figures")  # the lines --quiet keeps
+
+
 def _results_only():
     def log(message: str) -> None:
-        if message.startswith("Accuracy"):
-            print(message)
+        if message.startswith(RESULTS):
+            print(message.splitlines()[0])  # a multi-label line, without its table per class
 
     return log
