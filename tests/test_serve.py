@@ -621,6 +621,46 @@ def fake_served():
     return Served("torch", facts, facts.build(), "run@0", {"run": "run@0"})
 
 
+def test_base64_as_the_common_tools_write_it_is_read():
+    from starlette.testclient import TestClient
+
+    from blitz.serving import app as app_module
+
+    # an image whose base64 has padding and '+' or '/', so that the variants differ from it
+    plain = next(
+        encoded
+        for size in range(20, 200)
+        if "=" in (encoded := base64.b64encode(image := png_bytes((30, 200, 30), size)).decode())
+        and set("+/") & set(encoded)
+    )
+    url_safe = base64.urlsafe_b64encode(image).decode().rstrip("=")
+    wrapped = "\n".join(plain[i : i + 76] for i in range(0, len(plain), 76)) + "\n"
+    with TestClient(app_module.create_app(served_options(), fake_served())) as client:
+        wait_for(lambda: client.get("/ready").status_code == 200, "ready")
+        answers = client.post("/predict", json={"images": [plain, url_safe, wrapped]})
+        assert answers.status_code == 200, answers.text
+        assert len({json.dumps(a["top"]) for a in answers.json()["predictions"]}) == 1
+        assert client.post("/predict", json={"images": [plain[:-5] + "*"]}).status_code == 400
+
+
+def test_a_client_that_leaves_mid_request_is_no_server_error(monkeypatch, caplog):
+    from starlette.requests import ClientDisconnect, Request
+    from starlette.testclient import TestClient
+
+    from blitz.serving import app as app_module
+
+    async def gone(self):
+        raise ClientDisconnect()
+
+    monkeypatch.setattr(Request, "body", gone)
+    with TestClient(app_module.create_app(served_options(), fake_served())) as client:
+        wait_for(lambda: client.get("/ready").status_code == 200, "ready")
+        assert client.post("/predict", json={"images": [B64]}).status_code == 499
+        counted = client.get("/metrics").text
+    assert 'path="/predict",status="499"' in counted and 'status="500"' not in counted
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
+
+
 def test_readiness_waits_for_the_model():
     from starlette.testclient import TestClient
 

@@ -31,6 +31,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from blitz.data.images import BadImage
 from blitz.outputs.predict import decode, printable, top_classes
@@ -42,6 +43,8 @@ from blitz.version import __version__
 
 log = logging.getLogger("blitz.serve")
 RETRY_AFTER = "1"
+URL_SAFE = str.maketrans("-_", "+/")
+CLIENT_GONE = 499  # nginx's status for a client that closed its request: no server error
 # pixels of a request decoded on the event loop itself: thumbnails decode in well under a
 # millisecond, less than handing them to a thread costs (profiled); larger images go to one of
 # at most as many threads as cores (a decompression bomb just under PIL's bound holds
@@ -293,9 +296,17 @@ def _base64_image(index: int, item: Any) -> tuple[str, bytes]:
     if data.startswith("data:"):
         data = data.partition(",")[2]
     try:
-        return name, base64.b64decode(data, validate=True)
+        return name, base64.b64decode(_standard_base64(data), validate=True)
     except (binascii.Error, ValueError):
         raise Refused(400, f"{name} is not valid base64") from None
+
+
+def _standard_base64(data: str) -> str:
+    """Base64 as the common tools write it, in the standard form: line breaks taken out (the
+    ``base64`` command wraps at 76 columns), the URL-safe alphabet's ``-`` and ``_`` made ``+``
+    and ``/``, and the padding a URL-safe encoder leaves off put back."""
+    data = "".join(data.split()).translate(URL_SAFE)
+    return data + "=" * (-len(data) % 4)
 
 
 def _too_many(limit: int) -> Refused:
@@ -357,6 +368,15 @@ def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(HTTPException)
     async def refused(request: Request, exc: HTTPException) -> JSONResponse:
         return error(exc.status_code, str(exc.detail), exc.headers)
+
+    @app.exception_handler(ClientDisconnect)
+    async def gone(request: Request, exc: ClientDisconnect) -> Response:  # no one to answer
+        log.info(
+            "blitz serve: %s %s: the client left before sending its request",
+            request.method,
+            request.url.path,
+        )
+        return Response(status_code=CLIENT_GONE)
 
     @app.exception_handler(Exception)
     async def failed(request: Request, exc: Exception) -> JSONResponse:  # a bug: logged, named
