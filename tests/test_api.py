@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -94,6 +95,16 @@ def test_a_larger_or_grey_image_is_resized_and_converted_as_a_file_is(run, tmp_p
     image = Image.new("L", (50, 40), 90)
     image.save(tmp_path / "grey.png")
     assert run.predict(image)[0].top == run.predict(tmp_path / "grey.png")[0].top
+
+
+def test_a_large_jpeg_straight_from_image_open_is_decoded_as_its_file(run, tmp_path):
+    noise = np.random.default_rng(0).integers(0, 256, (120, 160, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(tmp_path / "photo.jpg", quality=90)  # 2x the size and more
+    from_file = run.predict(tmp_path / "photo.jpg")[0].top
+    with Image.open(tmp_path / "photo.jpg") as opened:
+        assert run.predict(opened)[0].top == from_file  # decoded at half scale, as the file is
+        full = opened.convert("RGB")  # loaded: its pixels at full size
+    assert run.predict(full)[0].top != from_file  # what it was before, and still is for pixels
 
 
 @pytest.mark.parametrize(

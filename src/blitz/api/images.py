@@ -13,26 +13,48 @@ from blitz.errors import BlitzError
 if TYPE_CHECKING:
     import numpy as np
     import torch
-    from PIL import Image
+    from PIL import Image, ImageFile
 
     from blitz.training.checkpoint import ModelFacts
 
 
 def decoded(items: list[Any], facts: ModelFacts) -> Iterator[np.ndarray]:
-    """Each in-memory image as blitz decodes a file: encoded losslessly (TIFF keeps every
-    mode and the EXIF orientation), then decoded, converted and resized as files are."""
+    """Each in-memory image as blitz decodes a file: its file's own bytes where it is one
+    straight from ``Image.open`` (not yet loaded), else encoded losslessly (TIFF keeps every
+    mode and the EXIF orientation); then decoded, converted and resized as files are."""
     from blitz.outputs.predict import decode
 
     for index, image in enumerate(_pil_images(items)):
-        buffer = io.BytesIO()
-        try:
-            image.save(buffer, format="TIFF", exif=image.getexif())
-        except (OSError, ValueError) as exc:
-            raise BlitzError(
-                f"image {index} (mode {image.mode}) cannot be classified ({exc}): convert it "
-                "first, e.g. image.convert('RGB')"
-            ) from None
-        yield decode(facts, buffer.getvalue(), f"image {index}")
+        yield decode(facts, _encoded(image, index), f"image {index}")
+
+
+def _encoded(image: Image.Image, index: int) -> bytes:
+    """The file an unloaded image was opened from (a large JPEG then decodes at the reduced
+    scale a file does: ``data.images.decode_image``), or the image as a TIFF."""
+    import os
+    from pathlib import Path
+
+    from PIL import ImageFile
+
+    from blitz.outputs.predict import read_image_file
+
+    if isinstance(image, ImageFile.ImageFile) and _unread(image):
+        return read_image_file(Path(os.fsdecode(image.filename)))
+    buffer = io.BytesIO()
+    try:
+        image.save(buffer, format="TIFF", exif=image.getexif())
+    except (OSError, ValueError) as exc:
+        raise BlitzError(
+            f"image {index} (mode {image.mode}) cannot be classified ({exc}): convert it "
+            "first, e.g. image.convert('RGB')"
+        ) from None
+    return buffer.getvalue()
+
+
+def _unread(image: ImageFile.ImageFile) -> bool:
+    """An image opened from a file and not changed: none of its pixels loaded yet, and its
+    first frame (a GIF's ``seek(3)`` is another image than the file decodes to)."""
+    return bool(image.filename and image.tile) and image.tell() == 0
 
 
 def _pil_images(items: list[Any]) -> Iterator[Image.Image]:
