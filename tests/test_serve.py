@@ -661,6 +661,23 @@ def test_a_client_that_leaves_mid_request_is_no_server_error(monkeypatch, caplog
     assert not [r for r in caplog.records if r.levelname == "ERROR"]
 
 
+def test_a_port_in_use_or_a_host_of_no_machine_is_refused_before_the_run_loads(tmp_path):
+    from blitz.serving.options import Options
+    from blitz.serving.server import serve
+
+    missing = str(tmp_path / "no-run")  # loading it would be another error: this one is first
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(BlitzError, match=f"cannot listen on 127.0.0.1:{port} .*--port"):
+            serve(Options(missing, port=port))
+    with pytest.raises(BlitzError, match="cannot listen on 999.1.1.1:8000"):
+        serve(Options(missing, host="999.1.1.1"))
+    with pytest.raises(BlitzError, match="no-run"):  # port 0: a free one, then the run
+        serve(Options(missing, port=0))
+
+
 def test_readiness_waits_for_the_model():
     from starlette.testclient import TestClient
 

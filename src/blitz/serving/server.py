@@ -5,8 +5,10 @@ flight, refuse new ones and stop."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import signal
+import socket
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +26,7 @@ GRACE_SECONDS = 10  # SIGTERM: what the requests in flight get to finish
 
 def serve(options: Options) -> None:
     """Serve ``options.run_dir`` until stopped (SIGTERM, Ctrl-C)."""
+    options = dataclasses.replace(options, port=_free_port(options.host, options.port))
     # refuses a bad run now; exports it for the ONNX backend once, before any worker looks
     served = load_run(Path(options.run_dir), options.backend, options.model_threads)
     _warn_if_exposed(options)
@@ -65,6 +68,22 @@ class _Server(uvicorn.Server):
         with super().capture_signals():
             yield
             self._captured_signals = [s for s in self._captured_signals if s != signal.SIGTERM]
+
+
+def _free_port(host: str, port: int) -> int:
+    """``port``, checked free on ``host`` before the run is loaded (a port in use or an
+    address not of this machine is a BlitzError now, not uvicorn's after the loading); port 0
+    becomes a free one chosen now, so that the address announced is the one served."""
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+            probe.bind((host, port))
+            return probe.getsockname()[1]
+    except OSError as exc:  # socket.gaierror too: a host name that resolves to nothing
+        raise BlitzError(
+            f"cannot listen on {host}:{port} ({exc.strerror or exc}): choose another --port "
+            "or --host"
+        ) from None
 
 
 def _warn_if_exposed(options: Options) -> None:
