@@ -164,7 +164,7 @@ def test_a_run_records_its_sets_and_eval_uses_them(tmp_path, capsys):
     assert status == 0 and "on the 6 test images" in shown.out
     (root / test[0]).unlink()  # one of its test images gone: not the data it was trained on
     status, shown = blitz(capsys, "eval", out)
-    assert status == 2 and f"images are gone ({test[0]}" in shown.err
+    assert status == 2 and f"1 of its test images is gone ({test[0]})" in shown.err
 
 
 @pytest.mark.subprocess

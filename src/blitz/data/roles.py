@@ -214,9 +214,9 @@ def _apply(data: ImageData, recorded: Assignment) -> ImageData:
     for role, images in recorded.items():
         missing = [image for image, _ in images if image not in where]
         if missing:
-            raise _changed(
-                data, f"{len(missing)} of its {SET_NAMES[role]} images are gone ({missing[0]}, ...)"
-            )
+            count, more = len(missing), ", ..." * (len(missing) > 1)
+            gone = f"{count} of its {SET_NAMES[role]} images {'is' if count == 1 else 'are'} gone"
+            raise _changed(data, f"{gone} ({missing[0]}{more})")
         found = [where[image] for image, _ in images]
         sources = {source for source, _ in found}
         if len(sources) != 1:
