@@ -162,6 +162,8 @@ def test_a_run_records_its_sets_and_eval_uses_them(tmp_path, capsys):
     write_folder(root, images("", per_class=14))
     status, shown = blitz(capsys, "eval", out)
     assert status == 0 and "on the 6 test images" in shown.out
+    status, shown = blitz(capsys, "eval", out, "--data", root)  # all of it: 24 seen in training
+    assert status == 0 and "warning: 24 of these 42 images are ones the run trained" in shown.err
     (root / test[0]).unlink()  # one of its test images gone: not the data it was trained on
     status, shown = blitz(capsys, "eval", out)
     assert status == 2 and f"1 of its test images is gone ({test[0]})" in shown.err

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -46,8 +47,36 @@ def _load_run(
         check_classes(data, ckpt, run_dir)
     else:
         data = load_test_data(replace(cfg.data, source=source), ckpt.model.classes, log)
+        if note := _seen_note(run_dir, source, cfg.data.source, data):
+            print(f"blitz: {note}", file=sys.stderr)  # said even under --quiet
     device = resolve_device(cfg.train.device)
     return ckpt, on_device(ckpt.build_model(), device, cfg), data
+
+
+def _seen_note(run_dir: RunDir, source: str, own: str, data: ImageData) -> str | None:
+    """A warning where ``--data`` is the run's own data and so holds the images it trained or
+    validated on (recorded in sets.csv): a figure on them is no held-out figure."""
+    sets = run_dir.read_sets()
+    if sets is None or not _same_source(source, own):
+        return None
+    seen = {image for role in ("train", "val") for image, _ in sets.get(role, [])}
+    images = data.test_set().row_ids("test")
+    count = sum(image in seen for image in images)
+    if not count:
+        return None
+    return (
+        f"warning: {count} of these {len(images)} images are ones the run trained or validated "
+        f"on, so this is no held-out figure; blitz eval {run_dir} without --data tests on its "
+        "own test set"
+    )
+
+
+def _same_source(a: str, b: str) -> bool:
+    """Whether two ``--data`` values name the same data: the same file or folder, or the same
+    generated or downloaded set by name."""
+    if Path(a).exists() and Path(b).exists():
+        return Path(a).resolve() == Path(b).resolve()
+    return a == b
 
 
 def rebuild_report(run_dir: RunDir, log: Log) -> Path:
