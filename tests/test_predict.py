@@ -132,6 +132,19 @@ def test_names_that_are_not_utf8_are_printed_and_written_as_escapes(run_dir, tmp
     assert rows[0] == ["path", "class_1", "prob_1"] and rows[1][0].endswith("caf\\xe9.png")
 
 
+def test_a_name_with_a_newline_or_an_escape_sequence_is_one_plain_line(run_dir, tmp_path):
+    odd = tmp_path / "a\nb\x1b[31m.png"  # would split the line, and turn the terminal red
+    odd.write_bytes(png_bytes((10, 200, 10)))
+    (bad := tmp_path / "c\x1b]0;x\x07.png").write_bytes(b"no image")
+    predictions, skipped = predict(run_dir, [odd, bad], top_k=1)
+    line = format_prediction(predictions[0])
+    assert line.startswith(f"{tmp_path}/a\\x0ab\\x1b[31m.png: ") and "\n" not in line
+    assert [path for path, _ in skipped] == [bad]
+    write_csv(predictions, tmp_path / "out.csv")  # the CSV keeps the name (quoted, as CSV does)
+    with open(tmp_path / "out.csv", encoding="utf-8", newline="") as f:
+        assert list(csv.reader(f))[1][0] == str(odd)
+
+
 @pytest.mark.slow
 @pytest.mark.subprocess
 def test_the_cli_prints_the_good_names_the_bad_and_writes_the_csv(run_dir, tmp_path):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from blitz.data.counts import format_counts
 from blitz.diagnosis.findings import KINDS, Diagnosis, Finding, by_kind
-from blitz.outputs.predict import printable
+from blitz.outputs.predict import for_terminal
 
 EXAMPLES = 3  # per kind, in the terminal
 
@@ -30,4 +30,4 @@ def _line(f: Finding) -> str:
     if not f.image:
         return f.detail
     label = f.label + (f" -> {f.suggested}" if f.suggested else "")
-    return printable(f"{f.image} ({label}, score {f.score:.2f}): {f.detail}")
+    return for_terminal(f"{f.image} ({label}, score {f.score:.2f}): {f.detail}")

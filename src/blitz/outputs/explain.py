@@ -20,7 +20,14 @@ from torch import nn
 from blitz.data.preprocess import normalize
 from blitz.errors import BlitzError, did_you_mean
 from blitz.models.timm_models import PREFIX
-from blitz.outputs.predict import OnSkip, _decode_files, _report_skip, classify, printable
+from blitz.outputs.predict import (
+    OnSkip,
+    _decode_files,
+    _report_skip,
+    classify,
+    for_terminal,
+    printable,
+)
 from blitz.training.checkpoint import ModelFacts
 from blitz.utils.writes import write_atomic
 
@@ -213,12 +220,13 @@ def _safe(text: str) -> str:
 def prepare_folder(out: Path) -> None:
     """``out`` as a folder to write into: made if missing; a file there is an error."""
     if out.exists() and not out.is_dir():
-        raise BlitzError(f"--out {printable(str(out))} is a file: pass a folder for the heat maps")
+        shown = for_terminal(str(out))
+        raise BlitzError(f"--out {shown} is a file: pass a folder for the heat maps")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise BlitzError(
-            f"cannot make the folder {printable(str(out))} ({exc.strerror or exc}): pass "
+            f"cannot make the folder {for_terminal(str(out))} ({exc.strerror or exc}): pass "
             "another --out"
         ) from None
 
@@ -226,9 +234,10 @@ def prepare_folder(out: Path) -> None:
 def format_explanation(explanation: Explanation) -> str:
     """``cat.png: cat 97.1 % -> out/001-cat-cat.png (heat map of cat)``."""
     name = explanation.image
-    shown = printable(str(name)) if isinstance(name, Path) else f"image {name}"
+    shown = for_terminal(str(name)) if isinstance(name, Path) else f"image {name}"
     top_class, probability = explanation.top[0]
     return (
-        f"{shown}: {printable(top_class)} {100 * probability:.1f} % -> "
-        f"{printable(str(explanation.written))} (heat map of {printable(explanation.explained)})"
+        f"{shown}: {for_terminal(top_class)} {100 * probability:.1f} % -> "
+        f"{for_terminal(str(explanation.written))} "
+        f"(heat map of {for_terminal(explanation.explained)})"
     )

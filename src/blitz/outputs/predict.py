@@ -49,17 +49,17 @@ def collect_images(paths: list[Path]) -> list[Path]:
             files.append(path)
         else:
             raise BlitzError(
-                f"{printable(str(path))} does not exist: pass image files or folders of images"
+                f"{for_terminal(str(path))} does not exist: pass image files or folders of images"
             )
     if not files:
-        raise BlitzError("no images found in " + ", ".join(printable(str(p)) for p in paths))
+        raise BlitzError("no images found in " + ", ".join(for_terminal(str(p)) for p in paths))
     return files
 
 
 def read_image_file(path: Path) -> bytes:
     """The bytes of a regular file of at most ``MAX_FILE_BYTES``, or a BadImage naming it: a
     pipe would hang the read and a device (a link to /dev/zero) never end it."""
-    name = printable(str(path))
+    name = for_terminal(str(path))
     try:
         info = path.stat()
     except OSError as exc:  # gone, a dangling link, a folder we may not enter
@@ -109,7 +109,7 @@ def predict_files(
 
 
 def _nothing_classified(count: int, path: Path, reason: str) -> BlitzError:
-    name = printable(str(path))
+    name = for_terminal(str(path))
     if count == 1:
         return BlitzError(f"cannot classify {name}: {reason}")
     first = f"the first, {name}: {reason}"
@@ -122,7 +122,7 @@ def _decode_files(
     good, arrays = [], []
     for f in files:
         try:
-            arrays.append(decode(facts, read_image_file(f), printable(str(f))))
+            arrays.append(decode(facts, read_image_file(f), for_terminal(str(f))))
             good.append(f)
         except BadImage as exc:
             skip(f, exc.reason)
@@ -183,7 +183,7 @@ def classify(
 
 def _report_skip(path: Path, reason: str) -> None:
     # tqdm.write: the message goes above the progress bar instead of through it
-    tqdm.write(f"skipped {printable(str(path))}: {reason}", file=sys.stderr)
+    tqdm.write(f"skipped {for_terminal(str(path))}: {reason}", file=sys.stderr)
 
 
 def printable(text: str) -> str:
@@ -195,6 +195,15 @@ def printable(text: str) -> str:
     except UnicodeEncodeError:  # a surrogate that is not an escaped byte (a Windows name)
         raw = text.encode("utf-8", "backslashreplace")
     return raw.decode("utf-8", "backslashreplace")
+
+
+CONTROL = {code: f"\\x{code:02x}" for code in (*range(32), *range(127, 160))}
+
+
+def for_terminal(text: str) -> str:
+    """``printable``, and control characters shown as ``\\xNN``: a file name's newline would
+    split a line, its escape sequence drive the terminal."""
+    return printable(text).translate(CONTROL)
 
 
 def _text(text: str) -> str:
@@ -228,12 +237,12 @@ def format_prediction(
     80.0 %: class 41.0 %, ...)``; a multi-label model's ``labels``, ``path: cat, dog (cat 97.1
     %, dog 80.3 %, bird 2.0 %)``."""
     path, top = prediction
-    shown = ", ".join(f"{printable(c)} {100 * p:.1f} %" for c, p in top)
+    shown = ", ".join(f"{for_terminal(c)} {100 * p:.1f} %" for c, p in top)
     if labels is not None:
-        return f"{printable(str(path))}: {printable(', '.join(labels)) or '(none)'} ({shown})"
+        return f"{for_terminal(str(path))}: {for_terminal(', '.join(labels)) or '(none)'} ({shown})"
     if decide(top, min_confidence) == UNKNOWN and min_confidence is not None:
         shown = f"{UNKNOWN} (below {100 * min_confidence:.1f} %: {shown})"
-    return f"{printable(str(path))}: {shown}"
+    return f"{for_terminal(str(path))}: {shown}"
 
 
 def write_csv(

@@ -189,7 +189,8 @@ class RunDir:
         except BlitzError as exc:
             raise BlitzError(
                 f"{self.metrics} cannot be used ({exc}): it was changed by hand or not written "
-                f"by blitz; run blitz eval {self} to measure the model again"
+                f"by blitz. The model still answers (blitz eval {self} tests it again, predict "
+                "and export use it); the run's record is only written by training"
             ) from None
 
     def _read_json(self, path: Path) -> Any:
