@@ -256,6 +256,8 @@ def test_a_finished_run_is_neither_overwritten_nor_resumed_with_new_settings(run
 def test_load_refuses_a_folder_without_a_finished_run(tmp_path):
     with pytest.raises(BlitzError, match="no metrics.json"):
         blitz.load(tmp_path)
+    with pytest.raises(BlitzError, match="no run directory at .*nope: pass one written by"):
+        blitz.load(tmp_path / "nope")
 
 
 @pytest.mark.subprocess

@@ -359,11 +359,13 @@ def test_a_token_guards_everything_but_the_page_and_probes(run_dir):
             assert server.get(path).status_code == 401
             assert server.get(path, headers=good).status_code == 200
         files = [("files", ("a.png", GOOD))]
-        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret"}):
+        wrong = ("Bearer wrong", "s3cret", "Basic s3cret", "Bearer s3cret2", "Bearer")
+        for headers in ({}, *({"Authorization": value} for value in wrong)):
             refused = server.post(files=files, headers=headers)
             assert refused.status_code == 401 and "token" in refused.json()["error"]
             assert refused.headers["www-authenticate"] == "Bearer"
         assert answered(server.post(files=files, headers=good))
+        assert answered(server.post(files=files, headers={"Authorization": "bearer s3cret"}))
         assert (
             "access-control-allow-origin"
             not in server.get("/health", headers={"Origin": "https://x.org"}).headers

@@ -66,13 +66,14 @@ class Token:
     """Every path but ``OPEN_PATHS`` needs ``Authorization: Bearer TOKEN``; 401 otherwise."""
 
     def __init__(self, app: ASGIApp, token: str) -> None:
-        self.app, self.expected = app, f"Bearer {token}".encode()
+        self.app, self.expected = app, token.encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
             return await self.app(scope, receive, send)
-        given = dict(scope["headers"]).get(b"authorization", b"")
-        if hmac.compare_digest(given, self.expected):
+        scheme, _, given = dict(scope["headers"]).get(b"authorization", b"").partition(b" ")
+        # the scheme's name in any case (RFC 9110: "bearer" is "Bearer"); the token exactly
+        if scheme.lower() == b"bearer" and hmac.compare_digest(given, self.expected):
             return await self.app(scope, receive, send)
         response = error(
             401,

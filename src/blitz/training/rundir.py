@@ -182,6 +182,8 @@ class RunDir:
         write_json(self.metrics, metrics.to_dict())
 
     def read_metrics(self) -> Metrics:
+        if not self.path.is_dir():
+            raise BlitzError(f"no run directory at {self}: pass one written by blitz train")
         if not self.metrics.exists():  # anything else there is refused when read
             raise BlitzError(f"no metrics.json in {self}: pass a finished run directory")
         try:
