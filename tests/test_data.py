@@ -163,6 +163,15 @@ def test_other_sources_and_options_keep_their_decoded_copies(tmp_path, cache):
     assert len(list((cache / "decoded").glob("fruit-*.pt"))) == 3
 
 
+def test_the_task_a_run_found_reads_the_copy_its_auto_task_decoded(tmp_path, cache):
+    path = write_folder(tmp_path / "fruit", folder_files())
+    load_data(DataConfig(source=str(path), task="auto"))  # what a run is given
+    said = []
+    load_data(DataConfig(source=str(path), task="single-label"), said.append)  # its config.json
+    assert not [line for line in said if line.startswith("decoding")]
+    assert len(list((cache / "decoded").glob("fruit-*.pt"))) == 1
+
+
 def test_images_of_other_sizes_and_modes_are_converted(tmp_path):
     files = folder_files(size=40)
     files["train/apple/gray.png"] = __import__("conftest").png_bytes(128, 20, mode="L")

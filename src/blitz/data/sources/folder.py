@@ -111,8 +111,11 @@ def _load_table(path: Path, cfg: DataConfig, log: Log, name: str) -> ImageData:
 
 
 def _options(cfg: DataConfig) -> str:
-    """The settings the decoded tensors depend on (part of the decode cache's key)."""
-    return f"{cfg.image_size}|{cfg.skip_bad_images}|{cfg.task}|{cfg.label_delimiter}"
+    """The settings the decoded tensors depend on (part of the decode cache's key). Not the
+    task nor the label delimiter: a folder's labels are its folders whatever they say, and a
+    table's stamp holds the labels they made of it (a run records ``--task auto`` as the task
+    it found: with the task in the key, its eval decoded everything again)."""
+    return f"{cfg.image_size}|{cfg.skip_bad_images}"
 
 
 def _read_cache(cached: Path, cfg: DataConfig, name: str, log: Log) -> ImageData | None:
