@@ -302,3 +302,23 @@ def test_a_stopped_run_closes_its_logs(monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         train(quiet_run(cfg), load_data("shapes:64"), model, hooks=StopAt())
     assert closed == [True]  # metrics.csv and TensorBoard's events are flushed and closed
+
+
+def test_of_epochs_as_accurate_the_one_of_lowest_validation_loss_is_kept():
+    """A validation set of a few images is all right within epochs: the first such epoch is
+    no better than a later one that is surer (lower loss); a NaN loss is never better."""
+    from types import SimpleNamespace
+
+    from blitz.training.engine import _note_best
+    from blitz.training.loop import TrainState
+
+    net = torch.nn.Linear(2, 2)
+    loop = SimpleNamespace(state=TrainState(), cfg=build_config("seed"), eval_net=net)
+    figures = [(0.5, 0.2), (1.0, 0.6), (1.0, 0.3), (1.0, 0.4), (1.0, math.nan), (1.0, 0.3)]
+    for epoch, (accuracy, loss) in enumerate(figures, 1):
+        loop.state.epoch = epoch
+        with torch.no_grad():
+            net.weight.fill_(epoch)
+        _note_best(loop, accuracy, loss)
+    assert (loop.state.best_epoch, loop.state.best_loss) == (3, 0.3)
+    assert loop.state.best_weights["weight"][0, 0] == 3

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 import time
 from collections.abc import Iterable, Iterator
 
@@ -151,7 +152,8 @@ def _note_non_finite(state: TrainState, loss: torch.Tensor) -> None:
 
 
 def _patience_out(loop: Loop) -> bool:
-    """Whether ``train.patience`` epochs have passed without a better validation accuracy."""
+    """Whether ``train.patience`` epochs have passed without a better validation epoch (more
+    accurate, or as accurate at a lower loss: ``_note_best``)."""
     patience, state = loop.cfg.train.patience, loop.state
     return bool(patience) and state.epoch - state.best_epoch >= patience
 
@@ -162,8 +164,8 @@ def _keep_weights(loop: Loop, ctx: RunContext) -> None:
     state = loop.state
     cut = state.epoch < loop.cfg.train.epochs and state.step < loop.total
     why = (
-        f"stopped early after epoch {state.epoch}: no better validation accuracy for "
-        f"{loop.cfg.train.patience} epochs"
+        f"stopped early after epoch {state.epoch}: no better validation accuracy (nor as "
+        f"accurate at a lower loss) for {loop.cfg.train.patience} epochs"
         if cut
         else "training done"
     )
@@ -178,12 +180,15 @@ def _keep_weights(loop: Loop, ctx: RunContext) -> None:
     loop.eval_net.load_state_dict(state.best_weights)
 
 
-def _note_best(loop: Loop, accuracy: float) -> None:
-    """Remember the best validation accuracy (and with ``train.keep`` "best", its weights)."""
-    state = loop.state
-    if accuracy <= state.best_accuracy:
+def _note_best(loop: Loop, accuracy: float, loss: float = math.inf) -> None:
+    """Remember the best validation epoch (and with ``train.keep`` "best", its weights): the
+    most accurate, and of those as accurate, the one of lower validation loss (a validation set
+    of a few images is all right within epochs: the first of them was no better than the
+    last, only less sure)."""
+    state, loss = loop.state, loss if math.isfinite(loss) else math.inf  # NaN: never better
+    if (accuracy, -loss) <= (state.best_accuracy, -state.best_loss):
         return
-    state.best_accuracy, state.best_epoch = accuracy, state.epoch
+    state.best_accuracy, state.best_loss, state.best_epoch = accuracy, loss, state.epoch
     if loop.cfg.train.keep == "best":
         weights = loop.eval_net.state_dict()
         state.best_weights = {k: v.detach().clone() for k, v in weights.items()}
@@ -211,8 +216,8 @@ def _finish_epoch(loop: Loop, steps: int) -> None:
         record["val_accuracy"], record["val_map"] = _multilabel_figures(loop, loop.val)
         _note_best(loop, record["val_map"])
     elif loop.val is not None:
-        record["val_accuracy"] = _accuracy(loop, loop.val)
-        _note_best(loop, record["val_accuracy"])
+        record["val_accuracy"], record["val_loss"] = _accuracy(loop, loop.val)
+        _note_best(loop, record["val_accuracy"], record["val_loss"])
     state.history.append(record)
     loop.progress.end_epoch(record)
 
@@ -277,9 +282,10 @@ def _restore(loop: Loop, saved: dict, device: torch.device) -> None:
     loop.state.load_dict(saved["state"], device)
 
 
-def _accuracy(loop: Loop, split: AnySplit) -> float:
+def _accuracy(loop: Loop, split: AnySplit) -> tuple[float, float]:
+    """A split's accuracy and mean cross-entropy."""
     result = evaluate(loop.eval_net, split, loop.cfg, loop.classes, loop.world)
-    return round(result.accuracy, 6)
+    return round(result.accuracy, 6), round(result.loss.mean().item(), 6)
 
 
 def _multilabel_figures(loop: Loop, split: AnySplit) -> tuple[float, float]:

@@ -31,6 +31,7 @@ class TrainState:
     compile_seconds: float = 0.0
     history: list[dict] = field(default_factory=list)
     best_accuracy: float = -1.0  # the best per-epoch validation accuracy so far (for best.pt)
+    best_loss: float = math.inf  # its validation loss: of two epochs as accurate, the lower wins
     best_epoch: int = 0  # when it was reached
     best_weights: dict | None = None  # the tested weights then (with train.keep "best")
     augment: torch.Generator = field(default_factory=torch.Generator)  # on the training device
