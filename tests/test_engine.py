@@ -28,8 +28,8 @@ def quiet_run(cfg) -> RunContext:
 
 def test_cosine_warms_up_then_falls_to_zero_along_a_half_cosine():
     cosine = build_config("seed", {"optim.schedule": "cosine", "optim.warmup": 0.2}).optim
-    factors = [lr_factor(s, 100, cosine) for s in (0, 10, 20, 60, 100)]
-    assert factors == pytest.approx([0.0, 0.5, 1.0, 0.5, 0.0])
+    factors = [lr_factor(s, 100, cosine) for s in (0, 9, 19, 20, 60, 100)]
+    assert factors == pytest.approx([0.05, 0.5, 1.0, 1.0, 0.5, 0.0])  # no step at rate 0
 
 
 @pytest.mark.slow
@@ -57,9 +57,10 @@ def test_schedules_are_pure_functions_of_the_step():
     cfg = build_config("seed").optim
     assert [lr_factor(s, 100, cfg) for s in (0, 50, 99)] == [1.0, 1.0, 1.0]
     onecycle = build_config("seed", {"optim.schedule": "onecycle", "optim.warmup": 0.2}).optim
-    assert lr_factor(0, 100, onecycle) == 0.0
-    assert lr_factor(10, 100, onecycle) == pytest.approx(0.5)
+    assert lr_factor(0, 100, onecycle) == pytest.approx(0.05)  # the first step learns
+    assert lr_factor(9, 100, onecycle) == pytest.approx(0.5)
     assert lr_factor(20, 100, onecycle) == pytest.approx(1.0)
+    assert lr_factor(0, 1, onecycle) == 1.0  # a run of one step: at the full rate
     assert lr_factor(60, 100, onecycle) == pytest.approx(0.5)
     assert lr_factor(100, 100, onecycle) == 0.0
     linear = build_config("seed", {"optim.schedule": "linear"}).optim

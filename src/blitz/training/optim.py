@@ -243,7 +243,9 @@ def lr_factor(step: int, total: int, cfg: OptimConfig) -> float:
     if cfg.schedule == "linear":
         return max(0.0, 1 - progress)
     if progress < cfg.warmup:  # onecycle, cosine: linear warm-up, then decay to zero
-        return progress / cfg.warmup
+        # from the first step's share of it, not 0: a step at rate 0 would be lost (all of an
+        # --epochs 1 run on fewer images than a batch)
+        return min(1.0, (step + 1) / (cfg.warmup * total))
     rest = (progress - cfg.warmup) / (1 - cfg.warmup)
     if cfg.schedule == "cosine":
         return 0.5 * (1 + math.cos(math.pi * min(rest, 1.0)))
