@@ -173,8 +173,8 @@ class TrainConfig:
     patience: int = option(
         0,
         "--patience",
-        "stop after N epochs without a better validation accuracy (needs a validation set; "
-        "0: off); the run keeps the best epoch's weights, as every run with one does "
+        "stop after N epochs without a better validation accuracy (or as good at a lower "
+        "loss; needs a validation set; 0: off); the run keeps the best epoch's weights, as every run with one does "
         "(--set train.keep=last: the last epoch's)",
         metavar="N",
     )
