@@ -340,8 +340,16 @@ def test_resume_needs_an_unfinished_run_with_a_checkpoint(capsys, tmp_path, runs
     finished_run, _ = runs
     status, err = blitz_in_process(capsys, "train", "--resume", finished_run)
     assert status == 2 and "finished run: there is nothing to resume" in err
-    status, err = blitz_in_process(capsys, "train", "--resume", tmp_path)
+    (started := tmp_path / "started").mkdir()  # a run refused before its first checkpoint
+    (started / "config.json").write_text("{}")
+    status, err = blitz_in_process(capsys, "train", "--resume", started)
     assert status == 2 and "no checkpoint to resume" in err and "--overwrite" in err
+    (photos := tmp_path / "photos").mkdir()  # never told to --overwrite a folder of photos
+    (photos / "cat.png").write_bytes(b"")
+    for folder, held in ((photos, " (it holds cat.png, ...)"), (tmp_path / "gone", "")):
+        status, err = blitz_in_process(capsys, "train", "--resume", folder)
+        assert status == 2 and f"{folder} is not a run directory{held}: --resume takes" in err
+        assert "--overwrite" not in err
 
 
 def test_an_unfinished_run_is_not_overwritten_by_accident(tmp_path):

@@ -174,8 +174,8 @@ class TrainConfig:
         0,
         "--patience",
         "stop after N epochs without a better validation accuracy (or as good at a lower "
-        "loss; needs a validation set; 0: off); the run keeps the best epoch's weights, as every run with one does "
-        "(--set train.keep=last: the last epoch's)",
+        "loss; needs a validation set; 0: off); the run keeps the best epoch's weights, as "
+        "every run with one does (--set train.keep=last: the last epoch's)",
         metavar="N",
     )
     # the weights a run ends with (model.pt, the test score, predict) where it has a validation

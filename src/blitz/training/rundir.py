@@ -233,6 +233,13 @@ class RunDir:
 
     def load_resumable(self) -> Checkpoint:
         """The newest complete checkpoint of an unfinished run (what --resume continues from)."""
+        others = self._foreign_files()
+        if not self.path.is_dir() or others:
+            held = f" (it holds {others[0]}, ...)" if others else ""
+            raise BlitzError(
+                f"{self} is not a run directory{held}: --resume takes the --out folder of a "
+                "run that blitz train started"
+            )
         if self.finished:
             raise BlitzError(
                 f"{self} holds a finished run: there is nothing to resume. To train on from its "
@@ -240,8 +247,8 @@ class RunDir:
             )
         if not self.last.exists():
             raise BlitzError(
-                f"no checkpoint to resume in {self}: the run stopped before its first checkpoint "
-                f"(or this is not a run directory); start it again with --out {self} --overwrite"
+                f"no checkpoint to resume in {self}: the run stopped before its first "
+                f"checkpoint; start it again with --out {self} --overwrite"
             )
         ckpt = load_checkpoint(self.last)
         if ckpt.training is None:
