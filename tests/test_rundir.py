@@ -330,6 +330,7 @@ def test_every_command_reads_a_run_directory_of_the_previous_format(
     (out / "metrics.json").unlink()  # as if killed after its last checkpoint
     resumed = run_blitz("train", "--resume", out, cache=cache, check=False)
     assert resumed.returncode == 0, resumed.stderr
+    assert "| this process " in resumed.stdout  # not "total": training counts both processes
 
 
 def test_a_sets_file_listing_an_image_twice_is_refused_naming_the_line(tmp_path):

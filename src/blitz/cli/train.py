@@ -83,10 +83,12 @@ def main(args: argparse.Namespace, started: float, argv: list[str]) -> None:
 
     def summary(metrics: Metrics) -> None:  # the result, before seconds of drawing the report
         kept = "best validation" if metrics.kept == "best" else "last"
+        # a resumed run's training adds up every process's; its total is this process's
+        total = "this process" if plan.resume is not None else "total"
         print(
             metrics.headline  # test accuracy, or a multi-label run's macro mAP
             + f" | weights of epoch {metrics.kept_epoch} of {metrics.epochs} ({kept})"
-            f" | training {metrics.train_seconds:.1f} s | total {metrics.total_seconds:.1f} s"
+            f" | training {metrics.train_seconds:.1f} s | {total} {metrics.total_seconds:.1f} s"
             f" | run directory: {plan.run_dir}",
             flush=True,
         )
