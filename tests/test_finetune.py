@@ -79,8 +79,11 @@ def test_auto_preprocessing_is_a_timm_models_pretrained_one_else_the_seeds():
     assert (data.image_size, data.mean, data.std) == (176, IMAGENET_MEAN, IMAGENET_STD)
     assert data.chosen == (
         "image_size 176, mean 0.485/0.456/0.406, std 0.229/0.224/0.225: "
-        "timm:resnet10t's pretrained weights expect them"
+        "timm:resnet10t's pretrained weights would expect them (its weights are random here: "
+        "--pretrained loads them; --image-size for another size)"
     )
+    loaded = build_config("finetune", {"model.name": RESNET}).data.chosen
+    assert loaded.endswith(": timm:resnet10t's pretrained weights expect them")
     for preset in ("seed", "fast-cpu"):  # lenet, convnet
         data = build_config(preset).data
         assert (data.image_size, data.mean, data.std) == (32, (0.5,) * 3, (0.5,) * 3), preset
@@ -121,7 +124,8 @@ def test_blitz_train_says_what_auto_chose_and_records_it(tmp_path, capsys):
     auto = [line for line in stdout.splitlines() if line.startswith("auto ")]
     assert auto == [
         "auto image_size 160, mean 0.485/0.456/0.406, std 0.229/0.224/0.225: "
-        "timm:test_efficientnet's pretrained weights expect them"
+        "timm:test_efficientnet's pretrained weights would expect them (its weights are "
+        "random here: --pretrained loads them; --image-size for another size)"
     ]
     saved = json.loads((out / "config.json").read_text())["data"]
     assert (saved["image_size"], saved["mean"]) == (160, list(IMAGENET_MEAN))

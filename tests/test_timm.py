@@ -156,7 +156,9 @@ def test_a_file_past_the_size_bound_is_refused_before_it_is_read(tmp_path, monke
 
 
 def test_pretrained_is_for_timm_models_only(tmp_path):
-    with pytest.raises(BlitzError, match=r"for --pretrained \(model.pretrained\).*--init"):
+    with pytest.raises(
+        BlitzError, match=r"--pretrained needs a --model timm:NAME .*convnet is blitz's own.*--init"
+    ):
         build_config("seed", {"model.name": "convnet", "model.pretrained": "w.pt"})
     with pytest.raises(BlitzError, match="load into timm models only"):
         load(create_model("lenet"), tmp_path / "w.pt")

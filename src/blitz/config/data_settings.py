@@ -176,16 +176,22 @@ class DataConfig:
                 "choose fractions whose sum is below 1 (e.g. 0.1 and 0.2)"
             )
 
-    def resolved(self, model: str, found: dict[str, Any] | None) -> DataConfig:
+    def resolved(self, model: str, found: dict[str, Any] | None, pretrained: Any) -> DataConfig:
         """A copy whose settings left "auto" (image size, mean, std) are ``found``, the
         pretrained ones of the timm model ``model``; itself for blitz's own models (None).
-        ``chosen`` says what was taken from the timm model."""
+        ``chosen`` says what was taken from the timm model, and whether its weights are."""
         if not found or not self.auto:
             return self
         defaults = {"std": found["mean"], **found}
         copy = dataclasses.replace(self, **{key: defaults[key] for key in self.auto})
         chosen = ", ".join(f"{key} {_shown(getattr(copy, key))}" for key in self.auto)
-        object.__setattr__(copy, "chosen", f"{chosen}: {model}'s pretrained weights expect them")
+        why = (
+            "pretrained weights expect them"
+            if pretrained
+            else "pretrained weights would expect them (its weights are random here: "
+            "--pretrained loads them; --image-size for another size)"
+        )
+        object.__setattr__(copy, "chosen", f"{chosen}: {model}'s {why}")
         return copy
 
     def _check_preprocessing(self) -> None:

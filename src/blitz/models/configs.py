@@ -8,9 +8,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from blitz.config.checks import check_value
 from blitz.config.loading import merge_settings
 from blitz.config.settings import Config, parse_config
+from blitz.errors import BlitzError
 from blitz.models import check_model_name, check_options, model_preprocessing
 from blitz.models.timm_models import PREFIX
 
@@ -20,14 +20,14 @@ def check_model_settings(cfg: Config) -> Config:
     name = cfg.model.name
     check_model_name(name)
     check_options(name, cfg.model.options)  # types here; ranges when the model is built
-    if cfg.model.pretrained:
-        expected = f"a --model {PREFIX}NAME to load it into ({name} is blitz's own: "
-        expected += "start it from a run of yours with --init RUN_DIR)"
-        check_value(name.startswith(PREFIX), "model.pretrained", cfg.model.pretrained, expected)
+    if cfg.model.pretrained and not name.startswith(PREFIX):
+        raise BlitzError(
+            f"--pretrained needs a --model {PREFIX}NAME to load weights into ({name} is "
+            "blitz's own: start it from a run of yours with --init RUN_DIR)"
+        )
     found = model_preprocessing(name)
-    return dataclasses.replace(
-        cfg, data=cfg.data.resolved(name, found._asdict() if found else None)
-    )
+    found_for = found._asdict() if found else None
+    return dataclasses.replace(cfg, data=cfg.data.resolved(name, found_for, cfg.model.pretrained))
 
 
 def config_from_dict(raw: dict[str, Any], preset: str = "custom") -> Config:
