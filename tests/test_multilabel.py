@@ -235,6 +235,8 @@ def test_each_threshold_gives_its_class_the_best_f1_of_any_cut():
         best = max(sk.f1_score(y, p >= cut, zero_division=0) for cut in np.unique(p))
         assert sk.f1_score(y, p >= threshold) == pytest.approx(best)
     assert choose_thresholds(probs, labels, 0.25)[0] == [0.25] * 5
+    edge = torch.tensor([[0.9], [0.8], [0.3], [0.2]]), torch.tensor([[1.0], [1.0], [0.0], [0.0]])
+    assert choose_thresholds(*edge, "auto")[0] == [pytest.approx(0.55)]  # not 0.8: no image on it
 
 
 def test_a_class_without_positives_keeps_the_default_threshold():

@@ -91,7 +91,10 @@ def choose_thresholds(
 ) -> tuple[list[float], list[int]]:
     """Per class, the threshold (a label is predicted at a probability >= it) that maximises the
     class's F1 on these images (the validation set's), or ``fixed`` for every class; and the
-    classes with no positive image here, which keep DEFAULT_THRESHOLD (or ``fixed``)."""
+    classes with no positive image here, which keep DEFAULT_THRESHOLD (or ``fixed``). The
+    threshold lies halfway between the lowest probability it takes in and the highest below
+    it: the same decisions on these images, none of them on the edge (at a cut equal to an
+    image's probability, a rounding elsewhere would flip that image's label)."""
     from sklearn.metrics import precision_recall_curve
 
     k = probs.shape[1]
@@ -105,7 +108,9 @@ def choose_thresholds(
             continue
         precision, recall, cuts = precision_recall_curve(labels[:, c].numpy(), probs[:, c].numpy())
         f1 = 2 * precision * recall / (precision + recall).clip(min=1e-12)
-        chosen.append(float(cuts[int(f1[:-1].argmax())]))  # the last point has no threshold
+        cut = float(cuts[int(f1[:-1].argmax())])  # the last point has no threshold
+        under = probs[:, c][probs[:, c] < cut]
+        chosen.append((cut + (float(under.max()) if len(under) else 0.0)) / 2)
     return chosen, absent
 
 
