@@ -97,6 +97,17 @@ def test_fractions_split_off_what_the_data_lacks(tmp_path):
     assert sizes(shapes) == {"train": 90, "val": 10, "test": 20}
 
 
+def test_a_split_of_tiny_classes_says_the_shares_it_could_give(tmp_path):
+    said = []
+    root = write_folder(tmp_path / "tiny", images("", per_class=3))
+    load_data(DataConfig(source=str(root), val_fraction=0.1, test_fraction=0.2), log=said.append)
+    [line] = [line for line in said if line.startswith("split ")]
+    assert line.endswith("at least one image: validation 33 %, test 33 % of the images")
+    said.clear()
+    load_data(DataConfig(source="shapes:100", val_fraction=0.1), log=said.append)
+    assert not [line for line in said if "at least one image" in line]  # 10 %, 20 %: as asked
+
+
 @pytest.mark.parametrize(
     ("files", "settings", "message"),
     [

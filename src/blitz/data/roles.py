@@ -139,8 +139,20 @@ def _split_off(data: ImageData, split: Fractions, seed: int, log: Log) -> ImageD
         f"split {len(data.train)} training images, {how}, with split seed {seed}: "
         + ", ".join(f"{len(s)} {SET_NAMES[role]}" for role, s in sets.items())
         + f" (--val-fraction {split.val:g}, --test-fraction {split.test:g})"
+        + _rounded_note(picked, len(data.train), split)
     )
     return ImageData(data.name, data.classes, sets["train"], *_kept(data, sets))
+
+
+def _rounded_note(picked: dict[str, torch.Tensor], total: int, split: Fractions) -> str:
+    """Where classes so small that each gave one image to a set made the sets' shares far from
+    the fractions asked (100 classes of 3 images: a third each), the shares they are."""
+    asked = {"val": split.val, "test": split.test}
+    shares = {role: len(picked.get(role, ())) / total for role in asked}
+    if all(abs(shares[role] - asked[role]) < 0.05 for role in asked):
+        return ""
+    shown = ", ".join(f"{SET_NAMES[role]} {100 * share:.0f} %" for role, share in shares.items())
+    return f"; classes this small give each set at least one image: {shown} of the images"
 
 
 def _say_lacking(data: ImageData, picked: dict[str, torch.Tensor], log: Log) -> None:
