@@ -166,7 +166,7 @@ def test_train_on_an_image_folder_archive_and_refuse_to_clobber(tmp_path):
         (["train", "--workers", "-2"], "invalid value -2 for --workers"),
         (
             ["train", "--preset", "seed", "--data", "shapes:50", "--image-size", "64"],
-            "model 'lenet' cannot take 64x64 images",
+            "it takes 32 to 35 pixels; choose --image-size among them",
         ),
         (
             ["train", "--preset", "seed", "--data", "shapes:50", "--set", "data.low_res=16"],

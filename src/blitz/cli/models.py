@@ -55,7 +55,7 @@ def current_facts() -> list[dict[str, Any]]:
         model = create_model(name, num_classes=10, in_channels=3)
         count = count_parameters(model)
         per_class = count_parameters(create_model(name, num_classes=11, in_channels=3)) - count
-        smallest, largest = input_sizes(model, name, 3)
+        smallest, largest = input_sizes(model, 3)
         options = {key: _toml(value) for key, value in option_defaults(name).items()}
         facts.append(
             {

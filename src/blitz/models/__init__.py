@@ -136,20 +136,28 @@ def create_model(
 
 def check_input_size(model: nn.Module, name: str, channels: int, size: int) -> None:
     """Fail early, and clearly, if the model cannot take images of this size (LeNet's linear
-    layers are sized for the seed's 32 x 32)."""
+    layers are sized for the seed's 32 x 32), naming the sizes it takes."""
+    if failure := _failure(model, channels, size):
+        raise BlitzError(
+            f"model {name!r} cannot take {size}x{size} images ({failure}): it takes "
+            f"{_sizes_taken(model, channels)}; choose --image-size among them, or another "
+            "model (blitz models lists the sizes each takes)"
+        )
+
+
+def _failure(model: nn.Module, channels: int, size: int) -> str | None:
+    """Why two blank images of ``size`` do not go through the model (its error's first line);
+    None if they do."""
     device = next(model.parameters()).device
     was_training = model.training
     try:
         with torch.no_grad():
             model.eval()(torch.zeros(2, channels, size, size, device=device))
     except RuntimeError as exc:
-        raise BlitzError(
-            f"model {name!r} cannot take {size}x{size} images ({str(exc).splitlines()[0]}): "
-            "use the image size it is built for (--image-size 32 for lenet) or a model that "
-            "pools globally (convnet, airbench)"
-        ) from None
+        return str(exc).splitlines()[0]
     finally:
         model.train(was_training)
+    return None
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -157,23 +165,27 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def input_sizes(model: nn.Module, name: str, channels: int) -> tuple[int, int | None]:
+def input_sizes(model: nn.Module, channels: int) -> tuple[int, int | None]:
     """The smallest and largest side of the square images the model takes (None: no largest).
 
-    Found by trying sides with ``check_input_size``. A model that takes twice its smallest side
-    pools globally; fixed linear layers (LeNet's) take only the few sides that pool to theirs."""
-    takes = functools.partial(_takes_size, model, name, channels)
+    Found by trying sides. A model that takes twice its smallest side pools globally; fixed
+    linear layers (LeNet's) take only the few sides that pool to theirs."""
+    takes = functools.partial(_takes, model, channels)
     smallest = next(size for size in range(1, MAX_IMAGE_SIZE + 1) if takes(size))
     larger = range(smallest + 1, 2 * smallest + 1)
     return smallest, next((size - 1 for size in larger if not takes(size)), None)
 
 
-def _takes_size(model: nn.Module, name: str, channels: int, size: int) -> bool:
-    try:
-        check_input_size(model, name, channels, size)
-    except BlitzError:
-        return False
-    return True
+def _takes(model: nn.Module, channels: int, size: int) -> bool:
+    return _failure(model, channels, size) is None
+
+
+def _sizes_taken(model: nn.Module, channels: int) -> str:
+    """The sides ``input_sizes`` finds, in words: "32 to 35 pixels", "8 pixels or more"."""
+    smallest, largest = input_sizes(model, channels)
+    if largest is None:
+        return f"{smallest} pixels or more"
+    return f"{smallest} pixels" if largest == smallest else f"{smallest} to {largest} pixels"
 
 
 # Explicit imports register each family (no star-import magic).
