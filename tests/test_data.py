@@ -172,6 +172,21 @@ def test_the_task_a_run_found_reads_the_copy_its_auto_task_decoded(tmp_path, cac
     assert len(list((cache / "decoded").glob("fruit-*.pt"))) == 1
 
 
+def test_images_in_no_class_folder_are_named_as_ignored(tmp_path):
+    files = folder_files()
+    flat = {name.removeprefix("train/"): data for name, data in files.items() if "train/" in name}
+    stray = files["train/apple/0_0.png"]
+    cases = {
+        "flat": ({**flat, "stray.png": stray}, "1 image (stray.png) that is"),
+        "split": ({**files, "train/x.png": stray, "y.png": stray}, "2 images (e.g. train/x.png)"),
+    }
+    for name, (layout, ignored) in cases.items():
+        said = []
+        data = load_data(str(write_folder(tmp_path / name, layout)), log=said.append)
+        assert data.classes == ["apple", "banana", "cherry"]
+        assert f"ignored {ignored}" in "\n".join(said) and "in no class folder" in "\n".join(said)
+
+
 def test_images_of_other_sizes_and_modes_are_converted(tmp_path):
     files = folder_files(size=40)
     files["train/apple/gray.png"] = __import__("conftest").png_bytes(128, 20, mode="L")

@@ -5,7 +5,7 @@ folder within a class folder (``cat/2019/1.jpg``) is of that class."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
@@ -34,6 +34,19 @@ class Layout:
     classes: list[str]
     sets: dict[str, Pairs]
     flat: bool
+    outside: list[str] = field(default_factory=list)  # images in no class folder: no class
+
+    def outside_note(self) -> str | None:
+        """One line on the images that are in no class folder (ignored: they have no class)."""
+        if not self.outside:
+            return None
+        count, first = len(self.outside), self.outside[0]
+        some = (
+            f"1 image ({first}) that is"
+            if count == 1
+            else f"{count} images (e.g. {first}) that are"
+        )
+        return f"ignored {some} in no class folder: an image's class is the folder it is in"
 
     @property
     def count(self) -> int:
@@ -59,7 +72,8 @@ def find_layout(names: list[str], others: list[str], path: Path) -> Layout:
         role: [(f, i) for i, c in enumerate(classes) for f in by_class[c]]
         for role, by_class in groups.items()
     }
-    return Layout(classes, sets, tree.flat)
+    outside = [name for name in sorted(names) if tree.place(name) is None]
+    return Layout(classes, sets, tree.flat, outside)
 
 
 def _class_mismatch(path: Path, role: str, found: set[str], classes: set[str]) -> str:

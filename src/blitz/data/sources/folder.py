@@ -84,8 +84,9 @@ def load_path(path: Path, cfg: DataConfig, log: Log, name: str | None = None) ->
         write_decoded(data, cached, log)
         return data
     layout = find_layout(names, others, path)
-    if note := other_files_note(others):
-        log(note)
+    for note in (other_files_note(others), layout.outside_note()):
+        if note:
+            log(note)
     return _load_layout(path, layout, cfg, log, name, cached)
 
 
