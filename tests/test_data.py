@@ -187,6 +187,16 @@ def test_images_in_no_class_folder_are_named_as_ignored(tmp_path):
         assert f"ignored {ignored}" in "\n".join(said) and "in no class folder" in "\n".join(said)
 
 
+def test_many_classes_of_one_size_are_counted_in_one_phrase():
+    from blitz.data.counts import format_counts
+
+    classes = [f"c{i:03d}" for i in range(30)]
+    assert format_counts(classes, {"train": [3] * 30}) == "train images per class: 3 each"
+    assert format_counts(classes, {"test": [1] * 29 + [4]}) == (
+        "test images per class: 1 (c000) to 4 (c029)"
+    )
+
+
 def test_images_of_other_sizes_and_modes_are_converted(tmp_path):
     files = folder_files(size=40)
     files["train/apple/gray.png"] = __import__("conftest").png_bytes(128, 20, mode="L")

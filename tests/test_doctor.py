@@ -123,6 +123,8 @@ def test_every_planted_problem_is_found_without_training(planted):
     assert found.findings[0].kind == "leak"  # leakage first
     balance = [f.detail for f in found.findings if f.kind == "imbalance"]
     assert any("grey" in detail and "training set" in detail for detail in balance)
+    for detail in (d for d in balance if "imbalanced" in d):  # counts named as their set's
+        assert f"{detail.split(' set:')[0]} images per class" in detail, detail
     assert "the training images' labels were not checked (--folds 0)" in found.notes
 
 

@@ -206,6 +206,16 @@ def test_past_100_classes_the_terminal_shows_the_worst_classes_and_confused_pair
     assert confusion[1:] == ["  c0 -> c1: 2", "  c1 -> c2: 2", "  c2 -> c3: 2"]
 
 
+@pytest.mark.parametrize(("k", "whole"), [(20, True), (21, False)])
+def test_the_terminal_shows_the_matrix_of_20_classes_and_pairs_past_them(k, whole):
+    matrix = confusion_matrix(torch.arange(k), (torch.arange(k) + 1) % k, k)
+    text = format_confusion(matrix, [f"class{i}" for i in range(k)]).splitlines()
+    assert text[0].startswith("confusion matrix (rows") == whole and len(text) == (
+        2 + k if whole else 1 + 10
+    )
+    assert max(map(len, text)) <= 160  # a wide terminal's line, not 700 characters
+
+
 def test_confused_pairs_are_the_largest_off_diagonal_cells_in_row_order_on_ties():
     matrix = torch.tensor([[5, 1, 2], [2, 0, 0], [0, 3, 9]])
     assert confused_pairs(matrix, 3) == [(2, 1, 3), (0, 2, 2), (1, 0, 2)]

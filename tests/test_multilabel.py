@@ -78,6 +78,9 @@ def test_a_label_cell_that_lists_labels_is_multi_label_and_said(tmp_path):
         "0.png": (1, 2), "1.png": (1,), "2.png": (2,), "3.png": (), "4.png": (0, 1),
     }  # fmt: skip
     assert "task multi-label (2 of 5 label cells list several, split by ' '" in said[0]
+    said.clear()
+    read_table(tiny(tmp_path, rows), "multi-label", log=said.append)
+    assert said[0].endswith(": task multi-label (--task)")  # chosen, not found: no "to choose"
 
 
 def test_one_0_1_column_per_class_is_multi_label(tmp_path):

@@ -143,6 +143,7 @@ def test_a_run_of_many_classes_records_the_matrix_as_cells_and_reports_from_them
     # the bounds of 10,000 classes, met by shapes' 10: a real run of that many takes minutes
     monkeypatch.setattr("blitz.training.metrics.DENSE_CLASSES", 4)
     monkeypatch.setattr("blitz.training.tables.TEXT_CLASSES", 4)
+    monkeypatch.setattr("blitz.training.tables.MATRIX_CLASSES", 4)
     monkeypatch.setenv("BLITZ_DATA", str(tmp_path / "cache"))
     lines = []
     cfg = build_config("seed", {"data.source": "shapes:200", "train.max_steps": 3})

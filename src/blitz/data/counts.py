@@ -56,12 +56,17 @@ def format_counts(classes: list[str], counts: dict[str, list[int]]) -> str:
 def _spread(classes: list[str], counts: list[int]) -> str:
     low = min(range(len(counts)), key=counts.__getitem__)
     high = max(range(len(counts)), key=counts.__getitem__)
+    if counts[low] == counts[high]:
+        return f"{counts[low]} each"
     return f"{counts[low]} ({classes[low]}) to {counts[high]} ({classes[high]})"
 
 
-def imbalance_note(classes: list[str], train: list[int], cfg: Config | None) -> str | None:
-    """A note when the largest training class has IMBALANCE times the images of the smallest,
-    saying what the run (``cfg``; None: unknown) does about it."""
+def imbalance_note(
+    classes: list[str], train: list[int], cfg: Config | None, role: str = "training"
+) -> str | None:
+    """A note when the largest class of a set (``role``: training, unless ``blitz doctor``
+    looks at another) has IMBALANCE times the images of the smallest, saying what the run
+    (``cfg``; None: unknown) does about it."""
     low, high = min(train), max(train)
     if high < IMBALANCE * max(low, 1):
         return None
@@ -80,7 +85,7 @@ def imbalance_note(classes: list[str], train: list[int], cfg: Config | None) -> 
         else "Accuracy favours the large classes: read balanced accuracy and macro F1"
     )
     return (
-        f"the classes are imbalanced: {_spread(classes, train)} training images per class "
+        f"the classes are imbalanced: {_spread(classes, train)} {role} images per class "
         f"({high / max(low, 1):.1f}x). {reading} too; {answer}"
     )
 

@@ -20,7 +20,7 @@ def balance_findings(data: ImageData) -> list[Finding]:
     for role, per_class in counts.items():
         low, high = min(per_class), max(per_class)
         if high >= IMBALANCE * max(low, 1):
-            note = imbalance_note(data.classes, per_class, None) or ""
+            note = imbalance_note(data.classes, per_class, None, SET_NAMES[role]) or ""
             out.append(Finding("imbalance", role=role, score=round(1 - low / high, 4),
                                detail=f"{SET_NAMES[role]} set: {note}"))  # fmt: skip
     train = counts["train"]

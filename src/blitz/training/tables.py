@@ -13,10 +13,11 @@ from blitz.training.evaluate import (
     worst_classes,
 )
 
-# classes up to which the terminal shows the confusion matrix (7 characters a cell: 10,000
-# classes would print 700 MB) and every class's row; past them, the most-confused pairs and
-# the worst classes' rows
+# classes up to which the terminal shows every class's row; past them, the worst classes' rows
 TEXT_CLASSES = 100
+# classes up to which it shows the confusion matrix (7 characters a cell: 20 classes fill a
+# wide terminal, 10,000 would print 700 MB); past them, the most-confused pairs
+MATRIX_CLASSES = 20
 TEXT_PAIRS = 10
 CLASS_COLUMNS = ("class", "correct", "total", "accuracy", "precision", "recall", "F1", "support")
 
@@ -89,8 +90,8 @@ def format_summary(matrix: torch.Tensor, top5_accuracy: float | None) -> str:
 
 def format_confusion(matrix: torch.Tensor, classes: list[str]) -> str:
     """The confusion matrix as text (rows: truth, columns: prediction), short class names;
-    past TEXT_CLASSES classes, the most-confused pairs instead."""
-    if len(classes) > TEXT_CLASSES:
+    past MATRIX_CLASSES classes, the most-confused pairs instead."""
+    if len(classes) > MATRIX_CLASSES:
         return _format_pairs(matrix, classes)
     short = [c[:6] for c in classes]
     width = max(6, len(str(int(matrix.max()))) if matrix.numel() else 1)

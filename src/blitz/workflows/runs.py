@@ -300,10 +300,11 @@ def _epochs(ctx: RunContext, data: ImageData) -> int:
     if train.epochs * per_epoch >= floor:
         return train.epochs
     epochs = math.ceil(floor / per_epoch)
+    why = "--max-steps" if floor < train.min_steps else "train.min_steps"
     ctx.log(
         f"{len(data.train)} training images are {per_epoch} step{'s' * (per_epoch > 1)} of "
         f"batch {train.batch_size}: training {epochs} epochs to reach {floor} steps "
-        "(train.min_steps; --epochs N trains N)"
+        f"({why}; --epochs N trains N)"
     )
     return epochs
 

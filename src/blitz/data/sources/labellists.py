@@ -50,7 +50,8 @@ def decide_task(cells: Sequence[str], lines: Sequence[int], task: str, delimiter
             f"{path}: the label column is empty in every row: give each image its labels "
             "(an empty cell means an image with none of them)"
         )
-    return multi, f"{path}: task {task} ({why}; --task to choose)"
+    said = why if why == "--task" else f"{why}; --task to choose"  # chosen, or found
+    return multi, f"{path}: task {task} ({said})"
 
 
 def _lists(cells: Sequence[str], separator: str, known: set[str] | None) -> list[int]:
