@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -306,9 +307,9 @@ def test_a_study_of_several_labels_an_image_is_scored_and_pruned_by_macro_map(tm
     assert "validation macro mAP" in (tmp_path / "study" / "best.toml").read_text()
 
 
-def _tune_process(out: Path, *args: str) -> subprocess.Popen:
+def _tune_process(out: Path, *args: str, quiet: bool = True) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "blitz", "tune", "shapes:200", "--out", str(out), *TINY_FLAGS,
-           "--space", str(out.parent / "space.toml"), "--quiet", *args]  # fmt: skip
+           "--space", str(out.parent / "space.toml"), *["--quiet"] * quiet, *args]  # fmt: skip
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -377,11 +378,15 @@ def test_two_processes_share_one_sqlite_study(tmp_path):
     (tmp_path / "space.toml").write_text(SPACE_TOML)
     url = f"sqlite:///{tmp_path / 'shared.db'}"
     shared = ["--storage", url, "--trials", "4", "--search-only", "--pruner", "none"]
-    first = _tune_process(tmp_path / "a", *shared)
+    first = _tune_process(tmp_path / "a", *shared, quiet=False)  # its output is no terminal
     second = _tune_process(tmp_path / "b", *shared, "--search-seed", "7")
+    said = []
     for process in (first, second):
-        _, errors = process.communicate(timeout=900)
-        assert process.returncode == 0, errors
+        said.append(process.communicate(timeout=900))
+        assert process.returncode == 0, said[-1][1]
+    shown, errors = said[0]
+    assert "\r" not in shown + errors  # no bar redrawn into a log file: a line per trial
+    assert re.search(r"^tune: \d of 4 trials, best \d+\.\d\d % \(trial \d+\)$", shown, re.M)
     trials = _study(url).trials
     done = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert 4 <= len(done) <= 5  # each stops once the study has 4 (one may be under way then)

@@ -134,39 +134,51 @@ def _run_trials(
     remaining = target - counted(study)
     if remaining <= 0:
         return
+    # a bar on a terminal; in a log file (disable=None: no terminal), a line per trial instead
     bar = tqdm(total=target, initial=counted(study), unit="trial", desc="tune",
-               disable=opts.quiet, dynamic_ncols=True)  # fmt: skip
+               disable=True if opts.quiet else None, dynamic_ncols=True)  # fmt: skip
+    lines = log if bar.disable and not opts.quiet else None
     try:
         if opts.jobs > 1 and remaining > 1:
-            _in_workers(study, opts, url, target, min(opts.jobs, remaining), bar, log)
+            _in_workers(study, opts, url, target, min(opts.jobs, remaining), bar, log, lines)
             return
         stop = optuna.study.MaxTrialsCallback(target, states=COUNTED)
         study.optimize(objective(job, opts.out), n_trials=remaining, timeout=opts.timeout,
-                       callbacks=[stop, lambda study, _: _show(study, bar, target)],
+                       callbacks=[stop, lambda study, _: _show(study, bar, target, lines)],
                        catch=(BlitzError,))  # fmt: skip
     finally:
         bar.close()
 
 
-def _show(study: optuna.Study, bar: tqdm, target: int) -> None:
-    """The bar: trials counted so far (every process's), and the best."""
-    bar.n = min(counted(study), target)
-    best = ranked(study.get_trials(deepcopy=False))
-    if best:
-        bar.set_postfix_str(f"best {100 * float(best[0].value or 0):.2f} % (trial "
-                            f"{best[0].number})")  # fmt: skip
+def _show(study: optuna.Study, bar: tqdm, target: int, lines: Log | None = None) -> None:
+    """The bar: trials counted so far (every process's), and the best; or, given ``lines``
+    (no terminal), a line each time the count grows."""
+    now, best = min(counted(study), target), ranked(study.get_trials(deepcopy=False))
+    shown = f"best {100 * float(best[0].value or 0):.2f} % (trial {best[0].number})" if best else ""
+    if lines is not None and now > bar.n:
+        lines(f"tune: {now} of {target} trials" + (f", {shown}" if shown else ""))
+    bar.n = now
+    if shown:
+        bar.set_postfix_str(shown)
     bar.refresh()
 
 
 def _in_workers(
-    study: optuna.Study, opts: Options, url: str, target: int, count: int, bar: tqdm, log: Log
+    study: optuna.Study,
+    opts: Options,
+    url: str,
+    target: int,
+    count: int,
+    bar: tqdm,
+    log: Log,
+    lines: Log | None,
 ) -> None:
     helpers = _start_helpers(opts, url, target, count)
     try:
         while any(process.poll() is None for process, _ in helpers):
-            _show(study, bar, target)
+            _show(study, bar, target, lines)
             time.sleep(POLL_SECONDS)
-        _show(study, bar, target)
+        _show(study, bar, target, lines)
         _wait(helpers, log)
     finally:
         _stop(helpers)
