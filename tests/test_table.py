@@ -120,6 +120,10 @@ SPLIT = [f"{row},train" for row in ROWS]
         ([], "labels.csv has no header row"),
         (ROWS, "labels.csv has no header row: its first line must name the columns"),
         (
+            ["path;label", *(row.replace(",", ";") for row in ROWS)],
+            "its first line is one column, 'path;label', whose names are separated by ';'",
+        ),  # Excel's CSV where ',' is the decimal comma
+        (
             [ROWS[0], "path,label", *ROWS[1:]],
             r"labels.csv, line 2 looks like the header row, "
             "but the header must be the first line",

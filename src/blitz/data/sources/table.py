@@ -176,6 +176,14 @@ def _no_header(path: Path, records: list[tuple[int, list[str]]]) -> str:
             f"{path}, line {later} looks like the header row, but the header must be the first "
             f"line (line {records[0][0]} is {_shown(records[0][1])}): move it to the top"
         )
+    first = records[0][1] if records else []
+    other = next((mark for mark in ";\t|" if len(first) == 1 and mark in first[0]), None)
+    if other:  # Excel writes ';' between columns where ',' is the decimal comma
+        return (
+            f"{path}: its first line is one column, {first[0]!r}, whose names are separated by "
+            f"{other!r}: blitz reads a .csv's columns by ',' and a .tsv's by tabs; save the "
+            "table so (in Excel: CSV UTF-8), or with tabs as .tsv"
+        )
     return (
         f"{path} has no header row: its first line must name the columns, e.g. path,label "
         "or path,label,split (the file: path, file, filename or image; its class: label or "
