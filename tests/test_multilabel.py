@@ -116,6 +116,8 @@ def test_class_names_with_spaces_stay_single_label_and_it_is_said(tmp_path):
          "line 2: the label 'cat dog' lists several classes .* but the task is single-label"),
         (["path,label", "0.png,cat", "1.png,"], "auto",
          "line 3 has an empty label: .* allowed with --task multi-label"),
+        (["path,label", "0.png,", "1.png,cat;dog", "2.png,cat", "3.png,dog"], "auto",
+         "line 3: the label 'cat;dog' lists .* --task multi-label --label-delimiter ';'"),
         (["path,labels"], "auto", "has a header but no rows"),
         (["path,cat,dog", "0.png,1,2"], "auto", "class column 'dog' holds '2', not 0 or 1"),
         (["path,cat,dog", "0.png,1,0", "1.png,0,1"], "single-label", "one 0/1 column per class"),

@@ -67,15 +67,10 @@ def _lists(cells: Sequence[str], separator: str, known: set[str] | None) -> list
 def _check_single(
     cells: Sequence[str], lines: Sequence[int], delimiter: str, path: Path, by_hand: bool
 ) -> None:
-    """A single-label table: no cell is empty, and none lists classes of other rows; nor, unless
-    the task was chosen by hand, do most cells look like lists (``a;b``) of any labels."""
-    for cell, line in zip(cells, lines):
-        if not cell:
-            raise BlitzError(
-                f"{path}, line {line} has an empty label: fill it in or remove the row (an image "
-                f"with no labels is allowed with --task {MULTI})"
-            )
-    known = set(cells)
+    """A single-label table: none of its cells lists classes of other rows; nor, unless the task
+    was chosen by hand, do most cells look like lists (``a;b``) of any labels; and no cell is
+    empty (said after the lists: a table of lists with some empty cells is multi-label)."""
+    known = set(cells) - {""}
     for separator in dict.fromkeys((delimiter, *SEPARATORS)):
         found = _lists(cells, separator, known)
         if not found and not by_hand and separator != " ":  # a class name may hold spaces
@@ -90,6 +85,12 @@ def _check_single(
                 f"row{'s' * (len(found) > 1)} do, but the task is {SINGLE}: pass "
                 f"--task {MULTI}{flag} to train several labels per image, or give each image "
                 "one label"
+            )
+    for cell, line in zip(cells, lines):  # after the lists: an empty cell may be one of them
+        if not cell:
+            raise BlitzError(
+                f"{path}, line {line} has an empty label: fill it in or remove the row (an image "
+                f"with no labels is allowed with --task {MULTI})"
             )
 
 
