@@ -75,6 +75,11 @@ def test_skip_bad_images_skips_and_counts_them(tmp_path):
     assert (len(data.train), len(data.test)) == (11, 12)
     assert data.train.labels.tolist() == [0] * 3 + [1] * 4 + [2] * 4
     assert any(line.startswith("skipped 2 images that cannot be decoded") for line in logs)
+    (tmp_path / "fruit" / "notes.txt").write_text("mine")  # the folder changed: decoded again
+    first = load(tmp_path / "fruit", skip_bad_images=True)[1]
+    again = load(tmp_path / "fruit", skip_bad_images=True)[1]  # from the cache
+    said = [line for line in first if line.startswith(("skipped", "ignored"))]
+    assert len(said) == 2 and [f"{line} (when it was decoded)" for line in said] == again
 
 
 def test_skipping_every_image_of_a_class_is_an_error(tmp_path):

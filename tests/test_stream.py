@@ -107,7 +107,7 @@ def test_a_bad_streamed_image_is_named(tmp_path):
 def test_skip_bad_images_checks_streamed_files_once(tmp_path):
     data, logs = load(bad_folder(tmp_path), max_memory="0", workers=1, skip_bad_images=True)
     assert "train/apple/broken.png" not in data.train.names and len(data.train) == 12
-    assert any(line.startswith("skipped 1 images that cannot be decoded") for line in logs)
+    assert any(line.startswith("skipped 1 image that cannot be decoded") for line in logs)
     rows = torch.arange(len(data.train))
     assert len(data.train.images_at(rows)) == 12
 

@@ -190,7 +190,7 @@ def test_a_listed_image_that_cannot_be_decoded_is_named_or_skipped(tmp_path):
     with pytest.raises(BlitzError, match="cannot decode image img/bad.png"):
         load(path)
     data, logs = load(path, skip_bad_images=True)
-    assert any("skipped 1 images" in line and "img/bad.png" in line for line in logs)
+    assert any("skipped 1 image that" in line and "img/bad.png" in line for line in logs)
     assert sum(map(len, data.sets().values())) == 15
 
 

@@ -8,6 +8,7 @@ import hashlib
 import os
 import pickle
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -91,11 +92,16 @@ def _drop_older_copies(file: Path) -> None:
 
 
 def read_decoded(file: Path, name: str, log: Log) -> ImageData | None:
-    """The cached dataset; None if the file is damaged (it is then deleted, to be rebuilt)."""
+    """The cached dataset, its notes said again (files ignored, images skipped: a run from the
+    cache must not be silent about them); None if the file is damaged (it is then deleted, to
+    be rebuilt)."""
     try:
         raw = torch.load(file, weights_only=True)
         sets = {role: _read_split(*raw[role]) for role in ("train", "val", "test") if role in raw}
-        return from_sets(name, list(raw["classes"]), sets)
+        data = from_sets(name, list(raw["classes"]), sets)
+        for note in raw.get("notes", []):
+            log(f"{note} (when it was decoded)")
+        return data
     except DAMAGED:
         log(f"the decoded cache {file} is damaged (cut short or overwritten): rebuilding it")
     with contextlib.suppress(OSError):  # a read-only cache: writing it again will say so
@@ -124,10 +130,12 @@ def _in_memory_sets(data: ImageData) -> list[tuple[str, Split]]:
     return [(role, in_memory(split)) for role, split in data.sets().items()]
 
 
-def write_decoded(data: ImageData, file: Path, log: Log) -> None:
-    """Save a dataset's tensors; a cache that cannot be written is said, and the run goes on."""
+def write_decoded(data: ImageData, file: Path, log: Log, notes: Sequence[str] = ()) -> None:
+    """Save a dataset's tensors, and ``notes``, what decoding said of its files; a cache that
+    cannot be written is said, and the run goes on."""
     payload = {
         "classes": data.classes,
+        "notes": list(notes),
         **{role: (s.images, s.labels, _joined_names(s.files)) for role, s in _in_memory_sets(data)},
     }
     try:

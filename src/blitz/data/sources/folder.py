@@ -84,10 +84,10 @@ def load_path(path: Path, cfg: DataConfig, log: Log, name: str | None = None) ->
         write_decoded(data, cached, log)
         return data
     layout = find_layout(names, others, path)
-    for note in (other_files_note(others), layout.outside_note()):
-        if note:
-            log(note)
-    return _load_layout(path, layout, cfg, log, name, cached)
+    notes = [note for note in (other_files_note(others), layout.outside_note()) if note]
+    for note in notes:
+        log(note)
+    return _load_layout(path, layout, cfg, log, name, cached, notes)
 
 
 def list_layout(path: Path, log: Log) -> Layout | None:
@@ -108,7 +108,7 @@ def _load_table(path: Path, cfg: DataConfig, log: Log, name: str) -> ImageData:
     cached = decoded_file(name, fingerprint(path, _options(cfg), table.stamp))
     if data := _read_cache(cached, cfg, name, log):
         return data
-    return _load_layout(path, table.layout, cfg, log, name, cached)
+    return _load_layout(path, table.layout, cfg, log, name, cached, [])
 
 
 def _options(cfg: DataConfig) -> str:
@@ -126,10 +126,13 @@ def _read_cache(cached: Path, cfg: DataConfig, name: str, log: Log) -> ImageData
 
 
 def _load_layout(
-    path: Path, layout: Layout, cfg: DataConfig, log: Log, name: str, cached: Path
-) -> ImageData:
+    path: Path, layout: Layout, cfg: DataConfig, log: Log, name: str, cached: Path,
+    notes: list[str],
+) -> ImageData:  # fmt: skip
     """The images a folder's, archive's or table's layout lists: decoded and saved to the
-    decode cache ``cached``, or streamed when decoded they would not fit ``data.max_memory``."""
+    decode cache ``cached`` with ``notes``, what was said of its files (and the images skipped)
+    for later runs to say again; or streamed when decoded they would not fit
+    ``data.max_memory``."""
     budget = memory_budget(cfg.max_memory)
     decoded = layout.count * 3 * concrete(cfg.image_size) ** 2
     if decoded > budget:
@@ -139,8 +142,8 @@ def _load_layout(
         )
         return _stream(path, layout, cfg, log, name)
     log(f"decoding {path} (once; later runs read the cache)")
-    data = _image_folder(path, layout, cfg, log, name)
-    write_decoded(data, cached, log)
+    data = _image_folder(path, layout, cfg, log, name, notes)
+    write_decoded(data, cached, log, notes)
     return data
 
 
@@ -170,7 +173,8 @@ def _stream(path: Path, layout: Layout, cfg: DataConfig, log: Log, name: str) ->
             split, skipped = split.without_bad()
             bad += skipped
         sets[role] = split
-    _report_bad_images(bad, skip_bad=True, log=log)
+    if note := _report_bad_images(bad, skip_bad=True):
+        log(note)
     _check_not_empty(sets, layout.classes, path)
     return from_sets(name, layout.classes, sets)
 
@@ -191,7 +195,9 @@ def _extracted(archive: Path, layout: Layout, cfg: DataConfig, log: Log, name: s
     return root
 
 
-def _image_folder(path: Path, layout: Layout, cfg: DataConfig, log: Log, name: str) -> ImageData:
+def _image_folder(
+    path: Path, layout: Layout, cfg: DataConfig, log: Log, name: str, notes: list[str]
+) -> ImageData:
     workers = worker_count(cfg.workers)
     try:
         size = concrete(cfg.image_size)
@@ -202,7 +208,9 @@ def _image_folder(path: Path, layout: Layout, cfg: DataConfig, log: Log, name: s
             f"decoding {path} stopped: one of its {workers} decoding processes died. Run again "
             "with --workers 0 to decode in one process (slower; a crash there names no file)"
         ) from None
-    _report_bad_images(decoded.bad, cfg.skip_bad_images, log)
+    if note := _report_bad_images(decoded.bad, cfg.skip_bad_images):
+        log(note)
+        notes.append(note)
     if decoded.resized:
         log(
             f"resized {decoded.resized} images to {cfg.image_size}x{cfg.image_size} (the shorter "
@@ -217,14 +225,15 @@ def _image_folder(path: Path, layout: Layout, cfg: DataConfig, log: Log, name: s
     return from_sets(name, layout.classes, sets)
 
 
-def _report_bad_images(bad: list[tuple[str, str]], skip_bad: bool, log: Log) -> None:
+def _report_bad_images(bad: list[tuple[str, str]], skip_bad: bool) -> str | None:
+    """The line on the images left out (``--skip-bad-images``), or the error naming them."""
     if not bad:
-        return
+        return None
     listed = "; ".join(f"{name} ({reason})" for name, reason in bad[:10])
     more = f"; and {len(bad) - 10} more" if len(bad) > 10 else ""
     if skip_bad:
-        log(f"skipped {len(bad)} images that cannot be decoded: {listed}{more}")
-        return
+        some = "1 image that cannot" if len(bad) == 1 else f"{len(bad)} images that cannot"
+        return f"skipped {some} be decoded: {listed}{more}"
     raise BlitzError(
         f"cannot decode image{'s' if len(bad) > 1 else ''} {listed}{more}. "
         "Replace or delete them, or pass --skip-bad-images to train without them"
