@@ -330,7 +330,11 @@ def load_checkpoint(path: Path) -> Checkpoint:
     if not path.exists():  # anything else there (a folder, a pipe) is refused when read
         raise BlitzError(f"no checkpoint at {path}: pass a run directory written by blitz train")
     try:
-        with open_regular(path) as f, warnings.catch_warnings():  # a pipe would hang torch.load
+        opened = open_regular(path)  # a pipe in its place would hang torch.load
+    except OSError as exc:  # not a regular file, or unreadable: the file system's words
+        raise BlitzError(f"cannot read checkpoint {path}: {exc.strerror or exc}") from None
+    try:
+        with opened as f, warnings.catch_warnings():
             warnings.filterwarnings("ignore", "'torch.load' received a zip file")  # TorchScript
             raw = torch.load(f, map_location="cpu", weights_only=True)
     except Exception as exc:  # any unpickling failure means "not a checkpoint we can trust"
