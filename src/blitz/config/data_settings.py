@@ -176,7 +176,7 @@ class DataConfig:
                 "choose fractions whose sum is below 1 (e.g. 0.1 and 0.2)"
             )
 
-    def resolved(self, model: str, found: dict[str, Any] | None, pretrained: Any) -> DataConfig:
+    def resolved(self, model: str, found: dict[str, Any] | None, pretrained: str) -> DataConfig:
         """A copy whose settings left "auto" (image size, mean, std) are ``found``, the
         pretrained ones of the timm model ``model``; itself for blitz's own models (None).
         ``chosen`` says what was taken from the timm model, and whether its weights are."""

@@ -26,8 +26,9 @@ def check_model_settings(cfg: Config) -> Config:
             "blitz's own: start it from a run of yours with --init RUN_DIR)"
         )
     found = model_preprocessing(name)
-    found_for = found._asdict() if found else None
-    return dataclasses.replace(cfg, data=cfg.data.resolved(name, found_for, cfg.model.pretrained))
+    preprocessing = found._asdict() if found else None
+    data = cfg.data.resolved(name, preprocessing, cfg.model.pretrained)
+    return dataclasses.replace(cfg, data=data)
 
 
 def config_from_dict(raw: dict[str, Any], preset: str = "custom") -> Config:

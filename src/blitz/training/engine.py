@@ -216,7 +216,7 @@ def _finish_epoch(loop: Loop, steps: int) -> None:
         record["val_accuracy"], record["val_map"] = _multilabel_figures(loop, loop.val)
         _note_best(loop, record["val_map"])
     elif loop.val is not None:
-        record["val_accuracy"], record["val_loss"] = _accuracy(loop, loop.val)
+        record["val_accuracy"], record["val_loss"] = _accuracy_and_loss(loop, loop.val)
         _note_best(loop, record["val_accuracy"], record["val_loss"])
     state.history.append(record)
     loop.progress.end_epoch(record)
@@ -250,7 +250,7 @@ def warm_up(loop: Loop, data: ImageData, device: torch.device) -> float:
             for batch in loop.split.load(first, device):
                 scheduled_step(loop, *batch)
             if not loop.multi_label:
-                _accuracy(loop, _one_test_batch(loop, data, device))
+                _accuracy_and_loss(loop, _one_test_batch(loop, data, device))
         finally:  # a failed try leaves no trace for the next one, nor for training
             _restore(loop, saved, device)
 
@@ -282,7 +282,7 @@ def _restore(loop: Loop, saved: dict, device: torch.device) -> None:
     loop.state.load_dict(saved["state"], device)
 
 
-def _accuracy(loop: Loop, split: AnySplit) -> tuple[float, float]:
+def _accuracy_and_loss(loop: Loop, split: AnySplit) -> tuple[float, float]:
     """A split's accuracy and mean cross-entropy."""
     result = evaluate(loop.eval_net, split, loop.cfg, loop.classes, loop.world)
     return round(result.accuracy, 6), round(result.loss.mean().item(), 6)

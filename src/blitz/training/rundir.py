@@ -224,12 +224,12 @@ class RunDir:
         return load_checkpoint(self.model)
 
     def owns(self, path: Path) -> bool:
-        """Whether ``path`` is one of this run's own files (its settings, sets, checkpoints,
-        metrics, report, pictures, lock), which no export or CSV may be written over."""
-        own = (self.config, self.metrics, self.model, self.last, self.best, self.csv, self.sets)
-        more = (self.mlflow, self.report, self.train_images, self.test_predictions)
-        names = {p.name for p in (*own, *more, self.tensorboard, self.lock_file)}
-        return self.config.exists() and path.name in names
+        """Whether ``path`` is one of this run's own files, which no export or CSV may be
+        written over: every file this class names (settings, sets, checkpoints, metrics,
+        report, pictures, logs, lock), in a folder that holds a run."""
+        return self.config.exists() and path.name in {
+            p.name for p in vars(self).values() if isinstance(p, Path) and p != self.path
+        }
 
     def load_resumable(self) -> Checkpoint:
         """The newest complete checkpoint of an unfinished run (what --resume continues from)."""

@@ -126,9 +126,14 @@ def _read_cache(cached: Path, cfg: DataConfig, name: str, log: Log) -> ImageData
 
 
 def _load_layout(
-    path: Path, layout: Layout, cfg: DataConfig, log: Log, name: str, cached: Path,
+    path: Path,
+    layout: Layout,
+    cfg: DataConfig,
+    log: Log,
+    name: str,
+    cached: Path,
     notes: list[str],
-) -> ImageData:  # fmt: skip
+) -> ImageData:
     """The images a folder's, archive's or table's layout lists: decoded and saved to the
     decode cache ``cached`` with ``notes``, what was said of its files (and the images skipped)
     for later runs to say again; or streamed when decoded they would not fit
